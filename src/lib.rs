@@ -1,0 +1,12 @@
+//! kvscope: run a GQA language model on a prompt, record what its attention heads did,
+//! evict KV-cache entries with CompressKV and its baselines, and compare the compressed
+//! generation with the full-cache one.
+//!
+//! Data flows one way: prompt -> tokenizer -> `model` prefill -> [`trace::Trace`] ->
+//! [`eviction`] -> [`keepset::KeepSet`] -> `model` decode -> generation.
+
+pub mod eviction;
+pub mod keepset;
+pub mod model;
+pub mod profile;
+pub mod trace;

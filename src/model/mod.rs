@@ -1,0 +1,1 @@
+//! The model: loading, tokenizer, forward pass.

@@ -1,0 +1,1 @@
+//! Offline profiles (SRH scores, layer errors): format and validation.

@@ -1,0 +1,124 @@
+//! The result of one prefill: everything kvscope knows about how the model attended to a
+//! prompt. Computed once per prompt; every eviction method and every attention view reads
+//! from it, none of them runs the model again.
+
+use serde::Serialize;
+
+/// Number of query rows at the end of the prompt the Trace keeps per head, so the
+/// observation window can be changed without re-running prefill.
+pub const W_MAX: usize = 64;
+
+/// Largest side of a block-averaged attention map.
+pub const MAX_MAP_BLOCKS: usize = 256;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Dims {
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl Dims {
+    /// Query heads per KV head (GQA group size).
+    pub fn n_rep(&self) -> usize {
+        self.n_heads / self.n_kv_heads
+    }
+}
+
+/// Block-averaged attention map of one head: `blocks x blocks` cells, each the mean of
+/// the attention probabilities (causally masked cells count as 0) of the query x key
+/// block it covers. `block_size` tokens per block; the last block may be shorter.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BlockMap {
+    pub len: usize,
+    pub block_size: usize,
+    pub blocks: usize,
+    /// Row-major `[query block][key block]`.
+    pub mean: Vec<f32>,
+}
+
+impl BlockMap {
+    pub fn geometry(len: usize) -> (usize, usize) {
+        let block_size = len.div_ceil(MAX_MAP_BLOCKS).max(1);
+        (block_size, len.div_ceil(block_size))
+    }
+
+    /// Tokens covered by block `b` along either axis.
+    pub fn block_span(&self, b: usize) -> std::ops::Range<usize> {
+        let start = b * self.block_size;
+        start..((b + 1) * self.block_size).min(self.len)
+    }
+
+    pub fn cell(&self, qb: usize, kb: usize) -> f32 {
+        self.mean[qb * self.blocks + kb]
+    }
+
+    /// Sum of the attention probabilities the block covers (mean x cell count).
+    pub fn cell_sum(&self, qb: usize, kb: usize) -> f64 {
+        let n = self.block_span(qb).len() * self.block_span(kb).len();
+        self.cell(qb, kb) as f64 * n as f64
+    }
+}
+
+/// What prefill recorded for one layer.
+#[derive(Debug, Clone)]
+pub struct LayerTrace {
+    /// Post-RoPE keys, `[kv_head][position][head_dim]`.
+    pub k: Vec<f32>,
+    /// Values, `[kv_head][position][head_dim]`.
+    pub v: Vec<f32>,
+    /// Post-RoPE queries of the last `w_max` prompt positions, `[head][row][head_dim]`.
+    pub q_last: Vec<f32>,
+    /// Attention each key received, summed over all prompt query rows, `[head][position]`.
+    pub col_sums: Vec<f32>,
+    /// One block map per query head.
+    pub maps: Vec<BlockMap>,
+}
+
+/// Prefill result for one prompt.
+#[derive(Debug, Clone)]
+pub struct Trace {
+    pub dims: Dims,
+    /// Prompt length `L`.
+    pub len: usize,
+    /// Rows kept in `q_last`: `min(W_MAX, len)`.
+    pub w_max: usize,
+    pub ids: Vec<u32>,
+    pub layers: Vec<LayerTrace>,
+    /// Logits after the last prompt token (they pick the first generated token, which
+    /// eviction cannot change because prefill always runs on the full cache).
+    pub last_logits: Vec<f32>,
+}
+
+impl Trace {
+    fn kv_offset(&self, kv_head: usize, pos: usize) -> usize {
+        (kv_head * self.len + pos) * self.dims.head_dim
+    }
+
+    pub fn key(&self, layer: usize, kv_head: usize, pos: usize) -> &[f32] {
+        let o = self.kv_offset(kv_head, pos);
+        &self.layers[layer].k[o..o + self.dims.head_dim]
+    }
+
+    pub fn value(&self, layer: usize, kv_head: usize, pos: usize) -> &[f32] {
+        let o = self.kv_offset(kv_head, pos);
+        &self.layers[layer].v[o..o + self.dims.head_dim]
+    }
+
+    /// Query row `row` of the last `w_max` rows (row 0 is position `len - w_max`).
+    pub fn query(&self, layer: usize, head: usize, row: usize) -> &[f32] {
+        let o = (head * self.w_max + row) * self.dims.head_dim;
+        &self.layers[layer].q_last[o..o + self.dims.head_dim]
+    }
+
+    /// Column sums of attention for one query head (length `len`).
+    pub fn col_sums(&self, layer: usize, head: usize) -> &[f32] {
+        &self.layers[layer].col_sums[head * self.len..(head + 1) * self.len]
+    }
+
+    /// Bytes of K and V the full cache holds for the prompt at `elem_bytes` per element.
+    pub fn full_kv_bytes(&self, elem_bytes: usize) -> usize {
+        self.dims.n_layers * self.dims.n_kv_heads * self.len * self.dims.head_dim * 2 * elem_bytes
+    }
+}
