@@ -1,1 +1,548 @@
-//! Eviction methods (METHOD.md): pure functions from a Trace and settings to a KeepSet.
+//! Eviction methods (METHOD.md): pure functions from a [`Trace`] and [`Settings`] to a
+//! [`KeepSet`]. No method runs the model; everything they need was recorded at prefill.
+//!
+//! Layout: one module per method, `scores` for the observation-window score and top-k
+//! shared by the SnapKV family, `budget` for the per-layer budget allocators, `settings`
+//! for the knobs and their validation. [`select`] ties them together.
+
+pub mod adakv;
+pub mod budget;
+pub mod compresskv;
+pub mod full;
+pub mod h2o;
+pub mod pyramidkv;
+pub mod scores;
+mod settings;
+pub mod snapkv;
+pub mod streamingllm;
+#[cfg(test)]
+mod testutil;
+
+use crate::keepset::KeepSet;
+use crate::profile::Profile;
+use crate::trace::Trace;
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+use std::fmt;
+use std::str::FromStr;
+
+pub use settings::Settings;
+
+/// An eviction method (METHOD.md, "Methods").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    Full,
+    StreamingLlm,
+    H2o,
+    SnapKv,
+    PyramidKv,
+    AdaKv,
+    CompressKv,
+}
+
+impl Method {
+    pub const ALL: [Method; 7] = [
+        Method::Full,
+        Method::StreamingLlm,
+        Method::H2o,
+        Method::SnapKv,
+        Method::PyramidKv,
+        Method::AdaKv,
+        Method::CompressKv,
+    ];
+
+    /// The name used on the command line, in JSON and in the TUI.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Full => "full",
+            Method::StreamingLlm => "streamingllm",
+            Method::H2o => "h2o",
+            Method::SnapKv => "snapkv",
+            Method::PyramidKv => "pyramidkv",
+            Method::AdaKv => "adakv",
+            Method::CompressKv => "compresskv",
+        }
+    }
+
+    /// The layer-budget allocator the method uses unless the user picks another.
+    pub fn default_allocator(self) -> Allocator {
+        match self {
+            Method::PyramidKv => Allocator::Pyramid,
+            Method::CompressKv => Allocator::ErrorAware,
+            _ => Allocator::Uniform,
+        }
+    }
+}
+
+/// How the observation-window score is smoothed over neighbouring positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    #[default]
+    Avg,
+    Max,
+}
+
+impl Pooling {
+    pub const ALL: [Pooling; 2] = [Pooling::Avg, Pooling::Max];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Avg => "avg",
+            Pooling::Max => "max",
+        }
+    }
+}
+
+/// How the total budget is split across layers (METHOD.md, "Budgets" and the methods).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Allocator {
+    /// Every layer keeps `B`.
+    Uniform,
+    /// PyramidKV's linear fall with depth.
+    Pyramid,
+    /// CompressKV's split in proportion to the profile's layer errors.
+    ErrorAware,
+    /// The user's explicit per-layer list (`Settings::layer_budgets`).
+    Manual,
+}
+
+impl Allocator {
+    pub const ALL: [Allocator; 4] = [
+        Allocator::Uniform,
+        Allocator::Pyramid,
+        Allocator::ErrorAware,
+        Allocator::Manual,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Allocator::Uniform => "uniform",
+            Allocator::Pyramid => "pyramid",
+            Allocator::ErrorAware => "error-aware",
+            Allocator::Manual => "manual",
+        }
+    }
+}
+
+/// A name that matches none of an enum's variants. Its message lists the valid names so
+/// a command-line user sees at once what to type instead.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownName {
+    pub what: &'static str,
+    pub got: String,
+    pub valid: Vec<&'static str>,
+}
+
+impl fmt::Display for UnknownName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "unknown {} '{}'; valid: {}",
+            self.what,
+            self.got,
+            self.valid.join(", ")
+        )
+    }
+}
+
+impl std::error::Error for UnknownName {}
+
+/// Implements `Display` and a case-insensitive `FromStr` from `name()` and `ALL`.
+macro_rules! named_enum {
+    ($ty:ty, $what:literal) => {
+        impl fmt::Display for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl FromStr for $ty {
+            type Err = UnknownName;
+
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                let wanted = s.trim();
+                <$ty>::ALL
+                    .into_iter()
+                    .find(|v| v.name().eq_ignore_ascii_case(wanted))
+                    .ok_or_else(|| UnknownName {
+                        what: $what,
+                        got: s.to_string(),
+                        valid: <$ty>::ALL.iter().map(|v| v.name()).collect(),
+                    })
+            }
+        }
+    };
+}
+
+named_enum!(Method, "method");
+named_enum!(Pooling, "pooling");
+named_enum!(Allocator, "allocator");
+
+/// What [`select`] chose, with the numbers behind the choice so the inspector can show
+/// why a token was kept or evicted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    pub keep: KeepSet,
+    /// Budget applied per layer, in tokens per KV head, as the allocator gave it (a layer
+    /// whose budget is `>= L` keeps all `L` tokens). For `full` every entry is `L`.
+    pub layer_budgets: Vec<usize>,
+    /// `[layer][kv_head][pos]`: the score the method ranked positions `[0, L - w)` by.
+    /// Always one entry per layer; a layer's entry is empty when the method has no
+    /// scores (full, streamingllm) or nothing was evicted in that layer. For compresskv
+    /// the one per-layer score vector is repeated for every KV head.
+    pub scores: Vec<Vec<Vec<f32>>>,
+}
+
+/// One layer's choice: kept positions per KV head (sorted, window included) and the
+/// scores they were ranked by (empty when there were none).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerChoice {
+    pub keep: Vec<Vec<usize>>,
+    pub scores: Vec<Vec<f32>>,
+}
+
+impl LayerChoice {
+    /// Every KV head keeps all `len` positions.
+    fn keep_all(n_kv: usize, len: usize) -> Self {
+        LayerChoice {
+            keep: vec![(0..len).collect(); n_kv],
+            scores: Vec::new(),
+        }
+    }
+}
+
+/// Chooses the kept positions of every layer and KV head.
+///
+/// `profile` is required by compresskv (SRH ranking) and used by the error-aware
+/// allocator (layer errors); other methods ignore it. It is checked against the trace's
+/// dimensions here; checking that it was measured on the same model file (sha256) is the
+/// caller's job, at load time.
+pub fn select(trace: &Trace, settings: &Settings, profile: Option<&Profile>) -> Result<Selection> {
+    let dims = &trace.dims;
+    settings.validate(dims)?;
+    check_trace(trace)?;
+    if let Some(p) = profile {
+        p.validate(dims, None)?;
+    }
+    let len = trace.len;
+    if settings.method == Method::Full {
+        return Ok(Selection {
+            keep: full::select(trace),
+            layer_budgets: vec![len; dims.n_layers],
+            scores: vec![Vec::new(); dims.n_layers],
+        });
+    }
+    let srh = match (settings.method, profile) {
+        (Method::CompressKv, None) => bail!(
+            "compresskv needs an offline profile (SRH ranking and layer errors): pass one with \
+             --profile FILE, or make one with `kvscope profile srh` then `kvscope profile layers`"
+        ),
+        (Method::CompressKv, Some(p)) => Some(p),
+        _ => None,
+    };
+    let layer_budgets = budget::layer_budgets(settings, dims, len, profile)?;
+
+    let choices: Vec<LayerChoice> = (0..dims.n_layers)
+        .into_par_iter()
+        .map(|layer| {
+            let b = layer_budgets[layer];
+            if len <= b {
+                return LayerChoice::keep_all(dims.n_kv_heads, len);
+            }
+            match settings.method {
+                Method::Full => LayerChoice::keep_all(dims.n_kv_heads, len),
+                Method::StreamingLlm => streamingllm::select_layer(trace, b, settings.window),
+                Method::H2o => h2o::select_layer(trace, layer, b, settings.window),
+                Method::SnapKv => snapkv::select_layer(trace, layer, b, settings),
+                Method::PyramidKv => pyramidkv::select_layer(trace, layer, b, settings),
+                Method::AdaKv => adakv::select_layer(trace, layer, b, settings),
+                Method::CompressKv => {
+                    // `srh` is Some for compresskv (checked above); an empty head list
+                    // cannot happen after validation but must not panic either.
+                    let heads = srh.map(|p| p.srh_heads(layer, settings.first_k));
+                    compresskv::select_layer(trace, layer, b, settings, heads.unwrap_or(&[]))
+                }
+            }
+        })
+        .collect();
+
+    let (positions, scores) = choices.into_iter().map(|c| (c.keep, c.scores)).unzip();
+    let keep = KeepSet { positions };
+    Ok(Selection {
+        keep,
+        layer_budgets,
+        scores,
+    })
+}
+
+/// The trace must agree with its own dims, or indexing it would panic.
+fn check_trace(trace: &Trace) -> Result<()> {
+    let d = &trace.dims;
+    if trace.layers.len() != d.n_layers {
+        bail!(
+            "trace has {} layers but its dims say {}",
+            trace.layers.len(),
+            d.n_layers
+        );
+    }
+    let rows = trace.len.min(crate::trace::W_MAX);
+    if trace.w_max != rows {
+        bail!(
+            "trace keeps {} query rows; a {}-token prompt needs {rows}",
+            trace.w_max,
+            trace.len
+        );
+    }
+    for (l, lt) in trace.layers.iter().enumerate() {
+        let kv = d.n_kv_heads * trace.len * d.head_dim;
+        let q = d.n_heads * trace.w_max * d.head_dim;
+        let cs = d.n_heads * trace.len;
+        if lt.k.len() != kv || lt.v.len() != kv || lt.q_last.len() != q || lt.col_sums.len() != cs {
+            bail!("trace layer {l} has arrays of the wrong size for its dims");
+        }
+    }
+    Ok(())
+}
+
+/// Kept positions of one KV head: `chosen` (any order, all `< len - window`) sorted
+/// ascending, followed by the window `[len - window, len)`.
+pub(crate) fn with_window(mut chosen: Vec<usize>, len: usize, window: usize) -> Vec<usize> {
+    chosen.sort_unstable();
+    chosen.extend(len - window..len);
+    chosen
+}
+
+/// Each KV head keeps its own top `budget - window` scores plus the window.
+pub(crate) fn per_head_top(
+    scores: Vec<Vec<f32>>,
+    len: usize,
+    budget: usize,
+    window: usize,
+) -> LayerChoice {
+    let keep = scores
+        .iter()
+        .map(|s| with_window(scores::top_k(s, budget - window), len, window))
+        .collect();
+    LayerChoice { keep, scores }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::*;
+    use super::*;
+    use crate::trace::Dims;
+    use proptest::prelude::*;
+
+    #[test]
+    fn names_round_trip_and_unknown_lists_valid() {
+        for m in Method::ALL {
+            assert_eq!(m.to_string().parse::<Method>().unwrap(), m);
+            let json = serde_json::to_string(&m).unwrap();
+            assert_eq!(json, format!("\"{}\"", m.name()));
+        }
+        assert_eq!("SnapKV".parse::<Method>().unwrap(), Method::SnapKv);
+        let err = "snap".parse::<Method>().unwrap_err().to_string();
+        assert!(err.contains("unknown method 'snap'"), "{err}");
+        assert!(
+            err.contains("full, streamingllm, h2o, snapkv, pyramidkv, adakv, compresskv"),
+            "{err}"
+        );
+        for a in Allocator::ALL {
+            assert_eq!(a.to_string().parse::<Allocator>().unwrap(), a);
+            assert_eq!(serde_json::to_string(&a).unwrap(), format!("\"{a}\""));
+        }
+        assert_eq!(Allocator::ErrorAware.to_string(), "error-aware");
+        assert_eq!("max".parse::<Pooling>().unwrap(), Pooling::Max);
+        assert!("mean"
+            .parse::<Pooling>()
+            .unwrap_err()
+            .to_string()
+            .contains("avg, max"));
+    }
+
+    #[test]
+    fn default_allocators() {
+        assert_eq!(Method::PyramidKv.default_allocator(), Allocator::Pyramid);
+        assert_eq!(
+            Method::CompressKv.default_allocator(),
+            Allocator::ErrorAware
+        );
+        for m in [
+            Method::Full,
+            Method::StreamingLlm,
+            Method::H2o,
+            Method::SnapKv,
+            Method::AdaKv,
+        ] {
+            assert_eq!(m.default_allocator(), Allocator::Uniform);
+        }
+    }
+
+    #[test]
+    fn compresskv_without_profile_says_how_to_get_one() {
+        let t = ratio_trace(&[&[4.0, 1.0, 2.0, 1.0, 1.0, 1.0]], &[1.0]);
+        let s = Settings {
+            method: Method::CompressKv,
+            budget: 4,
+            window: 2,
+            first_k: 1,
+            ..Settings::default()
+        };
+        let err = select(&t, &s, None).unwrap_err().to_string();
+        assert!(err.contains("--profile FILE"), "{err}");
+        assert!(err.contains("kvscope profile srh"), "{err}");
+        assert!(err.contains("kvscope profile layers"), "{err}");
+    }
+
+    #[test]
+    fn full_keeps_everything_and_reports_len() {
+        let t = ratio_trace(&[&[4.0, 1.0, 2.0, 1.0, 1.0, 1.0]], &[1.0]);
+        let s = Settings {
+            method: Method::Full,
+            budget: 2,
+            window: 2,
+            ..Settings::default()
+        };
+        let sel = select(&t, &s, None).unwrap();
+        assert_eq!(sel.keep, KeepSet::all(&t.dims, 6));
+        assert_eq!(sel.layer_budgets, vec![6]);
+        assert_eq!(sel.scores, vec![Vec::<Vec<f32>>::new()]);
+    }
+
+    #[test]
+    fn nothing_evicted_when_prompt_fits_the_budget() {
+        let t = ratio_trace(&[&[4.0, 1.0, 2.0, 1.0, 1.0, 1.0]], &[1.0]);
+        for budget in [6, 7] {
+            for method in [
+                Method::StreamingLlm,
+                Method::H2o,
+                Method::SnapKv,
+                Method::AdaKv,
+            ] {
+                let s = Settings {
+                    method,
+                    budget,
+                    window: 2,
+                    ..Settings::default()
+                };
+                let sel = select(&t, &s, None).unwrap();
+                assert_eq!(sel.keep, KeepSet::all(&t.dims, 6), "{method} B={budget}");
+                assert_eq!(sel.layer_budgets, vec![budget]);
+                assert!(sel.scores[0].is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn rejects_inconsistent_trace() {
+        let mut t = ratio_trace(&[&[4.0, 1.0, 2.0, 1.0, 1.0, 1.0]], &[1.0]);
+        t.layers[0].col_sums.pop();
+        let s = Settings {
+            method: Method::H2o,
+            budget: 4,
+            window: 2,
+            ..Settings::default()
+        };
+        assert!(select(&t, &s, None).is_err());
+    }
+
+    /// Small random problem: dims, prompt length, data seed and settings.
+    fn problem() -> impl Strategy<Value = (Trace, Settings, Profile)> {
+        (
+            (1usize..4, 1usize..4, 1usize..4, 1usize..5), // layers, kv heads, n_rep, head_dim
+            1usize..48,                                   // len
+            any::<u64>(),
+            0usize..7,  // method
+            1usize..10, // window
+            0usize..40, // budget above the window
+            1usize..4,  // kernel = 2 * this - 1
+            any::<bool>(),
+            0.0f32..=1.0,
+            0usize..4, // allocator choice
+        )
+            .prop_map(
+                |((nl, nkv, rep, hd), len, seed, mi, window, extra, kh, max, floor, alloc)| {
+                    let dims = Dims {
+                        n_layers: nl,
+                        n_heads: nkv * rep,
+                        n_kv_heads: nkv,
+                        head_dim: hd,
+                    };
+                    let trace = random_trace(dims, len, seed);
+                    let profile = random_profile(dims, seed ^ 0x9e37_79b9);
+                    let method = Method::ALL[mi];
+                    let budget = window + extra;
+                    let settings = Settings {
+                        method,
+                        budget,
+                        window,
+                        kernel: 2 * kh - 1,
+                        pooling: if max { Pooling::Max } else { Pooling::Avg },
+                        first_k: 1 + (seed as usize % dims.n_heads),
+                        adakv_floor: floor,
+                        pyramid_beta: 1 + (seed as usize % 30),
+                        allocator: [
+                            None,
+                            Some(Allocator::Uniform),
+                            Some(Allocator::Pyramid),
+                            Some(Allocator::ErrorAware),
+                        ][alloc],
+                        layer_budgets: None,
+                    };
+                    (trace, settings, profile)
+                },
+            )
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(96))]
+
+        #[test]
+        fn keep_sets_are_well_formed((trace, settings, profile) in problem()) {
+            let sel = select(&trace, &settings, Some(&profile)).unwrap();
+            let len = trace.len;
+            let w = settings.window;
+            let dims = trace.dims;
+            sel.keep.validate(&dims, len).unwrap();
+            prop_assert_eq!(sel.layer_budgets.len(), dims.n_layers);
+            prop_assert_eq!(sel.scores.len(), dims.n_layers);
+            for (l, heads) in sel.keep.positions.iter().enumerate() {
+                let b = sel.layer_budgets[l];
+                prop_assert!(b >= w.min(len));
+                let total: usize = heads.iter().map(Vec::len).sum();
+                if len <= b {
+                    for h in heads {
+                        prop_assert_eq!(h, &(0..len).collect::<Vec<_>>());
+                    }
+                    prop_assert!(sel.scores[l].is_empty());
+                    continue;
+                }
+                prop_assert_eq!(total, dims.n_kv_heads * b);
+                for h in heads {
+                    prop_assert!(h.windows(2).all(|p| p[0] < p[1]));
+                    prop_assert!(h.iter().all(|&p| p < len));
+                    prop_assert_eq!(&h[h.len() - w..], &(len - w..len).collect::<Vec<_>>()[..]);
+                    if settings.method == Method::AdaKv {
+                        prop_assert!(h.len() >= w);
+                    } else {
+                        prop_assert_eq!(h.len(), b);
+                    }
+                }
+                if settings.method == Method::CompressKv {
+                    prop_assert!(heads.iter().all(|h| h == &heads[0]));
+                }
+                match settings.method {
+                    Method::StreamingLlm => prop_assert!(sel.scores[l].is_empty()),
+                    _ => {
+                        prop_assert_eq!(sel.scores[l].len(), dims.n_kv_heads);
+                        prop_assert!(sel.scores[l].iter().all(|s| s.len() == len - w));
+                    }
+                }
+            }
+        }
+    }
+}

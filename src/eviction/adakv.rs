@@ -1,0 +1,145 @@
+//! adakv (Ada-SnapKV): snapkv's per-KV-head scores, but the layer's `n_kv * (B - w)`
+//! slots go to the best scores pooled across its KV heads, so a head whose attention is
+//! concentrated keeps more tokens and a diffuse one fewer. Each KV head keeps at least a
+//! floor of `floor(adakv_floor * (B - w))` tokens (plus the window).
+//!
+//! Choices where METHOD.md is silent:
+//! - The floor rounds down (the reference's `int(...)`), computed from the fraction as
+//!   the user wrote it in decimal so `0.7 * 10` is 7, not 6.
+//! - Filling first gives every head its own top `floor`, then the remaining slots go to
+//!   the best remaining scores of any head. Equal scores go to the lower position, then
+//!   the lower KV head.
+
+use super::scores::{rank_order, top_k};
+use super::{snapkv, with_window, LayerChoice, Settings};
+use crate::trace::Trace;
+
+/// One layer that evicts (`L > budget`).
+pub fn select_layer(
+    trace: &Trace,
+    layer: usize,
+    budget: usize,
+    settings: &Settings,
+) -> LayerChoice {
+    let scores = snapkv::kv_head_scores(trace, layer, settings);
+    let chosen = allocate(&scores, budget - settings.window, settings.adakv_floor);
+    let keep = chosen
+        .into_iter()
+        .map(|c| with_window(c, trace.len, settings.window))
+        .collect();
+    LayerChoice { keep, scores }
+}
+
+/// Chooses `scores.len() * per_head` positions in all from `[kv_head][pos]` scores, at
+/// least `floor(floor_frac * per_head)` per head. Returns each head's chosen positions,
+/// sorted ascending. Needs `per_head <= positions per head`.
+pub fn allocate(scores: &[Vec<f32>], per_head: usize, floor_frac: f32) -> Vec<Vec<usize>> {
+    let floor = floor_tokens(per_head, floor_frac);
+    let mut chosen: Vec<Vec<usize>> = scores.iter().map(|s| top_k(s, floor)).collect();
+
+    // Every (head, position) not yet chosen competes for the remaining slots.
+    let mut rest: Vec<(usize, usize)> = Vec::new();
+    for (g, s) in scores.iter().enumerate() {
+        let mut taken = vec![false; s.len()];
+        chosen[g].iter().for_each(|&p| taken[p] = true);
+        rest.extend((0..s.len()).filter(|&p| !taken[p]).map(|p| (g, p)));
+    }
+    let extra = (scores.len() * (per_head - floor)).min(rest.len());
+    let order = |&(ga, pa): &(usize, usize), &(gb, pb): &(usize, usize)| {
+        rank_order(scores[ga][pa], pa, scores[gb][pb], pb).then(ga.cmp(&gb))
+    };
+    if extra < rest.len() {
+        rest.select_nth_unstable_by(extra, order);
+    }
+    for &(g, p) in &rest[..extra] {
+        chosen[g].push(p);
+    }
+    chosen.iter_mut().for_each(|c| c.sort_unstable());
+    chosen
+}
+
+/// `floor(frac * per_head)`. The fraction is an f32 the user typed as a decimal;
+/// widening it as is would turn 0.7 into 0.69999998 and floor 0.7 * 10 to 6, so it is
+/// widened through its shortest decimal form instead.
+fn floor_tokens(per_head: usize, frac: f32) -> usize {
+    let frac: f64 = frac.to_string().parse().unwrap_or(f64::from(frac));
+    ((per_head as f64 * frac).floor() as usize).min(per_head)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::super::{select, Method};
+    use super::*;
+    use crate::trace::Dims;
+
+    const SCORES: [[f32; 4]; 2] = [[0.9, 0.8, 0.7, 0.6], [0.1, 0.05, 0.2, 0.0]];
+
+    fn scores() -> Vec<Vec<f32>> {
+        SCORES.iter().map(|s| s.to_vec()).collect()
+    }
+
+    #[test]
+    fn concentrated_head_takes_the_slots_without_a_floor() {
+        // 2 per head, 4 in all, floor(0.2 * 2) = 0: head 0's four scores beat all of
+        // head 1's.
+        assert_eq!(allocate(&scores(), 2, 0.2), vec![vec![0, 1, 2, 3], vec![]]);
+    }
+
+    #[test]
+    fn floor_guarantees_each_head_some() {
+        // floor(0.5 * 2) = 1: head 1 keeps its best (position 2); head 0 its best (0)
+        // and then the two remaining slots go to 0.8 and 0.7.
+        assert_eq!(allocate(&scores(), 2, 0.5), vec![vec![0, 1, 2], vec![2]]);
+        // Floor 1.0 is snapkv: each head its own top 2.
+        assert_eq!(allocate(&scores(), 2, 1.0), vec![vec![0, 1], vec![0, 2]]);
+    }
+
+    #[test]
+    fn floor_rounds_down_from_the_decimal() {
+        assert_eq!(floor_tokens(2, 0.2), 0);
+        assert_eq!(floor_tokens(10, 0.2), 2);
+        assert_eq!(floor_tokens(10, 0.7), 7);
+        assert_eq!(floor_tokens(8000, 0.7), 5600);
+        assert_eq!(floor_tokens(9, 0.5), 4);
+        assert_eq!(floor_tokens(9, 1.0), 9);
+        assert_eq!(floor_tokens(0, 0.5), 0);
+    }
+
+    #[test]
+    fn ties_go_to_lower_position_then_lower_head() {
+        let s = vec![vec![1.0, 0.0, 1.0], vec![1.0, 1.0, 0.0]];
+        // 1 per head, floor 0: two slots among four 1.0s at (0,0),(0,2),(1,0),(1,1):
+        // lowest positions first -> (0,0) and (1,0).
+        assert_eq!(allocate(&s, 1, 0.0), vec![vec![0], vec![0]]);
+        let s = vec![vec![0.0, 1.0, 1.0], vec![0.0, 1.0, 0.0]];
+        // Three slots: (0,1), (1,1) at position 1, then (0,2).
+        assert_eq!(allocate(&s, 1, 0.0).concat().len(), 2);
+        assert_eq!(allocate(&s, 1, 0.0), vec![vec![1], vec![1]]);
+    }
+
+    #[test]
+    fn layer_total_is_kept_through_select() {
+        let dims = Dims {
+            n_layers: 2,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 4,
+        };
+        let t = random_trace(dims, 30, 3);
+        let s = Settings {
+            method: Method::AdaKv,
+            budget: 12,
+            window: 4,
+            adakv_floor: 0.5,
+            kernel: 3,
+            ..Settings::default()
+        };
+        let sel = select(&t, &s, None).unwrap();
+        assert_eq!(sel.keep.kept_per_layer(), vec![24, 24]);
+        for heads in &sel.keep.positions {
+            // At least the window plus floor(0.5 * 8) = 4 each.
+            assert!(heads.iter().all(|h| h.len() >= 8));
+        }
+    }
+}

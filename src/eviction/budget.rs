@@ -1,0 +1,354 @@
+//! Layer-budget allocators: how many prompt tokens each layer keeps per KV head.
+//!
+//! Every allocator returns budgets `>= w` (the window must fit) or `>= L` (the layer
+//! keeps everything; only the pyramid's clamp gives `L < w` budgets, for prompts
+//! shorter than the window).
+
+use super::{Allocator, Settings};
+use crate::profile::Profile;
+use crate::trace::Dims;
+use anyhow::Result;
+
+/// CompressKV's per-layer floor before the proportional split.
+pub const MIN_TOKENS: usize = 32;
+/// CompressKV's per-layer cap, as a multiple of `B`.
+pub const CAP_FACTOR: usize = 3;
+
+/// Budgets of every layer for a prompt of `len` tokens under `settings`' allocator.
+/// The error-aware allocator reads the profile's layer errors; without them (no profile,
+/// or an SRH-only profile) every layer gets `B`, as METHOD.md says.
+pub fn layer_budgets(
+    settings: &Settings,
+    dims: &Dims,
+    len: usize,
+    profile: Option<&Profile>,
+) -> Result<Vec<usize>> {
+    settings.validate(dims)?;
+    let (n, b, w) = (dims.n_layers, settings.budget, settings.window);
+    Ok(match settings.effective_allocator() {
+        Allocator::Uniform => uniform(n, b),
+        Allocator::Pyramid => pyramid(n, b, w, len, settings.pyramid_beta),
+        Allocator::ErrorAware => {
+            let errors = profile.and_then(|p| p.layer_errors.as_deref());
+            error_aware(n, b, w, errors)
+        }
+        // validate() guarantees the list exists and has one entry per layer.
+        Allocator::Manual => settings
+            .layer_budgets
+            .clone()
+            .unwrap_or_else(|| uniform(n, b)),
+    })
+}
+
+/// Every layer keeps `budget`.
+pub fn uniform(n_layers: usize, budget: usize) -> Vec<usize> {
+    vec![budget; n_layers]
+}
+
+/// PyramidKV (METHOD.md): base `c = B - w`, `min = c / beta`, `max = 2c - min`; if
+/// `max >= L - w` then `max = L - w` and `min = 2c - max`;
+/// `step = (max - min) / (n_layers - 1)`; `B_l = max - l * step + w`. Every division is a
+/// floor division (Python's `//`): after the clamp `step` can be negative, and Rust's `/`
+/// would round it toward zero instead.
+///
+/// With a single layer the formula divides by zero; that layer gets `B` (a pyramid of
+/// one layer is flat).
+pub fn pyramid(
+    n_layers: usize,
+    budget: usize,
+    window: usize,
+    len: usize,
+    beta: usize,
+) -> Vec<usize> {
+    if n_layers <= 1 {
+        return uniform(n_layers, budget);
+    }
+    let (b, w, len) = (budget as i64, window as i64, len as i64);
+    let c = b - w;
+    let mut min = floor_div(c, beta as i64);
+    let mut max = 2 * c - min;
+    if max >= len - w {
+        max = len - w;
+        min = 2 * c - max;
+    }
+    let step = floor_div(max - min, n_layers as i64 - 1);
+    (0..n_layers as i64)
+        // Without the clamp B_l >= min + w >= w. With it, B_l runs from L towards
+        // min + w >= w (step >= 0) or rises from L (step < 0). So B_l >= min(w, L); the
+        // max(0) only keeps a broken invariant from wrapping around.
+        .map(|l| (max - l * step + w).max(0) as usize)
+        .collect()
+}
+
+/// Floor division for a positive divisor (Python's `//`).
+fn floor_div(a: i64, b: i64) -> i64 {
+    a.div_euclid(b)
+}
+
+/// CompressKV's error-aware allocation (METHOD.md). Total `T = B * n_layers`. Each layer
+/// starts at the floor; the rest, `T - floor * n_layers`, is split in proportion to
+/// `e_l` and rounded half to even (numpy's `round`); each layer is clipped to
+/// `[floor, 3B]`; then the difference from `T` is repaid one token at a time.
+///
+/// Choices where METHOD.md is silent:
+/// - The floor is `min_tokens = 32`, lowered to `B` when `B < 32` (otherwise the floors
+///   alone would exceed `T`) and raised to `w` when `w > 32` (a layer must hold its
+///   window). So `w <= floor <= B <= 3B` and the total can always be met.
+/// - Repayment goes in passes: when short, one pass gives one token to each layer below
+///   the cap, highest `e_l` first; when over, one pass takes one token from each layer
+///   above the floor, lowest `e_l` first; passes repeat until the sum is `T` or no layer
+///   can move. Equal `e_l` are ordered by lower layer index first in both directions (a
+///   stable sort on `e_l`).
+/// - Non-finite or negative `e_l` count as 0 (validated profiles have none).
+///
+/// `errors == None` gives every layer `B`.
+pub fn error_aware(
+    n_layers: usize,
+    budget: usize,
+    window: usize,
+    errors: Option<&[f64]>,
+) -> Vec<usize> {
+    let Some(errors) = errors.filter(|e| e.len() == n_layers) else {
+        return uniform(n_layers, budget);
+    };
+    let e: Vec<f64> = errors
+        .iter()
+        .map(|&x| if x.is_finite() && x > 0.0 { x } else { 0.0 })
+        .collect();
+    let total = budget * n_layers;
+    let floor = MIN_TOKENS.min(budget).max(window);
+    let cap = CAP_FACTOR * budget;
+    let rest = (total - floor * n_layers) as f64;
+    let mut alloc: Vec<usize> = e
+        .iter()
+        .map(|&x| {
+            let share = (rest * x).round_ties_even();
+            (floor as f64 + share).clamp(floor as f64, cap as f64) as usize
+        })
+        .collect();
+    repay(&mut alloc, &e, total, floor, cap);
+    alloc
+}
+
+/// Moves the allocation's sum to `total` one token per layer per pass (see
+/// [`error_aware`]).
+fn repay(alloc: &mut [usize], e: &[f64], total: usize, floor: usize, cap: usize) {
+    let mut high_first: Vec<usize> = (0..alloc.len()).collect();
+    high_first.sort_by(|&a, &b| e[b].total_cmp(&e[a]).then(a.cmp(&b)));
+    let mut low_first: Vec<usize> = (0..alloc.len()).collect();
+    low_first.sort_by(|&a, &b| e[a].total_cmp(&e[b]).then(a.cmp(&b)));
+    loop {
+        let sum: usize = alloc.iter().sum();
+        let mut moved = false;
+        if sum < total {
+            let mut short = total - sum;
+            for &l in &high_first {
+                if short > 0 && alloc[l] < cap {
+                    alloc[l] += 1;
+                    short -= 1;
+                    moved = true;
+                }
+            }
+        } else if sum > total {
+            let mut over = sum - total;
+            for &l in &low_first {
+                if over > 0 && alloc[l] > floor {
+                    alloc[l] -= 1;
+                    over -= 1;
+                    moved = true;
+                }
+            }
+        }
+        if !moved {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eviction::Method;
+    use proptest::prelude::*;
+
+    #[test]
+    fn pyramid_without_clamp() {
+        // n=30, B=128, w=8, beta=20, long prompt: c=120, min=6, max=234,
+        // step=(234-6)//29=228//29=7; B_l = 234 - 7l + 8.
+        let b = pyramid(30, 128, 8, 4000, 20);
+        assert_eq!(b[0], 242);
+        assert_eq!(b[1], 235);
+        assert_eq!(b[29], 234 - 7 * 29 + 8);
+        assert_eq!(b[29], 39);
+    }
+
+    #[test]
+    fn pyramid_clamped() {
+        // L=200: L-w=192 <= max=234, so max=192, min=240-192=48, step=144//29=4.
+        let b = pyramid(30, 128, 8, 200, 20);
+        let want: Vec<usize> = (0..30).map(|l| 192 - 4 * l + 8).collect();
+        assert_eq!(b, want);
+    }
+
+    #[test]
+    fn pyramid_negative_step_floors() {
+        // L=100 < B: max=92, min=240-92=148, step=(92-148)//29 = -56//29 = -2
+        // (Rust's -56/29 would be -1). B_l = 92 + 2l + 8 = 100 + 2l: all >= L.
+        let b = pyramid(30, 128, 8, 100, 20);
+        let want: Vec<usize> = (0..30).map(|l| 100 + 2 * l).collect();
+        assert_eq!(b, want);
+        // Small case: n=3, B=10, w=2, L=6: c=8, min=8//20=0, max=16 >= 4 -> max=4,
+        // min=12, step=(4-12)//2=-4, B = [6, 10, 14].
+        assert_eq!(pyramid(3, 10, 2, 6, 20), vec![6, 10, 14]);
+        // n=3, B=10, w=2, L=7: max=5, min=11, step=(5-11)//2=-3 -> [7, 10, 13].
+        assert_eq!(pyramid(3, 10, 2, 7, 20), vec![7, 10, 13]);
+        // A step that does not divide evenly: n=4, B=10, w=3, L=6: c=7, max=3, min=11,
+        // step=-8//3=-3 (Rust's -8/3 is -2, which would give [6, 8, 10, 12]).
+        assert_eq!(pyramid(4, 10, 3, 6, 20), vec![6, 9, 12, 15]);
+    }
+
+    #[test]
+    fn pyramid_min_uses_floor_division_and_beta() {
+        // c=120, beta=7: min=17, max=223, L large: step=(223-17)//2=103 -> [231, 128, 25].
+        assert_eq!(pyramid(3, 128, 8, 10_000, 7), vec![231, 128, 25]);
+        // One layer: flat.
+        assert_eq!(pyramid(1, 128, 8, 10_000, 20), vec![128]);
+    }
+
+    #[test]
+    fn error_aware_without_errors_is_uniform() {
+        assert_eq!(error_aware(4, 100, 8, None), vec![100; 4]);
+    }
+
+    #[test]
+    fn error_aware_exact_split() {
+        // T=120, floor 32, rest 24: 12, 6, 6.
+        assert_eq!(
+            error_aware(3, 40, 8, Some(&[0.5, 0.25, 0.25])),
+            vec![44, 38, 38]
+        );
+    }
+
+    #[test]
+    fn error_aware_repays_when_short() {
+        // n=4, B=33: T=132, rest=4. Shares 2.5->2, 0.5->0 (half to even) x3: sum 130,
+        // short 2. One pass, highest e first: layer 0, then the tie 1,2,3 -> layer 1.
+        assert_eq!(
+            error_aware(4, 33, 8, Some(&[0.625, 0.125, 0.125, 0.125])),
+            vec![35, 33, 32, 32]
+        );
+    }
+
+    #[test]
+    fn error_aware_repays_when_over() {
+        // n=4, B=33: rest 4. Shares 1.5->2, 1.5->2, 1, 0: sum 133, over 1. Lowest e
+        // above the floor: layer 3 is at the floor, layer 2 (e=0.25) gives one.
+        assert_eq!(
+            error_aware(4, 33, 8, Some(&[0.375, 0.375, 0.25, 0.0])),
+            vec![34, 34, 32, 32]
+        );
+        // n=3, B=33: rest 3. Shares 1.5->2, 1.5->2, 0: over 1; tie between layers 0
+        // and 1 goes to the lower index.
+        assert_eq!(
+            error_aware(3, 33, 8, Some(&[0.5, 0.5, 0.0])),
+            vec![33, 34, 32]
+        );
+    }
+
+    #[test]
+    fn error_aware_cap_and_multi_pass_repayment() {
+        // n=5, B=100: T=500, rest=340, cap=300. All error on layer 0: 372 -> 300;
+        // short 72 spread over layers 1..4 in 18 passes.
+        assert_eq!(
+            error_aware(5, 100, 8, Some(&[1.0, 0.0, 0.0, 0.0, 0.0])),
+            vec![300, 50, 50, 50, 50]
+        );
+    }
+
+    #[test]
+    fn error_aware_floor_adapts_to_small_budget_and_big_window() {
+        // B=16 < 32: floor 16, rest 0 -> every layer 16.
+        assert_eq!(error_aware(3, 16, 8, Some(&[0.7, 0.2, 0.1])), vec![16; 3]);
+        // w=40 > 32: floor 40, T=200, rest=120: 120, 0 -> [160, 40].
+        assert_eq!(error_aware(2, 100, 40, Some(&[1.0, 0.0])), vec![160, 40]);
+    }
+
+    #[test]
+    fn manual_and_dispatch() {
+        let dims = Dims {
+            n_layers: 3,
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: 4,
+        };
+        let s = Settings {
+            method: Method::SnapKv,
+            budget: 16,
+            window: 4,
+            layer_budgets: Some(vec![4, 30, 16]),
+            ..Settings::default()
+        };
+        assert_eq!(
+            layer_budgets(&s, &dims, 100, None).unwrap(),
+            vec![4, 30, 16]
+        );
+        let s = Settings {
+            method: Method::PyramidKv,
+            budget: 10,
+            window: 2,
+            ..Settings::default()
+        };
+        assert_eq!(layer_budgets(&s, &dims, 6, None).unwrap(), vec![6, 10, 14]);
+        let s = Settings {
+            method: Method::SnapKv,
+            budget: 16,
+            window: 4,
+            ..Settings::default()
+        };
+        assert_eq!(layer_budgets(&s, &dims, 100, None).unwrap(), vec![16; 3]);
+        let s = Settings {
+            budget: 3,
+            window: 4,
+            ..Settings::default()
+        };
+        assert!(layer_budgets(&s, &dims, 100, None).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        #[test]
+        fn error_aware_meets_total_within_bounds(
+            raw in proptest::collection::vec(0.0f64..1.0, 1..40),
+            budget in 1usize..400,
+            window in 1usize..64,
+        ) {
+            let window = window.min(budget);
+            let n = raw.len();
+            let errors = crate::profile::l1_normalise(&raw);
+            let b = error_aware(n, budget, window, errors.as_deref());
+            prop_assert_eq!(b.iter().sum::<usize>(), budget * n);
+            let floor = MIN_TOKENS.min(budget).max(window);
+            prop_assert!(b.iter().all(|&x| x >= floor && x <= 3 * budget));
+        }
+
+        #[test]
+        fn pyramid_budgets_hold_the_window(
+            n in 1usize..40,
+            budget in 1usize..400,
+            window in 1usize..64,
+            len in 1usize..1000,
+            beta in 1usize..40,
+        ) {
+            let window = window.min(budget);
+            let b = pyramid(n, budget, window, len, beta);
+            prop_assert_eq!(b.len(), n);
+            prop_assert!(b.iter().all(|&x| x >= window.min(len)));
+            // Linear in depth: non-increasing, or non-decreasing once the clamp made
+            // the step negative.
+            let up = b.windows(2).all(|p| p[0] <= p[1]);
+            let down = b.windows(2).all(|p| p[0] >= p[1]);
+            prop_assert!(up || down);
+        }
+    }
+}

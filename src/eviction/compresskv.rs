@@ -1,0 +1,126 @@
+//! compresskv (the seed paper): the token score of a layer is the mean of `p_h` over
+//! that layer's Semantic Retrieval Heads (the top `first_k` of the profile's ranking),
+//! and ONE index set per layer is chosen and kept by every KV head. Its per-layer
+//! budgets come from the error-aware allocator ([`super::budget::error_aware`]).
+
+use super::scores::{mean_head_scores, top_k};
+use super::{with_window, LayerChoice, Settings};
+use crate::trace::Trace;
+
+/// One layer that evicts (`L > budget`); `srh` are the layer's SRH query heads.
+pub fn select_layer(
+    trace: &Trace,
+    layer: usize,
+    budget: usize,
+    settings: &Settings,
+    srh: &[usize],
+) -> LayerChoice {
+    let scores = mean_head_scores(trace, layer, srh, settings);
+    let keep = with_window(
+        top_k(&scores, budget - settings.window),
+        trace.len,
+        settings.window,
+    );
+    let n_kv = trace.dims.n_kv_heads;
+    LayerChoice {
+        keep: vec![keep; n_kv],
+        scores: vec![scores; n_kv],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::*;
+    use super::super::{select, Method};
+    use super::*;
+    use crate::profile::Profile;
+
+    /// KV 0 keys by a = [4,1,2,1,..], KV 1 by b = [1,1,1,5,..]; heads 0 (q=1) and
+    /// 1 (q=0) read KV 0, heads 2 (q=0) and 3 (q=1) read KV 1. With w=2, kernel 1:
+    /// p_0 = [76, 19, 38, 19]/90, p_1 = p_2 = 33/90 each, p_3 = [19, 19, 19, 95]/90.
+    fn trace() -> Trace {
+        ratio_trace(
+            &[
+                &[4.0, 1.0, 2.0, 1.0, 1.0, 1.0],
+                &[1.0, 1.0, 1.0, 5.0, 1.0, 1.0],
+            ],
+            &[1.0, 0.0, 0.0, 1.0],
+        )
+    }
+
+    fn profile(ranking: Vec<usize>, t: &Trace) -> Profile {
+        let mut p = random_profile(t.dims, 1);
+        p.srh_ranking = vec![ranking];
+        p
+    }
+
+    fn settings(first_k: usize) -> Settings {
+        Settings {
+            method: Method::CompressKv,
+            budget: 4,
+            window: 2,
+            kernel: 1,
+            first_k,
+            ..Settings::default()
+        }
+    }
+
+    #[test]
+    fn srh_heads_choose_one_set_for_every_kv_head() {
+        // SRHs 0 and 3: mean [95, 38, 57, 114]/180 -> positions 3 and 0, for both KV
+        // heads (snapkv would keep [0,2] for KV 0 and [0,3] for KV 1).
+        let t = trace();
+        let sel = select(&t, &settings(2), Some(&profile(vec![0, 3, 1, 2], &t))).unwrap();
+        assert_eq!(sel.keep.positions, vec![vec![vec![0, 3, 4, 5]; 2]]);
+        let want = [95.0f32, 38.0, 57.0, 114.0].map(|x| x / 180.0);
+        for s in &sel.scores[0] {
+            assert!(s.iter().zip(want).all(|(a, b)| (a - b).abs() < 1e-6));
+        }
+    }
+
+    #[test]
+    fn first_k_limits_the_heads() {
+        // Only head 0: [0, 2] for both KV heads.
+        let t = trace();
+        let sel = select(&t, &settings(1), Some(&profile(vec![0, 3, 1, 2], &t))).unwrap();
+        assert_eq!(sel.keep.positions, vec![vec![vec![0, 2, 4, 5]; 2]]);
+        // Only head 3: [3] then the three-way tie goes to 0.
+        let sel = select(&t, &settings(1), Some(&profile(vec![3, 0, 1, 2], &t))).unwrap();
+        assert_eq!(sel.keep.positions, vec![vec![vec![0, 3, 4, 5]; 2]]);
+    }
+
+    #[test]
+    fn budgets_come_from_the_profile_layer_errors() {
+        let dims = crate::trace::Dims {
+            n_layers: 3,
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: 4,
+        };
+        let t = random_trace(dims, 200, 5);
+        let mut p = random_profile(dims, 2);
+        // B=40, T=120, floor 32, rest 24: [44, 38, 38].
+        p.layer_errors = Some(vec![0.5, 0.25, 0.25]);
+        let s = Settings {
+            method: Method::CompressKv,
+            budget: 40,
+            first_k: 1,
+            ..Settings::default()
+        };
+        let sel = select(&t, &s, Some(&p)).unwrap();
+        assert_eq!(sel.layer_budgets, vec![44, 38, 38]);
+        assert_eq!(sel.keep.kept_per_layer(), vec![44, 38, 38]);
+        // An SRH-only profile: every layer gets B.
+        p.layer_errors = None;
+        let sel = select(&t, &s, Some(&p)).unwrap();
+        assert_eq!(sel.layer_budgets, vec![40; 3]);
+    }
+
+    #[test]
+    fn profile_of_another_shape_is_rejected() {
+        let t = trace();
+        let mut p = profile(vec![0, 3, 1, 2], &t);
+        p.model.n_heads = 8;
+        assert!(select(&t, &settings(1), Some(&p)).is_err());
+    }
+}
