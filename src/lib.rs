@@ -5,8 +5,11 @@
 //! Data flows one way: prompt -> tokenizer -> `model` prefill -> [`trace::Trace`] ->
 //! [`eviction`] -> [`keepset::KeepSet`] -> `model` decode -> generation.
 
+pub mod cli;
 pub mod eviction;
 pub mod keepset;
 pub mod model;
 pub mod profile;
+pub mod report;
+pub mod session;
 pub mod trace;

@@ -1,1 +1,62 @@
-//! The model: loading, tokenizer, forward pass.
+//! The model: loading a GGUF, its tokenizer, and the forward pass.
+
+pub mod config;
+pub mod fetch;
+pub mod forward;
+pub mod kernels;
+pub mod tokenizer;
+pub mod weights;
+
+use anyhow::{bail, Context, Result};
+use candle_core::quantized::gguf_file::Content;
+use std::path::Path;
+
+pub use config::Config;
+pub use forward::{DecodeState, Model, Precision, StepAttention};
+pub use tokenizer::Tok;
+
+/// A model with its tokenizer, loaded from one GGUF file.
+pub struct Loaded {
+    pub model: Model,
+    pub tok: Tok,
+    pub file_bytes: u64,
+}
+
+/// Opens a GGUF model file: checks it is a GGUF of a supported architecture, builds the
+/// tokenizer from its metadata and loads the weights.
+pub fn load(path: &Path) -> Result<Loaded> {
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("model file {} not found or unreadable", path.display()))?;
+    if meta.is_dir() {
+        bail!("{} is a folder, not a GGUF model file", path.display());
+    }
+    let f = std::fs::File::open(path)
+        .with_context(|| format!("cannot open model file {}", path.display()))?;
+    let mut r = std::io::BufReader::new(f);
+    let mut magic = [0u8; 4];
+    use std::io::{Read, Seek};
+    if r.read_exact(&mut magic).is_err() || &magic != b"GGUF" {
+        bail!(
+            "{} is not a GGUF file (wrong magic bytes); pass a .gguf model with --model, or delete it to re-fetch the default model",
+            path.display()
+        );
+    }
+    r.rewind()?;
+    let content = Content::read(&mut r).map_err(|e| {
+        anyhow::anyhow!("{}: corrupt or truncated GGUF header: {e}", path.display())
+    })?;
+    let config = Config::from_gguf(&content).with_context(|| format!("{}", path.display()))?;
+    let tok = Tok::from_gguf(&content).with_context(|| format!("{}", path.display()))?;
+    let weights = weights::Weights::load_gguf(&content, &mut r, &config).with_context(|| {
+        format!(
+            "{}: cannot load the weights (truncated or corrupt file?)",
+            path.display()
+        )
+    })?;
+    let model = Model::new(config, weights)?;
+    Ok(Loaded {
+        model,
+        tok,
+        file_bytes: meta.len(),
+    })
+}

@@ -1,0 +1,173 @@
+//! The command line: clap definitions and one module per subcommand.
+
+pub mod bench;
+pub mod models;
+pub mod run;
+
+use anyhow::{bail, Context, Result};
+use clap::{Args, Parser, Subcommand};
+use std::path::{Path, PathBuf};
+
+use crate::eviction::{Allocator, Method, Pooling, Settings};
+use crate::model::{self, fetch, Loaded};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "kvscope",
+    version,
+    about = "Inspect and tune KV-cache eviction (CompressKV and baselines) in GQA language models"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Prompt file for the inspector (when no subcommand is given).
+    pub prompt: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// One headless run: full-cache and compressed generation, memory, agreement.
+    Run(run::RunArgs),
+    /// Where the model cache is and what it holds.
+    Models,
+    /// Measure prefill and decode speed on the model (Trace capture on).
+    Bench(bench::BenchArgs),
+}
+
+/// Flags shared by every command that loads a model.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// A local GGUF model (architecture llama, GPT-2 style BPE tokenizer). Default: the
+    /// cached SmolLM2-135M-Instruct Q4_1, fetched on first use.
+    #[arg(long, value_name = "PATH")]
+    pub model: Option<PathBuf>,
+    /// Worker threads for the forward pass (default: all cores).
+    #[arg(long, value_name = "N")]
+    pub threads: Option<usize>,
+}
+
+/// Eviction knobs (METHOD.md). Every one has the reference default.
+#[derive(Args, Debug, Clone)]
+pub struct EvictionArgs {
+    /// full, streamingllm, h2o, snapkv, pyramidkv, adakv, compresskv
+    #[arg(long, default_value = "compresskv")]
+    pub method: String,
+    /// Prompt tokens kept per layer and KV head.
+    #[arg(long, default_value_t = 128)]
+    pub budget: usize,
+    /// Observation window (1..=64), always kept.
+    #[arg(long, default_value_t = 8)]
+    pub window: usize,
+    /// Pooling kernel (odd).
+    #[arg(long, default_value_t = 5)]
+    pub kernel: usize,
+    /// avg or max
+    #[arg(long, default_value = "avg")]
+    pub pooling: String,
+    /// CompressKV: SRH query heads per layer.
+    #[arg(long = "first-k", default_value_t = 4)]
+    pub first_k: usize,
+    /// AdaKV: fraction of its even share every KV head keeps at least.
+    #[arg(long = "adakv-floor", default_value_t = 0.2)]
+    pub adakv_floor: f32,
+    /// PyramidKV: beta of the pyramid formula.
+    #[arg(long = "pyramid-beta", default_value_t = 20)]
+    pub pyramid_beta: usize,
+    /// uniform, pyramid, error-aware (default: the method's own).
+    #[arg(long)]
+    pub allocator: Option<String>,
+    /// Explicit per-layer budgets: a,b,c,... (one per layer).
+    #[arg(long = "layer-budgets", value_name = "LIST")]
+    pub layer_budgets: Option<String>,
+    /// Profile JSON (SRH ranking and layer errors) for compresskv / error-aware budgets.
+    #[arg(long, value_name = "PATH")]
+    pub profile: Option<PathBuf>,
+}
+
+impl EvictionArgs {
+    pub fn settings(&self) -> Result<Settings> {
+        let layer_budgets = match &self.layer_budgets {
+            None => None,
+            Some(s) => Some(parse_budget_list(s)?),
+        };
+        Ok(Settings {
+            method: self.method.parse::<Method>()?,
+            budget: self.budget,
+            window: self.window,
+            kernel: self.kernel,
+            pooling: self.pooling.parse::<Pooling>()?,
+            first_k: self.first_k,
+            adakv_floor: self.adakv_floor,
+            pyramid_beta: self.pyramid_beta,
+            allocator: self
+                .allocator
+                .as_deref()
+                .map(str::parse::<Allocator>)
+                .transpose()?,
+            layer_budgets,
+        })
+    }
+}
+
+fn parse_budget_list(s: &str) -> Result<Vec<usize>> {
+    s.split(',')
+        .map(|x| {
+            x.trim()
+                .parse::<usize>()
+                .with_context(|| format!("--layer-budgets: '{x}' is not a whole number of tokens (expected a,b,c,... one per layer)"))
+        })
+        .collect()
+}
+
+pub fn init_threads(threads: Option<usize>) -> Result<()> {
+    if let Some(n) = threads {
+        if n == 0 {
+            bail!("--threads must be at least 1");
+        }
+        rayon::ThreadPoolBuilder::new()
+            .num_threads(n)
+            .build_global()
+            .context("cannot start the worker threads")?;
+    }
+    Ok(())
+}
+
+/// Resolves `--model` or the cached default model (fetching it if needed) and loads it.
+pub fn load_model(path: Option<&Path>) -> Result<Loaded> {
+    let path = match path {
+        Some(p) => p.to_path_buf(),
+        None => fetch::ensure_default_model(&mut |m| eprintln!("kvscope: {m}"))?,
+    };
+    model::load(&path)
+}
+
+pub fn read_prompt(path: &Path) -> Result<String> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read prompt file {}", path.display()))?;
+    let text = String::from_utf8(bytes)
+        .with_context(|| format!("prompt file {} is not UTF-8 text", path.display()))?;
+    if text.trim().is_empty() {
+        bail!("prompt file {} is empty", path.display());
+    }
+    Ok(text)
+}
+
+/// Entry point of the binary; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Some(Command::Run(a)) => run::run(&a),
+        Some(Command::Models) => models::run(),
+        Some(Command::Bench(a)) => bench::run(&a),
+        None => Err(anyhow::anyhow!(
+            "the inspector (TUI) is not built yet; use `kvscope run PROMPT_FILE` (see `kvscope --help`)"
+        )),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("kvscope: error: {e:#}");
+            1
+        }
+    }
+}

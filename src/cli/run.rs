@@ -1,0 +1,144 @@
+//! `kvscope run`: one headless run of the full and the compressed cache.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use super::{EvictionArgs, ModelArgs};
+use crate::eviction::Method;
+use crate::profile::Profile;
+use crate::report::{Report, SettingsPart};
+use crate::session::Session;
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Prompt text file.
+    pub prompt: PathBuf,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    #[command(flatten)]
+    pub eviction: EvictionArgs,
+    /// Tokens to generate (greedy).
+    #[arg(long = "max-new", default_value_t = 32)]
+    pub max_new: usize,
+    /// Send the prompt as is, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// Print the JSON report instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(a: &RunArgs) -> Result<()> {
+    super::init_threads(a.model.threads)?;
+    let settings = a.eviction.settings()?;
+    let text = super::read_prompt(&a.prompt)?;
+    let t = Instant::now();
+    let loaded = super::load_model(a.model.model.as_deref())?;
+    let load_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let cfg = &loaded.model.config;
+    settings.validate(&cfg.dims())?;
+    let profile = match &a.eviction.profile {
+        Some(p) => {
+            let prof = Profile::load(p)?;
+            prof.validate(&cfg.dims(), None)?;
+            Some(prof)
+        }
+        None => None,
+    };
+    let prompt = loaded.tok.apply_template(&text, a.raw);
+    let n_prompt = loaded.tok.encode(&prompt)?.len();
+    if n_prompt + a.max_new > cfg.context_length {
+        bail!(
+            "the prompt has {n_prompt} tokens; with --max-new {} that exceeds the model's context of {} tokens",
+            a.max_new,
+            cfg.context_length
+        );
+    }
+    let quiet = a.json;
+    let mut last_pct = 0;
+    let mut progress = |done: usize, total: usize| {
+        let pct = done * 100 / total.max(1);
+        if !quiet && total > 512 && pct >= last_pct + 25 {
+            eprintln!("kvscope: prefill {done}/{total} tokens");
+            last_pct = pct;
+        }
+    };
+    let mut session = Session::new(&loaded, prompt, a.max_new, profile, &mut progress)?;
+    session.timing.load = (load_ms * 1000.0).round() / 1000.0;
+    if settings.method != Method::Full || a.json {
+        session.apply(&loaded.model, &loaded.tok, settings.clone())?;
+    }
+    let profile_path = a.eviction.profile.as_ref().map(|p| p.display().to_string());
+    if a.json {
+        let report = Report::new(
+            cfg,
+            &session,
+            profile_path,
+            default_settings_part(&settings, session.max_new),
+        );
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    print_human(&loaded, &session);
+    Ok(())
+}
+
+fn default_settings_part(s: &crate::eviction::Settings, max_new: usize) -> SettingsPart {
+    SettingsPart {
+        method: s.method.name().into(),
+        budget: s.budget,
+        window: s.window,
+        kernel: s.kernel,
+        pooling: s.pooling.name().into(),
+        first_k: s.first_k,
+        allocator: s.effective_allocator().name().into(),
+        layer_budgets: Vec::new(),
+        profile: None,
+        max_new,
+    }
+}
+
+fn print_human(loaded: &crate::model::Loaded, s: &Session) {
+    let cfg = &loaded.model.config;
+    println!(
+        "model: {} ({} layers, {} heads / {} KV heads, head_dim {})",
+        cfg.name, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+    );
+    println!("prompt: {} tokens", s.trace.len);
+    println!(
+        "\n--- full cache ({} tokens generated) ---\n{}",
+        s.full.ids.len(),
+        s.full.text
+    );
+    if let Some(c) = &s.compressed {
+        println!(
+            "\n--- {} (budget {}, window {}) ---\n{}",
+            c.settings.method, c.settings.budget, c.settings.window, c.generation.text
+        );
+        println!(
+            "\nmemory: KV cache {} of {} bytes ({:.1}% of the full cache)",
+            c.generation.kv_bytes,
+            s.full.kv_bytes,
+            c.kv_fraction * 100.0
+        );
+        match c.agreement.first_divergence {
+            None => println!(
+                "agreement: identical ({:.0}% tokens match)",
+                c.agreement.token_match * 100.0
+            ),
+            Some(i) => println!(
+                "agreement: first divergence at generated token {i}; {:.0}% tokens match",
+                c.agreement.token_match * 100.0
+            ),
+        }
+    } else {
+        println!("\nmemory: KV cache {} bytes (full)", s.full.kv_bytes);
+    }
+    let t = &s.timing;
+    println!(
+        "timing: load {:.0} ms, prefill {:.0} ms, select {:.1} ms, decode full {:.0} ms, compressed {:.0} ms",
+        t.load, t.prefill, t.select, t.decode_full, t.decode_compressed
+    );
+}

@@ -1,0 +1,496 @@
+//! The forward pass of a llama-architecture GQA model: a chunked prefill that records a
+//! [`Trace`], and greedy decoding over a cache that physically holds only the kept
+//! prompt entries.
+
+use anyhow::{bail, Result};
+use rayon::prelude::*;
+
+use super::config::Config;
+use super::kernels::{self, matmul_ab, matmul_abt, matmul_xwt, rms_norm, silu, QVec, Rope};
+use super::weights::{Linear, Weights};
+use crate::keepset::KeepSet;
+use crate::trace::{BlockMap, Dims, LayerTrace, Trace, W_MAX};
+
+/// Which weights the decode path multiplies with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Precision {
+    /// 8-bit weights and activations (fast, as llama.cpp does for 4-bit models).
+    Q8,
+    /// f32 weights (bit-for-bit the numbers prefill uses; for tests and checks).
+    F32,
+}
+
+pub struct Model {
+    pub config: Config,
+    pub weights: Weights,
+    pub rope: Rope,
+    pub precision: Precision,
+}
+
+impl Model {
+    pub fn new(config: Config, weights: Weights) -> Result<Self> {
+        config.validate()?;
+        let rope = Rope::new(config.head_dim, config.rope_base, config.context_length);
+        Ok(Model {
+            config,
+            weights,
+            rope,
+            precision: Precision::Q8,
+        })
+    }
+
+    pub fn dims(&self) -> Dims {
+        self.config.dims()
+    }
+
+    /// Runs the prompt through the model with the full cache, `chunk` tokens at a time,
+    /// and records the Trace. `progress(done, total)` is called after every chunk.
+    pub fn prefill(
+        &self,
+        ids: &[u32],
+        chunk: usize,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Trace> {
+        let cfg = &self.config;
+        let len = ids.len();
+        if len == 0 {
+            bail!("the prompt is empty");
+        }
+        if len > cfg.context_length {
+            bail!(
+                "the prompt has {len} tokens but the model's context is {} tokens; shorten the prompt",
+                cfg.context_length
+            );
+        }
+        if let Some(&bad) = ids.iter().find(|&&t| t as usize >= cfg.vocab_size) {
+            bail!(
+                "token id {bad} is outside the vocabulary ({} tokens)",
+                cfg.vocab_size
+            );
+        }
+        let chunk = chunk.max(1);
+        let (d, hd, nh, nkv) = (cfg.d_model, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
+        let kvd = nkv * hd;
+        let n_rep = nh / nkv;
+        let w_max = W_MAX.min(len);
+        let (bs, nb) = BlockMap::geometry(len);
+        let scale = 1.0 / (hd as f32).sqrt();
+
+        let mut layers: Vec<LayerTrace> = (0..cfg.n_layers)
+            .map(|_| LayerTrace {
+                k: vec![0.0; nkv * len * hd],
+                v: vec![0.0; nkv * len * hd],
+                q_last: vec![0.0; nh * w_max * hd],
+                col_sums: vec![0.0; nh * len],
+                maps: Vec::new(),
+            })
+            .collect();
+        // Block sums in f64 so that chunking changes them only by f32 rounding of inputs.
+        let mut block_sums: Vec<Vec<f64>> = vec![vec![0.0; nh * nb * nb]; cfg.n_layers];
+        let mut last_hidden = vec![0.0f32; d];
+
+        let mut c0 = 0;
+        while c0 < len {
+            let c1 = (c0 + chunk).min(len);
+            let t = c1 - c0;
+            let mut x = vec![0.0f32; t * d];
+            for (row, &id) in x.chunks_exact_mut(d).zip(&ids[c0..c1]) {
+                row.copy_from_slice(
+                    &self.weights.embed.f32[id as usize * d..(id as usize + 1) * d],
+                );
+            }
+            let mut hn = vec![0.0f32; t * d];
+            let mut q = vec![0.0f32; t * d];
+            let mut kx = vec![0.0f32; t * kvd];
+            let mut vx = vec![0.0f32; t * kvd];
+            let mut attn = vec![0.0f32; t * d];
+            let mut o = vec![0.0f32; t * d];
+            let mut g = vec![0.0f32; t * cfg.d_ff];
+            let mut u = vec![0.0f32; t * cfg.d_ff];
+            for (li, lw) in self.weights.layers.iter().enumerate() {
+                let lt = &mut layers[li];
+                for (xr, hr) in x.chunks_exact(d).zip(hn.chunks_exact_mut(d)) {
+                    rms_norm(xr, &lw.attn_norm, cfg.rms_eps, hr);
+                }
+                matmul_xwt(&hn, &lw.wq.f32, &mut q, t, d, d, true);
+                matmul_xwt(&hn, &lw.wk.f32, &mut kx, t, d, kvd, true);
+                matmul_xwt(&hn, &lw.wv.f32, &mut vx, t, d, kvd, true);
+                for r in 0..t {
+                    let pos = c0 + r;
+                    for h in 0..nh {
+                        self.rope
+                            .apply(&mut q[r * d + h * hd..r * d + (h + 1) * hd], pos);
+                    }
+                    for kvh in 0..nkv {
+                        let src = r * kvd + kvh * hd;
+                        self.rope.apply(&mut kx[src..src + hd], pos);
+                        let dst = (kvh * len + pos) * hd;
+                        lt.k[dst..dst + hd].copy_from_slice(&kx[src..src + hd]);
+                        lt.v[dst..dst + hd].copy_from_slice(&vx[src..src + hd]);
+                    }
+                    if pos >= len - w_max {
+                        let row = pos - (len - w_max);
+                        for h in 0..nh {
+                            let dst = (h * w_max + row) * hd;
+                            lt.q_last[dst..dst + hd]
+                                .copy_from_slice(&q[r * d + h * hd..r * d + (h + 1) * hd]);
+                        }
+                    }
+                }
+                // Attention, one task per query head; each owns its column sums, block
+                // sums and output block, so heads never contend.
+                let nk = c1;
+                let (kc, vc, qv) = (&lt.k, &lt.v, &q);
+                let mut head_out = vec![0.0f32; nh * t * hd];
+                lt.col_sums
+                    .par_chunks_mut(len)
+                    .zip(block_sums[li].par_chunks_mut(nb * nb))
+                    .zip(head_out.par_chunks_mut(t * hd))
+                    .enumerate()
+                    .for_each_init(Vec::new, |s: &mut Vec<f32>, (h, ((cs, bsum), out))| {
+                        let kvh = h / n_rep;
+                        let kh = &kc[kvh * len * hd..(kvh * len + nk) * hd];
+                        let vh = &vc[kvh * len * hd..(kvh * len + nk) * hd];
+                        s.resize(t * nk, 0.0);
+                        matmul_abt(&qv[h * hd..], d, kh, hd, s, nk, t, hd, nk);
+                        for r in 0..t {
+                            let pos = c0 + r;
+                            let row = &mut s[r * nk..(r + 1) * nk];
+                            let (live, masked) = row.split_at_mut(pos + 1);
+                            for v in live.iter_mut() {
+                                *v *= scale;
+                            }
+                            kernels::softmax(live);
+                            masked.fill(0.0);
+                            for (c, &p) in cs.iter_mut().zip(live.iter()) {
+                                *c += p;
+                            }
+                            let qb = pos / bs;
+                            for (kb, blk) in live.chunks(bs).enumerate() {
+                                bsum[qb * nb + kb] += blk.iter().map(|&p| p as f64).sum::<f64>();
+                            }
+                        }
+                        matmul_ab(s, nk, vh, hd, out, hd, t, nk, hd);
+                    });
+                for h in 0..nh {
+                    for r in 0..t {
+                        attn[r * d + h * hd..r * d + (h + 1) * hd]
+                            .copy_from_slice(&head_out[(h * t + r) * hd..(h * t + r + 1) * hd]);
+                    }
+                }
+                matmul_xwt(&attn, &lw.wo.f32, &mut o, t, d, d, true);
+                for (xv, ov) in x.iter_mut().zip(&o) {
+                    *xv += ov;
+                }
+                for (xr, hr) in x.chunks_exact(d).zip(hn.chunks_exact_mut(d)) {
+                    rms_norm(xr, &lw.ffn_norm, cfg.rms_eps, hr);
+                }
+                matmul_xwt(&hn, &lw.gate.f32, &mut g, t, d, cfg.d_ff, true);
+                matmul_xwt(&hn, &lw.up.f32, &mut u, t, d, cfg.d_ff, true);
+                for (gv, uv) in g.iter_mut().zip(&u) {
+                    *gv = silu(*gv) * uv;
+                }
+                matmul_xwt(&g, &lw.down.f32, &mut o, t, cfg.d_ff, d, true);
+                for (xv, ov) in x.iter_mut().zip(&o) {
+                    *xv += ov;
+                }
+            }
+            if c1 == len {
+                last_hidden.copy_from_slice(&x[(t - 1) * d..]);
+            }
+            c0 = c1;
+            progress(c0, len);
+        }
+
+        for (lt, bsum) in layers.iter_mut().zip(&block_sums) {
+            lt.maps = (0..nh)
+                .map(|h| {
+                    let mut map = BlockMap {
+                        len,
+                        block_size: bs,
+                        blocks: nb,
+                        mean: vec![0.0; nb * nb],
+                    };
+                    for qb in 0..nb {
+                        for kb in 0..nb {
+                            let n = (map.block_span(qb).len() * map.block_span(kb).len()) as f64;
+                            map.mean[qb * nb + kb] = (bsum[h * nb * nb + qb * nb + kb] / n) as f32;
+                        }
+                    }
+                    map
+                })
+                .collect();
+        }
+        let last_logits = self.logits_f32(&last_hidden);
+        Ok(Trace {
+            dims: self.dims(),
+            len,
+            w_max,
+            ids: ids.to_vec(),
+            layers,
+            last_logits,
+        })
+    }
+
+    fn logits_f32(&self, hidden: &[f32]) -> Vec<f32> {
+        let mut hn = vec![0.0; hidden.len()];
+        rms_norm(hidden, &self.weights.out_norm, self.config.rms_eps, &mut hn);
+        let head = self.weights.lm_head();
+        let mut out = vec![0.0; head.rows];
+        kernels::matvec_f32(&head.f32, &hn, &mut out);
+        out
+    }
+
+    /// Greedy decoding over the kept prompt entries. The first token comes from the
+    /// prefill logits (eviction happens after prefill); generation stops after
+    /// `max_new` tokens or at a stop id (which is included).
+    pub fn generate(
+        &self,
+        trace: &Trace,
+        keep: &KeepSet,
+        max_new: usize,
+        stop_ids: &[u32],
+        mut capture: Option<&mut Vec<StepAttention>>,
+    ) -> Result<Vec<u32>> {
+        let mut out = Vec::with_capacity(max_new);
+        if max_new == 0 {
+            return Ok(out);
+        }
+        let mut tok = kernels::argmax(&trace.last_logits) as u32;
+        out.push(tok);
+        let mut state = DecodeState::new(self, trace, keep, max_new)?;
+        while out.len() < max_new && !stop_ids.contains(&tok) {
+            let logits = state.step(tok, capture.as_deref_mut())?;
+            tok = kernels::argmax(logits) as u32;
+            out.push(tok);
+        }
+        Ok(out)
+    }
+}
+
+/// Every query head's attention probabilities at one decode step, over the cache
+/// entries it attended (kept prompt positions in order, then the generated tokens).
+#[derive(Debug, Clone)]
+pub struct StepAttention {
+    /// Position of the token fed in at this step.
+    pub pos: usize,
+    /// `[layer][head][entry]`
+    pub probs: Vec<Vec<Vec<f32>>>,
+}
+
+/// The cache of one KV head: only the entries it keeps, plus what decoding appends.
+#[derive(Debug, Clone)]
+pub struct HeadCache {
+    pub positions: Vec<usize>,
+    pub k: Vec<f32>,
+    pub v: Vec<f32>,
+}
+
+/// A decoding session over a (possibly compressed) cache.
+pub struct DecodeState<'m> {
+    model: &'m Model,
+    /// `[layer][kv_head]`
+    pub cache: Vec<Vec<HeadCache>>,
+    pub pos: usize,
+    logits: Vec<f32>,
+    scratch: Scratch,
+}
+
+#[derive(Default)]
+struct Scratch {
+    x: Vec<f32>,
+    hn: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    o: Vec<f32>,
+    g: Vec<f32>,
+    u: Vec<f32>,
+    qv: QVec,
+}
+
+impl<'m> DecodeState<'m> {
+    /// Builds a cache holding exactly the kept entries of `trace`, with room for `extra`
+    /// generated tokens.
+    pub fn new(model: &'m Model, trace: &Trace, keep: &KeepSet, extra: usize) -> Result<Self> {
+        let dims = model.dims();
+        if trace.dims != dims {
+            bail!(
+                "the trace was recorded with another model ({:?} vs {:?})",
+                trace.dims,
+                dims
+            );
+        }
+        keep.validate(&dims, trace.len)?;
+        if trace.len + extra > model.config.context_length {
+            bail!(
+                "prompt ({}) + new tokens ({extra}) exceed the model's context of {} tokens; lower --max-new",
+                trace.len,
+                model.config.context_length
+            );
+        }
+        let hd = dims.head_dim;
+        let cache = keep
+            .positions
+            .iter()
+            .enumerate()
+            .map(|(l, heads)| {
+                heads
+                    .iter()
+                    .enumerate()
+                    .map(|(g, pos)| {
+                        let mut k = Vec::with_capacity((pos.len() + extra) * hd);
+                        let mut v = Vec::with_capacity((pos.len() + extra) * hd);
+                        for &p in pos {
+                            k.extend_from_slice(trace.key(l, g, p));
+                            v.extend_from_slice(trace.value(l, g, p));
+                        }
+                        let mut positions = Vec::with_capacity(pos.len() + extra);
+                        positions.extend_from_slice(pos);
+                        HeadCache { positions, k, v }
+                    })
+                    .collect()
+            })
+            .collect();
+        Ok(DecodeState {
+            model,
+            cache,
+            pos: trace.len,
+            logits: Vec::new(),
+            scratch: Scratch::default(),
+        })
+    }
+
+    /// Cache entries held now, summed over layers and KV heads.
+    pub fn entries(&self) -> usize {
+        self.cache.iter().flatten().map(|h| h.positions.len()).sum()
+    }
+
+    /// Feeds one token at the next position; returns the logits for the token after it.
+    pub fn step(&mut self, token: u32, capture: Option<&mut Vec<StepAttention>>) -> Result<&[f32]> {
+        let m = self.model;
+        let cfg = &m.config;
+        if token as usize >= cfg.vocab_size {
+            bail!("token id {token} is outside the vocabulary");
+        }
+        if self.pos >= m.rope.max_pos() {
+            bail!(
+                "position {} is past the model's context of {} tokens",
+                self.pos,
+                cfg.context_length
+            );
+        }
+        let (d, hd, nh, nkv) = (cfg.d_model, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
+        let n_rep = nh / nkv;
+        let pos = self.pos;
+        let s = &mut self.scratch;
+        let prec = m.precision;
+        s.x.clear();
+        s.x.extend_from_slice(&m.weights.embed.f32[token as usize * d..(token as usize + 1) * d]);
+        s.hn.resize(d, 0.0);
+        s.q.resize(d, 0.0);
+        s.k.resize(nkv * hd, 0.0);
+        s.v.resize(nkv * hd, 0.0);
+        s.attn.resize(d, 0.0);
+        s.o.resize(d, 0.0);
+        s.g.resize(cfg.d_ff, 0.0);
+        s.u.resize(cfg.d_ff, 0.0);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let mut probs_all: Option<Vec<Vec<Vec<f32>>>> =
+            capture.as_ref().map(|_| Vec::with_capacity(cfg.n_layers));
+
+        for (li, lw) in m.weights.layers.iter().enumerate() {
+            rms_norm(&s.x, &lw.attn_norm, cfg.rms_eps, &mut s.hn);
+            let quant = prec == Precision::Q8;
+            if quant {
+                s.qv.quantize_into(&s.hn);
+            }
+            linear(&lw.wq, &s.hn, &s.qv, quant, &mut s.q);
+            linear(&lw.wk, &s.hn, &s.qv, quant, &mut s.k);
+            linear(&lw.wv, &s.hn, &s.qv, quant, &mut s.v);
+            for h in 0..nh {
+                m.rope.apply(&mut s.q[h * hd..(h + 1) * hd], pos);
+            }
+            let layer = &mut self.cache[li];
+            for (g, hc) in layer.iter_mut().enumerate() {
+                m.rope.apply(&mut s.k[g * hd..(g + 1) * hd], pos);
+                hc.k.extend_from_slice(&s.k[g * hd..(g + 1) * hd]);
+                hc.v.extend_from_slice(&s.v[g * hd..(g + 1) * hd]);
+                hc.positions.push(pos);
+            }
+            let want = probs_all.is_some();
+            let layer = &self.cache[li];
+            let qv = &s.q;
+            let probs: Vec<Vec<f32>> = s
+                .attn
+                .par_chunks_mut(hd)
+                .enumerate()
+                .map(|(h, out)| {
+                    let hc = &layer[h / n_rep];
+                    let q = &qv[h * hd..(h + 1) * hd];
+                    let mut p: Vec<f32> =
+                        hc.k.chunks_exact(hd)
+                            .map(|kr| kernels::dot(q, kr) * scale)
+                            .collect();
+                    kernels::softmax(&mut p);
+                    out.fill(0.0);
+                    for (&w, vr) in p.iter().zip(hc.v.chunks_exact(hd)) {
+                        kernels::axpy(out, w, vr);
+                    }
+                    if want {
+                        p
+                    } else {
+                        Vec::new()
+                    }
+                })
+                .collect();
+            if let Some(pa) = probs_all.as_mut() {
+                pa.push(probs);
+            }
+            if quant {
+                s.qv.quantize_into(&s.attn);
+            }
+            linear(&lw.wo, &s.attn, &s.qv, quant, &mut s.o);
+            for (xv, ov) in s.x.iter_mut().zip(&s.o) {
+                *xv += ov;
+            }
+            rms_norm(&s.x, &lw.ffn_norm, cfg.rms_eps, &mut s.hn);
+            if quant {
+                s.qv.quantize_into(&s.hn);
+            }
+            linear(&lw.gate, &s.hn, &s.qv, quant, &mut s.g);
+            linear(&lw.up, &s.hn, &s.qv, quant, &mut s.u);
+            for (gv, uv) in s.g.iter_mut().zip(&s.u) {
+                *gv = silu(*gv) * uv;
+            }
+            if quant {
+                s.qv.quantize_into(&s.g);
+            }
+            linear(&lw.down, &s.g, &s.qv, quant, &mut s.o);
+            for (xv, ov) in s.x.iter_mut().zip(&s.o) {
+                *xv += ov;
+            }
+        }
+        rms_norm(&s.x, &m.weights.out_norm, cfg.rms_eps, &mut s.hn);
+        let head = m.weights.lm_head();
+        self.logits.resize(head.rows, 0.0);
+        let quant = prec == Precision::Q8;
+        if quant {
+            s.qv.quantize_into(&s.hn);
+        }
+        linear(head, &s.hn, &s.qv, quant, &mut self.logits);
+        if let (Some(c), Some(pa)) = (capture, probs_all) {
+            c.push(StepAttention { pos, probs: pa });
+        }
+        self.pos += 1;
+        Ok(&self.logits)
+    }
+}
+
+fn linear(w: &Linear, x: &[f32], qx: &QVec, quant: bool, out: &mut [f32]) {
+    match (&w.q, quant) {
+        (Some(qm), true) => kernels::matvec_q(qm, qx, out),
+        _ => kernels::matvec_f32(&w.f32, x, out),
+    }
+}

@@ -1,0 +1,441 @@
+//! Numeric kernels of the forward pass: f32 GEMM for prefill (the `gemm` crate, the same
+//! engine candle's CPU backend uses), an 8-bit matrix-vector product for decode, and the
+//! small element-wise pieces (RMSNorm, RoPE, softmax, SiLU).
+
+use rayon::prelude::*;
+
+/// Elements per quantisation block (the GGUF Q4_x / Q8_0 block size).
+pub const QK: usize = 32;
+
+/// `out[t][j] = sum_k x[t][k] * w[j][k]`: `x` is `[t][k]` row-major, `w` is `[n][k]`
+/// row-major (a linear layer's weight as stored), `out` is `[t][n]`.
+pub fn matmul_xwt(x: &[f32], w: &[f32], out: &mut [f32], t: usize, k: usize, n: usize, par: bool) {
+    assert!(x.len() >= t * k && w.len() >= n * k && out.len() >= t * n);
+    let parallelism = if par && rayon::current_num_threads() > 1 {
+        gemm::Parallelism::Rayon(rayon::current_num_threads())
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the asserts above bound every index gemm touches for these strides.
+    unsafe {
+        gemm::gemm(
+            t,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        )
+    }
+}
+
+/// `out[t][j] = sum_k a[t][k] * b[k][j]` with explicit row strides (for attention, where
+/// `a` and `b` are views into larger buffers). Single-threaded: callers parallelise
+/// over heads.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_ab(
+    a: &[f32],
+    a_rs: usize,
+    b: &[f32],
+    b_rs: usize,
+    out: &mut [f32],
+    out_rs: usize,
+    t: usize,
+    k: usize,
+    n: usize,
+) {
+    if t == 0 || n == 0 {
+        return;
+    }
+    assert!(a.len() >= (t - 1) * a_rs + k && out.len() >= (t - 1) * out_rs + n);
+    assert!(k == 0 || b.len() >= (k - 1) * b_rs + n);
+    // SAFETY: bounds asserted above.
+    unsafe {
+        gemm::gemm(
+            t,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            out_rs as isize,
+            false,
+            a.as_ptr(),
+            1,
+            a_rs as isize,
+            b.as_ptr(),
+            1,
+            b_rs as isize,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// `out[t][j] = sum_k a[t][k] * b[j][k]` (b transposed), strided, single-threaded.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_abt(
+    a: &[f32],
+    a_rs: usize,
+    b: &[f32],
+    b_rs: usize,
+    out: &mut [f32],
+    out_rs: usize,
+    t: usize,
+    k: usize,
+    n: usize,
+) {
+    if t == 0 || n == 0 {
+        return;
+    }
+    assert!(a.len() >= (t - 1) * a_rs + k && out.len() >= (t - 1) * out_rs + n);
+    assert!(b.len() >= (n - 1) * b_rs + k);
+    // SAFETY: bounds asserted above.
+    unsafe {
+        gemm::gemm(
+            t,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            out_rs as isize,
+            false,
+            a.as_ptr(),
+            1,
+            a_rs as isize,
+            b.as_ptr(),
+            b_rs as isize,
+            1,
+            0.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        )
+    }
+}
+
+/// A weight matrix in 8-bit affine blocks: element `w[r][c] = d[r][b] * q[r][c] + m[r][b]`
+/// with `b = c / QK` and `q` unsigned. GGUF Q4_1 (q in 0..15) and Q8_0 (q + 128, m = -128 d)
+/// convert to it exactly; other formats are quantised to it at load time.
+#[derive(Debug, Clone)]
+pub struct QMat {
+    pub rows: usize,
+    pub cols: usize,
+    pub q: Vec<u8>,
+    pub d: Vec<f32>,
+    pub m: Vec<f32>,
+}
+
+impl QMat {
+    pub fn blocks(&self) -> usize {
+        self.cols / QK
+    }
+
+    /// Quantises an f32 matrix (`cols` must be a multiple of QK) per block with the
+    /// block's min and max, 8 bits.
+    pub fn from_f32(w: &[f32], rows: usize, cols: usize) -> Self {
+        assert_eq!(cols % QK, 0);
+        let nb = cols / QK;
+        let mut q = vec![0u8; rows * cols];
+        let mut d = vec![0f32; rows * nb];
+        let mut m = vec![0f32; rows * nb];
+        for (bi, (blk, qb)) in w.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).enumerate() {
+            let lo = blk.iter().cloned().fold(f32::INFINITY, f32::min);
+            let hi = blk.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let scale = (hi - lo) / 255.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            for (o, &x) in qb.iter_mut().zip(blk) {
+                *o = ((x - lo) * inv).round().clamp(0.0, 255.0) as u8;
+            }
+            d[bi] = scale;
+            m[bi] = lo;
+        }
+        QMat {
+            rows,
+            cols,
+            q,
+            d,
+            m,
+        }
+    }
+
+    pub fn dequantize(&self) -> Vec<f32> {
+        let nb = self.blocks();
+        let mut out = vec![0f32; self.rows * self.cols];
+        for (i, (o, &q)) in out.iter_mut().zip(&self.q).enumerate() {
+            let b = (i / self.cols) * nb + (i % self.cols) / QK;
+            *o = self.d[b] * q as f32 + self.m[b];
+        }
+        out
+    }
+}
+
+/// An activation vector quantised to signed 8 bits per block (symmetric), with the
+/// per-block scale and the scaled block sum the affine weight offset needs.
+#[derive(Debug, Clone, Default)]
+pub struct QVec {
+    pub q: Vec<i8>,
+    pub s: Vec<f32>,
+    pub sum: Vec<f32>,
+}
+
+impl QVec {
+    pub fn quantize_into(&mut self, x: &[f32]) {
+        let nb = x.len() / QK;
+        self.q.resize(x.len(), 0);
+        self.s.resize(nb, 0.0);
+        self.sum.resize(nb, 0.0);
+        for (b, (blk, qb)) in x
+            .chunks_exact(QK)
+            .zip(self.q.chunks_exact_mut(QK))
+            .enumerate()
+        {
+            let amax = blk.iter().fold(0f32, |a, &v| a.max(v.abs()));
+            let s = amax / 127.0;
+            let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+            let mut isum = 0i32;
+            for (o, &v) in qb.iter_mut().zip(blk) {
+                let qi = (v * inv).round() as i32;
+                *o = qi as i8;
+                isum += qi;
+            }
+            self.s[b] = s;
+            self.sum[b] = s * isum as f32;
+        }
+    }
+}
+
+#[inline(always)]
+fn dot_u8_i8(a: &[u8], b: &[i8]) -> i32 {
+    let mut s = 0i32;
+    for i in 0..QK {
+        s += a[i] as i32 * b[i] as i32;
+    }
+    s
+}
+
+#[inline(always)]
+fn qrow_dot(w: &QMat, r: usize, x: &QVec) -> f32 {
+    let nb = w.blocks();
+    let q = &w.q[r * w.cols..(r + 1) * w.cols];
+    let d = &w.d[r * nb..(r + 1) * nb];
+    let m = &w.m[r * nb..(r + 1) * nb];
+    let mut acc = 0f32;
+    for b in 0..nb {
+        let i = dot_u8_i8(&q[b * QK..(b + 1) * QK], &x.q[b * QK..(b + 1) * QK]);
+        acc += d[b] * x.s[b] * i as f32 + m[b] * x.sum[b];
+    }
+    acc
+}
+
+/// Rows per parallel task in the matrix-vector product.
+const MV_CHUNK: usize = 64;
+
+/// `out[r] = w[r] . x` over 8-bit weights and activations, parallel over rows.
+pub fn matvec_q(w: &QMat, x: &QVec, out: &mut [f32]) {
+    debug_assert_eq!(out.len(), w.rows);
+    out.par_chunks_mut(MV_CHUNK)
+        .enumerate()
+        .for_each(|(ci, o)| {
+            for (i, v) in o.iter_mut().enumerate() {
+                *v = qrow_dot(w, ci * MV_CHUNK + i, x);
+            }
+        });
+}
+
+/// `out[r] = w[r] . x` over f32 weights, parallel over rows.
+pub fn matvec_f32(w: &[f32], x: &[f32], out: &mut [f32]) {
+    let k = x.len();
+    out.par_chunks_mut(MV_CHUNK)
+        .enumerate()
+        .for_each(|(ci, o)| {
+            for (i, v) in o.iter_mut().enumerate() {
+                let r = ci * MV_CHUNK + i;
+                *v = dot(&w[r * k..(r + 1) * k], x);
+            }
+        });
+}
+
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums let the compiler keep several FMA chains in flight.
+    let mut acc = [0f32; 8];
+    let n = a.len().min(b.len());
+    let (a8, b8) = (&a[..n / 8 * 8], &b[..n / 8 * 8]);
+    for (ca, cb) in a8.chunks_exact(8).zip(b8.chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += ca[i] * cb[i];
+        }
+    }
+    let mut s: f32 = acc.iter().sum();
+    for i in n / 8 * 8..n {
+        s += a[i] * b[i];
+    }
+    s
+}
+
+/// `y += a * x`
+#[inline]
+pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
+    for (yi, &xi) in y.iter_mut().zip(x) {
+        *yi += a * xi;
+    }
+}
+
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let ms = x.iter().map(|v| v * v).sum::<f32>() / x.len() as f32;
+    let r = 1.0 / (ms + eps).sqrt();
+    for ((o, &v), &g) in out.iter_mut().zip(x).zip(w) {
+        *o = v * r * g;
+    }
+}
+
+/// In-place softmax; returns nothing, the row sums to 1 afterwards.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// Rotary tables for "normal" RoPE as llama.cpp applies it to GGUF llama weights:
+/// consecutive pairs (x[2i], x[2i+1]) rotate by angle pos * base^(-2i/head_dim).
+#[derive(Debug, Clone)]
+pub struct Rope {
+    half: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl Rope {
+    pub fn new(head_dim: usize, base: f32, max_pos: usize) -> Self {
+        let half = head_dim / 2;
+        let mut cos = Vec::with_capacity(max_pos * half);
+        let mut sin = Vec::with_capacity(max_pos * half);
+        for p in 0..max_pos {
+            for i in 0..half {
+                let theta = (base as f64).powf(-2.0 * i as f64 / head_dim as f64);
+                let a = p as f64 * theta;
+                cos.push(a.cos() as f32);
+                sin.push(a.sin() as f32);
+            }
+        }
+        Rope { half, cos, sin }
+    }
+
+    pub fn max_pos(&self) -> usize {
+        self.cos.len() / self.half.max(1)
+    }
+
+    /// Rotates one head vector (length head_dim) in place for position `pos`.
+    #[inline]
+    pub fn apply(&self, x: &mut [f32], pos: usize) {
+        let c = &self.cos[pos * self.half..(pos + 1) * self.half];
+        let s = &self.sin[pos * self.half..(pos + 1) * self.half];
+        for i in 0..self.half {
+            let (a, b) = (x[2 * i], x[2 * i + 1]);
+            x[2 * i] = a * c[i] - b * s[i];
+            x[2 * i + 1] = a * s[i] + b * c[i];
+        }
+    }
+}
+
+pub fn argmax(x: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &v) in x.iter().enumerate() {
+        if v > x[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: &mut u64) -> f32 {
+        *seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        ((*seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+    }
+
+    #[test]
+    fn gemm_matches_naive() {
+        let (t, k, n) = (5, 7, 3);
+        let mut s = 1;
+        let x: Vec<f32> = (0..t * k).map(|_| lcg(&mut s)).collect();
+        let w: Vec<f32> = (0..n * k).map(|_| lcg(&mut s)).collect();
+        let mut out = vec![0.0; t * n];
+        matmul_xwt(&x, &w, &mut out, t, k, n, false);
+        for i in 0..t {
+            for j in 0..n {
+                let e: f32 = (0..k).map(|c| x[i * k + c] * w[j * k + c]).sum();
+                assert!((out[i * n + j] - e).abs() < 1e-5);
+            }
+        }
+    }
+
+    #[test]
+    fn quantised_matvec_close_to_f32() {
+        let (rows, cols) = (70, 96);
+        let mut s = 7;
+        let w: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut s)).collect();
+        let x: Vec<f32> = (0..cols).map(|_| lcg(&mut s)).collect();
+        let qm = QMat::from_f32(&w, rows, cols);
+        let mut qx = QVec::default();
+        qx.quantize_into(&x);
+        let mut a = vec![0.0; rows];
+        let mut b = vec![0.0; rows];
+        matvec_q(&qm, &qx, &mut a);
+        matvec_f32(&w, &x, &mut b);
+        let norm = b.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let err = a
+            .iter()
+            .zip(&b)
+            .map(|(p, q)| (p - q) * (p - q))
+            .sum::<f32>()
+            .sqrt();
+        assert!(err / norm < 0.02, "relative error {}", err / norm);
+    }
+
+    #[test]
+    fn rope_is_a_rotation_of_pairs() {
+        let r = Rope::new(4, 10000.0, 8);
+        let mut x = vec![1.0, 0.0, 0.0, 1.0];
+        r.apply(&mut x, 3);
+        assert!((x[0] - 3f32.cos()).abs() < 1e-6 && (x[1] - 3f32.sin()).abs() < 1e-6);
+        let th = 3.0 * 10000f64.powf(-0.5);
+        assert!((x[2] + th.sin() as f32).abs() < 1e-6 && (x[3] - th.cos() as f32).abs() < 1e-6);
+    }
+}

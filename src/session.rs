@@ -1,0 +1,179 @@
+//! One prompt's state, shared by the headless commands and the inspector: the Trace
+//! (computed once), the full-cache generation (computed once), the current settings,
+//! and the compressed generation with its memory accounting and agreement.
+
+use anyhow::Result;
+use serde::Serialize;
+use std::time::Instant;
+
+use crate::eviction::{self, Selection, Settings};
+use crate::keepset::KeepSet;
+use crate::model::{Loaded, Model, Tok};
+use crate::profile::Profile;
+use crate::trace::Trace;
+
+/// Bytes per K or V element as kvscope stores its cache (f32).
+pub const KV_ELEM_BYTES: usize = 4;
+
+/// Prefill chunk size: large enough for efficient GEMMs, small enough for progress.
+pub const PREFILL_CHUNK: usize = 512;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Generation {
+    pub ids: Vec<u32>,
+    pub text: String,
+    /// Bytes the prompt's K/V occupy after eviction.
+    pub kv_bytes: usize,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Timing {
+    pub load: f64,
+    pub prefill: f64,
+    pub select: f64,
+    pub decode_full: f64,
+    pub decode_compressed: f64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct Agreement {
+    pub first_divergence: Option<usize>,
+    pub token_match: f64,
+}
+
+/// Where the compressed generation first differs from the full one (`None`: identical),
+/// and the fraction of positions, up to the longer of the two, holding the same token.
+pub fn agreement(full: &[u32], comp: &[u32]) -> Agreement {
+    let n = full.len().max(comp.len());
+    let first = (0..n).find(|&i| full.get(i) != comp.get(i));
+    let same = full.iter().zip(comp).filter(|(a, b)| a == b).count();
+    Agreement {
+        first_divergence: first,
+        token_match: if n == 0 { 1.0 } else { same as f64 / n as f64 },
+    }
+}
+
+/// KV bytes held for a keep set: entries x head_dim x 2 (K and V) x element size.
+pub fn kv_bytes(keep: &KeepSet, head_dim: usize) -> usize {
+    keep.kept_per_layer().iter().sum::<usize>() * head_dim * 2 * KV_ELEM_BYTES
+}
+
+/// Per-layer KV bytes held for a keep set.
+pub fn kv_bytes_per_layer(keep: &KeepSet, head_dim: usize) -> Vec<usize> {
+    keep.kept_per_layer()
+        .iter()
+        .map(|n| n * head_dim * 2 * KV_ELEM_BYTES)
+        .collect()
+}
+
+pub struct Compressed {
+    pub settings: Settings,
+    pub selection: Selection,
+    pub generation: Generation,
+    pub kv_fraction: f64,
+    pub agreement: Agreement,
+}
+
+pub struct Session {
+    pub prompt_text: String,
+    pub trace: Trace,
+    pub max_new: usize,
+    pub full: Generation,
+    pub profile: Option<Profile>,
+    pub compressed: Option<Compressed>,
+    pub timing: Timing,
+}
+
+impl Session {
+    /// Prefills the prompt (already templated) and decodes the full-cache generation.
+    pub fn new(
+        loaded: &Loaded,
+        prompt_text: String,
+        max_new: usize,
+        profile: Option<Profile>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Session> {
+        let ids = loaded.tok.encode(&prompt_text)?;
+        let t = Instant::now();
+        let trace = loaded.model.prefill(&ids, PREFILL_CHUNK, progress)?;
+        let prefill = ms(t);
+        let t = Instant::now();
+        let all = KeepSet::all(&trace.dims, trace.len);
+        let full_ids = loaded
+            .model
+            .generate(&trace, &all, max_new, &loaded.tok.stop_ids, None)?;
+        let decode_full = ms(t);
+        let full = Generation {
+            text: loaded.tok.decode(&full_ids),
+            ids: full_ids,
+            kv_bytes: trace.full_kv_bytes(KV_ELEM_BYTES),
+        };
+        Ok(Session {
+            prompt_text,
+            trace,
+            max_new,
+            full,
+            profile,
+            compressed: None,
+            timing: Timing {
+                prefill,
+                decode_full,
+                ..Default::default()
+            },
+        })
+    }
+
+    /// Selects with `settings` and decodes over the compressed cache.
+    pub fn apply(&mut self, model: &Model, tok: &Tok, settings: Settings) -> Result<&Compressed> {
+        let t = Instant::now();
+        let selection = eviction::select(&self.trace, &settings, self.profile.as_ref())?;
+        self.timing.select = ms(t);
+        let t = Instant::now();
+        let ids = model.generate(
+            &self.trace,
+            &selection.keep,
+            self.max_new,
+            &tok.stop_ids,
+            None,
+        )?;
+        self.timing.decode_compressed = ms(t);
+        let bytes = kv_bytes(&selection.keep, self.trace.dims.head_dim);
+        let agreement = agreement(&self.full.ids, &ids);
+        let generation = Generation {
+            text: tok.decode(&ids),
+            ids,
+            kv_bytes: bytes,
+        };
+        Ok(self.compressed.insert(Compressed {
+            kv_fraction: bytes as f64 / self.full.kv_bytes.max(1) as f64,
+            settings,
+            selection,
+            generation,
+            agreement,
+        }))
+    }
+}
+
+fn ms(t: Instant) -> f64 {
+    (t.elapsed().as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agreement_counts_positions_up_to_the_longer_output() {
+        assert_eq!(
+            agreement(&[1, 2, 3], &[1, 2, 3]),
+            Agreement {
+                first_divergence: None,
+                token_match: 1.0
+            }
+        );
+        let a = agreement(&[1, 2, 3, 4], &[1, 9, 3]);
+        assert_eq!(a.first_divergence, Some(1));
+        assert!((a.token_match - 0.5).abs() < 1e-12);
+        assert_eq!(agreement(&[1, 2], &[1, 2, 5]).first_divergence, Some(2));
+    }
+}
