@@ -37,14 +37,14 @@ impl Config {
         if self.n_layers == 0 || self.n_heads == 0 || self.n_kv_heads == 0 || self.d_model == 0 {
             bail!("model has an empty dimension: {self:?}");
         }
-        if self.n_heads % self.n_kv_heads != 0 {
+        if !self.n_heads.is_multiple_of(self.n_kv_heads) {
             bail!(
                 "{} query heads do not divide into {} KV heads",
                 self.n_heads,
                 self.n_kv_heads
             );
         }
-        if self.head_dim % 2 != 0 || self.head_dim * self.n_heads != self.d_model {
+        if !self.head_dim.is_multiple_of(2) || self.head_dim * self.n_heads != self.d_model {
             bail!(
                 "unsupported head layout: {} heads x {} dims for embedding {}",
                 self.n_heads,

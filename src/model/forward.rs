@@ -279,11 +279,139 @@ pub struct StepAttention {
 }
 
 /// The cache of one KV head: only the entries it keeps, plus what decoding appends.
+/// Keys are stored dimension-major (`kt[dim][entry]`, row length `cap`) so a head's
+/// scores over all entries are `head_dim` contiguous axpys with no horizontal sums;
+/// values are entry-major (`v[entry][dim]`) so the output is one axpy per entry.
 #[derive(Debug, Clone)]
 pub struct HeadCache {
+    /// Original position of every entry (kept prompt positions, then generated ones).
     pub positions: Vec<usize>,
-    pub k: Vec<f32>,
-    pub v: Vec<f32>,
+    cap: usize,
+    head_dim: usize,
+    kt: Vec<f32>,
+    v: Vec<f32>,
+}
+
+impl HeadCache {
+    fn with_capacity(cap: usize, head_dim: usize) -> Self {
+        HeadCache {
+            positions: Vec::with_capacity(cap),
+            cap,
+            head_dim,
+            kt: vec![0.0; cap * head_dim],
+            v: Vec::with_capacity(cap * head_dim),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.positions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.positions.is_empty()
+    }
+
+    fn push(&mut self, pos: usize, k: &[f32], v: &[f32]) -> Result<()> {
+        let n = self.positions.len();
+        if n >= self.cap {
+            bail!("decode cache is full ({} entries); raise the token allowance", self.cap);
+        }
+        for (i, &kv) in k.iter().enumerate() {
+            self.kt[i * self.cap + n] = kv;
+        }
+        self.v.extend_from_slice(v);
+        self.positions.push(pos);
+        Ok(())
+    }
+
+    /// Adds `scale * q_h . k_j` for entries `j0..j0 + p.len()` to each query head's
+    /// score slice, reading every key once for all heads of the group.
+    fn scores_chunk(&self, qs: &[&[f32]], scale: f32, j0: usize, ps: &mut [&mut [f32]]) {
+        for i in 0..self.head_dim {
+            let row = &self.kt[i * self.cap + j0..];
+            for (q, p) in qs.iter().zip(ps.iter_mut()) {
+                let n = p.len();
+                kernels::axpy(p, q[i] * scale, &row[..n]);
+            }
+        }
+    }
+
+    /// `out_h += sum_j p_h[j] * v[j0 + j]` for each query head of the group.
+    fn values_chunk(&self, ps: &[&[f32]], j0: usize, out: &mut [f32]) {
+        let hd = self.head_dim;
+        let n = ps.first().map_or(0, |p| p.len());
+        for j in 0..n {
+            let vr = &self.v[(j0 + j) * hd..(j0 + j + 1) * hd];
+            for (h, p) in ps.iter().enumerate() {
+                kernels::axpy(&mut out[h * hd..(h + 1) * hd], p[j], vr);
+            }
+        }
+    }
+}
+
+/// Entries per parallel task in decode attention.
+const ATTN_CHUNK: usize = 256;
+
+/// Decode attention for one layer. Work is split into (KV head, chunk of entries) tasks
+/// so both cores share long caches, and each key and value is read once for all the
+/// query heads of its group (GQA) instead of once per query head.
+fn attend_layer(
+    layer: &[HeadCache],
+    q: &[f32],
+    n_rep: usize,
+    scale: f32,
+    probs: &mut [Vec<f32>],
+    out: &mut [f32],
+) {
+    let hd = layer.first().map_or(0, |h| h.head_dim);
+    for (h, p) in probs.iter_mut().enumerate() {
+        p.clear();
+        p.resize(layer[h / n_rep].len(), 0.0);
+    }
+    // Scores: tasks own disjoint chunks of every head's score vector.
+    {
+        let mut tasks: Vec<(usize, usize, Vec<&mut [f32]>)> = Vec::new();
+        for (g, group) in probs.chunks_mut(n_rep).enumerate() {
+            let mut iters: Vec<_> = group.iter_mut().map(|p| p.chunks_mut(ATTN_CHUNK)).collect();
+            let mut c = 0;
+            loop {
+                let parts: Vec<&mut [f32]> = iters.iter_mut().filter_map(|it| it.next()).collect();
+                if parts.len() < n_rep {
+                    break;
+                }
+                tasks.push((g, c * ATTN_CHUNK, parts));
+                c += 1;
+            }
+        }
+        tasks.into_par_iter().for_each(|(g, j0, mut parts)| {
+            let qs: Vec<&[f32]> = (0..n_rep).map(|r| &q[(g * n_rep + r) * hd..(g * n_rep + r + 1) * hd]).collect();
+            layer[g].scores_chunk(&qs, scale, j0, &mut parts);
+        });
+    }
+    probs.par_iter_mut().for_each(|p| kernels::softmax(p));
+    // Values: each task sums its chunk into a private buffer; the buffers are added up.
+    let tasks: Vec<(usize, usize)> = layer
+        .iter()
+        .enumerate()
+        .flat_map(|(g, hc)| (0..hc.len().div_ceil(ATTN_CHUNK)).map(move |c| (g, c * ATTN_CHUNK)))
+        .collect();
+    let partials: Vec<(usize, Vec<f32>)> = tasks
+        .into_par_iter()
+        .map(|(g, j0)| {
+            let hc = &layer[g];
+            let j1 = (j0 + ATTN_CHUNK).min(hc.len());
+            let ps: Vec<&[f32]> = probs[g * n_rep..(g + 1) * n_rep].iter().map(|p| &p[j0..j1]).collect();
+            let mut acc = vec![0.0f32; n_rep * hd];
+            hc.values_chunk(&ps, j0, &mut acc);
+            (g, acc)
+        })
+        .collect();
+    out.fill(0.0);
+    for (g, acc) in partials {
+        for (o, a) in out[g * n_rep * hd..(g + 1) * n_rep * hd].iter_mut().zip(&acc) {
+            *o += a;
+        }
+    }
 }
 
 /// A decoding session over a (possibly compressed) cache.
@@ -308,6 +436,8 @@ struct Scratch {
     g: Vec<f32>,
     u: Vec<f32>,
     qv: QVec,
+    /// Attention probabilities of the current layer, per query head.
+    probs: Vec<Vec<f32>>,
 }
 
 impl<'m> DecodeState<'m> {
@@ -340,19 +470,15 @@ impl<'m> DecodeState<'m> {
                     .iter()
                     .enumerate()
                     .map(|(g, pos)| {
-                        let mut k = Vec::with_capacity((pos.len() + extra) * hd);
-                        let mut v = Vec::with_capacity((pos.len() + extra) * hd);
+                        let mut hc = HeadCache::with_capacity(pos.len() + extra, hd);
                         for &p in pos {
-                            k.extend_from_slice(trace.key(l, g, p));
-                            v.extend_from_slice(trace.value(l, g, p));
+                            hc.push(p, trace.key(l, g, p), trace.value(l, g, p))?;
                         }
-                        let mut positions = Vec::with_capacity(pos.len() + extra);
-                        positions.extend_from_slice(pos);
-                        HeadCache { positions, k, v }
+                        Ok(hc)
                     })
-                    .collect()
+                    .collect::<Result<Vec<_>>>()
             })
-            .collect();
+            .collect::<Result<Vec<_>>>()?;
         Ok(DecodeState {
             model,
             cache,
@@ -415,38 +541,12 @@ impl<'m> DecodeState<'m> {
             let layer = &mut self.cache[li];
             for (g, hc) in layer.iter_mut().enumerate() {
                 m.rope.apply(&mut s.k[g * hd..(g + 1) * hd], pos);
-                hc.k.extend_from_slice(&s.k[g * hd..(g + 1) * hd]);
-                hc.v.extend_from_slice(&s.v[g * hd..(g + 1) * hd]);
-                hc.positions.push(pos);
+                hc.push(pos, &s.k[g * hd..(g + 1) * hd], &s.v[g * hd..(g + 1) * hd])?;
             }
-            let want = probs_all.is_some();
-            let layer = &self.cache[li];
-            let qv = &s.q;
-            let probs: Vec<Vec<f32>> = s
-                .attn
-                .par_chunks_mut(hd)
-                .enumerate()
-                .map(|(h, out)| {
-                    let hc = &layer[h / n_rep];
-                    let q = &qv[h * hd..(h + 1) * hd];
-                    let mut p: Vec<f32> =
-                        hc.k.chunks_exact(hd)
-                            .map(|kr| kernels::dot(q, kr) * scale)
-                            .collect();
-                    kernels::softmax(&mut p);
-                    out.fill(0.0);
-                    for (&w, vr) in p.iter().zip(hc.v.chunks_exact(hd)) {
-                        kernels::axpy(out, w, vr);
-                    }
-                    if want {
-                        p
-                    } else {
-                        Vec::new()
-                    }
-                })
-                .collect();
+            s.probs.resize(nh, Vec::new());
+            attend_layer(&self.cache[li], &s.q, n_rep, scale, &mut s.probs, &mut s.attn);
             if let Some(pa) = probs_all.as_mut() {
-                pa.push(probs);
+                pa.push(s.probs.clone());
             }
             if quant {
                 s.qv.quantize_into(&s.attn);

@@ -22,7 +22,7 @@ pub struct Linear {
 
 impl Linear {
     pub fn from_f32(w: Vec<f32>, rows: usize, cols: usize) -> Self {
-        let q = (cols % QK == 0).then(|| QMat::from_f32(&w, rows, cols));
+        let q = (cols.is_multiple_of(QK)).then(|| QMat::from_f32(&w, rows, cols));
         Linear {
             rows,
             cols,
@@ -164,7 +164,7 @@ fn linear<R: std::io::Read + std::io::Seek>(
     let q = match t.dtype() {
         GgmlDType::Q4_1 => Some(q4_1_to_qmat(&t.data()?, rows, cols)?),
         GgmlDType::Q8_0 => Some(q8_0_to_qmat(&t.data()?, rows, cols)?),
-        _ if cols % QK == 0 => Some(QMat::from_f32(&f, rows, cols)),
+        _ if cols.is_multiple_of(QK) => Some(QMat::from_f32(&f, rows, cols)),
         _ => None,
     };
     Ok(Linear {
@@ -176,36 +176,22 @@ fn linear<R: std::io::Read + std::io::Seek>(
 }
 
 /// Q4_1 block: f16 d, f16 m, 16 bytes of nibbles (low nibbles = elements 0..16,
-/// high nibbles = 16..32); value = d * q + m.
+/// high nibbles = 16..32); value = d * q + m. The nibbles are kept packed as they are.
 fn q4_1_to_qmat(raw: &[u8], rows: usize, cols: usize) -> Result<QMat> {
     const BS: usize = 20;
     let nblocks = rows * cols / QK;
     if raw.len() != nblocks * BS {
-        bail!(
-            "Q4_1 data has {} bytes, expected {}",
-            raw.len(),
-            nblocks * BS
-        );
+        bail!("Q4_1 data has {} bytes, expected {}", raw.len(), nblocks * BS);
     }
-    let mut q = vec![0u8; rows * cols];
+    let mut q = Vec::with_capacity(rows * cols / 2);
     let mut d = Vec::with_capacity(nblocks);
     let mut m = Vec::with_capacity(nblocks);
-    for (b, blk) in raw.chunks_exact(BS).enumerate() {
+    for blk in raw.chunks_exact(BS) {
         d.push(f16::from_le_bytes([blk[0], blk[1]]).to_f32());
         m.push(f16::from_le_bytes([blk[2], blk[3]]).to_f32());
-        let out = &mut q[b * QK..(b + 1) * QK];
-        for j in 0..QK / 2 {
-            out[j] = blk[4 + j] & 0x0f;
-            out[j + QK / 2] = blk[4 + j] >> 4;
-        }
+        q.extend_from_slice(&blk[4..BS]);
     }
-    Ok(QMat {
-        rows,
-        cols,
-        q,
-        d,
-        m,
-    })
+    Ok(QMat { rows, cols, packed: true, q, d, m })
 }
 
 /// Q8_0 block: f16 d, 32 signed bytes; value = d * q. Stored as unsigned q + 128 with
@@ -234,6 +220,7 @@ fn q8_0_to_qmat(raw: &[u8], rows: usize, cols: usize) -> Result<QMat> {
     Ok(QMat {
         rows,
         cols,
+        packed: false,
         q,
         d,
         m,
