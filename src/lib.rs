@@ -12,4 +12,5 @@ pub mod model;
 pub mod profile;
 pub mod report;
 pub mod session;
+pub mod testing;
 pub mod trace;
