@@ -143,7 +143,6 @@ fn truncated_gguf() {
 /// RUST_LIB_BACKTRACE) is set, and their Display prints it, so the error "line" becomes
 /// ~50 lines (src/model/mod.rs, Content::read; src/model/weights.rs, read_tensor).
 #[test]
-#[ignore = "bug: candle backtraces leak into the error line when RUST_BACKTRACE=1"]
 fn truncated_gguf_error_is_one_line_with_rust_backtrace_set() {
     let e = Env::new("truncated-bt");
     let p = e.prompt();

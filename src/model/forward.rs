@@ -314,7 +314,10 @@ impl HeadCache {
     fn push(&mut self, pos: usize, k: &[f32], v: &[f32]) -> Result<()> {
         let n = self.positions.len();
         if n >= self.cap {
-            bail!("decode cache is full ({} entries); raise the token allowance", self.cap);
+            bail!(
+                "decode cache is full ({} entries); raise the token allowance",
+                self.cap
+            );
         }
         for (i, &kv) in k.iter().enumerate() {
             self.kt[i * self.cap + n] = kv;
@@ -384,7 +387,9 @@ fn attend_layer(
             }
         }
         tasks.into_par_iter().for_each(|(g, j0, mut parts)| {
-            let qs: Vec<&[f32]> = (0..n_rep).map(|r| &q[(g * n_rep + r) * hd..(g * n_rep + r + 1) * hd]).collect();
+            let qs: Vec<&[f32]> = (0..n_rep)
+                .map(|r| &q[(g * n_rep + r) * hd..(g * n_rep + r + 1) * hd])
+                .collect();
             layer[g].scores_chunk(&qs, scale, j0, &mut parts);
         });
     }
@@ -400,7 +405,10 @@ fn attend_layer(
         .map(|(g, j0)| {
             let hc = &layer[g];
             let j1 = (j0 + ATTN_CHUNK).min(hc.len());
-            let ps: Vec<&[f32]> = probs[g * n_rep..(g + 1) * n_rep].iter().map(|p| &p[j0..j1]).collect();
+            let ps: Vec<&[f32]> = probs[g * n_rep..(g + 1) * n_rep]
+                .iter()
+                .map(|p| &p[j0..j1])
+                .collect();
             let mut acc = vec![0.0f32; n_rep * hd];
             hc.values_chunk(&ps, j0, &mut acc);
             (g, acc)
@@ -408,11 +416,17 @@ fn attend_layer(
         .collect();
     out.fill(0.0);
     for (g, acc) in partials {
-        for (o, a) in out[g * n_rep * hd..(g + 1) * n_rep * hd].iter_mut().zip(&acc) {
+        for (o, a) in out[g * n_rep * hd..(g + 1) * n_rep * hd]
+            .iter_mut()
+            .zip(&acc)
+        {
             *o += a;
         }
     }
 }
+
+/// `[layer][kv_head][prompt position]`: whether a shadow eviction keeps the entry.
+type ShadowMasks = Vec<Vec<Vec<bool>>>;
 
 /// A decoding session over a (possibly compressed) cache.
 pub struct DecodeState<'m> {
@@ -420,6 +434,8 @@ pub struct DecodeState<'m> {
     /// `[layer][kv_head]`
     pub cache: Vec<Vec<HeadCache>>,
     pub pos: usize,
+    /// Prompt length of the trace this cache was built from.
+    pub prompt_len: usize,
     logits: Vec<f32>,
     scratch: Scratch,
 }
@@ -483,6 +499,7 @@ impl<'m> DecodeState<'m> {
             model,
             cache,
             pos: trace.len,
+            prompt_len: trace.len,
             logits: Vec::new(),
             scratch: Scratch::default(),
         })
@@ -495,6 +512,48 @@ impl<'m> DecodeState<'m> {
 
     /// Feeds one token at the next position; returns the logits for the token after it.
     pub fn step(&mut self, token: u32, capture: Option<&mut Vec<StepAttention>>) -> Result<&[f32]> {
+        self.step_inner(token, capture, None)
+    }
+
+    /// Like [`step`](Self::step) on a full cache, and also measures, per layer, how far
+    /// the attention output (after the output projection) would move if the layer
+    /// attended only to the prompt entries `shadow` keeps (plus all generated tokens):
+    /// `||o_kept - o_full|| / (||o_full|| + 1e-5)` (METHOD.md, eviction error of a layer).
+    /// Attention restricted to a subset is the full softmax renormalised over it, so the
+    /// full probabilities give it exactly. Errors are appended to `errors`, one per layer.
+    pub fn step_shadow(
+        &mut self,
+        token: u32,
+        shadow: &KeepSet,
+        errors: &mut Vec<f32>,
+    ) -> Result<&[f32]> {
+        let masks: ShadowMasks = shadow
+            .positions
+            .iter()
+            .map(|heads| {
+                heads
+                    .iter()
+                    .map(|pos| {
+                        let mut m = vec![false; self.prompt_len];
+                        for &p in pos {
+                            if p < m.len() {
+                                m[p] = true;
+                            }
+                        }
+                        m
+                    })
+                    .collect()
+            })
+            .collect();
+        self.step_inner(token, None, Some((&masks, errors)))
+    }
+
+    fn step_inner(
+        &mut self,
+        token: u32,
+        capture: Option<&mut Vec<StepAttention>>,
+        mut shadow: Option<(&ShadowMasks, &mut Vec<f32>)>,
+    ) -> Result<&[f32]> {
         let m = self.model;
         let cfg = &m.config;
         if token as usize >= cfg.vocab_size {
@@ -544,9 +603,27 @@ impl<'m> DecodeState<'m> {
                 hc.push(pos, &s.k[g * hd..(g + 1) * hd], &s.v[g * hd..(g + 1) * hd])?;
             }
             s.probs.resize(nh, Vec::new());
-            attend_layer(&self.cache[li], &s.q, n_rep, scale, &mut s.probs, &mut s.attn);
+            attend_layer(
+                &self.cache[li],
+                &s.q,
+                n_rep,
+                scale,
+                &mut s.probs,
+                &mut s.attn,
+            );
             if let Some(pa) = probs_all.as_mut() {
                 pa.push(s.probs.clone());
+            }
+            if let Some((masks, errors)) = shadow.as_mut() {
+                errors.push(shadow_error(
+                    &self.cache[li],
+                    &masks[li],
+                    &s.probs,
+                    &s.attn,
+                    n_rep,
+                    &lw.wo,
+                    self.prompt_len,
+                )?);
             }
             if quant {
                 s.qv.quantize_into(&s.attn);
@@ -586,6 +663,57 @@ impl<'m> DecodeState<'m> {
         self.pos += 1;
         Ok(&self.logits)
     }
+}
+
+/// Relative error of one layer's attention output when each KV head attends only to the
+/// prompt entries its mask keeps (the entries of a full cache are positions in order).
+fn shadow_error(
+    layer: &[HeadCache],
+    masks: &[Vec<bool>],
+    probs: &[Vec<f32>],
+    attn_full: &[f32],
+    n_rep: usize,
+    wo: &Linear,
+    prompt_len: usize,
+) -> Result<f32> {
+    let hd = layer.first().map_or(0, |h| h.head_dim);
+    let mut attn_kept = vec![0.0f32; attn_full.len()];
+    for (h, p) in probs.iter().enumerate() {
+        let g = h / n_rep;
+        let (hc, mask) = (&layer[g], &masks[g]);
+        if hc.positions.first().copied() != Some(0)
+            || hc.positions.get(prompt_len.saturating_sub(1)).copied() != Some(prompt_len - 1)
+        {
+            bail!("shadow eviction error needs a full cache");
+        }
+        let keep = |j: usize| j >= prompt_len || mask[j];
+        let z: f32 = p
+            .iter()
+            .enumerate()
+            .filter(|&(j, _)| keep(j))
+            .map(|(_, &w)| w)
+            .sum();
+        let out = &mut attn_kept[h * hd..(h + 1) * hd];
+        if z > 0.0 {
+            for (j, &w) in p.iter().enumerate() {
+                if keep(j) {
+                    kernels::axpy(out, w / z, &hc.v[j * hd..(j + 1) * hd]);
+                }
+            }
+        }
+    }
+    let mut o_full = vec![0.0f32; wo.rows];
+    let mut o_kept = vec![0.0f32; wo.rows];
+    kernels::matvec_f32(&wo.f32, attn_full, &mut o_full);
+    kernels::matvec_f32(&wo.f32, &attn_kept, &mut o_kept);
+    let diff = o_full
+        .iter()
+        .zip(&o_kept)
+        .map(|(a, b)| (a - b) * (a - b))
+        .sum::<f32>()
+        .sqrt();
+    let norm = o_full.iter().map(|a| a * a).sum::<f32>().sqrt();
+    Ok(diff / (norm + 1e-5))
 }
 
 fn linear(w: &Linear, x: &[f32], qx: &QVec, quant: bool, out: &mut [f32]) {

@@ -43,7 +43,11 @@ pub fn load(path: &Path) -> Result<Loaded> {
     }
     r.rewind()?;
     let content = Content::read(&mut r).map_err(|e| {
-        anyhow::anyhow!("{}: corrupt or truncated GGUF header: {e}", path.display())
+        anyhow::anyhow!(
+            "{}: corrupt or truncated GGUF header: {}",
+            path.display(),
+            first_line(&e)
+        )
     })?;
     let config = Config::from_gguf(&content).with_context(|| format!("{}", path.display()))?;
     let tok = Tok::from_gguf(&content).with_context(|| format!("{}", path.display()))?;
@@ -59,4 +63,14 @@ pub fn load(path: &Path) -> Result<Loaded> {
         tok,
         file_bytes: meta.len(),
     })
+}
+
+/// The first line of a candle error: with RUST_BACKTRACE set, candle appends a
+/// backtrace to its message, and users get one actionable line from kvscope.
+pub(crate) fn first_line(e: &candle_core::Error) -> String {
+    let msg = match e {
+        candle_core::Error::WithBacktrace { inner, .. } => inner.to_string(),
+        other => other.to_string(),
+    };
+    msg.lines().next().unwrap_or("").to_string()
 }

@@ -125,9 +125,12 @@ fn read_tensor<R: std::io::Read + std::io::Seek>(
     if !content.tensor_infos.contains_key(name) {
         bail!("model file lacks tensor '{name}' (not a complete llama-architecture GGUF)");
     }
-    let t = content
-        .tensor(r, name, &Device::Cpu)
-        .with_context(|| format!("cannot read tensor '{name}' (file truncated or corrupt?)"))?;
+    let t = content.tensor(r, name, &Device::Cpu).map_err(|e| {
+        anyhow::anyhow!(
+            "cannot read tensor '{name}' (file truncated or corrupt?): {}",
+            super::first_line(&e)
+        )
+    })?;
     if t.shape().dims() != shape {
         bail!(
             "tensor '{name}' has shape {:?}, expected {shape:?}",
@@ -181,7 +184,11 @@ fn q4_1_to_qmat(raw: &[u8], rows: usize, cols: usize) -> Result<QMat> {
     const BS: usize = 20;
     let nblocks = rows * cols / QK;
     if raw.len() != nblocks * BS {
-        bail!("Q4_1 data has {} bytes, expected {}", raw.len(), nblocks * BS);
+        bail!(
+            "Q4_1 data has {} bytes, expected {}",
+            raw.len(),
+            nblocks * BS
+        );
     }
     let mut q = Vec::with_capacity(rows * cols / 2);
     let mut d = Vec::with_capacity(nblocks);
@@ -191,7 +198,14 @@ fn q4_1_to_qmat(raw: &[u8], rows: usize, cols: usize) -> Result<QMat> {
         m.push(f16::from_le_bytes([blk[2], blk[3]]).to_f32());
         q.extend_from_slice(&blk[4..BS]);
     }
-    Ok(QMat { rows, cols, packed: true, q, d, m })
+    Ok(QMat {
+        rows,
+        cols,
+        packed: true,
+        q,
+        d,
+        m,
+    })
 }
 
 /// Q8_0 block: f16 d, 32 signed bytes; value = d * q. Stored as unsigned q + 128 with
