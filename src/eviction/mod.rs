@@ -15,8 +15,9 @@ pub mod scores;
 mod settings;
 pub mod snapkv;
 pub mod streamingllm;
-#[cfg(test)]
-mod testutil;
+/// Synthetic traces and profiles for tests and benchmarks (not part of the API).
+#[doc(hidden)]
+pub mod testutil;
 
 use crate::keepset::KeepSet;
 use crate::profile::Profile;

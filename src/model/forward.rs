@@ -393,7 +393,10 @@ fn attend_layer(
             layer[g].scores_chunk(&qs, scale, j0, &mut parts);
         });
     }
-    probs.par_iter_mut().for_each(|p| kernels::softmax(p));
+    // Sequential: a few thousand vectorised exps per head cost less than waking threads.
+    for p in probs.iter_mut() {
+        kernels::softmax(p);
+    }
     // Values: each task sums its chunk into a private buffer; the buffers are added up.
     let tasks: Vec<(usize, usize)> = layer
         .iter()
@@ -591,9 +594,12 @@ impl<'m> DecodeState<'m> {
             if quant {
                 s.qv.quantize_into(&s.hn);
             }
-            linear(&lw.wq, &s.hn, &s.qv, quant, &mut s.q);
-            linear(&lw.wk, &s.hn, &s.qv, quant, &mut s.k);
-            linear(&lw.wv, &s.hn, &s.qv, quant, &mut s.v);
+            linear_many(
+                &mut [(&lw.wq, &mut s.q), (&lw.wk, &mut s.k), (&lw.wv, &mut s.v)],
+                &s.hn,
+                &s.qv,
+                quant,
+            );
             for h in 0..nh {
                 m.rope.apply(&mut s.q[h * hd..(h + 1) * hd], pos);
             }
@@ -636,8 +642,12 @@ impl<'m> DecodeState<'m> {
             if quant {
                 s.qv.quantize_into(&s.hn);
             }
-            linear(&lw.gate, &s.hn, &s.qv, quant, &mut s.g);
-            linear(&lw.up, &s.hn, &s.qv, quant, &mut s.u);
+            linear_many(
+                &mut [(&lw.gate, &mut s.g), (&lw.up, &mut s.u)],
+                &s.hn,
+                &s.qv,
+                quant,
+            );
             for (gv, uv) in s.g.iter_mut().zip(&s.u) {
                 *gv = silu(*gv) * uv;
             }
@@ -714,6 +724,22 @@ fn shadow_error(
         .sqrt();
     let norm = o_full.iter().map(|a| a * a).sum::<f32>().sqrt();
     Ok(diff / (norm + 1e-5))
+}
+
+/// Products of several layers with one input, fused into one parallel region when all
+/// have 8-bit weights.
+fn linear_many(jobs: &mut [(&Linear, &mut [f32])], x: &[f32], qx: &QVec, quant: bool) {
+    if quant && jobs.iter().all(|(w, _)| w.q.is_some()) {
+        let mut qjobs: Vec<(&kernels::QMat, &mut [f32])> = jobs
+            .iter_mut()
+            .filter_map(|(w, out)| w.q.as_ref().map(|q| (q, &mut **out)))
+            .collect();
+        kernels::matvec_q_many(&mut qjobs, qx);
+    } else {
+        for (w, out) in jobs.iter_mut() {
+            linear(w, x, qx, quant, out);
+        }
+    }
 }
 
 fn linear(w: &Linear, x: &[f32], qx: &QVec, quant: bool, out: &mut [f32]) {

@@ -388,6 +388,24 @@ pub fn matvec_q(w: &QMat, x: &QVec, out: &mut [f32]) {
         });
 }
 
+/// Several matrix-vector products with the same input in one parallel region (q/k/v,
+/// gate/up): each region costs a few microseconds of thread wake-up, which adds up over
+/// hundreds of small products per decoded token.
+pub fn matvec_q_many(jobs: &mut [(&QMat, &mut [f32])], x: &QVec) {
+    let mut tasks: Vec<(&QMat, usize, &mut [f32])> = Vec::new();
+    for (w, out) in jobs.iter_mut() {
+        debug_assert_eq!(out.len(), w.rows);
+        for (ci, o) in out.chunks_mut(MV_CHUNK).enumerate() {
+            tasks.push((*w, ci * MV_CHUNK, o));
+        }
+    }
+    tasks.into_par_iter().for_each(|(w, r0, o)| {
+        for (i, v) in o.iter_mut().enumerate() {
+            *v = qrow_dot(w, r0 + i, x);
+        }
+    });
+}
+
 /// `out[r] = w[r] . x` over f32 weights, parallel over rows.
 pub fn matvec_f32(w: &[f32], x: &[f32], out: &mut [f32]) {
     let k = x.len();
