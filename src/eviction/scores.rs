@@ -18,15 +18,24 @@ pub fn window_attention(trace: &Trace, layer: usize, head: usize, window: usize)
     let norm = (trace.dims.head_dim as f32).sqrt();
     let prefix = len - window;
     let mut sums = vec![0f32; prefix];
-    let mut row = Vec::with_capacity(len);
+    // All window rows against all keys in one small GEMM (keys are read once instead of
+    // once per row); the causal cut is applied per row below.
+    let hd = trace.dims.head_dim;
+    let q0 = (head * trace.w_max + trace.w_max - window) * hd;
+    let queries = &trace.layers[layer].q_last[q0..q0 + window * hd];
+    let k0 = kv_head * len * hd;
+    let keys = &trace.layers[layer].k[k0..k0 + len * hd];
+    let mut logits = vec![0f32; window * len];
+    crate::model::kernels::matmul_abt(queries, hd, keys, hd, &mut logits, len, window, hd, len);
     for i in 0..window {
-        let q = trace.query(layer, head, trace.w_max - window + i);
         // Window row i sits at position prefix + i and sees every key up to itself.
         let visible = prefix + i + 1;
-        row.clear();
-        row.extend((0..visible).map(|j| dot(q, trace.key(layer, kv_head, j)) / norm));
-        softmax_in_place(&mut row);
-        for (s, p) in sums.iter_mut().zip(&row) {
+        let row = &mut logits[i * len..i * len + visible];
+        for v in row.iter_mut() {
+            *v /= norm;
+        }
+        crate::model::kernels::softmax(row);
+        for (s, p) in sums.iter_mut().zip(row.iter()) {
             *s += p;
         }
     }
@@ -95,36 +104,6 @@ pub fn top_k(scores: &[f32], k: usize) -> Vec<usize> {
 pub(crate) fn rank_order(sa: f32, a: usize, sb: f32, b: usize) -> Ordering {
     let key = |s: f32| if s.is_nan() { f32::NEG_INFINITY } else { s };
     key(sb).total_cmp(&key(sa)).then(a.cmp(&b))
-}
-
-fn dot(a: &[f32], b: &[f32]) -> f32 {
-    // Eight independent partial sums let the compiler vectorise the loop.
-    let mut acc = [0f32; 8];
-    let mut ca = a.chunks_exact(8);
-    let mut cb = b.chunks_exact(8);
-    for (x, y) in (&mut ca).zip(&mut cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let tail: f32 = ca
-        .remainder()
-        .iter()
-        .zip(cb.remainder())
-        .map(|(x, y)| x * y)
-        .sum();
-    acc.iter().sum::<f32>() + tail
-}
-
-/// Numerically stable softmax in f32.
-fn softmax_in_place(row: &mut [f32]) {
-    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0f32;
-    for x in row.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
-    }
-    row.iter_mut().for_each(|x| *x /= sum);
 }
 
 #[cfg(test)]
