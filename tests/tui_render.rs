@@ -51,7 +51,7 @@ fn zoomed_attention_and_a_selected_token() {
     update(&mut app, Action::ZoomIn);
     update(&mut app, Action::Pan(-1));
     update(&mut app, Action::Show(Pane::Tokens));
-    update(&mut app, Action::Move(kvscope::tui::action::Dir::Left));
+    update(&mut app, Action::Move(kvscope::tui::action::Dir::Up));
     update(&mut app, Action::Show(Pane::HeadMap));
     update(&mut app, Action::Move(kvscope::tui::action::Dir::Down));
     insta::assert_snapshot!("zoomed_160x45", render(&app, 160, 45));

@@ -45,13 +45,13 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
             Style::default().bg(Color::Blue).fg(Color::White),
         ),
         Span::raw(format!(
-            " {} | prompt {prompt} | {} B={} {} w={} | worker {} [{ready}] ",
-            app.prompt_label,
+            " {} [{ready}] | {} B={} {} w={} | prompt {prompt} {} ",
+            phase_text(&app.phase),
             st.method.name(),
             st.budget,
             st.effective_allocator().name(),
             st.window,
-            phase_text(&app.phase)
+            app.prompt_label,
         )),
     ];
     if let Some(e) = &app.error {
