@@ -286,7 +286,11 @@ impl App {
                 if self.has_profile {
                     self.stat = Stat::Srh;
                 }
-                self.sel_token = s.prompt_tokens.len().saturating_sub(1);
+                // Start on the last scored token (the window is always kept: dull).
+                self.sel_token = s
+                    .prompt_tokens
+                    .len()
+                    .saturating_sub(self.settings.window + 1);
                 self.snapshot = Some(s);
                 self.phase = Phase::Idle;
                 // The worker has no settings yet; give it the current ones at once.

@@ -30,7 +30,7 @@ pub fn layer_entry(r: &Outcome, layer: usize, g: usize, pos: usize, len: usize) 
     let mark = if kept { "✓" } else { "✗" };
     let window = len.saturating_sub(r.settings.window);
     if pos >= window {
-        return format!("{layer:>2} {mark} window (kept)");
+        return format!("{layer:>2} {mark} window");
     }
     let scores = r.scores.get(layer).and_then(|l| l.get(g));
     let rank = r
