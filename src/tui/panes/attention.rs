@@ -157,8 +157,9 @@ fn marks_line(
 }
 
 /// The window score `p_h` of the selected head, max over each column's keys, as a
-/// sparkline normalised to the largest value in view; the window itself (always kept,
-/// no score) is drawn as `▒`.
+/// sparkline on a log scale spanning [`DECADES`] below the largest value in view (a
+/// linear one shows only the attention sink); the window itself (always kept, no score)
+/// is drawn as `▒`.
 fn strip_line(app: &App, w: usize, col: &dyn Fn(usize) -> usize, stale: bool) -> Line<'static> {
     let Some(p) = app
         .result
@@ -179,7 +180,11 @@ fn strip_line(app: &App, w: usize, col: &dyn Fn(usize) -> usize, stale: bool) ->
     let s: String = (0..w)
         .map(|j| match val(j) {
             None => '▒',
-            Some(v) => SPARK[((v / top) * 8.0).round().clamp(0.0, 8.0) as usize],
+            Some(v) if v > 0.0 => {
+                let t = (v.log10() - top.log10() + DECADES) / DECADES;
+                SPARK[(t * 8.0).round().clamp(0.0, 8.0) as usize]
+            }
+            Some(_) => SPARK[0],
         })
         .collect();
     Line::from(Span::styled(s, dim_if(stale).fg(Color::Cyan)))

@@ -30,7 +30,7 @@ pub fn layer_entry(r: &Outcome, layer: usize, g: usize, pos: usize, len: usize) 
     let mark = if kept { "✓" } else { "✗" };
     let window = len.saturating_sub(r.settings.window);
     if pos >= window {
-        return format!("{layer:>2} {mark} window");
+        return format!("{layer:>2}{mark} window");
     }
     let scores = r.scores.get(layer).and_then(|l| l.get(g));
     let rank = r
@@ -46,7 +46,7 @@ pub fn layer_entry(r: &Outcome, layer: usize, g: usize, pos: usize, len: usize) 
                 .get(layer)
                 .and_then(|l| l.get(g))
                 .map_or(0, |k| k.iter().filter(|&&p| p < window).count());
-            format!("{layer:>2} {mark} {sc:.2e} #{rk}/{cut}")
+            format!("{layer:>2}{mark} {sc:.1e} {rk}/{cut}")
         }
         _ => format!(
             "{layer:>2} {mark} {}",
@@ -65,7 +65,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         return;
     };
     let [text_area, list_area] =
-        Layout::horizontal([Constraint::Percentage(45), Constraint::Percentage(55)]).areas(inner);
+        Layout::horizontal([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(inner);
     let keeping = app.result.as_ref().map(|r| &r.layers_keeping);
     // Lay the prompt out, remembering the row of the selected token to scroll to it.
     let width = text_area.width.max(1) as usize;
@@ -120,7 +120,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         .map_or(String::new(), |t| visible(t));
     let kept_by = keeping.and_then(|k| k.get(pos)).copied().unwrap_or(0);
     let mut out = vec![Line::from(format!(
-        " token {pos} '{tok}': kept by {kept_by}/{} layers; KV head {g}: ✓/✗ score #rank/cut-off",
+        " tok {pos} '{tok}' kept by {kept_by}/{} layers · KV head {g}: ✓/✗ score rank/cut-off",
         s.n_layers
     ))];
     if let Some(r) = &app.result {
