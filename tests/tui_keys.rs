@@ -266,3 +266,25 @@ fn statistic_cycles_through_the_live_ones_without_a_profile() {
     assert_eq!(seen.first(), seen.last());
     assert!(!seen.contains(&kvscope::tui::stats::Stat::Srh));
 }
+
+#[test]
+fn background_messages_land_while_a_popup_is_open() {
+    let mut fx = common::fixture();
+    let mut app = common::ready_app(&mut fx);
+    for open in [KeyCode::Char('?'), KeyCode::Char('S')] {
+        key(&mut app, open);
+        let popup = app.popup.clone();
+        assert!(popup.is_some());
+        update(&mut app, Action::Rss(7));
+        update(&mut app, Action::Worker(FromWorker::Notice("hi".into())));
+        update(&mut app, Action::Error("bad".into()));
+        assert_eq!(app.popup, popup, "the popup stays open");
+        assert_eq!(app.rss_bytes, Some(7));
+        assert_eq!(app.notice.as_deref(), Some("hi"));
+        key(&mut app, KeyCode::Esc);
+        assert_eq!(app.popup, None);
+    }
+    update(&mut app, Action::BudgetNames(vec!["x".into()]));
+    update(&mut app, Action::Rss(8));
+    assert!(matches!(app.popup, Some(Popup::LoadList { .. })));
+}

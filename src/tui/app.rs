@@ -366,15 +366,6 @@ impl App {
                 None => Vec::new(),
             },
             (_, Action::Close) => Vec::new(),
-            // Messages from the worker and the loop still land while a popup is open.
-            (p, a @ (Action::Worker(_) | Action::Rss(_) | Action::Redraw)) => {
-                self.popup = Some(p);
-                update(self, a)
-            }
-            (p, a @ (Action::Notice(_) | Action::Error(_) | Action::BudgetNames(_))) => {
-                self.popup = Some(p);
-                update(self, a)
-            }
             (p, _) => {
                 self.popup = Some(p);
                 Vec::new()
@@ -406,8 +397,22 @@ pub fn update(app: &mut App, a: Action) -> Vec<Cmd> {
     if let Some(p) = app.picker.take() {
         return app.on_picker(p, a);
     }
-    if let Some(p) = app.popup.take() {
-        return app.on_popup(p, a);
+    // Messages from the worker and the loop are not keys: they land in the state
+    // whatever popup is open (and the popup stays).
+    let background = matches!(
+        a,
+        Action::Worker(_)
+            | Action::Rss(_)
+            | Action::Redraw
+            | Action::Notice(_)
+            | Action::Error(_)
+            | Action::BudgetNames(_)
+            | Action::BudgetsLoaded { .. }
+    );
+    if !background {
+        if let Some(p) = app.popup.take() {
+            return app.on_popup(p, a);
+        }
     }
     match a {
         Action::Quit => app.quit = true,
