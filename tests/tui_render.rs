@@ -140,3 +140,25 @@ fn worker_errors_show_in_the_status_line() {
     assert!(s.contains("compresskv needs an offline profile"));
     assert!(s.contains("stale"));
 }
+
+#[test]
+fn compresskv_with_a_profile_marks_srhs_and_colours_by_srh_score() {
+    let mut fx = common::fixture_with(Some(common::tiny_profile()));
+    let start = kvscope::eviction::Settings {
+        method: kvscope::eviction::Method::CompressKv,
+        ..common::settings()
+    };
+    let app = common::ready_app_with(&mut fx, start);
+    assert_eq!(app.stat, kvscope::tui::stats::Stat::Srh);
+    let r = app.result.as_ref().expect("compresskv outcome");
+    // Error-aware budgets follow the profile's layer errors: layer 1 gets more.
+    assert!(
+        r.layer_budgets[1] > r.layer_budgets[0],
+        "{:?}",
+        r.layer_budgets
+    );
+    let screen = render(&app, 160, 45);
+    let text = screen.to_string();
+    assert!(text.contains("SRH score (profile)") && text.contains("S SRH (top 2/layer)"));
+    insta::assert_snapshot!("compresskv_profile_160x45", screen);
+}
