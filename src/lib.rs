@@ -14,3 +14,4 @@ pub mod report;
 pub mod session;
 pub mod testing;
 pub mod trace;
+pub mod tui;

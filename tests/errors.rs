@@ -409,3 +409,53 @@ fn run_json_report_on_a_tiny_gguf() {
         assert!(t >= 0.0);
     }
 }
+
+#[test]
+fn layer_budgets_from_a_saved_budget_file() {
+    let env = Env::new("budget-file");
+    let model = env.gguf("tiny.gguf", &GgufSpec::default());
+    let prompt = env.prompt();
+    // A budget saved from the inspector lives in $KVSCOPE_CONFIG/budgets/NAME.json.
+    let config = env.dir.join("config");
+    let saved = kvscope::tui::files::save_budgets(&config.join("budgets"), "tuned", &[8, 12])
+        .expect("save budgets");
+    let cfg = config.to_str().expect("utf-8 path");
+    for reference in ["@tuned".to_string(), format!("@{}", s(&saved))] {
+        let out = env.run(
+            &[
+                "run",
+                s(&prompt),
+                "--model",
+                s(&model),
+                "--method",
+                "snapkv",
+                "--window",
+                "4",
+                "--layer-budgets",
+                &reference,
+                "--json",
+            ],
+            &[("KVSCOPE_CONFIG", cfg)],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let r: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+        assert_eq!(r["settings"]["layer_budgets"], serde_json::json!([8, 12]));
+        assert_eq!(r["settings"]["allocator"], "manual");
+    }
+    let out = env.run(
+        &[
+            "run",
+            s(&prompt),
+            "--model",
+            s(&model),
+            "--layer-budgets",
+            "@missing",
+        ],
+        &[("KVSCOPE_CONFIG", cfg)],
+    );
+    assert_error(&out, &["@missing", "no saved budget"]);
+}

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod models;
 pub mod run;
+pub mod tui;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
@@ -15,13 +16,15 @@ use crate::model::{self, fetch, Loaded};
 #[command(
     name = "kvscope",
     version,
-    about = "Inspect and tune KV-cache eviction (CompressKV and baselines) in GQA language models"
+    about = "Inspect and tune KV-cache eviction (CompressKV and baselines) in GQA language models",
+    args_conflicts_with_subcommands = true
 )]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Command>,
-    /// Prompt file for the inspector (when no subcommand is given).
-    pub prompt: Option<PathBuf>,
+    /// The inspector (when no subcommand is given).
+    #[command(flatten)]
+    pub tui: tui::TuiArgs,
 }
 
 #[derive(Subcommand, Debug)]
@@ -32,6 +35,8 @@ pub enum Command {
     Models,
     /// Measure prefill and decode speed on the model (Trace capture on).
     Bench(bench::BenchArgs),
+    /// The inspector (also the default command): `kvscope tui [PROMPT_FILE]`.
+    Tui(tui::TuiArgs),
 }
 
 /// Flags shared by every command that loads a model.
@@ -76,7 +81,8 @@ pub struct EvictionArgs {
     /// uniform, pyramid, error-aware (default: the method's own).
     #[arg(long)]
     pub allocator: Option<String>,
-    /// Explicit per-layer budgets: a,b,c,... (one per layer).
+    /// Explicit per-layer budgets: a,b,c,... (one per layer), or @FILE / @NAME for a
+    /// JSON list saved from the inspector.
     #[arg(long = "layer-budgets", value_name = "LIST")]
     pub layer_budgets: Option<String>,
     /// Profile JSON (SRH ranking and layer errors) for compresskv / error-aware budgets.
@@ -109,7 +115,10 @@ impl EvictionArgs {
     }
 }
 
-fn parse_budget_list(s: &str) -> Result<Vec<usize>> {
+pub fn parse_budget_list(s: &str) -> Result<Vec<usize>> {
+    if let Some(r) = s.strip_prefix('@') {
+        return crate::tui::files::resolve_budget_ref(r);
+    }
     s.split(',')
         .map(|x| {
             x.trim()
@@ -159,9 +168,8 @@ pub fn main() -> i32 {
         Some(Command::Run(a)) => run::run(&a),
         Some(Command::Models) => models::run(),
         Some(Command::Bench(a)) => bench::run(&a),
-        None => Err(anyhow::anyhow!(
-            "the inspector (TUI) is not built yet; use `kvscope run PROMPT_FILE` (see `kvscope --help`)"
-        )),
+        Some(Command::Tui(a)) => tui::run(&a),
+        None => tui::run(&cli.tui),
     };
     match result {
         Ok(()) => 0,

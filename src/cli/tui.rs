@@ -1,0 +1,91 @@
+//! `kvscope [PROMPT_FILE]` / `kvscope tui [PROMPT_FILE]`: flags of the inspector.
+
+use anyhow::Result;
+use clap::Args;
+use std::path::PathBuf;
+
+use super::ModelArgs;
+use crate::eviction::{Allocator, Method, Pooling, Settings};
+
+#[derive(Args, Debug, Clone)]
+pub struct TuiArgs {
+    /// Prompt text file; without one, a picker over sample prompts and recent files.
+    pub prompt: Option<PathBuf>,
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Method to start with (default: compresskv with a profile, else snapkv).
+    #[arg(long)]
+    pub method: Option<String>,
+    #[arg(long, default_value_t = 128)]
+    pub budget: usize,
+    #[arg(long, default_value_t = 8)]
+    pub window: usize,
+    #[arg(long, default_value_t = 5)]
+    pub kernel: usize,
+    #[arg(long, default_value = "avg")]
+    pub pooling: String,
+    #[arg(long = "first-k", default_value_t = 4)]
+    pub first_k: usize,
+    /// uniform, pyramid, error-aware (default: the method's own).
+    #[arg(long)]
+    pub allocator: Option<String>,
+    /// a,b,c,... one per layer, or @FILE / @NAME (a budget saved from the inspector).
+    #[arg(long = "layer-budgets", value_name = "LIST")]
+    pub layer_budgets: Option<String>,
+    /// Profile JSON (SRH ranking and layer errors) for compresskv and the SRH head map.
+    #[arg(long, value_name = "PATH")]
+    pub profile: Option<PathBuf>,
+    /// Tokens to generate (greedy), for both the full and the compressed cache.
+    #[arg(long = "max-new", default_value_t = 32)]
+    pub max_new: usize,
+    /// Send the prompt as is, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+}
+
+/// The starting settings, and a note for the status line when the method was chosen
+/// for the user.
+pub fn settings(a: &TuiArgs) -> Result<(Settings, Option<String>)> {
+    let (method, note) = match (&a.method, &a.profile) {
+        (Some(m), _) => (m.parse::<Method>()?, None),
+        (None, Some(_)) => (Method::CompressKv, None),
+        (None, None) => (
+            Method::SnapKv,
+            Some("no --profile: starting with snapkv (compresskv needs a profile)".to_string()),
+        ),
+    };
+    let s = Settings {
+        method,
+        budget: a.budget,
+        window: a.window,
+        kernel: a.kernel,
+        pooling: a.pooling.parse::<Pooling>()?,
+        first_k: a.first_k,
+        allocator: a
+            .allocator
+            .as_deref()
+            .map(str::parse::<Allocator>)
+            .transpose()?,
+        layer_budgets: a
+            .layer_budgets
+            .as_deref()
+            .map(super::parse_budget_list)
+            .transpose()?,
+        ..Settings::default()
+    };
+    Ok((s, note))
+}
+
+pub fn run(a: &TuiArgs) -> Result<()> {
+    super::init_threads(a.model.threads)?;
+    let (settings, notice) = settings(a)?;
+    crate::tui::run(crate::tui::Options {
+        prompt: a.prompt.clone(),
+        model: a.model.model.clone(),
+        profile: a.profile.clone(),
+        raw: a.raw,
+        max_new: a.max_new,
+        settings,
+        notice,
+    })
+}

@@ -1,0 +1,106 @@
+//! Everything that can happen to the inspector's state: keys map to these, worker
+//! messages arrive as these, and [`super::app::update`] is the only place that acts on
+//! them.
+
+use super::msg::FromWorker;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dir {
+    Up,
+    Down,
+    Left,
+    Right,
+}
+
+/// The panes, in focus / tab order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pane {
+    HeadMap,
+    Attention,
+    Budgets,
+    Generation,
+    Memory,
+    Tokens,
+}
+
+impl Pane {
+    pub const ALL: [Pane; 6] = [
+        Pane::HeadMap,
+        Pane::Attention,
+        Pane::Budgets,
+        Pane::Generation,
+        Pane::Memory,
+        Pane::Tokens,
+    ];
+
+    pub fn title(self) -> &'static str {
+        match self {
+            Pane::HeadMap => "Head map",
+            Pane::Attention => "Attention",
+            Pane::Budgets => "Budgets",
+            Pane::Generation => "Generation",
+            Pane::Memory => "Memory",
+            Pane::Tokens => "Tokens",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        Pane::ALL.iter().position(|&p| p == self).unwrap_or(0)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Action {
+    Quit,
+    ToggleHelp,
+    /// Esc: close the popup that is open.
+    Close,
+    FocusNext,
+    FocusPrev,
+    /// Show one pane (tabs on small terminals; focus on the full layout).
+    Show(Pane),
+    /// Arrow keys: what they move depends on the focused pane.
+    Move(Dir),
+    /// Page keys: a larger step of the same move.
+    BigMove(Dir),
+    NextMethod,
+    PrevMethod,
+    CycleAllocator,
+    CycleStat,
+    /// Change the selected layer's budget by this many tokens.
+    LayerBudget(i64),
+    /// Scale every budget up (true) or down.
+    Scale(bool),
+    /// Change the base budget `B` by this many tokens.
+    BaseBudget(i64),
+    Window(i64),
+    Kernel(i64),
+    FirstK(i64),
+    TogglePooling,
+    Reset,
+    ZoomIn,
+    ZoomOut,
+    Pan(i64),
+    Export,
+    /// Open the name prompt to save the current per-layer budgets.
+    SaveStart,
+    /// Open the list of saved budget files.
+    LoadStart,
+    /// Typing into the name prompt.
+    Char(char),
+    Backspace,
+    Confirm,
+    /// Results of the loop's file work.
+    BudgetNames(Vec<String>),
+    BudgetsLoaded {
+        name: String,
+        budgets: Vec<usize>,
+    },
+    Notice(String),
+    Error(String),
+    Worker(FromWorker),
+    /// Resident memory of the process, sampled by the loop.
+    Rss(u64),
+    /// The terminal was resized: redraw.
+    Redraw,
+}

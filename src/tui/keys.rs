@@ -1,0 +1,109 @@
+//! Keys -> [`Action`]s. The one table of bindings: the help popup is generated from
+//! [`HELP`], so it lists every key this module maps.
+
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
+
+use super::action::{Action, Dir, Pane};
+use super::app::{App, Popup, LAYER_STEP};
+
+/// (keys, what they do), shown by `?`.
+pub const HELP: &[(&str, &str)] = &[
+    ("q  Ctrl-C", "quit (at any time, also while loading)"),
+    ("?", "this help (any key closes it)"),
+    ("Tab / Shift-Tab", "focus the next / previous pane"),
+    ("1..6", "show a pane (tabs on small terminals)"),
+    ("arrows", "head map: layer / head; budgets: layer"),
+    ("", "tokens: token (up/down: 16); attention: pan / zoom"),
+    ("PgUp PgDn", "bigger steps of the same move"),
+    ("+  -", "selected layer's budget +/- 16 (manual allocator)"),
+    ("*  /", "scale all budgets x1.25 / ÷1.25"),
+    ("b  B", "base budget B -16 / +16"),
+    ("a", "allocator: uniform/pyramid/error-aware/manual"),
+    ("m  M", "next / previous method"),
+    ("w  W", "observation window -1 / +1"),
+    ("k  K", "pooling kernel -2 / +2"),
+    ("f  F", "first_k (SRHs per layer) -1 / +1"),
+    ("p", "pooling avg / max"),
+    ("r", "reset every setting to its start value"),
+    (
+        "s",
+        "head map statistic (SRH, sink, recent, middle, entropy)",
+    ),
+    ("z  Z", "attention map: zoom in / out on the key axis"),
+    ("[  ]", "attention map: pan left / right"),
+    ("e", "export settings + keep set as a `run --json` report"),
+    ("S", "save the per-layer budgets under a name"),
+    ("L", "load saved budgets"),
+    ("Enter  Esc", "confirm / close a popup"),
+];
+
+pub fn map_key(app: &App, k: KeyEvent) -> Option<Action> {
+    // Key release and repeat events (kitty protocol) would double every press.
+    if k.kind != KeyEventKind::Press {
+        return None;
+    }
+    let ctrl = k.modifiers.contains(KeyModifiers::CONTROL);
+    if ctrl && matches!(k.code, KeyCode::Char('c') | KeyCode::Char('C')) {
+        return Some(Action::Quit);
+    }
+    // Typing a name: letters are text, not commands.
+    if let Some(Popup::SaveName(_)) = app.popup {
+        return match k.code {
+            KeyCode::Enter => Some(Action::Confirm),
+            KeyCode::Esc => Some(Action::Close),
+            KeyCode::Backspace => Some(Action::Backspace),
+            KeyCode::Char(c) => Some(Action::Char(c)),
+            _ => None,
+        };
+    }
+    if matches!(app.popup, Some(Popup::Help)) {
+        return Some(match k.code {
+            KeyCode::Char('q') => Action::Quit,
+            _ => Action::Close,
+        });
+    }
+    Some(match k.code {
+        KeyCode::Char('q') => Action::Quit,
+        KeyCode::Char('?') => Action::ToggleHelp,
+        KeyCode::Esc => Action::Close,
+        KeyCode::Enter => Action::Confirm,
+        KeyCode::Tab => Action::FocusNext,
+        KeyCode::BackTab => Action::FocusPrev,
+        KeyCode::Up => Action::Move(Dir::Up),
+        KeyCode::Down => Action::Move(Dir::Down),
+        KeyCode::Left => Action::Move(Dir::Left),
+        KeyCode::Right => Action::Move(Dir::Right),
+        KeyCode::PageUp => Action::BigMove(Dir::Up),
+        KeyCode::PageDown => Action::BigMove(Dir::Down),
+        KeyCode::Char(c) => match c {
+            '1'..='6' => Action::Show(Pane::ALL[(c as u8 - b'1') as usize]),
+            '+' | '=' => Action::LayerBudget(LAYER_STEP),
+            '-' | '_' => Action::LayerBudget(-LAYER_STEP),
+            '*' => Action::Scale(true),
+            '/' => Action::Scale(false),
+            'b' => Action::BaseBudget(-16),
+            'B' => Action::BaseBudget(16),
+            'a' => Action::CycleAllocator,
+            'm' => Action::NextMethod,
+            'M' => Action::PrevMethod,
+            'w' => Action::Window(-1),
+            'W' => Action::Window(1),
+            'k' => Action::Kernel(-2),
+            'K' => Action::Kernel(2),
+            'f' => Action::FirstK(-1),
+            'F' => Action::FirstK(1),
+            'p' => Action::TogglePooling,
+            'r' => Action::Reset,
+            's' => Action::CycleStat,
+            'z' => Action::ZoomIn,
+            'Z' => Action::ZoomOut,
+            '[' => Action::Pan(-1),
+            ']' => Action::Pan(1),
+            'e' => Action::Export,
+            'S' => Action::SaveStart,
+            'L' => Action::LoadStart,
+            _ => return None,
+        },
+        _ => return None,
+    })
+}

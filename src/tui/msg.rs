@@ -1,0 +1,116 @@
+//! What the worker tells the UI. Everything here is plain data, computed on the worker:
+//! the UI thread only stores it and draws it (DESIGN.md: data flows one way).
+
+use std::sync::Arc;
+
+use crate::eviction::Settings;
+use crate::session::Agreement;
+use crate::trace::BlockMap;
+
+/// Prompt-level data, computed once per prompt after prefill.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    pub model_name: String,
+    pub n_layers: usize,
+    pub n_heads: usize,
+    pub n_kv_heads: usize,
+    pub head_dim: usize,
+    pub model_file_bytes: u64,
+    /// Text of each prompt token (for the token inspector).
+    pub prompt_tokens: Vec<String>,
+    /// Full-cache generation: ids, text of each token, whole text.
+    pub full_ids: Vec<u32>,
+    pub full_tokens: Vec<String>,
+    pub full_kv_bytes: usize,
+    /// `[stat][layer][head]` head statistics ([`super::stats`]).
+    pub stats: Vec<Vec<Vec<f32>>>,
+    /// `[layer][head]` SRH scores from the profile, when there is one.
+    pub srh_scores: Option<Vec<Vec<f64>>>,
+    /// `[layer]`: SRH ranking (best first) from the profile.
+    pub srh_ranking: Option<Vec<Vec<usize>>>,
+    /// `[layer]`: classic retrieval-head ranking (best first) from the profile.
+    pub retrieval_ranking: Option<Vec<Vec<usize>>>,
+    /// `[layer][head]` block-averaged attention maps (moved out of the Trace: selection
+    /// never reads them, so handing them over costs no copy).
+    pub maps: Arc<Vec<Vec<BlockMap>>>,
+    pub prefill_ms: f64,
+    pub decode_full_ms: f64,
+}
+
+/// One recompute's outcome, tagged with the settings generation it was computed for.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub gen: u64,
+    pub settings: Settings,
+    pub tokens: Vec<String>,
+    pub ids: Vec<u32>,
+    pub kv_bytes: usize,
+    pub kv_fraction: f64,
+    pub agreement: Agreement,
+    /// `[layer][kv_head]` sorted kept positions.
+    pub keep: Vec<Vec<Vec<usize>>>,
+    pub layer_budgets: Vec<usize>,
+    /// `[pos]`: how many layers keep the position in at least one KV head.
+    pub layers_keeping: Vec<u16>,
+    /// `[layer][kv_head][pos]`, as [`crate::eviction::Selection::scores`].
+    pub scores: Vec<Vec<Vec<f32>>>,
+    /// `[layer][kv_head][pos]`: 1-based rank of each scored position (0 = not scored).
+    pub ranks: Vec<Vec<Vec<u32>>>,
+    /// `[layer][head][pos]`: the window score `p_h` of every query head for these
+    /// window/kernel/pooling settings (shared between outcomes that agree on them).
+    pub strips: Arc<Vec<Vec<Vec<f32>>>>,
+    pub select_ms: f64,
+    pub decode_ms: f64,
+}
+
+/// Worker state shown in the status line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Phase {
+    /// Fetching or reading the model file.
+    Loading(String),
+    /// Prefill progress with an estimate of the time left.
+    Prefill {
+        done: usize,
+        total: usize,
+        eta_s: Option<f64>,
+    },
+    /// Decoding the full-cache generation after prefill.
+    DecodingFull,
+    Idle,
+    /// Selecting and decoding for settings generation `gen`.
+    Recomputing(u64),
+    /// The worker stopped (its error is in the status line).
+    Stopped,
+}
+
+/// Worker -> UI.
+#[derive(Debug, Clone)]
+pub enum FromWorker {
+    Phase(Phase),
+    Ready(Box<Snapshot>),
+    Result(Box<Outcome>),
+    /// A recompute failed (e.g. compresskv without a profile); the UI keeps running.
+    Failed {
+        gen: u64,
+        error: String,
+    },
+    /// An error that belongs to no settings generation (bad profile, failed export).
+    Error(String),
+    /// One line for the status line (fetch progress, export written, ...).
+    Notice(String),
+    /// Loading or prefill failed; nothing more will come.
+    Fatal(String),
+}
+
+/// UI -> worker.
+#[derive(Debug, Clone)]
+pub enum ToWorker {
+    Apply {
+        gen: u64,
+        settings: Settings,
+    },
+    /// Write the `kvscope run --json` report of the latest applied settings.
+    Export {
+        path: std::path::PathBuf,
+    },
+}

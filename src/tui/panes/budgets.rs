@@ -1,0 +1,77 @@
+//! Budgets: one bar per layer with its budget, the allocator in force, and the total
+//! the budgets keep as tokens and as a fraction of the full cache.
+
+use ratatui::layout::Rect;
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::Paragraph;
+use ratatui::Frame;
+
+use super::{block, dim_if};
+use crate::tui::action::Pane;
+use crate::tui::app::App;
+
+/// Tokens kept over all layers and KV heads, and the full cache's count, for `budgets`.
+pub fn totals(budgets: &[usize], len: usize, n_kv: usize) -> (usize, usize) {
+    let kept: usize = budgets.iter().map(|&b| b.min(len) * n_kv).sum();
+    (kept, budgets.len() * len * n_kv)
+}
+
+pub fn draw(f: &mut Frame, area: Rect, app: &App) {
+    // The bars show the user's settings at once; they are stale only while the keep set
+    // elsewhere has not caught up, and that is the other panes' tag to show.
+    let b = block(app, Pane::Budgets, false);
+    let inner = b.inner(area);
+    f.render_widget(b, area);
+    let Some(s) = app.snapshot.as_ref() else {
+        f.render_widget(Paragraph::new("waiting for the prompt's trace"), inner);
+        return;
+    };
+    let budgets = app.budgets();
+    let len = s.prompt_tokens.len();
+    let (kept, full) = totals(&budgets, len, s.n_kv_heads);
+    let st = &app.settings;
+    let mut lines = vec![Line::from(format!(
+        "allocator {}  B {}  window {}  total {kept} of {full} tokens ({:.1}%)",
+        st.effective_allocator().name(),
+        st.budget,
+        st.window,
+        100.0 * kept as f64 / full.max(1) as f64
+    ))];
+    let rows = (inner.height as usize).saturating_sub(2).max(1);
+    let ncols = budgets.len().div_ceil(rows).max(1);
+    let colw = (inner.width as usize / ncols).max(10);
+    let barw = colw.saturating_sub(10);
+    let top = budgets.iter().copied().max().unwrap_or(1).max(1);
+    for r in 0..rows.min(budgets.len()) {
+        let mut spans = Vec::new();
+        for c in 0..ncols {
+            let l = c * rows + r;
+            let Some(&b) = budgets.get(l) else { continue };
+            let n = (b * barw).div_ceil(top).min(barw);
+            let sel = l == app.sel_layer;
+            let lab = Style::default().fg(if sel { Color::Magenta } else { Color::DarkGray });
+            let lab = if sel {
+                lab.add_modifier(Modifier::REVERSED)
+            } else {
+                lab
+            };
+            spans.push(Span::styled(format!("{l:>2}"), lab));
+            spans.push(Span::styled(
+                format!(" {}{}", "█".repeat(n), "░".repeat(barw - n)),
+                Style::default().fg(if b >= len { Color::Green } else { Color::Blue }),
+            ));
+            spans.push(Span::raw(format!(" {b:>5} ")));
+        }
+        lines.push(Line::from(spans));
+    }
+    let applied = match &app.result {
+        Some(r) if r.layer_budgets != budgets => " (applying…)",
+        _ => "",
+    };
+    lines.push(Line::from(Span::styled(
+        format!("+/- layer  * / scale  b/B base  a allocator  S save  L load{applied}"),
+        dim_if(true),
+    )));
+    f.render_widget(Paragraph::new(lines), inner);
+}

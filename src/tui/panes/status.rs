@@ -1,0 +1,122 @@
+//! The status line and the loading screen.
+
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Gauge, Paragraph, Wrap};
+use ratatui::Frame;
+
+use super::centered;
+use crate::tui::app::App;
+use crate::tui::msg::Phase;
+
+/// The worker's state in a few words.
+pub fn phase_text(p: &Phase) -> String {
+    match p {
+        Phase::Loading(what) => what.clone(),
+        Phase::Prefill { done, total, .. } => {
+            format!("prefill {}%", done * 100 / (*total).max(1))
+        }
+        Phase::DecodingFull => "decoding full cache".into(),
+        Phase::Idle => "idle".into(),
+        Phase::Recomputing(_) => "decoding".into(),
+        Phase::Stopped => "stopped".into(),
+    }
+}
+
+pub fn draw(f: &mut Frame, area: Rect, app: &App) {
+    let st = &app.settings;
+    let prompt = match &app.snapshot {
+        Some(s) => format!("{} tok", s.prompt_tokens.len()),
+        None => "…".into(),
+    };
+    let model = app
+        .snapshot
+        .as_ref()
+        .map_or(app.model_label.clone(), |s| s.model_name.clone());
+    let ready = if app.snapshot.is_some() && app.phase == Phase::Idle && !app.stale() {
+        "ready"
+    } else {
+        "busy"
+    };
+    let mut spans = vec![
+        Span::styled(
+            format!(" {model} "),
+            Style::default().bg(Color::Blue).fg(Color::White),
+        ),
+        Span::raw(format!(
+            " {} [{ready}] | {} B={} {} w={} | prompt {prompt} {} ",
+            phase_text(&app.phase),
+            st.method.name(),
+            st.budget,
+            st.effective_allocator().name(),
+            st.window,
+            app.prompt_label,
+        )),
+    ];
+    if let Some(e) = &app.error {
+        spans.push(Span::styled(
+            format!(" {e} "),
+            Style::default().fg(Color::White).bg(Color::Red),
+        ));
+    } else if let Some(n) = &app.notice {
+        spans.push(Span::styled(
+            format!(" {n} "),
+            Style::default().fg(Color::Yellow),
+        ));
+    }
+    spans.push(Span::styled(
+        " ? help ",
+        Style::default().add_modifier(Modifier::DIM),
+    ));
+    f.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+/// Shown until the prompt's Snapshot arrives: what the worker is doing, a progress bar
+/// with tokens done / total and the time left.
+pub fn draw_loading(f: &mut Frame, area: Rect, app: &App) {
+    let r = centered(area, 72, 9);
+    let b = Block::default()
+        .borders(Borders::ALL)
+        .title(format!(" kvscope · {} ", app.prompt_label));
+    let inner = b.inner(r);
+    f.render_widget(b, r);
+    let [what, gauge, note] = Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Length(1),
+        Constraint::Min(1),
+    ])
+    .areas(inner);
+    f.render_widget(
+        Paragraph::new(format!(
+            "worker: {}   (q quits at any time)",
+            phase_text(&app.phase)
+        )),
+        what,
+    );
+    let (ratio, label) = match &app.phase {
+        Phase::Prefill { done, total, eta_s } => (
+            *done as f64 / (*total).max(1) as f64,
+            format!(
+                "prefill {done}/{total} tokens{}",
+                eta_s.map_or(String::new(), |e| format!(" · ETA {e:.0} s"))
+            ),
+        ),
+        Phase::DecodingFull => (1.0, "decoding the full-cache generation".into()),
+        _ => (0.0, phase_text(&app.phase)),
+    };
+    f.render_widget(
+        Gauge::default()
+            .gauge_style(Style::default().fg(Color::Cyan))
+            .ratio(ratio.clamp(0.0, 1.0))
+            .label(label),
+        gauge,
+    );
+    let msg = app
+        .error
+        .as_ref()
+        .map(|e| Line::styled(e.clone(), Style::default().fg(Color::Red)))
+        .or_else(|| app.notice.as_ref().map(|n| Line::from(n.clone())))
+        .unwrap_or_default();
+    f.render_widget(Paragraph::new(msg).wrap(Wrap { trim: true }), note);
+}

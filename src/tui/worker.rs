@@ -1,0 +1,362 @@
+//! The background worker: owns the model and the Session, and talks to the UI only by
+//! messages. It loads (or fetches) the model, prefills the prompt with progress, sends
+//! the prompt's [`Snapshot`], then answers settings requests with [`Outcome`]s.
+
+use anyhow::{Context, Result};
+use rayon::prelude::*;
+use std::path::PathBuf;
+use std::sync::mpsc::Receiver;
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::msg::{FromWorker, Outcome, Phase, Snapshot, ToWorker};
+use super::stats;
+use crate::eviction::{scores, Pooling, Settings};
+use crate::model::{self, fetch, Loaded};
+use crate::profile::Profile;
+use crate::report::{Report, SettingsPart};
+use crate::session::Session;
+use crate::trace::Trace;
+
+/// What the worker is asked to open.
+#[derive(Debug, Clone)]
+pub struct Job {
+    pub model: Option<PathBuf>,
+    pub profile: Option<PathBuf>,
+    /// The prompt file's text (the chat template is applied here).
+    pub prompt: String,
+    pub raw: bool,
+    pub max_new: usize,
+}
+
+/// Sends one message to the UI; false when the UI has gone (the worker then stops).
+pub type Outbox = Box<dyn Fn(FromWorker) -> bool + Send>;
+
+/// Starts the worker thread.
+pub fn spawn(job: Job, out: Outbox, rx: Receiver<ToWorker>) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("kvscope-worker".into())
+        .spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(job, &out, rx)));
+            if let Err(p) = r {
+                let what = p
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| p.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown panic".into());
+                out(FromWorker::Fatal(format!("the worker crashed: {what}")));
+            }
+        })
+        .map(|_| ())
+}
+
+fn run(job: Job, out: &Outbox, rx: Receiver<ToWorker>) {
+    let mut w = match Worker::open(&job, out) {
+        Ok(w) => w,
+        Err(e) => {
+            out(FromWorker::Fatal(format!("{e:#}")));
+            return;
+        }
+    };
+    if !out(FromWorker::Ready(Box::new(w.snapshot()))) {
+        return;
+    }
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        for (i, m) in batch.iter().enumerate() {
+            match m {
+                // Only the last of a run of Apply requests matters: the UI has moved on
+                // from the others. An Export fences them: it must see its own settings.
+                ToWorker::Apply { .. }
+                    if matches!(batch.get(i + 1), Some(ToWorker::Apply { .. })) => {}
+                ToWorker::Apply { gen, settings } => {
+                    if !w.apply(*gen, settings.clone(), out) {
+                        return;
+                    }
+                }
+                ToWorker::Export { path } => {
+                    let msg = match w.export(path) {
+                        Ok(()) => {
+                            FromWorker::Notice(format!("exported report to {}", path.display()))
+                        }
+                        Err(e) => FromWorker::Error(format!("export failed: {e:#}")),
+                    };
+                    if !out(msg) {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `[layer][head][pos]` window scores, shared between outcomes.
+pub type Strips = Arc<Vec<Vec<Vec<f32>>>>;
+/// What the strips depend on: window, kernel, pooling.
+type StripKey = (usize, usize, Pooling);
+
+struct Worker {
+    loaded: Loaded,
+    session: Session,
+    profile_path: Option<String>,
+    maps: Arc<Vec<Vec<crate::trace::BlockMap>>>,
+    /// p_h strips for one (window, kernel, pooling): budget and method edits reuse them.
+    strips: Option<(StripKey, Strips)>,
+}
+
+impl Worker {
+    fn open(job: &Job, out: &Outbox) -> Result<Worker> {
+        out(FromWorker::Phase(Phase::Loading(
+            "locating the model".into(),
+        )));
+        let path = match &job.model {
+            Some(p) => p.clone(),
+            None => fetch::ensure_default_model(&mut |m| {
+                out(FromWorker::Notice(m.to_string()));
+            })?,
+        };
+        out(FromWorker::Phase(Phase::Loading(format!(
+            "loading {}",
+            path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into_owned()
+            )
+        ))));
+        let loaded = model::load(&path)?;
+        let dims = loaded.model.config.dims();
+        // A bad profile is reported and ignored: every method but compresskv still works.
+        let profile = match &job.profile {
+            None => None,
+            Some(p) => match Profile::load(p).and_then(|pr| pr.validate(&dims, None).map(|_| pr)) {
+                Ok(pr) => Some(pr),
+                Err(e) => {
+                    out(FromWorker::Error(format!("profile ignored: {e:#}")));
+                    None
+                }
+            },
+        };
+        let prompt = loaded.tok.apply_template(&job.prompt, job.raw);
+        let t0 = Instant::now();
+        let mut progress = |done: usize, total: usize| {
+            let el = t0.elapsed().as_secs_f64();
+            let eta_s = (done > 0).then(|| el / done as f64 * (total - done.min(total)) as f64);
+            out(FromWorker::Phase(Phase::Prefill { done, total, eta_s }));
+            if done >= total {
+                out(FromWorker::Phase(Phase::DecodingFull));
+            }
+        };
+        let mut session = Session::new(&loaded, prompt, job.max_new, profile, &mut progress)
+            .context("prefill failed")?;
+        // The block maps exist for drawing; selection never reads them, so they move to
+        // the UI instead of being copied (tens of MB on long prompts).
+        let maps = session
+            .trace
+            .layers
+            .iter_mut()
+            .map(|l| std::mem::take(&mut l.maps))
+            .collect();
+        Ok(Worker {
+            loaded,
+            session,
+            profile_path: job.profile.as_ref().map(|p| p.display().to_string()),
+            maps: Arc::new(maps),
+            strips: None,
+        })
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        snapshot(&self.loaded, &self.session, self.maps.clone())
+    }
+
+    /// Selects and decodes for `settings`; false when the UI has gone.
+    fn apply(&mut self, gen: u64, settings: Settings, out: &Outbox) -> bool {
+        if !out(FromWorker::Phase(Phase::Recomputing(gen))) {
+            return false;
+        }
+        let strips = self.strips_for(&settings);
+        let msg = match outcome(&self.loaded, &mut self.session, gen, settings, strips) {
+            Ok(o) => FromWorker::Result(Box::new(o)),
+            Err(e) => FromWorker::Failed {
+                gen,
+                error: format!("{e:#}"),
+            },
+        };
+        out(msg) && out(FromWorker::Phase(Phase::Idle))
+    }
+
+    fn strips_for(&mut self, s: &Settings) -> Arc<Vec<Vec<Vec<f32>>>> {
+        let key = (s.window, s.kernel, s.pooling);
+        if let Some((k, v)) = &self.strips {
+            if *k == key {
+                return v.clone();
+            }
+        }
+        let v = Arc::new(strips(&self.session.trace, s));
+        self.strips = Some((key, v.clone()));
+        v
+    }
+
+    fn export(&self, path: &std::path::Path) -> Result<()> {
+        let s = &self.session;
+        let cfg = &self.loaded.model.config;
+        let fallback = SettingsPart {
+            method: "full".into(),
+            budget: s.trace.len,
+            window: 0,
+            kernel: 0,
+            pooling: "avg".into(),
+            first_k: 0,
+            allocator: "uniform".into(),
+            layer_budgets: vec![s.trace.len; cfg.n_layers],
+            profile: self.profile_path.clone(),
+            max_new: s.max_new,
+        };
+        let report = Report::new(cfg, s, self.profile_path.clone(), fallback);
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+    }
+}
+
+/// The prompt-level data the UI needs, from a loaded model and a prefilled Session.
+pub fn snapshot(
+    loaded: &Loaded,
+    s: &Session,
+    maps: Arc<Vec<Vec<crate::trace::BlockMap>>>,
+) -> Snapshot {
+    let cfg = &loaded.model.config;
+    let tok = &loaded.tok;
+    let (srh_scores, srh_ranking, retrieval_ranking) = match &s.profile {
+        Some(p) => (
+            Some(p.srh_scores.clone()),
+            Some(p.srh_ranking.clone()),
+            Some(
+                p.retrieval_scores
+                    .iter()
+                    .map(|l| crate::profile::rank_best_first(l))
+                    .collect(),
+            ),
+        ),
+        None => (None, None, None),
+    };
+    Snapshot {
+        model_name: cfg.name.clone(),
+        n_layers: cfg.n_layers,
+        n_heads: cfg.n_heads,
+        n_kv_heads: cfg.n_kv_heads,
+        head_dim: cfg.head_dim,
+        model_file_bytes: loaded.file_bytes,
+        prompt_tokens: s.trace.ids.iter().map(|&i| tok.token_text(i)).collect(),
+        full_tokens: s.full.ids.iter().map(|&i| tok.token_text(i)).collect(),
+        full_ids: s.full.ids.clone(),
+        full_kv_bytes: s.full.kv_bytes,
+        stats: stats::head_stats(&s.trace),
+        srh_scores,
+        srh_ranking,
+        retrieval_ranking,
+        maps,
+        prefill_ms: s.timing.prefill,
+        decode_full_ms: s.timing.decode_full,
+    }
+}
+
+/// `p_h` of every query head under `s`'s window, kernel and pooling.
+pub fn strips(trace: &Trace, s: &Settings) -> Vec<Vec<Vec<f32>>> {
+    let d = trace.dims;
+    if s.window >= trace.len || s.kernel == 0 {
+        return vec![vec![Vec::new(); d.n_heads]; d.n_layers];
+    }
+    (0..d.n_layers)
+        .into_par_iter()
+        .map(|l| {
+            (0..d.n_heads)
+                .map(|h| scores::head_scores(trace, l, h, s))
+                .collect()
+        })
+        .collect()
+}
+
+/// 1-based rank of each scored position (best = 1; ties to the lower position, as
+/// `scores::top_k`), 0 for positions without a score.
+pub fn ranks(scores: &[f32], len: usize) -> Vec<u32> {
+    let mut idx: Vec<usize> = (0..scores.len()).collect();
+    idx.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    let mut r = vec![0u32; len.max(scores.len())];
+    for (i, &p) in idx.iter().enumerate() {
+        r[p] = i as u32 + 1;
+    }
+    r
+}
+
+/// `[pos]`: layers that keep `pos` in at least one KV head.
+pub fn layers_keeping(keep: &[Vec<Vec<usize>>], len: usize) -> Vec<u16> {
+    let mut n = vec![0u16; len];
+    let mut seen = vec![false; len];
+    for layer in keep {
+        seen.iter_mut().for_each(|s| *s = false);
+        for &p in layer.iter().flatten() {
+            if p < len && !seen[p] {
+                seen[p] = true;
+                n[p] += 1;
+            }
+        }
+    }
+    n
+}
+
+/// Runs `Session::apply` and packs what the UI shows.
+pub fn outcome(
+    loaded: &Loaded,
+    session: &mut Session,
+    gen: u64,
+    settings: Settings,
+    strips: Arc<Vec<Vec<Vec<f32>>>>,
+) -> Result<Outcome> {
+    let len = session.trace.len;
+    let c = session.apply(&loaded.model, &loaded.tok, settings)?;
+    let sel = &c.selection;
+    let ranks = sel
+        .scores
+        .iter()
+        .map(|layer| layer.iter().map(|h| ranks(h, len)).collect())
+        .collect();
+    Ok(Outcome {
+        gen,
+        settings: c.settings.clone(),
+        tokens: c
+            .generation
+            .ids
+            .iter()
+            .map(|&i| loaded.tok.token_text(i))
+            .collect(),
+        ids: c.generation.ids.clone(),
+        kv_bytes: c.generation.kv_bytes,
+        kv_fraction: c.kv_fraction,
+        agreement: c.agreement,
+        keep: sel.keep.positions.clone(),
+        layer_budgets: sel.layer_budgets.clone(),
+        layers_keeping: layers_keeping(&sel.keep.positions, len),
+        scores: sel.scores.clone(),
+        ranks,
+        strips,
+        select_ms: session.timing.select,
+        decode_ms: session.timing.decode_compressed,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranks_are_best_first_with_ties_to_the_lower_position() {
+        assert_eq!(ranks(&[0.1, 0.5, 0.5, 0.2], 6), vec![4, 1, 2, 3, 0, 0]);
+        assert!(ranks(&[], 3).iter().all(|&r| r == 0));
+    }
+
+    #[test]
+    fn layers_keeping_counts_a_layer_once() {
+        let keep = vec![vec![vec![0, 2], vec![2, 3]], vec![vec![3], vec![]]];
+        assert_eq!(layers_keeping(&keep, 5), vec![1, 0, 1, 2, 0]);
+    }
+}
