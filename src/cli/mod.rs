@@ -1,6 +1,7 @@
 //! The command line: clap definitions and one module per subcommand.
 
 pub mod bench;
+pub mod eval;
 pub mod models;
 pub mod run;
 
@@ -32,6 +33,9 @@ pub enum Command {
     Models,
     /// Measure prefill and decode speed on the model (Trace capture on).
     Bench(bench::BenchArgs),
+    /// Evaluation grids: needle in a haystack, and method-by-budget sweeps.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
 }
 
 /// Flags shared by every command that loads a model.
@@ -159,6 +163,7 @@ pub fn main() -> i32 {
         Some(Command::Run(a)) => run::run(&a),
         Some(Command::Models) => models::run(),
         Some(Command::Bench(a)) => bench::run(&a),
+        Some(Command::Eval(c)) => eval::run(&c),
         None => Err(anyhow::anyhow!(
             "the inspector (TUI) is not built yet; use `kvscope run PROMPT_FILE` (see `kvscope --help`)"
         )),
