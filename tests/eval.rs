@@ -256,7 +256,12 @@ fn bad_flags_fail_with_one_line_before_any_work() {
         assert!(!o.status.success(), "{args:?}");
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(err.contains(msg), "{args:?}: {err}");
-        assert!(err.starts_with("kvscope: error:"), "{err}");
+        let errors: Vec<&str> = err
+            .lines()
+            .filter(|l| l.starts_with("kvscope: error:"))
+            .collect();
+        assert_eq!(errors.len(), 1, "{err}");
+        assert!(errors[0].contains(msg), "{args:?}: {err}");
     }
 }
 

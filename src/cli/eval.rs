@@ -128,9 +128,9 @@ fn run_with(
     f: impl FnOnce(&Ctx, Vec<grid::Combo>) -> Result<()>,
 ) -> Result<()> {
     super::init_threads(c.model.threads)?;
-    let methods = methods(c)?;
     let budgets = grid::parse_budgets(budgets)?;
     let windows = grid::parse_usizes(&c.windows, "--windows", 1)?;
+    let methods = methods(c)?;
     if max_new == 0 {
         bail!("--max-new must be at least 1 (the answer is read from the generated text)");
     }

@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use super::grid::UnitKey;
@@ -61,28 +61,33 @@ impl Record {
 /// one (a run killed mid-write leaves a torn last line); anywhere else it means the file
 /// is not ours, and we stop rather than silently redo or mix work.
 pub fn read_records(path: &Path) -> Result<Vec<Record>> {
-    let f = File::open(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let lines: Vec<String> = BufReader::new(f)
-        .lines()
-        .collect::<std::io::Result<_>>()
-        .with_context(|| format!("cannot read {}", path.display()))?;
-    let mut out = Vec::with_capacity(lines.len());
+    Ok(scan(path)?.0)
+}
+
+/// The records, and the byte length of the file's good part (everything before a torn
+/// last line).
+fn scan(path: &Path) -> Result<(Vec<Record>, usize)> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
     let last = lines.iter().rposition(|l| !l.trim().is_empty());
+    let mut out = Vec::with_capacity(lines.len());
+    let mut good = 0usize;
     for (i, line) in lines.iter().enumerate() {
-        if line.trim().is_empty() {
-            continue;
+        if !line.trim().is_empty() {
+            match serde_json::from_str::<Record>(line) {
+                Ok(r) => out.push(r),
+                Err(_) if Some(i) == last => break,
+                Err(e) => bail!(
+                    "{} line {} is not a kvscope eval record ({e}); move the file away or pick another --out",
+                    path.display(),
+                    i + 1
+                ),
+            }
         }
-        match serde_json::from_str::<Record>(line) {
-            Ok(r) => out.push(r),
-            Err(_) if Some(i) == last => {}
-            Err(e) => bail!(
-                "{} line {} is not a kvscope eval record ({e}); move the file away or pick another --out",
-                path.display(),
-                i + 1
-            ),
-        }
+        good += line.len();
     }
-    Ok(out)
+    Ok((out, good))
 }
 
 /// Appends records to the JSONL file, one flushed line each.
@@ -103,15 +108,23 @@ impl Writer {
                 std::fs::remove_file(path)
                     .with_context(|| format!("cannot remove {}", path.display()))?;
             } else if resume {
-                records = read_records(path)?;
-                // Rewrite the good records: drops a torn last line.
-                let mut text = String::new();
-                for r in &records {
-                    text.push_str(&serde_json::to_string(r)?);
-                    text.push('\n');
+                let (recs, good) = scan(path)?;
+                records = recs;
+                // Cut a torn last line off and make sure the next record starts on a new
+                // line. Finished lines are kept byte for byte (re-serialising could
+                // change the last digit of a float).
+                let f = OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .with_context(|| format!("cannot open {} for writing", path.display()))?;
+                f.set_len(good as u64)
+                    .with_context(|| format!("cannot truncate {}", path.display()))?;
+                let text = std::fs::read(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                if text.last().is_some_and(|&b| b != b'\n') {
+                    let mut f = OpenOptions::new().append(true).open(path)?;
+                    f.write_all(b"\n")?;
                 }
-                std::fs::write(path, text)
-                    .with_context(|| format!("cannot rewrite {}", path.display()))?;
             } else {
                 bail!(
                     "{} already holds results; pass --resume to continue that run or --fresh to start over",
