@@ -321,10 +321,12 @@ fn figures_are_valid_svg_and_png_of_the_layout_size() {
                     name: "snapkv".into(),
                     points: vec![(0.01, 0.0), (0.03, 0.5), (0.1, 1.0)],
                 }],
+                reference: Some(0.8),
             },
             LinePanel {
                 title: "w 32".into(),
                 series: vec![],
+                reference: None,
             },
         ],
     };

@@ -282,6 +282,8 @@ pub struct Series {
 pub struct LinePanel {
     pub title: String,
     pub series: Vec<Series>,
+    /// The full cache's score, drawn as a dashed horizontal line.
+    pub reference: Option<f64>,
 }
 
 #[derive(Debug, Clone, PartialEq)]

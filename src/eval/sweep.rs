@@ -109,7 +109,12 @@ pub fn table(rows: &[Row]) -> String {
 }
 
 /// One panel per window; one line per method through its budgets, ordered by KV fraction.
-pub fn figure(rows: &[Row], metric: &str, value: impl Fn(&Row) -> f64) -> LineFigure {
+pub fn figure(
+    rows: &[Row],
+    metric: &str,
+    reference: Option<f64>,
+    value: impl Fn(&Row) -> f64,
+) -> LineFigure {
     let mut windows: Vec<usize> = rows.iter().map(|r| r.window).collect();
     windows.sort_unstable();
     windows.dedup();
@@ -139,6 +144,7 @@ pub fn figure(rows: &[Row], metric: &str, value: impl Fn(&Row) -> f64) -> LineFi
         panels.push(LinePanel {
             title: format!("observation window {w}"),
             series,
+            reference,
         });
     }
     LineFigure {
@@ -210,13 +216,21 @@ pub fn run(ctx: &Ctx, spec: &SweepSpec) -> Result<()> {
     );
     print!("{}", table(&rows));
     let (mut files, t1) = plot::write_lines(
-        &figure(&rows, "ROUGE-1 recall of the answer", |r| r.rouge1),
+        &figure(
+            &rows,
+            "ROUGE-1 recall of the answer",
+            mean(&full, |r| r.full_rouge1),
+            |r| r.rouge1,
+        ),
         &spec.out.join("sweep-rouge1"),
     )?;
     let (f2, t2) = plot::write_lines(
-        &figure(&rows, "token agreement with the full cache", |r| {
-            r.token_match
-        }),
+        &figure(
+            &rows,
+            "token agreement with the full cache",
+            Some(1.0),
+            |r| r.token_match,
+        ),
         &spec.out.join("sweep-agreement"),
     )?;
     files.extend(f2);
@@ -257,7 +271,8 @@ mod tests {
         assert_eq!(r[0].first_divergence, 2.0);
         let t = table(&r);
         assert!(t.lines().nth(1).unwrap().starts_with("snapkv"));
-        let f = figure(&r, "score", |r| r.rouge1);
+        let f = figure(&r, "score", Some(0.9), |r| r.rouge1);
+        assert_eq!(f.panels[0].reference, Some(0.9));
         assert_eq!(f.panels.len(), 1);
         assert_eq!(f.panels[0].series[0].points, vec![(0.2, 0.5)]);
     }
