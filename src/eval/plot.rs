@@ -422,16 +422,42 @@ fn draw_lines<DB: DrawingBackend>(
             HPos::Center,
             &BLACK,
         )?;
+        // The y label sits in the legend column: above the axis it would collide with
+        // the panel title.
         label(
             root,
             text,
             &fig.y_label,
-            left - 4,
-            top - 12,
-            11,
+            right + 8,
+            bottom + 28,
+            10,
             HPos::Left,
             &BLACK,
         )?;
+        if let Some(r) = panel.reference {
+            let dark = RGBColor(60, 60, 60);
+            let mut x = left;
+            while x < right {
+                let x1 = (x + 6).min(right);
+                root.draw(&PathElement::new(vec![(x, py(r)), (x1, py(r))], dark))?;
+                x += 10;
+            }
+            let ly = top + 10 + panel.series.len() as i32 * 16;
+            root.draw(&PathElement::new(
+                vec![(right + 8, ly), (right + 26, ly)],
+                dark,
+            ))?;
+            label(
+                root,
+                text,
+                "full cache",
+                right + 30,
+                ly,
+                11,
+                HPos::Left,
+                &BLACK,
+            )?;
+        }
         for (i, s) in panel.series.iter().enumerate() {
             let colour = PALETTE[i % PALETTE.len()];
             let pts: Vec<(i32, i32)> = s.points.iter().map(|&(x, y)| (px(x), py(y))).collect();
