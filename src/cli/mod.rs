@@ -1,6 +1,7 @@
 //! The command line: clap definitions and one module per subcommand.
 
 pub mod bench;
+pub mod eval;
 pub mod models;
 pub mod run;
 pub mod tui;
@@ -37,6 +38,9 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// The inspector (also the default command): `kvscope tui [PROMPT_FILE]`.
     Tui(tui::TuiArgs),
+    /// Evaluation grids: needle in a haystack, and method-by-budget sweeps.
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
 }
 
 /// Flags shared by every command that loads a model.
@@ -169,6 +173,7 @@ pub fn main() -> i32 {
         Some(Command::Models) => models::run(),
         Some(Command::Bench(a)) => bench::run(&a),
         Some(Command::Tui(a)) => tui::run(&a),
+        Some(Command::Eval(c)) => eval::run(&c),
         None => tui::run(&cli.tui),
     };
     match result {

@@ -1,0 +1,217 @@
+//! `kvscope eval niah|sweep`: evaluation grids (see `crate::eval`).
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use std::path::PathBuf;
+
+use super::ModelArgs;
+use crate::eval::{grid, niah, prompts, sweep, Ctx};
+use crate::eviction::{Method, Pooling, Settings};
+use crate::profile::Profile;
+
+#[derive(Subcommand, Debug)]
+pub enum EvalCommand {
+    /// Needle in a haystack: context lengths x needle depths, per method/budget/window.
+    Niah(NiahArgs),
+    /// Prompts with expected answers x methods x budgets x windows.
+    Sweep(SweepArgs),
+}
+
+/// Flags both evaluations share.
+#[derive(Args, Debug)]
+pub struct CommonArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// Methods to compare, comma-separated, or `all` (the full cache always runs as the
+    /// reference).
+    #[arg(
+        long,
+        default_value = "streamingllm,h2o,snapkv,pyramidkv,adakv,compresskv"
+    )]
+    pub methods: String,
+    /// Observation windows to run every method with, comma-separated (METHOD.md: report
+    /// more than one; with 8 the question usually lies outside the window).
+    #[arg(long, default_value = "8,32")]
+    pub windows: String,
+    /// Pooling kernel (odd).
+    #[arg(long, default_value_t = 5)]
+    pub kernel: usize,
+    /// avg or max
+    #[arg(long, default_value = "avg")]
+    pub pooling: String,
+    /// CompressKV: SRH query heads per layer.
+    #[arg(long = "first-k", default_value_t = 4)]
+    pub first_k: usize,
+    /// AdaKV: fraction of its even share every KV head keeps at least.
+    #[arg(long = "adakv-floor", default_value_t = 0.2)]
+    pub adakv_floor: f32,
+    /// PyramidKV: beta of the pyramid formula.
+    #[arg(long = "pyramid-beta", default_value_t = 20)]
+    pub pyramid_beta: usize,
+    /// Profile JSON for compresskv; without one, compresskv is skipped with a notice.
+    #[arg(long, value_name = "PATH")]
+    pub profile: Option<PathBuf>,
+    /// Send prompts as they are, without the chat template.
+    #[arg(long)]
+    pub raw: bool,
+    /// Continue the run whose results.jsonl is in --out: finished units are skipped.
+    #[arg(long, conflicts_with = "fresh")]
+    pub resume: bool,
+    /// Delete the results.jsonl in --out and start over.
+    #[arg(long)]
+    pub fresh: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct NiahArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Context lengths in tokens (prompt including the chat template), comma-separated.
+    #[arg(long, default_value = "1024,2048")]
+    pub lengths: String,
+    /// Needle depths in percent of the haystack, comma-separated.
+    #[arg(long, default_value = "0,25,50,75,100")]
+    pub depths: String,
+    /// Budgets: tokens per layer (64) or percent of the prompt (3%), comma-separated.
+    #[arg(long, default_value = "32,64,128")]
+    pub budgets: String,
+    /// Tokens to generate per run. The default model restates the question before the
+    /// number and every digit is a token, so 16 cuts answers short.
+    #[arg(long = "max-new", default_value_t = 24)]
+    pub max_new: usize,
+    /// Output folder.
+    #[arg(long, default_value = "eval-out/niah")]
+    pub out: PathBuf,
+}
+
+#[derive(Args, Debug)]
+pub struct SweepArgs {
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// Prompt files or folders (a folder gives its .txt files with a sidecar answer).
+    #[arg(default_value = "sample-prompts")]
+    pub prompts: Vec<PathBuf>,
+    /// Budgets: tokens per layer (64) or percent of the prompt (3%), comma-separated.
+    #[arg(long, default_value = "1%,3%,10%")]
+    pub budgets: String,
+    /// Tokens to generate per run.
+    #[arg(long = "max-new", default_value_t = 24)]
+    pub max_new: usize,
+    /// Output folder.
+    #[arg(long, default_value = "eval-out/sweep")]
+    pub out: PathBuf,
+}
+
+/// Parses the shared flags; drops compresskv (with a notice) when there is no profile.
+fn methods(c: &CommonArgs) -> Result<Vec<Method>> {
+    let mut m = grid::parse_methods(&c.methods)?;
+    if c.profile.is_none() && m.contains(&Method::CompressKv) {
+        m.retain(|&x| x != Method::CompressKv);
+        eprintln!(
+            "kvscope: notice: compresskv skipped: it needs an offline profile (--profile FILE, made with `kvscope profile`); running the other methods"
+        );
+    }
+    m.retain(|&x| x != Method::Full);
+    if m.is_empty() {
+        bail!("no method left to compare with the full cache (--methods)");
+    }
+    Ok(m)
+}
+
+fn run_with(
+    c: &CommonArgs,
+    budgets: &str,
+    max_new: usize,
+    f: impl FnOnce(&Ctx, Vec<grid::Combo>) -> Result<()>,
+) -> Result<()> {
+    super::init_threads(c.model.threads)?;
+    let budgets = grid::parse_budgets(budgets)?;
+    let windows = grid::parse_usizes(&c.windows, "--windows", 1)?;
+    let methods = methods(c)?;
+    if max_new == 0 {
+        bail!("--max-new must be at least 1 (the answer is read from the generated text)");
+    }
+    let base = Settings {
+        kernel: c.kernel,
+        pooling: c.pooling.parse::<Pooling>()?,
+        first_k: c.first_k,
+        adakv_floor: c.adakv_floor,
+        pyramid_beta: c.pyramid_beta,
+        ..Settings::default()
+    };
+    let loaded = super::load_model(c.model.model.as_deref())?;
+    let dims = loaded.model.config.dims();
+    // Check every combo's knobs up front (at a budget no prompt can push below the
+    // window), so a bad flag fails before minutes of prefill.
+    for &m in &methods {
+        for &w in &windows {
+            Settings {
+                method: m,
+                window: w,
+                budget: w,
+                ..base.clone()
+            }
+            .validate(&dims)?;
+        }
+    }
+    let profile = match &c.profile {
+        Some(p) => {
+            let prof = Profile::load(p)?;
+            prof.validate(&dims, None)?;
+            Some(prof)
+        }
+        None => None,
+    };
+    let ctx = Ctx {
+        loaded: &loaded,
+        profile,
+        base,
+        max_new,
+        raw: c.raw,
+    };
+    f(&ctx, grid::combos(&methods, &budgets, &windows))
+}
+
+pub fn run(cmd: &EvalCommand) -> Result<()> {
+    match cmd {
+        EvalCommand::Niah(a) => {
+            let lengths = grid::parse_usizes(&a.lengths, "--lengths", 64)?;
+            let depths = grid::parse_depths(&a.depths)?;
+            let c = &a.common;
+            run_with(c, &a.budgets, a.max_new, |ctx, combos| {
+                niah::run(
+                    ctx,
+                    &niah::NiahSpec {
+                        lengths,
+                        depths,
+                        combos,
+                        out: a.out.clone(),
+                        resume: c.resume,
+                        fresh: c.fresh,
+                        quiet: c.quiet,
+                    },
+                )
+            })
+        }
+        EvalCommand::Sweep(a) => {
+            let prompts = prompts::collect(&a.prompts)?;
+            let c = &a.common;
+            run_with(c, &a.budgets, a.max_new, |ctx, combos| {
+                sweep::run(
+                    ctx,
+                    &sweep::SweepSpec {
+                        prompts,
+                        combos,
+                        out: a.out.clone(),
+                        resume: c.resume,
+                        fresh: c.fresh,
+                        quiet: c.quiet,
+                    },
+                )
+            })
+        }
+    }
+}

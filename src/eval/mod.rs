@@ -1,0 +1,144 @@
+//! Evaluation: needle-in-a-haystack grids (`niah`) and method-by-budget sweeps over
+//! prompts with expected answers (`sweep`), with terminal output, SVG/PNG figures, and
+//! incremental JSONL results that a later run can resume.
+//!
+//! The expensive step is prefill, so each item (NIAH cell or prompt) is prefilled and
+//! decoded with the full cache ONCE, and its Trace is reused for every method, budget and
+//! window still to run on it ([`run_item`]).
+
+pub mod grid;
+pub mod haystack;
+pub mod niah;
+pub mod plot;
+pub mod progress;
+pub mod prompts;
+pub mod results;
+pub mod score;
+pub mod sweep;
+
+use anyhow::{bail, Result};
+
+use crate::eviction::Settings;
+use crate::model::Loaded;
+use crate::profile::Profile;
+use crate::session::Session;
+use grid::Combo;
+use progress::Progress;
+use results::{Record, Writer};
+
+/// What every unit of a run shares.
+pub struct Ctx<'a> {
+    pub loaded: &'a Loaded,
+    pub profile: Option<Profile>,
+    /// Every knob but method, budget and window (those come from each [`Combo`]).
+    pub base: Settings,
+    pub max_new: usize,
+    pub raw: bool,
+}
+
+/// One item to evaluate: its name, the user's text (before the template), the expected
+/// answer and what the exact score requires.
+pub struct Item {
+    pub name: String,
+    pub kind: String,
+    pub text: String,
+    pub answer: String,
+    pub must_include: Vec<String>,
+    pub length: Option<usize>,
+    pub depth: Option<usize>,
+}
+
+/// Prefills `item` once, decodes the full cache once, then runs every pending combo on
+/// the same Trace, appending each finished unit to `writer` at once.
+pub fn run_item(
+    ctx: &Ctx,
+    item: &Item,
+    pending: &[&Combo],
+    writer: &mut Writer,
+    bar: &mut Progress,
+) -> Result<Vec<Record>> {
+    let loaded = ctx.loaded;
+    let cfg = &loaded.model.config;
+    let prompt = loaded.tok.apply_template(&item.text, ctx.raw);
+    let n = loaded.tok.encode(&prompt)?.len();
+    if n + ctx.max_new > cfg.context_length {
+        bail!(
+            "{}: the prompt has {n} tokens; with --max-new {} that exceeds the model's context of {} tokens",
+            item.name,
+            ctx.max_new,
+            cfg.context_length
+        );
+    }
+    bar.status(&format!("{} ({n} tokens): prefill + full cache", item.name));
+    let mut session = Session::new(
+        loaded,
+        prompt,
+        ctx.max_new,
+        ctx.profile.clone(),
+        &mut |_, _| {},
+    )?;
+    let full = score::score(&item.answer, &item.must_include, &session.full.text);
+    let full_output = session.full.text.clone();
+    let full_kv = session.full.kv_bytes;
+    let full_tokens = session.full.ids.len();
+    let mut out = Vec::with_capacity(pending.len());
+    for combo in pending {
+        let settings = Settings {
+            method: combo.method,
+            budget: combo.budget.tokens(n, combo.window),
+            window: combo.window,
+            ..ctx.base.clone()
+        };
+        settings.validate(&cfg.dims())?;
+        let c = session.apply(&loaded.model, &loaded.tok, settings)?;
+        let s = score::score(&item.answer, &item.must_include, &c.generation.text);
+        let mut rec = Record {
+            item: item.name.clone(),
+            method: combo.method.name().into(),
+            budget: combo.budget.to_string(),
+            window: combo.window,
+            budget_tokens: c.settings.budget,
+            prompt_tokens: n,
+            length: item.length,
+            depth: item.depth,
+            kind: item.kind.clone(),
+            answer: item.answer.clone(),
+            output: c.generation.text.clone(),
+            exact: s.exact,
+            rouge1: s.rouge1,
+            full_output: full_output.clone(),
+            full_exact: full.exact,
+            full_rouge1: full.rouge1,
+            full_tokens,
+            token_match: c.agreement.token_match,
+            first_divergence: c.agreement.first_divergence,
+            kv_bytes: c.generation.kv_bytes,
+            full_kv_bytes: full_kv,
+            kv_fraction: c.kv_fraction,
+            decode_ms: 0.0,
+        };
+        rec.decode_ms = session.timing.decode_compressed;
+        writer.append(&rec)?;
+        bar.inc(&format!(
+            "{} {} {} w{}",
+            item.name, rec.method, rec.budget, rec.window
+        ));
+        out.push(rec);
+    }
+    Ok(out)
+}
+
+/// Mean of `f` over `records`, `None` when there are none.
+pub fn mean<T>(records: &[T], f: impl Fn(&T) -> f64) -> Option<f64> {
+    if records.is_empty() {
+        None
+    } else {
+        Some(records.iter().map(f).sum::<f64>() / records.len() as f64)
+    }
+}
+
+/// Whether stdout wants colour: a terminal, and `NO_COLOR` unset.
+pub fn stdout_colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
+}
