@@ -2,6 +2,8 @@
 
 pub mod bench;
 pub mod models;
+pub mod profile;
+pub mod progress;
 pub mod run;
 
 use anyhow::{bail, Context, Result};
@@ -32,6 +34,8 @@ pub enum Command {
     Models,
     /// Measure prefill and decode speed on the model (Trace capture on).
     Bench(bench::BenchArgs),
+    /// Offline profiles: measure SRHs and layer errors, show or check a profile.
+    Profile(profile::ProfileArgs),
 }
 
 /// Flags shared by every command that loads a model.
@@ -132,13 +136,17 @@ pub fn init_threads(threads: Option<usize>) -> Result<()> {
     Ok(())
 }
 
+/// `--model`, or the cached default model (fetching it if needed).
+pub fn resolve_model_path(path: Option<&Path>) -> Result<PathBuf> {
+    match path {
+        Some(p) => Ok(p.to_path_buf()),
+        None => fetch::ensure_default_model(&mut |m| eprintln!("kvscope: {m}")),
+    }
+}
+
 /// Resolves `--model` or the cached default model (fetching it if needed) and loads it.
 pub fn load_model(path: Option<&Path>) -> Result<Loaded> {
-    let path = match path {
-        Some(p) => p.to_path_buf(),
-        None => fetch::ensure_default_model(&mut |m| eprintln!("kvscope: {m}"))?,
-    };
-    model::load(&path)
+    model::load(&resolve_model_path(path)?)
 }
 
 pub fn read_prompt(path: &Path) -> Result<String> {
@@ -159,6 +167,7 @@ pub fn main() -> i32 {
         Some(Command::Run(a)) => run::run(&a),
         Some(Command::Models) => models::run(),
         Some(Command::Bench(a)) => bench::run(&a),
+        Some(Command::Profile(a)) => profile::run(&a),
         None => Err(anyhow::anyhow!(
             "the inspector (TUI) is not built yet; use `kvscope run PROMPT_FILE` (see `kvscope --help`)"
         )),
