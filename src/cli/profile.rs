@@ -346,8 +346,10 @@ fn run_layers(a: &LayersArgs) -> Result<()> {
         &loaded.tok,
         &prompts,
         &profile,
-        &settings,
-        a.max_new,
+        &layers::LayerConfig {
+            settings,
+            max_new: a.max_new,
+        },
         &stop,
         &mut |i, n| {
             done += (prompts[i - 1].len() + 4 * a.max_new) as f64;

@@ -79,6 +79,13 @@ pub fn prompt_errors(
     Ok(sums)
 }
 
+/// How the errors are measured: the selection and the decode steps per prompt.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerConfig {
+    pub settings: Settings,
+    pub max_new: usize,
+}
+
 /// Runs every prompt and returns the summed (not yet normalised) errors per layer.
 /// `progress(done, total)` after each prompt; `stop` is checked between prompts.
 pub fn measure(
@@ -86,8 +93,7 @@ pub fn measure(
     tok: &Tok,
     prompts: &[Vec<u32>],
     profile: &Profile,
-    settings: &Settings,
-    max_new: usize,
+    cfg: &LayerConfig,
     stop: &AtomicBool,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Vec<f64>> {
@@ -96,7 +102,7 @@ pub fn measure(
         if stop.load(Ordering::SeqCst) {
             bail!(Interrupted);
         }
-        let e = prompt_errors(model, tok, ids, profile, settings, max_new)?;
+        let e = prompt_errors(model, tok, ids, profile, &cfg.settings, cfg.max_new)?;
         for (s, x) in sums.iter_mut().zip(&e) {
             *s += x;
         }

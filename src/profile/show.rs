@@ -78,7 +78,7 @@ pub fn render(p: &Profile, k: usize) -> String {
 
 /// A horizontal bar of `v / max` of [`BAR_WIDTH`] cells, in eighth-blocks.
 fn bar(v: f64, max: f64) -> String {
-    if !(max > 0.0) || !v.is_finite() || v <= 0.0 {
+    if !max.is_finite() || max <= 0.0 || !v.is_finite() || v <= 0.0 {
         return String::new();
     }
     let eighths = ((v / max) * (BAR_WIDTH * 8) as f64).round() as usize;
