@@ -123,10 +123,12 @@ mod tests {
         assert!(out.contains("1/2"), "{out}");
         assert!(out.contains("2 of 4 (50%)"), "{out}");
         assert!(out.contains(&"█".repeat(BAR_WIDTH)), "{out}");
+        // 0.25 / 0.75 of 40 cells = 13 cells and 3 eighths.
         assert!(
-            out.contains(&format!("{} 0.2500", "█".repeat(13) + "▍")),
+            out.contains(&format!("L0    {} ", "█".repeat(13) + "▍")),
             "{out}"
         );
+        assert!(out.contains("0.2500") && out.contains("0.7500"), "{out}");
         let srh_only = Profile {
             layer_errors: None,
             ..p
