@@ -34,8 +34,17 @@ pub fn render(p: &Profile, k: usize) -> String {
         let srh = &ranking[..k.min(ranking.len())];
         let scores = p.srh_scores.get(l).map(Vec::as_slice).unwrap_or(&[]);
         let rscores = p.retrieval_scores.get(l).map(Vec::as_slice).unwrap_or(&[]);
-        let rtop: Vec<usize> = rank_best_first(rscores).into_iter().take(k).collect();
+        // A head that never had top-1 attention on a copied token is no retrieval head,
+        // however the zeros happen to rank.
+        let rtop: Vec<usize> = rank_best_first(rscores)
+            .into_iter()
+            .filter(|&h| rscores.get(h).is_some_and(|&x| x > 0.0))
+            .take(k)
+            .collect();
         let fmt = |heads: &[usize], sc: &[f64]| {
+            if heads.is_empty() {
+                return "-".to_string();
+            }
             heads
                 .iter()
                 .map(|&h| format!("h{h} {:.3}", sc.get(h).copied().unwrap_or(0.0)))
@@ -46,7 +55,7 @@ pub fn render(p: &Profile, k: usize) -> String {
         overlap_total += overlap;
         let _ = writeln!(
             s,
-            "L{l:<4} {:<42} {:<36} {overlap}/{k}",
+            "L{l:<4} {:<42} {:<38} {overlap}/{k}",
             fmt(srh, scores),
             fmt(&rtop, rscores)
         );
@@ -54,7 +63,7 @@ pub fn render(p: &Profile, k: usize) -> String {
     let n = p.srh_ranking.len().max(1);
     let _ = writeln!(
         s,
-        "SRHs that are also top-{k} retrieval heads: {overlap_total} of {} ({:.0}%)",
+        "SRHs that are also top-{k} retrieval heads (score > 0): {overlap_total} of {} ({:.0}%)",
         n * k,
         100.0 * overlap_total as f64 / (n * k) as f64
     );
@@ -119,7 +128,10 @@ mod tests {
         let out = render(&p, 2);
         assert!(out.contains("trials counted: 7"), "{out}");
         assert!(out.contains("h1 0.500  h2 0.200"), "{out}");
-        // Layer 0: SRHs {1,2}, retrieval top-2 {1,0}: overlap 1; layer 1: {2,0} vs {0,1}: 1.
+        // Layer 0: SRHs {1,2}, retrieval heads {1} (zeros are not retrieval heads):
+        // overlap 1; layer 1: {2,0} vs {0,1}: 1.
+        assert!(out.contains("h1 1.000  "), "{out}");
+        assert!(!out.contains("h1 1.000  h0 0.000"), "{out}");
         assert!(out.contains("1/2"), "{out}");
         assert!(out.contains("2 of 4 (50%)"), "{out}");
         assert!(out.contains(&"█".repeat(BAR_WIDTH)), "{out}");
