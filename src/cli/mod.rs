@@ -3,6 +3,8 @@
 pub mod bench;
 pub mod eval;
 pub mod models;
+pub mod profile;
+pub mod progress;
 pub mod run;
 pub mod tui;
 
@@ -41,6 +43,8 @@ pub enum Command {
     /// Evaluation grids: needle in a haystack, and method-by-budget sweeps.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
+    /// Offline profiles: measure SRHs and layer errors, show or check a profile.
+    Profile(profile::ProfileArgs),
 }
 
 /// Flags shared by every command that loads a model.
@@ -145,13 +149,17 @@ pub fn init_threads(threads: Option<usize>) -> Result<()> {
     Ok(())
 }
 
+/// `--model`, or the cached default model (fetching it if needed).
+pub fn resolve_model_path(path: Option<&Path>) -> Result<PathBuf> {
+    match path {
+        Some(p) => Ok(p.to_path_buf()),
+        None => fetch::ensure_default_model(&mut |m| eprintln!("kvscope: {m}")),
+    }
+}
+
 /// Resolves `--model` or the cached default model (fetching it if needed) and loads it.
 pub fn load_model(path: Option<&Path>) -> Result<Loaded> {
-    let path = match path {
-        Some(p) => p.to_path_buf(),
-        None => fetch::ensure_default_model(&mut |m| eprintln!("kvscope: {m}"))?,
-    };
-    model::load(&path)
+    model::load(&resolve_model_path(path)?)
 }
 
 pub fn read_prompt(path: &Path) -> Result<String> {
@@ -174,6 +182,7 @@ pub fn main() -> i32 {
         Some(Command::Bench(a)) => bench::run(&a),
         Some(Command::Tui(a)) => tui::run(&a),
         Some(Command::Eval(c)) => eval::run(&c),
+        Some(Command::Profile(a)) => profile::run(&a),
         None => tui::run(&cli.tui),
     };
     match result {

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::{EvictionArgs, ModelArgs};
-use crate::eviction::Method;
-use crate::profile::Profile;
+use crate::eviction::{Allocator, Method};
+use crate::profile::discover;
 use crate::report::{Report, SettingsPart};
 use crate::session::Session;
 
@@ -35,18 +35,23 @@ pub fn run(a: &RunArgs) -> Result<()> {
     let settings = a.eviction.settings()?;
     let text = super::read_prompt(&a.prompt)?;
     let t = Instant::now();
-    let loaded = super::load_model(a.model.model.as_deref())?;
+    let model_path = super::resolve_model_path(a.model.model.as_deref())?;
+    let loaded = crate::model::load(&model_path)?;
     let load_ms = t.elapsed().as_secs_f64() * 1000.0;
     let cfg = &loaded.model.config;
     settings.validate(&cfg.dims())?;
-    let profile = match &a.eviction.profile {
-        Some(p) => {
-            let prof = Profile::load(p)?;
-            prof.validate(&cfg.dims(), None)?;
-            Some(prof)
-        }
-        None => None,
-    };
+    // compresskv needs SRHs and the error-aware allocator reads layer errors: without
+    // --profile, use the profile measured on this model file, if one is found.
+    let wanted = settings.method == Method::CompressKv
+        || settings.effective_allocator() == Allocator::ErrorAware;
+    let (profile_path, profile) =
+        match discover::resolve(a.eviction.profile.as_deref(), &model_path, cfg, wanted)? {
+            Some((path, p)) => (Some(path.display().to_string()), Some(p)),
+            None => (None, None),
+        };
+    if let (Some(path), false) = (&profile_path, a.json) {
+        eprintln!("kvscope: profile {path}");
+    }
     let prompt = loaded.tok.apply_template(&text, a.raw);
     let n_prompt = loaded.tok.encode(&prompt)?.len();
     if n_prompt + a.max_new > cfg.context_length {
@@ -70,7 +75,6 @@ pub fn run(a: &RunArgs) -> Result<()> {
     if settings.method != Method::Full || a.json {
         session.apply(&loaded.model, &loaded.tok, settings.clone())?;
     }
-    let profile_path = a.eviction.profile.as_ref().map(|p| p.display().to_string());
     if a.json {
         let report = Report::new(
             cfg,

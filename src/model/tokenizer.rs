@@ -16,6 +16,9 @@ use tokenizers::{AddedToken, Tokenizer};
 const TOKEN_TYPE_CONTROL: i32 = 3;
 const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 
+/// Byte range `[start, end)` of each token in the encoded text.
+pub type Offsets = Vec<(usize, usize)>;
+
 pub struct Tok {
     inner: Tokenizer,
     /// Ids that end a generation (EOS and ChatML's end of turn).
@@ -102,6 +105,17 @@ impl Tok {
             .encode(text, false)
             .map_err(|e| anyhow!("tokenization failed: {e}"))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// Token ids of `text` with each token's byte range in `text` (special tokens as in
+    /// [`encode`](Self::encode)). A byte-level token that starts with a space may or may
+    /// not include it in its range; callers locate text by overlap, not by equality.
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Offsets)> {
+        let enc = self
+            .inner
+            .encode(text, false)
+            .map_err(|e| anyhow!("tokenization failed: {e}"))?;
+        Ok((enc.get_ids().to_vec(), enc.get_offsets().to_vec()))
     }
 
     pub fn decode(&self, ids: &[u32]) -> String {

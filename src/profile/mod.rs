@@ -5,6 +5,15 @@
 //! A profile only makes sense for the model it was measured on, so it carries that
 //! model's fingerprint and [`Profile::validate`] refuses any other model.
 
+pub mod compare;
+pub mod credit;
+pub mod discover;
+pub mod haystack;
+pub mod layers;
+pub mod needles;
+pub mod show;
+pub mod srh;
+
 use crate::trace::Dims;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};

@@ -1,0 +1,195 @@
+//! Finding the profile that belongs to a model, so compresskv works without `--profile`.
+//!
+//! Candidates are the `*.json` files of, in order: `./profiles`, the `profiles/` folder
+//! shipped in the kvscope source tree (beside the binary's crate), and the cache
+//! (`$KVSCOPE_HOME/profiles`). The first whose fingerprint matches the model (shape,
+//! architecture and the model file's sha256) wins; shipped profiles come before the
+//! cache so a half-finished measurement of one's own (SRH only) does not silently
+//! replace a complete shipped profile. `--profile` overrides the search.
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+
+use super::{Fingerprint, Profile};
+use crate::model::fetch::{self, DEFAULT_MODEL};
+use crate::model::Config;
+
+/// sha256 of a model file. The cached default model is not hashed again: kvscope
+/// verified its size and sha256 when it stored it, and a file of the right size at that
+/// path is that file (hashing 98 MB on every run would cost more than the run's select).
+pub fn model_sha256(path: &Path) -> Result<String> {
+    if let Ok(default) = fetch::default_model_path() {
+        let same = match (path.canonicalize(), default.canonicalize()) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        };
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        if same && size == DEFAULT_MODEL.size {
+            return Ok(DEFAULT_MODEL.sha256.to_string());
+        }
+    }
+    fetch::sha256_file(path)
+}
+
+/// The fingerprint a profile measured on this model carries.
+pub fn fingerprint(config: &Config, sha256: &str) -> Fingerprint {
+    Fingerprint {
+        arch: config.arch.clone(),
+        n_layers: config.n_layers,
+        n_heads: config.n_heads,
+        n_kv_heads: config.n_kv_heads,
+        head_dim: config.head_dim,
+        sha256: sha256.to_lowercase(),
+    }
+}
+
+/// The folders searched for profiles, in order, without duplicates.
+pub fn profile_dirs() -> Vec<PathBuf> {
+    let mut dirs = vec![PathBuf::from("profiles")];
+    dirs.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("profiles"));
+    if let Ok(c) = fetch::cache_dir() {
+        dirs.push(c.join("profiles"));
+    }
+    let mut seen = Vec::new();
+    dirs.retain(|d| {
+        let key = d.canonicalize().unwrap_or_else(|_| d.clone());
+        if seen.contains(&key) {
+            false
+        } else {
+            seen.push(key);
+            true
+        }
+    });
+    dirs
+}
+
+/// The first profile in `dirs` measured on the model with fingerprint `fp`. Files that
+/// are not readable profiles are skipped (a folder may hold other JSON).
+pub fn find_in(dirs: &[PathBuf], fp: &Fingerprint) -> Option<(PathBuf, Profile)> {
+    for dir in dirs {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort();
+        for f in files {
+            let Ok(p) = Profile::load(&f) else {
+                continue;
+            };
+            if matches(&p, fp) {
+                return Some((f, p));
+            }
+        }
+    }
+    None
+}
+
+fn matches(p: &Profile, fp: &Fingerprint) -> bool {
+    let m = &p.model;
+    m.arch == fp.arch
+        && m.n_layers == fp.n_layers
+        && m.n_heads == fp.n_heads
+        && m.n_kv_heads == fp.n_kv_heads
+        && m.head_dim == fp.head_dim
+        && m.sha256.eq_ignore_ascii_case(&fp.sha256)
+        && p.validate(&dims_of(fp), Some(&fp.sha256)).is_ok()
+}
+
+fn dims_of(fp: &Fingerprint) -> crate::trace::Dims {
+    crate::trace::Dims {
+        n_layers: fp.n_layers,
+        n_heads: fp.n_heads,
+        n_kv_heads: fp.n_kv_heads,
+        head_dim: fp.head_dim,
+    }
+}
+
+/// The profile a run uses: `explicit` (loaded and checked against the model, a mismatch
+/// is an error), else the discovered one when `wanted`, else none.
+pub fn resolve(
+    explicit: Option<&Path>,
+    model_path: &Path,
+    config: &Config,
+    wanted: bool,
+) -> Result<Option<(PathBuf, Profile)>> {
+    if explicit.is_none() && !wanted {
+        return Ok(None);
+    }
+    let sha = model_sha256(model_path)
+        .with_context(|| format!("cannot fingerprint model {}", model_path.display()))?;
+    let fp = fingerprint(config, &sha);
+    match explicit {
+        Some(path) => {
+            let p = Profile::load(path)?;
+            if p.model.arch != fp.arch {
+                bail!(
+                    "profile {} was measured on a '{}' model, this model is '{}'",
+                    path.display(),
+                    p.model.arch,
+                    fp.arch
+                );
+            }
+            p.validate(&config.dims(), Some(&sha))
+                .with_context(|| format!("profile {}", path.display()))?;
+            Ok(Some((path.to_path_buf(), p)))
+        }
+        None => Ok(find_in(&profile_dirs(), &fp)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::profile::{Provenance, FORMAT_VERSION};
+
+    fn profile(sha: &str) -> Profile {
+        Profile {
+            format_version: FORMAT_VERSION,
+            model: Fingerprint {
+                arch: "llama".into(),
+                n_layers: 1,
+                n_heads: 2,
+                n_kv_heads: 1,
+                head_dim: 4,
+                sha256: sha.into(),
+            },
+            srh_scores: vec![vec![0.1, 0.2]],
+            srh_ranking: vec![vec![1, 0]],
+            retrieval_scores: vec![vec![0.0, 0.0]],
+            layer_errors: Some(vec![1.0]),
+            provenance: Provenance {
+                command: "t".into(),
+                settings: serde_json::Value::Null,
+                trials_counted: 1,
+                kvscope_version: "0".into(),
+            },
+        }
+    }
+
+    #[test]
+    fn finds_the_profile_with_the_matching_fingerprint() {
+        let dir = crate::testing::temp_dir("discover");
+        let (a, b) = ("a".repeat(64), "b".repeat(64));
+        profile(&a).save(dir.join("1-a.json")).unwrap();
+        profile(&b).save(dir.join("2-b.json")).unwrap();
+        std::fs::write(dir.join("0-junk.json"), "not json").unwrap();
+        let dirs = vec![dir.join("missing"), dir.clone()];
+        let fp = profile(&b).model;
+        let (path, p) = find_in(&dirs, &fp).unwrap();
+        assert_eq!(path, dir.join("2-b.json"));
+        assert_eq!(p.model.sha256, b);
+        let mut other = fp.clone();
+        other.sha256 = "c".repeat(64);
+        assert!(find_in(&dirs, &other).is_none());
+        let mut other = fp.clone();
+        other.arch = "qwen2".into();
+        assert!(find_in(&dirs, &other).is_none());
+        let mut other = fp;
+        other.n_heads = 4;
+        assert!(find_in(&dirs, &other).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

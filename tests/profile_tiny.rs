@@ -1,0 +1,232 @@
+//! The profile measurements on the tiny random model (no download): needle prompts and
+//! their answer spans, the first token's attention row, determinism of the SRH
+//! measurement, layer errors, and profile lookup by fingerprint.
+
+use std::sync::atomic::AtomicBool;
+
+use kvscope::keepset::KeepSet;
+use kvscope::model::{self, DecodeState, Loaded, Precision};
+use kvscope::profile::needles::NEEDLES;
+use kvscope::profile::srh::{self, SrhConfig, TrialSpec};
+use kvscope::profile::{discover, haystack, l1_normalise, layers, rank_best_first, Profile};
+use kvscope::testing::{temp_dir, tiny_model, write_tiny_gguf, GgufSpec};
+
+fn tiny_loaded(tag: &str) -> (Loaded, std::path::PathBuf) {
+    let dir = temp_dir(tag);
+    let path = dir.join("tiny.gguf");
+    write_tiny_gguf(
+        &path,
+        &GgufSpec {
+            context_length: 2048,
+            ..GgufSpec::default()
+        },
+    )
+    .unwrap();
+    (model::load(&path).unwrap(), path)
+}
+
+#[test]
+fn needle_prompts_hold_the_answer_span_at_the_requested_depth() {
+    let (loaded, _) = tiny_loaded("needle");
+    let tok = &loaded.tok;
+    for (i, needle) in NEEDLES.iter().enumerate() {
+        let mut last_start = 0;
+        for depth in [0.0, 0.5, 1.0] {
+            let p = haystack::build(tok, needle, 900, depth, i).unwrap();
+            assert_eq!(tok.decode(&p.ids[p.span.clone()]).trim(), needle.answer);
+            assert!(p.text.starts_with("<|im_start|>user\n"));
+            assert!(p.text.ends_with("<|im_start|>assistant\n"));
+            assert!(p.text.contains(needle.question));
+            // About the requested length (whole sentences; the tiny vocab is bytes).
+            assert!((700..=900).contains(&p.ids.len()), "{} tokens", p.ids.len());
+            assert!(p.span.start >= last_start, "depth {depth}");
+            last_start = p.span.start;
+        }
+    }
+}
+
+/// The first generated token comes from the prefill's last query row; the row
+/// recomputed from the Trace must be the attention a decode step computes for the same
+/// position over the same keys.
+#[test]
+fn last_prompt_row_equals_the_decode_attention_of_that_position() {
+    let mut m = tiny_model(300, 256, 11);
+    m.precision = Precision::F32;
+    let ids = kvscope::testing::random_ids(40, 300, 5);
+    let full = m.prefill(&ids, 16, &mut |_, _| {}).unwrap();
+    let row = srh::last_prompt_row(&full);
+    // Prefill all but the last token, then feed it as a decode step.
+    let head = m.prefill(&ids[..39], 16, &mut |_, _| {}).unwrap();
+    let all = KeepSet::all(&head.dims, head.len);
+    let mut st = DecodeState::new(&m, &head, &all, 4).unwrap();
+    let mut cap = Vec::new();
+    st.step(ids[39], Some(&mut cap)).unwrap();
+    let step = &cap[0].probs;
+    for l in 0..2 {
+        for h in 0..4 {
+            assert_eq!(row[l][h].len(), 40);
+            let s: f32 = row[l][h].iter().sum();
+            assert!((s - 1.0).abs() < 1e-4);
+            for (a, b) in row[l][h].iter().zip(&step[l][h]) {
+                assert!((a - b).abs() < 1e-4, "layer {l} head {h}: {a} vs {b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn srh_measurement_is_deterministic() {
+    let (loaded, _) = tiny_loaded("determinism");
+    let cfg = SrhConfig {
+        lengths: vec![500],
+        depths: vec![0.0, 1.0],
+        needles: vec![0, 3],
+        max_new: 6,
+    };
+    let stop = AtomicBool::new(false);
+    let run = || {
+        let mut outs = Vec::new();
+        let totals = srh::measure(&loaded.model, &loaded.tok, &cfg, &stop, &mut |o, _, _| {
+            outs.push(o.clone())
+        })
+        .unwrap();
+        (totals, outs)
+    };
+    let (t1, o1) = run();
+    let (t2, o2) = run();
+    assert_eq!(o1.len(), 4);
+    assert_eq!(o1, o2);
+    assert_eq!(t1, t2);
+    // Rankings from the raw per-trial credits agree too.
+    let r1: Vec<_> = o1[0]
+        .credit
+        .srh
+        .iter()
+        .map(|s| rank_best_first(s))
+        .collect();
+    let r2: Vec<_> = o2[0]
+        .credit
+        .srh
+        .iter()
+        .map(|s| rank_best_first(s))
+        .collect();
+    assert_eq!(r1, r2);
+}
+
+#[test]
+fn srh_trial_credits_only_span_tokens() {
+    let (loaded, _) = tiny_loaded("trial");
+    let spec = TrialSpec {
+        needle: 8,
+        length: 400,
+        depth: 0.5,
+    };
+    let prompt = srh::trial_prompt(&loaded.tok, &spec).unwrap();
+    let out = srh::run_trial(&loaded.model, &loaded.tok, spec, &prompt, 8).unwrap();
+    let span_ids = &prompt.ids[prompt.span.clone()];
+    let copies = out
+        .generated
+        .iter()
+        .filter(|t| span_ids.contains(t))
+        .count();
+    let credited: f64 = out.credit.srh.iter().flatten().sum();
+    if copies == 0 {
+        assert_eq!(credited, 0.0);
+        assert_eq!(out.credit.copy_steps, 0);
+    } else {
+        assert!(credited > 0.0);
+        assert_eq!(out.credit.copy_steps, copies);
+    }
+}
+
+#[test]
+fn a_stop_request_writes_nothing_and_says_so() {
+    let (loaded, _) = tiny_loaded("stop");
+    let cfg = SrhConfig {
+        lengths: vec![400],
+        depths: vec![0.0],
+        needles: vec![0],
+        max_new: 2,
+    };
+    let stop = AtomicBool::new(true);
+    let err = srh::measure(&loaded.model, &loaded.tok, &cfg, &stop, &mut |_, _, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("interrupted"), "{err}");
+}
+
+fn tiny_profile(loaded: &Loaded, sha: &str) -> Profile {
+    let d = loaded.model.dims();
+    let scores: Vec<Vec<f64>> = (0..d.n_layers)
+        .map(|l| (0..d.n_heads).map(|h| ((h + l) % 3) as f64).collect())
+        .collect();
+    Profile {
+        format_version: kvscope::profile::FORMAT_VERSION,
+        model: discover::fingerprint(&loaded.model.config, sha),
+        srh_ranking: scores.iter().map(|s| rank_best_first(s)).collect(),
+        retrieval_scores: scores.clone(),
+        srh_scores: scores,
+        layer_errors: None,
+        provenance: kvscope::profile::Provenance {
+            command: "test".into(),
+            settings: serde_json::json!({}),
+            trials_counted: 1,
+            kvscope_version: "test".into(),
+        },
+    }
+}
+
+#[test]
+fn layer_errors_are_zero_without_eviction_and_positive_with_it() {
+    let (loaded, _) = tiny_loaded("layers");
+    let profile = tiny_profile(&loaded, &"0".repeat(64));
+    let prompt = srh::trial_prompt(
+        &loaded.tok,
+        &TrialSpec {
+            needle: 1,
+            length: 300,
+            depth: 0.3,
+        },
+    )
+    .unwrap();
+    let tight = layers::srh_uniform_settings(32, 8, 2);
+    let e = layers::prompt_errors(&loaded.model, &loaded.tok, &prompt.ids, &profile, &tight, 5)
+        .unwrap();
+    assert_eq!(e.len(), 2);
+    assert!(e.iter().all(|x| x.is_finite() && *x > 0.0), "{e:?}");
+    let n = l1_normalise(&e).unwrap();
+    assert!((n.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+    let loose = layers::srh_uniform_settings(4096, 8, 2);
+    let e = layers::prompt_errors(&loaded.model, &loaded.tok, &prompt.ids, &profile, &loose, 5)
+        .unwrap();
+    assert!(e.iter().all(|&x| x < 1e-5), "{e:?}");
+}
+
+#[test]
+fn profiles_are_found_by_model_sha_and_explicit_mismatches_are_errors() {
+    let (loaded, path) = tiny_loaded("resolve");
+    let sha = discover::model_sha256(&path).unwrap();
+    assert_eq!(sha, kvscope::model::fetch::sha256_file(&path).unwrap());
+    let cfg = &loaded.model.config;
+    let dir = path.parent().unwrap();
+    let good = dir.join("good.json");
+    tiny_profile(&loaded, &sha).save(&good).unwrap();
+    let bad = dir.join("bad.json");
+    tiny_profile(&loaded, &"f".repeat(64)).save(&bad).unwrap();
+
+    let (p, _) = discover::resolve(Some(&good), &path, cfg, false)
+        .unwrap()
+        .unwrap();
+    assert_eq!(p, good);
+    let err = format!(
+        "{:#}",
+        discover::resolve(Some(&bad), &path, cfg, true).unwrap_err()
+    );
+    assert!(err.contains("another model file"), "{err}");
+    let found = discover::find_in(&[dir.to_path_buf()], &discover::fingerprint(cfg, &sha));
+    assert_eq!(found.map(|f| f.0), Some(good));
+    // Nothing is looked up when no profile is wanted.
+    assert!(discover::resolve(None, &path, cfg, false)
+        .unwrap()
+        .is_none());
+}
