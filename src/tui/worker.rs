@@ -126,8 +126,21 @@ impl Worker {
         let loaded = model::load(&path)?;
         let dims = loaded.model.config.dims();
         // A bad profile is reported and ignored: every method but compresskv still works.
+        let mut profile_path = job.profile.clone();
         let profile = match &job.profile {
-            None => None,
+            // No --profile: use the matching shipped or cached profile, as `kvscope run`
+            // does, so compresskv works out of the box.
+            None => match crate::profile::discover::resolve(None, &path, &loaded.model.config, true) {
+                Ok(Some((p, pr))) => {
+                    profile_path = Some(p);
+                    Some(pr)
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    out(FromWorker::Error(format!("profile discovery failed: {e:#}")));
+                    None
+                }
+            },
             Some(p) => match Profile::load(p).and_then(|pr| pr.validate(&dims, None).map(|_| pr)) {
                 Ok(pr) => Some(pr),
                 Err(e) => {
@@ -159,7 +172,7 @@ impl Worker {
         Ok(Worker {
             loaded,
             session,
-            profile_path: job.profile.as_ref().map(|p| p.display().to_string()),
+            profile_path: profile_path.as_ref().map(|p| p.display().to_string()),
             maps: Arc::new(maps),
             strips: None,
         })
