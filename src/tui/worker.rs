@@ -130,17 +130,21 @@ impl Worker {
         let profile = match &job.profile {
             // No --profile: use the matching shipped or cached profile, as `kvscope run`
             // does, so compresskv works out of the box.
-            None => match crate::profile::discover::resolve(None, &path, &loaded.model.config, true) {
-                Ok(Some((p, pr))) => {
-                    profile_path = Some(p);
-                    Some(pr)
+            None => {
+                match crate::profile::discover::resolve(None, &path, &loaded.model.config, true) {
+                    Ok(Some((p, pr))) => {
+                        profile_path = Some(p);
+                        Some(pr)
+                    }
+                    Ok(None) => None,
+                    Err(e) => {
+                        out(FromWorker::Error(format!(
+                            "profile discovery failed: {e:#}"
+                        )));
+                        None
+                    }
                 }
-                Ok(None) => None,
-                Err(e) => {
-                    out(FromWorker::Error(format!("profile discovery failed: {e:#}")));
-                    None
-                }
-            },
+            }
             Some(p) => match Profile::load(p).and_then(|pr| pr.validate(&dims, None).map(|_| pr)) {
                 Ok(pr) => Some(pr),
                 Err(e) => {
