@@ -57,35 +57,8 @@ pub fn matmul_ab(
     k: usize,
     n: usize,
 ) {
-    if t == 0 || n == 0 {
-        return;
-    }
-    assert!(a.len() >= (t - 1) * a_rs + k && out.len() >= (t - 1) * out_rs + n);
-    assert!(k == 0 || b.len() >= (k - 1) * b_rs + n);
-    // SAFETY: bounds asserted above.
-    unsafe {
-        gemm::gemm(
-            t,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            out_rs as isize,
-            false,
-            a.as_ptr(),
-            1,
-            a_rs as isize,
-            b.as_ptr(),
-            1,
-            b_rs as isize,
-            0.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        )
-    }
+    // b[k][j] sits at k * b_rs + j.
+    strided_gemm(a, a_rs, b, b_rs, 1, out, out_rs, t, k, n);
 }
 
 /// `out[t][j] = sum_k a[t][k] * b[j][k]` (b transposed), strided, single-threaded.
@@ -101,11 +74,30 @@ pub fn matmul_abt(
     k: usize,
     n: usize,
 ) {
+    // b[j][k] sits at j * b_rs + k.
+    strided_gemm(a, a_rs, b, 1, b_rs, out, out_rs, t, k, n);
+}
+
+/// `out[t][j] = sum_k a[t * a_rs + k] * b[k * b_ks + j * b_js]`, single-threaded, with
+/// every index bounds-checked before gemm touches memory.
+#[allow(clippy::too_many_arguments)]
+fn strided_gemm(
+    a: &[f32],
+    a_rs: usize,
+    b: &[f32],
+    b_ks: usize,
+    b_js: usize,
+    out: &mut [f32],
+    out_rs: usize,
+    t: usize,
+    k: usize,
+    n: usize,
+) {
     if t == 0 || n == 0 {
         return;
     }
     assert!(a.len() >= (t - 1) * a_rs + k && out.len() >= (t - 1) * out_rs + n);
-    assert!(b.len() >= (n - 1) * b_rs + k);
+    assert!(k == 0 || b.len() > (k - 1) * b_ks + (n - 1) * b_js);
     // SAFETY: bounds asserted above.
     unsafe {
         gemm::gemm(
@@ -120,8 +112,8 @@ pub fn matmul_abt(
             1,
             a_rs as isize,
             b.as_ptr(),
-            b_rs as isize,
-            1,
+            b_js as isize,
+            b_ks as isize,
             0.0f32,
             1.0f32,
             false,
