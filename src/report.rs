@@ -14,11 +14,14 @@ pub struct ModelPart {
     pub n_kv_heads: usize,
     pub head_dim: usize,
     pub context_length: usize,
+    /// Storage type of the decode KV cache, the element size `kv_bytes` counts.
+    pub kv_dtype: String,
 }
 
-impl From<&Config> for ModelPart {
-    fn from(c: &Config) -> Self {
+impl ModelPart {
+    pub fn new(c: &Config, kv_dtype: &str) -> Self {
         ModelPart {
+            kv_dtype: kv_dtype.to_string(),
             name: c.name.clone(),
             arch: c.arch.clone(),
             n_layers: c.n_layers,
@@ -106,7 +109,7 @@ impl Report {
             None => (default, None, None),
         };
         Report {
-            model: config.into(),
+            model: ModelPart::new(config, session.kv_dtype),
             prompt: PromptPart {
                 tokens: session.trace.len,
                 ids: session.trace.ids.clone(),

@@ -12,9 +12,6 @@ use crate::model::{Loaded, Model, Tok};
 use crate::profile::Profile;
 use crate::trace::Trace;
 
-/// Bytes per K or V element as kvscope stores its cache (f32).
-pub const KV_ELEM_BYTES: usize = 4;
-
 /// Prefill chunk size: large enough for efficient GEMMs, small enough for progress.
 pub const PREFILL_CHUNK: usize = 512;
 
@@ -53,16 +50,17 @@ pub fn agreement(full: &[u32], comp: &[u32]) -> Agreement {
     }
 }
 
-/// KV bytes held for a keep set: entries x head_dim x 2 (K and V) x element size.
-pub fn kv_bytes(keep: &KeepSet, head_dim: usize) -> usize {
-    keep.kept_per_layer().iter().sum::<usize>() * head_dim * 2 * KV_ELEM_BYTES
+/// KV bytes held for a keep set: entries x head_dim x 2 (K and V) x element size (the
+/// decode cache's storage type, [`Model::kv_dtype`]).
+pub fn kv_bytes(keep: &KeepSet, head_dim: usize, elem_bytes: usize) -> usize {
+    keep.kept_per_layer().iter().sum::<usize>() * head_dim * 2 * elem_bytes
 }
 
 /// Per-layer KV bytes held for a keep set.
-pub fn kv_bytes_per_layer(keep: &KeepSet, head_dim: usize) -> Vec<usize> {
+pub fn kv_bytes_per_layer(keep: &KeepSet, head_dim: usize, elem_bytes: usize) -> Vec<usize> {
     keep.kept_per_layer()
         .iter()
-        .map(|n| n * head_dim * 2 * KV_ELEM_BYTES)
+        .map(|n| n * head_dim * 2 * elem_bytes)
         .collect()
 }
 
@@ -76,6 +74,8 @@ pub struct Compressed {
 
 pub struct Session {
     pub prompt_text: String,
+    /// Storage type of the decode cache ("f16" on the fast path); `kv_bytes` counts it.
+    pub kv_dtype: &'static str,
     pub trace: Trace,
     pub max_new: usize,
     pub full: Generation,
@@ -106,10 +106,11 @@ impl Session {
         let full = Generation {
             text: loaded.tok.decode(&full_ids),
             ids: full_ids,
-            kv_bytes: trace.full_kv_bytes(KV_ELEM_BYTES),
+            kv_bytes: trace.full_kv_bytes(loaded.model.kv_dtype().bytes()),
         };
         Ok(Session {
             prompt_text,
+            kv_dtype: loaded.model.kv_dtype().name(),
             trace,
             max_new,
             full,
@@ -137,7 +138,11 @@ impl Session {
             None,
         )?;
         self.timing.decode_compressed = ms(t);
-        let bytes = kv_bytes(&selection.keep, self.trace.dims.head_dim);
+        let bytes = kv_bytes(
+            &selection.keep,
+            self.trace.dims.head_dim,
+            model.kv_dtype().bytes(),
+        );
         let agreement = agreement(&self.full.ids, &ids);
         let generation = Generation {
             text: tok.decode(&ids),

@@ -327,6 +327,11 @@ fn compressed_decode_holds_only_the_kept_entries() {
 
     let mut state = DecodeState::new(&m, &trace, &keep, n).expect("decode state");
     assert_eq!(state.entries(), kept);
+    // The memory the report shows is what this cache physically holds.
+    assert_eq!(
+        state.kv_bytes(),
+        kvscope::session::kv_bytes(&keep, dims.head_dim, m.kv_dtype().bytes())
+    );
     for (l, layer) in state.cache.iter().enumerate() {
         for (g, hc) in layer.iter().enumerate() {
             assert_eq!(hc.positions, keep.positions[l][g]);

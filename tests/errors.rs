@@ -346,7 +346,9 @@ fn run_json_report_on_a_tiny_gguf() {
     assert!(!full_ids.is_empty() && full_ids.len() <= 32);
     assert!(full["text"].is_string());
     let full_bytes = u(&full["kv_bytes"]);
-    assert_eq!(full_bytes, cfg.n_layers * cfg.n_kv_heads * len * hd * 2 * 4);
+    // The default decode cache stores f16: 2 bytes per element, named in the report.
+    assert_eq!(r["model"]["kv_dtype"], "f16");
+    assert_eq!(full_bytes, cfg.n_layers * cfg.n_kv_heads * len * hd * 2 * 2);
 
     let c = &r["compressed"];
     let comp_ids = ids(&c["ids"]);
@@ -376,7 +378,7 @@ fn run_json_report_on_a_tiny_gguf() {
         }
     }
     let kv_bytes = u(&c["kv_bytes"]);
-    assert_eq!(kv_bytes, total * hd * 2 * 4);
+    assert_eq!(kv_bytes, total * hd * 2 * 2);
     let frac = c["kv_fraction"].as_f64().expect("kv_fraction");
     assert!((frac - kv_bytes as f64 / full_bytes as f64).abs() < 1e-9);
     assert!(frac < 1.0);

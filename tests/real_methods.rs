@@ -5,7 +5,7 @@
 use kvscope::eviction::testutil::random_profile;
 use kvscope::eviction::{Method, Settings};
 use kvscope::model::{self, fetch};
-use kvscope::session::{kv_bytes, Session, KV_ELEM_BYTES};
+use kvscope::session::{kv_bytes, Session};
 
 #[test]
 fn every_method_at_several_budgets_on_a_long_prompt() {
@@ -29,10 +29,13 @@ fn every_method_at_several_budgets_on_a_long_prompt() {
         len > 600,
         "the sample prompt should be long, has {len} tokens"
     );
+    // The decode cache is f16 on the default path: 2 bytes per element.
+    let elem = loaded.model.kv_dtype().bytes();
+    assert_eq!(elem, 2);
     let full_bytes = session.full.kv_bytes;
     assert_eq!(
         full_bytes,
-        dims.n_layers * dims.n_kv_heads * len * dims.head_dim * 2 * KV_ELEM_BYTES
+        dims.n_layers * dims.n_kv_heads * len * dims.head_dim * 2 * elem
     );
 
     for method in Method::ALL {
@@ -49,11 +52,8 @@ fn every_method_at_several_budgets_on_a_long_prompt() {
             let keep = &c.selection.keep;
             keep.validate(&dims, len).expect("valid keep set");
             let kept: usize = keep.kept_per_layer().iter().sum();
-            assert_eq!(
-                c.generation.kv_bytes,
-                kept * dims.head_dim * 2 * KV_ELEM_BYTES
-            );
-            assert_eq!(c.generation.kv_bytes, kv_bytes(keep, dims.head_dim));
+            assert_eq!(c.generation.kv_bytes, kept * dims.head_dim * 2 * elem);
+            assert_eq!(c.generation.kv_bytes, kv_bytes(keep, dims.head_dim, elem));
             assert!(!c.generation.ids.is_empty());
             match method {
                 Method::Full => assert_eq!(c.generation.kv_bytes, full_bytes),

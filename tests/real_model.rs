@@ -184,12 +184,14 @@ fn run_json_on_a_long_prompt_compresses_the_cache() {
     }
     let comp = n(&rep["compressed"]["kv_bytes"]);
     let full = n(&rep["full"]["kv_bytes"]);
+    // f16 decode cache: 2 bytes per element, as the report says.
+    assert_eq!(rep["model"]["kv_dtype"], "f16");
     assert_eq!(
         comp,
-        total * hd * 2 * 4,
-        "memory == kept entries x head_dim x 2 x 4"
+        total * hd * 2 * 2,
+        "memory == kept entries x head_dim x 2 (K, V) x 2 bytes"
     );
-    assert_eq!(full, layers * kv * len * hd * 2 * 4);
+    assert_eq!(full, layers * kv * len * hd * 2 * 2);
     assert!(comp < full, "compressed {comp} bytes vs full {full}");
     let frac = rep["compressed"]["kv_fraction"]
         .as_f64()

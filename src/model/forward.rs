@@ -7,6 +7,8 @@ use rayon::prelude::*;
 
 use super::config::Config;
 use super::kernels::{self, matmul_ab, matmul_abt, matmul_xwt, rms_norm, silu, QVec, Rope};
+use super::kvcache::{combine, HeadCache, KvDtype, Partial, TILE};
+use super::team::{self, Member, Shared};
 use super::weights::{Linear, Weights};
 use crate::keepset::KeepSet;
 use crate::trace::{BlockMap, Dims, LayerTrace, Trace, W_MAX};
@@ -278,158 +280,14 @@ pub struct StepAttention {
     pub probs: Vec<Vec<Vec<f32>>>,
 }
 
-/// The cache of one KV head: only the entries it keeps, plus what decoding appends.
-/// Keys are stored dimension-major (`kt[dim][entry]`, row length `cap`) so a head's
-/// scores over all entries are `head_dim` contiguous axpys with no horizontal sums;
-/// values are entry-major (`v[entry][dim]`) so the output is one axpy per entry.
-#[derive(Debug, Clone)]
-pub struct HeadCache {
-    /// Original position of every entry (kept prompt positions, then generated ones).
-    pub positions: Vec<usize>,
-    cap: usize,
-    head_dim: usize,
-    kt: Vec<f32>,
-    v: Vec<f32>,
-}
-
-impl HeadCache {
-    fn with_capacity(cap: usize, head_dim: usize) -> Self {
-        HeadCache {
-            positions: Vec::with_capacity(cap),
-            cap,
-            head_dim,
-            kt: vec![0.0; cap * head_dim],
-            v: Vec::with_capacity(cap * head_dim),
-        }
-    }
-
-    pub fn len(&self) -> usize {
-        self.positions.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.positions.is_empty()
-    }
-
-    fn push(&mut self, pos: usize, k: &[f32], v: &[f32]) -> Result<()> {
-        let n = self.positions.len();
-        if n >= self.cap {
-            bail!(
-                "decode cache is full ({} entries); raise the token allowance",
-                self.cap
-            );
-        }
-        for (i, &kv) in k.iter().enumerate() {
-            self.kt[i * self.cap + n] = kv;
-        }
-        self.v.extend_from_slice(v);
-        self.positions.push(pos);
-        Ok(())
-    }
-
-    /// Adds `scale * q_h . k_j` for entries `j0..j0 + p.len()` to each query head's
-    /// score slice, reading every key once for all heads of the group.
-    fn scores_chunk(&self, qs: &[&[f32]], scale: f32, j0: usize, ps: &mut [&mut [f32]]) {
-        for i in 0..self.head_dim {
-            let row = &self.kt[i * self.cap + j0..];
-            for (q, p) in qs.iter().zip(ps.iter_mut()) {
-                let n = p.len();
-                kernels::axpy(p, q[i] * scale, &row[..n]);
-            }
-        }
-    }
-
-    /// `out_h += sum_j p_h[j] * v[j0 + j]` for each query head of the group.
-    fn values_chunk(&self, ps: &[&[f32]], j0: usize, out: &mut [f32]) {
-        let hd = self.head_dim;
-        let n = ps.first().map_or(0, |p| p.len());
-        for j in 0..n {
-            let vr = &self.v[(j0 + j) * hd..(j0 + j + 1) * hd];
-            for (h, p) in ps.iter().enumerate() {
-                kernels::axpy(&mut out[h * hd..(h + 1) * hd], p[j], vr);
-            }
-        }
-    }
-}
-
-/// Entries per parallel task in decode attention.
-const ATTN_CHUNK: usize = 256;
-
-/// Decode attention for one layer. Work is split into (KV head, chunk of entries) tasks
-/// so both cores share long caches, and each key and value is read once for all the
-/// query heads of its group (GQA) instead of once per query head.
-fn attend_layer(
-    layer: &[HeadCache],
-    q: &[f32],
-    n_rep: usize,
-    scale: f32,
-    probs: &mut [Vec<f32>],
-    out: &mut [f32],
-) {
-    let hd = layer.first().map_or(0, |h| h.head_dim);
-    for (h, p) in probs.iter_mut().enumerate() {
-        p.clear();
-        p.resize(layer[h / n_rep].len(), 0.0);
-    }
-    // Scores: tasks own disjoint chunks of every head's score vector.
-    {
-        let mut tasks: Vec<(usize, usize, Vec<&mut [f32]>)> = Vec::new();
-        for (g, group) in probs.chunks_mut(n_rep).enumerate() {
-            let mut iters: Vec<_> = group.iter_mut().map(|p| p.chunks_mut(ATTN_CHUNK)).collect();
-            let mut c = 0;
-            loop {
-                let parts: Vec<&mut [f32]> = iters.iter_mut().filter_map(|it| it.next()).collect();
-                if parts.len() < n_rep {
-                    break;
-                }
-                tasks.push((g, c * ATTN_CHUNK, parts));
-                c += 1;
-            }
-        }
-        tasks.into_par_iter().for_each(|(g, j0, mut parts)| {
-            let qs: Vec<&[f32]> = (0..n_rep)
-                .map(|r| &q[(g * n_rep + r) * hd..(g * n_rep + r + 1) * hd])
-                .collect();
-            layer[g].scores_chunk(&qs, scale, j0, &mut parts);
-        });
-    }
-    // Sequential: a few thousand vectorised exps per head cost less than waking threads.
-    for p in probs.iter_mut() {
-        kernels::softmax(p);
-    }
-    // Values: each task sums its chunk into a private buffer; the buffers are added up.
-    let tasks: Vec<(usize, usize)> = layer
-        .iter()
-        .enumerate()
-        .flat_map(|(g, hc)| (0..hc.len().div_ceil(ATTN_CHUNK)).map(move |c| (g, c * ATTN_CHUNK)))
-        .collect();
-    let partials: Vec<(usize, Vec<f32>)> = tasks
-        .into_par_iter()
-        .map(|(g, j0)| {
-            let hc = &layer[g];
-            let j1 = (j0 + ATTN_CHUNK).min(hc.len());
-            let ps: Vec<&[f32]> = probs[g * n_rep..(g + 1) * n_rep]
-                .iter()
-                .map(|p| &p[j0..j1])
-                .collect();
-            let mut acc = vec![0.0f32; n_rep * hd];
-            hc.values_chunk(&ps, j0, &mut acc);
-            (g, acc)
-        })
-        .collect();
-    out.fill(0.0);
-    for (g, acc) in partials {
-        for (o, a) in out[g * n_rep * hd..(g + 1) * n_rep * hd]
-            .iter_mut()
-            .zip(&acc)
-        {
-            *o += a;
-        }
-    }
-}
-
 /// `[layer][kv_head][prompt position]`: whether a shadow eviction keeps the entry.
 type ShadowMasks = Vec<Vec<Vec<bool>>>;
+
+/// Rows per unit of shared work in a decode matrix-vector product: big enough that
+/// taking a unit (one atomic add) is rare, small enough to even out the threads.
+const MV_ROWS: usize = 64;
+/// The output matrix has ~50k rows; larger units for it.
+const HEAD_ROWS: usize = 512;
 
 /// A decoding session over a (possibly compressed) cache.
 pub struct DecodeState<'m> {
@@ -440,23 +298,17 @@ pub struct DecodeState<'m> {
     /// Prompt length of the trace this cache was built from.
     pub prompt_len: usize,
     logits: Vec<f32>,
-    scratch: Scratch,
 }
 
-#[derive(Default)]
-struct Scratch {
-    x: Vec<f32>,
-    hn: Vec<f32>,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    v: Vec<f32>,
-    attn: Vec<f32>,
-    o: Vec<f32>,
-    g: Vec<f32>,
-    u: Vec<f32>,
-    qv: QVec,
-    /// Attention probabilities of the current layer, per query head.
-    probs: Vec<Vec<f32>>,
+impl Model {
+    /// How the decode cache stores K and V: f16 on the fast path (as llama.cpp does),
+    /// f32 when decoding must match prefill to float rounding.
+    pub fn kv_dtype(&self) -> KvDtype {
+        match self.precision {
+            Precision::Q8 => KvDtype::F16,
+            Precision::F32 => KvDtype::F32,
+        }
+    }
 }
 
 impl<'m> DecodeState<'m> {
@@ -480,6 +332,7 @@ impl<'m> DecodeState<'m> {
             );
         }
         let hd = dims.head_dim;
+        let dtype = model.kv_dtype();
         let cache = keep
             .positions
             .iter()
@@ -489,7 +342,7 @@ impl<'m> DecodeState<'m> {
                     .iter()
                     .enumerate()
                     .map(|(g, pos)| {
-                        let mut hc = HeadCache::with_capacity(pos.len() + extra, hd);
+                        let mut hc = HeadCache::with_capacity(pos.len() + extra, hd, dtype);
                         for &p in pos {
                             hc.push(p, trace.key(l, g, p), trace.value(l, g, p))?;
                         }
@@ -504,13 +357,17 @@ impl<'m> DecodeState<'m> {
             pos: trace.len,
             prompt_len: trace.len,
             logits: Vec::new(),
-            scratch: Scratch::default(),
         })
     }
 
     /// Cache entries held now, summed over layers and KV heads.
     pub fn entries(&self) -> usize {
         self.cache.iter().flatten().map(|h| h.positions.len()).sum()
+    }
+
+    /// Bytes of K and V the cache physically holds now (entries at the storage type).
+    pub fn kv_bytes(&self) -> usize {
+        self.cache.iter().flatten().map(|h| h.bytes()).sum()
     }
 
     /// Feeds one token at the next position; returns the logits for the token after it.
@@ -555,7 +412,7 @@ impl<'m> DecodeState<'m> {
         &mut self,
         token: u32,
         capture: Option<&mut Vec<StepAttention>>,
-        mut shadow: Option<(&ShadowMasks, &mut Vec<f32>)>,
+        shadow: Option<(&ShadowMasks, &mut Vec<f32>)>,
     ) -> Result<&[f32]> {
         let m = self.model;
         let cfg = &m.config;
@@ -569,110 +426,339 @@ impl<'m> DecodeState<'m> {
                 cfg.context_length
             );
         }
-        let (d, hd, nh, nkv) = (cfg.d_model, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
-        let n_rep = nh / nkv;
-        let pos = self.pos;
-        let s = &mut self.scratch;
-        let prec = m.precision;
-        s.x.clear();
-        s.x.extend_from_slice(&m.weights.embed.f32[token as usize * d..(token as usize + 1) * d]);
-        s.hn.resize(d, 0.0);
-        s.q.resize(d, 0.0);
-        s.k.resize(nkv * hd, 0.0);
-        s.v.resize(nkv * hd, 0.0);
-        s.attn.resize(d, 0.0);
-        s.o.resize(d, 0.0);
-        s.g.resize(cfg.d_ff, 0.0);
-        s.u.resize(cfg.d_ff, 0.0);
-        let scale = 1.0 / (hd as f32).sqrt();
-        let mut probs_all: Option<Vec<Vec<Vec<f32>>>> =
-            capture.as_ref().map(|_| Vec::with_capacity(cfg.n_layers));
-
-        for (li, lw) in m.weights.layers.iter().enumerate() {
-            rms_norm(&s.x, &lw.attn_norm, cfg.rms_eps, &mut s.hn);
-            let quant = prec == Precision::Q8;
-            if quant {
-                s.qv.quantize_into(&s.hn);
-            }
-            linear_many(
-                &mut [(&lw.wq, &mut s.q), (&lw.wk, &mut s.k), (&lw.wv, &mut s.v)],
-                &s.hn,
-                &s.qv,
-                quant,
-            );
-            for h in 0..nh {
-                m.rope.apply(&mut s.q[h * hd..(h + 1) * hd], pos);
-            }
-            let layer = &mut self.cache[li];
-            for (g, hc) in layer.iter_mut().enumerate() {
-                m.rope.apply(&mut s.k[g * hd..(g + 1) * hd], pos);
-                hc.push(pos, &s.k[g * hd..(g + 1) * hd], &s.v[g * hd..(g + 1) * hd])?;
-            }
-            s.probs.resize(nh, Vec::new());
-            attend_layer(
-                &self.cache[li],
-                &s.q,
-                n_rep,
-                scale,
-                &mut s.probs,
-                &mut s.attn,
-            );
-            if let Some(pa) = probs_all.as_mut() {
-                pa.push(s.probs.clone());
-            }
-            if let Some((masks, errors)) = shadow.as_mut() {
-                errors.push(shadow_error(
-                    &self.cache[li],
-                    &masks[li],
-                    &s.probs,
-                    &s.attn,
-                    n_rep,
-                    &lw.wo,
-                    self.prompt_len,
-                )?);
-            }
-            if quant {
-                s.qv.quantize_into(&s.attn);
-            }
-            linear(&lw.wo, &s.attn, &s.qv, quant, &mut s.o);
-            for (xv, ov) in s.x.iter_mut().zip(&s.o) {
-                *xv += ov;
-            }
-            rms_norm(&s.x, &lw.ffn_norm, cfg.rms_eps, &mut s.hn);
-            if quant {
-                s.qv.quantize_into(&s.hn);
-            }
-            linear_many(
-                &mut [(&lw.gate, &mut s.g), (&lw.up, &mut s.u)],
-                &s.hn,
-                &s.qv,
-                quant,
-            );
-            for (gv, uv) in s.g.iter_mut().zip(&s.u) {
-                *gv = silu(*gv) * uv;
-            }
-            if quant {
-                s.qv.quantize_into(&s.g);
-            }
-            linear(&lw.down, &s.g, &s.qv, quant, &mut s.o);
-            for (xv, ov) in s.x.iter_mut().zip(&s.o) {
-                *xv += ov;
-            }
+        if self.cache.iter().flatten().any(|hc| hc.is_full()) {
+            bail!("decode cache is full; raise the token allowance");
         }
-        rms_norm(&s.x, &m.weights.out_norm, cfg.rms_eps, &mut s.hn);
-        let head = m.weights.lm_head();
-        self.logits.resize(head.rows, 0.0);
-        let quant = prec == Precision::Q8;
-        if quant {
-            s.qv.quantize_into(&s.hn);
+        let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
+        let threads = rayon::current_num_threads().max(1);
+        // Entries each head will attend to after this step's push, and where its
+        // probabilities sit in the shared buffer of a layer.
+        let longest = self
+            .cache
+            .iter()
+            .map(|l| l.iter().map(|hc| hc.len() + 1).sum::<usize>())
+            .max()
+            .unwrap_or(0);
+        let mut qkv = vec![0f32; (nh + 2 * nkv) * hd];
+        let mut o = vec![0f32; cfg.d_model];
+        let mut gu = vec![0f32; 2 * cfg.d_ff];
+        self.logits.resize(m.weights.lm_head().rows, 0.0);
+        let mut probs = vec![0f32; longest * (nh / nkv)];
+        let mut parts = vec![Partial { max: 0.0, sum: 0.0 }; threads * nh];
+        let mut accs = vec![0f32; threads * nh * hd];
+        let want_probs = capture.is_some() || shadow.is_some();
+        let record = std::sync::Mutex::new(Record {
+            probs: capture.as_ref().map(|_| Vec::with_capacity(cfg.n_layers)),
+            shadow,
+        });
+        let failure = std::sync::Mutex::new(None);
+        // The team borrows the buffers only inside this block.
+        {
+            let bufs = Buffers {
+                cache: Shared::new(&mut self.cache),
+                qkv: Shared::new(&mut qkv),
+                o: Shared::new(&mut o),
+                gu: Shared::new(&mut gu),
+                logits: Shared::new(&mut self.logits),
+                probs: Shared::new(&mut probs),
+                parts: Shared::new(&mut parts),
+                accs: Shared::new(&mut accs),
+            };
+            let step = Step {
+                model: m,
+                token,
+                pos: self.pos,
+                prompt_len: self.prompt_len,
+                want_probs,
+                bufs: &bufs,
+                record: &record,
+                failure: &failure,
+            };
+            team::run(threads, 4 * cfg.n_layers + 1, |mb| step.run(mb));
         }
-        linear(head, &s.hn, &s.qv, quant, &mut self.logits);
-        if let (Some(c), Some(pa)) = (capture, probs_all) {
-            c.push(StepAttention { pos, probs: pa });
+        if let Some(e) = failure.into_inner().unwrap_or(None) {
+            return Err(e);
+        }
+        let rec = record.into_inner().expect("decode record");
+        if let (Some(c), Some(pa)) = (capture, rec.probs) {
+            c.push(StepAttention {
+                pos: self.pos,
+                probs: pa,
+            });
         }
         self.pos += 1;
         Ok(&self.logits)
     }
+}
+
+/// What member 0 collects during a step (attention rows, shadow eviction errors).
+struct Record<'a> {
+    probs: Option<Vec<Vec<Vec<f32>>>>,
+    shadow: Option<(&'a ShadowMasks, &'a mut Vec<f32>)>,
+}
+
+/// The buffers the team shares during one step.
+struct Buffers<'a> {
+    cache: Shared<'a, Vec<HeadCache>>,
+    /// q, k, v projections of the new token, in that order.
+    qkv: Shared<'a, f32>,
+    /// Output of the attention output projection, then of the MLP down projection.
+    o: Shared<'a, f32>,
+    /// Gate and up projections.
+    gu: Shared<'a, f32>,
+    logits: Shared<'a, f32>,
+    /// `exp(score - max)` of every query head over its group's entries (one layer).
+    probs: Shared<'a, f32>,
+    /// `[thread][query head]` partial softmax statistics.
+    parts: Shared<'a, Partial>,
+    /// `[thread][query head][dim]` partial weighted value sums.
+    accs: Shared<'a, f32>,
+}
+
+/// One decode step as every member of the team runs it.
+struct Step<'a, 'r> {
+    model: &'a Model,
+    token: u32,
+    pos: usize,
+    prompt_len: usize,
+    want_probs: bool,
+    bufs: &'a Buffers<'a>,
+    record: &'a std::sync::Mutex<Record<'r>>,
+    failure: &'a std::sync::Mutex<Option<anyhow::Error>>,
+}
+
+impl Step<'_, '_> {
+    fn run(&self, mb: &Member) {
+        let m = self.model;
+        let cfg = &m.config;
+        let b = self.bufs;
+        let (d, hd, nh, nkv) = (cfg.d_model, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
+        let n_rep = nh / nkv;
+        let quant = m.precision == Precision::Q8;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let tok = self.token as usize;
+        // Private copies: the residual stream and everything derived from it element by
+        // element is recomputed by every member (cheaper than another barrier).
+        let mut x = m.weights.embed.f32[tok * d..(tok + 1) * d].to_vec();
+        let mut hn = vec![0f32; d];
+        let mut q = vec![0f32; nh * hd];
+        let mut attn = vec![0f32; d];
+        let mut act = vec![0f32; cfg.d_ff];
+        let mut qv = QVec::default();
+        let (k_off, v_off) = (nh * hd, (nh + nkv) * hd);
+
+        for (li, lw) in m.weights.layers.iter().enumerate() {
+            rms_norm(&x, &lw.attn_norm, cfg.rms_eps, &mut hn);
+            if quant {
+                qv.quantize_into(&hn);
+            }
+            shared_linear(
+                mb,
+                &[&lw.wq, &lw.wk, &lw.wv],
+                &hn,
+                &qv,
+                quant,
+                &b.qkv,
+                MV_ROWS,
+            );
+            mb.sync();
+            // SAFETY: written before the barrier, not written again until the next layer.
+            let qkv = unsafe { b.qkv.read() };
+            q.copy_from_slice(&qkv[..k_off]);
+            for h in 0..nh {
+                m.rope.apply(&mut q[h * hd..(h + 1) * hd], self.pos);
+            }
+            if mb.index == 0 {
+                // SAFETY: only member 0 touches the cache between these two barriers.
+                let layer = unsafe { &mut b.cache.part(li, li + 1)[0] };
+                for (g, hc) in layer.iter_mut().enumerate() {
+                    let mut k = qkv[k_off + g * hd..k_off + (g + 1) * hd].to_vec();
+                    m.rope.apply(&mut k, self.pos);
+                    if let Err(e) =
+                        hc.push(self.pos, &k, &qkv[v_off + g * hd..v_off + (g + 1) * hd])
+                    {
+                        self.failure.lock().expect("failure slot").get_or_insert(e);
+                    }
+                }
+            }
+            mb.sync();
+            // SAFETY: nobody writes the cache until the next layer's push.
+            let layer = unsafe { &b.cache.read()[li] };
+            let offsets = prob_offsets(layer, n_rep);
+            let ranges = thread_ranges(layer, mb.size);
+            for (g, hc) in layer.iter().enumerate() {
+                let (a, z) = ranges[g][mb.index];
+                let qs: Vec<&[f32]> = (g * n_rep..(g + 1) * n_rep)
+                    .map(|h| &q[h * hd..(h + 1) * hd])
+                    .collect();
+                // SAFETY: each member writes its own entry range of every head, its own
+                // row of the partials.
+                let mut ps: Vec<&mut [f32]> = (g * n_rep..(g + 1) * n_rep)
+                    .map(|h| unsafe { b.probs.part(offsets[h] + a, offsets[h] + z) })
+                    .collect();
+                let row = mb.index * nh + g * n_rep;
+                let parts = unsafe { b.parts.part(row, row + n_rep) };
+                let acc = unsafe { b.accs.part(row * hd, (row + n_rep) * hd) };
+                hc.attend_part(&qs, scale, (a, z), &mut ps, parts, acc);
+            }
+            mb.sync();
+            // SAFETY: the partials are complete and not written again this layer.
+            let (parts, accs) = unsafe { (b.parts.read(), b.accs.read()) };
+            let mut factors = Vec::with_capacity(nh);
+            for h in 0..nh {
+                let ph: Vec<Partial> = (0..mb.size).map(|t| parts[t * nh + h]).collect();
+                let ah: Vec<&[f32]> = (0..mb.size)
+                    .map(|t| &accs[(t * nh + h) * hd..(t * nh + h + 1) * hd])
+                    .collect();
+                factors.push(combine(&ph, &ah, &mut attn[h * hd..(h + 1) * hd]));
+            }
+            if self.want_probs {
+                if mb.index == 0 {
+                    // SAFETY: every member is past its writes of this layer's probs.
+                    let probs = unsafe { b.probs.read() };
+                    let rows: Vec<Vec<f32>> = (0..nh)
+                        .map(|h| {
+                            let g = h / n_rep;
+                            let mut row = probs[offsets[h]..offsets[h] + layer[g].len()].to_vec();
+                            for (t, &(a, z)) in ranges[g].iter().enumerate() {
+                                for p in &mut row[a..z] {
+                                    *p *= factors[h][t];
+                                }
+                            }
+                            row
+                        })
+                        .collect();
+                    let mut rec = self.record.lock().expect("decode record");
+                    if let Some((masks, errors)) = rec.shadow.as_mut() {
+                        match shadow_error(
+                            layer,
+                            &masks[li],
+                            &rows,
+                            &attn,
+                            n_rep,
+                            &lw.wo,
+                            self.prompt_len,
+                        ) {
+                            Ok(e) => errors.push(e),
+                            Err(e) => {
+                                self.failure.lock().expect("failure slot").get_or_insert(e);
+                            }
+                        }
+                    }
+                    if let Some(pa) = rec.probs.as_mut() {
+                        pa.push(rows);
+                    }
+                }
+                // Member 0 reads the probabilities until here.
+                mb.sync();
+            }
+            if quant {
+                qv.quantize_into(&attn);
+            }
+            shared_linear(mb, &[&lw.wo], &attn, &qv, quant, &b.o, MV_ROWS);
+            mb.sync();
+            // SAFETY: complete after the barrier; rewritten only after the next one.
+            add_into(&mut x, unsafe { b.o.read() });
+            rms_norm(&x, &lw.ffn_norm, cfg.rms_eps, &mut hn);
+            if quant {
+                qv.quantize_into(&hn);
+            }
+            shared_linear(mb, &[&lw.gate, &lw.up], &hn, &qv, quant, &b.gu, MV_ROWS);
+            mb.sync();
+            // SAFETY: as above.
+            let gu = unsafe { b.gu.read() };
+            for ((a, g), u) in act.iter_mut().zip(&gu[..cfg.d_ff]).zip(&gu[cfg.d_ff..]) {
+                *a = silu(*g) * u;
+            }
+            if quant {
+                qv.quantize_into(&act);
+            }
+            shared_linear(mb, &[&lw.down], &act, &qv, quant, &b.o, MV_ROWS);
+            mb.sync();
+            add_into(&mut x, unsafe { b.o.read() });
+        }
+        rms_norm(&x, &m.weights.out_norm, cfg.rms_eps, &mut hn);
+        if quant {
+            qv.quantize_into(&hn);
+        }
+        shared_linear(
+            mb,
+            &[m.weights.lm_head()],
+            &hn,
+            &qv,
+            quant,
+            &b.logits,
+            HEAD_ROWS,
+        );
+    }
+}
+
+fn add_into(x: &mut [f32], y: &[f32]) {
+    for (a, b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// Start of each query head's probabilities in the layer's shared buffer.
+fn prob_offsets(layer: &[HeadCache], n_rep: usize) -> Vec<usize> {
+    let mut offsets = Vec::with_capacity(layer.len() * n_rep);
+    let mut at = 0;
+    for hc in layer {
+        for _ in 0..n_rep {
+            offsets.push(at);
+            at += hc.len();
+        }
+    }
+    offsets
+}
+
+/// `[kv_head][member]`: the entries each member attends to, split by whole key tiles.
+fn thread_ranges(layer: &[HeadCache], members: usize) -> Vec<Vec<(usize, usize)>> {
+    layer
+        .iter()
+        .map(|hc| {
+            let n = hc.len();
+            let tiles = n.div_ceil(TILE);
+            (0..members)
+                .map(|t| {
+                    let (ta, tb) = (tiles * t / members, tiles * (t + 1) / members);
+                    ((ta * TILE).min(n), (tb * TILE).min(n))
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// Several matrix-vector products with the same input, written one after another into
+/// `out`, split among the team in units of `unit` rows.
+fn shared_linear(
+    mb: &Member,
+    ws: &[&Linear],
+    x: &[f32],
+    qx: &QVec,
+    quant: bool,
+    out: &Shared<f32>,
+    unit: usize,
+) {
+    // (matrix, first row, last row, offset of the matrix in `out`)
+    let mut units = Vec::new();
+    let mut off = 0;
+    for (wi, w) in ws.iter().enumerate() {
+        for r0 in (0..w.rows).step_by(unit) {
+            units.push((wi, r0, (r0 + unit).min(w.rows), off));
+        }
+        off += w.rows;
+    }
+    assert!(off <= out.len());
+    mb.share(units.len(), |u| {
+        let (wi, r0, r1, off) = units[u];
+        // SAFETY: every unit is a distinct row range of `out`.
+        let dst = unsafe { out.part(off + r0, off + r1) };
+        match (&ws[wi].q, quant) {
+            (Some(qm), true) => kernels::matvec_q_rows(qm, qx, r0, dst),
+            _ => kernels::matvec_f32_rows(&ws[wi].f32, x, r0, dst),
+        }
+    });
 }
 
 /// Relative error of one layer's attention output when each KV head attends only to the
@@ -686,7 +772,7 @@ fn shadow_error(
     wo: &Linear,
     prompt_len: usize,
 ) -> Result<f32> {
-    let hd = layer.first().map_or(0, |h| h.head_dim);
+    let hd = layer.first().map_or(0, |h| h.head_dim());
     let mut attn_kept = vec![0.0f32; attn_full.len()];
     for (h, p) in probs.iter().enumerate() {
         let g = h / n_rep;
@@ -707,15 +793,17 @@ fn shadow_error(
         if z > 0.0 {
             for (j, &w) in p.iter().enumerate() {
                 if keep(j) {
-                    kernels::axpy(out, w / z, &hc.v[j * hd..(j + 1) * hd]);
+                    hc.add_value(j, w / z, out);
                 }
             }
         }
     }
+    // One thread of the team computes this while the others wait; f32 on purpose (the
+    // error compares two nearby outputs).
     let mut o_full = vec![0.0f32; wo.rows];
     let mut o_kept = vec![0.0f32; wo.rows];
-    kernels::matvec_f32(&wo.f32, attn_full, &mut o_full);
-    kernels::matvec_f32(&wo.f32, &attn_kept, &mut o_kept);
+    kernels::matvec_f32_rows(&wo.f32, attn_full, 0, &mut o_full);
+    kernels::matvec_f32_rows(&wo.f32, &attn_kept, 0, &mut o_kept);
     let diff = o_full
         .iter()
         .zip(&o_kept)
@@ -724,27 +812,4 @@ fn shadow_error(
         .sqrt();
     let norm = o_full.iter().map(|a| a * a).sum::<f32>().sqrt();
     Ok(diff / (norm + 1e-5))
-}
-
-/// Products of several layers with one input, fused into one parallel region when all
-/// have 8-bit weights.
-fn linear_many(jobs: &mut [(&Linear, &mut [f32])], x: &[f32], qx: &QVec, quant: bool) {
-    if quant && jobs.iter().all(|(w, _)| w.q.is_some()) {
-        let mut qjobs: Vec<(&kernels::QMat, &mut [f32])> = jobs
-            .iter_mut()
-            .filter_map(|(w, out)| w.q.as_ref().map(|q| (q, &mut **out)))
-            .collect();
-        kernels::matvec_q_many(&mut qjobs, qx);
-    } else {
-        for (w, out) in jobs.iter_mut() {
-            linear(w, x, qx, quant, out);
-        }
-    }
-}
-
-fn linear(w: &Linear, x: &[f32], qx: &QVec, quant: bool, out: &mut [f32]) {
-    match (&w.q, quant) {
-        (Some(qm), true) => kernels::matvec_q(qm, qx, out),
-        _ => kernels::matvec_f32(&w.f32, x, out),
-    }
 }

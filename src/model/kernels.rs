@@ -398,6 +398,24 @@ pub fn matvec_q_many(jobs: &mut [(&QMat, &mut [f32])], x: &QVec) {
     });
 }
 
+/// Rows `r0..r0 + out.len()` of `w . x` over 8-bit weights and activations, on the
+/// calling thread (the decode team splits rows itself).
+pub fn matvec_q_rows(w: &QMat, x: &QVec, r0: usize, out: &mut [f32]) {
+    assert!(r0 + out.len() <= w.rows);
+    for (i, v) in out.iter_mut().enumerate() {
+        *v = qrow_dot(w, r0 + i, x);
+    }
+}
+
+/// Rows `r0..r0 + out.len()` of `w . x` over f32 weights (`w` is `[rows][x.len()]`).
+pub fn matvec_f32_rows(w: &[f32], x: &[f32], r0: usize, out: &mut [f32]) {
+    let k = x.len();
+    for (i, v) in out.iter_mut().enumerate() {
+        let r = r0 + i;
+        *v = dot(&w[r * k..(r + 1) * k], x);
+    }
+}
+
 /// `out[r] = w[r] . x` over f32 weights, parallel over rows.
 pub fn matvec_f32(w: &[f32], x: &[f32], out: &mut [f32]) {
     let k = x.len();

@@ -4,6 +4,8 @@ pub mod config;
 pub mod fetch;
 pub mod forward;
 pub mod kernels;
+pub mod kvcache;
+pub mod team;
 pub mod tokenizer;
 pub mod weights;
 

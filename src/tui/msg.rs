@@ -22,6 +22,8 @@ pub struct Snapshot {
     pub full_ids: Vec<u32>,
     pub full_tokens: Vec<String>,
     pub full_kv_bytes: usize,
+    /// Storage type of the decode cache the byte counts are for ("f16", "f32").
+    pub kv_dtype: &'static str,
     /// `[stat][layer][head]` head statistics ([`super::stats`]).
     pub stats: Vec<Vec<Vec<f32>>>,
     /// `[layer][head]` SRH scores from the profile, when there is one.

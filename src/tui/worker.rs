@@ -267,6 +267,7 @@ pub fn snapshot(
         full_tokens: s.full.ids.iter().map(|&i| tok.token_text(i)).collect(),
         full_ids: s.full.ids.clone(),
         full_kv_bytes: s.full.kv_bytes,
+        kv_dtype: loaded.model.kv_dtype().name(),
         stats: stats::head_stats(&s.trace),
         srh_scores,
         srh_ranking,

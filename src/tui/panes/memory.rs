@@ -47,6 +47,10 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         )));
     }
     lines.push(Line::from(format!("RSS       {rss:>11}")));
-    lines.push(Line::styled("KV at f32, K+V, prompt only", dim_if(true)));
+    let dtype = app.snapshot.as_ref().map_or("?", |s| s.kv_dtype);
+    lines.push(Line::styled(
+        format!("KV at {dtype}, K+V, prompt only"),
+        dim_if(true),
+    ));
     f.render_widget(Paragraph::new(lines), inner);
 }
