@@ -207,13 +207,14 @@ impl HeadCache {
             Store::F16 { k, .. } => scores(k, hd, qs, scale, (a, b), probs),
         }
         for (p, part) in probs.iter_mut().zip(parts.iter_mut()) {
-            let max = p.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let max = lanes_max(p);
             let mut sum = 0.0;
             if max > f32::NEG_INFINITY {
+                // Separate loops: one with a running f32 sum would not vectorise.
                 for x in p.iter_mut() {
                     *x = fast_exp(*x - max);
-                    sum += *x;
                 }
+                sum = lanes_sum(p);
             }
             *part = Partial { max, sum };
         }
@@ -223,6 +224,33 @@ impl HeadCache {
             Store::F16 { v, .. } => values(v, hd, &probs, a, acc),
         }
     }
+}
+
+/// Maximum of a slice with 16 independent lanes (a single running max is one long
+/// dependency chain the compiler will not reorder).
+fn lanes_max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a = a.max(v);
+        }
+    }
+    let tail = chunks.remainder().iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    acc.iter().cloned().fold(tail, f32::max)
+}
+
+/// Sum of a slice with 16 independent lanes (vectorises; the order of additions differs
+/// from a left-to-right sum only by rounding).
+fn lanes_sum(x: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += v;
+        }
+    }
+    chunks.remainder().iter().sum::<f32>() + acc.iter().sum::<f32>()
 }
 
 /// Index of dimension `i` of entry `n` in the tiled key store.
