@@ -365,38 +365,8 @@ mod vnni {
     }
 }
 
-/// Rows per parallel task in the matrix-vector product.
+/// Rows per parallel task in the f32 matrix-vector product.
 const MV_CHUNK: usize = 64;
-
-/// `out[r] = w[r] . x` over 8-bit weights and activations, parallel over rows.
-pub fn matvec_q(w: &QMat, x: &QVec, out: &mut [f32]) {
-    debug_assert_eq!(out.len(), w.rows);
-    out.par_chunks_mut(MV_CHUNK)
-        .enumerate()
-        .for_each(|(ci, o)| {
-            for (i, v) in o.iter_mut().enumerate() {
-                *v = qrow_dot(w, ci * MV_CHUNK + i, x);
-            }
-        });
-}
-
-/// Several matrix-vector products with the same input in one parallel region (q/k/v,
-/// gate/up): each region costs a few microseconds of thread wake-up, which adds up over
-/// hundreds of small products per decoded token.
-pub fn matvec_q_many(jobs: &mut [(&QMat, &mut [f32])], x: &QVec) {
-    let mut tasks: Vec<(&QMat, usize, &mut [f32])> = Vec::new();
-    for (w, out) in jobs.iter_mut() {
-        debug_assert_eq!(out.len(), w.rows);
-        for (ci, o) in out.chunks_mut(MV_CHUNK).enumerate() {
-            tasks.push((*w, ci * MV_CHUNK, o));
-        }
-    }
-    tasks.into_par_iter().for_each(|(w, r0, o)| {
-        for (i, v) in o.iter_mut().enumerate() {
-            *v = qrow_dot(w, r0 + i, x);
-        }
-    });
-}
 
 /// Rows `r0..r0 + out.len()` of `w . x` over 8-bit weights and activations, on the
 /// calling thread (the decode team splits rows itself).
@@ -445,14 +415,6 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
         s += a[i] * b[i];
     }
     s
-}
-
-/// `y += a * x`
-#[inline]
-pub fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
-    for (yi, &xi) in y.iter_mut().zip(x) {
-        *yi += a * xi;
-    }
 }
 
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -597,7 +559,7 @@ mod tests {
         qx.quantize_into(&x);
         let mut a = vec![0.0; rows];
         let mut b = vec![0.0; rows];
-        matvec_q(&qm, &qx, &mut a);
+        matvec_q_rows(&qm, &qx, 0, &mut a);
         matvec_f32(&w, &x, &mut b);
         let norm = b.iter().map(|v| v * v).sum::<f32>().sqrt();
         let err = a
