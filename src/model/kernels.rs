@@ -2,6 +2,7 @@
 //! engine candle's CPU backend uses), an 8-bit matrix-vector product for decode, and the
 //! small element-wise pieces (RMSNorm, RoPE, softmax, SiLU).
 
+use half::f16;
 use rayon::prelude::*;
 
 /// Elements per quantisation block (the GGUF Q4_x / Q8_0 block size).
@@ -135,13 +136,26 @@ pub struct QMat {
     /// 4-bit codes, 16 bytes per block (low nibbles: elements 0..16, high: 16..32).
     pub packed: bool,
     pub q: Vec<u8>,
-    pub d: Vec<f32>,
-    pub m: Vec<f32>,
+    /// Per-block scale and offset in f16, as GGUF stores them (half the bytes of f32;
+    /// decode reads every weight byte once per token).
+    pub d: Vec<f16>,
+    pub m: Vec<f16>,
 }
 
 impl QMat {
     pub fn blocks(&self) -> usize {
         self.cols / QK
+    }
+
+    /// Codes, scales and offsets of row `r`.
+    #[inline(always)]
+    pub fn row(&self, r: usize) -> (&[u8], &[f16], &[f16]) {
+        let (nb, rb) = (self.blocks(), self.row_bytes());
+        (
+            &self.q[r * rb..(r + 1) * rb],
+            &self.d[r * nb..(r + 1) * nb],
+            &self.m[r * nb..(r + 1) * nb],
+        )
     }
 
     fn row_bytes(&self) -> usize {
@@ -158,8 +172,8 @@ impl QMat {
         assert_eq!(cols % QK, 0);
         let nb = cols / QK;
         let mut q = vec![0u8; rows * cols];
-        let mut d = vec![0f32; rows * nb];
-        let mut m = vec![0f32; rows * nb];
+        let mut d = vec![f16::ZERO; rows * nb];
+        let mut m = vec![f16::ZERO; rows * nb];
         for (bi, (blk, qb)) in w.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).enumerate() {
             let lo = blk.iter().cloned().fold(f32::INFINITY, f32::min);
             let hi = blk.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
@@ -168,8 +182,8 @@ impl QMat {
             for (o, &x) in qb.iter_mut().zip(blk) {
                 *o = ((x - lo) * inv).round().clamp(0.0, 255.0) as u8;
             }
-            d[bi] = scale;
-            m[bi] = lo;
+            d[bi] = f16::from_f32(scale);
+            m[bi] = f16::from_f32(lo);
         }
         QMat {
             rows,
@@ -202,7 +216,8 @@ impl QMat {
         for r in 0..self.rows {
             for c in 0..self.cols {
                 let b = r * nb + c / QK;
-                out[r * self.cols + c] = self.d[b] * self.code(r, c) as f32 + self.m[b];
+                out[r * self.cols + c] =
+                    self.d[b].to_f32() * self.code(r, c) as f32 + self.m[b].to_f32();
             }
         }
         out
@@ -247,58 +262,80 @@ impl QVec {
 /// One output element: `sum_b d_b * s_b * (q_b . x_b) + m_b * sum(x_b)`.
 #[inline(always)]
 fn qrow_dot(w: &QMat, r: usize, x: &QVec) -> f32 {
-    let nb = w.blocks();
-    let rb = w.row_bytes();
-    let q = &w.q[r * rb..(r + 1) * rb];
-    let d = &w.d[r * nb..(r + 1) * nb];
-    let m = &w.m[r * nb..(r + 1) * nb];
-    let offset: f32 = m.iter().zip(&x.sum).map(|(a, b)| a * b).sum();
     #[cfg(all(
         target_arch = "x86_64",
+        target_feature = "avx512f",
+        target_feature = "avx512bw",
         target_feature = "avx512vnni",
         target_feature = "avx512vl"
     ))]
     {
+        let (q, d, m) = w.row(r);
         // SAFETY: the target features are enabled at compile time; the slices hold
-        // exactly nb blocks of weights and activations.
-        unsafe { vnni::row_dot(q, w.packed, d, &x.q, &x.s) + offset }
+        // exactly nb blocks of weights and activations (checked in `row_dot`).
+        unsafe { vnni::row_dot(q, w.packed, d, m, x) }
     }
     #[cfg(not(all(
         target_arch = "x86_64",
+        target_feature = "avx512f",
+        target_feature = "avx512bw",
         target_feature = "avx512vnni",
         target_feature = "avx512vl"
     )))]
     {
-        let mut acc = 0f32;
-        for b in 0..nb {
-            let mut s = 0i32;
-            for j in 0..QK {
-                let code = if w.packed {
-                    let byte = q[b * QK / 2 + j % (QK / 2)];
-                    if j < QK / 2 {
-                        byte & 0x0f
-                    } else {
-                        byte >> 4
-                    }
-                } else {
-                    q[b * QK + j]
-                };
-                s += code as i32 * x.q[b * QK + j] as i32;
-            }
-            acc += d[b] * x.s[b] * s as f32;
-        }
-        acc + offset
+        qrow_dot_scalar(w, r, x)
     }
+}
+
+/// Portable version of [`qrow_dot`] (CPUs without AVX-512 VNNI; also the reference the
+/// SIMD kernel is tested against).
+#[cfg_attr(
+    all(
+        target_arch = "x86_64",
+        target_feature = "avx512f",
+        target_feature = "avx512bw",
+        target_feature = "avx512vnni",
+        target_feature = "avx512vl"
+    ),
+    allow(dead_code)
+)]
+fn qrow_dot_scalar(w: &QMat, r: usize, x: &QVec) -> f32 {
+    let (q, d, m) = w.row(r);
+    let mut acc = 0f32;
+    for b in 0..d.len() {
+        let mut s = 0i32;
+        for j in 0..QK {
+            let code = if w.packed {
+                let byte = q[b * QK / 2 + j % (QK / 2)];
+                if j < QK / 2 {
+                    byte & 0x0f
+                } else {
+                    byte >> 4
+                }
+            } else {
+                q[b * QK + j]
+            };
+            s += code as i32 * x.q[b * QK + j] as i32;
+        }
+        acc += d[b].to_f32() * x.s[b] * s as f32 + m[b].to_f32() * x.sum[b];
+    }
+    acc
 }
 
 #[cfg(all(
     target_arch = "x86_64",
+    target_feature = "avx512f",
+    target_feature = "avx512bw",
     target_feature = "avx512vnni",
     target_feature = "avx512vl"
 ))]
 mod vnni {
-    use super::QK;
+    use super::{QVec, QK};
+    use half::f16;
     use std::arch::x86_64::*;
+
+    /// Blocks whose scales are prepared at once (a 1 KiB stack buffer).
+    const SEG: usize = 256;
 
     #[inline(always)]
     unsafe fn load_codes(q: *const u8, packed: bool, b: usize, mask: __m128i) -> __m256i {
@@ -329,39 +366,75 @@ mod vnni {
     }
 
     /// Unsigned weight codes times signed activations, 32 per block, with VPDPBUSD.
-    /// Four accumulators keep four blocks in flight (one chain would wait on the FMA
+    /// The f16 block scales and offsets of a segment are widened 16 at a time first
+    /// (and the offset term `sum_b m_b * sum(x_b)` summed in the same vector pass); then
+    /// four accumulators keep four blocks in flight (one chain would wait on the FMA
     /// latency every block).
     #[inline(always)]
-    pub unsafe fn row_dot(q: &[u8], packed: bool, d: &[f32], xq: &[i8], xs: &[f32]) -> f32 {
+    pub unsafe fn row_dot(q: &[u8], packed: bool, d: &[f16], m: &[f16], x: &QVec) -> f32 {
         let nb = d.len();
-        let mask = _mm_set1_epi8(0x0f);
-        let (qp, xp) = (q.as_ptr(), xq.as_ptr());
         let bytes_per_block = if packed { QK / 2 } else { QK };
+        assert!(
+            m.len() == nb
+                && q.len() >= nb * bytes_per_block
+                && x.q.len() >= nb * QK
+                && x.s.len() >= nb
+                && x.sum.len() >= nb
+        );
+        let mask = _mm_set1_epi8(0x0f);
+        let (qp, xp) = (q.as_ptr(), x.q.as_ptr());
+        let mut scale = [0f32; SEG];
+        let mut off = _mm512_setzero_ps();
         let mut a0 = _mm256_setzero_ps();
         let mut a1 = _mm256_setzero_ps();
         let mut a2 = _mm256_setzero_ps();
         let mut a3 = _mm256_setzero_ps();
-        let mut b = 0;
-        while b + 4 <= nb {
-            // Hardware prefetch alone leaves the loads waiting; ask for the lines
-            // ~1 KiB ahead (a few rows in the future for 4-bit rows).
-            _mm_prefetch::<_MM_HINT_T0>(qp.add(b * bytes_per_block + 1024) as *const i8);
-            _mm_prefetch::<_MM_HINT_T0>(qp.add(b * bytes_per_block + 1024 + 64) as *const i8);
-            a0 = block(qp, packed, b, xp, d[b] * xs[b], a0, mask);
-            a1 = block(qp, packed, b + 1, xp, d[b + 1] * xs[b + 1], a1, mask);
-            a2 = block(qp, packed, b + 2, xp, d[b + 2] * xs[b + 2], a2, mask);
-            a3 = block(qp, packed, b + 3, xp, d[b + 3] * xs[b + 3], a3, mask);
-            b += 4;
-        }
-        while b < nb {
-            a0 = block(qp, packed, b, xp, d[b] * xs[b], a0, mask);
-            b += 1;
+        let mut s0 = 0;
+        while s0 < nb {
+            let n = (nb - s0).min(SEG);
+            let mut c = 0;
+            while c < n {
+                let k = (n - c).min(16);
+                let lanes: __mmask16 = if k == 16 { 0xffff } else { (1u16 << k) - 1 };
+                let at = s0 + c;
+                let dv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                    lanes,
+                    d.as_ptr().add(at) as *const i16,
+                ));
+                let mv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                    lanes,
+                    m.as_ptr().add(at) as *const i16,
+                ));
+                let xs = _mm512_maskz_loadu_ps(lanes, x.s.as_ptr().add(at));
+                let xsum = _mm512_maskz_loadu_ps(lanes, x.sum.as_ptr().add(at));
+                _mm512_storeu_ps(scale.as_mut_ptr().add(c), _mm512_mul_ps(dv, xs));
+                off = _mm512_fmadd_ps(mv, xsum, off);
+                c += 16;
+            }
+            let mut i = 0;
+            while i + 4 <= n {
+                let b = s0 + i;
+                // Hardware prefetch alone leaves the loads waiting; ask for the lines
+                // ~1 KiB ahead (a few rows in the future for 4-bit rows).
+                _mm_prefetch::<_MM_HINT_T0>(qp.add(b * bytes_per_block + 1024) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(qp.add(b * bytes_per_block + 1024 + 64) as *const i8);
+                a0 = block(qp, packed, b, xp, scale[i], a0, mask);
+                a1 = block(qp, packed, b + 1, xp, scale[i + 1], a1, mask);
+                a2 = block(qp, packed, b + 2, xp, scale[i + 2], a2, mask);
+                a3 = block(qp, packed, b + 3, xp, scale[i + 3], a3, mask);
+                i += 4;
+            }
+            while i < n {
+                a0 = block(qp, packed, s0 + i, xp, scale[i], a0, mask);
+                i += 1;
+            }
+            s0 += n;
         }
         let acc = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
         let s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
         let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
         let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
-        _mm_cvtss_f32(s1)
+        _mm_cvtss_f32(s1) + _mm512_reduce_add_ps(off)
     }
 }
 
@@ -569,6 +642,44 @@ mod tests {
             .sum::<f32>()
             .sqrt();
         assert!(err / norm < 0.02, "relative error {}", err / norm);
+    }
+
+    /// The SIMD row kernel (when this CPU has it) equals the portable one, for packed
+    /// 4-bit and byte rows, row lengths with segment and block tails.
+    #[test]
+    fn row_kernel_equals_the_portable_one() {
+        let mut s = 11;
+        for cols in [32, 96, 576, 32 * 300] {
+            let rows = 3;
+            let w: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut s)).collect();
+            let x: Vec<f32> = (0..cols).map(|_| lcg(&mut s) * 3.0).collect();
+            let bytes = QMat::from_f32(&w, rows, cols);
+            // A 4-bit matrix from the byte codes' high nibbles.
+            let mut packed = bytes.clone();
+            packed.packed = true;
+            packed.q = (0..rows * cols / 2)
+                .map(|i| {
+                    let (r, rest) = (i / (cols / 2), i % (cols / 2));
+                    let (b, j) = (rest / 16, rest % 16);
+                    let at = |k: usize| bytes.q[r * cols + b * QK + k] >> 4;
+                    at(j) | (at(j + 16) << 4)
+                })
+                .collect();
+            let mut qx = QVec::default();
+            qx.quantize_into(&x);
+            for qm in [&bytes, &packed] {
+                let mut fast = vec![0.0; rows];
+                matvec_q_rows(qm, &qx, 0, &mut fast);
+                for (r, &f) in fast.iter().enumerate() {
+                    let e = qrow_dot_scalar(qm, r, &qx);
+                    assert!(
+                        (f - e).abs() <= 1e-4 * e.abs().max(1.0),
+                        "cols {cols} packed {} row {r}: {f} vs {e}",
+                        qm.packed
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -236,7 +236,11 @@ fn lanes_max(x: &[f32]) -> f32 {
             *a = a.max(v);
         }
     }
-    let tail = chunks.remainder().iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let tail = chunks
+        .remainder()
+        .iter()
+        .cloned()
+        .fold(f32::NEG_INFINITY, f32::max);
     acc.iter().cloned().fold(tail, f32::max)
 }
 

@@ -66,7 +66,7 @@ impl Weights {
             l.f32.len() * 4
                 + l.q
                     .as_ref()
-                    .map_or(0, |q| q.q.len() + (q.d.len() + q.m.len()) * 4)
+                    .map_or(0, |q| q.q.len() + (q.d.len() + q.m.len()) * 2)
         }
         let mut n = lin(&self.embed) + self.out_norm.len() * 4;
         n += self.lm_head.as_ref().map_or(0, lin);
@@ -194,8 +194,8 @@ fn q4_1_to_qmat(raw: &[u8], rows: usize, cols: usize) -> Result<QMat> {
     let mut d = Vec::with_capacity(nblocks);
     let mut m = Vec::with_capacity(nblocks);
     for blk in raw.chunks_exact(BS) {
-        d.push(f16::from_le_bytes([blk[0], blk[1]]).to_f32());
-        m.push(f16::from_le_bytes([blk[2], blk[3]]).to_f32());
+        d.push(f16::from_le_bytes([blk[0], blk[1]]));
+        m.push(f16::from_le_bytes([blk[2], blk[3]]));
         q.extend_from_slice(&blk[4..BS]);
     }
     Ok(QMat {
@@ -224,9 +224,10 @@ fn q8_0_to_qmat(raw: &[u8], rows: usize, cols: usize) -> Result<QMat> {
     let mut d = Vec::with_capacity(nblocks);
     let mut m = Vec::with_capacity(nblocks);
     for (b, blk) in raw.chunks_exact(BS).enumerate() {
-        let s = f16::from_le_bytes([blk[0], blk[1]]).to_f32();
+        let s = f16::from_le_bytes([blk[0], blk[1]]);
         d.push(s);
-        m.push(-128.0 * s);
+        // Exact in f16: a power-of-two multiple (|d| stays far below 65504 / 128).
+        m.push(f16::from_f32(-128.0 * s.to_f32()));
         for j in 0..QK {
             q[b * QK + j] = (blk[2 + j] as i8 as i16 + 128) as u8;
         }

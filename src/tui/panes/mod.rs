@@ -78,14 +78,15 @@ pub fn ramp(t: f32) -> Color {
     Color::Rgb(mix(a.0, b.0), mix(a.1, b.1), mix(a.2, b.2))
 }
 
-/// Bytes for people: 1.5 MiB, 98.4 MB style (binary units).
+/// Bytes for people in binary units: 512 B, 78.5 KiB, 2.813 MiB, 1.25 GiB.
 pub fn bytes(n: u64) -> String {
     const K: f64 = 1024.0;
     let x = n as f64;
     if x >= K * K * K {
         format!("{:.2} GiB", x / (K * K * K))
     } else if x >= K * K {
-        format!("{:.1} MiB", x / (K * K))
+        // Three decimals (1 KiB): one layer's budget moving by a few tokens must show.
+        format!("{:.3} MiB", x / (K * K))
     } else if x >= K {
         format!("{:.1} KiB", x / K)
     } else {
