@@ -6,7 +6,7 @@ use anyhow::Result;
 use serde::Serialize;
 use std::time::Instant;
 
-use crate::eviction::{self, Selection, Settings};
+use crate::eviction::{self, ScoreTable, Selection, Settings};
 use crate::keepset::KeepSet;
 use crate::model::{Loaded, Model, Tok};
 use crate::profile::Profile;
@@ -126,8 +126,21 @@ impl Session {
 
     /// Selects with `settings` and decodes over the compressed cache.
     pub fn apply(&mut self, model: &Model, tok: &Tok, settings: Settings) -> Result<&Compressed> {
+        self.apply_with(model, tok, settings, None)
+    }
+
+    /// [`apply`](Self::apply), selecting from precomputed window scores where `table`
+    /// holds them for `settings`.
+    pub fn apply_with(
+        &mut self,
+        model: &Model,
+        tok: &Tok,
+        settings: Settings,
+        table: Option<&ScoreTable>,
+    ) -> Result<&Compressed> {
         let t = Instant::now();
-        let selection = eviction::select(&self.trace, &settings, self.profile.as_ref())?;
+        let selection =
+            eviction::select_with(&self.trace, &settings, self.profile.as_ref(), table)?;
         self.timing.select = ms(t);
         let t = Instant::now();
         let ids = model.generate(

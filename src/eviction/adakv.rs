@@ -10,7 +10,7 @@
 //!   the best remaining scores of any head. Equal scores go to the lower position, then
 //!   the lower KV head.
 
-use super::scores::{rank_order, top_k};
+use super::scores::{rank_order, top_k, ScoreTable};
 use super::{snapkv, with_window, LayerChoice, Settings};
 use crate::trace::Trace;
 
@@ -20,8 +20,9 @@ pub fn select_layer(
     layer: usize,
     budget: usize,
     settings: &Settings,
+    table: Option<&ScoreTable>,
 ) -> LayerChoice {
-    let scores = snapkv::kv_head_scores(trace, layer, settings);
+    let scores = snapkv::kv_head_scores(trace, layer, settings, table);
     let chosen = allocate(&scores, budget - settings.window, settings.adakv_floor);
     let keep = chosen
         .into_iter()

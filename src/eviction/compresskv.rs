@@ -3,7 +3,7 @@
 //! and ONE index set per layer is chosen and kept by every KV head. Its per-layer
 //! budgets come from the error-aware allocator ([`super::budget::error_aware`]).
 
-use super::scores::{mean_head_scores, top_k};
+use super::scores::{mean_head_scores, top_k, ScoreTable};
 use super::{with_window, LayerChoice, Settings};
 use crate::trace::Trace;
 
@@ -14,8 +14,9 @@ pub fn select_layer(
     budget: usize,
     settings: &Settings,
     srh: &[usize],
+    table: Option<&ScoreTable>,
 ) -> LayerChoice {
-    let scores = mean_head_scores(trace, layer, srh, settings);
+    let scores = mean_head_scores(trace, layer, srh, settings, table);
     let keep = with_window(
         top_k(&scores, budget - settings.window),
         trace.len,

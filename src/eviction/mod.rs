@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::str::FromStr;
 
+pub use scores::ScoreTable;
 pub use settings::Settings;
 
 /// An eviction method (METHOD.md, "Methods").
@@ -223,6 +224,17 @@ impl LayerChoice {
 /// dimensions here; checking that it was measured on the same model file (sha256) is the
 /// caller's job, at load time.
 pub fn select(trace: &Trace, settings: &Settings, profile: Option<&Profile>) -> Result<Selection> {
+    select_with(trace, settings, profile, None)
+}
+
+/// [`select`], reading the window scores from `table` where it holds them for these
+/// settings (same result, without recomputing the window attention).
+pub fn select_with(
+    trace: &Trace,
+    settings: &Settings,
+    profile: Option<&Profile>,
+    table: Option<&ScoreTable>,
+) -> Result<Selection> {
     let dims = &trace.dims;
     settings.validate(dims)?;
     check_trace(trace)?;
@@ -258,14 +270,14 @@ pub fn select(trace: &Trace, settings: &Settings, profile: Option<&Profile>) -> 
                 Method::Full => LayerChoice::keep_all(dims.n_kv_heads, len),
                 Method::StreamingLlm => streamingllm::select_layer(trace, b, settings.window),
                 Method::H2o => h2o::select_layer(trace, layer, b, settings.window),
-                Method::SnapKv => snapkv::select_layer(trace, layer, b, settings),
-                Method::PyramidKv => pyramidkv::select_layer(trace, layer, b, settings),
-                Method::AdaKv => adakv::select_layer(trace, layer, b, settings),
+                Method::SnapKv => snapkv::select_layer(trace, layer, b, settings, table),
+                Method::PyramidKv => pyramidkv::select_layer(trace, layer, b, settings, table),
+                Method::AdaKv => adakv::select_layer(trace, layer, b, settings, table),
                 Method::CompressKv => {
                     // `srh` is Some for compresskv (checked above); an empty head list
                     // cannot happen after validation but must not panic either.
                     let heads = srh.map(|p| p.srh_heads(layer, settings.first_k));
-                    compresskv::select_layer(trace, layer, b, settings, heads.unwrap_or(&[]))
+                    compresskv::select_layer(trace, layer, b, settings, heads.unwrap_or(&[]), table)
                 }
             }
         })
@@ -337,6 +349,53 @@ mod tests {
     use super::*;
     use crate::trace::Dims;
     use proptest::prelude::*;
+
+    /// Selecting from a precomputed score table gives exactly what computing the scores
+    /// gives, for every method and budget; a table for other settings is not used.
+    #[test]
+    fn score_table_selection_equals_computed_selection() {
+        let dims = Dims {
+            n_layers: 3,
+            n_heads: 4,
+            n_kv_heads: 2,
+            head_dim: 8,
+        };
+        let trace = random_trace(dims, 60, 5);
+        let profile = random_profile(dims, 6);
+        for pooling in [Pooling::Avg, Pooling::Max] {
+            let base = Settings {
+                window: 4,
+                kernel: 3,
+                pooling,
+                first_k: 2,
+                ..Settings::default()
+            };
+            let table = ScoreTable::compute(&trace, &base);
+            let other = ScoreTable::compute(
+                &trace,
+                &Settings {
+                    kernel: 5,
+                    ..base.clone()
+                },
+            );
+            assert!(table.fits(60, &base) && !other.fits(60, &base));
+            for method in Method::ALL {
+                for budget in [4, 10, 30, 60] {
+                    let s = Settings {
+                        method,
+                        budget,
+                        ..base.clone()
+                    };
+                    let want = select(&trace, &s, Some(&profile)).unwrap();
+                    for t in [&table, &other] {
+                        let got = select_with(&trace, &s, Some(&profile), Some(t)).unwrap();
+                        assert_eq!(got.keep, want.keep, "{method} B={budget}");
+                        assert_eq!(got.scores, want.scores, "{method} B={budget}");
+                    }
+                }
+            }
+        }
+    }
 
     #[test]
     fn names_round_trip_and_unknown_lists_valid() {

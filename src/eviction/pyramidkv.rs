@@ -2,6 +2,7 @@
 //! budget, which falls linearly with depth ([`super::budget::pyramid`], the method's
 //! default allocator). So a layer's selection is snapkv's at that layer's budget.
 
+use super::scores::ScoreTable;
 use super::{snapkv, LayerChoice, Settings};
 use crate::trace::Trace;
 
@@ -11,8 +12,9 @@ pub fn select_layer(
     layer: usize,
     budget: usize,
     settings: &Settings,
+    table: Option<&ScoreTable>,
 ) -> LayerChoice {
-    snapkv::select_layer(trace, layer, budget, settings)
+    snapkv::select_layer(trace, layer, budget, settings, table)
 }
 
 #[cfg(test)]

@@ -3,7 +3,9 @@
 
 use super::{Pooling, Settings};
 use crate::trace::Trace;
+use rayon::prelude::*;
 use std::cmp::Ordering;
+use std::sync::Arc;
 
 /// Steps 1-3: attention the last `window` prompt rows of query head `head` put on each
 /// position of `[0, L - window)`, summed over the rows.
@@ -68,17 +70,76 @@ pub fn head_scores(trace: &Trace, layer: usize, head: usize, settings: &Settings
     pool(&s, settings.kernel, settings.pooling)
 }
 
-/// Mean of `p_h` over `heads` (a KV head's query group, or a layer's SRHs).
+/// `p_h` of every (layer, query head) for one (window, kernel, pooling). Budgets and the
+/// method do not change them, so the inspector computes them once and every budget edit
+/// selects from the table instead of recomputing the window attention.
+#[derive(Debug, Clone)]
+pub struct ScoreTable {
+    window: usize,
+    kernel: usize,
+    pooling: Pooling,
+    len: usize,
+    /// `[layer][head][pos]`; empty vectors when the window covers the whole prompt.
+    pub heads: Arc<Vec<Vec<Vec<f32>>>>,
+}
+
+impl ScoreTable {
+    pub fn compute(trace: &Trace, s: &Settings) -> Self {
+        let d = trace.dims;
+        let heads = if s.window == 0 || s.window >= trace.len || s.kernel == 0 {
+            vec![vec![Vec::new(); d.n_heads]; d.n_layers]
+        } else {
+            (0..d.n_layers)
+                .into_par_iter()
+                .map(|l| {
+                    (0..d.n_heads)
+                        .map(|h| head_scores(trace, l, h, s))
+                        .collect()
+                })
+                .collect()
+        };
+        ScoreTable {
+            window: s.window,
+            kernel: s.kernel,
+            pooling: s.pooling,
+            len: trace.len,
+            heads: Arc::new(heads),
+        }
+    }
+
+    /// Whether the table holds the scores `s` would compute on a trace of `len` tokens.
+    pub fn fits(&self, len: usize, s: &Settings) -> bool {
+        (self.window, self.kernel, self.pooling, self.len) == (s.window, s.kernel, s.pooling, len)
+    }
+}
+
+/// Mean of `p_h` over `heads` (a KV head's query group, or a layer's SRHs), read from
+/// `table` when it holds these settings' scores, computed otherwise.
 pub fn mean_head_scores(
     trace: &Trace,
     layer: usize,
     heads: &[usize],
     settings: &Settings,
+    table: Option<&ScoreTable>,
 ) -> Vec<f32> {
-    let mut mean = vec![0f32; trace.len - settings.window];
+    let n_pos = trace.len - settings.window;
+    let mut mean = vec![0f32; n_pos];
+    let table = table.filter(|t| t.fits(trace.len, settings));
     for &h in heads {
-        for (m, p) in mean.iter_mut().zip(head_scores(trace, layer, h, settings)) {
-            *m += p;
+        let pre = table
+            .and_then(|t| t.heads.get(layer))
+            .and_then(|l| l.get(h))
+            .filter(|v| v.len() == n_pos);
+        let computed;
+        let p = match pre {
+            Some(v) => v.as_slice(),
+            None => {
+                computed = head_scores(trace, layer, h, settings);
+                computed.as_slice()
+            }
+        };
+        for (m, x) in mean.iter_mut().zip(p) {
+            *m += x;
         }
     }
     let n = heads.len().max(1) as f32;
@@ -201,7 +262,7 @@ mod tests {
             kernel: 1,
             ..Settings::default()
         };
-        let m = mean_head_scores(&t, 0, &[0, 1], &s);
+        let m = mean_head_scores(&t, 0, &[0, 1], &s, None);
         close(
             &m,
             &[109.0 / 180.0, 52.0 / 180.0, 71.0 / 180.0, 52.0 / 180.0],

@@ -1,7 +1,7 @@
 //! snapkv: per KV head, the mean of the pooled window scores `p_h` of its query heads;
 //! each KV head keeps its own top `B - w` plus the window.
 
-use super::scores::mean_head_scores;
+use super::scores::{mean_head_scores, ScoreTable};
 use super::{per_head_top, LayerChoice, Settings};
 use crate::trace::Trace;
 
@@ -11,9 +11,10 @@ pub fn select_layer(
     layer: usize,
     budget: usize,
     settings: &Settings,
+    table: Option<&ScoreTable>,
 ) -> LayerChoice {
     per_head_top(
-        kv_head_scores(trace, layer, settings),
+        kv_head_scores(trace, layer, settings, table),
         trace.len,
         budget,
         settings.window,
@@ -21,12 +22,17 @@ pub fn select_layer(
 }
 
 /// `[kv_head][pos]`: mean of `p_h` over the query heads `h` with `h / n_rep == g`.
-pub fn kv_head_scores(trace: &Trace, layer: usize, settings: &Settings) -> Vec<Vec<f32>> {
+pub fn kv_head_scores(
+    trace: &Trace,
+    layer: usize,
+    settings: &Settings,
+    table: Option<&ScoreTable>,
+) -> Vec<Vec<f32>> {
     let n_rep = trace.dims.n_rep();
     (0..trace.dims.n_kv_heads)
         .map(|g| {
             let group: Vec<usize> = (g * n_rep..(g + 1) * n_rep).collect();
-            mean_head_scores(trace, layer, &group, settings)
+            mean_head_scores(trace, layer, &group, settings, table)
         })
         .collect()
 }
@@ -52,10 +58,10 @@ mod tests {
         // positions 1 and 0.
         let t = ratio_trace(&[&[4.0, 1.0, 2.0, 1.0, 1.0, 1.0]], &[1.0]);
         assert_eq!(
-            select_layer(&t, 0, 4, &settings(1)).keep,
+            select_layer(&t, 0, 4, &settings(1), None).keep,
             vec![vec![0, 2, 4, 5]]
         );
-        let c = select_layer(&t, 0, 4, &settings(3));
+        let c = select_layer(&t, 0, 4, &settings(3), None);
         assert_eq!(c.keep, vec![vec![0, 1, 4, 5]]);
         let want = [95.0f32, 133.0, 76.0, 57.0].map(|x| x / 270.0);
         assert!(c.scores[0]
@@ -67,7 +73,10 @@ mod tests {
             pooling: Pooling::Max,
             ..settings(3)
         };
-        assert_eq!(select_layer(&t, 0, 4, &s).keep, vec![vec![0, 1, 4, 5]]);
+        assert_eq!(
+            select_layer(&t, 0, 4, &s, None).keep,
+            vec![vec![0, 1, 4, 5]]
+        );
     }
 
     #[test]
@@ -82,7 +91,7 @@ mod tests {
             ],
             &[1.0, 0.0, 0.0, 1.0],
         );
-        let c = select_layer(&t, 0, 4, &settings(1));
+        let c = select_layer(&t, 0, 4, &settings(1), None);
         assert_eq!(c.keep, vec![vec![0, 2, 4, 5], vec![0, 3, 4, 5]]);
     }
 
@@ -95,6 +104,9 @@ mod tests {
             kernel: 1,
             ..Settings::default()
         };
-        assert_eq!(select_layer(&t, 0, 5, &s).keep, vec![vec![1, 2, 3, 4, 5]]);
+        assert_eq!(
+            select_layer(&t, 0, 5, &s, None).keep,
+            vec![vec![1, 2, 3, 4, 5]]
+        );
     }
 }

@@ -3,7 +3,6 @@
 //! the prompt's [`Snapshot`], then answers settings requests with [`Outcome`]s.
 
 use anyhow::{Context, Result};
-use rayon::prelude::*;
 use std::path::PathBuf;
 use std::sync::mpsc::Receiver;
 use std::sync::Arc;
@@ -11,12 +10,11 @@ use std::time::Instant;
 
 use super::msg::{FromWorker, Outcome, Phase, Snapshot, ToWorker};
 use super::stats;
-use crate::eviction::{scores, Pooling, Settings};
+use crate::eviction::{ScoreTable, Settings};
 use crate::model::{self, fetch, Loaded};
 use crate::profile::Profile;
 use crate::report::{Report, SettingsPart};
 use crate::session::Session;
-use crate::trace::Trace;
 
 /// What the worker is asked to open.
 #[derive(Debug, Clone)]
@@ -91,18 +89,14 @@ fn run(job: Job, out: &Outbox, rx: Receiver<ToWorker>) {
     }
 }
 
-/// `[layer][head][pos]` window scores, shared between outcomes.
-pub type Strips = Arc<Vec<Vec<Vec<f32>>>>;
-/// What the strips depend on: window, kernel, pooling.
-type StripKey = (usize, usize, Pooling);
-
 struct Worker {
     loaded: Loaded,
     session: Session,
     profile_path: Option<String>,
     maps: Arc<Vec<Vec<crate::trace::BlockMap>>>,
-    /// p_h strips for one (window, kernel, pooling): budget and method edits reuse them.
-    strips: Option<(StripKey, Strips)>,
+    /// p_h of every head for one (window, kernel, pooling): budget and method edits
+    /// select from it and show it as the attention pane's strip.
+    scores: Option<ScoreTable>,
 }
 
 impl Worker {
@@ -178,7 +172,7 @@ impl Worker {
             session,
             profile_path: profile_path.as_ref().map(|p| p.display().to_string()),
             maps: Arc::new(maps),
-            strips: None,
+            scores: None,
         })
     }
 
@@ -191,8 +185,8 @@ impl Worker {
         if !out(FromWorker::Phase(Phase::Recomputing(gen))) {
             return false;
         }
-        let strips = self.strips_for(&settings);
-        let msg = match outcome(&self.loaded, &mut self.session, gen, settings, strips) {
+        let table = self.scores_for(&settings);
+        let msg = match outcome(&self.loaded, &mut self.session, gen, settings, &table) {
             Ok(o) => FromWorker::Result(Box::new(o)),
             Err(e) => FromWorker::Failed {
                 gen,
@@ -202,16 +196,16 @@ impl Worker {
         out(msg) && out(FromWorker::Phase(Phase::Idle))
     }
 
-    fn strips_for(&mut self, s: &Settings) -> Arc<Vec<Vec<Vec<f32>>>> {
-        let key = (s.window, s.kernel, s.pooling);
-        if let Some((k, v)) = &self.strips {
-            if *k == key {
-                return v.clone();
+    fn scores_for(&mut self, s: &Settings) -> ScoreTable {
+        let len = self.session.trace.len;
+        match &self.scores {
+            Some(t) if t.fits(len, s) => t.clone(),
+            _ => {
+                let t = ScoreTable::compute(&self.session.trace, s);
+                self.scores = Some(t.clone());
+                t
             }
         }
-        let v = Arc::new(strips(&self.session.trace, s));
-        self.strips = Some((key, v.clone()));
-        v
     }
 
     fn export(&self, path: &std::path::Path) -> Result<()> {
@@ -278,22 +272,6 @@ pub fn snapshot(
     }
 }
 
-/// `p_h` of every query head under `s`'s window, kernel and pooling.
-pub fn strips(trace: &Trace, s: &Settings) -> Vec<Vec<Vec<f32>>> {
-    let d = trace.dims;
-    if s.window >= trace.len || s.kernel == 0 {
-        return vec![vec![Vec::new(); d.n_heads]; d.n_layers];
-    }
-    (0..d.n_layers)
-        .into_par_iter()
-        .map(|l| {
-            (0..d.n_heads)
-                .map(|h| scores::head_scores(trace, l, h, s))
-                .collect()
-        })
-        .collect()
-}
-
 /// 1-based rank of each scored position (best = 1; ties to the lower position, as
 /// `scores::top_k`), 0 for positions without a score.
 pub fn ranks(scores: &[f32], len: usize) -> Vec<u32> {
@@ -328,10 +306,10 @@ pub fn outcome(
     session: &mut Session,
     gen: u64,
     settings: Settings,
-    strips: Arc<Vec<Vec<Vec<f32>>>>,
+    table: &ScoreTable,
 ) -> Result<Outcome> {
     let len = session.trace.len;
-    let c = session.apply(&loaded.model, &loaded.tok, settings)?;
+    let c = session.apply_with(&loaded.model, &loaded.tok, settings, Some(table))?;
     let sel = &c.selection;
     let ranks = sel
         .scores
@@ -356,7 +334,7 @@ pub fn outcome(
         layers_keeping: layers_keeping(&sel.keep.positions, len),
         scores: sel.scores.clone(),
         ranks,
-        strips,
+        strips: table.heads.clone(),
         select_ms: session.timing.select,
         decode_ms: session.timing.decode_compressed,
     })

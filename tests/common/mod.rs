@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use kvscope::eviction::{Method, Settings};
+use kvscope::eviction::{Method, ScoreTable, Settings};
 use kvscope::model::{self, Loaded};
 use kvscope::session::Session;
 use kvscope::testing::{self, GgufSpec};
@@ -95,8 +95,8 @@ pub fn fixture_with(profile: Option<kvscope::profile::Profile>) -> Fixture {
 
 impl Fixture {
     pub fn outcome(&mut self, gen: u64, s: Settings) -> Outcome {
-        let strips = Arc::new(worker::strips(&self.session.trace, &s));
-        worker::outcome(&self.loaded, &mut self.session, gen, s, strips).expect("outcome")
+        let table = ScoreTable::compute(&self.session.trace, &s);
+        worker::outcome(&self.loaded, &mut self.session, gen, s, &table).expect("outcome")
     }
 }
 
