@@ -16,9 +16,11 @@ use crate::trace::{BlockMap, Dims, LayerTrace, Trace, W_MAX};
 /// Which weights the decode path multiplies with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Precision {
-    /// 8-bit weights and activations (fast, as llama.cpp does for 4-bit models).
+    /// 8-bit weights and activations and an f16 KV cache (fast, as llama.cpp does for
+    /// 4-bit models).
     Q8,
-    /// f32 weights (bit-for-bit the numbers prefill uses; for tests and checks).
+    /// f32 weights and an f32 KV cache (the numbers prefill uses, to float rounding; for
+    /// tests and checks).
     F32,
 }
 

@@ -488,14 +488,8 @@ mod avx512 {
 
 #[cfg(test)]
 mod tests {
+    use super::super::kernels::lcg;
     use super::*;
-
-    fn lcg(seed: &mut u64) -> f32 {
-        *seed = seed
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        ((*seed >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-    }
 
     /// Softmax attention of `q` over the cache in f64, from the stored (rounded) keys
     /// and values.
