@@ -288,3 +288,44 @@ fn background_messages_land_while_a_popup_is_open() {
     update(&mut app, Action::Rss(8));
     assert!(matches!(app.popup, Some(Popup::LoadList { .. })));
 }
+
+/// Started without --method and --profile, the inspector switches to compresskv when the
+/// worker reports a profile it found, and says so; with an explicit method, or after an
+/// edit, it keeps what it has; without a profile it stays on snapkv.
+#[test]
+fn a_found_profile_makes_compresskv_the_start_method_unless_the_user_chose() {
+    let fx = common::fixture_with(Some(common::tiny_profile()));
+    let snapkv = kvscope::eviction::Settings {
+        method: Method::SnapKv,
+        ..common::settings()
+    };
+    let ready = |app: &mut App, fx: &common::Fixture| {
+        update(
+            app,
+            Action::Worker(FromWorker::Ready(Box::new(fx.snapshot.clone()))),
+        )
+    };
+    let mut open = App::new(snapkv.clone(), "m".into(), "p".into());
+    open.prefer_compresskv = true;
+    ready(&mut open, &fx);
+    assert_eq!(open.settings.method, Method::CompressKv);
+    assert!(open.notice.as_deref().unwrap_or("").contains("compresskv"));
+    match open.flush() {
+        Some(ToWorker::Apply { settings, .. }) => assert_eq!(settings.method, Method::CompressKv),
+        other => panic!("expected the first apply, got {other:?}"),
+    }
+
+    let mut chosen = App::new(snapkv.clone(), "m".into(), "p".into());
+    ready(&mut chosen, &fx);
+    assert_eq!(
+        chosen.settings.method,
+        Method::SnapKv,
+        "an explicit method stays"
+    );
+
+    let mut no_profile = App::new(snapkv, "m".into(), "p".into());
+    no_profile.prefer_compresskv = true;
+    let plain = common::fixture();
+    ready(&mut no_profile, &plain);
+    assert_eq!(no_profile.settings.method, Method::SnapKv);
+}

@@ -1,8 +1,9 @@
 //! End-to-end in a real terminal: tmux runs `kvscope` on a sample prompt with the real
 //! default model (fetched into the cache on first use, as a user would get it) at
-//! 160x45. The test waits for the ready status, changes a layer budget, all budgets and
-//! the method with keys, checks that the compressed generation and the memory figures on
-//! the captured pane change, then quits and checks the shell is back.
+//! 160x45. The test waits for the ready status (compresskv, from the shipped profile),
+//! changes a layer budget, all budgets and the method with keys, checks that the
+//! compressed generation and the memory figures on the captured pane change, then quits
+//! and checks the shell is back.
 //!
 //! Skipped, with a notice, where tmux is not installed (CI installs it).
 
@@ -116,6 +117,9 @@ fn inspector_in_tmux_with_the_real_model() {
         first.contains("1 Head map") && first.contains("6 Tokens"),
         "{first}"
     );
+    // No --method and no --profile: the shipped profile is found, so the inspector
+    // starts with compresskv.
+    assert!(first.contains("compresskv B="), "{first}");
     let kept0 = field(&first, "kept KV");
     let agree0 = agreement(&first);
     assert!(!kept0.is_empty() && !agree0.is_empty(), "{first}");
@@ -134,12 +138,12 @@ fn inspector_in_tmux_with_the_real_model() {
     });
     assert!(third.contains("first divergence"), "{third}");
 
-    // Method switch: snapkv -> pyramidkv.
-    s.keys(&["m"]);
+    // Method switch: compresskv -> adakv (the previous one).
+    s.keys(&["M"]);
     let fourth = s.wait("the method switch", 60, |p| {
-        ready(p) && agreement(p).contains("pyramidkv")
+        ready(p) && agreement(p).contains("adakv")
     });
-    assert!(fourth.contains("pyramidkv B="), "{fourth}");
+    assert!(fourth.contains("adakv B="), "{fourth}");
 
     s.keys(&["q"]);
     let last = s.wait("the shell after quitting", 20, |p| {

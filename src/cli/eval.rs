@@ -4,9 +4,9 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 
-use super::ModelArgs;
+use super::{KnobArgs, ModelArgs};
 use crate::eval::{grid, niah, prompts, sweep, Ctx};
-use crate::eviction::{Method, Pooling, Settings};
+use crate::eviction::{Method, Settings};
 use crate::profile::Profile;
 
 #[derive(Subcommand, Debug)]
@@ -33,21 +33,8 @@ pub struct CommonArgs {
     /// more than one; with 8 the question usually lies outside the window).
     #[arg(long, default_value = "8,32")]
     pub windows: String,
-    /// Pooling kernel (odd).
-    #[arg(long, default_value_t = 5)]
-    pub kernel: usize,
-    /// avg or max
-    #[arg(long, default_value = "avg")]
-    pub pooling: String,
-    /// CompressKV: SRH query heads per layer.
-    #[arg(long = "first-k", default_value_t = 4)]
-    pub first_k: usize,
-    /// AdaKV: fraction of its even share every KV head keeps at least.
-    #[arg(long = "adakv-floor", default_value_t = 0.2)]
-    pub adakv_floor: f32,
-    /// PyramidKV: beta of the pyramid formula.
-    #[arg(long = "pyramid-beta", default_value_t = 20)]
-    pub pyramid_beta: usize,
+    #[command(flatten)]
+    pub knobs: KnobArgs,
     /// Profile JSON for compresskv; without one, compresskv is skipped with a notice.
     #[arg(long, value_name = "PATH")]
     pub profile: Option<PathBuf>,
@@ -134,14 +121,7 @@ fn run_with(
     if max_new == 0 {
         bail!("--max-new must be at least 1 (the answer is read from the generated text)");
     }
-    let base = Settings {
-        kernel: c.kernel,
-        pooling: c.pooling.parse::<Pooling>()?,
-        first_k: c.first_k,
-        adakv_floor: c.adakv_floor,
-        pyramid_beta: c.pyramid_beta,
-        ..Settings::default()
-    };
+    let base = c.knobs.apply(Settings::default())?;
     let loaded = super::load_model(c.model.model.as_deref())?;
     let dims = loaded.model.config.dims();
     // Check every combo's knobs up front (at a budget no prompt can push below the

@@ -59,18 +59,10 @@ pub struct ModelArgs {
     pub threads: Option<usize>,
 }
 
-/// Eviction knobs (METHOD.md). Every one has the reference default.
+/// Scoring knobs that `run`, the inspector and the evaluations share (METHOD.md
+/// reference defaults).
 #[derive(Args, Debug, Clone)]
-pub struct EvictionArgs {
-    /// full, streamingllm, h2o, snapkv, pyramidkv, adakv, compresskv
-    #[arg(long, default_value = "compresskv")]
-    pub method: String,
-    /// Prompt tokens kept per layer and KV head.
-    #[arg(long, default_value_t = 128)]
-    pub budget: usize,
-    /// Observation window (1..=64), always kept.
-    #[arg(long, default_value_t = 8)]
-    pub window: usize,
+pub struct KnobArgs {
     /// Pooling kernel (odd).
     #[arg(long, default_value_t = 5)]
     pub kernel: usize,
@@ -86,6 +78,36 @@ pub struct EvictionArgs {
     /// PyramidKV: beta of the pyramid formula.
     #[arg(long = "pyramid-beta", default_value_t = 20)]
     pub pyramid_beta: usize,
+}
+
+impl KnobArgs {
+    /// `base` with these knobs.
+    pub fn apply(&self, base: Settings) -> Result<Settings> {
+        Ok(Settings {
+            kernel: self.kernel,
+            pooling: self.pooling.parse::<Pooling>()?,
+            first_k: self.first_k,
+            adakv_floor: self.adakv_floor,
+            pyramid_beta: self.pyramid_beta,
+            ..base
+        })
+    }
+}
+
+/// Eviction knobs (METHOD.md). Every one has the reference default.
+#[derive(Args, Debug, Clone)]
+pub struct EvictionArgs {
+    /// full, streamingllm, h2o, snapkv, pyramidkv, adakv, compresskv
+    #[arg(long, default_value = "compresskv")]
+    pub method: String,
+    /// Prompt tokens kept per layer and KV head.
+    #[arg(long, default_value_t = 128)]
+    pub budget: usize,
+    /// Observation window (1..=64), always kept.
+    #[arg(long, default_value_t = 8)]
+    pub window: usize,
+    #[command(flatten)]
+    pub knobs: KnobArgs,
     /// uniform, pyramid, error-aware (default: the method's own).
     #[arg(long)]
     pub allocator: Option<String>,
@@ -104,21 +126,17 @@ impl EvictionArgs {
             None => None,
             Some(s) => Some(parse_budget_list(s)?),
         };
-        Ok(Settings {
+        self.knobs.apply(Settings {
             method: self.method.parse::<Method>()?,
             budget: self.budget,
             window: self.window,
-            kernel: self.kernel,
-            pooling: self.pooling.parse::<Pooling>()?,
-            first_k: self.first_k,
-            adakv_floor: self.adakv_floor,
-            pyramid_beta: self.pyramid_beta,
             allocator: self
                 .allocator
                 .as_deref()
                 .map(str::parse::<Allocator>)
                 .transpose()?,
             layer_budgets,
+            ..Settings::default()
         })
     }
 }

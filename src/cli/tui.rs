@@ -4,8 +4,8 @@ use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 
-use super::ModelArgs;
-use crate::eviction::{Allocator, Method, Pooling, Settings};
+use super::{KnobArgs, ModelArgs};
+use crate::eviction::{Allocator, Method, Settings};
 
 #[derive(Args, Debug, Clone)]
 pub struct TuiArgs {
@@ -20,12 +20,8 @@ pub struct TuiArgs {
     pub budget: usize,
     #[arg(long, default_value_t = 8)]
     pub window: usize,
-    #[arg(long, default_value_t = 5)]
-    pub kernel: usize,
-    #[arg(long, default_value = "avg")]
-    pub pooling: String,
-    #[arg(long = "first-k", default_value_t = 4)]
-    pub first_k: usize,
+    #[command(flatten)]
+    pub knobs: KnobArgs,
     /// uniform, pyramid, error-aware (default: the method's own).
     #[arg(long)]
     pub allocator: Option<String>,
@@ -51,16 +47,15 @@ pub fn settings(a: &TuiArgs) -> Result<(Settings, Option<String>)> {
         (None, Some(_)) => (Method::CompressKv, None),
         (None, None) => (
             Method::SnapKv,
-            Some("no --profile: starting with snapkv (compresskv needs a profile)".to_string()),
+            Some(
+                "no --profile: starting with snapkv unless a matching profile is found".to_string(),
+            ),
         ),
     };
-    let s = Settings {
+    let s = a.knobs.apply(Settings {
         method,
         budget: a.budget,
         window: a.window,
-        kernel: a.kernel,
-        pooling: a.pooling.parse::<Pooling>()?,
-        first_k: a.first_k,
         allocator: a
             .allocator
             .as_deref()
@@ -72,7 +67,7 @@ pub fn settings(a: &TuiArgs) -> Result<(Settings, Option<String>)> {
             .map(super::parse_budget_list)
             .transpose()?,
         ..Settings::default()
-    };
+    })?;
     Ok((s, note))
 }
 
@@ -87,5 +82,6 @@ pub fn run(a: &TuiArgs) -> Result<()> {
         max_new: a.max_new,
         settings,
         notice,
+        prefer_compresskv: a.method.is_none() && a.profile.is_none(),
     })
 }

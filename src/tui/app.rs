@@ -83,6 +83,9 @@ pub struct App {
     pub popup: Option<Popup>,
     pub quit: bool,
     pub has_profile: bool,
+    /// The user chose neither a method nor a profile: start with compresskv if the
+    /// worker finds a matching profile on its own (shipped or cached).
+    pub prefer_compresskv: bool,
 }
 
 impl App {
@@ -111,6 +114,7 @@ impl App {
             popup: None,
             quit: false,
             has_profile: false,
+            prefer_compresskv: false,
         }
     }
 
@@ -285,6 +289,14 @@ impl App {
                 self.has_profile = s.srh_scores.is_some();
                 if self.has_profile {
                     self.stat = Stat::Srh;
+                    // Nothing was edited yet (the worker has no settings): the method the
+                    // start-up picked for want of a profile can still become compresskv.
+                    if self.prefer_compresskv && self.gen == 0 {
+                        self.settings.method = Method::CompressKv;
+                        self.defaults.method = Method::CompressKv;
+                        self.notice =
+                            Some("found a profile for this model: starting with compresskv".into());
+                    }
                 }
                 // Start on the last scored token (the window is always kept: dull).
                 self.sel_token = s

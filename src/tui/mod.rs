@@ -58,6 +58,9 @@ pub struct Options {
     pub settings: Settings,
     /// A line for the status line at start (e.g. why the method is not compresskv).
     pub notice: Option<String>,
+    /// No method and no profile were given: switch to compresskv if the worker finds
+    /// a matching profile.
+    pub prefer_compresskv: bool,
 }
 
 /// One queue for everything the loop reacts to (as gitui does).
@@ -80,6 +83,7 @@ pub fn run(opts: Options) -> Result<()> {
         });
     let mut app = App::new(opts.settings.clone(), model_label, String::new());
     app.notice = opts.notice.clone();
+    app.prefer_compresskv = opts.prefer_compresskv;
     if first.is_none() {
         app.picker = Some(picker());
     }
