@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use super::{KnobArgs, ModelArgs};
 use crate::eval::{grid, niah, prompts, sweep, Ctx};
 use crate::eviction::{Method, Settings};
-use crate::profile::Profile;
+use crate::profile::discover;
 
 #[derive(Subcommand, Debug)]
 pub enum EvalCommand {
@@ -35,7 +35,8 @@ pub struct CommonArgs {
     pub windows: String,
     #[command(flatten)]
     pub knobs: KnobArgs,
-    /// Profile JSON for compresskv; without one, compresskv is skipped with a notice.
+    /// Profile JSON for compresskv (default: the profile measured on this model file,
+    /// shipped or cached); with none, compresskv is skipped with a notice.
     #[arg(long, value_name = "PATH")]
     pub profile: Option<PathBuf>,
     /// Send prompts as they are, without the chat template.
@@ -92,15 +93,9 @@ pub struct SweepArgs {
     pub out: PathBuf,
 }
 
-/// Parses the shared flags; drops compresskv (with a notice) when there is no profile.
+/// The methods to compare (the full cache is always the reference, not a method here).
 fn methods(c: &CommonArgs) -> Result<Vec<Method>> {
     let mut m = grid::parse_methods(&c.methods)?;
-    if c.profile.is_none() && m.contains(&Method::CompressKv) {
-        m.retain(|&x| x != Method::CompressKv);
-        eprintln!(
-            "kvscope: notice: compresskv skipped: it needs an offline profile (--profile FILE, made with `kvscope profile`); running the other methods"
-        );
-    }
     m.retain(|&x| x != Method::Full);
     if m.is_empty() {
         bail!("no method left to compare with the full cache (--methods)");
@@ -117,13 +112,38 @@ fn run_with(
     super::init_threads(c.model.threads)?;
     let budgets = grid::parse_budgets(budgets)?;
     let windows = grid::parse_usizes(&c.windows, "--windows", 1)?;
-    let methods = methods(c)?;
+    let mut methods = methods(c)?;
     if max_new == 0 {
         bail!("--max-new must be at least 1 (the answer is read from the generated text)");
     }
     let base = c.knobs.apply(Settings::default())?;
-    let loaded = super::load_model(c.model.model.as_deref())?;
+    let model_path = super::resolve_model_path(c.model.model.as_deref())?;
+    let loaded = crate::model::load(&model_path)?;
     let dims = loaded.model.config.dims();
+    // As `kvscope run`: without --profile, the profile measured on this model file (shipped
+    // or cached) if there is one; compresskv is skipped only when there is none.
+    let wanted = methods.contains(&Method::CompressKv);
+    let profile = match discover::resolve(
+        c.profile.as_deref(),
+        &model_path,
+        &loaded.model.config,
+        wanted,
+    )? {
+        Some((path, p)) => {
+            eprintln!("kvscope: profile {}", path.display());
+            Some(p)
+        }
+        None => None,
+    };
+    if profile.is_none() && wanted {
+        methods.retain(|&x| x != Method::CompressKv);
+        eprintln!(
+            "kvscope: notice: compresskv skipped: no profile for this model (--profile FILE, made with `kvscope profile`); running the other methods"
+        );
+        if methods.is_empty() {
+            bail!("no method left to compare with the full cache (--methods)");
+        }
+    }
     // Check every combo's knobs up front (at a budget no prompt can push below the
     // window), so a bad flag fails before minutes of prefill.
     for &m in &methods {
@@ -137,14 +157,6 @@ fn run_with(
             .validate(&dims)?;
         }
     }
-    let profile = match &c.profile {
-        Some(p) => {
-            let prof = Profile::load(p)?;
-            prof.validate(&dims, None)?;
-            Some(prof)
-        }
-        None => None,
-    };
     let ctx = Ctx {
         loaded: &loaded,
         profile,
