@@ -438,3 +438,38 @@ fn tiny_gguf_loads_as_the_same_model() {
     assert_same_trace("gguf vs memory", &a, &b);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The shadow (layer-error) step needs a full cache and a keep set of the model's shape;
+/// a refused call is an error, not a panic, and leaves the decode state untouched.
+#[test]
+fn step_shadow_refuses_bad_input_without_touching_the_state() {
+    let m = model(256);
+    let ids = testing::random_ids(30, VOCAB, 9);
+    let trace = prefill(&m, &ids, 8);
+    let dims = trace.dims;
+    let keep = sparse_keep(dims.n_layers, dims.n_kv_heads, trace.len);
+    let mut errors = Vec::new();
+
+    let mut compressed = DecodeState::new(&m, &trace, &keep, 4).expect("state");
+    let before = (compressed.pos, compressed.entries());
+    let err = compressed
+        .step_shadow(ids[0], &keep, &mut errors)
+        .expect_err("a compressed cache is refused")
+        .to_string();
+    assert!(err.contains("full cache"), "{err}");
+    assert_eq!((compressed.pos, compressed.entries()), before);
+
+    let all = KeepSet::all(&dims, trace.len);
+    let mut full = DecodeState::new(&m, &trace, &all, 4).expect("state");
+    let wrong_shape = KeepSet { positions: vec![] };
+    assert!(full.step_shadow(ids[0], &wrong_shape, &mut errors).is_err());
+    assert_eq!(
+        (full.pos, full.entries()),
+        (trace.len, dims.n_layers * dims.n_kv_heads * trace.len)
+    );
+    assert!(errors.is_empty());
+    // And a good call still works afterwards, one error per layer.
+    full.step_shadow(ids[0], &keep, &mut errors)
+        .expect("shadow step");
+    assert_eq!(errors.len(), dims.n_layers);
+}

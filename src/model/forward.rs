@@ -389,6 +389,16 @@ impl<'m> DecodeState<'m> {
         shadow: &KeepSet,
         errors: &mut Vec<f32>,
     ) -> Result<&[f32]> {
+        // Checked before anything is pushed, so a refused call leaves the state as it was.
+        shadow.validate(&self.model.dims(), self.prompt_len)?;
+        let full = self.prompt_len > 0
+            && self.cache.iter().flatten().all(|hc| {
+                hc.positions.first() == Some(&0)
+                    && hc.positions.get(self.prompt_len - 1) == Some(&(self.prompt_len - 1))
+            });
+        if !full {
+            bail!("shadow eviction error needs a full cache");
+        }
         let masks: ShadowMasks = shadow
             .positions
             .iter()
@@ -476,7 +486,9 @@ impl<'m> DecodeState<'m> {
                 record: &record,
                 failure: &failure,
             };
-            team::run(threads, 4 * cfg.n_layers + 1, |mb| step.run(mb));
+            team::run(threads, 4 * cfg.n_layers + 1, |mb| step.run(mb)).map_err(|e| {
+                anyhow::anyhow!("cannot start {threads} decode threads ({e}); try fewer --threads")
+            })?;
         }
         if let Some(e) = failure.into_inner().unwrap_or(None) {
             return Err(e);
@@ -779,8 +791,9 @@ fn shadow_error(
     for (h, p) in probs.iter().enumerate() {
         let g = h / n_rep;
         let (hc, mask) = (&layer[g], &masks[g]);
-        if hc.positions.first().copied() != Some(0)
-            || hc.positions.get(prompt_len.saturating_sub(1)).copied() != Some(prompt_len - 1)
+        if prompt_len == 0
+            || hc.positions.first().copied() != Some(0)
+            || hc.positions.get(prompt_len - 1).copied() != Some(prompt_len - 1)
         {
             bail!("shadow eviction error needs a full cache");
         }

@@ -416,8 +416,11 @@ mod vnni {
                 let b = s0 + i;
                 // Hardware prefetch alone leaves the loads waiting; ask for the lines
                 // ~1 KiB ahead (a few rows in the future for 4-bit rows).
-                _mm_prefetch::<_MM_HINT_T0>(qp.add(b * bytes_per_block + 1024) as *const i8);
-                _mm_prefetch::<_MM_HINT_T0>(qp.add(b * bytes_per_block + 1024 + 64) as *const i8);
+                // wrapping_add: near the end of the matrix the address lies past it (a
+                // prefetch never faults, but `add` past the allocation would be UB).
+                let ahead = qp.wrapping_add(b * bytes_per_block + 1024);
+                _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64) as *const i8);
                 a0 = block(qp, packed, b, xp, scale[i], a0, mask);
                 a1 = block(qp, packed, b + 1, xp, scale[i + 1], a1, mask);
                 a2 = block(qp, packed, b + 2, xp, scale[i + 2], a2, mask);

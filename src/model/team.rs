@@ -11,7 +11,7 @@
 
 use std::cell::UnsafeCell;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 
 /// What one thread of a running team knows about the team.
 pub struct Member<'t> {
@@ -60,8 +60,9 @@ impl Member<'_> {
 }
 
 /// Runs `f` on `threads` threads (the caller is member 0) and returns when all are
-/// done. `shared_loops` bounds how many [`Member::share`] calls `f` makes.
-pub fn run<F>(threads: usize, shared_loops: usize, f: F)
+/// done. `shared_loops` bounds how many [`Member::share`] calls `f` makes. Fails, without
+/// running `f`, when the operating system refuses a thread.
+pub fn run<F>(threads: usize, shared_loops: usize, f: F) -> std::io::Result<()>
 where
     F: Fn(&Member) + Sync,
 {
@@ -77,7 +78,7 @@ where
     };
     if size == 1 {
         f(&member(0));
-        return;
+        return Ok(());
     }
     // A member that panics would leave the others spinning at the next barrier forever:
     // it poisons the barrier first, so they panic too and the panic reaches the caller.
@@ -88,13 +89,54 @@ where
             std::panic::resume_unwind(e);
         }
     };
+    // Helpers start only once all of them exist: if one cannot be spawned, the others
+    // leave without running `f` (they would wait at its first barrier for good).
+    const PENDING: u8 = 0;
+    const GO: u8 = 1;
+    const ABORT: u8 = 2;
+    let start = AtomicU8::new(PENDING);
     std::thread::scope(|s| {
+        let mut spawned = Ok(());
         for i in 1..size {
-            let guarded = &guarded;
-            s.spawn(move || guarded(i));
+            let (guarded, start) = (&guarded, &start);
+            let r = std::thread::Builder::new().spawn_scoped(s, move || {
+                let mut spins = 0u32;
+                loop {
+                    match start.load(Ordering::Acquire) {
+                        GO => return guarded(i),
+                        ABORT => return,
+                        _ => backoff(&mut spins),
+                    }
+                }
+            });
+            if let Err(e) = r {
+                spawned = Err(e);
+                break;
+            }
         }
-        guarded(0);
-    });
+        match spawned {
+            Ok(()) => {
+                start.store(GO, Ordering::Release);
+                guarded(0);
+                Ok(())
+            }
+            Err(e) => {
+                start.store(ABORT, Ordering::Release);
+                Err(e)
+            }
+        }
+    })
+}
+
+/// Spin a while, then give the core away (a peer may be descheduled on a busy machine).
+#[inline]
+fn backoff(spins: &mut u32) {
+    *spins += 1;
+    if *spins < 20_000 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
 }
 
 /// A reusable barrier that spins (then yields) instead of sleeping: the waits between
@@ -134,13 +176,7 @@ impl SpinBarrier {
             if self.poisoned.load(Ordering::Acquire) {
                 panic!("another thread of the decode team panicked");
             }
-            spins += 1;
-            if spins < 20_000 {
-                std::hint::spin_loop();
-            } else {
-                // A peer was descheduled (busy machine): give the core back.
-                std::thread::yield_now();
-            }
+            backoff(&mut spins);
         }
     }
 }
@@ -154,7 +190,7 @@ pub struct Shared<'a, T> {
 
 // SAFETY: access goes through the unsafe methods below, whose callers promise that
 // concurrent writers touch disjoint ranges and that reads happen after a barrier.
-unsafe impl<T: Send> Sync for Shared<'_, T> {}
+unsafe impl<T: Send + Sync> Sync for Shared<'_, T> {}
 unsafe impl<T: Send> Send for Shared<'_, T> {}
 
 impl<'a, T> Shared<'a, T> {
@@ -204,7 +240,7 @@ mod tests {
             let shared = Shared::new(&mut buf);
             let mut sums = vec![0u64; threads];
             let sums_sh = Shared::new(&mut sums);
-            run(threads, 2, |m| {
+            let r = run(threads, 2, |m| {
                 m.share(1000, |i| unsafe {
                     shared.part(i, i + 1)[0] += i as u32 + 1
                 });
@@ -215,6 +251,7 @@ mod tests {
                 m.sync();
                 m.share(1000, |i| unsafe { shared.part(i, i + 1)[0] *= 2 });
             });
+            r.expect("team ran");
             assert!(sums.iter().all(|&s| s == 500_500), "{threads}: {sums:?}");
             assert!(buf
                 .iter()
@@ -232,6 +269,7 @@ mod tests {
                 }
                 m.sync();
             })
+            .ok()
         });
         assert!(r.is_err());
     }
