@@ -259,7 +259,8 @@ impl QVec {
     }
 }
 
-/// One output element: `sum_b d_b * s_b * (q_b . x_b) + m_b * sum(x_b)`.
+/// One output element: `sum_b d_b * s_b * (q_b . x_b) + m_b * sum(x_b)`. AVX-512 VNNI
+/// where the build has it, else AVX2 (+FMA), else portable code.
 #[inline(always)]
 fn qrow_dot(w: &QMat, r: usize, x: &QVec) -> f32 {
     #[cfg(all(
@@ -275,15 +276,114 @@ fn qrow_dot(w: &QMat, r: usize, x: &QVec) -> f32 {
         // exactly nb blocks of weights and activations (checked in `row_dot`).
         unsafe { vnni::row_dot(q, w.packed, d, m, x) }
     }
-    #[cfg(not(all(
+    #[cfg(all(
         target_arch = "x86_64",
-        target_feature = "avx512f",
-        target_feature = "avx512bw",
-        target_feature = "avx512vnni",
-        target_feature = "avx512vl"
+        target_feature = "avx2",
+        target_feature = "fma",
+        not(all(
+            target_feature = "avx512f",
+            target_feature = "avx512bw",
+            target_feature = "avx512vnni",
+            target_feature = "avx512vl"
+        ))
+    ))]
+    {
+        let (q, d, m) = w.row(r);
+        // SAFETY: as above, for AVX2 and FMA.
+        unsafe { avx2::row_dot(q, w.packed, d, m, x) }
+    }
+    #[cfg(not(any(
+        all(
+            target_arch = "x86_64",
+            target_feature = "avx512f",
+            target_feature = "avx512bw",
+            target_feature = "avx512vnni",
+            target_feature = "avx512vl"
+        ),
+        all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        )
     )))]
     {
         qrow_dot_scalar(w, r, x)
+    }
+}
+
+/// The row kernel for AVX2 CPUs without 8-bit VNNI (Zen 2/3, older Intel): codes and
+/// activations widened to 16 bits and multiplied with VPMADDWD, whose 16-bit products
+/// cannot saturate (VPMADDUBSW could, for byte codes up to 255). Compiled in every AVX2
+/// build so the AVX-512 machines that run CI test it too.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma"
+))]
+// Unused outside tests in AVX-512 VNNI builds.
+#[allow(dead_code)]
+mod avx2 {
+    use super::{QVec, QK};
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn block(q: *const u8, packed: bool, b: usize, xq: *const i8, mask: __m128i) -> __m256 {
+        let (lo, hi) = if packed {
+            let v = _mm_loadu_si128(q.add(b * QK / 2) as *const __m128i);
+            (
+                _mm_and_si128(v, mask),
+                _mm_and_si128(_mm_srli_epi16(v, 4), mask),
+            )
+        } else {
+            (
+                _mm_loadu_si128(q.add(b * QK) as *const __m128i),
+                _mm_loadu_si128(q.add(b * QK + 16) as *const __m128i),
+            )
+        };
+        let x0 = _mm_loadu_si128(xq.add(b * QK) as *const __m128i);
+        let x1 = _mm_loadu_si128(xq.add(b * QK + 16) as *const __m128i);
+        let p0 = _mm256_madd_epi16(_mm256_cvtepu8_epi16(lo), _mm256_cvtepi8_epi16(x0));
+        let p1 = _mm256_madd_epi16(_mm256_cvtepu8_epi16(hi), _mm256_cvtepi8_epi16(x1));
+        _mm256_cvtepi32_ps(_mm256_add_epi32(p0, p1))
+    }
+
+    #[inline(always)]
+    pub unsafe fn row_dot(q: &[u8], packed: bool, d: &[f16], m: &[f16], x: &QVec) -> f32 {
+        let nb = d.len();
+        let bytes_per_block = if packed { QK / 2 } else { QK };
+        assert!(
+            m.len() == nb
+                && q.len() >= nb * bytes_per_block
+                && x.q.len() >= nb * QK
+                && x.s.len() >= nb
+                && x.sum.len() >= nb
+        );
+        let mask = _mm_set1_epi8(0x0f);
+        let (qp, xp) = (q.as_ptr(), x.q.as_ptr());
+        // Two accumulators so consecutive blocks do not wait on each other's FMA.
+        let mut a0 = _mm256_setzero_ps();
+        let mut a1 = _mm256_setzero_ps();
+        let mut off = 0f32;
+        let mut b = 0;
+        while b + 2 <= nb {
+            let s0 = d[b].to_f32() * x.s[b];
+            let s1 = d[b + 1].to_f32() * x.s[b + 1];
+            a0 = _mm256_fmadd_ps(block(qp, packed, b, xp, mask), _mm256_set1_ps(s0), a0);
+            a1 = _mm256_fmadd_ps(block(qp, packed, b + 1, xp, mask), _mm256_set1_ps(s1), a1);
+            off += m[b].to_f32() * x.sum[b] + m[b + 1].to_f32() * x.sum[b + 1];
+            b += 2;
+        }
+        if b < nb {
+            let s0 = d[b].to_f32() * x.s[b];
+            a0 = _mm256_fmadd_ps(block(qp, packed, b, xp, mask), _mm256_set1_ps(s0), a0);
+            off += m[b].to_f32() * x.sum[b];
+        }
+        let acc = _mm256_add_ps(a0, a1);
+        let s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+        let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+        _mm_cvtss_f32(s1) + off
     }
 }
 
@@ -682,6 +782,21 @@ mod tests {
                         "cols {cols} packed {} row {r}: {f} vs {e}",
                         qm.packed
                     );
+                    // The AVX2 kernel too, wherever it is compiled (also AVX-512 builds).
+                    #[cfg(all(
+                        target_arch = "x86_64",
+                        target_feature = "avx2",
+                        target_feature = "fma"
+                    ))]
+                    {
+                        let (q, d, m) = qm.row(r);
+                        let a = unsafe { avx2::row_dot(q, qm.packed, d, m, &qx) };
+                        assert!(
+                            (a - e).abs() <= 1e-4 * e.abs().max(1.0),
+                            "avx2: cols {cols} packed {} row {r}: {a} vs {e}",
+                            qm.packed
+                        );
+                    }
                 }
             }
         }
