@@ -43,6 +43,8 @@ impl KvDtype {
 pub trait Elem: Copy + Default + Send + Sync + 'static {
     fn from_f32(x: f32) -> Self;
     fn to_f32(self) -> f32;
+    /// `dst = src` in f32, a slice at a time (for f16, `half`'s SIMD conversion).
+    fn widen(src: &[Self], dst: &mut [f32]);
 }
 
 impl Elem for f32 {
@@ -52,6 +54,9 @@ impl Elem for f32 {
     fn to_f32(self) -> f32 {
         self
     }
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
 }
 
 impl Elem for f16 {
@@ -60,6 +65,10 @@ impl Elem for f16 {
     }
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
+    }
+    fn widen(src: &[Self], dst: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        src.convert_to_f32_slice(dst);
     }
 }
 
@@ -346,16 +355,22 @@ pub(crate) fn scores_generic<E: Elem>(
     (a, b): (usize, usize),
     probs: &mut [&mut [f32]],
 ) {
+    // Each key tile is widened to f32 once for all heads; the loops over 16-entry rows
+    // of f32 then vectorise on any SIMD level.
     let mut tile = [0f32; TILE];
+    let mut kf = vec![0f32; TILE * hd];
     for t0 in (a..b).step_by(TILE) {
         let n = (b - t0).min(TILE);
-        let kt = &k[(t0 / TILE) * TILE * hd..(t0 / TILE + 1) * TILE * hd];
+        E::widen(
+            &k[(t0 / TILE) * TILE * hd..(t0 / TILE + 1) * TILE * hd],
+            &mut kf,
+        );
         for (q, p) in qs.iter().zip(probs.iter_mut()) {
             tile.fill(0.0);
-            for i in 0..hd {
+            for (i, row) in kf.chunks_exact(TILE).enumerate() {
                 let qi = q[i] * scale;
-                for (s, &kv) in tile.iter_mut().zip(&kt[i * TILE..(i + 1) * TILE]) {
-                    *s += qi * kv.to_f32();
+                for (s, &kv) in tile.iter_mut().zip(row) {
+                    *s += qi * kv;
                 }
             }
             p[t0 - a..t0 - a + n].copy_from_slice(&tile[..n]);
@@ -388,10 +403,11 @@ pub(crate) fn values_generic<E: Elem>(
     acc: &mut [f32],
 ) {
     let n = probs.first().map_or(0, |p| p.len());
+    let mut row = vec![0f32; hd];
     for j in 0..n {
-        let row = &v[(a + j) * hd..(a + j + 1) * hd];
+        E::widen(&v[(a + j) * hd..(a + j + 1) * hd], &mut row);
         for (r, p) in probs.iter().enumerate() {
-            add_scaled(&mut acc[r * hd..(r + 1) * hd], p[j], row);
+            add_scaled(&mut acc[r * hd..(r + 1) * hd], p[j], &row);
         }
     }
 }
@@ -572,6 +588,46 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    /// The portable f16 kernels (CPUs without AVX-512) give what the dispatching ones
+    /// give on this CPU, for scores over tile ranges and for value sums.
+    #[test]
+    fn portable_f16_kernels_equal_the_dispatched_ones() {
+        let mut seed = 5;
+        let (hd, len) = (64, 45);
+        let mut hc = HeadCache::with_capacity(len, hd, KvDtype::F16);
+        for p in 0..len {
+            let k: Vec<f32> = (0..hd).map(|_| lcg(&mut seed)).collect();
+            let v: Vec<f32> = (0..hd).map(|_| lcg(&mut seed)).collect();
+            hc.push(p, &k, &v).unwrap();
+        }
+        let Store::F16 { k, v } = &hc.store else {
+            panic!("f16 store expected")
+        };
+        let qs: Vec<Vec<f32>> = (0..5)
+            .map(|_| (0..hd).map(|_| lcg(&mut seed)).collect())
+            .collect();
+        let qr: Vec<&[f32]> = qs.iter().map(|q| q.as_slice()).collect();
+        let (a, b) = (16, len);
+        let mut p1 = vec![vec![0f32; b - a]; 5];
+        let mut p2 = p1.clone();
+        {
+            let mut r1: Vec<&mut [f32]> = p1.iter_mut().map(|p| p.as_mut_slice()).collect();
+            let mut r2: Vec<&mut [f32]> = p2.iter_mut().map(|p| p.as_mut_slice()).collect();
+            scores(k, hd, &qr, 0.125, (a, b), &mut r1);
+            scores_generic(k, hd, &qr, 0.125, (a, b), &mut r2);
+        }
+        for (x, y) in p1.iter().flatten().zip(p2.iter().flatten()) {
+            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+        }
+        let pr: Vec<&[f32]> = p1.iter().map(|p| p.as_slice()).collect();
+        let (mut o1, mut o2) = (vec![0f32; 5 * hd], vec![0f32; 5 * hd]);
+        values(v, hd, &pr, a, &mut o1);
+        values_generic(v, hd, &pr, a, &mut o2);
+        for (x, y) in o1.iter().zip(&o2) {
+            assert!((x - y).abs() < 1e-4, "{x} vs {y}");
         }
     }
 
