@@ -56,14 +56,6 @@ pub fn kv_bytes(keep: &KeepSet, head_dim: usize, elem_bytes: usize) -> usize {
     keep.kept_per_layer().iter().sum::<usize>() * head_dim * 2 * elem_bytes
 }
 
-/// Per-layer KV bytes held for a keep set.
-pub fn kv_bytes_per_layer(keep: &KeepSet, head_dim: usize, elem_bytes: usize) -> Vec<usize> {
-    keep.kept_per_layer()
-        .iter()
-        .map(|n| n * head_dim * 2 * elem_bytes)
-        .collect()
-}
-
 pub struct Compressed {
     pub settings: Settings,
     pub selection: Selection,

@@ -94,6 +94,37 @@ impl KnobArgs {
     }
 }
 
+/// How the total budget is split over layers (`run` and the inspector).
+#[derive(Args, Debug, Clone)]
+pub struct AllocArgs {
+    /// uniform, pyramid, error-aware (default: the method's own).
+    #[arg(long)]
+    pub allocator: Option<String>,
+    /// Explicit per-layer budgets: a,b,c,... (one per layer), or @FILE / @NAME for a
+    /// JSON list saved from the inspector.
+    #[arg(long = "layer-budgets", value_name = "LIST")]
+    pub layer_budgets: Option<String>,
+}
+
+impl AllocArgs {
+    /// `base` with this allocator and these explicit per-layer budgets.
+    pub fn apply(&self, base: Settings) -> Result<Settings> {
+        Ok(Settings {
+            allocator: self
+                .allocator
+                .as_deref()
+                .map(str::parse::<Allocator>)
+                .transpose()?,
+            layer_budgets: self
+                .layer_budgets
+                .as_deref()
+                .map(parse_budget_list)
+                .transpose()?,
+            ..base
+        })
+    }
+}
+
 /// Eviction knobs (METHOD.md). Every one has the reference default.
 #[derive(Args, Debug, Clone)]
 pub struct EvictionArgs {
@@ -108,13 +139,8 @@ pub struct EvictionArgs {
     pub window: usize,
     #[command(flatten)]
     pub knobs: KnobArgs,
-    /// uniform, pyramid, error-aware (default: the method's own).
-    #[arg(long)]
-    pub allocator: Option<String>,
-    /// Explicit per-layer budgets: a,b,c,... (one per layer), or @FILE / @NAME for a
-    /// JSON list saved from the inspector.
-    #[arg(long = "layer-budgets", value_name = "LIST")]
-    pub layer_budgets: Option<String>,
+    #[command(flatten)]
+    pub alloc: AllocArgs,
     /// Profile JSON (SRH ranking and layer errors) for compresskv / error-aware budgets.
     #[arg(long, value_name = "PATH")]
     pub profile: Option<PathBuf>,
@@ -122,22 +148,12 @@ pub struct EvictionArgs {
 
 impl EvictionArgs {
     pub fn settings(&self) -> Result<Settings> {
-        let layer_budgets = match &self.layer_budgets {
-            None => None,
-            Some(s) => Some(parse_budget_list(s)?),
-        };
-        self.knobs.apply(Settings {
+        self.alloc.apply(self.knobs.apply(Settings {
             method: self.method.parse::<Method>()?,
             budget: self.budget,
             window: self.window,
-            allocator: self
-                .allocator
-                .as_deref()
-                .map(str::parse::<Allocator>)
-                .transpose()?,
-            layer_budgets,
             ..Settings::default()
-        })
+        })?)
     }
 }
 

@@ -4,8 +4,8 @@ use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 
-use super::{KnobArgs, ModelArgs};
-use crate::eviction::{Allocator, Method, Settings};
+use super::{AllocArgs, KnobArgs, ModelArgs};
+use crate::eviction::{Method, Settings};
 
 #[derive(Args, Debug, Clone)]
 pub struct TuiArgs {
@@ -22,12 +22,8 @@ pub struct TuiArgs {
     pub window: usize,
     #[command(flatten)]
     pub knobs: KnobArgs,
-    /// uniform, pyramid, error-aware (default: the method's own).
-    #[arg(long)]
-    pub allocator: Option<String>,
-    /// a,b,c,... one per layer, or @FILE / @NAME (a budget saved from the inspector).
-    #[arg(long = "layer-budgets", value_name = "LIST")]
-    pub layer_budgets: Option<String>,
+    #[command(flatten)]
+    pub alloc: AllocArgs,
     /// Profile JSON (SRH ranking and layer errors) for compresskv and the SRH head map.
     #[arg(long, value_name = "PATH")]
     pub profile: Option<PathBuf>,
@@ -52,22 +48,12 @@ pub fn settings(a: &TuiArgs) -> Result<(Settings, Option<String>)> {
             ),
         ),
     };
-    let s = a.knobs.apply(Settings {
+    let s = a.alloc.apply(a.knobs.apply(Settings {
         method,
         budget: a.budget,
         window: a.window,
-        allocator: a
-            .allocator
-            .as_deref()
-            .map(str::parse::<Allocator>)
-            .transpose()?,
-        layer_budgets: a
-            .layer_budgets
-            .as_deref()
-            .map(super::parse_budget_list)
-            .transpose()?,
         ..Settings::default()
-    })?;
+    })?)?;
     Ok((s, note))
 }
 

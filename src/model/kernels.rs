@@ -351,14 +351,7 @@ mod avx2 {
     #[inline(always)]
     pub unsafe fn row_dot(q: &[u8], packed: bool, d: &[f16], m: &[f16], x: &QVec) -> f32 {
         let nb = d.len();
-        let bytes_per_block = if packed { QK / 2 } else { QK };
-        assert!(
-            m.len() == nb
-                && q.len() >= nb * bytes_per_block
-                && x.q.len() >= nb * QK
-                && x.s.len() >= nb
-                && x.sum.len() >= nb
-        );
+        super::check_row(q, packed, d, m, x);
         let mask = _mm_set1_epi8(0x0f);
         let (qp, xp) = (q.as_ptr(), x.q.as_ptr());
         // Two accumulators so consecutive blocks do not wait on each other's FMA.
@@ -380,11 +373,36 @@ mod avx2 {
             off += m[b].to_f32() * x.sum[b];
         }
         let acc = _mm256_add_ps(a0, a1);
-        let s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
-        _mm_cvtss_f32(s1) + off
+        super::hsum256(acc) + off
     }
+}
+
+/// Checks that one row's codes, scales and offsets and the activations hold the same
+/// number of blocks (the SIMD kernels read through raw pointers); returns the bytes of
+/// codes per block.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn check_row(q: &[u8], packed: bool, d: &[f16], m: &[f16], x: &QVec) -> usize {
+    let nb = d.len();
+    let bytes_per_block = if packed { QK / 2 } else { QK };
+    assert!(
+        m.len() == nb
+            && q.len() >= nb * bytes_per_block
+            && x.q.len() >= nb * QK
+            && x.s.len() >= nb
+            && x.sum.len() >= nb
+    );
+    bytes_per_block
+}
+
+/// Sum of the eight lanes of an AVX register.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
+#[inline(always)]
+unsafe fn hsum256(acc: std::arch::x86_64::__m256) -> f32 {
+    use std::arch::x86_64::*;
+    let s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
+    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
+    let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
+    _mm_cvtss_f32(s1)
 }
 
 /// Portable version of [`qrow_dot`] (CPUs without AVX-512 VNNI; also the reference the
@@ -473,14 +491,7 @@ mod vnni {
     #[inline(always)]
     pub unsafe fn row_dot(q: &[u8], packed: bool, d: &[f16], m: &[f16], x: &QVec) -> f32 {
         let nb = d.len();
-        let bytes_per_block = if packed { QK / 2 } else { QK };
-        assert!(
-            m.len() == nb
-                && q.len() >= nb * bytes_per_block
-                && x.q.len() >= nb * QK
-                && x.s.len() >= nb
-                && x.sum.len() >= nb
-        );
+        let bytes_per_block = super::check_row(q, packed, d, m, x);
         let mask = _mm_set1_epi8(0x0f);
         let (qp, xp) = (q.as_ptr(), x.q.as_ptr());
         let mut scale = [0f32; SEG];
@@ -534,10 +545,7 @@ mod vnni {
             s0 += n;
         }
         let acc = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
-        let s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
-        let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-        let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
-        _mm_cvtss_f32(s1) + _mm512_reduce_add_ps(off)
+        super::hsum256(acc) + _mm512_reduce_add_ps(off)
     }
 }
 

@@ -52,11 +52,6 @@ impl Member<'_> {
             f(i);
         }
     }
-
-    /// The part `[a, b)` of `0..n` this member owns in a static even split.
-    pub fn static_range(&self, n: usize) -> (usize, usize) {
-        (n * self.index / self.size, n * (self.index + 1) / self.size)
-    }
 }
 
 /// Runs `f` on `threads` threads (the caller is member 0) and returns when all are
@@ -272,25 +267,5 @@ mod tests {
             .ok()
         });
         assert!(r.is_err());
-    }
-
-    #[test]
-    fn static_ranges_cover_without_overlap() {
-        let b = SpinBarrier::new(1);
-        let counters: [AtomicUsize; 0] = [];
-        let mut end = 0;
-        for index in 0..3 {
-            let m = Member {
-                index,
-                size: 3,
-                barrier: &b,
-                counters: &counters,
-                next_counter: UnsafeCell::new(0),
-            };
-            let (a, z) = m.static_range(10);
-            assert_eq!(a, end);
-            end = z;
-        }
-        assert_eq!(end, 10);
     }
 }
