@@ -6,7 +6,7 @@ use anyhow::{bail, Result};
 use rayon::prelude::*;
 
 use super::config::Config;
-use super::kernels::{self, matmul_ab, matmul_abt, matmul_xwt, rms_norm, silu, QVec, Rope};
+use super::kernels::{self, matmul_ab, matmul_abt, rms_norm, silu, QVec, Rope};
 use super::kvcache::{combine, HeadCache, KvDtype, Partial, TILE};
 use super::team::{self, Member, Shared};
 use super::weights::{Linear, Weights};
@@ -99,9 +99,7 @@ impl Model {
             let t = c1 - c0;
             let mut x = vec![0.0f32; t * d];
             for (row, &id) in x.chunks_exact_mut(d).zip(&ids[c0..c1]) {
-                row.copy_from_slice(
-                    &self.weights.embed.f32[id as usize * d..(id as usize + 1) * d],
-                );
+                self.weights.embed.row_into(id as usize, row);
             }
             let mut hn = vec![0.0f32; t * d];
             let mut q = vec![0.0f32; t * d];
@@ -116,9 +114,9 @@ impl Model {
                 for (xr, hr) in x.chunks_exact(d).zip(hn.chunks_exact_mut(d)) {
                     rms_norm(xr, &lw.attn_norm, cfg.rms_eps, hr);
                 }
-                matmul_xwt(&hn, &lw.wq.f32, &mut q, t, d, d, true);
-                matmul_xwt(&hn, &lw.wk.f32, &mut kx, t, d, kvd, true);
-                matmul_xwt(&hn, &lw.wv.f32, &mut vx, t, d, kvd, true);
+                lw.wq.matmul(&hn, t, &mut q);
+                lw.wk.matmul(&hn, t, &mut kx);
+                lw.wv.matmul(&hn, t, &mut vx);
                 for r in 0..t {
                     let pos = c0 + r;
                     for h in 0..nh {
@@ -182,19 +180,19 @@ impl Model {
                             .copy_from_slice(&head_out[(h * t + r) * hd..(h * t + r + 1) * hd]);
                     }
                 }
-                matmul_xwt(&attn, &lw.wo.f32, &mut o, t, d, d, true);
+                lw.wo.matmul(&attn, t, &mut o);
                 for (xv, ov) in x.iter_mut().zip(&o) {
                     *xv += ov;
                 }
                 for (xr, hr) in x.chunks_exact(d).zip(hn.chunks_exact_mut(d)) {
                     rms_norm(xr, &lw.ffn_norm, cfg.rms_eps, hr);
                 }
-                matmul_xwt(&hn, &lw.gate.f32, &mut g, t, d, cfg.d_ff, true);
-                matmul_xwt(&hn, &lw.up.f32, &mut u, t, d, cfg.d_ff, true);
+                lw.gate.matmul(&hn, t, &mut g);
+                lw.up.matmul(&hn, t, &mut u);
                 for (gv, uv) in g.iter_mut().zip(&u) {
                     *gv = silu(*gv) * uv;
                 }
-                matmul_xwt(&g, &lw.down.f32, &mut o, t, cfg.d_ff, d, true);
+                lw.down.matmul(&g, t, &mut o);
                 for (xv, ov) in x.iter_mut().zip(&o) {
                     *xv += ov;
                 }
@@ -241,7 +239,7 @@ impl Model {
         rms_norm(hidden, &self.weights.out_norm, self.config.rms_eps, &mut hn);
         let head = self.weights.lm_head();
         let mut out = vec![0.0; head.rows];
-        kernels::matvec_f32(&head.f32, &hn, &mut out);
+        head.matvec(&hn, &mut out);
         out
     }
 
@@ -553,7 +551,8 @@ impl Step<'_, '_> {
         let tok = self.token as usize;
         // Private copies: the residual stream and everything derived from it element by
         // element is recomputed by every member (cheaper than another barrier).
-        let mut x = m.weights.embed.f32[tok * d..(tok + 1) * d].to_vec();
+        let mut x = vec![0f32; d];
+        m.weights.embed.row_into(tok, &mut x);
         let mut hn = vec![0f32; d];
         let mut q = vec![0f32; nh * hd];
         let mut attn = vec![0f32; d];
@@ -763,10 +762,7 @@ fn shared_linear(
         let (wi, r0, r1, off) = units[u];
         // SAFETY: every unit is a distinct row range of `out`.
         let dst = unsafe { out.part(off + r0, off + r1) };
-        match (&ws[wi].q, quant) {
-            (Some(qm), true) => kernels::matvec_q_rows(qm, qx, r0, dst),
-            _ => kernels::matvec_f32_rows(&ws[wi].f32, x, r0, dst),
-        }
+        ws[wi].matvec_rows(x, qx, quant, r0, dst);
     });
 }
 
@@ -807,8 +803,8 @@ fn shadow_error(
     // error compares two nearby outputs).
     let mut o_full = vec![0.0f32; wo.rows];
     let mut o_kept = vec![0.0f32; wo.rows];
-    kernels::matvec_f32_rows(&wo.f32, attn_full, 0, &mut o_full);
-    kernels::matvec_f32_rows(&wo.f32, &attn_kept, 0, &mut o_kept);
+    wo.matvec_rows(attn_full, &QVec::default(), false, 0, &mut o_full);
+    wo.matvec_rows(&attn_kept, &QVec::default(), false, 0, &mut o_kept);
     let diff = o_full
         .iter()
         .zip(&o_kept)

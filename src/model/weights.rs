@@ -8,7 +8,7 @@ use candle_core::Device;
 use half::f16;
 
 use super::config::Config;
-use super::kernels::{QMat, QK};
+use super::kernels::{self, QMat, QVec, QK};
 
 /// A linear layer `y = W x`, `W` is `[rows = out][cols = in]`.
 #[derive(Debug, Clone)]
@@ -29,6 +29,34 @@ impl Linear {
             f32: w,
             q,
         }
+    }
+
+    // The forward pass multiplies only through these methods, so how a matrix is
+    // stored (f32 copy, 8-bit blocks, the file's own quantised blocks) stays private to
+    // this module and the kernels.
+
+    /// Row `r` as f32 (an embedding lookup).
+    pub fn row_into(&self, r: usize, out: &mut [f32]) {
+        out.copy_from_slice(&self.f32[r * self.cols..(r + 1) * self.cols]);
+    }
+
+    /// Prefill: `out[t][rows] = x[t][cols] . W^T`, parallel.
+    pub fn matmul(&self, x: &[f32], t: usize, out: &mut [f32]) {
+        kernels::matmul_xwt(x, &self.f32, out, t, self.cols, self.rows, true);
+    }
+
+    /// Decode: rows `r0..r0 + out.len()` of `W x` on the calling thread; `qx` is `x`
+    /// quantised to 8 bits, used when `quant` and the matrix has 8-bit blocks.
+    pub fn matvec_rows(&self, x: &[f32], qx: &QVec, quant: bool, r0: usize, out: &mut [f32]) {
+        match (&self.q, quant) {
+            (Some(qm), true) => kernels::matvec_q_rows(qm, qx, r0, out),
+            _ => kernels::matvec_f32_rows(&self.f32, x, r0, out),
+        }
+    }
+
+    /// `W x` in f32, parallel over rows.
+    pub fn matvec(&self, x: &[f32], out: &mut [f32]) {
+        kernels::matvec_f32(&self.f32, x, out);
     }
 }
 
