@@ -405,15 +405,23 @@ unsafe fn hsum256(acc: std::arch::x86_64::__m256) -> f32 {
     _mm_cvtss_f32(s1)
 }
 
-/// Portable version of [`qrow_dot`] (CPUs without AVX-512 VNNI; also the reference the
-/// SIMD kernel is tested against).
+/// Portable version of [`qrow_dot`] (CPUs without AVX2 or AVX-512 VNNI; also the
+/// reference the SIMD kernels are tested against, so only tests use it where a SIMD
+/// kernel is compiled in).
 #[cfg_attr(
-    all(
-        target_arch = "x86_64",
-        target_feature = "avx512f",
-        target_feature = "avx512bw",
-        target_feature = "avx512vnni",
-        target_feature = "avx512vl"
+    any(
+        all(
+            target_arch = "x86_64",
+            target_feature = "avx512f",
+            target_feature = "avx512bw",
+            target_feature = "avx512vnni",
+            target_feature = "avx512vl"
+        ),
+        all(
+            target_arch = "x86_64",
+            target_feature = "avx2",
+            target_feature = "fma"
+        )
     ),
     allow(dead_code)
 )]
