@@ -19,7 +19,7 @@ pub mod sweep;
 use anyhow::{bail, Result};
 
 use crate::eviction::Settings;
-use crate::model::Loaded;
+use crate::model::{Loaded, PromptOptions};
 use crate::profile::Profile;
 use crate::session::Session;
 use grid::Combo;
@@ -33,7 +33,8 @@ pub struct Ctx<'a> {
     /// Every knob but method, budget and window (those come from each [`Combo`]).
     pub base: Settings,
     pub max_new: usize,
-    pub raw: bool,
+    /// How each item's text becomes the prompt (template, --raw).
+    pub prompt: PromptOptions,
 }
 
 /// One item to evaluate: its name, the user's text (before the template), the expected
@@ -59,8 +60,8 @@ pub fn run_item(
 ) -> Result<Vec<Record>> {
     let loaded = ctx.loaded;
     let cfg = &loaded.model.config;
-    let prompt = loaded.tok.apply_template(&item.text, ctx.raw);
-    let n = loaded.tok.encode(&prompt)?.len();
+    let prompt = loaded.tok.prompt(&item.text, &ctx.prompt)?;
+    let n = prompt.ids.len();
     if n + ctx.max_new > cfg.context_length {
         bail!(
             "{}: the prompt has {n} tokens; with --max-new {} that exceeds the model's context of {} tokens",
@@ -70,7 +71,7 @@ pub fn run_item(
         );
     }
     bar.status(&format!("{} ({n} tokens): prefill + full cache", item.name));
-    let mut session = Session::new(
+    let mut session = Session::from_prompt(
         loaded,
         prompt,
         ctx.max_new,

@@ -6,6 +6,7 @@ pub mod forward;
 pub mod kernels;
 pub mod kvcache;
 pub mod team;
+pub mod template;
 pub mod tokenizer;
 pub mod weights;
 
@@ -15,7 +16,8 @@ use std::path::Path;
 
 pub use config::Config;
 pub use forward::{DecodeState, Model, Precision, StepAttention};
-pub use tokenizer::Tok;
+pub use template::TemplateChoice;
+pub use tokenizer::{Prompt, PromptInfo, PromptOptions, Tok};
 
 /// A model with its tokenizer, loaded from one GGUF file.
 pub struct Loaded {

@@ -11,22 +11,15 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 use super::{Fingerprint, Profile};
-use crate::model::fetch::{self, DEFAULT_MODEL};
+use crate::model::fetch;
 use crate::model::Config;
 
-/// sha256 of a model file. The cached default model is not hashed again: kvscope
-/// verified its size and sha256 when it stored it, and a file of the right size at that
-/// path is that file (hashing 98 MB on every run would cost more than the run's select).
+/// sha256 of a model file. A cached known model is not hashed again: kvscope verified
+/// its size and sha256 when it stored it, and a file of the right size at that path is
+/// that file (hashing 100-250 MB on every run would cost more than the run's select).
 pub fn model_sha256(path: &Path) -> Result<String> {
-    if let Ok(default) = fetch::default_model_path() {
-        let same = match (path.canonicalize(), default.canonicalize()) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => false,
-        };
-        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        if same && size == DEFAULT_MODEL.size {
-            return Ok(DEFAULT_MODEL.sha256.to_string());
-        }
+    if let Some(m) = fetch::cached_known_model(path) {
+        return Ok(m.sha256.to_string());
     }
     fetch::sha256_file(path)
 }
