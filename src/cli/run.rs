@@ -70,9 +70,6 @@ pub fn run(a: &RunArgs) -> Result<()> {
             last_pct = pct;
         }
     };
-    if !quiet {
-        eprintln!("kvscope: {}", prompt.info.summary());
-    }
     let mut session = Session::from_prompt(&loaded, prompt, a.max_new, profile, &mut progress)?;
     session.timing.load = (load_ms * 1000.0).round() / 1000.0;
     if settings.method != Method::Full || a.json {
@@ -113,7 +110,10 @@ fn print_human(loaded: &crate::model::Loaded, s: &Session) {
         "model: {} ({} layers, {} heads / {} KV heads, head_dim {})",
         cfg.name, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     );
-    println!("prompt: {} tokens", s.trace.len);
+    match &s.prompt_info {
+        Some(i) => println!("prompt: {} tokens, {}", s.trace.len, i.summary()),
+        None => println!("prompt: {} tokens", s.trace.len),
+    }
     println!(
         "\n--- full cache ({} tokens generated) ---\n{}",
         s.full.ids.len(),

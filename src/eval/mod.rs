@@ -37,6 +37,44 @@ pub struct Ctx<'a> {
     pub prompt: PromptOptions,
 }
 
+impl Ctx<'_> {
+    /// Everything a unit's result depends on besides its key (item, method, budget,
+    /// window): stored with the results so `--resume` never mixes settings.
+    pub fn run_settings(&self) -> serde_json::Value {
+        use sha2::{Digest, Sha256};
+        let b = &self.base;
+        let cfg = &self.loaded.model.config;
+        let profile = self.profile.as_ref().map(|p| {
+            let json = serde_json::to_vec(p).unwrap_or_default();
+            Sha256::digest(&json)
+                .iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<String>()
+        });
+        let mut settings = serde_json::json!({
+            "max_new": self.max_new,
+            "raw": self.prompt.raw,
+            "kernel": b.kernel,
+            "pooling": b.pooling.name(),
+            "first_k": b.first_k,
+            "adakv_floor": b.adakv_floor,
+            "pyramid_beta": b.pyramid_beta,
+            "allocator": b.allocator.map(|a| a.name()),
+            "layer_budgets": b.layer_budgets,
+            "model": {"name": cfg.name, "file_bytes": self.loaded.file_bytes},
+            "profile_sha256": profile,
+        });
+        // Recorded only when not the default, so runs from before these flags resume.
+        if let Some(t) = self.prompt.template {
+            settings["template"] = t.name().into();
+        }
+        if self.prompt.allow_control_tokens {
+            settings["allow_control_tokens"] = true.into();
+        }
+        settings
+    }
+}
+
 /// One item to evaluate: its name, the user's text (before the template), the expected
 /// answer and what the exact score requires.
 pub struct Item {

@@ -101,6 +101,17 @@ pub enum TemplateChoice {
     Builtin(Builtin),
 }
 
+impl TemplateChoice {
+    /// The name `--template` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            TemplateChoice::Auto => "auto",
+            TemplateChoice::File => "file",
+            TemplateChoice::Builtin(b) => b.name(),
+        }
+    }
+}
+
 impl std::str::FromStr for TemplateChoice {
     type Err = anyhow::Error;
 
