@@ -58,7 +58,10 @@ fn tok() -> &'static Tok {
             !content.metadata.contains_key("tokenizer.chat_template"),
             "the reference says the file has no chat template"
         );
-        Tok::from_gguf(&content).unwrap_or_else(|e| panic!("tokenizer: {e:#}"))
+        let t = std::time::Instant::now();
+        let tok = Tok::from_gguf(&content).unwrap_or_else(|e| panic!("tokenizer: {e:#}"));
+        eprintln!("tokenizer built in {:.2} s", t.elapsed().as_secs_f64());
+        tok
     })
 }
 
