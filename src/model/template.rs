@@ -40,13 +40,14 @@ impl Builtin {
     }
 
     /// Tokens the format is written with: a model whose vocabulary lacks them was not
-    /// trained on it.
+    /// trained on it (none for Mistral's format, which older models write as text).
     pub fn markers(self) -> &'static [&'static str] {
         match self {
             Builtin::ChatMl => &["<|im_start|>", "<|im_end|>"],
             Builtin::Llama3 => &["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
             Builtin::Gemma => &["<start_of_turn>", "<end_of_turn>"],
-            Builtin::Mistral => &["[INST]", "[/INST]"],
+            // Llama 2 and Mistral v0.1 write [INST] as text; v0.3 has it as a token.
+            Builtin::Mistral => &[],
         }
     }
 
