@@ -14,5 +14,6 @@ pub mod profile;
 pub mod report;
 pub mod session;
 pub mod testing;
+pub mod testing_formats;
 pub mod trace;
 pub mod tui;

@@ -5,6 +5,7 @@ pub mod fetch;
 pub mod forward;
 pub mod kernels;
 pub mod kvcache;
+pub mod quant;
 pub mod team;
 pub mod tokenizer;
 pub mod weights;
