@@ -16,5 +16,6 @@ pub mod report;
 pub mod session;
 pub mod signals;
 pub mod testing;
+pub mod testing_formats;
 pub mod trace;
 pub mod tui;

@@ -6,6 +6,7 @@ pub mod models;
 pub mod profile;
 pub mod progress;
 pub mod run;
+pub mod synth;
 pub mod tui;
 
 use anyhow::{bail, Context, Result};
@@ -45,6 +46,9 @@ pub enum Command {
     Eval(eval::EvalCommand),
     /// Offline profiles: measure SRHs and layer errors, show or check a profile.
     Profile(profile::ProfileArgs),
+    /// Write a GGUF with random weights of a real model's shape (for measurements).
+    #[command(hide = true)]
+    Synth(synth::SynthArgs),
 }
 
 /// Flags shared by every command that loads a model.
@@ -255,6 +259,7 @@ pub fn main() -> i32 {
         Some(Command::Tui(a)) => tui::run(&a),
         Some(Command::Eval(c)) => eval::run(&c),
         Some(Command::Profile(a)) => profile::run(&a),
+        Some(Command::Synth(a)) => synth::run(&a),
         None => tui::run(&cli.tui),
     };
     match result {
