@@ -6,6 +6,7 @@
 //! [`eviction`] -> [`keepset::KeepSet`] -> `model` decode -> generation.
 
 pub mod cli;
+pub mod divergence;
 pub mod eval;
 pub mod eviction;
 pub mod input;
