@@ -55,6 +55,9 @@ pub struct SettingsPart {
     pub layer_budgets: Vec<usize>,
     pub profile: Option<String>,
     pub max_new: usize,
+    /// Positions pinned to be kept / evicted (METHOD.md, "Pins").
+    pub pin_keep: Vec<usize>,
+    pub pin_evict: Vec<usize>,
 }
 
 #[derive(Serialize)]
@@ -100,6 +103,8 @@ impl Report {
                     layer_budgets: c.selection.layer_budgets.clone(),
                     profile: profile_path,
                     max_new: session.max_new,
+                    pin_keep: c.settings.pin_keep.clone(),
+                    pin_evict: c.settings.pin_evict.clone(),
                 },
                 Some(CompressedPart {
                     ids: c.generation.ids.clone(),

@@ -72,7 +72,8 @@ pub fn run(a: &RunArgs) -> Result<()> {
     };
     let mut session = Session::from_prompt(&loaded, prompt, a.max_new, profile, &mut progress)?;
     session.timing.load = (load_ms * 1000.0).round() / 1000.0;
-    if settings.method != Method::Full || a.json {
+    let pinned = !settings.pin_keep.is_empty() || !settings.pin_evict.is_empty();
+    if settings.method != Method::Full || pinned || a.json {
         session.apply(&loaded.model, &loaded.tok, settings.clone())?;
     }
     if a.json {
@@ -101,6 +102,8 @@ fn default_settings_part(s: &crate::eviction::Settings, max_new: usize) -> Setti
         layer_budgets: Vec::new(),
         profile: None,
         max_new,
+        pin_keep: s.pin_keep.clone(),
+        pin_evict: s.pin_evict.clone(),
     }
 }
 

@@ -10,6 +10,7 @@ pub mod budget;
 pub mod compresskv;
 pub mod full;
 pub mod h2o;
+pub mod pins;
 pub mod pyramidkv;
 pub mod scores;
 mod settings;
@@ -242,11 +243,20 @@ pub fn select_with(
         p.validate(dims, None)?;
     }
     let len = trace.len;
+    pins::validate(&settings.pin_keep, &settings.pin_evict, len)?;
     if settings.method == Method::Full {
+        let scores = vec![Vec::new(); dims.n_layers];
+        let (keep, layer_budgets) = pin(
+            full::select(trace),
+            vec![len; dims.n_layers],
+            &scores,
+            settings,
+            len,
+        );
         return Ok(Selection {
-            keep: full::select(trace),
-            layer_budgets: vec![len; dims.n_layers],
-            scores: vec![Vec::new(); dims.n_layers],
+            keep,
+            layer_budgets,
+            scores,
         });
     }
     let srh = match (settings.method, profile) {
@@ -283,13 +293,61 @@ pub fn select_with(
         })
         .collect();
 
-    let (positions, scores) = choices.into_iter().map(|c| (c.keep, c.scores)).unzip();
+    let (positions, scores): (Vec<_>, Vec<_>) =
+        choices.into_iter().map(|c| (c.keep, c.scores)).unzip();
     let keep = KeepSet { positions };
+    let (keep, layer_budgets) = pin(keep, layer_budgets, &scores, settings, len);
     Ok(Selection {
         keep,
         layer_budgets,
         scores,
     })
+}
+
+/// Applies the settings' pins to every layer's choice (a no-op without pins). A layer
+/// whose pins outnumber its choices keeps more than its budget; its entry in the
+/// returned budgets is then the tokens it keeps per KV head (rounded up), so the report
+/// shows the growth.
+fn pin(
+    keep: KeepSet,
+    mut budgets: Vec<usize>,
+    scores: &[Vec<Vec<f32>>],
+    settings: &Settings,
+    len: usize,
+) -> (KeepSet, Vec<usize>) {
+    if settings.pin_keep.is_empty() && settings.pin_evict.is_empty() {
+        return (keep, budgets);
+    }
+    let positions: Vec<Vec<Vec<usize>>> = keep
+        .positions
+        .into_iter()
+        .zip(scores)
+        .map(|(heads, sc)| {
+            let choice = LayerChoice {
+                keep: heads,
+                scores: sc.clone(),
+            };
+            pins::apply(
+                choice,
+                len,
+                settings.window,
+                &settings.pin_keep,
+                &settings.pin_evict,
+            )
+            .keep
+        })
+        .collect();
+    for (b, heads) in budgets.iter_mut().zip(&positions) {
+        let per_head = heads
+            .iter()
+            .map(Vec::len)
+            .sum::<usize>()
+            .div_ceil(heads.len().max(1));
+        if *b < len && per_head > *b {
+            *b = per_head;
+        }
+    }
+    (KeepSet { positions }, budgets)
 }
 
 /// The trace must agree with its own dims, or indexing it would panic.
@@ -552,6 +610,7 @@ mod tests {
                             Some(Allocator::ErrorAware),
                         ][alloc],
                         layer_budgets: None,
+                        ..Settings::default()
                     };
                     (trace, settings, profile)
                 },
