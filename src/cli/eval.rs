@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 
-use super::{KnobArgs, ModelArgs};
+use super::{KnobArgs, ModelArgs, PromptArgs};
 use crate::eval::{grid, niah, prompts, sweep, Ctx};
 use crate::eviction::{Method, Settings};
 use crate::profile::discover;
@@ -39,9 +39,8 @@ pub struct CommonArgs {
     /// shipped or cached); with none, compresskv is skipped with a notice.
     #[arg(long, value_name = "PATH")]
     pub profile: Option<PathBuf>,
-    /// Send prompts as they are, without the chat template.
-    #[arg(long)]
-    pub raw: bool,
+    #[command(flatten)]
+    pub prompt_opts: PromptArgs,
     /// Continue the run whose results.jsonl is in --out: finished units are skipped.
     #[arg(long, conflicts_with = "fresh")]
     pub resume: bool,
@@ -162,7 +161,7 @@ fn run_with(
         profile,
         base,
         max_new,
-        raw: c.raw,
+        prompt: c.prompt_opts.options()?,
     };
     f(&ctx, grid::combos(&methods, &budgets, &windows))
 }

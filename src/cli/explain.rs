@@ -55,8 +55,8 @@ pub fn run(a: &ExplainArgs) -> Result<()> {
             Some((path, p)) => (Some(path.display().to_string()), Some(p)),
             None => (None, None),
         };
-    let prompt = loaded.tok.apply_template(&text, r.raw);
-    let n_prompt = loaded.tok.encode(&prompt)?.len();
+    let prompt = loaded.tok.prompt(&text, &r.prompt_opts.options()?)?;
+    let n_prompt = prompt.ids.len();
     if n_prompt + r.max_new > cfg.context_length {
         bail!(
             "the prompt has {n_prompt} tokens; with --max-new {} that exceeds the model's context of {} tokens",
@@ -67,7 +67,7 @@ pub fn run(a: &ExplainArgs) -> Result<()> {
     if r.max_new < 2 {
         bail!("explain needs at least 2 generated tokens to compare (--max-new 2 or more)");
     }
-    let mut session = Session::new(&loaded, prompt, r.max_new, profile, &mut |_, _| {})?;
+    let mut session = Session::from_prompt(&loaded, prompt, r.max_new, profile, &mut |_, _| {})?;
     session.timing.load = (load_ms * 1000.0).round() / 1000.0;
     session.apply(&loaded.model, &loaded.tok, settings)?;
     let ex = explain(&loaded, &session, profile_path, a.step, a.top, a.rescue)?;
