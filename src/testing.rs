@@ -185,6 +185,10 @@ impl Default for GgufSpec {
 /// Merges of the tiny tokenizer (their results are in the vocabulary).
 pub const TINY_MERGES: [&str; 4] = ["Ġ t", "h e", "Ġt he", "i n"];
 
+/// The tiny GGUF's chat template: ChatML, as in SmolLM2's file (without its default
+/// system prompt).
+pub const TINY_CHAT_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
 /// Vocabulary of the tiny GGUF: the 256 byte-level characters (id = byte), the merge
 /// results, then `<|im_start|>` and `<|im_end|>` (control tokens).
 pub fn tiny_vocab() -> Vec<String> {
@@ -237,6 +241,10 @@ pub fn tiny_tokenizer_metadata() -> Vec<(String, Value)> {
         ),
         ("tokenizer.ggml.bos_token_id".into(), u(vocab.len() - 2)),
         ("tokenizer.ggml.eos_token_id".into(), u(vocab.len() - 1)),
+        (
+            "tokenizer.chat_template".into(),
+            Value::String(TINY_CHAT_TEMPLATE.into()),
+        ),
     ]
 }
 
