@@ -37,6 +37,10 @@ impl ModelPart {
 pub struct PromptPart {
     pub tokens: usize,
     pub ids: Vec<u32>,
+    /// Chat template used (`raw`, `none`, `chatml`, `file`, ...), why, and control
+    /// tokens found in the user's text.
+    #[serde(flatten)]
+    pub info: Option<crate::model::PromptInfo>,
 }
 
 #[derive(Serialize)]
@@ -118,6 +122,7 @@ impl Report {
             prompt: PromptPart {
                 tokens: session.trace.len,
                 ids: session.trace.ids.clone(),
+                info: session.prompt_info.clone(),
             },
             settings,
             full: session.full.clone(),

@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 
-use super::{KnobArgs, ModelArgs};
+use super::{KnobArgs, ModelArgs, PromptArgs};
 use crate::eval::{grid, niah, prompts, sweep, Ctx};
 use crate::eviction::{Method, Settings};
 use crate::profile::discover;
@@ -39,9 +39,8 @@ pub struct CommonArgs {
     /// shipped or cached); with none, compresskv is skipped with a notice.
     #[arg(long, value_name = "PATH")]
     pub profile: Option<PathBuf>,
-    /// Send prompts as they are, without the chat template.
-    #[arg(long)]
-    pub raw: bool,
+    #[command(flatten)]
+    pub prompt_opts: PromptArgs,
     /// Continue the run whose results.jsonl is in --out: finished units are skipped.
     #[arg(long, conflicts_with = "fresh")]
     pub resume: bool,
@@ -64,7 +63,7 @@ pub struct NiahArgs {
     #[arg(long, default_value = "0,25,50,75,100")]
     pub depths: String,
     /// Budgets: tokens per layer (64) or percent of the prompt (3%), comma-separated.
-    #[arg(long, default_value = "32,64,128")]
+    #[arg(long, default_value = "32,64,128", allow_hyphen_values = true)]
     pub budgets: String,
     /// Tokens to generate per run. The default model restates the question before the
     /// number and every digit is a token, so 16 cuts answers short.
@@ -83,7 +82,7 @@ pub struct SweepArgs {
     #[arg(default_value = "sample-prompts")]
     pub prompts: Vec<PathBuf>,
     /// Budgets: tokens per layer (64) or percent of the prompt (3%), comma-separated.
-    #[arg(long, default_value = "1%,3%,10%")]
+    #[arg(long, default_value = "1%,3%,10%", allow_hyphen_values = true)]
     pub budgets: String,
     /// Tokens to generate per run.
     #[arg(long = "max-new", default_value_t = 24)]
@@ -162,7 +161,7 @@ fn run_with(
         profile,
         base,
         max_new,
-        raw: c.raw,
+        prompt: c.prompt_opts.options()?,
     };
     f(&ctx, grid::combos(&methods, &budgets, &windows))
 }

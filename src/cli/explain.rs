@@ -55,8 +55,8 @@ pub fn run(a: &ExplainArgs) -> Result<()> {
             Some((path, p)) => (Some(path.display().to_string()), Some(p)),
             None => (None, None),
         };
-    let prompt = loaded.tok.apply_template(&text, r.raw);
-    let n_prompt = loaded.tok.encode(&prompt)?.len();
+    let prompt = loaded.tok.prompt(&text, &r.prompt_opts.options()?)?;
+    let n_prompt = prompt.ids.len();
     if n_prompt + r.max_new > cfg.context_length {
         bail!(
             "the prompt has {n_prompt} tokens; with --max-new {} that exceeds the model's context of {} tokens",
@@ -67,7 +67,7 @@ pub fn run(a: &ExplainArgs) -> Result<()> {
     if r.max_new < 2 {
         bail!("explain needs at least 2 generated tokens to compare (--max-new 2 or more)");
     }
-    let mut session = Session::new(&loaded, prompt, r.max_new, profile, &mut |_, _| {})?;
+    let mut session = Session::from_prompt(&loaded, prompt, r.max_new, profile, &mut |_, _| {})?;
     session.timing.load = (load_ms * 1000.0).round() / 1000.0;
     session.apply(&loaded.model, &loaded.tok, settings)?;
     let ex = explain(&loaded, &session, profile_path, a.step, a.top, a.rescue)?;
@@ -134,6 +134,7 @@ pub fn explain(
         window,
     );
     let overlap = divergence::oracle::overlap(keep, &oracle, trace.len, window);
+    let oracle_ids = model.generate(trace, &oracle, session.max_new, &tok.stop_ids, None)?;
     let t3 = Instant::now();
     let rescue = match (rescue, chosen) {
         (Some(k), Some(_)) => {
@@ -178,6 +179,8 @@ pub fn explain(
             rescue,
             oracle_gap: dr::OracleGap {
                 kept_overlap_with_oracle: overlap,
+                oracle_agreement: session::agreement(ids, &oracle_ids),
+                oracle_text: tok.decode(&oracle_ids),
             },
         },
         ms: [ms(t0, t1), ms(t1, t2), ms(t3, t4), ms(t2, t3)],
@@ -278,12 +281,17 @@ fn print_human(loaded: &Loaded, s: &Session, ex: &Explained) {
             rs.compressed.text
         );
     }
+    let og = &r.oracle_gap;
     println!(
-        "\noracle: {:.1}% of the oracle's choices at these budgets are kept",
-        r.oracle_gap.kept_overlap_with_oracle * 100.0
+        "\noracle: {:.1}% of the oracle's choices at these budgets are kept; the oracle itself {}",
+        og.kept_overlap_with_oracle * 100.0,
+        match og.oracle_agreement.first_divergence {
+            None => "matches the full cache".to_string(),
+            Some(i) => format!("diverges at token {i}"),
+        }
     );
     println!(
-        "timing: full replay with capture {:.0} ms, compressed replay {:.0} ms, analysis {:.0} ms, rescue {:.0} ms",
+        "timing: full replay with capture {:.0} ms, compressed replay {:.0} ms, analysis + oracle decode {:.0} ms, rescue {:.0} ms",
         ex.ms[0], ex.ms[1], ex.ms[3], ex.ms[2]
     );
 }

@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
 use crate::eviction::{pins, Allocator, Method, Pooling, Settings};
-use crate::model::{self, fetch, Loaded};
+use crate::model::{self, fetch, Loaded, PromptOptions, TemplateChoice};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -58,13 +58,46 @@ pub enum Command {
 /// Flags shared by every command that loads a model.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// A local GGUF model (architecture llama, GPT-2 style BPE tokenizer). Default: the
-    /// cached SmolLM2-135M-Instruct Q4_1, fetched on first use.
-    #[arg(long, value_name = "PATH")]
+    /// A known model's name (smollm2-135m, gemma3-270m: fetched on first use) or a
+    /// local GGUF file. Default: smollm2-135m (SmolLM2-135M-Instruct Q4_1).
+    #[arg(long, value_name = "NAME|PATH")]
     pub model: Option<PathBuf>,
     /// Worker threads for the forward pass (default: all cores).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_count)]
     pub threads: Option<usize>,
+}
+
+/// How the prompt file's text becomes the prompt (`run`, the inspector, the evaluations).
+#[derive(Args, Debug, Clone, Default)]
+pub struct PromptArgs {
+    /// Send the text as is: no chat template, and control-token strings in it (such as
+    /// <|im_end|>) are control tokens. BOS is still added where the model file asks.
+    #[arg(long)]
+    pub raw: bool,
+    /// Chat template: auto (the model file's, in its built-in form when of a known family;
+    /// none when the file has none), file (the file's own, as written), chatml, llama3,
+    /// gemma, mistral.
+    #[arg(long, value_name = "NAME", conflicts_with = "raw")]
+    pub template: Option<String>,
+    /// Read control-token strings in the prompt text (e.g. <|im_end|>) as control tokens
+    /// inside the chat template; by default they are text.
+    #[arg(long = "allow-control-tokens")]
+    pub allow_control_tokens: bool,
+}
+
+impl PromptArgs {
+    pub fn options(&self) -> Result<PromptOptions> {
+        Ok(PromptOptions {
+            raw: self.raw,
+            template: self
+                .template
+                .as_deref()
+                .map(str::parse::<TemplateChoice>)
+                .transpose()
+                .context("--template")?,
+            allow_control_tokens: self.allow_control_tokens,
+        })
+    }
 }
 
 /// Scoring knobs that `run`, the inspector and the evaluations share (METHOD.md
@@ -141,7 +174,7 @@ pub struct EvictionArgs {
     pub method: String,
     /// Prompt tokens kept per layer and KV head (at or above the prompt length: keep
     /// everything).
-    #[arg(long, default_value_t = 128, allow_negative_numbers = true, value_parser = parse_count)]
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true, value_parser = parse_budget)]
     pub budget: usize,
     /// Observation window (1..=64), always kept.
     #[arg(long, default_value_t = 8, allow_negative_numbers = true, value_parser = parse_count)]
@@ -179,7 +212,7 @@ impl EvictionArgs {
     }
 }
 
-/// A count of tokens on the command line. A negative number is named as such (clap
+/// A count (tokens, threads) on the command line. A negative number is named as such (clap
 /// would read `-1` as a flag and suggest `-- -1`, which fails too), and a number too
 /// large for this machine says what to use instead.
 pub fn parse_count(s: &str) -> std::result::Result<usize, String> {
@@ -189,18 +222,25 @@ pub fn parse_count(s: &str) -> std::result::Result<usize, String> {
     }
     if let Some(digits) = t.strip_prefix('-') {
         if !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()) {
-            return Err(format!(
-                "expected a whole number of tokens, 0 or more; got {t}"
-            ));
+            return Err(format!("expected a whole number, 0 or more; got {t}"));
         }
     }
     if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
-        return Err(format!(
-            "{t} is larger than {}; a budget at or above the prompt length already keeps everything",
-            usize::MAX
-        ));
+        return Err(format!("{t} is larger than {}", usize::MAX));
     }
-    Err(format!("expected a whole number of tokens; got '{t}'"))
+    Err(format!("expected a whole number; got '{t}'"))
+}
+
+/// [`parse_count`] for `--budget`: a number too large says that a smaller one already
+/// keeps everything.
+pub fn parse_budget(s: &str) -> std::result::Result<usize, String> {
+    parse_count(s).map_err(|e| {
+        if e.contains("is larger than") {
+            format!("{e}; a budget at or above the prompt length already keeps everything")
+        } else {
+            e
+        }
+    })
 }
 
 pub fn parse_budget_list(s: &str) -> Result<Vec<usize>> {
@@ -244,12 +284,10 @@ pub fn capped_threads(asked: usize, cores: usize) -> usize {
     asked.min(cores.max(1))
 }
 
-/// `--model`, or the cached default model (fetching it if needed).
+/// `--model` (a path or a known model's name), or the cached default model (fetching
+/// a known model if needed).
 pub fn resolve_model_path(path: Option<&Path>) -> Result<PathBuf> {
-    match path {
-        Some(p) => Ok(p.to_path_buf()),
-        None => fetch::ensure_default_model(&mut |m| eprintln!("kvscope: {m}")),
-    }
+    fetch::resolve(path, &mut |m| eprintln!("kvscope: {m}"))
 }
 
 /// Resolves `--model` or the cached default model (fetching it if needed) and loads it.
@@ -265,10 +303,43 @@ pub fn read_prompt(path: &Path) -> Result<String> {
     Ok(text)
 }
 
+/// A command line clap refused: `--help` and `--version` print as usual; a mistake
+/// becomes one line `kvscope: error: ...` (clap's own first line, which names the flag
+/// and the value) with the pointer to `--help`, like every other kvscope error.
+fn usage_error(e: clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return e.exit_code();
+    }
+    let text = e.render().to_string();
+    let first = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid command line");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let hint = text
+        .lines()
+        .map(str::trim)
+        // clap's "use '-- -1'" does not work for a flag's value; leave it out.
+        .find(|l| l.starts_with("tip:") && !l.contains("'-- "))
+        .map_or(String::new(), |t| format!(" ({t})"));
+    eprintln!("kvscope: error: {first}{hint}; see --help");
+    e.exit_code()
+}
+
 /// Entry point of the binary; returns the process exit code.
 pub fn main() -> i32 {
     crate::signals::default_sigpipe();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let result = match cli.command {
         Some(Command::Run(a)) => run::run(&a),
         Some(Command::Explain(a)) => explain::run(&a),

@@ -5,7 +5,7 @@ use clap::Args;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use super::{EvictionArgs, ModelArgs};
+use super::{EvictionArgs, ModelArgs, PromptArgs};
 use crate::eviction::{Allocator, Method};
 use crate::profile::discover;
 use crate::report::{Report, SettingsPart};
@@ -20,11 +20,10 @@ pub struct RunArgs {
     #[command(flatten)]
     pub eviction: EvictionArgs,
     /// Tokens to generate (greedy).
-    #[arg(long = "max-new", default_value_t = 32)]
+    #[arg(long = "max-new", default_value_t = 32, allow_negative_numbers = true, value_parser = super::parse_count)]
     pub max_new: usize,
-    /// Send the prompt as is, without the chat template.
-    #[arg(long)]
-    pub raw: bool,
+    #[command(flatten)]
+    pub prompt_opts: PromptArgs,
     /// Print the JSON report instead of text.
     #[arg(long)]
     pub json: bool,
@@ -33,6 +32,7 @@ pub struct RunArgs {
 pub fn run(a: &RunArgs) -> Result<()> {
     super::init_threads(a.model.threads)?;
     let settings = a.eviction.settings()?;
+    let prompt_opts = a.prompt_opts.options()?;
     let text = super::read_prompt(&a.prompt)?;
     let t = Instant::now();
     let model_path = super::resolve_model_path(a.model.model.as_deref())?;
@@ -52,9 +52,9 @@ pub fn run(a: &RunArgs) -> Result<()> {
     if let (Some(path), false) = (&profile_path, a.json) {
         eprintln!("kvscope: profile {path}");
     }
-    let prompt = loaded.tok.apply_template(&text, a.raw);
-    let n_prompt = loaded.tok.encode(&prompt)?.len();
-    if n_prompt + a.max_new > cfg.context_length {
+    let prompt = loaded.tok.prompt(&text, &prompt_opts)?;
+    let n_prompt = prompt.ids.len();
+    if n_prompt.saturating_add(a.max_new) > cfg.context_length {
         bail!(
             "the prompt has {n_prompt} tokens; with --max-new {} that exceeds the model's context of {} tokens",
             a.max_new,
@@ -70,7 +70,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
             last_pct = pct;
         }
     };
-    let mut session = Session::new(&loaded, prompt, a.max_new, profile, &mut progress)?;
+    let mut session = Session::from_prompt(&loaded, prompt, a.max_new, profile, &mut progress)?;
     session.timing.load = (load_ms * 1000.0).round() / 1000.0;
     let pinned = !settings.pin_keep.is_empty() || !settings.pin_evict.is_empty();
     if settings.method != Method::Full || pinned || a.json {
@@ -113,7 +113,10 @@ fn print_human(loaded: &crate::model::Loaded, s: &Session) {
         "model: {} ({} layers, {} heads / {} KV heads, head_dim {})",
         cfg.name, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     );
-    println!("prompt: {} tokens", s.trace.len);
+    match &s.prompt_info {
+        Some(i) => println!("prompt: {} tokens, {}", s.trace.len, i.summary()),
+        None => println!("prompt: {} tokens", s.trace.len),
+    }
     println!(
         "\n--- full cache ({} tokens generated) ---\n{}",
         s.full.ids.len(),

@@ -19,7 +19,7 @@ pub mod sweep;
 use anyhow::{bail, Result};
 
 use crate::eviction::Settings;
-use crate::model::Loaded;
+use crate::model::{Loaded, PromptOptions};
 use crate::profile::Profile;
 use crate::session::Session;
 use grid::Combo;
@@ -33,7 +33,8 @@ pub struct Ctx<'a> {
     /// Every knob but method, budget and window (those come from each [`Combo`]).
     pub base: Settings,
     pub max_new: usize,
-    pub raw: bool,
+    /// How each item's text becomes the prompt (template, --raw).
+    pub prompt: PromptOptions,
 }
 
 impl Ctx<'_> {
@@ -50,9 +51,9 @@ impl Ctx<'_> {
                 .map(|x| format!("{x:02x}"))
                 .collect::<String>()
         });
-        serde_json::json!({
+        let mut settings = serde_json::json!({
             "max_new": self.max_new,
-            "raw": self.raw,
+            "raw": self.prompt.raw,
             "kernel": b.kernel,
             "pooling": b.pooling.name(),
             "first_k": b.first_k,
@@ -62,7 +63,15 @@ impl Ctx<'_> {
             "layer_budgets": b.layer_budgets,
             "model": {"name": cfg.name, "file_bytes": self.loaded.file_bytes},
             "profile_sha256": profile,
-        })
+        });
+        // Recorded only when not the default, so runs from before these flags resume.
+        if let Some(t) = self.prompt.template {
+            settings["template"] = t.name().into();
+        }
+        if self.prompt.allow_control_tokens {
+            settings["allow_control_tokens"] = true.into();
+        }
+        settings
     }
 }
 
@@ -89,9 +98,9 @@ pub fn run_item(
 ) -> Result<Vec<Record>> {
     let loaded = ctx.loaded;
     let cfg = &loaded.model.config;
-    let prompt = loaded.tok.apply_template(&item.text, ctx.raw);
-    let n = loaded.tok.encode(&prompt)?.len();
-    if n + ctx.max_new > cfg.context_length {
+    let prompt = loaded.tok.prompt(&item.text, &ctx.prompt)?;
+    let n = prompt.ids.len();
+    if n.saturating_add(ctx.max_new) > cfg.context_length {
         bail!(
             "{}: the prompt has {n} tokens; with --max-new {} that exceeds the model's context of {} tokens",
             item.name,
@@ -100,7 +109,7 @@ pub fn run_item(
         );
     }
     bar.status(&format!("{} ({n} tokens): prefill + full cache", item.name));
-    let mut session = Session::new(
+    let mut session = Session::from_prompt(
         loaded,
         prompt,
         ctx.max_new,

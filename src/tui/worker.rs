@@ -25,7 +25,7 @@ pub struct Job {
     pub profile: Option<PathBuf>,
     /// The prompt file's text (the chat template is applied here).
     pub prompt: String,
-    pub raw: bool,
+    pub prompt_opts: crate::model::PromptOptions,
     pub max_new: usize,
 }
 
@@ -109,12 +109,9 @@ impl Worker {
         out(FromWorker::Phase(Phase::Loading(
             "locating the model".into(),
         )));
-        let path = match &job.model {
-            Some(p) => p.clone(),
-            None => fetch::ensure_default_model(&mut |m| {
-                out(FromWorker::Notice(m.to_string()));
-            })?,
-        };
+        let path = fetch::resolve(job.model.as_deref(), &mut |m| {
+            out(FromWorker::Notice(m.to_string()));
+        })?;
         out(FromWorker::Phase(Phase::Loading(format!(
             "loading {}",
             path.file_name().map_or_else(
@@ -152,7 +149,8 @@ impl Worker {
                 }
             },
         };
-        let prompt = loaded.tok.apply_template(&job.prompt, job.raw);
+        let prompt = loaded.tok.prompt(&job.prompt, &job.prompt_opts)?;
+        out(FromWorker::Notice(prompt.info.summary()));
         let t0 = Instant::now();
         let mut progress = |done: usize, total: usize| {
             let el = t0.elapsed().as_secs_f64();
@@ -162,8 +160,9 @@ impl Worker {
                 out(FromWorker::Phase(Phase::DecodingFull));
             }
         };
-        let mut session = Session::new(&loaded, prompt, job.max_new, profile, &mut progress)
-            .context("prefill failed")?;
+        let mut session =
+            Session::from_prompt(&loaded, prompt, job.max_new, profile, &mut progress)
+                .context("prefill failed")?;
         // The block maps exist for drawing; selection never reads them, so they move to
         // the UI instead of being copied (tens of MB on long prompts).
         let maps = session
@@ -314,6 +313,7 @@ pub fn snapshot(
         maps,
         prefill_ms: s.timing.prefill,
         decode_full_ms: s.timing.decode_full,
+        prompt_info: s.prompt_info.clone(),
     }
 }
 
