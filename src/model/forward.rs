@@ -152,7 +152,8 @@ impl Model {
             progress(c0, len);
         }
 
-        for (lt, bsum) in layers.iter_mut().zip(&block_sums) {
+        // By value: each layer's f64 sums are freed as soon as its maps exist (peak memory).
+        for (lt, bsum) in layers.iter_mut().zip(block_sums) {
             lt.maps = (0..nh)
                 .map(|h| {
                     let mut map = BlockMap {

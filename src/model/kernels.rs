@@ -210,23 +210,22 @@ impl QMat {
         }
     }
 
-    /// Row `r` as f32.
+    /// Row `r` as f32 (written so the compiler vectorises it: prefill dequantises every
+    /// row once per chunk).
     pub fn dequant_row(&self, r: usize, out: &mut [f32]) {
         let (q, d, m) = self.row(r);
         for (b, o) in out.chunks_exact_mut(QK).enumerate() {
             let (s, off) = (d[b].to_f32(), m[b].to_f32());
-            for (j, v) in o.iter_mut().enumerate() {
-                let code = if self.packed {
-                    let byte = q[b * QK / 2 + j % (QK / 2)];
-                    if j < QK / 2 {
-                        byte & 0x0f
-                    } else {
-                        byte >> 4
-                    }
-                } else {
-                    q[b * QK + j]
-                };
-                *v = s * code as f32 + off;
+            if self.packed {
+                let (lo, hi) = o.split_at_mut(QK / 2);
+                for ((l, h), &byte) in lo.iter_mut().zip(hi).zip(&q[b * QK / 2..(b + 1) * QK / 2]) {
+                    *l = s * (byte & 0x0f) as f32 + off;
+                    *h = s * (byte >> 4) as f32 + off;
+                }
+            } else {
+                for (v, &code) in o.iter_mut().zip(&q[b * QK..(b + 1) * QK]) {
+                    *v = s * code as f32 + off;
+                }
             }
         }
     }
