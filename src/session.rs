@@ -137,7 +137,8 @@ impl Session {
         let trace = loaded.model.prefill(&ids, PREFILL_CHUNK, progress)?;
         let prefill = ms(t);
         let t = Instant::now();
-        let all = KeepSet::all(&trace.dims, trace.len);
+        // Sliding-window layers hold only the entries they can still see.
+        let all = eviction::sliding::full_keep(&trace);
         let full_ids = loaded
             .model
             .generate(&trace, &all, max_new, &loaded.tok.stop_ids, None)?;

@@ -1,7 +1,10 @@
 //! Test support (not part of the public API): a tiny random GQA llama model built in
 //! memory, and the same kind of model written as a complete llama GGUF with a byte-level
-//! BPE tokenizer, so tests exercise the real code paths without a download.
+//! BPE tokenizer, so tests exercise the real code paths without a download. [`arch`]
+//! writes the same kind of model for every supported architecture.
 #![doc(hidden)]
+
+pub mod arch;
 
 use anyhow::{Context, Result};
 use candle_core::quantized::gguf_file::{self, Value};
@@ -9,7 +12,9 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use std::path::Path;
 
-use crate::model::weights::{LayerWeights, Linear, Weights};
+use crate::model::arch::ArchOptions;
+use crate::model::config::LayerSpec;
+use crate::model::weights::{LayerExtras, LayerWeights, Linear, Weights};
 use crate::model::{Config, Model};
 
 /// SplitMix64: a small seeded generator, identical on every platform.
@@ -60,6 +65,15 @@ pub fn tiny_config(vocab_size: usize, context_length: usize) -> Config {
         rms_eps: 1e-5,
         context_length,
         vocab_size,
+        layers: vec![
+            LayerSpec {
+                window: None,
+                rope_base: 10_000.0,
+                rope_scale: 1.0,
+            };
+            2
+        ],
+        opts: ArchOptions::llama(16),
     }
 }
 
@@ -77,11 +91,12 @@ pub fn random_weights(cfg: &Config, seed: u64) -> Weights {
         Linear::from_f32(rng.vec(rows * cols, s), rows, cols)
     };
     let mut layers = Vec::with_capacity(cfg.n_layers);
+    let qd = cfg.q_dim();
     for _ in 0..cfg.n_layers {
-        let wq = lin(d, d, 1.5);
+        let wq = lin(qd, d, 1.5);
         let wk = lin(kv, d, 1.5);
         let wv = lin(kv, d, 1.0);
-        let wo = lin(d, d, 0.5);
+        let wo = lin(d, qd, 0.5);
         let gate = lin(cfg.d_ff, d, 1.0);
         let up = lin(cfg.d_ff, d, 1.0);
         let down = lin(d, cfg.d_ff, 0.5);
@@ -95,6 +110,7 @@ pub fn random_weights(cfg: &Config, seed: u64) -> Weights {
             gate,
             up,
             down,
+            extra: LayerExtras::default(),
         });
     }
     let embed = lin(cfg.vocab_size, d, (d as f32 / 3.0).sqrt());
@@ -110,6 +126,7 @@ pub fn random_weights(cfg: &Config, seed: u64) -> Weights {
         layers,
         out_norm,
         lm_head: Some(lm_head),
+        rope_freqs: None,
     }
 }
 
@@ -192,36 +209,13 @@ pub fn tiny_gguf_config(spec: &GgufSpec) -> Config {
     c
 }
 
-fn f32_tensor(data: &[f32], shape: &[usize]) -> Result<QTensor> {
-    let t = Tensor::from_slice(data, shape, &Device::Cpu)?;
-    Ok(QTensor::quantize(&t, GgmlDType::F32)?)
-}
-
-/// Writes a complete llama GGUF (all tensors F32, the weights of
-/// [`random_weights`]`(tiny_gguf_config(spec), spec.seed)`) with a GPT-2 byte-level BPE
-/// tokenizer (pre-tokenizer `smollm`), so any UTF-8 text tokenizes and ChatML works.
-pub fn write_tiny_gguf(path: &Path, spec: &GgufSpec) -> Result<Config> {
-    let cfg = tiny_gguf_config(spec);
-    let w = random_weights(&cfg, spec.seed);
+/// The tokenizer keys of the tiny GGUF: GPT-2 byte-level BPE, pre-tokenizer `smollm`,
+/// [`tiny_vocab`] with its two control tokens as BOS and EOS.
+pub fn tiny_tokenizer_metadata() -> Vec<(String, Value)> {
     let vocab = tiny_vocab();
     let n_special = 2;
-    let a = &spec.arch;
     let u = |x: usize| Value::U32(x as u32);
-    let mut md: Vec<(String, Value)> = vec![
-        ("general.architecture".into(), Value::String(a.clone())),
-        ("general.name".into(), Value::String(cfg.name.clone())),
-        (format!("{a}.block_count"), u(cfg.n_layers)),
-        (format!("{a}.context_length"), u(cfg.context_length)),
-        (format!("{a}.embedding_length"), u(cfg.d_model)),
-        (format!("{a}.feed_forward_length"), u(cfg.d_ff)),
-        (format!("{a}.attention.head_count"), u(cfg.n_heads)),
-        (format!("{a}.attention.head_count_kv"), u(cfg.n_kv_heads)),
-        (format!("{a}.rope.dimension_count"), u(cfg.head_dim)),
-        (format!("{a}.rope.freq_base"), Value::F32(cfg.rope_base)),
-        (
-            format!("{a}.attention.layer_norm_rms_epsilon"),
-            Value::F32(cfg.rms_eps),
-        ),
+    vec![
         ("tokenizer.ggml.model".into(), Value::String("gpt2".into())),
         ("tokenizer.ggml.pre".into(), Value::String("smollm".into())),
         (
@@ -251,7 +245,39 @@ pub fn write_tiny_gguf(path: &Path, spec: &GgufSpec) -> Result<Config> {
             "tokenizer.chat_template".into(),
             Value::String(TINY_CHAT_TEMPLATE.into()),
         ),
+    ]
+}
+
+pub(crate) fn f32_tensor(data: &[f32], shape: &[usize]) -> Result<QTensor> {
+    let t = Tensor::from_slice(data, shape, &Device::Cpu)?;
+    Ok(QTensor::quantize(&t, GgmlDType::F32)?)
+}
+
+/// Writes a complete llama GGUF (all tensors F32, the weights of
+/// [`random_weights`]`(tiny_gguf_config(spec), spec.seed)`) with a GPT-2 byte-level BPE
+/// tokenizer (pre-tokenizer `smollm`), so any UTF-8 text tokenizes and ChatML works.
+pub fn write_tiny_gguf(path: &Path, spec: &GgufSpec) -> Result<Config> {
+    let cfg = tiny_gguf_config(spec);
+    let w = random_weights(&cfg, spec.seed);
+    let a = &spec.arch;
+    let u = |x: usize| Value::U32(x as u32);
+    let mut md: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String(a.clone())),
+        ("general.name".into(), Value::String(cfg.name.clone())),
+        (format!("{a}.block_count"), u(cfg.n_layers)),
+        (format!("{a}.context_length"), u(cfg.context_length)),
+        (format!("{a}.embedding_length"), u(cfg.d_model)),
+        (format!("{a}.feed_forward_length"), u(cfg.d_ff)),
+        (format!("{a}.attention.head_count"), u(cfg.n_heads)),
+        (format!("{a}.attention.head_count_kv"), u(cfg.n_kv_heads)),
+        (format!("{a}.rope.dimension_count"), u(cfg.head_dim)),
+        (format!("{a}.rope.freq_base"), Value::F32(cfg.rope_base)),
+        (
+            format!("{a}.attention.layer_norm_rms_epsilon"),
+            Value::F32(cfg.rms_eps),
+        ),
     ];
+    md.extend(tiny_tokenizer_metadata());
     md.sort_by(|x, y| x.0.cmp(&y.0));
 
     let lin = |l: &Linear| f32_tensor(&l.to_f32(), &[l.rows, l.cols]);

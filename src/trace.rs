@@ -89,6 +89,9 @@ pub struct Trace {
     /// Logits after the last prompt token (they pick the first generated token, which
     /// eviction cannot change because prefill always runs on the full cache).
     pub last_logits: Vec<f32>,
+    /// `[layer]`: `Some(S)` for a sliding-window layer (attends to positions
+    /// `(p - S, p]` only), `None` for a global one. Empty means every layer is global.
+    pub windows: Vec<Option<usize>>,
 }
 
 impl Trace {
@@ -117,8 +120,29 @@ impl Trace {
         &self.layers[layer].col_sums[head * self.len..(head + 1) * self.len]
     }
 
+    /// The sliding window of `layer` (`None`: a global layer).
+    pub fn window(&self, layer: usize) -> Option<usize> {
+        self.windows.get(layer).copied().flatten()
+    }
+
+    pub fn has_sliding_layers(&self) -> bool {
+        self.windows.iter().any(|w| w.is_some())
+    }
+
+    /// Prompt entries the full cache of `layer` holds per KV head: `L`, or `min(L, S)`
+    /// for a sliding layer (the only ones it can attend to again).
+    pub fn full_entries(&self, layer: usize) -> usize {
+        self.window(layer).map_or(self.len, |s| s.min(self.len))
+    }
+
     /// Bytes of K and V the full cache holds for the prompt at `elem_bytes` per element.
     pub fn full_kv_bytes(&self, elem_bytes: usize) -> usize {
-        self.dims.n_layers * self.dims.n_kv_heads * self.len * self.dims.head_dim * 2 * elem_bytes
+        (0..self.dims.n_layers)
+            .map(|l| self.full_entries(l))
+            .sum::<usize>()
+            * self.dims.n_kv_heads
+            * self.dims.head_dim
+            * 2
+            * elem_bytes
     }
 }

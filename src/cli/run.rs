@@ -20,7 +20,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub eviction: EvictionArgs,
     /// Tokens to generate (greedy).
-    #[arg(long = "max-new", default_value_t = 32)]
+    #[arg(long = "max-new", default_value_t = 32, allow_negative_numbers = true, value_parser = super::parse_count)]
     pub max_new: usize,
     #[command(flatten)]
     pub prompt_opts: PromptArgs,
@@ -54,7 +54,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
     }
     let prompt = loaded.tok.prompt(&text, &prompt_opts)?;
     let n_prompt = prompt.ids.len();
-    if n_prompt + a.max_new > cfg.context_length {
+    if n_prompt.saturating_add(a.max_new) > cfg.context_length {
         bail!(
             "the prompt has {n_prompt} tokens; with --max-new {} that exceeds the model's context of {} tokens",
             a.max_new,

@@ -100,7 +100,7 @@ pub fn run_item(
     let cfg = &loaded.model.config;
     let prompt = loaded.tok.prompt(&item.text, &ctx.prompt)?;
     let n = prompt.ids.len();
-    if n + ctx.max_new > cfg.context_length {
+    if n.saturating_add(ctx.max_new) > cfg.context_length {
         bail!(
             "{}: the prompt has {n} tokens; with --max-new {} that exceeds the model's context of {} tokens",
             item.name,

@@ -14,6 +14,7 @@ pub mod pins;
 pub mod pyramidkv;
 pub mod scores;
 mod settings;
+pub mod sliding;
 pub mod snapkv;
 pub mod streamingllm;
 /// Synthetic traces and profiles for tests and benchmarks (not part of the API).
@@ -253,11 +254,14 @@ pub fn select_with(
             settings,
             len,
         );
-        return Ok(Selection {
+        let mut sel = Selection {
             keep,
             layer_budgets,
             scores,
-        });
+        };
+        // Sliding-window layers hold their window whatever the pins say.
+        sliding::keep_window(trace, &mut sel);
+        return Ok(sel);
     }
     let srh = match (settings.method, profile) {
         (Method::CompressKv, None) => bail!(
@@ -267,7 +271,7 @@ pub fn select_with(
         (Method::CompressKv, Some(p)) => Some(p),
         _ => None,
     };
-    let layer_budgets = budget::layer_budgets(settings, dims, len, profile)?;
+    let layer_budgets = sliding::layer_budgets(settings, trace, profile)?;
 
     let choices: Vec<LayerChoice> = (0..dims.n_layers)
         .into_par_iter()
@@ -297,11 +301,13 @@ pub fn select_with(
         choices.into_iter().map(|c| (c.keep, c.scores)).unzip();
     let keep = KeepSet { positions };
     let (keep, layer_budgets) = pin(keep, layer_budgets, &scores, settings, len);
-    Ok(Selection {
+    let mut sel = Selection {
         keep,
         layer_budgets,
         scores,
-    })
+    };
+    sliding::keep_window(trace, &mut sel);
+    Ok(sel)
 }
 
 /// Applies the settings' pins to every layer's choice (a no-op without pins). A layer

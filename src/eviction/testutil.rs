@@ -45,6 +45,7 @@ pub fn ratio_trace_dim(ratios: &[&[f32]], q: &[f32], head_dim: usize) -> Trace {
         ids: vec![0; len],
         layers: vec![layer],
         last_logits: Vec::new(),
+        windows: Vec::new(),
     }
 }
 
@@ -105,6 +106,7 @@ pub fn random_trace(dims: Dims, len: usize, seed: u64) -> Trace {
         ids: vec![0; len],
         layers,
         last_logits: Vec::new(),
+        windows: Vec::new(),
     }
 }
 

@@ -1,10 +1,23 @@
-//! Model hyper-parameters read from GGUF metadata.
+//! Model hyper-parameters and architecture facts read from GGUF metadata (by the
+//! architecture files in `arch/`).
 
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
 use serde::Serialize;
 
+use super::arch::ArchOptions;
 use crate::trace::Dims;
+
+/// What differs between the layers of one model.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct LayerSpec {
+    /// `Some(S)`: the layer attends, at position `p`, only to positions `(p - S, p]`
+    /// (a sliding-window layer); `None`: to every earlier position (global).
+    pub window: Option<usize>,
+    pub rope_base: f32,
+    /// Positions are multiplied by this before rotating (linear RoPE scaling; 1 = none).
+    pub rope_scale: f32,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Config {
@@ -16,10 +29,14 @@ pub struct Config {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// RoPE base of the global layers (each layer's own is in `layers`).
     pub rope_base: f32,
     pub rms_eps: f32,
     pub context_length: usize,
     pub vocab_size: usize,
+    /// One entry per layer.
+    pub layers: Vec<LayerSpec>,
+    pub opts: ArchOptions,
 }
 
 impl Config {
@@ -32,9 +49,31 @@ impl Config {
         }
     }
 
+    /// Width of all query heads together (`n_heads * head_dim`, which need not be
+    /// `d_model`).
+    pub fn q_dim(&self) -> usize {
+        self.n_heads * self.head_dim
+    }
+
+    /// Width of all KV heads together.
+    pub fn kv_dim(&self) -> usize {
+        self.n_kv_heads * self.head_dim
+    }
+
+    /// The sliding window of every layer (`None` = global).
+    pub fn windows(&self) -> Vec<Option<usize>> {
+        self.layers.iter().map(|l| l.window).collect()
+    }
+
     /// Checks the invariants the forward pass relies on.
     pub fn validate(&self) -> Result<()> {
-        if self.n_layers == 0 || self.n_heads == 0 || self.n_kv_heads == 0 || self.d_model == 0 {
+        if self.n_layers == 0
+            || self.n_heads == 0
+            || self.n_kv_heads == 0
+            || self.d_model == 0
+            || self.head_dim == 0
+            || self.vocab_size == 0
+        {
             bail!("model has an empty dimension: {self:?}");
         }
         if !self.n_heads.is_multiple_of(self.n_kv_heads) {
@@ -44,66 +83,28 @@ impl Config {
                 self.n_kv_heads
             );
         }
-        if !self.head_dim.is_multiple_of(2) || self.head_dim * self.n_heads != self.d_model {
+        let r = self.opts.rope_dims;
+        if !r.is_multiple_of(2) || r == 0 || r > self.head_dim {
             bail!(
-                "unsupported head layout: {} heads x {} dims for embedding {}",
-                self.n_heads,
-                self.head_dim,
-                self.d_model
+                "unsupported head layout: RoPE over {r} of {} head dimensions",
+                self.head_dim
             );
+        }
+        if self.layers.len() != self.n_layers {
+            bail!(
+                "{} per-layer entries for {} layers",
+                self.layers.len(),
+                self.n_layers
+            );
+        }
+        if self.layers.iter().any(|l| l.window == Some(0)) {
+            bail!("a sliding window of 0 positions");
         }
         Ok(())
     }
 
     pub fn from_gguf(content: &Content) -> Result<Self> {
-        let md = &content.metadata;
-        let arch = get_str(md, "general.architecture")?;
-        if arch != "llama" {
-            bail!(
-                "unsupported architecture '{arch}': kvscope runs GGUF models of architecture 'llama' \
-                 (SmolLM, Llama 3.x and similar)"
-            );
-        }
-        let u = |k: &str| -> Result<usize> { get_usize(md, &format!("{arch}.{k}")) };
-        let n_heads = u("attention.head_count")?;
-        let d_model = u("embedding_length")?;
-        let head_dim = match md.get(&format!("{arch}.rope.dimension_count")) {
-            Some(v) => v
-                .to_u32()
-                .map(|x| x as usize)
-                .unwrap_or(d_model / n_heads.max(1)),
-            None => d_model / n_heads.max(1),
-        };
-        let vocab_size = match md.get("tokenizer.ggml.tokens") {
-            Some(Value::Array(a)) => a.len(),
-            _ => bail!("GGUF has no tokenizer.ggml.tokens: kvscope needs the tokenizer inside the model file"),
-        };
-        let cfg = Config {
-            name: md
-                .get("general.name")
-                .and_then(|v| v.to_string().ok().cloned())
-                .unwrap_or_else(|| "unnamed".into()),
-            arch: arch.to_string(),
-            n_layers: u("block_count")?,
-            d_model,
-            d_ff: u("feed_forward_length")?,
-            n_heads,
-            n_kv_heads: get_usize(md, &format!("{arch}.attention.head_count_kv"))
-                .unwrap_or(n_heads),
-            head_dim,
-            rope_base: md
-                .get(&format!("{arch}.rope.freq_base"))
-                .and_then(|v| v.to_f32().ok())
-                .unwrap_or(10_000.0),
-            rms_eps: md
-                .get(&format!("{arch}.attention.layer_norm_rms_epsilon"))
-                .and_then(|v| v.to_f32().ok())
-                .unwrap_or(1e-5),
-            context_length: u("context_length").unwrap_or(2048),
-            vocab_size,
-        };
-        cfg.validate()?;
-        Ok(cfg)
+        super::arch::read_config(&content.metadata)
     }
 }
 

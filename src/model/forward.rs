@@ -1,13 +1,20 @@
-//! The forward pass of a llama-architecture GQA model: a chunked prefill that records a
-//! [`Trace`], and greedy decoding over a cache that physically holds only the kept
-//! prompt entries.
+//! The forward pass of a GQA transformer: a chunked prefill that records a [`Trace`], and
+//! greedy decoding over a cache that physically holds only the kept prompt entries.
+//!
+//! The layer body ([`layer`]) is written once, against the architecture facts in
+//! [`Config`]; prefill and decode run it through a [`Pass`], which supplies the only two
+//! things that differ between them: how a linear layer multiplies (batched GEMM over a
+//! chunk of rows, or a matrix-vector product shared by the decode team) and how
+//! attention reads the keys (the prompt so far, recording the Trace, or the kept cache).
 
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
+use super::arch::Activation;
 use super::config::Config;
-use super::kernels::{self, matmul_ab, matmul_abt, rms_norm, silu, QVec, Rope};
+use super::kernels::{self, matmul_ab, matmul_abt, rms_norm, silu, QVec};
 use super::kvcache::{combine, HeadCache, KvDtype, Partial, TILE};
+use super::rope::{Angles, Ropes};
 use super::team::{self, Member, Shared};
 use super::weights::{Linear, Weights};
 use crate::keepset::KeepSet;
@@ -27,24 +34,50 @@ pub enum Precision {
 pub struct Model {
     pub config: Config,
     pub weights: Weights,
-    pub rope: Rope,
+    pub ropes: Ropes,
     pub precision: Precision,
 }
 
 impl Model {
     pub fn new(config: Config, weights: Weights) -> Result<Self> {
         config.validate()?;
-        let rope = Rope::new(config.head_dim, config.rope_base, config.context_length);
+        let ropes = Ropes::new(&config, weights.rope_freqs.as_deref());
         Ok(Model {
             config,
             weights,
-            rope,
+            ropes,
             precision: Precision::Q8,
         })
     }
 
     pub fn dims(&self) -> Dims {
         self.config.dims()
+    }
+
+    /// The token embeddings of `ids`, one row each, scaled as the architecture says.
+    fn embed(&self, ids: &[u32], x: &mut [f32]) {
+        let d = self.config.d_model;
+        let scale = self.config.opts.embed_scale;
+        for (row, &id) in x.chunks_exact_mut(d).zip(ids) {
+            self.weights.embed.row_into(id as usize, row);
+            if scale != 1.0 {
+                for v in row.iter_mut() {
+                    *v *= scale;
+                }
+            }
+        }
+    }
+
+    /// The RoPE angles of positions `pos0..pos0 + t`, `[variant][row]`.
+    fn angles(&self, pos0: usize, t: usize, out: &mut Vec<Vec<Angles>>) {
+        let nv = self.ropes.variants.len();
+        out.resize_with(nv, Vec::new);
+        for (r, rows) in self.ropes.variants.iter().zip(out.iter_mut()) {
+            rows.resize_with(t, Angles::default);
+            for (i, a) in rows.iter_mut().enumerate() {
+                r.angles(pos0 + i, a);
+            }
+        }
     }
 
     /// Runs the prompt through the model with the full cache, `chunk` tokens at a time,
@@ -74,11 +107,8 @@ impl Model {
         }
         let chunk = chunk.max(1);
         let (d, hd, nh, nkv) = (cfg.d_model, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
-        let kvd = nkv * hd;
-        let n_rep = nh / nkv;
         let w_max = W_MAX.min(len);
         let (bs, nb) = BlockMap::geometry(len);
-        let scale = 1.0 / (hd as f32).sqrt();
 
         let mut layers: Vec<LayerTrace> = (0..cfg.n_layers)
             .map(|_| LayerTrace {
@@ -92,110 +122,28 @@ impl Model {
         // Block sums in f64 so that chunking changes them only by f32 rounding of inputs.
         let mut block_sums: Vec<Vec<f64>> = vec![vec![0.0; nh * nb * nb]; cfg.n_layers];
         let mut last_hidden = vec![0.0f32; d];
+        let mut scratch = Scratch::new(cfg, chunk.min(len));
 
         let mut c0 = 0;
         while c0 < len {
             let c1 = (c0 + chunk).min(len);
             let t = c1 - c0;
             let mut x = vec![0.0f32; t * d];
-            for (row, &id) in x.chunks_exact_mut(d).zip(&ids[c0..c1]) {
-                self.weights.embed.row_into(id as usize, row);
-            }
-            let mut hn = vec![0.0f32; t * d];
-            let mut q = vec![0.0f32; t * d];
-            let mut kx = vec![0.0f32; t * kvd];
-            let mut vx = vec![0.0f32; t * kvd];
-            let mut attn = vec![0.0f32; t * d];
-            let mut o = vec![0.0f32; t * d];
-            let mut g = vec![0.0f32; t * cfg.d_ff];
-            let mut u = vec![0.0f32; t * cfg.d_ff];
-            for (li, lw) in self.weights.layers.iter().enumerate() {
-                let lt = &mut layers[li];
-                for (xr, hr) in x.chunks_exact(d).zip(hn.chunks_exact_mut(d)) {
-                    rms_norm(xr, &lw.attn_norm, cfg.rms_eps, hr);
-                }
-                lw.wq.matmul(&hn, t, &mut q);
-                lw.wk.matmul(&hn, t, &mut kx);
-                lw.wv.matmul(&hn, t, &mut vx);
-                for r in 0..t {
-                    let pos = c0 + r;
-                    for h in 0..nh {
-                        self.rope
-                            .apply(&mut q[r * d + h * hd..r * d + (h + 1) * hd], pos);
-                    }
-                    for kvh in 0..nkv {
-                        let src = r * kvd + kvh * hd;
-                        self.rope.apply(&mut kx[src..src + hd], pos);
-                        let dst = (kvh * len + pos) * hd;
-                        lt.k[dst..dst + hd].copy_from_slice(&kx[src..src + hd]);
-                        lt.v[dst..dst + hd].copy_from_slice(&vx[src..src + hd]);
-                    }
-                    if pos >= len - w_max {
-                        let row = pos - (len - w_max);
-                        for h in 0..nh {
-                            let dst = (h * w_max + row) * hd;
-                            lt.q_last[dst..dst + hd]
-                                .copy_from_slice(&q[r * d + h * hd..r * d + (h + 1) * hd]);
-                        }
-                    }
-                }
-                // Attention, one task per query head; each owns its column sums, block
-                // sums and output block, so heads never contend.
-                let nk = c1;
-                let (kc, vc, qv) = (&lt.k, &lt.v, &q);
-                let mut head_out = vec![0.0f32; nh * t * hd];
-                lt.col_sums
-                    .par_chunks_mut(len)
-                    .zip(block_sums[li].par_chunks_mut(nb * nb))
-                    .zip(head_out.par_chunks_mut(t * hd))
-                    .enumerate()
-                    .for_each_init(Vec::new, |s: &mut Vec<f32>, (h, ((cs, bsum), out))| {
-                        let kvh = h / n_rep;
-                        let kh = &kc[kvh * len * hd..(kvh * len + nk) * hd];
-                        let vh = &vc[kvh * len * hd..(kvh * len + nk) * hd];
-                        s.resize(t * nk, 0.0);
-                        matmul_abt(&qv[h * hd..], d, kh, hd, s, nk, t, hd, nk);
-                        for r in 0..t {
-                            let pos = c0 + r;
-                            let row = &mut s[r * nk..(r + 1) * nk];
-                            let (live, masked) = row.split_at_mut(pos + 1);
-                            for v in live.iter_mut() {
-                                *v *= scale;
-                            }
-                            kernels::softmax(live);
-                            masked.fill(0.0);
-                            for (c, &p) in cs.iter_mut().zip(live.iter()) {
-                                *c += p;
-                            }
-                            let qb = pos / bs;
-                            for (kb, blk) in live.chunks(bs).enumerate() {
-                                bsum[qb * nb + kb] += blk.iter().map(|&p| p as f64).sum::<f64>();
-                            }
-                        }
-                        matmul_ab(s, nk, vh, hd, out, hd, t, nk, hd);
-                    });
-                for h in 0..nh {
-                    for r in 0..t {
-                        attn[r * d + h * hd..r * d + (h + 1) * hd]
-                            .copy_from_slice(&head_out[(h * t + r) * hd..(h * t + r + 1) * hd]);
-                    }
-                }
-                lw.wo.matmul(&attn, t, &mut o);
-                for (xv, ov) in x.iter_mut().zip(&o) {
-                    *xv += ov;
-                }
-                for (xr, hr) in x.chunks_exact(d).zip(hn.chunks_exact_mut(d)) {
-                    rms_norm(xr, &lw.ffn_norm, cfg.rms_eps, hr);
-                }
-                lw.gate.matmul(&hn, t, &mut g);
-                lw.up.matmul(&hn, t, &mut u);
-                for (gv, uv) in g.iter_mut().zip(&u) {
-                    *gv = silu(*gv) * uv;
-                }
-                lw.down.matmul(&g, t, &mut o);
-                for (xv, ov) in x.iter_mut().zip(&o) {
-                    *xv += ov;
-                }
+            self.embed(&ids[c0..c1], &mut x);
+            scratch.resize(cfg, t);
+            self.angles(c0, t, &mut scratch.angles);
+            let mut pass = PrefillPass {
+                model: self,
+                layers: &mut layers,
+                block_sums: &mut block_sums,
+                c0,
+                len,
+                w_max,
+                bs,
+                nb,
+            };
+            for li in 0..cfg.n_layers {
+                layer(self, li, &mut pass, &mut x, &mut scratch);
             }
             if c1 == len {
                 last_hidden.copy_from_slice(&x[(t - 1) * d..]);
@@ -231,6 +179,7 @@ impl Model {
             ids: ids.to_vec(),
             layers,
             last_logits,
+            windows: cfg.windows(),
         })
     }
 
@@ -240,7 +189,17 @@ impl Model {
         let head = self.weights.lm_head();
         let mut out = vec![0.0; head.rows];
         head.matvec(&hn, &mut out);
+        self.softcap(&mut out);
         out
+    }
+
+    /// Final logit soft-capping, where the architecture has it.
+    fn softcap(&self, logits: &mut [f32]) {
+        if let Some(c) = self.config.opts.final_softcap {
+            for v in logits.iter_mut() {
+                *v = c * (*v / c).tanh();
+            }
+        }
     }
 
     /// Greedy decoding over the kept prompt entries. The first token comes from the
@@ -270,8 +229,263 @@ impl Model {
     }
 }
 
+/// What a layer needs from the pass running it; everything else in [`layer`] is the
+/// same for prefill and decode.
+trait Pass {
+    /// `out = [x W_0^T | x W_1^T | ...]` for the `t` rows of `x`: the block of matrix
+    /// `i` is `[t][W_i.rows]`, the blocks one after another.
+    fn linear(&mut self, ws: &[&Linear], x: &[f32], out: &mut [f32]);
+    /// Attention of layer `li` for the `t` rows: `q` is `[t][n_heads * head_dim]`, `k`
+    /// and `v` are `[t][n_kv_heads * head_dim]` (after RoPE); writes `out` like `q`.
+    fn attend(&mut self, li: usize, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]);
+}
+
+/// Buffers of the layer body for `t` rows.
+struct Scratch {
+    hn: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
+    o: Vec<f32>,
+    gu: Vec<f32>,
+    act: Vec<f32>,
+    /// One row, for norms in place.
+    tmp: Vec<f32>,
+    /// `[rope variant][row]`: the angles of the rows' positions.
+    angles: Vec<Vec<Angles>>,
+}
+
+impl Scratch {
+    fn new(cfg: &Config, t: usize) -> Self {
+        let mut s = Scratch {
+            hn: Vec::new(),
+            qkv: Vec::new(),
+            attn: Vec::new(),
+            o: Vec::new(),
+            gu: Vec::new(),
+            act: Vec::new(),
+            tmp: vec![0.0; cfg.d_model.max(cfg.head_dim)],
+            angles: Vec::new(),
+        };
+        s.resize(cfg, t);
+        s
+    }
+
+    fn resize(&mut self, cfg: &Config, t: usize) {
+        let (d, qd, kvd, ff) = (cfg.d_model, cfg.q_dim(), cfg.kv_dim(), cfg.d_ff);
+        self.hn.resize(t * d, 0.0);
+        self.qkv.resize(t * (qd + 2 * kvd), 0.0);
+        self.attn.resize(t * qd, 0.0);
+        self.o.resize(t * d, 0.0);
+        self.gu.resize(t * 2 * ff, 0.0);
+        self.act.resize(t * ff, 0.0);
+    }
+}
+
+/// RMSNorm of every `w.len()`-wide row of `x` into `out`.
+fn norm_rows(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    for (xr, or) in x.chunks_exact(w.len()).zip(out.chunks_exact_mut(w.len())) {
+        rms_norm(xr, w, eps, or);
+    }
+}
+
+/// RMSNorm of every `w.len()`-wide row of `x` in place.
+fn norm_rows_in_place(x: &mut [f32], w: &[f32], eps: f32, tmp: &mut [f32]) {
+    let tmp = &mut tmp[..w.len()];
+    for xr in x.chunks_exact_mut(w.len()) {
+        rms_norm(xr, w, eps, tmp);
+        xr.copy_from_slice(tmp);
+    }
+}
+
+/// Adds `b` to every `b.len()`-wide row of `x`.
+fn add_rows(x: &mut [f32], b: &[f32]) {
+    for xr in x.chunks_exact_mut(b.len()) {
+        add_into(xr, b);
+    }
+}
+
+#[inline]
+fn gelu_tanh(x: f32) -> f32 {
+    const C: f32 = 0.797_884_6; // sqrt(2 / pi)
+    0.5 * x * (1.0 + (C * (x + 0.044_715 * x * x * x)).tanh())
+}
+
+/// One transformer layer over the rows of `x` (positions as in `s.angles`): norm ->
+/// Q, K, V (+ bias, + per-head norm) -> RoPE -> attention -> output (+ post norm) ->
+/// residual -> norm -> gated MLP (+ post norm) -> residual.
+fn layer<P: Pass>(m: &Model, li: usize, pass: &mut P, x: &mut [f32], s: &mut Scratch) {
+    let cfg = &m.config;
+    let o = &cfg.opts;
+    let lw = &m.weights.layers[li];
+    let (d, hd, eps) = (cfg.d_model, cfg.head_dim, cfg.rms_eps);
+    let (qd, kvd, ff) = (cfg.q_dim(), cfg.kv_dim(), cfg.d_ff);
+    let t = x.len() / d;
+
+    norm_rows(x, &lw.attn_norm, eps, &mut s.hn[..t * d]);
+    let qkv = &mut s.qkv[..t * (qd + 2 * kvd)];
+    pass.linear(&[&lw.wq, &lw.wk, &lw.wv], &s.hn[..t * d], qkv);
+    let (q, kv) = qkv.split_at_mut(t * qd);
+    let (k, v) = kv.split_at_mut(t * kvd);
+    if let Some([bq, bk, bv]) = &lw.extra.qkv_bias {
+        add_rows(q, bq);
+        add_rows(k, bk);
+        add_rows(v, bv);
+    }
+    if let Some(w) = &lw.extra.q_norm {
+        norm_rows_in_place(q, w, eps, &mut s.tmp);
+    }
+    if let Some(w) = &lw.extra.k_norm {
+        norm_rows_in_place(k, w, eps, &mut s.tmp);
+    }
+    let vi = m.ropes.of_layer[li];
+    let rope = &m.ropes.variants[vi];
+    let nr = o.rope_dims;
+    for (r, a) in s.angles[vi].iter().take(t).enumerate() {
+        for head in q[r * qd..(r + 1) * qd].chunks_exact_mut(hd) {
+            rope.apply(&mut head[..nr], a);
+        }
+        for head in k[r * kvd..(r + 1) * kvd].chunks_exact_mut(hd) {
+            rope.apply(&mut head[..nr], a);
+        }
+    }
+    let attn = &mut s.attn[..t * qd];
+    pass.attend(li, q, k, v, attn);
+    let out = &mut s.o[..t * d];
+    pass.linear(&[&lw.wo], attn, out);
+    if let Some(w) = &lw.extra.post_attn_norm {
+        norm_rows_in_place(out, w, eps, &mut s.tmp);
+    }
+    add_into(x, out);
+
+    norm_rows(x, &lw.ffn_norm, eps, &mut s.hn[..t * d]);
+    let gu = &mut s.gu[..t * 2 * ff];
+    pass.linear(&[&lw.gate, &lw.up], &s.hn[..t * d], gu);
+    let (g, u) = gu.split_at(t * ff);
+    let act = &mut s.act[..t * ff];
+    match o.activation {
+        Activation::Silu => {
+            for ((a, &g), &u) in act.iter_mut().zip(g).zip(u) {
+                *a = silu(g) * u;
+            }
+        }
+        Activation::GeluTanh => {
+            for ((a, &g), &u) in act.iter_mut().zip(g).zip(u) {
+                *a = gelu_tanh(g) * u;
+            }
+        }
+    }
+    pass.linear(&[&lw.down], act, out);
+    if let Some(w) = &lw.extra.post_ffn_norm {
+        norm_rows_in_place(out, w, eps, &mut s.tmp);
+    }
+    add_into(x, out);
+}
+
+/// First key position a query at `pos` attends to in a layer with `window`.
+#[inline]
+fn first_visible(pos: usize, window: Option<usize>) -> usize {
+    window.map_or(0, |w| (pos + 1).saturating_sub(w))
+}
+
+/// Prefill of one chunk: batched GEMMs, attention over the prompt so far, Trace capture.
+struct PrefillPass<'a> {
+    model: &'a Model,
+    layers: &'a mut [LayerTrace],
+    block_sums: &'a mut [Vec<f64>],
+    c0: usize,
+    len: usize,
+    w_max: usize,
+    bs: usize,
+    nb: usize,
+}
+
+impl Pass for PrefillPass<'_> {
+    fn linear(&mut self, ws: &[&Linear], x: &[f32], out: &mut [f32]) {
+        let mut off = 0;
+        for w in ws {
+            let t = x.len() / w.cols;
+            w.matmul(x, t, &mut out[off..off + t * w.rows]);
+            off += t * w.rows;
+        }
+    }
+
+    fn attend(&mut self, li: usize, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]) {
+        let cfg = &self.model.config;
+        let (hd, nh, nkv) = (cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
+        let (qd, kvd) = (cfg.q_dim(), cfg.kv_dim());
+        let n_rep = nh / nkv;
+        let (c0, len, w_max, bs, nb) = (self.c0, self.len, self.w_max, self.bs, self.nb);
+        let t = q.len() / qd;
+        let scale = cfg.opts.attn_scale;
+        let window = cfg.layers[li].window;
+        let lt = &mut self.layers[li];
+        for r in 0..t {
+            let pos = c0 + r;
+            for kvh in 0..nkv {
+                let src = r * kvd + kvh * hd;
+                let dst = (kvh * len + pos) * hd;
+                lt.k[dst..dst + hd].copy_from_slice(&k[src..src + hd]);
+                lt.v[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
+            }
+            if pos >= len - w_max {
+                let row = pos - (len - w_max);
+                for h in 0..nh {
+                    let dst = (h * w_max + row) * hd;
+                    lt.q_last[dst..dst + hd]
+                        .copy_from_slice(&q[r * qd + h * hd..r * qd + (h + 1) * hd]);
+                }
+            }
+        }
+        // One task per query head; each owns its column sums, block sums and output
+        // block, so heads never contend.
+        let nk = c0 + t;
+        let (kc, vc) = (&lt.k, &lt.v);
+        let mut head_out = vec![0.0f32; nh * t * hd];
+        lt.col_sums
+            .par_chunks_mut(len)
+            .zip(self.block_sums[li].par_chunks_mut(nb * nb))
+            .zip(head_out.par_chunks_mut(t * hd))
+            .enumerate()
+            .for_each_init(Vec::new, |s: &mut Vec<f32>, (h, ((cs, bsum), out))| {
+                let kvh = h / n_rep;
+                let kh = &kc[kvh * len * hd..(kvh * len + nk) * hd];
+                let vh = &vc[kvh * len * hd..(kvh * len + nk) * hd];
+                s.resize(t * nk, 0.0);
+                matmul_abt(&q[h * hd..], qd, kh, hd, s, nk, t, hd, nk);
+                for r in 0..t {
+                    let pos = c0 + r;
+                    let lo = first_visible(pos, window);
+                    let row = &mut s[r * nk..(r + 1) * nk];
+                    let live = &mut row[lo..pos + 1];
+                    for v in live.iter_mut() {
+                        *v *= scale;
+                    }
+                    kernels::softmax(live);
+                    row[..lo].fill(0.0);
+                    row[pos + 1..].fill(0.0);
+                    for (c, &p) in cs[lo..=pos].iter_mut().zip(&row[lo..=pos]) {
+                        *c += p;
+                    }
+                    let qb = pos / bs;
+                    for kb in lo / bs..=pos / bs {
+                        let (a, b) = ((kb * bs).max(lo), ((kb + 1) * bs).min(pos + 1));
+                        bsum[qb * nb + kb] += row[a..b].iter().map(|&p| p as f64).sum::<f64>();
+                    }
+                }
+                matmul_ab(s, nk, vh, hd, out, hd, t, nk, hd);
+            });
+        for h in 0..nh {
+            for r in 0..t {
+                out[r * qd + h * hd..r * qd + (h + 1) * hd]
+                    .copy_from_slice(&head_out[(h * t + r) * hd..(h * t + r + 1) * hd]);
+            }
+        }
+    }
+}
+
 /// Every query head's attention probabilities at one decode step, over the cache
-/// entries it attended (kept prompt positions in order, then the generated tokens).
+/// entries it attended (kept prompt positions in order, then the generated tokens;
+/// entries outside a sliding layer's window have probability 0).
 #[derive(Debug, Clone)]
 pub struct StepAttention {
     /// Position of the token fed in at this step.
@@ -324,7 +538,7 @@ impl<'m> DecodeState<'m> {
             );
         }
         keep.validate(&dims, trace.len)?;
-        if trace.len + extra > model.config.context_length {
+        if trace.len.saturating_add(extra) > model.config.context_length {
             bail!(
                 "prompt ({}) + new tokens ({extra}) exceed the model's context of {} tokens; lower --max-new",
                 trace.len,
@@ -387,34 +601,7 @@ impl<'m> DecodeState<'m> {
         shadow: &KeepSet,
         errors: &mut Vec<f32>,
     ) -> Result<&[f32]> {
-        // Checked before anything is pushed, so a refused call leaves the state as it was.
-        shadow.validate(&self.model.dims(), self.prompt_len)?;
-        let full = self.prompt_len > 0
-            && self.cache.iter().flatten().all(|hc| {
-                hc.positions.first() == Some(&0)
-                    && hc.positions.get(self.prompt_len - 1) == Some(&(self.prompt_len - 1))
-            });
-        if !full {
-            bail!("shadow eviction error needs a full cache");
-        }
-        let masks: ShadowMasks = shadow
-            .positions
-            .iter()
-            .map(|heads| {
-                heads
-                    .iter()
-                    .map(|pos| {
-                        let mut m = vec![false; self.prompt_len];
-                        for &p in pos {
-                            if p < m.len() {
-                                m[p] = true;
-                            }
-                        }
-                        m
-                    })
-                    .collect()
-            })
-            .collect();
+        let masks = self.shadow_masks(shadow)?;
         self.step_inner(token, None, Some((&masks, errors)))
     }
 
@@ -427,30 +614,47 @@ impl<'m> DecodeState<'m> {
         errors: &mut Vec<f32>,
         capture: &mut Vec<StepAttention>,
     ) -> Result<&[f32]> {
-        shadow.validate(&self.model.dims(), self.prompt_len)?;
-        let n = self.prompt_len;
-        let full = n > 0
-            && self.cache.iter().flatten().all(|hc| {
-                hc.positions.first() == Some(&0) && hc.positions.get(n - 1) == Some(&(n - 1))
+        let masks = self.shadow_masks(shadow)?;
+        self.step_inner(token, Some(capture), Some((&masks, errors)))
+    }
+
+    /// The shadow keep set as masks, checked (with the cache being full) before anything
+    /// is pushed, so a refused call leaves the state as it was. Full: every head holds
+    /// every prompt position its layer can see (all of them, or a sliding layer's last
+    /// min(L, S)), in order.
+    fn shadow_masks(&self, shadow: &KeepSet) -> Result<ShadowMasks> {
+        let len = self.prompt_len;
+        shadow.validate(&self.model.dims(), len)?;
+        let windows = self.model.config.windows();
+        let full = len > 0
+            && self.cache.iter().zip(&windows).all(|(layer, w)| {
+                let first = w.map_or(0, |s| len.saturating_sub(s));
+                layer.iter().all(|hc| {
+                    hc.positions.first() == Some(&first)
+                        && hc.positions.get(len - 1 - first) == Some(&(len - 1))
+                })
             });
         if !full {
             bail!("shadow eviction error needs a full cache");
         }
-        let masks: ShadowMasks = shadow
+        Ok(shadow
             .positions
             .iter()
             .map(|heads| {
                 heads
                     .iter()
                     .map(|pos| {
-                        let mut m = vec![false; self.prompt_len];
-                        pos.iter().for_each(|&p| m[p] = true);
+                        let mut m = vec![false; len];
+                        for &p in pos {
+                            if p < m.len() {
+                                m[p] = true;
+                            }
+                        }
                         m
                     })
                     .collect()
             })
-            .collect();
-        self.step_inner(token, Some(capture), Some((&masks, errors)))
+            .collect())
     }
 
     fn step_inner(
@@ -464,7 +668,7 @@ impl<'m> DecodeState<'m> {
         if token as usize >= cfg.vocab_size {
             bail!("token id {token} is outside the vocabulary");
         }
-        if self.pos >= m.rope.max_pos() {
+        if self.pos >= cfg.context_length {
             bail!(
                 "position {} is past the model's context of {} tokens",
                 self.pos,
@@ -484,9 +688,14 @@ impl<'m> DecodeState<'m> {
             .map(|l| l.iter().map(|hc| hc.len() + 1).sum::<usize>())
             .max()
             .unwrap_or(0);
-        let mut qkv = vec![0f32; (nh + 2 * nkv) * hd];
-        let mut o = vec![0f32; cfg.d_model];
-        let mut gu = vec![0f32; 2 * cfg.d_ff];
+        // Two buffers for the outputs of the shared linear layers, used in turn: a
+        // member may start writing the next product while a slower one still copies
+        // the previous one out, never the one before (a barrier lies between).
+        let lin_len = (cfg.q_dim() + 2 * cfg.kv_dim())
+            .max(2 * cfg.d_ff)
+            .max(cfg.d_model);
+        let mut lin_a = vec![0f32; lin_len];
+        let mut lin_b = vec![0f32; lin_len];
         self.logits.resize(m.weights.lm_head().rows, 0.0);
         let mut probs = vec![0f32; longest * (nh / nkv)];
         let mut parts = vec![Partial { max: 0.0, sum: 0.0 }; threads * nh];
@@ -501,9 +710,7 @@ impl<'m> DecodeState<'m> {
         {
             let bufs = Buffers {
                 cache: Shared::new(&mut self.cache),
-                qkv: Shared::new(&mut qkv),
-                o: Shared::new(&mut o),
-                gu: Shared::new(&mut gu),
+                lin: [Shared::new(&mut lin_a), Shared::new(&mut lin_b)],
                 logits: Shared::new(&mut self.logits),
                 probs: Shared::new(&mut probs),
                 parts: Shared::new(&mut parts),
@@ -533,6 +740,7 @@ impl<'m> DecodeState<'m> {
                 probs: pa,
             });
         }
+        m.softcap(&mut self.logits);
         self.pos += 1;
         Ok(&self.logits)
     }
@@ -547,12 +755,8 @@ struct Record<'a> {
 /// The buffers the team shares during one step.
 struct Buffers<'a> {
     cache: Shared<'a, Vec<HeadCache>>,
-    /// q, k, v projections of the new token, in that order.
-    qkv: Shared<'a, f32>,
-    /// Output of the attention output projection, then of the MLP down projection.
-    o: Shared<'a, f32>,
-    /// Gate and up projections.
-    gu: Shared<'a, f32>,
+    /// Outputs of the shared linear layers, used in turn.
+    lin: [Shared<'a, f32>; 2],
     logits: Shared<'a, f32>,
     /// `exp(score - max)` of every query head over its group's entries (one layer).
     probs: Shared<'a, f32>,
@@ -574,153 +778,60 @@ struct Step<'a, 'r> {
     failure: &'a std::sync::Mutex<Option<anyhow::Error>>,
 }
 
+/// One member's view of the decode step, as the [`Pass`] of the layer body.
+struct DecodePass<'s, 'a, 'r, 'm> {
+    step: &'s Step<'a, 'r>,
+    mb: &'s Member<'m>,
+    quant: bool,
+    qv: QVec,
+    /// Which of the two shared linear buffers the next product writes.
+    turn: usize,
+}
+
+impl Pass for DecodePass<'_, '_, '_, '_> {
+    fn linear(&mut self, ws: &[&Linear], x: &[f32], out: &mut [f32]) {
+        if self.quant {
+            self.qv.quantize_into(x);
+        }
+        let buf = &self.step.bufs.lin[self.turn % 2];
+        self.turn += 1;
+        shared_linear(self.mb, ws, x, &self.qv, self.quant, buf, MV_ROWS);
+        self.mb.sync();
+        // SAFETY: complete after the barrier; rewritten only two products later, after
+        // another barrier that every member passes after this copy.
+        out.copy_from_slice(&unsafe { buf.read() }[..out.len()]);
+    }
+
+    fn attend(&mut self, li: usize, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]) {
+        self.step.attend(self.mb, li, q, k, v, out);
+    }
+}
+
 impl Step<'_, '_> {
     fn run(&self, mb: &Member) {
         let m = self.model;
         let cfg = &m.config;
         let b = self.bufs;
-        let (d, hd, nh, nkv) = (cfg.d_model, cfg.head_dim, cfg.n_heads, cfg.n_kv_heads);
-        let n_rep = nh / nkv;
         let quant = m.precision == Precision::Q8;
-        let scale = 1.0 / (hd as f32).sqrt();
-        let tok = self.token as usize;
         // Private copies: the residual stream and everything derived from it element by
         // element is recomputed by every member (cheaper than another barrier).
-        let mut x = vec![0f32; d];
-        m.weights.embed.row_into(tok, &mut x);
-        let mut hn = vec![0f32; d];
-        let mut q = vec![0f32; nh * hd];
-        let mut attn = vec![0f32; d];
-        let mut act = vec![0f32; cfg.d_ff];
-        let mut qv = QVec::default();
-        let (k_off, v_off) = (nh * hd, (nh + nkv) * hd);
-
-        for (li, lw) in m.weights.layers.iter().enumerate() {
-            rms_norm(&x, &lw.attn_norm, cfg.rms_eps, &mut hn);
-            if quant {
-                qv.quantize_into(&hn);
-            }
-            shared_linear(
-                mb,
-                &[&lw.wq, &lw.wk, &lw.wv],
-                &hn,
-                &qv,
-                quant,
-                &b.qkv,
-                MV_ROWS,
-            );
-            mb.sync();
-            // SAFETY: written before the barrier, not written again until the next layer.
-            let qkv = unsafe { b.qkv.read() };
-            q.copy_from_slice(&qkv[..k_off]);
-            for h in 0..nh {
-                m.rope.apply(&mut q[h * hd..(h + 1) * hd], self.pos);
-            }
-            if mb.index == 0 {
-                // SAFETY: only member 0 touches the cache between these two barriers.
-                let layer = unsafe { &mut b.cache.part(li, li + 1)[0] };
-                for (g, hc) in layer.iter_mut().enumerate() {
-                    let mut k = qkv[k_off + g * hd..k_off + (g + 1) * hd].to_vec();
-                    m.rope.apply(&mut k, self.pos);
-                    if let Err(e) =
-                        hc.push(self.pos, &k, &qkv[v_off + g * hd..v_off + (g + 1) * hd])
-                    {
-                        self.failure.lock().expect("failure slot").get_or_insert(e);
-                    }
-                }
-            }
-            mb.sync();
-            // SAFETY: nobody writes the cache until the next layer's push.
-            let layer = unsafe { &b.cache.read()[li] };
-            let offsets = prob_offsets(layer, n_rep);
-            let ranges = thread_ranges(layer, mb.size);
-            for (g, hc) in layer.iter().enumerate() {
-                let (a, z) = ranges[g][mb.index];
-                let qs: Vec<&[f32]> = (g * n_rep..(g + 1) * n_rep)
-                    .map(|h| &q[h * hd..(h + 1) * hd])
-                    .collect();
-                // SAFETY: each member writes its own entry range of every head, its own
-                // row of the partials.
-                let mut ps: Vec<&mut [f32]> = (g * n_rep..(g + 1) * n_rep)
-                    .map(|h| unsafe { b.probs.part(offsets[h] + a, offsets[h] + z) })
-                    .collect();
-                let row = mb.index * nh + g * n_rep;
-                let parts = unsafe { b.parts.part(row, row + n_rep) };
-                let acc = unsafe { b.accs.part(row * hd, (row + n_rep) * hd) };
-                hc.attend_part(&qs, scale, (a, z), &mut ps, parts, acc);
-            }
-            mb.sync();
-            // SAFETY: the partials are complete and not written again this layer.
-            let (parts, accs) = unsafe { (b.parts.read(), b.accs.read()) };
-            let mut factors = Vec::with_capacity(nh);
-            for h in 0..nh {
-                let ph: Vec<Partial> = (0..mb.size).map(|t| parts[t * nh + h]).collect();
-                let ah: Vec<&[f32]> = (0..mb.size)
-                    .map(|t| &accs[(t * nh + h) * hd..(t * nh + h + 1) * hd])
-                    .collect();
-                factors.push(combine(&ph, &ah, &mut attn[h * hd..(h + 1) * hd]));
-            }
-            if self.want_probs {
-                if mb.index == 0 {
-                    // SAFETY: every member is past its writes of this layer's probs.
-                    let probs = unsafe { b.probs.read() };
-                    let rows: Vec<Vec<f32>> = (0..nh)
-                        .map(|h| {
-                            let g = h / n_rep;
-                            let mut row = probs[offsets[h]..offsets[h] + layer[g].len()].to_vec();
-                            for (t, &(a, z)) in ranges[g].iter().enumerate() {
-                                for p in &mut row[a..z] {
-                                    *p *= factors[h][t];
-                                }
-                            }
-                            row
-                        })
-                        .collect();
-                    let mut rec = self.record.lock().expect("decode record");
-                    if let Some((masks, errors)) = rec.shadow.as_mut() {
-                        errors.push(shadow_error(
-                            layer,
-                            &masks[li],
-                            &rows,
-                            &attn,
-                            n_rep,
-                            &lw.wo,
-                            self.prompt_len,
-                        ));
-                    }
-                    if let Some(pa) = rec.probs.as_mut() {
-                        pa.push(rows);
-                    }
-                }
-                // Member 0 reads the probabilities until here.
-                mb.sync();
-            }
-            if quant {
-                qv.quantize_into(&attn);
-            }
-            shared_linear(mb, &[&lw.wo], &attn, &qv, quant, &b.o, MV_ROWS);
-            mb.sync();
-            // SAFETY: complete after the barrier; rewritten only after the next one.
-            add_into(&mut x, unsafe { b.o.read() });
-            rms_norm(&x, &lw.ffn_norm, cfg.rms_eps, &mut hn);
-            if quant {
-                qv.quantize_into(&hn);
-            }
-            shared_linear(mb, &[&lw.gate, &lw.up], &hn, &qv, quant, &b.gu, MV_ROWS);
-            mb.sync();
-            // SAFETY: as above.
-            let gu = unsafe { b.gu.read() };
-            for ((a, g), u) in act.iter_mut().zip(&gu[..cfg.d_ff]).zip(&gu[cfg.d_ff..]) {
-                *a = silu(*g) * u;
-            }
-            if quant {
-                qv.quantize_into(&act);
-            }
-            shared_linear(mb, &[&lw.down], &act, &qv, quant, &b.o, MV_ROWS);
-            mb.sync();
-            add_into(&mut x, unsafe { b.o.read() });
+        let mut x = vec![0f32; cfg.d_model];
+        m.embed(&[self.token], &mut x);
+        let mut s = Scratch::new(cfg, 1);
+        m.angles(self.pos, 1, &mut s.angles);
+        let mut pass = DecodePass {
+            step: self,
+            mb,
+            quant,
+            qv: QVec::default(),
+            turn: 0,
+        };
+        for li in 0..cfg.n_layers {
+            layer(m, li, &mut pass, &mut x, &mut s);
         }
+        let mut hn = vec![0f32; cfg.d_model];
         rms_norm(&x, &m.weights.out_norm, cfg.rms_eps, &mut hn);
+        let mut qv = pass.qv;
         if quant {
             qv.quantize_into(&hn);
         }
@@ -733,6 +844,104 @@ impl Step<'_, '_> {
             &b.logits,
             HEAD_ROWS,
         );
+    }
+
+    /// Attention of layer `li` for the new token: member 0 appends its K and V to the
+    /// cache, every member attends over its share of each KV head's entries (from the
+    /// first one inside a sliding layer's window), and the partial results combine into
+    /// every member's `out`.
+    fn attend(&self, mb: &Member, li: usize, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]) {
+        let m = self.model;
+        let cfg = &m.config;
+        let b = self.bufs;
+        let (hd, nh) = (cfg.head_dim, cfg.n_heads);
+        let n_rep = nh / cfg.n_kv_heads;
+        let scale = cfg.opts.attn_scale;
+        if mb.index == 0 {
+            // SAFETY: only member 0 touches the cache between these two barriers.
+            let layer = unsafe { &mut b.cache.part(li, li + 1)[0] };
+            for (g, hc) in layer.iter_mut().enumerate() {
+                if let Err(e) =
+                    hc.push(self.pos, &k[g * hd..(g + 1) * hd], &v[g * hd..(g + 1) * hd])
+                {
+                    self.failure.lock().expect("failure slot").get_or_insert(e);
+                }
+            }
+        }
+        mb.sync();
+        // SAFETY: nobody writes the cache until the next layer's push.
+        let layer = unsafe { &b.cache.read()[li] };
+        let from = first_visible(self.pos, cfg.layers[li].window);
+        let starts: Vec<usize> = layer
+            .iter()
+            .map(|hc| hc.positions.partition_point(|&p| p < from))
+            .collect();
+        let offsets = prob_offsets(layer, n_rep);
+        let ranges = thread_ranges(layer, &starts, mb.size);
+        for (g, hc) in layer.iter().enumerate() {
+            let (a, z) = ranges[g][mb.index];
+            let qs: Vec<&[f32]> = (g * n_rep..(g + 1) * n_rep)
+                .map(|h| &q[h * hd..(h + 1) * hd])
+                .collect();
+            // SAFETY: each member writes its own entry range of every head, its own
+            // row of the partials.
+            let mut ps: Vec<&mut [f32]> = (g * n_rep..(g + 1) * n_rep)
+                .map(|h| unsafe { b.probs.part(offsets[h] + a, offsets[h] + z) })
+                .collect();
+            let row = mb.index * nh + g * n_rep;
+            let parts = unsafe { b.parts.part(row, row + n_rep) };
+            let acc = unsafe { b.accs.part(row * hd, (row + n_rep) * hd) };
+            hc.attend_part_from(&qs, scale, (a, z), starts[g], &mut ps, parts, acc);
+        }
+        mb.sync();
+        // SAFETY: the partials are complete and not written again this layer.
+        let (parts, accs) = unsafe { (b.parts.read(), b.accs.read()) };
+        let mut factors = Vec::with_capacity(nh);
+        for h in 0..nh {
+            let ph: Vec<Partial> = (0..mb.size).map(|t| parts[t * nh + h]).collect();
+            let ah: Vec<&[f32]> = (0..mb.size)
+                .map(|t| &accs[(t * nh + h) * hd..(t * nh + h + 1) * hd])
+                .collect();
+            factors.push(combine(&ph, &ah, &mut out[h * hd..(h + 1) * hd]));
+        }
+        if self.want_probs {
+            if mb.index == 0 {
+                // SAFETY: every member is past its writes of this layer's probs.
+                let probs = unsafe { b.probs.read() };
+                let rows: Vec<Vec<f32>> = (0..nh)
+                    .map(|h| {
+                        let g = h / n_rep;
+                        let mut row = probs[offsets[h]..offsets[h] + layer[g].len()].to_vec();
+                        // Entries before the window were not attended.
+                        let first = ranges[g].first().map_or(0, |r| r.0);
+                        row[..first].fill(0.0);
+                        for (t, &(a, z)) in ranges[g].iter().enumerate() {
+                            for p in &mut row[a..z] {
+                                *p *= factors[h][t];
+                            }
+                        }
+                        row
+                    })
+                    .collect();
+                let mut rec = self.record.lock().expect("decode record");
+                if let Some((masks, errors)) = rec.shadow.as_mut() {
+                    errors.push(shadow_error(
+                        layer,
+                        &masks[li],
+                        &rows,
+                        out,
+                        n_rep,
+                        &m.weights.layers[li].wo,
+                        self.prompt_len,
+                    ));
+                }
+                if let Some(pa) = rec.probs.as_mut() {
+                    pa.push(rows);
+                }
+            }
+            // Member 0 reads the probabilities until here.
+            mb.sync();
+        }
     }
 }
 
@@ -755,16 +964,26 @@ fn prob_offsets(layer: &[HeadCache], n_rep: usize) -> Vec<usize> {
     offsets
 }
 
-/// `[kv_head][member]`: the entries each member attends to, split by whole key tiles.
-fn thread_ranges(layer: &[HeadCache], members: usize) -> Vec<Vec<(usize, usize)>> {
+/// `[kv_head][member]`: the entries each member attends to, split by whole key tiles,
+/// from the tile holding entry `starts[kv_head]` (the first one a sliding layer sees).
+fn thread_ranges(
+    layer: &[HeadCache],
+    starts: &[usize],
+    members: usize,
+) -> Vec<Vec<(usize, usize)>> {
     layer
         .iter()
-        .map(|hc| {
+        .zip(starts)
+        .map(|(hc, &start)| {
             let n = hc.len();
-            let tiles = n.div_ceil(TILE);
+            let first = start / TILE;
+            let tiles = n.div_ceil(TILE).saturating_sub(first);
             (0..members)
                 .map(|t| {
-                    let (ta, tb) = (tiles * t / members, tiles * (t + 1) / members);
+                    let (ta, tb) = (
+                        first + tiles * t / members,
+                        first + tiles * (t + 1) / members,
+                    );
                     ((ta * TILE).min(n), (tb * TILE).min(n))
                 })
                 .collect()
@@ -802,8 +1021,8 @@ fn shared_linear(
 }
 
 /// Relative error of one layer's attention output when each KV head attends only to the
-/// prompt entries its mask keeps. The cache must be full (entries are positions in
-/// order); `step_shadow` checks that before the step.
+/// prompt entries its mask keeps. The cache must be full (every prompt position the
+/// layer can see, in order); `step_shadow` checks that before the step.
 fn shadow_error(
     layer: &[HeadCache],
     masks: &[Vec<bool>],
@@ -818,7 +1037,10 @@ fn shadow_error(
     for (h, p) in probs.iter().enumerate() {
         let g = h / n_rep;
         let (hc, mask) = (&layer[g], &masks[g]);
-        let keep = |j: usize| j >= prompt_len || mask[j];
+        let keep = |j: usize| {
+            let p = hc.positions[j];
+            p >= prompt_len || mask[p]
+        };
         let z: f32 = p
             .iter()
             .enumerate()

@@ -1,6 +1,6 @@
 //! Numeric kernels of the forward pass: f32 GEMM for prefill (the `gemm` crate, the same
 //! engine candle's CPU backend uses), an 8-bit matrix-vector product for decode, and the
-//! small element-wise pieces (RMSNorm, RoPE, softmax, SiLU).
+//! small element-wise pieces (RMSNorm, softmax, SiLU; RoPE is in `rope.rs`).
 
 use half::f16;
 use rayon::prelude::*;
@@ -682,48 +682,6 @@ pub fn silu(x: f32) -> f32 {
     x / (1.0 + (-x).exp())
 }
 
-/// Rotary tables for "normal" RoPE as llama.cpp applies it to GGUF llama weights:
-/// consecutive pairs (x[2i], x[2i+1]) rotate by angle pos * base^(-2i/head_dim).
-#[derive(Debug, Clone)]
-pub struct Rope {
-    half: usize,
-    cos: Vec<f32>,
-    sin: Vec<f32>,
-}
-
-impl Rope {
-    pub fn new(head_dim: usize, base: f32, max_pos: usize) -> Self {
-        let half = head_dim / 2;
-        let mut cos = Vec::with_capacity(max_pos * half);
-        let mut sin = Vec::with_capacity(max_pos * half);
-        for p in 0..max_pos {
-            for i in 0..half {
-                let theta = (base as f64).powf(-2.0 * i as f64 / head_dim as f64);
-                let a = p as f64 * theta;
-                cos.push(a.cos() as f32);
-                sin.push(a.sin() as f32);
-            }
-        }
-        Rope { half, cos, sin }
-    }
-
-    pub fn max_pos(&self) -> usize {
-        self.cos.len() / self.half.max(1)
-    }
-
-    /// Rotates one head vector (length head_dim) in place for position `pos`.
-    #[inline]
-    pub fn apply(&self, x: &mut [f32], pos: usize) {
-        let c = &self.cos[pos * self.half..(pos + 1) * self.half];
-        let s = &self.sin[pos * self.half..(pos + 1) * self.half];
-        for i in 0..self.half {
-            let (a, b) = (x[2 * i], x[2 * i + 1]);
-            x[2 * i] = a * c[i] - b * s[i];
-            x[2 * i + 1] = a * s[i] + b * c[i];
-        }
-    }
-}
-
 pub fn argmax(x: &[f32]) -> usize {
     let mut best = 0;
     for (i, &v) in x.iter().enumerate() {
@@ -852,15 +810,5 @@ mod tests {
         }
         assert_eq!(fast_exp(-1000.0), 0.0);
         assert_eq!(fast_exp(-90.0), 0.0);
-    }
-
-    #[test]
-    fn rope_is_a_rotation_of_pairs() {
-        let r = Rope::new(4, 10000.0, 8);
-        let mut x = vec![1.0, 0.0, 0.0, 1.0];
-        r.apply(&mut x, 3);
-        assert!((x[0] - 3f32.cos()).abs() < 1e-6 && (x[1] - 3f32.sin()).abs() < 1e-6);
-        let th = 3.0 * 10000f64.powf(-0.5);
-        assert!((x[2] + th.sin() as f32).abs() < 1e-6 && (x[3] - th.cos() as f32).abs() < 1e-6);
     }
 }

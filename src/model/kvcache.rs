@@ -196,7 +196,23 @@ impl HeadCache {
         &self,
         qs: &[&[f32]],
         scale: f32,
+        range: (usize, usize),
+        probs: &mut [&mut [f32]],
+        parts: &mut [Partial],
+        acc: &mut [f32],
+    ) {
+        self.attend_part_from(qs, scale, range, 0, probs, parts, acc);
+    }
+
+    /// [`attend_part`](Self::attend_part) where entries before `lo` are outside the
+    /// query's window (a sliding-window layer): they get probability 0.
+    #[allow(clippy::too_many_arguments)]
+    pub fn attend_part_from(
+        &self,
+        qs: &[&[f32]],
+        scale: f32,
         (a, b): (usize, usize),
+        lo: usize,
         probs: &mut [&mut [f32]],
         parts: &mut [Partial],
         acc: &mut [f32],
@@ -215,7 +231,10 @@ impl HeadCache {
             Store::F32 { k, .. } => scores(k, hd, qs, scale, (a, b), probs),
             Store::F16 { k, .. } => scores(k, hd, qs, scale, (a, b), probs),
         }
+        // Entries of [a, b) before the window.
+        let masked = lo.clamp(a, b) - a;
         for (p, part) in probs.iter_mut().zip(parts.iter_mut()) {
+            p[..masked].fill(f32::NEG_INFINITY);
             let max = lanes_max(p);
             let mut sum = 0.0;
             if max > f32::NEG_INFINITY {
@@ -223,7 +242,10 @@ impl HeadCache {
                 for x in p.iter_mut() {
                     *x = fast_exp(*x - max);
                 }
+                p[..masked].fill(0.0);
                 sum = lanes_sum(p);
+            } else {
+                p.fill(0.0);
             }
             *part = Partial { max, sum };
         }

@@ -1,5 +1,6 @@
 //! The model: loading a GGUF, its tokenizer, and the forward pass.
 
+pub mod arch;
 pub mod config;
 pub mod fetch;
 pub mod forward;
@@ -7,6 +8,7 @@ pub mod gguf_check;
 pub mod kernels;
 pub mod kvcache;
 pub mod quant;
+pub mod rope;
 pub mod team;
 pub mod template;
 pub mod tokenizer;
@@ -31,6 +33,28 @@ pub struct Loaded {
 /// Opens a GGUF model file: checks it is a GGUF of a supported architecture, builds the
 /// tokenizer from its metadata and loads the weights.
 pub fn load(path: &Path) -> Result<Loaded> {
+    let (content, mut r, file_bytes) = open_gguf(path)?;
+    let config = Config::from_gguf(&content).with_context(|| format!("{}", path.display()))?;
+    let tok = Tok::from_gguf(&content).with_context(|| format!("{}", path.display()))?;
+    let model = load_weights(path, &content, &mut r, config)?;
+    Ok(Loaded {
+        model,
+        tok,
+        file_bytes,
+    })
+}
+
+/// The model of a GGUF file without its tokenizer (for work on token ids).
+pub fn load_model(path: &Path) -> Result<Model> {
+    let (content, mut r, _) = open_gguf(path)?;
+    let config = Config::from_gguf(&content).with_context(|| format!("{}", path.display()))?;
+    load_weights(path, &content, &mut r, config)
+}
+
+type Reader = std::io::BufReader<std::fs::File>;
+
+/// Opens `path` and reads its GGUF header; returns it with the reader and file size.
+fn open_gguf(path: &Path) -> Result<(Content, Reader, u64)> {
     let meta = std::fs::metadata(path)
         .with_context(|| format!("model file {} not found or unreadable", path.display()))?;
     if meta.is_dir() {
@@ -72,20 +96,17 @@ pub fn load(path: &Path) -> Result<Loaded> {
     })?;
     gguf_check::check(&content, meta.len(), alignment)
         .with_context(|| format!("{}", path.display()))?;
-    let config = Config::from_gguf(&content).with_context(|| format!("{}", path.display()))?;
-    let tok = Tok::from_gguf(&content).with_context(|| format!("{}", path.display()))?;
-    let weights = weights::Weights::load_gguf(&content, &mut r, &config).with_context(|| {
+    Ok((content, r, meta.len()))
+}
+
+fn load_weights(path: &Path, content: &Content, r: &mut Reader, config: Config) -> Result<Model> {
+    let weights = weights::Weights::load_gguf(content, r, &config).with_context(|| {
         format!(
             "{}: cannot load the weights (truncated or corrupt file?)",
             path.display()
         )
     })?;
-    let model = Model::new(config, weights)?;
-    Ok(Loaded {
-        model,
-        tok,
-        file_bytes: meta.len(),
-    })
+    Model::new(config, weights)
 }
 
 /// The first line of a candle error: with RUST_BACKTRACE set, candle appends a

@@ -249,6 +249,21 @@ pub struct LayerWeights {
     pub gate: Linear,
     pub up: Linear,
     pub down: Linear,
+    /// What only some architectures have (biases, Q/K norms, post norms).
+    pub extra: LayerExtras,
+}
+
+/// Optional per-layer tensors, present as the architecture says (`ArchOptions`).
+#[derive(Debug, Clone, Default)]
+pub struct LayerExtras {
+    /// Biases of the Q, K, V projections (`qkv_bias`).
+    pub qkv_bias: Option<[Vec<f32>; 3]>,
+    /// Per-head RMSNorm gains of Q and K, `head_dim` each (`qk_norm`).
+    pub q_norm: Option<Vec<f32>>,
+    pub k_norm: Option<Vec<f32>>,
+    /// RMSNorm gains of the attention and MLP outputs (`post_norms`).
+    pub post_attn_norm: Option<Vec<f32>>,
+    pub post_ffn_norm: Option<Vec<f32>>,
 }
 
 #[derive(Debug, Clone)]
@@ -259,6 +274,8 @@ pub struct Weights {
     pub out_norm: Vec<f32>,
     /// Separate output matrix; `None` means tied to `embed`.
     pub lm_head: Option<Linear>,
+    /// Llama 3's RoPE frequency factors (`rope_freqs`), one per rotated pair.
+    pub rope_freqs: Option<Vec<f32>>,
 }
 
 impl Weights {
@@ -272,6 +289,15 @@ impl Weights {
         n += self.lm_head.as_ref().map_or(0, Linear::bytes);
         for l in &self.layers {
             n += (l.attn_norm.len() + l.ffn_norm.len()) * 4;
+            let e = &l.extra;
+            n += [&e.q_norm, &e.k_norm, &e.post_attn_norm, &e.post_ffn_norm]
+                .iter()
+                .map(|v| v.as_ref().map_or(0, |v| v.len() * 4))
+                .sum::<usize>();
+            n += e
+                .qkv_bias
+                .as_ref()
+                .map_or(0, |b| b.iter().map(|v| v.len() * 4).sum());
             n += [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
                 .iter()
                 .map(|x| x.bytes())
@@ -286,24 +312,35 @@ impl Weights {
         cfg: &Config,
     ) -> Result<Self> {
         let d = cfg.d_model;
-        let kv = cfg.n_kv_heads * cfg.head_dim;
+        let (qd, kv) = (cfg.q_dim(), cfg.kv_dim());
         let mut layers = Vec::with_capacity(cfg.n_layers);
         for i in 0..cfg.n_layers {
             let p = |n: &str| format!("blk.{i}.{n}.weight");
             layers.push(LayerWeights {
                 attn_norm: vector(content, r, &p("attn_norm"), d)?,
-                wq: linear(content, r, &p("attn_q"), d, d)?,
+                wq: linear(content, r, &p("attn_q"), qd, d)?,
                 wk: linear(content, r, &p("attn_k"), kv, d)?,
                 wv: linear(content, r, &p("attn_v"), kv, d)?,
-                wo: linear(content, r, &p("attn_output"), d, d)?,
+                wo: linear(content, r, &p("attn_output"), d, qd)?,
                 ffn_norm: vector(content, r, &p("ffn_norm"), d)?,
                 gate: linear(content, r, &p("ffn_gate"), cfg.d_ff, d)?,
                 up: linear(content, r, &p("ffn_up"), cfg.d_ff, d)?,
                 down: linear(content, r, &p("ffn_down"), d, cfg.d_ff)?,
+                extra: load_extras(content, r, cfg, i)?,
             });
         }
         let lm_head = if content.tensor_infos.contains_key("output.weight") {
             Some(linear(content, r, "output.weight", cfg.vocab_size, d)?)
+        } else {
+            None
+        };
+        let rope_freqs = if content.tensor_infos.contains_key("rope_freqs.weight") {
+            Some(vector(
+                content,
+                r,
+                "rope_freqs.weight",
+                cfg.opts.rope_dims / 2,
+            )?)
         } else {
             None
         };
@@ -312,8 +349,38 @@ impl Weights {
             layers,
             out_norm: vector(content, r, "output_norm.weight", d)?,
             lm_head,
+            rope_freqs,
         })
     }
+}
+
+/// The optional tensors of layer `i` that the architecture's options call for.
+fn load_extras<R: std::io::Read + std::io::Seek>(
+    content: &Content,
+    r: &mut R,
+    cfg: &Config,
+    i: usize,
+) -> Result<LayerExtras> {
+    let (o, hd) = (&cfg.opts, cfg.head_dim);
+    let mut v = |n: &str, len: usize| vector(content, r, &format!("blk.{i}.{n}"), len);
+    let mut e = LayerExtras::default();
+    if o.qkv_bias {
+        let (qd, kv) = (cfg.q_dim(), cfg.kv_dim());
+        e.qkv_bias = Some([
+            v("attn_q.bias", qd)?,
+            v("attn_k.bias", kv)?,
+            v("attn_v.bias", kv)?,
+        ]);
+    }
+    if o.qk_norm {
+        e.q_norm = Some(v("attn_q_norm.weight", hd)?);
+        e.k_norm = Some(v("attn_k_norm.weight", hd)?);
+    }
+    if o.post_norms {
+        e.post_attn_norm = Some(v("post_attention_norm.weight", cfg.d_model)?);
+        e.post_ffn_norm = Some(v("post_ffw_norm.weight", cfg.d_model)?);
+    }
+    Ok(e)
 }
 
 /// The bytes of tensor `name` as stored, after checking its shape (`[rows][cols]`, or
@@ -325,7 +392,7 @@ fn read_tensor<R: std::io::Read + std::io::Seek>(
     shape: &[usize],
 ) -> Result<(Format, Vec<u8>)> {
     let Some(info) = content.tensor_infos.get(name) else {
-        bail!("model file lacks tensor '{name}' (not a complete llama-architecture GGUF)");
+        bail!("model file lacks tensor '{name}' (not a complete GGUF of its architecture)");
     };
     if info.shape.dims() != shape {
         bail!(
@@ -441,10 +508,12 @@ impl Weights {
                     gate: f(&l.gate),
                     up: f(&l.up),
                     down: f(&l.down),
+                    extra: l.extra.clone(),
                 })
                 .collect(),
             out_norm: self.out_norm.clone(),
             lm_head: self.lm_head.as_ref().map(f),
+            rope_freqs: self.rope_freqs.clone(),
         }
     }
 }

@@ -206,6 +206,13 @@ impl App {
         })
     }
 
+    /// `[layer]`: sliding window (`None`: global layer).
+    pub fn windows(&self) -> Vec<Option<usize>> {
+        self.snapshot
+            .as_ref()
+            .map_or_else(Vec::new, |s| s.windows.clone())
+    }
+
     pub fn prompt_len(&self) -> usize {
         self.snapshot.as_ref().map_or(0, |s| s.prompt_tokens.len())
     }
@@ -246,8 +253,14 @@ impl App {
         if s.effective_allocator() == Allocator::ErrorAware {
             s.allocator = Some(Allocator::Uniform);
         }
-        budget::layer_budgets(&s, &d, self.prompt_len(), None)
-            .unwrap_or_else(|_| budget::uniform(d.n_layers, self.settings.budget))
+        crate::eviction::sliding::budgets_with_windows(
+            &s,
+            &d,
+            self.prompt_len(),
+            &self.windows(),
+            None,
+        )
+        .unwrap_or_else(|_| budget::uniform(d.n_layers, self.settings.budget))
     }
 
     /// Takes the settings to send now, if they were not sent yet.
@@ -591,6 +604,13 @@ pub fn update(app: &mut App, a: Action) -> Vec<Cmd> {
             app.stat = cyc[(i + 1) % cyc.len()];
         }
         Action::LayerBudget(delta) => {
+            if let Some(Some(s)) = app.windows().get(app.sel_layer) {
+                app.notice = Some(format!(
+                    "layer {} slides over {s} positions: it keeps its last {s}, no budget to edit",
+                    app.sel_layer
+                ));
+                return Vec::new();
+            }
             let mut list = app.budgets();
             let w = app.settings.window;
             let Some(b) = list.get_mut(app.sel_layer) else {

@@ -15,6 +15,8 @@ pub struct Snapshot {
     pub n_heads: usize,
     pub n_kv_heads: usize,
     pub head_dim: usize,
+    /// `[layer]`: the sliding window of a sliding-window layer, `None` for a global one.
+    pub windows: Vec<Option<usize>>,
     pub model_file_bytes: u64,
     /// Text of each prompt token (for the token inspector).
     pub prompt_tokens: Vec<String>,

@@ -300,6 +300,7 @@ pub fn snapshot(
         n_heads: cfg.n_heads,
         n_kv_heads: cfg.n_kv_heads,
         head_dim: cfg.head_dim,
+        windows: s.trace.windows.clone(),
         model_file_bytes: loaded.file_bytes,
         prompt_tokens: s.trace.ids.iter().map(|&i| tok.token_text(i)).collect(),
         full_tokens: s.full.ids.iter().map(|&i| tok.token_text(i)).collect(),

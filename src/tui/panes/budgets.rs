@@ -11,10 +11,28 @@ use super::{block, dim_if};
 use crate::tui::action::Pane;
 use crate::tui::app::App;
 
-/// Tokens kept over all layers and KV heads, and the full cache's count, for `budgets`.
-pub fn totals(budgets: &[usize], len: usize, n_kv: usize) -> (usize, usize) {
-    let kept: usize = budgets.iter().map(|&b| b.min(len) * n_kv).sum();
-    (kept, budgets.len() * len * n_kv)
+/// Tokens kept over all layers and KV heads, and the full cache's count, for `budgets`
+/// (a sliding-window layer's full cache is its last `min(len, S)` entries).
+pub fn totals(
+    budgets: &[usize],
+    len: usize,
+    n_kv: usize,
+    windows: &[Option<usize>],
+) -> (usize, usize) {
+    let full_of = |l: usize| {
+        windows
+            .get(l)
+            .copied()
+            .flatten()
+            .map_or(len, |s| s.min(len))
+    };
+    let kept: usize = budgets
+        .iter()
+        .enumerate()
+        .map(|(l, &b)| b.min(full_of(l)) * n_kv)
+        .sum();
+    let full: usize = (0..budgets.len()).map(|l| full_of(l) * n_kv).sum();
+    (kept, full)
 }
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App) {
@@ -29,7 +47,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     };
     let budgets = app.budgets();
     let len = s.prompt_tokens.len();
-    let (kept, full) = totals(&budgets, len, s.n_kv_heads);
+    let (kept, full) = totals(&budgets, len, s.n_kv_heads, &s.windows);
     let st = &app.settings;
     let mut lines = vec![Line::from(format!(
         "allocator {}  B {}  window {}  total {kept} of {full} tokens ({:.1}%)",
@@ -50,6 +68,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
             let Some(&b) = budgets.get(l) else { continue };
             // u128: a budget can be any usize (a huge --budget keeps everything).
             let n = ((b as u128 * barw as u128).div_ceil(top as u128) as usize).min(barw);
+            let window = s.windows.get(l).copied().flatten();
             let sel = l == app.sel_layer;
             let lab = Style::default().fg(if sel { Color::Magenta } else { Color::DarkGray });
             let lab = if sel {
@@ -58,11 +77,20 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
                 lab
             };
             spans.push(Span::styled(format!("{l:>2}"), lab));
+            // A sliding layer keeps its last S entries: fixed, drawn apart.
+            let colour = match window {
+                Some(_) => Color::DarkGray,
+                None if b >= len => Color::Green,
+                None => Color::Blue,
+            };
             spans.push(Span::styled(
                 format!(" {}{}", "█".repeat(n), "░".repeat(barw - n)),
-                Style::default().fg(if b >= len { Color::Green } else { Color::Blue }),
+                Style::default().fg(colour),
             ));
-            spans.push(Span::raw(format!(" {b:>5} ")));
+            spans.push(Span::raw(match window {
+                Some(sw) => format!(" S{:<4} ", sw.min(99_999)),
+                None => format!(" {b:>5} "),
+            }));
         }
         lines.push(Line::from(spans));
     }
