@@ -1,6 +1,6 @@
 //! `kvscope run`: one headless run of the full and the compressed cache.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::{EvictionArgs, ModelArgs};
 use crate::eviction::{Allocator, Method};
 use crate::profile::discover;
-use crate::report::{Report, SettingsPart};
+use crate::report::{Provenance, Report, SettingsPart};
 use crate::session::Session;
 
 #[derive(Args, Debug)]
@@ -28,11 +28,81 @@ pub struct RunArgs {
     /// Print the JSON report instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Rerun a saved report (`run --json`, or `e` in the inspector): its method, budget,
+    /// window, every knob, allocator and manual budgets, --max-new, --raw and profile
+    /// replace the flags. PROMPT must give the report's prompt tokens and the model must
+    /// be the report's (sha256).
+    #[arg(long = "from-report", value_name = "FILE")]
+    pub from_report: Option<PathBuf>,
+}
+
+/// What `--from-report` reads from a report.
+#[derive(serde::Deserialize)]
+struct SavedReport {
+    prompt: SavedPrompt,
+    settings: SettingsPart,
+}
+
+#[derive(serde::Deserialize)]
+struct SavedPrompt {
+    ids: Vec<u32>,
+}
+
+fn load_report(path: &std::path::Path) -> Result<SavedReport> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read report {}", path.display()))?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a kvscope report (make one with `kvscope run --json` or `e` in the inspector)",
+            path.display()
+        )
+    })
+}
+
+/// The run's inputs: from the flags, or from a saved report.
+struct Plan {
+    settings: crate::eviction::Settings,
+    max_new: usize,
+    raw: bool,
+    profile: Option<PathBuf>,
+    /// The saved report's model sha256 and prompt ids, to check against.
+    expect: Option<(Option<String>, Vec<u32>)>,
+}
+
+fn plan(a: &RunArgs) -> Result<Plan> {
+    let Some(path) = &a.from_report else {
+        return Ok(Plan {
+            settings: a.eviction.settings()?,
+            max_new: a.max_new,
+            raw: a.raw,
+            profile: a.eviction.profile.clone(),
+            expect: None,
+        });
+    };
+    let r = load_report(path)?;
+    let settings = r
+        .settings
+        .to_settings()
+        .with_context(|| format!("report {}", path.display()))?;
+    // An explicit --profile wins over the path the report names (it may have moved).
+    let profile = a
+        .eviction
+        .profile
+        .clone()
+        .or_else(|| r.settings.profile.as_ref().map(PathBuf::from));
+    Ok(Plan {
+        settings,
+        max_new: r.settings.max_new,
+        raw: r.settings.raw,
+        profile,
+        expect: Some((r.settings.model_sha256.clone(), r.prompt.ids)),
+    })
 }
 
 pub fn run(a: &RunArgs) -> Result<()> {
     super::init_threads(a.model.threads)?;
-    let settings = a.eviction.settings()?;
+    let plan = plan(a)?;
+    let settings = plan.settings.clone();
     let text = super::read_prompt(&a.prompt)?;
     let t = Instant::now();
     let model_path = super::resolve_model_path(a.model.model.as_deref())?;
@@ -42,22 +112,27 @@ pub fn run(a: &RunArgs) -> Result<()> {
     settings.validate(&cfg.dims())?;
     // compresskv needs SRHs and the error-aware allocator reads layer errors: without
     // --profile, use the profile measured on this model file, if one is found.
-    let wanted = settings.method == Method::CompressKv
+    let wanted = settings.method.def().needs_profile.is_some()
         || settings.effective_allocator() == Allocator::ErrorAware;
     let (profile_path, profile) =
-        match discover::resolve(a.eviction.profile.as_deref(), &model_path, cfg, wanted)? {
+        match discover::resolve(plan.profile.as_deref(), &model_path, cfg, wanted)? {
             Some((path, p)) => (Some(path.display().to_string()), Some(p)),
             None => (None, None),
         };
     if let (Some(path), false) = (&profile_path, a.json) {
         eprintln!("kvscope: profile {path}");
     }
-    let prompt = loaded.tok.apply_template(&text, a.raw);
-    let n_prompt = loaded.tok.encode(&prompt)?.len();
-    if n_prompt + a.max_new > cfg.context_length {
+    let model_sha = discover::model_sha256(&model_path).ok();
+    let prompt = loaded.tok.apply_template(&text, plan.raw);
+    let ids = loaded.tok.encode(&prompt)?;
+    if let Some((sha, want_ids)) = &plan.expect {
+        check_same_run(sha.as_deref(), model_sha.as_deref(), want_ids, &ids)?;
+    }
+    let n_prompt = ids.len();
+    if n_prompt + plan.max_new > cfg.context_length {
         bail!(
             "the prompt has {n_prompt} tokens; with --max-new {} that exceeds the model's context of {} tokens",
-            a.max_new,
+            plan.max_new,
             cfg.context_length
         );
     }
@@ -70,18 +145,20 @@ pub fn run(a: &RunArgs) -> Result<()> {
             last_pct = pct;
         }
     };
-    let mut session = Session::new(&loaded, prompt, a.max_new, profile, &mut progress)?;
+    let mut session = Session::new(&loaded, prompt, plan.max_new, profile, &mut progress)?;
     session.timing.load = (load_ms * 1000.0).round() / 1000.0;
     if settings.method != Method::Full || a.json {
         session.apply(&loaded.model, &loaded.tok, settings.clone())?;
     }
     if a.json {
-        let report = Report::new(
-            cfg,
-            &session,
-            profile_path,
-            default_settings_part(&settings, session.max_new),
-        );
+        let prov = Provenance {
+            profile: profile_path,
+            model_sha256: model_sha,
+            raw: plan.raw,
+            template: None,
+        };
+        let fallback = SettingsPart::new(&settings, Vec::new(), session.max_new, &prov);
+        let report = Report::new(cfg, &session, &prov, fallback);
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
@@ -89,19 +166,36 @@ pub fn run(a: &RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn default_settings_part(s: &crate::eviction::Settings, max_new: usize) -> SettingsPart {
-    SettingsPart {
-        method: s.method.name().into(),
-        budget: s.budget,
-        window: s.window,
-        kernel: s.kernel,
-        pooling: s.pooling.name().into(),
-        first_k: s.first_k,
-        allocator: s.effective_allocator().name().into(),
-        layer_budgets: Vec::new(),
-        profile: None,
-        max_new,
+/// A report reruns only on its own model and prompt: anything else would be a different
+/// experiment under the same settings.
+fn check_same_run(
+    want_sha: Option<&str>,
+    got_sha: Option<&str>,
+    want_ids: &[u32],
+    got_ids: &[u32],
+) -> Result<()> {
+    if let (Some(w), Some(g)) = (want_sha, got_sha) {
+        if !w.eq_ignore_ascii_case(g) {
+            bail!(
+                "the report was made on the model with sha256 {w}; this model's is {g} \
+                 (pass the report's model with --model)"
+            );
+        }
     }
+    if want_ids != got_ids {
+        let at = want_ids
+            .iter()
+            .zip(got_ids)
+            .position(|(a, b)| a != b)
+            .unwrap_or(want_ids.len().min(got_ids.len()));
+        bail!(
+            "the prompt file gives {} tokens, the report's prompt {} (first difference at \
+             token {at}): pass the prompt file the report was made from",
+            got_ids.len(),
+            want_ids.len()
+        );
+    }
+    Ok(())
 }
 
 fn print_human(loaded: &crate::model::Loaded, s: &Session) {

@@ -34,6 +34,8 @@ pub struct Ctx<'a> {
     pub base: Settings,
     pub max_new: usize,
     pub raw: bool,
+    /// Profile path and model sha256, for each row's settings.
+    pub prov: crate::report::Provenance,
 }
 
 /// One item to evaluate: its name, the user's text (before the template), the expected
@@ -116,6 +118,12 @@ pub fn run_item(
             full_kv_bytes: full_kv,
             kv_fraction: c.kv_fraction,
             decode_ms: 0.0,
+            settings: Some(crate::report::SettingsPart::new(
+                &c.settings,
+                c.selection.layer_budgets.clone(),
+                ctx.max_new,
+                &ctx.prov,
+            )),
         };
         rec.decode_ms = session.timing.decode_compressed;
         writer.append(&rec)?;

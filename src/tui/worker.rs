@@ -10,10 +10,10 @@ use std::time::Instant;
 
 use super::msg::{FromWorker, Outcome, Phase, Snapshot, ToWorker};
 use super::stats;
-use crate::eviction::{ScoreTable, Settings};
+use crate::eviction::{Allocator, Method, ScoreTable, Settings};
 use crate::model::{self, fetch, Loaded};
 use crate::profile::Profile;
-use crate::report::{Report, SettingsPart};
+use crate::report::{Provenance, Report, SettingsPart};
 use crate::session::Session;
 
 /// What the worker is asked to open.
@@ -93,6 +93,9 @@ struct Worker {
     loaded: Loaded,
     session: Session,
     profile_path: Option<String>,
+    /// For the report's provenance.
+    model_path: PathBuf,
+    raw: bool,
     maps: Arc<Vec<Vec<crate::trace::BlockMap>>>,
     /// p_h of every head for one (window, kernel, pooling): budget and method edits
     /// select from it and show it as the attention pane's strip.
@@ -171,6 +174,8 @@ impl Worker {
             loaded,
             session,
             profile_path: profile_path.as_ref().map(|p| p.display().to_string()),
+            model_path: path,
+            raw: job.raw,
             maps: Arc::new(maps),
             scores: None,
         })
@@ -211,19 +216,24 @@ impl Worker {
     fn export(&self, path: &std::path::Path) -> Result<()> {
         let s = &self.session;
         let cfg = &self.loaded.model.config;
-        let fallback = SettingsPart {
-            method: "full".into(),
+        let prov = Provenance {
+            profile: self.profile_path.clone(),
+            model_sha256: crate::profile::discover::model_sha256(&self.model_path).ok(),
+            raw: self.raw,
+            template: None,
+        };
+        // Nothing compressed yet: the report says so with the full cache's settings.
+        let full = Settings {
+            method: Method::Full,
             budget: s.trace.len,
             window: 0,
             kernel: 0,
-            pooling: "avg".into(),
             first_k: 0,
-            allocator: "uniform".into(),
-            layer_budgets: vec![s.trace.len; cfg.n_layers],
-            profile: self.profile_path.clone(),
-            max_new: s.max_new,
+            allocator: Some(Allocator::Uniform),
+            ..Settings::default()
         };
-        let report = Report::new(cfg, s, self.profile_path.clone(), fallback);
+        let fallback = SettingsPart::new(&full, vec![s.trace.len; cfg.n_layers], s.max_new, &prov);
+        let report = Report::new(cfg, s, &prov, fallback);
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
     }
