@@ -8,11 +8,13 @@
 pub mod cli;
 pub mod eval;
 pub mod eviction;
+pub mod input;
 pub mod keepset;
 pub mod model;
 pub mod profile;
 pub mod report;
 pub mod session;
+pub mod signals;
 pub mod testing;
 pub mod trace;
 pub mod tui;

@@ -56,6 +56,17 @@ pub fn kv_bytes(keep: &KeepSet, head_dim: usize, elem_bytes: usize) -> usize {
     keep.kept_per_layer().iter().sum::<usize>() * head_dim * 2 * elem_bytes
 }
 
+/// Refuses a prompt of `n_prompt` tokens that, with `max_new` tokens to generate, does
+/// not fit a context of `context` tokens.
+pub fn check_fits(n_prompt: usize, max_new: usize, context: usize) -> Result<()> {
+    if n_prompt.saturating_add(max_new) > context {
+        anyhow::bail!(
+            "the prompt has {n_prompt} tokens; with --max-new {max_new} that exceeds the model's context of {context} tokens"
+        );
+    }
+    Ok(())
+}
+
 pub struct Compressed {
     pub settings: Settings,
     pub selection: Selection,
@@ -86,6 +97,8 @@ impl Session {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Session> {
         let ids = loaded.tok.encode(&prompt_text)?;
+        // Before the prefill, which takes minutes on a long prompt, not after it.
+        check_fits(ids.len(), max_new, loaded.model.config.context_length)?;
         let t = Instant::now();
         let trace = loaded.model.prefill(&ids, PREFILL_CHUNK, progress)?;
         let prefill = ms(t);
@@ -116,6 +129,29 @@ impl Session {
         })
     }
 
+    /// The error-aware allocator reads the profile's layer errors. Without them it would
+    /// give every layer `B` while the report says "error-aware"; refuse instead, naming
+    /// what is missing (a budget of the whole prompt keeps everything and needs none).
+    fn check_layer_errors(&self, settings: &Settings) -> Result<()> {
+        if settings.effective_allocator() != eviction::Allocator::ErrorAware
+            || settings.budget >= self.trace.len
+        {
+            return Ok(());
+        }
+        let missing = match &self.profile {
+            // compresskv's own error says it needs a profile.
+            None if settings.method == eviction::Method::CompressKv => return Ok(()),
+            None => "no profile is loaded (pass --profile FILE)",
+            Some(p) if p.layer_errors.is_none() => {
+                "the profile has none (it holds SRH scores only; add them with `kvscope profile layers --profile FILE`)"
+            }
+            Some(_) => return Ok(()),
+        };
+        anyhow::bail!(
+            "the error-aware allocator needs the profile's layer errors and {missing}; or choose another allocator (--allocator uniform)"
+        )
+    }
+
     /// Selects with `settings` and decodes over the compressed cache.
     pub fn apply(&mut self, model: &Model, tok: &Tok, settings: Settings) -> Result<&Compressed> {
         self.apply_with(model, tok, settings, None)
@@ -130,6 +166,7 @@ impl Session {
         settings: Settings,
         table: Option<&ScoreTable>,
     ) -> Result<&Compressed> {
+        self.check_layer_errors(&settings)?;
         let t = Instant::now();
         let selection =
             eviction::select_with(&self.trace, &settings, self.profile.as_ref(), table)?;

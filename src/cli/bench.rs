@@ -1,6 +1,6 @@
 //! `kvscope bench`: prefill and decode speed on the loaded model, with Trace capture on.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 use clap::Args;
 use std::time::Instant;
 
@@ -51,8 +51,21 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 pub fn run(a: &BenchArgs) -> Result<()> {
     super::init_threads(a.model.threads)?;
+    if a.prefill.contains(&0) {
+        bail!("--prefill lengths must be at least 1 token; got 0");
+    }
     let loaded = super::load_model(a.model.model.as_deref())?;
     let m = &loaded.model;
+    let ctx_len = m.config.context_length;
+    if let Some(n) = a.prefill.iter().find(|&&n| n > ctx_len) {
+        bail!("--prefill {n} is longer than the model's context of {ctx_len} tokens");
+    }
+    if let Some(n) = a.decode.iter().find(|&&n| n.max(1) + a.steps > ctx_len) {
+        bail!(
+            "--decode {n} with --steps {} does not fit the model's context of {ctx_len} tokens",
+            a.steps
+        );
+    }
     let reps = a.reps.max(1);
     let threads = rayon::current_num_threads();
     let mut rows: Vec<serde_json::Value> = Vec::new();

@@ -152,11 +152,12 @@ impl AllocArgs {
 pub struct EvictionArgs {
     #[arg(long, default_value = "compresskv", help = registry::method_help())]
     pub method: String,
-    /// Prompt tokens kept per layer and KV head.
-    #[arg(long, default_value_t = 128)]
+    /// Prompt tokens kept per layer and KV head (at or above the prompt length: keep
+    /// everything).
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true, value_parser = parse_count)]
     pub budget: usize,
     /// Observation window (1..=64), always kept.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = 8, allow_negative_numbers = true, value_parser = parse_count)]
     pub window: usize,
     #[command(flatten)]
     pub knobs: KnobArgs,
@@ -178,6 +179,30 @@ impl EvictionArgs {
     }
 }
 
+/// A count of tokens on the command line. A negative number is named as such (clap
+/// would read `-1` as a flag and suggest `-- -1`, which fails too), and a number too
+/// large for this machine says what to use instead.
+pub fn parse_count(s: &str) -> std::result::Result<usize, String> {
+    let t = s.trim();
+    if let Ok(n) = t.parse::<usize>() {
+        return Ok(n);
+    }
+    if let Some(digits) = t.strip_prefix('-') {
+        if !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()) {
+            return Err(format!(
+                "expected a whole number of tokens, 0 or more; got {t}"
+            ));
+        }
+    }
+    if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
+        return Err(format!(
+            "{t} is larger than {}; a budget at or above the prompt length already keeps everything",
+            usize::MAX
+        ));
+    }
+    Err(format!("expected a whole number of tokens; got '{t}'"))
+}
+
 pub fn parse_budget_list(s: &str) -> Result<Vec<usize>> {
     if let Some(r) = s.strip_prefix('@') {
         return crate::tui::files::resolve_budget_ref(r);
@@ -191,10 +216,20 @@ pub fn parse_budget_list(s: &str) -> Result<Vec<usize>> {
         .collect()
 }
 
+/// Starts the worker threads: `--threads N`, capped at the cores available. The decode
+/// team waits at spinning barriers, so more threads than cores do not add speed, they
+/// take turns (16 on 2 cores ran 4x slower; 1000 never finished).
 pub fn init_threads(threads: Option<usize>) -> Result<()> {
-    if let Some(n) = threads {
-        if n == 0 {
+    if let Some(asked) = threads {
+        if asked == 0 {
             bail!("--threads must be at least 1");
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let n = capped_threads(asked, cores);
+        if n < asked {
+            eprintln!(
+                "kvscope: --threads {asked} is more than the {cores} cores available; using {n}"
+            );
         }
         rayon::ThreadPoolBuilder::new()
             .num_threads(n)
@@ -202,6 +237,11 @@ pub fn init_threads(threads: Option<usize>) -> Result<()> {
             .context("cannot start the worker threads")?;
     }
     Ok(())
+}
+
+/// Threads to start when `asked` were asked for on a machine with `cores` cores.
+pub fn capped_threads(asked: usize, cores: usize) -> usize {
+    asked.min(cores.max(1))
 }
 
 /// `--model`, or the cached default model (fetching it if needed).
@@ -218,10 +258,7 @@ pub fn load_model(path: Option<&Path>) -> Result<Loaded> {
 }
 
 pub fn read_prompt(path: &Path) -> Result<String> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read prompt file {}", path.display()))?;
-    let text = String::from_utf8(bytes)
-        .with_context(|| format!("prompt file {} is not UTF-8 text", path.display()))?;
+    let text = crate::input::read_text(path, "prompt file", crate::input::MAX_PROMPT_BYTES)?;
     if text.trim().is_empty() {
         bail!("prompt file {} is empty", path.display());
     }
@@ -230,6 +267,7 @@ pub fn read_prompt(path: &Path) -> Result<String> {
 
 /// Entry point of the binary; returns the process exit code.
 pub fn main() -> i32 {
+    crate::signals::default_sigpipe();
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Run(a)) => run::run(&a),

@@ -38,6 +38,36 @@ pub struct Ctx<'a> {
     pub prov: crate::report::Provenance,
 }
 
+impl Ctx<'_> {
+    /// Everything a unit's result depends on besides its key (item, method, budget,
+    /// window): stored with the results so `--resume` never mixes settings.
+    pub fn run_settings(&self) -> serde_json::Value {
+        use sha2::{Digest, Sha256};
+        let b = &self.base;
+        let cfg = &self.loaded.model.config;
+        let profile = self.profile.as_ref().map(|p| {
+            let json = serde_json::to_vec(p).unwrap_or_default();
+            Sha256::digest(&json)
+                .iter()
+                .map(|x| format!("{x:02x}"))
+                .collect::<String>()
+        });
+        serde_json::json!({
+            "max_new": self.max_new,
+            "raw": self.raw,
+            "kernel": b.kernel,
+            "pooling": b.pooling.name(),
+            "first_k": b.first_k,
+            "adakv_floor": b.adakv_floor,
+            "pyramid_beta": b.pyramid_beta,
+            "allocator": b.allocator.map(|a| a.name()),
+            "layer_budgets": b.layer_budgets,
+            "model": {"name": cfg.name, "file_bytes": self.loaded.file_bytes},
+            "profile_sha256": profile,
+        })
+    }
+}
+
 /// One item to evaluate: its name, the user's text (before the template), the expected
 /// answer and what the exact score requires.
 pub struct Item {

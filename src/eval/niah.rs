@@ -78,7 +78,12 @@ pub fn in_grid(
 pub fn run(ctx: &Ctx, spec: &NiahSpec) -> Result<()> {
     std::fs::create_dir_all(&spec.out)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", spec.out.display()))?;
-    let (mut writer, old) = Writer::open(&spec.out.join("results.jsonl"), spec.resume, spec.fresh)?;
+    let (mut writer, old) = Writer::open_run(
+        &spec.out.join("results.jsonl"),
+        spec.resume,
+        spec.fresh,
+        &ctx.run_settings(),
+    )?;
     let done = results::done_keys(&old);
     let mut work = Vec::new();
     for (li, &len) in spec.lengths.iter().enumerate() {

@@ -41,8 +41,7 @@ pub struct EvalPrompt {
 pub fn sidecar_for(prompt: &Path) -> Result<Option<Sidecar>> {
     let json = prompt.with_extension("json");
     if json.exists() {
-        let text = std::fs::read_to_string(&json)
-            .with_context(|| format!("cannot read {}", json.display()))?;
+        let text = crate::input::read_text(&json, "sidecar", crate::input::MAX_SMALL_FILE_BYTES)?;
         let s: Sidecar = serde_json::from_str(&text).with_context(|| {
             format!(
                 "{} is not a sidecar (expected {{\"answer\": \"...\", \"kind\": \"...\"}})",
@@ -56,10 +55,10 @@ pub fn sidecar_for(prompt: &Path) -> Result<Option<Sidecar>> {
     }
     let plain = prompt.with_extension("answer");
     if plain.exists() {
-        let answer = std::fs::read_to_string(&plain)
-            .with_context(|| format!("cannot read {}", plain.display()))?
-            .trim()
-            .to_string();
+        let answer =
+            crate::input::read_text(&plain, "answer file", crate::input::MAX_SMALL_FILE_BYTES)?
+                .trim()
+                .to_string();
         if answer.is_empty() {
             bail!("{} is empty", plain.display());
         }

@@ -94,6 +94,38 @@ fn scan(path: &Path) -> Result<(Vec<Record>, usize)> {
     Ok((out, good))
 }
 
+/// The file beside `results.jsonl` that holds the run's settings.
+pub const RUN_SETTINGS: &str = "run-settings.json";
+
+/// `key: old -> new` for every top-level key that differs.
+fn settings_diff(old: &serde_json::Value, new: &serde_json::Value) -> String {
+    let empty = serde_json::Map::new();
+    let (o, n) = (
+        old.as_object().unwrap_or(&empty),
+        new.as_object().unwrap_or(&empty),
+    );
+    let mut keys: Vec<&String> = o.keys().chain(n.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let null = serde_json::Value::Null;
+    let diffs: Vec<String> = keys
+        .into_iter()
+        .filter(|k| o.get(*k) != n.get(*k))
+        .map(|k| {
+            format!(
+                "{k}: {} then, {} now",
+                o.get(k).unwrap_or(&null),
+                n.get(k).unwrap_or(&null)
+            )
+        })
+        .collect();
+    if diffs.is_empty() {
+        "not comparable".into()
+    } else {
+        diffs.join("; ")
+    }
+}
+
 /// Appends records to the JSONL file, one flushed line each.
 pub struct Writer {
     file: File,
@@ -154,6 +186,46 @@ impl Writer {
             },
             records,
         ))
+    }
+
+    /// [`Writer::open`] for a run whose settings (everything a unit's result depends on
+    /// besides its key: `--max-new`, the knobs, the model, the profile) are `settings`.
+    /// They are stored in `run-settings.json` beside the results; `--resume` with other
+    /// settings, or of results without that file, is refused, so one table never mixes
+    /// units computed under different settings.
+    pub fn open_run(
+        path: &Path,
+        resume: bool,
+        fresh: bool,
+        settings: &serde_json::Value,
+    ) -> Result<(Writer, Vec<Record>)> {
+        let sp = path.with_file_name(RUN_SETTINGS);
+        if resume && !fresh && path.exists() {
+            let old = crate::input::read_bounded(
+                &sp,
+                "run settings file",
+                crate::input::MAX_SMALL_FILE_BYTES,
+            )
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+            match old {
+                None => bail!(
+                    "--resume: {} has no readable {RUN_SETTINGS} beside it, so its settings cannot be checked against this run's; pass --fresh to start over, or another --out",
+                    path.display()
+                ),
+                Some(old) if &old != settings => bail!(
+                    "--resume: {} was run with other settings ({}); pass the same ones, --fresh to start over, or another --out",
+                    path.display(),
+                    settings_diff(&old, settings)
+                ),
+                Some(_) => {}
+            }
+        }
+        let opened = Writer::open(path, resume, fresh)?;
+        let text = serde_json::to_string_pretty(settings)?;
+        std::fs::write(&sp, text + "\n")
+            .with_context(|| format!("cannot write {}", sp.display()))?;
+        Ok(opened)
     }
 
     pub fn append(&mut self, r: &Record) -> Result<()> {

@@ -158,7 +158,12 @@ pub fn figure(
 pub fn run(ctx: &Ctx, spec: &SweepSpec) -> Result<()> {
     std::fs::create_dir_all(&spec.out)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", spec.out.display()))?;
-    let (mut writer, old) = Writer::open(&spec.out.join("results.jsonl"), spec.resume, spec.fresh)?;
+    let (mut writer, old) = Writer::open_run(
+        &spec.out.join("results.jsonl"),
+        spec.resume,
+        spec.fresh,
+        &ctx.run_settings(),
+    )?;
     let done = results::done_keys(&old);
     let work: Vec<(&EvalPrompt, Vec<&Combo>)> = spec
         .prompts

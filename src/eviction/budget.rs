@@ -60,6 +60,12 @@ pub const ERROR_AWARE: AllocatorDef = AllocatorDef {
     about: "CompressKV: split in proportion to the profile's layer errors",
     knobs: &[],
     budgets: |a| {
+        // A budget of the whole prompt keeps everything in every layer; the error-aware
+        // split would move tokens from layers that have them all to layers that cannot
+        // use them, and evict.
+        if a.settings.budget >= a.len {
+            return Ok(uniform(a.dims.n_layers, a.settings.budget));
+        }
         let errors = a.profile.and_then(|p| p.layer_errors.as_deref());
         Ok(error_aware(
             a.dims.n_layers,
@@ -132,6 +138,10 @@ pub fn uniform(n_layers: usize, budget: usize) -> Vec<usize> {
 ///
 /// With a single layer the formula divides by zero; that layer gets `B` (a pyramid of
 /// one layer is flat).
+///
+/// Any `usize` budget is safe: the arithmetic is done in `i128` (no intermediate value
+/// exceeds a few times the budget) and a layer budget beyond `usize::MAX` saturates
+/// there; with `B >= L` every layer's budget is `>= L`, so it keeps everything.
 pub fn pyramid(
     n_layers: usize,
     budget: usize,
@@ -142,25 +152,25 @@ pub fn pyramid(
     if n_layers <= 1 {
         return uniform(n_layers, budget);
     }
-    let (b, w, len) = (budget as i64, window as i64, len as i64);
+    let (b, w, len) = (budget as i128, window as i128, len as i128);
     let c = b - w;
-    let mut min = floor_div(c, beta as i64);
+    let mut min = floor_div(c, beta.max(1) as i128);
     let mut max = 2 * c - min;
     if max >= len - w {
         max = len - w;
         min = 2 * c - max;
     }
-    let step = floor_div(max - min, n_layers as i64 - 1);
-    (0..n_layers as i64)
+    let step = floor_div(max - min, n_layers as i128 - 1);
+    (0..n_layers as i128)
         // Without the clamp B_l >= min + w >= w. With it, B_l runs from L towards
         // min + w >= w (step >= 0) or rises from L (step < 0). So B_l >= min(w, L); the
-        // max(0) only keeps a broken invariant from wrapping around.
-        .map(|l| (max - l * step + w).max(0) as usize)
+        // clamp only keeps a broken invariant from wrapping around.
+        .map(|l| (max - l * step + w).clamp(0, usize::MAX as i128) as usize)
         .collect()
 }
 
 /// Floor division for a positive divisor (Python's `//`).
-fn floor_div(a: i64, b: i64) -> i64 {
+fn floor_div(a: i128, b: i128) -> i128 {
     a.div_euclid(b)
 }
 
@@ -180,7 +190,9 @@ fn floor_div(a: i64, b: i64) -> i64 {
 ///   stable sort on `e_l`).
 /// - Non-finite or negative `e_l` count as 0 (validated profiles have none).
 ///
-/// `errors == None` gives every layer `B`.
+/// `errors == None` gives every layer `B`. Any `usize` budget is safe: the total and
+/// the cap saturate instead of wrapping, and repayment moves whole passes at once, so
+/// it takes at most a few passes per layer whatever the amount to repay.
 pub fn error_aware(
     n_layers: usize,
     budget: usize,
@@ -194,10 +206,10 @@ pub fn error_aware(
         .iter()
         .map(|&x| if x.is_finite() && x > 0.0 { x } else { 0.0 })
         .collect();
-    let total = budget * n_layers;
+    let total = budget.saturating_mul(n_layers);
     let floor = MIN_TOKENS.min(budget).max(window);
-    let cap = CAP_FACTOR * budget;
-    let rest = (total - floor * n_layers) as f64;
+    let cap = CAP_FACTOR.saturating_mul(budget).max(floor);
+    let rest = total.saturating_sub(floor.saturating_mul(n_layers)) as f64;
     let mut alloc: Vec<usize> = e
         .iter()
         .map(|&x| {
@@ -217,10 +229,25 @@ fn repay(alloc: &mut [usize], e: &[f64], total: usize, floor: usize, cap: usize)
     let mut low_first: Vec<usize> = (0..alloc.len()).collect();
     low_first.sort_by(|&a, &b| e[a].total_cmp(&e[b]).then(a.cmp(&b)));
     loop {
-        let sum: usize = alloc.iter().sum();
+        let sum = alloc.iter().fold(0usize, |a, &x| a.saturating_add(x));
         let mut moved = false;
         if sum < total {
             let mut short = total - sum;
+            // k whole passes in which every layer below the cap moves and none reaches
+            // it before the last are the same as k single passes.
+            let open: Vec<usize> = high_first
+                .iter()
+                .copied()
+                .filter(|&l| alloc[l] < cap)
+                .collect();
+            let room = open.iter().map(|&l| cap - alloc[l]).min().unwrap_or(0);
+            let k = (short / open.len().max(1)).min(room);
+            if k > 1 {
+                for &l in &open {
+                    alloc[l] += k - 1;
+                }
+                short -= (k - 1) * open.len();
+            }
             for &l in &high_first {
                 if short > 0 && alloc[l] < cap {
                     alloc[l] += 1;
@@ -230,6 +257,19 @@ fn repay(alloc: &mut [usize], e: &[f64], total: usize, floor: usize, cap: usize)
             }
         } else if sum > total {
             let mut over = sum - total;
+            let open: Vec<usize> = low_first
+                .iter()
+                .copied()
+                .filter(|&l| alloc[l] > floor)
+                .collect();
+            let room = open.iter().map(|&l| alloc[l] - floor).min().unwrap_or(0);
+            let k = (over / open.len().max(1)).min(room);
+            if k > 1 {
+                for &l in &open {
+                    alloc[l] -= k - 1;
+                }
+                over -= (k - 1) * open.len();
+            }
             for &l in &low_first {
                 if over > 0 && alloc[l] > floor {
                     alloc[l] -= 1;
@@ -391,6 +431,73 @@ mod tests {
             ..Settings::default()
         };
         assert!(layer_budgets(&s, &dims, 100, None).is_err());
+    }
+
+    #[test]
+    fn huge_budgets_neither_overflow_nor_hang() {
+        // 3B, 2c and B * n_layers overflow usize / i64 for these.
+        for b in [usize::MAX, usize::MAX / 3 + 1, 1usize << 63, (1 << 62) + 7] {
+            let p = pyramid(30, b, 8, 700, 20);
+            assert!(p.iter().all(|&x| x >= 700), "pyramid B={b}: {p:?}");
+            let e = error_aware(30, b, 8, Some(&[1.0 / 30.0; 30]));
+            assert!(e.iter().all(|&x| x >= 32), "error-aware B={b}");
+            let mut skewed = vec![0.0; 30];
+            skewed[3] = 1.0;
+            let e = error_aware(30, b, 8, Some(&skewed));
+            assert!(e.iter().all(|&x| x >= 32), "error-aware B={b}");
+        }
+        // Through the dispatcher: B >= L keeps everything in every allocator.
+        let dims = Dims {
+            n_layers: 4,
+            n_heads: 2,
+            n_kv_heads: 1,
+            head_dim: 4,
+        };
+        let profile = crate::eviction::testutil::random_profile(dims, 1);
+        for method in Method::ALL {
+            for b in [100, 101, 5000, usize::MAX] {
+                let s = Settings {
+                    method,
+                    budget: b,
+                    window: 8,
+                    first_k: 1,
+                    ..Settings::default()
+                };
+                let got = layer_budgets(&s, &dims, 100, Some(&profile)).unwrap();
+                assert!(got.iter().all(|&x| x >= 100), "{method} B={b}: {got:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn bulk_repayment_equals_one_token_at_a_time() {
+        // A large shortfall repaid in whole passes must land where single passes do.
+        let e = [0.5, 0.3, 0.2, 0.0];
+        let mut bulk = vec![40, 40, 40, 40];
+        repay(&mut bulk, &e, 10_000, 32, 3_000);
+        let mut single = vec![40, 40, 40, 40];
+        let mut high_first: Vec<usize> = (0..4).collect();
+        high_first.sort_by(|&a, &b| e[b].total_cmp(&e[a]).then(a.cmp(&b)));
+        while single.iter().sum::<usize>() < 10_000 {
+            let mut short = 10_000 - single.iter().sum::<usize>();
+            let mut moved = false;
+            for &l in &high_first {
+                if short > 0 && single[l] < 3_000 {
+                    single[l] += 1;
+                    short -= 1;
+                    moved = true;
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+        assert_eq!(bulk, single);
+        assert_eq!(bulk.iter().sum::<usize>(), 10_000);
+        let mut over = vec![3_000, 3_000, 3_000, 3_000];
+        repay(&mut over, &e, 1_000, 32, 3_000);
+        assert_eq!(over.iter().sum::<usize>(), 1_000);
+        assert!(over.iter().all(|&x| x >= 32));
     }
 
     proptest! {

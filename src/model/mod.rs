@@ -3,6 +3,7 @@
 pub mod config;
 pub mod fetch;
 pub mod forward;
+pub mod gguf_check;
 pub mod kernels;
 pub mod kvcache;
 pub mod team;
@@ -32,17 +33,32 @@ pub fn load(path: &Path) -> Result<Loaded> {
     if meta.is_dir() {
         bail!("{} is a folder, not a GGUF model file", path.display());
     }
+    // A FIFO would block the open forever and a device never ends.
+    if !meta.is_file() {
+        bail!(
+            "{} is not a regular file (a FIFO, device or socket); pass a .gguf model file with --model",
+            path.display()
+        );
+    }
     let f = std::fs::File::open(path)
         .with_context(|| format!("cannot open model file {}", path.display()))?;
     let mut r = std::io::BufReader::new(f);
     let mut magic = [0u8; 4];
     use std::io::{Read, Seek};
     if r.read_exact(&mut magic).is_err() || &magic != b"GGUF" {
+        // Deleting is good advice only for the cached model, which is fetched again.
+        let advice = if fetch::in_model_cache(path) {
+            "delete it to fetch the default model again, or pass a .gguf model with --model"
+        } else {
+            "pass a .gguf model file with --model"
+        };
         bail!(
-            "{} is not a GGUF file (wrong magic bytes); pass a .gguf model with --model, or delete it to re-fetch the default model",
+            "{} is not a GGUF file (wrong magic bytes); {advice}",
             path.display()
         );
     }
+    let alignment = gguf_check::alignment(&mut r)
+        .with_context(|| format!("{}: corrupt or truncated GGUF header", path.display()))?;
     r.rewind()?;
     let content = Content::read(&mut r).map_err(|e| {
         anyhow::anyhow!(
@@ -51,6 +67,8 @@ pub fn load(path: &Path) -> Result<Loaded> {
             first_line(&e)
         )
     })?;
+    gguf_check::check(&content, meta.len(), alignment)
+        .with_context(|| format!("{}", path.display()))?;
     let config = Config::from_gguf(&content).with_context(|| format!("{}", path.display()))?;
     let tok = Tok::from_gguf(&content).with_context(|| format!("{}", path.display()))?;
     let weights = weights::Weights::load_gguf(&content, &mut r, &config).with_context(|| {

@@ -11,22 +11,16 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 use super::{Fingerprint, Profile};
-use crate::model::fetch::{self, DEFAULT_MODEL};
+use crate::model::fetch;
 use crate::model::Config;
 
-/// sha256 of a model file. The cached default model is not hashed again: kvscope
-/// verified its size and sha256 when it stored it, and a file of the right size at that
-/// path is that file (hashing 98 MB on every run would cost more than the run's select).
+/// sha256 of a model file: the real hash of its bytes. A file in the model cache is
+/// hashed again only when its size, mtime or ctime changed since the last hash (a stamp
+/// beside it remembers; see [`fetch::verified_sha256`]), so a changed byte is always
+/// seen and an unchanged 100 MB model costs one stat per start.
 pub fn model_sha256(path: &Path) -> Result<String> {
-    if let Ok(default) = fetch::default_model_path() {
-        let same = match (path.canonicalize(), default.canonicalize()) {
-            (Ok(a), Ok(b)) => a == b,
-            _ => false,
-        };
-        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
-        if same && size == DEFAULT_MODEL.size {
-            return Ok(DEFAULT_MODEL.sha256.to_string());
-        }
+    if fetch::in_model_cache(path) {
+        return fetch::verified_sha256(path);
     }
     fetch::sha256_file(path)
 }
@@ -136,8 +130,48 @@ pub fn resolve(
                 .with_context(|| format!("profile {}", path.display()))?;
             Ok(Some((path.to_path_buf(), p)))
         }
-        None => Ok(find_in(&profile_dirs(), &fp)),
+        None => {
+            let dirs = profile_dirs();
+            if let Some(found) = find_in(&dirs, &fp) {
+                return Ok(Some(found));
+            }
+            // A profile of this very model file that fails its checks is not skipped in
+            // silence: the user would never learn why compresskv is unavailable.
+            if let Some((path, e)) = refused_match(&dirs, &fp) {
+                bail!(
+                    "profile {} was measured on this model but cannot be used: {e:#}",
+                    path.display()
+                );
+            }
+            Ok(None)
+        }
     }
+}
+
+/// The first profile in `dirs` whose fingerprint names this model file but which fails
+/// validation, with the reason.
+fn refused_match(dirs: &[PathBuf], fp: &Fingerprint) -> Option<(PathBuf, anyhow::Error)> {
+    for dir in dirs {
+        let Ok(rd) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        let mut files: Vec<PathBuf> = rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "json"))
+            .collect();
+        files.sort();
+        for f in files {
+            let Ok(p) = Profile::load(&f) else {
+                continue;
+            };
+            if p.model.arch == fp.arch && p.model.sha256.eq_ignore_ascii_case(&fp.sha256) {
+                if let Err(e) = p.validate(&dims_of(fp), Some(&fp.sha256)) {
+                    return Some((f, e));
+                }
+            }
+        }
+    }
+    None
 }
 
 #[cfg(test)]

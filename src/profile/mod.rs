@@ -75,8 +75,7 @@ impl Profile {
     /// model: call [`Profile::validate`] once the model is known.
     pub fn load(path: impl AsRef<Path>) -> Result<Profile> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read profile {}", path.display()))?;
+        let text = crate::input::read_text(path, "profile", crate::input::MAX_PROFILE_BYTES)?;
         let profile: Profile = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a kvscope profile", path.display()))?;
         profile

@@ -134,6 +134,16 @@ impl App {
         self.snapshot.as_ref().map_or(0, |s| s.prompt_tokens.len())
     }
 
+    /// Largest budget an edit can grow a budget to: the prompt length (a budget `>= L`
+    /// keeps everything, so growing it further changes nothing). Before the prompt is
+    /// known, the largest context kvscope loads. A budget already above stays.
+    pub fn budget_limit(&self) -> usize {
+        match &self.snapshot {
+            Some(_) => self.prompt_len().max(self.settings.window),
+            None => crate::model::gguf_check::MAX_CONTEXT as usize,
+        }
+    }
+
     /// The displayed outcome was computed for other settings than the current ones.
     pub fn stale(&self) -> bool {
         self.result.as_ref().is_some_and(|r| r.gen != self.gen)
@@ -484,7 +494,7 @@ pub fn update(app: &mut App, a: Action) -> Vec<Cmd> {
             let Some(b) = list.get_mut(app.sel_layer) else {
                 return Vec::new();
             };
-            *b = (*b as i64 + delta).max(w as i64) as usize;
+            *b = step(*b, delta, w, app.budget_limit().max(*b));
             return app.edit(|s| {
                 s.layer_budgets = Some(list);
                 s.allocator = None;
@@ -492,20 +502,28 @@ pub fn update(app: &mut App, a: Action) -> Vec<Cmd> {
         }
         Action::Scale(up) => {
             let f = if up { SCALE } else { 1.0 / SCALE };
-            let w = app.settings.window;
-            let sc = |b: usize| ((b as f64 * f).round() as usize).max(w).max(1);
+            let (w, limit) = (app.settings.window, app.budget_limit());
+            let sc = |b: usize| {
+                // f64 -> usize saturates; the limit keeps repeated presses from growing
+                // past the prompt (a budget >= L keeps everything).
+                ((b as f64 * f).round() as usize)
+                    .min(limit.max(b))
+                    .max(w)
+                    .max(1)
+            };
             return app.edit(|s| match &mut s.layer_budgets {
                 Some(list) => list.iter_mut().for_each(|b| *b = sc(*b)),
                 None => s.budget = sc(s.budget),
             });
         }
         Action::BaseBudget(delta) => {
-            let w = app.settings.window as i64;
+            let (w, limit) = (app.settings.window, app.budget_limit());
             return app.edit(|s| {
-                s.budget = (s.budget as i64 + delta).max(w) as usize;
+                s.budget = step(s.budget, delta, w, limit.max(s.budget));
                 if let Some(list) = &mut s.layer_budgets {
-                    list.iter_mut()
-                        .for_each(|b| *b = (*b as i64 + delta).max(w) as usize);
+                    for b in list.iter_mut() {
+                        *b = step(*b, delta, w, limit.max(*b));
+                    }
                 }
             });
         }
@@ -593,6 +611,15 @@ pub fn update(app: &mut App, a: Action) -> Vec<Cmd> {
                 return Vec::new();
             }
             app.notice = Some(format!("loaded budget '{name}'"));
+            // A saved budget above the prompt keeps everything; store it as the prompt
+            // length so later edits start from a number that means something.
+            let budgets = match &app.snapshot {
+                Some(_) => {
+                    let cap = app.prompt_len().max(app.settings.window);
+                    budgets.into_iter().map(|b| b.min(cap)).collect()
+                }
+                None => budgets,
+            };
             return app.edit(|s| {
                 s.layer_budgets = Some(budgets);
                 s.allocator = None;
@@ -605,4 +632,14 @@ pub fn update(app: &mut App, a: Action) -> Vec<Cmd> {
         Action::Redraw => {}
     }
     Vec::new()
+}
+
+/// `b + delta`, at least `w` and at most `cap`, without wrapping for any `b`.
+fn step(b: usize, delta: i64, w: usize, cap: usize) -> usize {
+    let moved = if delta >= 0 {
+        b.saturating_add(delta as usize)
+    } else {
+        b.saturating_sub(delta.unsigned_abs() as usize)
+    };
+    moved.min(cap).max(w)
 }

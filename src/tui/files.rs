@@ -18,9 +18,9 @@ pub fn recent_path() -> Result<PathBuf> {
 /// The recent list, newest first; a missing or unreadable file is an empty list (it is
 /// a convenience, never a reason to refuse to start).
 pub fn read_recent(path: &Path) -> Vec<PathBuf> {
-    std::fs::read_to_string(path)
+    crate::input::read_bounded(path, "recent list", crate::input::MAX_SMALL_FILE_BYTES)
         .ok()
-        .and_then(|s| serde_json::from_str::<Vec<PathBuf>>(&s).ok())
+        .and_then(|b| serde_json::from_slice::<Vec<PathBuf>>(&b).ok())
         .unwrap_or_default()
 }
 
@@ -93,12 +93,43 @@ pub fn check_name(name: &str) -> Result<()> {
 
 /// Writes `budgets` as a JSON list to `dir/NAME.json`; returns the path.
 pub fn save_budgets(dir: &Path, name: &str, budgets: &[usize]) -> Result<PathBuf> {
+    Ok(save_budgets_keeping(dir, name, budgets)?.0)
+}
+
+/// [`save_budgets`], keeping a file already saved under that name as
+/// `NAME.json.bak-<unix seconds>` (never listed as a budget, never overwritten): a
+/// tuned budget is not lost to a name typed twice. Returns the path and the backup.
+pub fn save_budgets_keeping(
+    dir: &Path,
+    name: &str,
+    budgets: &[usize],
+) -> Result<(PathBuf, Option<PathBuf>)> {
     check_name(name)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join(format!("{name}.json"));
-    std::fs::write(&path, serde_json::to_string(budgets)?)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(path)
+    let text = serde_json::to_string(budgets)?;
+    // Saving the same budgets again changes nothing and needs no backup.
+    let old = std::fs::read(&path).ok();
+    let backup = match old {
+        Some(old) if old != text.as_bytes() => {
+            let secs = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let mut b = dir.join(format!("{name}.json.bak-{secs}"));
+            let mut n = 1;
+            while b.exists() {
+                b = dir.join(format!("{name}.json.bak-{secs}-{n}"));
+                n += 1;
+            }
+            std::fs::rename(&path, &b).with_context(|| {
+                format!("cannot keep the budget already saved as {}", path.display())
+            })?;
+            Some(b)
+        }
+        _ => None,
+    };
+    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok((path, backup))
 }
 
 /// Names of the saved budget files in `dir`, sorted.
@@ -117,9 +148,9 @@ pub fn list_budgets(dir: &Path) -> Vec<String> {
 
 /// Reads a budget file: a JSON list of whole numbers of tokens, one per layer.
 pub fn read_budget_file(path: &Path) -> Result<Vec<usize>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read budget file {}", path.display()))?;
-    serde_json::from_str::<Vec<usize>>(&text).with_context(|| {
+    let bytes =
+        crate::input::read_bounded(path, "budget file", crate::input::MAX_SMALL_FILE_BYTES)?;
+    serde_json::from_slice::<Vec<usize>>(&bytes).with_context(|| {
         format!(
             "budget file {} is not a JSON list of whole numbers (one per layer)",
             path.display()
@@ -181,6 +212,30 @@ mod tests {
             vec![8, 64, 128]
         );
         assert!(resolve_budget_ref("/no/such/file.json").is_err());
+    }
+
+    #[test]
+    fn saving_over_a_name_keeps_the_old_budgets() {
+        let d = temp_dir("budgets-backup");
+        let (p, b) = save_budgets_keeping(&d, "tune", &[8, 16]).unwrap();
+        assert!(b.is_none());
+        // The same budgets again: nothing to keep.
+        assert!(save_budgets_keeping(&d, "tune", &[8, 16])
+            .unwrap()
+            .1
+            .is_none());
+        let (p2, b) = save_budgets_keeping(&d, "tune", &[32, 64]).unwrap();
+        assert_eq!(p, p2);
+        let b = b.expect("a backup of the old file");
+        assert_eq!(read_budget_file(&b).unwrap(), vec![8, 16]);
+        assert_eq!(read_budget_file(&p).unwrap(), vec![32, 64]);
+        let (_, b2) = save_budgets_keeping(&d, "tune", &[1, 2]).unwrap();
+        let b2 = b2.expect("a second backup");
+        assert_ne!(b, b2, "a backup is never overwritten");
+        assert_eq!(read_budget_file(&b).unwrap(), vec![8, 16]);
+        assert_eq!(read_budget_file(&b2).unwrap(), vec![32, 64]);
+        // Backups are not offered as saved budgets.
+        assert_eq!(list_budgets(&d), vec!["tune".to_string()]);
     }
 
     #[test]

@@ -103,7 +103,10 @@ pub fn run(opts: Options) -> Result<()> {
     loop {
         if dirty {
             let t = Instant::now();
+            // A signal's cleanup waits for the frame instead of restoring mid-frame.
+            let guard = crate::signals::terminal();
             let size = term.t.draw(|f| ui::draw(f, &app))?.area;
+            drop(guard);
             timing.frame(t.elapsed(), size.width, size.height, &app);
             dirty = false;
         }
@@ -159,10 +162,15 @@ pub fn run(opts: Options) -> Result<()> {
                     cmds.extend(update(&mut app, Action::BudgetNames(names)));
                 }
                 Cmd::SaveBudgets { name, budgets } => {
-                    let r =
-                        files::budgets_dir().and_then(|d| files::save_budgets(&d, &name, &budgets));
+                    let r = files::budgets_dir()
+                        .and_then(|d| files::save_budgets_keeping(&d, &name, &budgets));
                     let a = match r {
-                        Ok(p) => Action::Notice(format!("saved budgets to {}", p.display())),
+                        Ok((p, None)) => Action::Notice(format!("saved budgets to {}", p.display())),
+                        Ok((p, Some(b))) => Action::Notice(format!(
+                            "saved budgets to {}; the budgets saved before under '{name}' are kept in {}",
+                            p.display(),
+                            b.display()
+                        )),
                         Err(e) => Action::Error(format!("{e:#}")),
                     };
                     cmds.extend(update(&mut app, a));
@@ -295,16 +303,22 @@ struct Term {
 
 impl Term {
     fn enter() -> Result<Term> {
-        enable_raw_mode().context("cannot put the terminal in raw mode (is this a terminal?)")?;
+        // SIGTERM / SIGINT / SIGHUP from outside restore the terminal too (restoring a
+        // terminal that is not raw yet is harmless).
+        crate::signals::terminal().restore_terminal = Some(restore);
+        if let Err(e) = enable_raw_mode() {
+            crate::signals::terminal().restore_terminal = None;
+            return Err(e).context("cannot put the terminal in raw mode (is this a terminal?)");
+        }
         let mut out = std::io::stdout();
         if let Err(e) = execute!(out, EnterAlternateScreen) {
-            restore();
+            give_up();
             return Err(e).context("cannot switch to the alternate screen");
         }
         match Terminal::new(CrosstermBackend::new(out)) {
             Ok(t) => Ok(Term { t }),
             Err(e) => {
-                restore();
+                give_up();
                 Err(e).context("cannot start the terminal UI")
             }
         }
@@ -313,8 +327,14 @@ impl Term {
 
 impl Drop for Term {
     fn drop(&mut self) {
-        restore();
+        give_up();
     }
+}
+
+/// Restores the terminal and tells the signal watcher there is nothing left to restore.
+fn give_up() {
+    crate::signals::terminal().restore_terminal = None;
+    restore();
 }
 
 fn restore() {

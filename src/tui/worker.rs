@@ -134,10 +134,10 @@ impl Worker {
                         Some(pr)
                     }
                     Ok(None) => None,
+                    // A notice, not an error: the first result clears errors, and the
+                    // reason must stay on screen.
                     Err(e) => {
-                        out(FromWorker::Error(format!(
-                            "profile discovery failed: {e:#}"
-                        )));
+                        out(FromWorker::Notice(format!("no profile: {e:#}")));
                         None
                     }
                 }
@@ -145,7 +145,7 @@ impl Worker {
             Some(p) => match Profile::load(p).and_then(|pr| pr.validate(&dims, None).map(|_| pr)) {
                 Ok(pr) => Some(pr),
                 Err(e) => {
-                    out(FromWorker::Error(format!("profile ignored: {e:#}")));
+                    out(FromWorker::Notice(format!("profile ignored: {e:#}")));
                     None
                 }
             },

@@ -48,7 +48,8 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         for c in 0..ncols {
             let l = c * rows + r;
             let Some(&b) = budgets.get(l) else { continue };
-            let n = (b * barw).div_ceil(top).min(barw);
+            // u128: a budget can be any usize (a huge --budget keeps everything).
+            let n = ((b as u128 * barw as u128).div_ceil(top as u128) as usize).min(barw);
             let sel = l == app.sel_layer;
             let lab = Style::default().fg(if sel { Color::Magenta } else { Color::DarkGray });
             let lab = if sel {
