@@ -257,13 +257,8 @@ pub fn load_model(path: Option<&Path>) -> Result<Loaded> {
     model::load(&resolve_model_path(path)?)
 }
 
-pub fn read_prompt(path: &Path) -> Result<String> {
-    let text = crate::input::read_text(path, "prompt file", crate::input::MAX_PROMPT_BYTES)?;
-    if text.trim().is_empty() {
-        bail!("prompt file {} is empty", path.display());
-    }
-    Ok(text)
-}
+/// Prompt reading lives below the command line (eval and the inspector use it too).
+pub use crate::input::read_prompt;
 
 /// Entry point of the binary; returns the process exit code.
 pub fn main() -> i32 {

@@ -48,9 +48,12 @@ struct SavedPrompt {
     ids: Vec<u32>,
 }
 
+/// Largest report read: 256 MiB (the kept positions of a 128K-token prompt on a model
+/// the size of the default one take about 80 MB of JSON).
+const MAX_REPORT_BYTES: u64 = 256 << 20;
+
 fn load_report(path: &std::path::Path) -> Result<SavedReport> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read report {}", path.display()))?;
+    let text = crate::input::read_text(path, "report", MAX_REPORT_BYTES)?;
     serde_json::from_str(&text).with_context(|| {
         format!(
             "{} is not a kvscope report (make one with `kvscope run --json` or `e` in the inspector)",
@@ -128,14 +131,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
     if let Some((sha, want_ids)) = &plan.expect {
         check_same_run(sha.as_deref(), model_sha.as_deref(), want_ids, &ids)?;
     }
-    let n_prompt = ids.len();
-    if n_prompt + plan.max_new > cfg.context_length {
-        bail!(
-            "the prompt has {n_prompt} tokens; with --max-new {} that exceeds the model's context of {} tokens",
-            plan.max_new,
-            cfg.context_length
-        );
-    }
+    crate::session::check_fits(ids.len(), plan.max_new, cfg.context_length)?;
     let quiet = a.json;
     let mut last_pct = 0;
     let mut progress = |done: usize, total: usize| {

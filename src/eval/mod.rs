@@ -13,10 +13,11 @@ pub mod plot;
 pub mod progress;
 pub mod prompts;
 pub mod results;
-pub mod score;
+/// The scorer lives at the crate root (profiles score trials with it too).
+pub use crate::score;
 pub mod sweep;
 
-use anyhow::{bail, Result};
+use anyhow::{Context, Result};
 
 use crate::eviction::Settings;
 use crate::model::Loaded;
@@ -93,14 +94,8 @@ pub fn run_item(
     let cfg = &loaded.model.config;
     let prompt = loaded.tok.apply_template(&item.text, ctx.raw);
     let n = loaded.tok.encode(&prompt)?.len();
-    if n + ctx.max_new > cfg.context_length {
-        bail!(
-            "{}: the prompt has {n} tokens; with --max-new {} that exceeds the model's context of {} tokens",
-            item.name,
-            ctx.max_new,
-            cfg.context_length
-        );
-    }
+    crate::session::check_fits(n, ctx.max_new, cfg.context_length)
+        .with_context(|| item.name.clone())?;
     bar.status(&format!("{} ({n} tokens): prefill + full cache", item.name));
     let mut session = Session::new(
         loaded,
