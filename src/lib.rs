@@ -6,6 +6,7 @@
 //! [`eviction`] -> [`keepset::KeepSet`] -> `model` decode -> generation.
 
 pub mod cli;
+pub mod divergence;
 pub mod eval;
 pub mod eviction;
 pub mod input;
@@ -17,5 +18,6 @@ pub mod score;
 pub mod session;
 pub mod signals;
 pub mod testing;
+pub mod testing_formats;
 pub mod trace;
 pub mod tui;

@@ -70,6 +70,11 @@ pub struct SettingsPart {
     pub model_sha256: Option<String>,
     #[serde(default)]
     pub kvscope_version: String,
+    /// Positions pinned to be kept / evicted (METHOD.md, "Pins").
+    #[serde(default)]
+    pub pin_keep: Vec<usize>,
+    #[serde(default)]
+    pub pin_evict: Vec<usize>,
     /// Every other knob of every registered method and allocator, with the value in force
     /// (`adakv_floor`, `pyramid_beta`, `cake_gamma`, ...).
     #[serde(flatten)]
@@ -112,6 +117,8 @@ impl SettingsPart {
             template: prov.template.clone(),
             model_sha256: prov.model_sha256.clone(),
             kvscope_version: env!("CARGO_PKG_VERSION").to_string(),
+            pin_keep: s.pin_keep.clone(),
+            pin_evict: s.pin_evict.clone(),
             knobs,
         }
     }
@@ -128,6 +135,8 @@ impl SettingsPart {
             pooling: self.pooling.parse()?,
             first_k: self.first_k,
             layer_budgets: self.manual_budgets.clone(),
+            pin_keep: self.pin_keep.clone(),
+            pin_evict: self.pin_evict.clone(),
             ..Settings::default()
         };
         // Leave the allocator unset when it is the method's own, as the user left it.

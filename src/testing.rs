@@ -246,7 +246,7 @@ pub fn write_tiny_gguf(path: &Path, spec: &GgufSpec) -> Result<Config> {
     ];
     md.sort_by(|x, y| x.0.cmp(&y.0));
 
-    let lin = |l: &Linear| f32_tensor(&l.f32, &[l.rows, l.cols]);
+    let lin = |l: &Linear| f32_tensor(&l.to_f32(), &[l.rows, l.cols]);
     let vec1 = |v: &[f32]| f32_tensor(v, &[v.len()]);
     let mut tensors: Vec<(String, QTensor)> = vec![("token_embd.weight".into(), lin(&w.embed)?)];
     for (i, l) in w.layers.iter().enumerate() {

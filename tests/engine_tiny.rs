@@ -182,13 +182,13 @@ fn naive_layer0(m: &Model, ids: &[u32]) -> (Vec<Vec<Vec<f64>>>, Vec<f64>) {
     let mut qs = vec![vec![0.0; d]; len];
     let mut ks = vec![0.0; nkv * len * hd];
     for (p, &id) in ids.iter().enumerate() {
-        let x: Vec<f64> = w.embed.f32[id as usize * d..(id as usize + 1) * d]
+        let x: Vec<f64> = w.embed.to_f32()[id as usize * d..(id as usize + 1) * d]
             .iter()
             .map(|&v| v as f64)
             .collect();
         let hn = rms_norm(&x, &w.layers[0].attn_norm, c.rms_eps as f64);
-        let mut q = matvec(&w.layers[0].wq.f32, d, &hn);
-        let mut k = matvec(&w.layers[0].wk.f32, nkv * hd, &hn);
+        let mut q = matvec(&w.layers[0].wq.to_f32(), d, &hn);
+        let mut k = matvec(&w.layers[0].wk.to_f32(), nkv * hd, &hn);
         for h in q.chunks_exact_mut(hd) {
             rope(h, p, c.rope_base as f64);
         }

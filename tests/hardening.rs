@@ -576,11 +576,12 @@ fn interrupted_fetch_leaves_nothing_behind() {
         let e = Env::new("int-fetch");
         let p = e.prompt();
         let marker = e.dir.join("pip-stopped");
-        // Writes into the download folder, then waits to be killed (and says so).
+        // Says when it is stopped (the trap is set before the file the test waits
+        // for), writes into the download folder, then waits to be killed.
         let body = format!(
-            "for a in \"$@\"; do d=\"$a\"; done\n\
+            "trap 'touch {}; exit 1' TERM\n\
+             for a in \"$@\"; do d=\"$a\"; done\n\
              head -c 100000 /dev/zero > \"$d/partial.whl\"\n\
-             trap 'touch {}; exit 1' TERM\n\
              sleep 30 & wait",
             s(&marker)
         );
@@ -683,26 +684,56 @@ fn eval_resume_with_other_settings_is_refused() {
 
 // ---------------------------------------------------------------- 1. signals and the TUI
 
-fn tmux(args: &[&str]) -> Option<String> {
-    let out = Command::new("tmux").args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+/// tmux on a server of the session's own (`-L NAME`), so tmux tests running at the
+/// same time elsewhere neither race to start one server nor see each other's sessions.
+fn tmux(server: &str, args: &[&str]) -> Result<String, String> {
+    let out = Command::new("tmux")
+        .args(["-L", server])
+        .args(args)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
 }
 
+/// One session on its own server; both end with the value.
 struct TmuxSession(String);
 
 impl Drop for TmuxSession {
     fn drop(&mut self) {
-        let _ = tmux(&["kill-session", "-t", &self.0]);
+        let _ = tmux(&self.0, &["kill-server"]);
     }
 }
 
 impl TmuxSession {
+    fn start(name: String, script: &str) -> TmuxSession {
+        let args = [
+            "new-session",
+            "-d",
+            "-s",
+            &name,
+            "-x",
+            "160",
+            "-y",
+            "45",
+            "bash",
+            "--norc",
+            "-c",
+            script,
+        ];
+        if let Err(e) = tmux(&name, &args) {
+            panic!("tmux new-session: {e}");
+        }
+        TmuxSession(name)
+    }
+
     fn wait(&self, what: &str, secs: u64, ok: impl Fn(&str) -> bool) -> String {
         let t = Instant::now();
         loop {
-            let s = tmux(&["capture-pane", "-p", "-t", &self.0]).unwrap_or_default();
+            let s = tmux(&self.0, &["capture-pane", "-p", "-t", &self.0]).unwrap_or_default();
             if ok(&s) {
                 return s;
             }
@@ -715,7 +746,7 @@ impl TmuxSession {
     }
 
     fn format(&self, f: &str) -> String {
-        tmux(&["display-message", "-p", "-t", &self.0, f])
+        tmux(&self.0, &["display-message", "-p", "-t", &self.0, f])
             .unwrap_or_default()
             .trim()
             .to_string()
@@ -767,22 +798,7 @@ fn signals_restore_the_terminal() {
             s(&p),
             s(&m)
         );
-        tmux(&[
-            "new-session",
-            "-d",
-            "-s",
-            &name,
-            "-x",
-            "160",
-            "-y",
-            "45",
-            "bash",
-            "--norc",
-            "-c",
-            &script,
-        ])
-        .expect("tmux new-session");
-        let t = TmuxSession(name);
+        let t = TmuxSession::start(name, &script);
         t.wait("the ready status", 60, |s| s.contains("[ready]"));
         assert_eq!(
             t.format("#{alternate_on}"),

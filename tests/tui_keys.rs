@@ -202,6 +202,8 @@ fn selection_moves_stay_in_range() {
     assert_eq!(app.sel_token, last - 16 - 128.min(last - 16));
     // Attention: zoom and pan stay inside the prompt.
     key(&mut app, KeyCode::Tab);
+    assert_eq!(app.focus, Pane::Divergence);
+    key(&mut app, KeyCode::Tab);
     assert_eq!(app.focus, Pane::HeadMap);
     update(&mut app, Action::Show(Pane::Attention));
     let len = app.prompt_len();

@@ -69,20 +69,41 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     let reps = a.reps.max(1);
     let threads = rayon::current_num_threads();
     let mut rows: Vec<serde_json::Value> = Vec::new();
+    // With --json, stdout carries only the JSON document; the human lines go to stderr.
+    let say = |line: String| {
+        if a.json {
+            eprintln!("{line}");
+        } else {
+            println!("{line}");
+        }
+    };
     eprintln!(
         "kvscope bench: {} threads, {} reps (median), Trace capture on",
         threads, reps
     );
+    let mem_weights = m.weights.resident_bytes();
+    let formats = weight_formats(m);
+    say(format!(
+        "model: {} ({}), file {:.1} MB, weights in memory {:.1} MB [{}]",
+        m.config.name,
+        m.config.arch,
+        loaded.file_bytes as f64 / 1e6,
+        mem_weights as f64 / 1e6,
+        formats
+    ));
+    let mut trace_bytes_max = 0usize;
+    let mut kv_bytes_max = 0usize;
     for &n in &a.prefill {
         let ids = filler_ids(&loaded, n)?;
         let mut tps = Vec::new();
         for _ in 0..reps {
             let t = Instant::now();
-            let _trace = m.prefill(&ids, crate::session::PREFILL_CHUNK, &mut |_, _| {})?;
+            let trace = m.prefill(&ids, crate::session::PREFILL_CHUNK, &mut |_, _| {})?;
             tps.push(n as f64 / t.elapsed().as_secs_f64());
+            trace_bytes_max = trace_bytes_max.max(trace_bytes(&trace));
         }
         let v = median(tps);
-        println!("prefill {n:>5} tokens: {v:>7.1} t/s");
+        say(format!("prefill {n:>5} tokens: {v:>7.1} t/s"));
         rows.push(serde_json::json!({"what": "prefill", "tokens": n, "tps": v}));
     }
     let max_ctx = a.decode.iter().cloned().max().unwrap_or(0);
@@ -91,8 +112,10 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         let ids = filler_ids(&loaded, ctx.max(1))?;
         let trace = m.prefill(&ids, crate::session::PREFILL_CHUNK, &mut |_, _| {})?;
         let all = KeepSet::all(&trace.dims, trace.len);
-        let v = decode_tps(&loaded, &trace, &all, a.steps, reps)?;
-        println!("decode at {ctx:>5} context: {v:>7.1} t/s");
+        trace_bytes_max = trace_bytes_max.max(trace_bytes(&trace));
+        let (v, kv) = decode_tps(&loaded, &trace, &all, a.steps, reps)?;
+        kv_bytes_max = kv_bytes_max.max(kv);
+        say(format!("decode at {ctx:>5} context: {v:>7.1} t/s"));
         rows.push(serde_json::json!({"what": "decode", "context": ctx, "kept": "full", "tps": v}));
         if ctx == max_ctx && ctx > a.compressed_budget {
             let s = Settings {
@@ -103,23 +126,97 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             let t = Instant::now();
             let sel = eviction::select(&trace, &s, None)?;
             let sel_ms = t.elapsed().as_secs_f64() * 1000.0;
-            let v = decode_tps(&loaded, &trace, &sel.keep, a.steps, reps)?;
-            println!(
+            let (v, _) = decode_tps(&loaded, &trace, &sel.keep, a.steps, reps)?;
+            say(format!(
                 "decode at {ctx:>5} context, snapkv budget {}: {v:>7.1} t/s (selection {sel_ms:.1} ms)",
                 a.compressed_budget
-            );
+            ));
             rows.push(serde_json::json!({"what": "decode", "context": ctx, "kept": a.compressed_budget, "tps": v, "select_ms": sel_ms}));
         }
     }
+    let peak = peak_rss_bytes();
+    let known = mem_weights + trace_bytes_max + kv_bytes_max;
+    say(format!(
+        "memory: weights {:.1} MB, largest Trace {:.1} MB, largest KV cache {:.1} MB, peak RSS {}",
+        mem_weights as f64 / 1e6,
+        trace_bytes_max as f64 / 1e6,
+        kv_bytes_max as f64 / 1e6,
+        peak.map_or("unknown".into(), |p| format!(
+            "{:.1} MB (other {:.1} MB)",
+            p as f64 / 1e6,
+            p.saturating_sub(known as u64) as f64 / 1e6
+        ))
+    ));
     if a.json {
+        let model = serde_json::json!({
+            "name": m.config.name,
+            "arch": m.config.arch,
+            "file": super::resolve_model_path(a.model.model.as_deref())?.display().to_string(),
+            "file_bytes": loaded.file_bytes,
+            "formats": formats,
+        });
+        let memory = serde_json::json!({
+            "weights_bytes": mem_weights,
+            "trace_bytes_max": trace_bytes_max,
+            "kv_cache_bytes_max": kv_bytes_max,
+            "peak_rss_bytes": peak,
+        });
         println!(
             "{}",
-            serde_json::to_string_pretty(
-                &serde_json::json!({"threads": threads, "reps": reps, "results": rows})
-            )?
+            serde_json::to_string_pretty(&serde_json::json!({
+                "threads": threads,
+                "reps": reps,
+                "steps": a.steps,
+                "model": model,
+                "memory": memory,
+                "results": rows
+            }))?
         );
     }
     Ok(())
+}
+
+/// The formats the model's matrices are held in, with how many matrices each.
+fn weight_formats(m: &crate::model::Model) -> String {
+    let w = &m.weights;
+    let mut all = vec![&w.embed];
+    all.extend(w.lm_head.as_ref());
+    for l in &w.layers {
+        all.extend([&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]);
+    }
+    let mut counts: Vec<(&str, usize)> = Vec::new();
+    for lin in all {
+        let name = lin.format().name();
+        match counts.iter_mut().find(|(n, _)| *n == name) {
+            Some(c) => c.1 += 1,
+            None => counts.push((name, 1)),
+        }
+    }
+    counts
+        .iter()
+        .map(|(n, c)| format!("{n} x{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Bytes the Trace holds (K, V, last queries, column sums, block maps).
+pub fn trace_bytes(t: &crate::trace::Trace) -> usize {
+    t.layers
+        .iter()
+        .map(|l| {
+            (l.k.len() + l.v.len() + l.q_last.len() + l.col_sums.len()) * 4
+                + l.maps.iter().map(|b| b.mean.len() * 4).sum::<usize>()
+        })
+        .sum::<usize>()
+        + t.last_logits.len() * 4
+}
+
+/// Peak resident set size of this process (Linux: VmHWM), if known.
+pub fn peak_rss_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
 }
 
 fn decode_tps(
@@ -128,8 +225,9 @@ fn decode_tps(
     keep: &KeepSet,
     steps: usize,
     reps: usize,
-) -> Result<f64> {
+) -> Result<(f64, usize)> {
     let mut tps = Vec::new();
+    let mut kv = 0;
     for _ in 0..reps {
         let mut st = DecodeState::new(&loaded.model, trace, keep, steps)?;
         let mut tok = crate::model::kernels::argmax(&trace.last_logits) as u32;
@@ -139,6 +237,7 @@ fn decode_tps(
             tok = crate::model::kernels::argmax(logits) as u32;
         }
         tps.push(steps as f64 / t.elapsed().as_secs_f64());
+        kv = kv.max(st.kv_bytes());
     }
-    Ok(median(tps))
+    Ok((median(tps), kv))
 }

@@ -2,17 +2,19 @@
 
 pub mod bench;
 pub mod eval;
+pub mod explain;
 pub mod models;
 pub mod profile;
 pub mod progress;
 pub mod run;
+pub mod synth;
 pub mod tui;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
-use crate::eviction::{registry, Allocator, Method, Settings};
+use crate::eviction::{pins, registry, Allocator, Method, Settings};
 use crate::model::{self, fetch, Loaded};
 
 #[derive(Parser, Debug)]
@@ -34,6 +36,9 @@ pub struct Cli {
 pub enum Command {
     /// One headless run: full-cache and compressed generation, memory, agreement.
     Run(run::RunArgs),
+    /// Why a compressed generation diverged: teacher-forced divergence curve, lost
+    /// attention, culprits, rescue and the distance from the attention oracle.
+    Explain(explain::ExplainArgs),
     /// Where the model cache is and what it holds.
     Models,
     /// Measure prefill and decode speed on the model (Trace capture on).
@@ -45,6 +50,9 @@ pub enum Command {
     Eval(eval::EvalCommand),
     /// Offline profiles: measure SRHs and layer errors, show or check a profile.
     Profile(profile::ProfileArgs),
+    /// Write a GGUF with random weights of a real model's shape (for measurements).
+    #[command(hide = true)]
+    Synth(synth::SynthArgs),
 }
 
 /// Flags shared by every command that loads a model.
@@ -166,14 +174,27 @@ pub struct EvictionArgs {
     /// Profile JSON (SRH ranking and layer errors) for compresskv / error-aware budgets.
     #[arg(long, value_name = "PATH")]
     pub profile: Option<PathBuf>,
+    /// Prompt positions every layer keeps inside its budget: a,b,c-d (METHOD.md, Pins).
+    #[arg(long = "pin-keep", value_name = "LIST")]
+    pub pin_keep: Option<String>,
+    /// Prompt positions no layer may keep (the window is always kept): a,b,c-d.
+    #[arg(long = "pin-evict", value_name = "LIST")]
+    pub pin_evict: Option<String>,
 }
 
 impl EvictionArgs {
     pub fn settings(&self) -> Result<Settings> {
+        let pins = |s: &Option<String>, flag: &str| -> Result<Vec<usize>> {
+            s.as_deref()
+                .map_or(Ok(Vec::new()), pins::parse_list)
+                .with_context(|| format!("--{flag}"))
+        };
         self.alloc.apply(self.knobs.apply(Settings {
             method: self.method.parse::<Method>()?,
             budget: self.budget,
             window: self.window,
+            pin_keep: pins(&self.pin_keep, "pin-keep")?,
+            pin_evict: pins(&self.pin_evict, "pin-evict")?,
             ..Settings::default()
         })?)
     }
@@ -266,11 +287,13 @@ pub fn main() -> i32 {
     let cli = Cli::parse();
     let result = match cli.command {
         Some(Command::Run(a)) => run::run(&a),
+        Some(Command::Explain(a)) => explain::run(&a),
         Some(Command::Models) => models::run(),
         Some(Command::Bench(a)) => bench::run(&a),
         Some(Command::Tui(a)) => tui::run(&a),
         Some(Command::Eval(c)) => eval::run(&c),
         Some(Command::Profile(a)) => profile::run(&a),
+        Some(Command::Synth(a)) => synth::run(&a),
         None => tui::run(&cli.tui),
     };
     match result {

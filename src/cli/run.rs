@@ -63,16 +63,17 @@ fn load_report(path: &std::path::Path) -> Result<SavedReport> {
 }
 
 /// The run's inputs: from the flags, or from a saved report.
-struct Plan {
-    settings: crate::eviction::Settings,
-    max_new: usize,
-    raw: bool,
-    profile: Option<PathBuf>,
+pub(super) struct Plan {
+    pub settings: crate::eviction::Settings,
+    pub max_new: usize,
+    pub raw: bool,
+    pub profile: Option<PathBuf>,
     /// The saved report's model sha256 and prompt ids, to check against.
-    expect: Option<(Option<String>, Vec<u32>)>,
+    pub expect: Option<(Option<String>, Vec<u32>)>,
 }
 
-fn plan(a: &RunArgs) -> Result<Plan> {
+/// The run's inputs from `a`: its flags, or the report `--from-report` names.
+pub(super) fn plan(a: &RunArgs) -> Result<Plan> {
     let Some(path) = &a.from_report else {
         return Ok(Plan {
             settings: a.eviction.settings()?,
@@ -143,7 +144,8 @@ pub fn run(a: &RunArgs) -> Result<()> {
     };
     let mut session = Session::new(&loaded, prompt, plan.max_new, profile, &mut progress)?;
     session.timing.load = (load_ms * 1000.0).round() / 1000.0;
-    if settings.method != Method::Full || a.json {
+    let pinned = !settings.pin_keep.is_empty() || !settings.pin_evict.is_empty();
+    if settings.method != Method::Full || pinned || a.json {
         session.apply(&loaded.model, &loaded.tok, settings.clone())?;
     }
     if a.json {
@@ -164,7 +166,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
 
 /// A report reruns only on its own model and prompt: anything else would be a different
 /// experiment under the same settings.
-fn check_same_run(
+pub(super) fn check_same_run(
     want_sha: Option<&str>,
     got_sha: Option<&str>,
     want_ids: &[u32],

@@ -15,6 +15,7 @@ pub mod full;
 pub mod h2o;
 pub mod headkv;
 pub mod knorm;
+pub mod pins;
 pub mod pyramidkv;
 pub mod random;
 pub mod registry;
@@ -299,11 +300,13 @@ pub fn select_with(
     if let Some(p) = profile {
         p.validate(dims, None)?;
     }
+    let len = trace.len;
+    pins::validate(&settings.pin_keep, &settings.pin_evict, len)?;
     let def = settings.method.def();
     if let (Some(how), None) = (def.needs_profile, profile) {
         bail!("{how}");
     }
-    let layer_budgets = budget::layer_budgets_for(settings, dims, trace.len, profile, Some(trace))?;
+    let layer_budgets = budget::layer_budgets_for(settings, dims, len, profile, Some(trace))?;
     let picked = (def.select)(&registry::Input {
         trace,
         settings,
@@ -311,16 +314,64 @@ pub fn select_with(
         budgets: &layer_budgets,
         table,
     })?;
-    let (positions, scores) = picked
+    let (positions, scores): (Vec<_>, Vec<_>) = picked
         .layers
         .into_iter()
         .map(|c| (c.keep, c.scores))
         .unzip();
+    let budgets = picked.budgets.unwrap_or(layer_budgets);
+    let (keep, layer_budgets) = pin(KeepSet { positions }, budgets, &scores, settings, len);
     Ok(Selection {
-        keep: KeepSet { positions },
-        layer_budgets: picked.budgets.unwrap_or(layer_budgets),
+        keep,
+        layer_budgets,
         scores,
     })
+}
+
+/// Applies the settings' pins to every layer's choice (a no-op without pins). A layer
+/// whose pins outnumber its choices keeps more than its budget; its entry in the
+/// returned budgets is then the tokens it keeps per KV head (rounded up), so the report
+/// shows the growth.
+fn pin(
+    keep: KeepSet,
+    mut budgets: Vec<usize>,
+    scores: &[Vec<Vec<f32>>],
+    settings: &Settings,
+    len: usize,
+) -> (KeepSet, Vec<usize>) {
+    if settings.pin_keep.is_empty() && settings.pin_evict.is_empty() {
+        return (keep, budgets);
+    }
+    let positions: Vec<Vec<Vec<usize>>> = keep
+        .positions
+        .into_iter()
+        .zip(scores)
+        .map(|(heads, sc)| {
+            let choice = LayerChoice {
+                keep: heads,
+                scores: sc.clone(),
+            };
+            pins::apply(
+                choice,
+                len,
+                settings.window,
+                &settings.pin_keep,
+                &settings.pin_evict,
+            )
+            .keep
+        })
+        .collect();
+    for (b, heads) in budgets.iter_mut().zip(&positions) {
+        let per_head = heads
+            .iter()
+            .map(Vec::len)
+            .sum::<usize>()
+            .div_ceil(heads.len().max(1));
+        if *b < len && per_head > *b {
+            *b = per_head;
+        }
+    }
+    (KeepSet { positions }, budgets)
 }
 
 /// The trace must agree with its own dims, or indexing it would panic.
@@ -583,7 +634,7 @@ mod tests {
                             Some(Allocator::ErrorAware),
                         ][alloc],
                         layer_budgets: None,
-                        knobs: Default::default(),
+                        ..Settings::default()
                     };
                     (trace, settings, profile)
                 },

@@ -29,6 +29,10 @@ pub struct Settings {
     pub allocator: Option<Allocator>,
     /// Explicit per-layer budgets; implies the manual allocator.
     pub layer_budgets: Option<Vec<usize>>,
+    /// Prompt positions every KV head keeps, inside its budget (METHOD.md, "Pins").
+    pub pin_keep: Vec<usize>,
+    /// Prompt positions removed from the candidates (never from the window).
+    pub pin_evict: Vec<usize>,
     /// Every other registry knob (`registry::Knob` with no typed field) that was set, by
     /// name; an unset knob has its default. In JSON they sit beside the fields above.
     #[serde(flatten)]
@@ -48,6 +52,8 @@ impl Default for Settings {
             pyramid_beta: 20,
             allocator: None,
             layer_budgets: None,
+            pin_keep: Vec::new(),
+            pin_evict: Vec::new(),
             knobs: BTreeMap::new(),
         }
     }

@@ -418,6 +418,41 @@ impl<'m> DecodeState<'m> {
         self.step_inner(token, None, Some((&masks, errors)))
     }
 
+    /// [`step_shadow`](Self::step_shadow) that also captures every head's attention
+    /// probabilities: the divergence analysis needs both from the same full-cache step.
+    pub fn step_shadow_capture(
+        &mut self,
+        token: u32,
+        shadow: &KeepSet,
+        errors: &mut Vec<f32>,
+        capture: &mut Vec<StepAttention>,
+    ) -> Result<&[f32]> {
+        shadow.validate(&self.model.dims(), self.prompt_len)?;
+        let n = self.prompt_len;
+        let full = n > 0
+            && self.cache.iter().flatten().all(|hc| {
+                hc.positions.first() == Some(&0) && hc.positions.get(n - 1) == Some(&(n - 1))
+            });
+        if !full {
+            bail!("shadow eviction error needs a full cache");
+        }
+        let masks: ShadowMasks = shadow
+            .positions
+            .iter()
+            .map(|heads| {
+                heads
+                    .iter()
+                    .map(|pos| {
+                        let mut m = vec![false; self.prompt_len];
+                        pos.iter().for_each(|&p| m[p] = true);
+                        m
+                    })
+                    .collect()
+            })
+            .collect();
+        self.step_inner(token, Some(capture), Some((&masks, errors)))
+    }
+
     fn step_inner(
         &mut self,
         token: u32,

@@ -210,6 +210,27 @@ impl QMat {
         }
     }
 
+    /// Row `r` as f32.
+    pub fn dequant_row(&self, r: usize, out: &mut [f32]) {
+        let (q, d, m) = self.row(r);
+        for (b, o) in out.chunks_exact_mut(QK).enumerate() {
+            let (s, off) = (d[b].to_f32(), m[b].to_f32());
+            for (j, v) in o.iter_mut().enumerate() {
+                let code = if self.packed {
+                    let byte = q[b * QK / 2 + j % (QK / 2)];
+                    if j < QK / 2 {
+                        byte & 0x0f
+                    } else {
+                        byte >> 4
+                    }
+                } else {
+                    q[b * QK + j]
+                };
+                *v = s * code as f32 + off;
+            }
+        }
+    }
+
     pub fn dequantize(&self) -> Vec<f32> {
         let nb = self.blocks();
         let mut out = vec![0f32; self.rows * self.cols];

@@ -6,6 +6,7 @@ pub mod forward;
 pub mod gguf_check;
 pub mod kernels;
 pub mod kvcache;
+pub mod quant;
 pub mod team;
 pub mod tokenizer;
 pub mod weights;

@@ -1,62 +1,240 @@
-//! Model weights, held twice: f32 for the GEMM-based prefill and 8-bit affine blocks for
-//! the memory-bound decode (each path uses the format that measures faster for it).
+//! Model weights, held as the file stores them: each matrix keeps its own blocks (Q4_K,
+//! Q6_K, Q8_0, F16, ...) and every product reads those bytes directly. Prefill dequantises
+//! a panel of rows at a time into a small per-task f32 buffer right before its GEMM;
+//! decode multiplies the blocks with 8-bit activations. No f32 copy of a matrix stays
+//! resident (except matrices that are f32 in the file, and tiny test models).
 
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file::Content;
-use candle_core::quantized::GgmlDType;
-use candle_core::Device;
 use half::f16;
+use rayon::prelude::*;
+use std::io::Read;
 
 use super::config::Config;
 use super::kernels::{self, QMat, QVec, QK};
+use super::quant::{self, Format};
 
 /// A linear layer `y = W x`, `W` is `[rows = out][cols = in]`.
 #[derive(Debug, Clone)]
 pub struct Linear {
     pub rows: usize,
     pub cols: usize,
-    pub f32: Vec<f32>,
-    /// `None` when `cols` is not a multiple of the block size; decode then uses f32.
-    pub q: Option<QMat>,
+    store: Store,
+}
+
+#[derive(Debug, Clone)]
+enum Store {
+    /// f32 values (F32 tensors, and weights built in memory by tests).
+    F32(Vec<f32>),
+    /// Q4_1 with its scales and offsets split from the codes, for the 8-bit affine row
+    /// kernels (AVX-512 VNNI / AVX2) the default model's decode speed was tuned on; the
+    /// same bytes as the file, rearranged.
+    Affine(QMat),
+    /// The file's blocks as they are, `rows` rows of `fmt.row_bytes(cols)` bytes.
+    Blocks { fmt: Format, data: Vec<u8> },
+}
+
+/// Rows per prefill panel are chosen so a panel's f32 copy stays near this many floats
+/// (256 KiB: within L2 next to the GEMM's own packing buffers).
+const PANEL_FLOATS: usize = 64 * 1024;
+
+/// A raw pointer that rayon tasks may share; each task writes a disjoint set of columns.
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: only used to let tasks write disjoint column ranges of one output buffer.
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The element `i` places further (a method, so closures capture the whole wrapper
+    /// rather than its non-Send raw pointer field).
+    ///
+    /// # Safety
+    /// As for `pointer::add`.
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        self.0.add(i)
+    }
 }
 
 impl Linear {
     pub fn from_f32(w: Vec<f32>, rows: usize, cols: usize) -> Self {
-        let q = (cols.is_multiple_of(QK)).then(|| QMat::from_f32(&w, rows, cols));
+        assert_eq!(w.len(), rows * cols);
         Linear {
             rows,
             cols,
-            f32: w,
-            q,
+            store: Store::F32(w),
         }
+    }
+
+    /// A matrix from the bytes of a GGUF tensor of format `fmt` (rows of whole blocks).
+    pub fn from_blocks(fmt: Format, data: Vec<u8>, rows: usize, cols: usize) -> Result<Self> {
+        fmt.check_cols("matrix", cols)?;
+        if data.len() != rows * fmt.row_bytes(cols) {
+            bail!(
+                "{} data has {} bytes, expected {}",
+                fmt.name(),
+                data.len(),
+                rows * fmt.row_bytes(cols)
+            );
+        }
+        let store = match fmt {
+            Format::F32 => {
+                let mut w = vec![0f32; rows * cols];
+                quant::dequant_row(fmt, &data, &mut w);
+                Store::F32(w)
+            }
+            Format::Q4_1 => Store::Affine(q4_1_to_qmat(&data, rows, cols)?),
+            _ => Store::Blocks { fmt, data },
+        };
+        Ok(Linear { rows, cols, store })
+    }
+
+    /// The format the weights are held in.
+    pub fn format(&self) -> Format {
+        match &self.store {
+            Store::F32(_) => Format::F32,
+            Store::Affine(_) => Format::Q4_1,
+            Store::Blocks { fmt, .. } => *fmt,
+        }
+    }
+
+    /// Bytes the weights occupy in memory.
+    pub fn bytes(&self) -> usize {
+        match &self.store {
+            Store::F32(w) => w.len() * 4,
+            Store::Affine(q) => q.q.len() + (q.d.len() + q.m.len()) * 2,
+            Store::Blocks { data, .. } => data.len(),
+        }
+    }
+
+    /// The whole matrix as f32 (tests and reference computations).
+    pub fn to_f32(&self) -> Vec<f32> {
+        let mut w = vec![0f32; self.rows * self.cols];
+        for (r, row) in w.chunks_exact_mut(self.cols.max(1)).enumerate() {
+            self.row_into(r, row);
+        }
+        w
     }
 
     // The forward pass multiplies only through these methods, so how a matrix is
-    // stored (f32 copy, 8-bit blocks, the file's own quantised blocks) stays private to
-    // this module and the kernels.
+    // stored stays private to this module and the kernels.
 
     /// Row `r` as f32 (an embedding lookup).
     pub fn row_into(&self, r: usize, out: &mut [f32]) {
-        out.copy_from_slice(&self.f32[r * self.cols..(r + 1) * self.cols]);
-    }
-
-    /// Prefill: `out[t][rows] = x[t][cols] . W^T`, parallel.
-    pub fn matmul(&self, x: &[f32], t: usize, out: &mut [f32]) {
-        kernels::matmul_xwt(x, &self.f32, out, t, self.cols, self.rows, true);
-    }
-
-    /// Decode: rows `r0..r0 + out.len()` of `W x` on the calling thread; `qx` is `x`
-    /// quantised to 8 bits, used when `quant` and the matrix has 8-bit blocks.
-    pub fn matvec_rows(&self, x: &[f32], qx: &QVec, quant: bool, r0: usize, out: &mut [f32]) {
-        match (&self.q, quant) {
-            (Some(qm), true) => kernels::matvec_q_rows(qm, qx, r0, out),
-            _ => kernels::matvec_f32_rows(&self.f32, x, r0, out),
+        let c = self.cols;
+        match &self.store {
+            Store::F32(w) => out.copy_from_slice(&w[r * c..(r + 1) * c]),
+            Store::Affine(q) => q.dequant_row(r, out),
+            Store::Blocks { fmt, data } => {
+                let rb = fmt.row_bytes(c);
+                quant::dequant_row(*fmt, &data[r * rb..(r + 1) * rb], out)
+            }
         }
     }
 
-    /// `W x` in f32, parallel over rows.
+    /// Prefill: `out[t][rows] = x[t][cols] . W^T`, parallel. Stored blocks are
+    /// dequantised a panel of rows at a time into a per-task buffer, each panel then
+    /// multiplied by one single-threaded GEMM into its columns of `out`.
+    pub fn matmul(&self, x: &[f32], t: usize, out: &mut [f32]) {
+        let (rows, cols) = (self.rows, self.cols);
+        if let Store::F32(w) = &self.store {
+            kernels::matmul_xwt(x, w, out, t, cols, rows, true);
+            return;
+        }
+        assert!(x.len() >= t * cols && out.len() >= t * rows);
+        if t == 0 || rows == 0 {
+            return;
+        }
+        let threads = rayon::current_num_threads().max(1);
+        // Enough panels to balance the threads, each at most PANEL_FLOATS when possible.
+        let by_size = (rows * cols).div_ceil(PANEL_FLOATS);
+        let n_panels = by_size.max(threads * 4).min(rows.div_ceil(8)).max(1);
+        let panel = rows.div_ceil(n_panels);
+        let dst = OutPtr(out.as_mut_ptr());
+        (0..rows.div_ceil(panel)).into_par_iter().for_each_init(
+            Vec::new,
+            |buf: &mut Vec<f32>, p| {
+                let r0 = p * panel;
+                let n = panel.min(rows - r0);
+                buf.resize(n * cols, 0.0);
+                for (i, row) in buf.chunks_exact_mut(cols).enumerate() {
+                    self.row_into(r0 + i, row);
+                }
+                // SAFETY: x holds t rows of cols (asserted); buf holds n rows of cols;
+                // out holds t rows of `rows` and this task writes only columns
+                // r0..r0 + n of each, which no other task writes.
+                unsafe {
+                    gemm::gemm(
+                        t,
+                        n,
+                        cols,
+                        dst.at(r0),
+                        1,
+                        rows as isize,
+                        false,
+                        x.as_ptr(),
+                        1,
+                        cols as isize,
+                        buf.as_ptr(),
+                        cols as isize,
+                        1,
+                        0.0f32,
+                        1.0f32,
+                        false,
+                        false,
+                        false,
+                        gemm::Parallelism::None,
+                    )
+                }
+            },
+        );
+    }
+
+    /// Decode: rows `r0..r0 + out.len()` of `W x` on the calling thread; `qx` is `x`
+    /// quantised to 8 bits, used when `quant` and the matrix is in a block format.
+    /// Without `quant` the products are f32 (rows dequantised on the fly).
+    pub fn matvec_rows(&self, x: &[f32], qx: &QVec, quant: bool, r0: usize, out: &mut [f32]) {
+        assert!(r0 + out.len() <= self.rows);
+        let c = self.cols;
+        match &self.store {
+            Store::F32(w) => kernels::matvec_f32_rows(w, x, r0, out),
+            Store::Affine(qm) if quant => kernels::matvec_q_rows(qm, qx, r0, out),
+            Store::Affine(qm) => {
+                let mut buf = vec![0f32; c];
+                for (i, v) in out.iter_mut().enumerate() {
+                    qm.dequant_row(r0 + i, &mut buf);
+                    *v = kernels::dot(&buf, x);
+                }
+            }
+            Store::Blocks { fmt, data } => {
+                let rb = fmt.row_bytes(c);
+                let row = |r: usize| &data[r * rb..(r + 1) * rb];
+                if !fmt.is_block() {
+                    for (i, v) in out.iter_mut().enumerate() {
+                        *v = quant::dot_f32(*fmt, row(r0 + i), x);
+                    }
+                } else if quant {
+                    for (i, v) in out.iter_mut().enumerate() {
+                        *v = quant::dot_q8(*fmt, row(r0 + i), qx);
+                    }
+                } else {
+                    let mut buf = vec![0f32; c];
+                    for (i, v) in out.iter_mut().enumerate() {
+                        quant::dequant_row(*fmt, row(r0 + i), &mut buf);
+                        *v = kernels::dot(&buf, x);
+                    }
+                }
+            }
+        }
+    }
+
+    /// `W x` in f32, parallel over rows (prefill's last-token logits).
     pub fn matvec(&self, x: &[f32], out: &mut [f32]) {
-        kernels::matvec_f32(&self.f32, x, out);
+        const CHUNK: usize = 256;
+        let none = QVec::default();
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(ci, o)| self.matvec_rows(x, &none, false, ci * CHUNK, o));
     }
 }
 
@@ -88,21 +266,15 @@ impl Weights {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
-    /// Bytes of weights as stored in memory (both formats).
+    /// Bytes of weights as held in memory.
     pub fn resident_bytes(&self) -> usize {
-        fn lin(l: &Linear) -> usize {
-            l.f32.len() * 4
-                + l.q
-                    .as_ref()
-                    .map_or(0, |q| q.q.len() + (q.d.len() + q.m.len()) * 2)
-        }
-        let mut n = lin(&self.embed) + self.out_norm.len() * 4;
-        n += self.lm_head.as_ref().map_or(0, lin);
+        let mut n = self.embed.bytes() + self.out_norm.len() * 4;
+        n += self.lm_head.as_ref().map_or(0, Linear::bytes);
         for l in &self.layers {
             n += (l.attn_norm.len() + l.ffn_norm.len()) * 4;
             n += [&l.wq, &l.wk, &l.wv, &l.wo, &l.gate, &l.up, &l.down]
                 .iter()
-                .map(|x| lin(x))
+                .map(|x| x.bytes())
                 .sum::<usize>();
         }
         n
@@ -144,28 +316,56 @@ impl Weights {
     }
 }
 
+/// The bytes of tensor `name` as stored, after checking its shape (`[rows][cols]`, or
+/// `[cols]` for a vector) and that kvscope reads its type.
 fn read_tensor<R: std::io::Read + std::io::Seek>(
     content: &Content,
     r: &mut R,
     name: &str,
     shape: &[usize],
-) -> Result<candle_core::quantized::QTensor> {
-    if !content.tensor_infos.contains_key(name) {
+) -> Result<(Format, Vec<u8>)> {
+    let Some(info) = content.tensor_infos.get(name) else {
         bail!("model file lacks tensor '{name}' (not a complete llama-architecture GGUF)");
-    }
-    let t = content.tensor(r, name, &Device::Cpu).map_err(|e| {
-        anyhow::anyhow!(
-            "cannot read tensor '{name}' (file truncated or corrupt?): {}",
-            super::first_line(&e)
-        )
-    })?;
-    if t.shape().dims() != shape {
+    };
+    if info.shape.dims() != shape {
         bail!(
             "tensor '{name}' has shape {:?}, expected {shape:?}",
-            t.shape().dims()
+            info.shape.dims()
         );
     }
-    Ok(t)
+    let Some(fmt) = Format::from_ggml(info.ggml_dtype) else {
+        bail!(
+            "tensor '{name}' has type {:?}, which kvscope does not read (it reads {})",
+            info.ggml_dtype,
+            quant::supported_names()
+        );
+    };
+    let cols = shape.last().copied().unwrap_or(1);
+    fmt.check_cols(name, cols)?;
+    let rows: usize = shape[..shape.len().saturating_sub(1)].iter().product();
+    let len = rows
+        .checked_mul(fmt.row_bytes(cols))
+        .with_context(|| format!("tensor '{name}' is too large"))?;
+    let at = content
+        .tensor_data_offset
+        .checked_add(info.offset)
+        .with_context(|| format!("tensor '{name}' has an offset past any file"))?;
+    r.seek(std::io::SeekFrom::Start(at))
+        .with_context(|| format!("cannot seek to tensor '{name}'"))?;
+    let mut data = Vec::new();
+    data.try_reserve_exact(len)
+        .with_context(|| format!("cannot allocate {len} bytes for tensor '{name}'"))?;
+    (&mut *r)
+        .take(len as u64)
+        .read_to_end(&mut data)
+        .with_context(|| format!("cannot read tensor '{name}'"))?;
+    if data.len() != len {
+        bail!(
+            "tensor '{name}' ends past the end of the file ({} of {len} bytes; truncated file?)",
+            data.len()
+        );
+    }
+    Ok((fmt, data))
 }
 
 fn vector<R: std::io::Read + std::io::Seek>(
@@ -174,8 +374,10 @@ fn vector<R: std::io::Read + std::io::Seek>(
     name: &str,
     n: usize,
 ) -> Result<Vec<f32>> {
-    let t = read_tensor(content, r, name, &[n])?;
-    Ok(t.dequantize(&Device::Cpu)?.to_vec1::<f32>()?)
+    let (fmt, data) = read_tensor(content, r, name, &[n])?;
+    let mut v = vec![0f32; n];
+    quant::dequant_row(fmt, &data, &mut v);
+    Ok(v)
 }
 
 fn linear<R: std::io::Read + std::io::Seek>(
@@ -185,25 +387,8 @@ fn linear<R: std::io::Read + std::io::Seek>(
     rows: usize,
     cols: usize,
 ) -> Result<Linear> {
-    let t = read_tensor(content, r, name, &[rows, cols])?;
-    let f = t
-        .dequantize(&Device::Cpu)?
-        .flatten_all()?
-        .to_vec1::<f32>()
-        .with_context(|| format!("cannot dequantize '{name}'"))?;
-    // Q4_1 and Q8_0 map exactly onto 8-bit affine blocks; keep them bit-exact.
-    let q = match t.dtype() {
-        GgmlDType::Q4_1 => Some(q4_1_to_qmat(&t.data()?, rows, cols)?),
-        GgmlDType::Q8_0 => Some(q8_0_to_qmat(&t.data()?, rows, cols)?),
-        _ if cols.is_multiple_of(QK) => Some(QMat::from_f32(&f, rows, cols)),
-        _ => None,
-    };
-    Ok(Linear {
-        rows,
-        cols,
-        f32: f,
-        q,
-    })
+    let (fmt, data) = read_tensor(content, r, name, &[rows, cols])?;
+    Linear::from_blocks(fmt, data, rows, cols).with_context(|| format!("tensor '{name}'"))
 }
 
 /// Q4_1 block: f16 d, f16 m, 16 bytes of nibbles (low nibbles = elements 0..16,
@@ -236,36 +421,30 @@ fn q4_1_to_qmat(raw: &[u8], rows: usize, cols: usize) -> Result<QMat> {
     })
 }
 
-/// Q8_0 block: f16 d, 32 signed bytes; value = d * q. Stored as unsigned q + 128 with
-/// offset m = -128 d so every matrix shares one kernel.
-fn q8_0_to_qmat(raw: &[u8], rows: usize, cols: usize) -> Result<QMat> {
-    const BS: usize = 34;
-    let nblocks = rows * cols / QK;
-    if raw.len() != nblocks * BS {
-        bail!(
-            "Q8_0 data has {} bytes, expected {}",
-            raw.len(),
-            nblocks * BS
-        );
-    }
-    let mut q = vec![0u8; rows * cols];
-    let mut d = Vec::with_capacity(nblocks);
-    let mut m = Vec::with_capacity(nblocks);
-    for (b, blk) in raw.chunks_exact(BS).enumerate() {
-        let s = f16::from_le_bytes([blk[0], blk[1]]);
-        d.push(s);
-        // Exact in f16: a power-of-two multiple (|d| stays far below 65504 / 128).
-        m.push(f16::from_f32(-128.0 * s.to_f32()));
-        for j in 0..QK {
-            q[b * QK + j] = (blk[2 + j] as i8 as i16 + 128) as u8;
+impl Weights {
+    /// The same weights with every matrix as f32 (the reference the stored formats are
+    /// tested against).
+    pub fn to_f32(&self) -> Weights {
+        let f = |l: &Linear| Linear::from_f32(l.to_f32(), l.rows, l.cols);
+        Weights {
+            embed: f(&self.embed),
+            layers: self
+                .layers
+                .iter()
+                .map(|l| LayerWeights {
+                    attn_norm: l.attn_norm.clone(),
+                    wq: f(&l.wq),
+                    wk: f(&l.wk),
+                    wv: f(&l.wv),
+                    wo: f(&l.wo),
+                    ffn_norm: l.ffn_norm.clone(),
+                    gate: f(&l.gate),
+                    up: f(&l.up),
+                    down: f(&l.down),
+                })
+                .collect(),
+            out_norm: self.out_norm.clone(),
+            lm_head: self.lm_head.as_ref().map(f),
         }
     }
-    Ok(QMat {
-        rows,
-        cols,
-        packed: false,
-        q,
-        d,
-        m,
-    })
 }

@@ -226,4 +226,24 @@ mod tests {
         assert!(find_in(&dirs, &other).is_none());
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    #[test]
+    fn a_broken_profile_of_this_model_is_named_with_the_reason() {
+        let dir = crate::testing::temp_dir("discover-refused");
+        let a = "a".repeat(64);
+        let mut broken = profile(&a);
+        broken.srh_ranking = vec![vec![0, 0]];
+        broken.save(dir.join("a.json")).unwrap();
+        let dirs = vec![dir.clone()];
+        let fp = profile(&a).model;
+        assert!(find_in(&dirs, &fp).is_none());
+        let (path, e) = refused_match(&dirs, &fp).expect("the refused profile");
+        assert_eq!(path, dir.join("a.json"));
+        assert!(format!("{e:#}").contains("not an ordering"), "{e:#}");
+        // Another model's profile is not this model's business.
+        let mut other = fp;
+        other.sha256 = "b".repeat(64);
+        assert!(refused_match(&dirs, &other).is_none());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

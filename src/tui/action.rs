@@ -21,16 +21,18 @@ pub enum Pane {
     Generation,
     Memory,
     Tokens,
+    Divergence,
 }
 
 impl Pane {
-    pub const ALL: [Pane; 6] = [
+    pub const ALL: [Pane; 7] = [
         Pane::HeadMap,
         Pane::Attention,
         Pane::Budgets,
         Pane::Generation,
         Pane::Memory,
         Pane::Tokens,
+        Pane::Divergence,
     ];
 
     pub fn title(self) -> &'static str {
@@ -41,6 +43,7 @@ impl Pane {
             Pane::Generation => "Generation",
             Pane::Memory => "Memory",
             Pane::Tokens => "Tokens",
+            Pane::Divergence => "Divergence",
         }
     }
 
@@ -86,6 +89,19 @@ pub enum Action {
     ZoomOut,
     Pan(i64),
     Export,
+    /// Pin the selected prompt token to be kept (again: unpin).
+    PinKeep,
+    /// Pin the selected prompt token to be evicted (again: unpin).
+    PinEvict,
+    /// First press marks the selected token; the second pins the range mark..selection.
+    PinRange,
+    /// Remove every pin.
+    ClearPins,
+    /// Pin the top culprits of the selected step (METHOD.md, "Rescue").
+    Rescue,
+    /// Freeze the displayed outcome as A, for an A/B comparison with the live settings.
+    FreezeA,
+    ClearA,
     /// Open the name prompt to save the current per-layer budgets.
     SaveStart,
     /// Open the list of saved budget files.

@@ -15,6 +15,8 @@ use crate::trace::{Dims, W_MAX};
 pub const LAYER_STEP: i64 = 16;
 /// Factor of `*` (and its inverse for `/`).
 pub const SCALE: f64 = 1.25;
+/// Culprits one rescue key pins.
+pub const RESCUE_K: usize = 3;
 
 /// What the loop must do after an update.
 #[derive(Debug, Clone, PartialEq)]
@@ -86,6 +88,19 @@ pub struct App {
     /// The user chose neither a method nor a profile: start with compresskv if the
     /// worker finds a matching profile on its own (shipped or cached).
     pub prefer_compresskv: bool,
+    /// Divergence pane: the selected teacher-forced step (1-based); `None` follows the
+    /// analysis' default step.
+    pub sel_step: Option<usize>,
+    /// Start of a range to pin (`v` pressed once).
+    pub range_mark: Option<usize>,
+    /// The outcome frozen as A for the A/B comparison.
+    pub frozen: Option<Box<Outcome>>,
+    /// On the full layout the Divergence pane takes the attention map's place; it stays
+    /// there while other panes (the tokens, to pin) have focus, until 2 brings the map
+    /// back.
+    pub show_divergence: bool,
+    /// A rescue waiting for its result: (settings generation, pinned culprits).
+    pub rescue_pending: Option<(u64, Vec<usize>)>,
     /// Index of the selected knob among the method's and allocator's (`o`, `<`, `>`).
     pub knob_sel: usize,
 }
@@ -117,8 +132,72 @@ impl App {
             quit: false,
             has_profile: false,
             prefer_compresskv: false,
+            sel_step: None,
+            range_mark: None,
+            frozen: None,
+            show_divergence: false,
+            rescue_pending: None,
             knob_sel: 0,
         }
+    }
+
+    /// The Divergence pane's step: the user's choice, else the analysis' default.
+    pub fn step(&self) -> Option<usize> {
+        let d = self.result.as_ref()?.divergence.as_ref()?;
+        match self.sel_step {
+            Some(t) if t >= 1 && t <= d.steps.len() => Some(t),
+            _ => d.default_step,
+        }
+    }
+
+    fn move_step(&mut self, delta: i64) {
+        let n = self
+            .result
+            .as_ref()
+            .and_then(|r| r.divergence.as_ref())
+            .map_or(0, |d| d.steps.len());
+        if n == 0 {
+            return;
+        }
+        let cur = self.step().unwrap_or(1) as i64;
+        self.sel_step = Some((cur + delta).clamp(1, n as i64) as usize);
+    }
+
+    /// Toggles `pos` in one pin list (and out of the other, so they never overlap).
+    fn toggle_pin(&mut self, pos: usize, keep: bool) -> Vec<Cmd> {
+        if pos >= self.prompt_len() {
+            return Vec::new();
+        }
+        self.edit(|s| {
+            let (mine, other) = if keep {
+                (&mut s.pin_keep, &mut s.pin_evict)
+            } else {
+                (&mut s.pin_evict, &mut s.pin_keep)
+            };
+            match mine.binary_search(&pos) {
+                Ok(i) => {
+                    mine.remove(i);
+                }
+                Err(i) => {
+                    mine.insert(i, pos);
+                    other.retain(|&p| p != pos);
+                }
+            }
+        })
+    }
+
+    /// Pins `ps` kept (leaving any that are pinned evicted as they are).
+    fn pin_all(&mut self, ps: &[usize]) -> Vec<Cmd> {
+        let len = self.prompt_len();
+        self.edit(|s| {
+            for &p in ps.iter().filter(|&&p| p < len) {
+                if !s.pin_evict.contains(&p) {
+                    s.pin_keep.push(p);
+                }
+            }
+            s.pin_keep.sort_unstable();
+            s.pin_keep.dedup();
+        })
     }
 
     pub fn dims(&self) -> Option<Dims> {
@@ -225,6 +304,9 @@ impl App {
             v.push(Stat::Srh);
         }
         v.extend(Stat::LIVE);
+        if self.result.as_ref().is_some_and(|r| r.divergence.is_some()) {
+            v.push(Stat::LostMass);
+        }
         v
     }
 
@@ -232,6 +314,8 @@ impl App {
         let step = if big { 8 } else { 1 };
         let (nl, nh, nt) = (self.n_layers(), self.n_heads(), self.prompt_len().max(1));
         match (self.focus, dir) {
+            (Pane::Divergence, Dir::Left) => self.move_step(-(step as i64)),
+            (Pane::Divergence, Dir::Right) => self.move_step(step as i64),
             (Pane::Attention, Dir::Left) => self.pan(-1),
             (Pane::Attention, Dir::Right) => self.pan(1),
             (Pane::Attention, Dir::Up) => self.zoom(true),
@@ -329,7 +413,26 @@ impl App {
                     if o.gen == self.gen {
                         self.error = None;
                     }
+                    if let Some((g, pins)) = self.rescue_pending.take() {
+                        if g == o.gen {
+                            self.notice = Some(match o.agreement.first_divergence {
+                                None => format!("rescue {pins:?}: the output now matches the full cache"),
+                                Some(i) => format!(
+                                    "rescue {pins:?}: still diverges, now at token {i} ({:.0}% match)",
+                                    o.agreement.token_match * 100.0
+                                ),
+                            });
+                        } else if g > o.gen {
+                            self.rescue_pending = Some((g, pins));
+                        }
+                    }
                     self.result = Some(o);
+                }
+                Vec::new()
+            }
+            FromWorker::Divergence { gen, view } => {
+                if let Some(r) = self.result.as_mut().filter(|r| r.gen == gen) {
+                    r.divergence = Some(view);
                 }
                 Vec::new()
             }
@@ -452,7 +555,14 @@ pub fn update(app: &mut App, a: Action) -> Vec<Cmd> {
         Action::FocusPrev => {
             app.focus = Pane::ALL[(app.focus.index() + Pane::ALL.len() - 1) % Pane::ALL.len()]
         }
-        Action::Show(p) => app.focus = p,
+        Action::Show(p) => {
+            app.focus = p;
+            match p {
+                Pane::Divergence => app.show_divergence = true,
+                Pane::Attention => app.show_divergence = false,
+                _ => {}
+            }
+        }
         Action::Move(d) => app.move_sel(d, false),
         Action::BigMove(d) => app.move_sel(d, true),
         Action::NextMethod | Action::PrevMethod => {
@@ -592,6 +702,71 @@ pub fn update(app: &mut App, a: Action) -> Vec<Cmd> {
             }
             app.error = Some("nothing to export yet: the prompt is still being prefilled".into());
         }
+        Action::PinKeep => return app.toggle_pin(app.sel_token, true),
+        Action::PinEvict => return app.toggle_pin(app.sel_token, false),
+        Action::PinRange => match app.range_mark.take() {
+            None => {
+                app.range_mark = Some(app.sel_token);
+                app.notice = Some(format!(
+                    "range starts at token {}; select its end and press v again",
+                    app.sel_token
+                ));
+            }
+            Some(m) => {
+                let (a, b) = (m.min(app.sel_token), m.max(app.sel_token));
+                app.notice = Some(format!("pinned tokens {a}-{b} kept"));
+                return app.pin_all(&(a..=b).collect::<Vec<_>>());
+            }
+        },
+        Action::ClearPins => {
+            return app.edit(|s| {
+                s.pin_keep.clear();
+                s.pin_evict.clear();
+            })
+        }
+        Action::Rescue => {
+            let Some(t) = app.step() else {
+                app.error = Some("no divergence analysis yet: wait for the result".into());
+                return Vec::new();
+            };
+            let pins: Vec<usize> = app
+                .result
+                .as_ref()
+                .and_then(|r| r.divergence.as_ref())
+                .and_then(|d| d.culprits.get(t - 1))
+                .map(|c| {
+                    c.iter()
+                        .map(|&(p, _)| p)
+                        .filter(|p| !app.settings.pin_evict.contains(p))
+                        .take(RESCUE_K)
+                        .collect()
+                })
+                .unwrap_or_default();
+            if pins.is_empty() {
+                app.notice = Some(format!(
+                    "step {t} has no culprits: nothing evicted was attended"
+                ));
+                return Vec::new();
+            }
+            let cmds = app.pin_all(&pins);
+            if !cmds.is_empty() {
+                app.notice = Some(format!(
+                    "rescue: pinned culprits {pins:?} of step {t}; recomputing"
+                ));
+                app.rescue_pending = Some((app.gen, pins));
+            }
+            return cmds;
+        }
+        Action::FreezeA => match app.result.as_ref() {
+            Some(r) if !app.stale() => {
+                app.frozen = Some(r.clone());
+                app.notice = Some(
+                    "froze the current result as A; edit settings to compare (C clears)".into(),
+                );
+            }
+            _ => app.error = Some("nothing to freeze yet: wait for the current result".into()),
+        },
+        Action::ClearA => app.frozen = None,
         Action::SaveStart => app.popup = Some(Popup::SaveName(String::new())),
         Action::LoadStart => return vec![Cmd::ListBudgets],
         Action::BudgetNames(names) => {

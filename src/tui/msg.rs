@@ -63,6 +63,27 @@ pub struct Outcome {
     pub strips: Arc<Vec<Vec<Vec<f32>>>>,
     pub select_ms: f64,
     pub decode_ms: f64,
+    /// The divergence analysis of this outcome; it arrives after the outcome
+    /// ([`FromWorker::Divergence`]), so the generation shows first.
+    pub divergence: Option<Arc<DivView>>,
+}
+
+/// Culprits kept per step for the Divergence pane.
+pub const CULPRITS_PER_STEP: usize = 16;
+
+/// The divergence analysis of one outcome against the full cache (METHOD.md,
+/// "Divergence analysis"), teacher-forced. Step `t` (1-based) is index `t - 1`.
+#[derive(Debug, Clone, Default)]
+pub struct DivView {
+    pub steps: Vec<crate::divergence::metrics::Compare>,
+    /// `[step][layer][query head]` lost attention mass.
+    pub lost: Vec<Vec<Vec<f32>>>,
+    /// `[step]`: the top culprits, (prompt position, lost mass), best first.
+    pub culprits: Vec<Vec<(usize, f64)>>,
+    /// The default step (first top-1 disagreement, else the largest KL), 1-based.
+    pub default_step: Option<usize>,
+    /// Compressed teacher-forced decode plus analysis, milliseconds.
+    pub ms: f64,
 }
 
 /// Worker state shown in the status line.
@@ -91,6 +112,11 @@ pub enum FromWorker {
     Phase(Phase),
     Ready(Box<Snapshot>),
     Result(Box<Outcome>),
+    /// The divergence analysis of settings generation `gen`.
+    Divergence {
+        gen: u64,
+        view: Arc<DivView>,
+    },
     /// A recompute failed (e.g. compresskv without a profile); the UI keeps running.
     Failed {
         gen: u64,

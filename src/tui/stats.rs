@@ -28,6 +28,9 @@ pub enum Stat {
     Recent,
     Middle,
     Entropy,
+    /// Attention mass lost to eviction at the Divergence pane's step (from the
+    /// outcome's divergence analysis; offered once there is one).
+    LostMass,
 }
 
 impl Stat {
@@ -41,6 +44,7 @@ impl Stat {
             Stat::Recent => "mass on last 64 tokens",
             Stat::Middle => "mass on the middle",
             Stat::Entropy => "entropy / ln L",
+            Stat::LostMass => "lost mass at the divergence step",
         }
     }
 

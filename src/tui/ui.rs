@@ -8,7 +8,9 @@ use ratatui::Frame;
 
 use super::action::Pane;
 use super::app::App;
-use super::panes::{self, attention, budgets, generation, headmap, memory, status, tokens};
+use super::panes::{
+    self, attention, budgets, divergence, generation, headmap, memory, status, tokens,
+};
 
 /// Below this nothing is drawn but a message.
 pub const MIN_W: u16 = 80;
@@ -59,10 +61,12 @@ fn pane(f: &mut Frame, area: Rect, app: &App, p: Pane) {
         Pane::Generation => generation::draw(f, area, app),
         Pane::Memory => memory::draw(f, area, app),
         Pane::Tokens => tokens::draw(f, area, app),
+        Pane::Divergence => divergence::draw(f, area, app),
     }
 }
 
-/// Every pane at once: head map | attention, budgets | generation, memory | tokens.
+/// Every pane at once: head map | attention (or divergence), budgets | generation,
+/// memory | tokens.
 fn full(f: &mut Frame, area: Rect, app: &App) {
     let [a, b, c] = Layout::vertical([
         Constraint::Fill(1),
@@ -75,14 +79,19 @@ fn full(f: &mut Frame, area: Rect, app: &App) {
     let [bu, ge] = Layout::horizontal([left, Constraint::Fill(1)]).areas(b);
     let [me, to] = Layout::horizontal([Constraint::Length(30), Constraint::Fill(1)]).areas(c);
     pane(f, hm, app, Pane::HeadMap);
-    pane(f, at, app, Pane::Attention);
+    let detail = if app.show_divergence || app.focus == Pane::Divergence {
+        Pane::Divergence
+    } else {
+        Pane::Attention
+    };
+    pane(f, at, app, detail);
     pane(f, bu, app, Pane::Budgets);
     pane(f, ge, app, Pane::Generation);
     pane(f, me, app, Pane::Memory);
     pane(f, to, app, Pane::Tokens);
 }
 
-/// One pane at a time, chosen with 1..6 or Tab.
+/// One pane at a time, chosen with 1..7 or Tab.
 fn tabs(f: &mut Frame, area: Rect, app: &App) {
     let [bar, body] = Layout::vertical([Constraint::Length(1), Constraint::Min(1)]).areas(area);
     let mut spans = Vec::new();

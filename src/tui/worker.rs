@@ -8,9 +8,11 @@ use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::msg::{FromWorker, Outcome, Phase, Snapshot, ToWorker};
+use super::msg::{DivView, FromWorker, Outcome, Phase, Snapshot, ToWorker, CULPRITS_PER_STEP};
 use super::stats;
+use crate::divergence::{self, FullPass};
 use crate::eviction::{Allocator, Method, ScoreTable, Settings};
+use crate::keepset::KeepSet;
 use crate::model::{self, fetch, Loaded};
 use crate::profile::Profile;
 use crate::report::{Provenance, Report, SettingsPart};
@@ -100,6 +102,9 @@ struct Worker {
     /// p_h of every head for one (window, kernel, pooling): budget and method edits
     /// select from it and show it as the attention pane's strip.
     scores: Option<ScoreTable>,
+    /// The full cache replayed with attention capture, once per prompt (on the first
+    /// request), for the divergence analysis of every outcome.
+    full_pass: Option<FullPass>,
 }
 
 impl Worker {
@@ -178,6 +183,7 @@ impl Worker {
             raw: job.raw,
             maps: Arc::new(maps),
             scores: None,
+            full_pass: None,
         })
     }
 
@@ -191,14 +197,51 @@ impl Worker {
             return false;
         }
         let table = self.scores_for(&settings);
-        let msg = match outcome(&self.loaded, &mut self.session, gen, settings, &table) {
-            Ok(o) => FromWorker::Result(Box::new(o)),
-            Err(e) => FromWorker::Failed {
-                gen,
-                error: format!("{e:#}"),
-            },
+        let (msg, keep) = match outcome(&self.loaded, &mut self.session, gen, settings, &table) {
+            Ok(o) => {
+                let keep = KeepSet {
+                    positions: o.keep.clone(),
+                };
+                (FromWorker::Result(Box::new(o)), Some(keep))
+            }
+            Err(e) => (
+                FromWorker::Failed {
+                    gen,
+                    error: format!("{e:#}"),
+                },
+                None,
+            ),
         };
-        out(msg) && out(FromWorker::Phase(Phase::Idle))
+        if !out(msg) {
+            return false;
+        }
+        if let Some(keep) = keep {
+            let msg = match self.divergence(&keep) {
+                Ok(view) => FromWorker::Divergence {
+                    gen,
+                    view: Arc::new(view),
+                },
+                Err(e) => FromWorker::Error(format!("divergence analysis failed: {e:#}")),
+            };
+            if !out(msg) {
+                return false;
+            }
+        }
+        out(FromWorker::Phase(Phase::Idle))
+    }
+
+    /// The divergence analysis of `keep`: the full replay is computed on first use and
+    /// kept; each call replays only the compressed cache.
+    fn divergence(&mut self, keep: &KeepSet) -> Result<DivView> {
+        let s = &self.session;
+        if self.full_pass.is_none() {
+            let (fp, _) = FullPass::compute(&self.loaded.model, &s.trace, &s.full.ids, None)?;
+            self.full_pass = Some(fp);
+        }
+        match &self.full_pass {
+            Some(fp) => divergence_view(&self.loaded, s, fp, keep),
+            None => anyhow::bail!("no full-cache replay"),
+        }
     }
 
     fn scores_for(&mut self, s: &Settings) -> ScoreTable {
@@ -282,6 +325,46 @@ pub fn snapshot(
     }
 }
 
+/// The Divergence pane's data for `keep`: teacher-forced KL curve, lost mass per step,
+/// layer and head, and the top culprits of every step (so selecting a step costs
+/// nothing). Attention-output errors are left to `kvscope explain` (they need another
+/// full-cache replay per edit).
+pub fn divergence_view(
+    loaded: &Loaded,
+    s: &Session,
+    full: &FullPass,
+    keep: &KeepSet,
+) -> Result<DivView> {
+    let t = Instant::now();
+    let logits = divergence::forced_logits(&loaded.model, &s.trace, keep, &full.ids)?;
+    let steps = divergence::steps(full, &logits, None, keep);
+    let cmps: Vec<_> = steps.iter().map(|st| st.cmp).collect();
+    let culprits = (1..=steps.len())
+        .map(|t| {
+            divergence::culprits_at(full, keep, t)
+                .into_iter()
+                .take(CULPRITS_PER_STEP)
+                .map(|c| (c.pos, c.mass))
+                .collect()
+        })
+        .collect();
+    Ok(DivView {
+        default_step: divergence::metrics::default_step(&cmps).map(|i| i + 1),
+        steps: cmps,
+        lost: steps
+            .iter()
+            .map(|st| {
+                st.lost_mass
+                    .iter()
+                    .map(|l| l.iter().map(|&x| x as f32).collect())
+                    .collect()
+            })
+            .collect(),
+        culprits,
+        ms: t.elapsed().as_secs_f64() * 1000.0,
+    })
+}
+
 /// 1-based rank of each scored position (best = 1; ties to the lower position, as
 /// `scores::top_k`), 0 for positions without a score.
 pub fn ranks(scores: &[f32], len: usize) -> Vec<u32> {
@@ -347,6 +430,7 @@ pub fn outcome(
         strips: table.heads.clone(),
         select_ms: session.timing.select,
         decode_ms: session.timing.decode_compressed,
+        divergence: None,
     })
 }
 

@@ -98,6 +98,18 @@ impl Fixture {
         let table = ScoreTable::compute(&self.session.trace, &s);
         worker::outcome(&self.loaded, &mut self.session, gen, s, &table).expect("outcome")
     }
+
+    /// The divergence analysis the worker sends after `o` (same functions).
+    pub fn divergence(&self, o: &Outcome) -> Arc<kvscope::tui::msg::DivView> {
+        let s = &self.session;
+        let (full, _) =
+            kvscope::divergence::FullPass::compute(&self.loaded.model, &s.trace, &s.full.ids, None)
+                .expect("full replay");
+        let keep = kvscope::keepset::KeepSet {
+            positions: o.keep.clone(),
+        };
+        Arc::new(worker::divergence_view(&self.loaded, s, &full, &keep).expect("divergence"))
+    }
 }
 
 /// An app that has received the snapshot and the first result, as after start-up.

@@ -15,6 +15,10 @@ use crate::tui::stats::Stat;
 /// `[layer][head]` values of the statistic on show.
 pub fn values(app: &App) -> Option<Vec<Vec<f32>>> {
     let s = app.snapshot.as_ref()?;
+    if app.stat == Stat::LostMass {
+        let d = app.result.as_ref()?.divergence.as_ref()?;
+        return d.lost.get(app.step()?.checked_sub(1)?).cloned();
+    }
     match app.stat.live_index() {
         Some(i) => s.stats.get(i).cloned(),
         None => s.srh_scores.as_ref().map(|v| {

@@ -3,6 +3,7 @@
 
 pub mod attention;
 pub mod budgets;
+pub mod divergence;
 pub mod generation;
 pub mod headmap;
 pub mod help;

@@ -1,0 +1,295 @@
+//! `kvscope explain`: the divergence analysis of one prompt under one setting (METHOD.md,
+//! "Divergence analysis"): the teacher-forced divergence curve, lost attention per layer
+//! and head, the culprits of a step, an optional rescue, and the distance from oracle.
+
+use anyhow::{bail, Result};
+use clap::Args;
+use std::time::Instant;
+
+use super::run::RunArgs;
+use crate::divergence::{self, report as dr, FullPass};
+use crate::eviction::{self, Allocator};
+use crate::model::Loaded;
+use crate::profile::discover;
+use crate::report::{Provenance, Report, SettingsPart};
+use crate::session::{self, Session};
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+    /// Teacher-forced step to explain (1-based; default: the first whose top-1
+    /// disagrees, else the one of largest KL).
+    #[arg(long)]
+    pub step: Option<usize>,
+    /// Culprits to list.
+    #[arg(long, default_value_t = 10)]
+    pub top: usize,
+    /// Pin the top K culprits, select again, regenerate and compare with the full cache.
+    #[arg(long, value_name = "K")]
+    pub rescue: Option<usize>,
+}
+
+/// Everything `explain` computed, shared by the text and JSON outputs.
+pub struct Explained {
+    pub report: dr::DivergenceReport,
+    /// Milliseconds: full replay with capture, compressed replay, rescue, analysis.
+    pub ms: [f64; 4],
+}
+
+pub fn run(a: &ExplainArgs) -> Result<()> {
+    let r = &a.run;
+    super::init_threads(r.model.threads)?;
+    let plan = super::run::plan(r)?;
+    let settings = plan.settings.clone();
+    let text = super::read_prompt(&r.prompt)?;
+    let t = Instant::now();
+    let model_path = super::resolve_model_path(r.model.model.as_deref())?;
+    let loaded = crate::model::load(&model_path)?;
+    let load_ms = t.elapsed().as_secs_f64() * 1000.0;
+    let cfg = &loaded.model.config;
+    settings.validate(&cfg.dims())?;
+    let wanted = settings.method.def().needs_profile.is_some()
+        || settings.effective_allocator() == Allocator::ErrorAware;
+    let (profile_path, profile) =
+        match discover::resolve(plan.profile.as_deref(), &model_path, cfg, wanted)? {
+            Some((path, p)) => (Some(path.display().to_string()), Some(p)),
+            None => (None, None),
+        };
+    let model_sha = discover::model_sha256(&model_path).ok();
+    let prompt = loaded.tok.apply_template(&text, plan.raw);
+    let ids = loaded.tok.encode(&prompt)?;
+    if let Some((sha, want_ids)) = &plan.expect {
+        super::run::check_same_run(sha.as_deref(), model_sha.as_deref(), want_ids, &ids)?;
+    }
+    crate::session::check_fits(ids.len(), plan.max_new, cfg.context_length)?;
+    if plan.max_new < 2 {
+        bail!("explain needs at least 2 generated tokens to compare (--max-new 2 or more)");
+    }
+    let mut session = Session::new(&loaded, prompt, plan.max_new, profile, &mut |_, _| {})?;
+    session.timing.load = (load_ms * 1000.0).round() / 1000.0;
+    session.apply(&loaded.model, &loaded.tok, settings)?;
+    let prov = Provenance {
+        profile: profile_path,
+        model_sha256: model_sha,
+        raw: plan.raw,
+        template: None,
+    };
+    let ex = explain(&loaded, &session, &prov, a.step, a.top, a.rescue)?;
+    if r.json {
+        println!("{}", serde_json::to_string_pretty(&ex.report)?);
+    } else {
+        print_human(&loaded, &session, &ex);
+    }
+    Ok(())
+}
+
+/// The analysis of `session`'s compressed setting (already applied).
+pub fn explain(
+    loaded: &Loaded,
+    session: &Session,
+    prov: &Provenance,
+    step: Option<usize>,
+    top: usize,
+    rescue: Option<usize>,
+) -> Result<Explained> {
+    let Some(comp) = &session.compressed else {
+        bail!("explain needs a compressed setting applied first");
+    };
+    let (model, tok) = (&loaded.model, &loaded.tok);
+    let trace = &session.trace;
+    let keep = &comp.selection.keep;
+    let dims = trace.dims;
+    let ids = &session.full.ids;
+
+    let t0 = Instant::now();
+    let (full, errors) = FullPass::compute(model, trace, ids, Some(keep))?;
+    let t1 = Instant::now();
+    let comp_logits = divergence::forced_logits(model, trace, keep, ids)?;
+    let t2 = Instant::now();
+    let steps = divergence::steps(&full, &comp_logits, errors.as_deref(), keep);
+    let chosen = divergence::chosen_step(&steps, step)?;
+    let masses = chosen.map_or_else(Vec::new, |t| divergence::culprits_at(&full, keep, t));
+    let window = comp.settings.window;
+    let culprits = chosen
+        .map(|t| {
+            let attn = &full.attn[t - 1];
+            masses
+                .iter()
+                .take(top)
+                .map(|c| {
+                    let text = tok.token_text(trace.ids[c.pos]);
+                    dr::culprit_part(
+                        c,
+                        text,
+                        &comp.selection,
+                        attn,
+                        full.n_rep,
+                        trace.len,
+                        window,
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    let oracle = divergence::oracle_keep(
+        &full,
+        &comp.selection.layer_budgets,
+        dims.n_kv_heads,
+        window,
+    );
+    let overlap = divergence::oracle::overlap(keep, &oracle, trace.len, window);
+    let t3 = Instant::now();
+    let rescue = match (rescue, chosen) {
+        (Some(k), Some(_)) => {
+            let (s, pins) = divergence::rescue_settings(&comp.settings, &masses, k);
+            let sel = eviction::select(trace, &s, session.profile.as_ref())?;
+            let out = model.generate(trace, &sel.keep, session.max_new, &tok.stop_ids, None)?;
+            Some(dr::RescuePart {
+                k,
+                pins,
+                agreement: session::agreement(ids, &out),
+                compressed: dr::RescueGeneration {
+                    text: tok.decode(&out),
+                    kv_bytes: session::kv_bytes(&sel.keep, dims.head_dim, model.kv_dtype().bytes()),
+                    ids: out,
+                },
+            })
+        }
+        _ => None,
+    };
+    let t4 = Instant::now();
+    let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1000.0;
+    let fallback = SettingsPart::new(
+        &comp.settings,
+        comp.selection.layer_budgets.clone(),
+        session.max_new,
+        prov,
+    );
+    Ok(Explained {
+        report: dr::DivergenceReport {
+            run: Report::new(&model.config, session, prov, fallback),
+            steps: steps.iter().map(dr::StepPart::from).collect(),
+            chosen_step: chosen,
+            culprits,
+            rescue,
+            oracle_gap: dr::OracleGap {
+                kept_overlap_with_oracle: overlap,
+            },
+        },
+        ms: [ms(t0, t1), ms(t1, t2), ms(t3, t4), ms(t2, t3)],
+    })
+}
+
+fn print_human(loaded: &Loaded, s: &Session, ex: &Explained) {
+    let tok = &loaded.tok;
+    let r = &ex.report;
+    let show = |id: u32| format!("{:?}", tok.token_text(id));
+    println!("prompt: {} tokens", s.trace.len);
+    println!("full:       {}", s.full.text);
+    if let Some(c) = &s.compressed {
+        println!(
+            "compressed: {}\n({} budget {}, window {}; {:.1}% of the full cache; first divergence {})",
+            c.generation.text,
+            c.settings.method,
+            c.settings.budget,
+            c.settings.window,
+            c.kv_fraction * 100.0,
+            c.agreement
+                .first_divergence
+                .map_or("none".to_string(), |i| format!("at token {i}"))
+        );
+    }
+    println!("\nteacher-forced steps (input -> full's next token):");
+    println!(
+        "{:>4} {:>16} {:>16} {:>9} {:>4} {:>6} {:>8} {:>9} {:>9}",
+        "t", "input", "next", "KL", "top1", "rank", "prob", "lost(avg)", "err(avg)"
+    );
+    for st in &r.steps {
+        let cells: Vec<f64> = st.lost_mass.iter().flatten().copied().collect();
+        let lost = cells.iter().sum::<f64>() / cells.len().max(1) as f64;
+        let err =
+            st.attn_err.iter().map(|&e| e as f64).sum::<f64>() / st.attn_err.len().max(1) as f64;
+        let mark = if Some(st.t) == r.chosen_step { "<" } else { "" };
+        println!(
+            "{:>4} {:>16} {:>16} {:>9.4} {:>4} {:>6} {:>8.4} {:>9.4} {:>9.4} {mark}",
+            st.t,
+            clip(&show(st.input_id)),
+            clip(&show(st.full_next_id)),
+            st.kl,
+            if st.top1_agree { "ok" } else { "X" },
+            st.rank,
+            st.prob,
+            lost,
+            err
+        );
+    }
+    match r.chosen_step {
+        None => println!("\nno step to explain"),
+        Some(t) => {
+            println!("\nculprits at step {t} (evicted prompt tokens by the full-cache attention they lost):");
+            println!(
+                "{:>6} {:>16} {:>9} {:>14}  top layers (layer:mass rank/cut-off)",
+                "pos", "text", "mass", "kept by layers"
+            );
+            for c in &r.culprits {
+                let kept = c
+                    .per_layer
+                    .iter()
+                    .filter(|l| l.kept_by_kv_heads.iter().all(|&k| k))
+                    .count();
+                let mut layers: Vec<&dr::CulpritLayer> =
+                    c.per_layer.iter().filter(|l| l.mass > 0.0).collect();
+                layers.sort_by(|a, b| b.mass.total_cmp(&a.mass));
+                let top: Vec<String> = layers
+                    .iter()
+                    .take(3)
+                    .map(|l| match l.rank {
+                        Some(rk) => format!("{}:{:.3} {rk}/{}", l.layer, l.mass, l.cutoff_rank),
+                        None => format!("{}:{:.3}", l.layer, l.mass),
+                    })
+                    .collect();
+                println!(
+                    "{:>6} {:>16} {:>9.4} {:>14}  {}",
+                    c.pos,
+                    clip(&format!("{:?}", c.text)),
+                    c.mass,
+                    format!("{kept}/{}", c.per_layer.len()),
+                    top.join(", ")
+                );
+            }
+        }
+    }
+    if let Some(rs) = &r.rescue {
+        println!(
+            "\nrescue (pin the top {} culprits {:?}): {}\n  {}",
+            rs.k,
+            rs.pins,
+            match rs.agreement.first_divergence {
+                None => "matches the full cache".to_string(),
+                Some(i) => format!(
+                    "still diverges, now at token {i} ({:.0}% tokens match)",
+                    rs.agreement.token_match * 100.0
+                ),
+            },
+            rs.compressed.text
+        );
+    }
+    println!(
+        "\noracle: {:.1}% of the oracle's choices at these budgets are kept",
+        r.oracle_gap.kept_overlap_with_oracle * 100.0
+    );
+    println!(
+        "timing: full replay with capture {:.0} ms, compressed replay {:.0} ms, analysis {:.0} ms, rescue {:.0} ms",
+        ex.ms[0], ex.ms[1], ex.ms[3], ex.ms[2]
+    );
+}
+
+/// A token shown in a fixed-width column.
+fn clip(s: &str) -> String {
+    if s.chars().count() <= 16 {
+        s.to_string()
+    } else {
+        s.chars().take(15).chain(['…']).collect()
+    }
+}

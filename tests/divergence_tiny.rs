@@ -1,0 +1,228 @@
+//! The divergence analysis on a tiny random model (no download): hand-checkable cases of
+//! METHOD.md "Divergence analysis", "Pins" and "oracle".
+
+use kvscope::divergence::{self, metrics, FullPass};
+use kvscope::eviction::{self, Method, Settings};
+use kvscope::keepset::KeepSet;
+use kvscope::model::Model;
+use kvscope::testing;
+use kvscope::trace::Trace;
+
+const VOCAB: usize = 64;
+const LEN: usize = 40;
+const NEW: usize = 8;
+
+fn setup() -> (Model, Trace, Vec<u32>) {
+    let m = testing::tiny_model(VOCAB, 256, 7);
+    let ids = testing::random_ids(LEN, VOCAB, 3);
+    let trace = m.prefill(&ids, 16, &mut |_, _| {}).expect("prefill");
+    let all = KeepSet::all(&trace.dims, trace.len);
+    let gen = m.generate(&trace, &all, NEW, &[], None).expect("generate");
+    assert_eq!(gen.len(), NEW);
+    (m, trace, gen)
+}
+
+#[test]
+fn keeping_everything_gives_zero_kl_no_lost_mass_and_agreement() {
+    let (m, trace, gen) = setup();
+    let all = KeepSet::all(&trace.dims, trace.len);
+    let (full, errors) = FullPass::compute(&m, &trace, &gen, Some(&all)).expect("full pass");
+    assert_eq!(full.steps(), NEW - 1);
+    let comp = divergence::forced_logits(&m, &trace, &all, &gen).expect("forced");
+    let steps = divergence::steps(&full, &comp, errors.as_deref(), &all);
+    assert_eq!(steps.len(), NEW - 1);
+    for s in &steps {
+        assert!(s.cmp.kl.abs() < 1e-9, "step {}: kl {}", s.t, s.cmp.kl);
+        assert!(s.cmp.top1_agree);
+        assert_eq!(s.cmp.rank, 1, "the full cache's own next token ranks first");
+        assert!(s.lost_mass.iter().flatten().all(|&x| x == 0.0));
+        assert_eq!(s.attn_err.len(), trace.dims.n_layers);
+        assert!(s.attn_err.iter().all(|&e| e < 1e-5), "{:?}", s.attn_err);
+        // The full generation is the greedy choice of the full cache.
+        assert_eq!(s.input_id, gen[s.t - 1]);
+        assert_eq!(s.full_next_id, gen[s.t]);
+    }
+    assert!(divergence::culprits_at(&full, &all, 1).is_empty());
+}
+
+#[test]
+fn evicting_what_a_head_attends_to_loses_exactly_that_mass() {
+    let (m, trace, gen) = setup();
+    let all = KeepSet::all(&trace.dims, trace.len);
+    let (full, _) = FullPass::compute(&m, &trace, &gen, None).expect("full pass");
+    let n_rep = trace.dims.n_rep();
+    // Layer 1, KV head 1 (query heads 2 and 3): evict the 5 prompt positions query head
+    // 2 attended to most at step 1.
+    let (l, g, h) = (1, 1, 2);
+    let row = &full.attn[0][l][h];
+    let mut order: Vec<usize> = (0..LEN).collect();
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+    let gone: Vec<usize> = order[..5].to_vec();
+    let mut keep = all.clone();
+    keep.positions[l][g].retain(|p| !gone.contains(p));
+    let comp = divergence::forced_logits(&m, &trace, &keep, &gen).expect("forced");
+    let steps = divergence::steps(&full, &comp, None, &keep);
+    for (i, s) in steps.iter().enumerate() {
+        for (ll, heads) in s.lost_mass.iter().enumerate() {
+            for (hh, &lost) in heads.iter().enumerate() {
+                let want: f64 = if ll == l && hh / n_rep == g {
+                    gone.iter().map(|&p| full.attn[i][ll][hh][p] as f64).sum()
+                } else {
+                    0.0
+                };
+                assert!(
+                    (lost - want).abs() < 1e-9,
+                    "step {} layer {ll} head {hh}: {lost} vs {want}",
+                    s.t
+                );
+            }
+        }
+    }
+    // At step 1 the head lost its 5 largest weights: more than 5/LEN of its mass.
+    assert!(steps[0].lost_mass[l][h] > 5.0 / LEN as f64);
+    // Culprits at step 1 are exactly the evicted positions, ranked by the mass of the
+    // two query heads of the group.
+    let c = divergence::culprits_at(&full, &keep, 1);
+    let mut got: Vec<usize> = c.iter().map(|c| c.pos).collect();
+    got.sort_unstable();
+    let mut want = gone.clone();
+    want.sort_unstable();
+    assert_eq!(got, want);
+    for w in c.windows(2) {
+        assert!(w[0].mass >= w[1].mass);
+    }
+    let p = c[0].pos;
+    let m2 = full.attn[0][l][2][p] as f64 + full.attn[0][l][3][p] as f64;
+    assert!((c[0].mass - m2).abs() < 1e-9);
+    assert_eq!(c[0].per_layer[0], 0.0);
+}
+
+#[test]
+fn pins_displace_the_lowest_scoring_and_keep_the_budget_exact() {
+    let (_, trace, _) = setup();
+    let base = Settings {
+        method: Method::SnapKv,
+        budget: 16,
+        window: 4,
+        ..Settings::default()
+    };
+    let plain = eviction::select(&trace, &base, None).expect("select");
+    let prefix = LEN - 4;
+    for (l, heads) in plain.keep.positions.iter().enumerate() {
+        for (g, kept) in heads.iter().enumerate() {
+            // Pin the lowest-scoring candidate of this head.
+            let s = &plain.scores[l][g];
+            let worst = (0..prefix)
+                .min_by(|&a, &b| s[a].total_cmp(&s[b]).then(b.cmp(&a)))
+                .expect("candidates");
+            assert!(!kept.contains(&worst));
+            let pinned = Settings {
+                pin_keep: vec![worst],
+                ..base.clone()
+            };
+            let sel = eviction::select(&trace, &pinned, None).expect("select pinned");
+            let new = &sel.keep.positions[l][g];
+            assert_eq!(new.len(), kept.len(), "the budget stays exact");
+            assert!(new.contains(&worst));
+            // The displaced entry is the lowest-scoring one the method had kept.
+            let displaced: Vec<usize> = kept.iter().copied().filter(|p| !new.contains(p)).collect();
+            let lowest_kept = kept
+                .iter()
+                .copied()
+                .filter(|&p| p < prefix)
+                .min_by(|&a, &b| s[a].total_cmp(&s[b]).then(b.cmp(&a)))
+                .expect("kept candidates");
+            assert_eq!(displaced, vec![lowest_kept]);
+            assert_eq!(sel.layer_budgets, plain.layer_budgets);
+        }
+    }
+    // Evicting a kept position hands its slot to the best unkept one; the window stays.
+    let kept0 = &plain.keep.positions[0][0];
+    let victim = kept0[0];
+    let sel = eviction::select(
+        &trace,
+        &Settings {
+            pin_evict: vec![victim, LEN - 1],
+            ..base.clone()
+        },
+        None,
+    )
+    .expect("select");
+    for heads in &sel.keep.positions {
+        for k in heads {
+            assert!(!k.contains(&victim));
+            assert!(k.contains(&(LEN - 1)), "the window is never evicted");
+            assert_eq!(k.len(), 16);
+        }
+    }
+    // Pins outside the prompt or on both lists are refused with one clear line.
+    let bad = Settings {
+        pin_keep: vec![LEN],
+        ..base.clone()
+    };
+    let e = eviction::select(&trace, &bad, None)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("outside the prompt"), "{e}");
+}
+
+#[test]
+fn oracle_keeps_the_top_of_summed_decode_attention() {
+    let (m, trace, gen) = setup();
+    let (full, _) = FullPass::compute(&m, &trace, &gen, None).expect("full pass");
+    let (w, b) = (4, 12);
+    let budgets = vec![b; trace.dims.n_layers];
+    let oracle = divergence::oracle_keep(&full, &budgets, trace.dims.n_kv_heads, w);
+    let n_rep = trace.dims.n_rep();
+    for (l, heads) in oracle.positions.iter().enumerate() {
+        for (g, kept) in heads.iter().enumerate() {
+            assert_eq!(kept.len(), b);
+            // Summed by hand in f64 over steps and the group's query heads.
+            let sum = |p: usize| -> f64 {
+                full.attn
+                    .iter()
+                    .map(|st| {
+                        (g * n_rep..(g + 1) * n_rep)
+                            .map(|h| st[l][h][p] as f64)
+                            .sum::<f64>()
+                    })
+                    .sum()
+            };
+            let chosen: Vec<usize> = kept.iter().copied().filter(|&p| p < LEN - w).collect();
+            assert_eq!(chosen.len(), b - w);
+            let min_kept = chosen.iter().map(|&p| sum(p)).fold(f64::INFINITY, f64::min);
+            let max_evicted = (0..LEN - w)
+                .filter(|p| !chosen.contains(p))
+                .map(sum)
+                .fold(0.0, f64::max);
+            assert!(
+                min_kept >= max_evicted - 1e-6,
+                "layer {l} head {g}: {min_kept} < {max_evicted}"
+            );
+            assert!(kept.ends_with(&[LEN - 4, LEN - 3, LEN - 2, LEN - 1]));
+        }
+    }
+    // The oracle overlaps itself fully; keeping everything holds all its choices.
+    assert_eq!(divergence::oracle::overlap(&oracle, &oracle, LEN, w), 1.0);
+    let all = KeepSet::all(&trace.dims, LEN);
+    assert_eq!(divergence::oracle::overlap(&all, &oracle, LEN, w), 1.0);
+}
+
+#[test]
+fn rescue_pins_the_top_culprits_and_skips_forced_evictions() {
+    let c = |pos, mass| metrics::CulpritMass {
+        pos,
+        mass,
+        per_layer: vec![mass],
+    };
+    let culprits = [c(7, 0.5), c(3, 0.4), c(9, 0.1)];
+    let s = Settings {
+        pin_keep: vec![1],
+        pin_evict: vec![3],
+        ..Settings::default()
+    };
+    let (r, pins) = divergence::rescue_settings(&s, &culprits, 2);
+    assert_eq!(pins, vec![7, 9]);
+    assert_eq!(r.pin_keep, vec![1, 7, 9]);
+    assert_eq!(r.pin_evict, vec![3]);
+}
