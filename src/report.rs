@@ -39,6 +39,10 @@ impl ModelPart {
 pub struct PromptPart {
     pub tokens: usize,
     pub ids: Vec<u32>,
+    /// Chat template used (`raw`, `none`, `chatml`, `file`, ...), why, and control
+    /// tokens found in the user's text.
+    #[serde(flatten)]
+    pub info: Option<crate::model::PromptInfo>,
 }
 
 /// Everything that produced a run, so `kvscope run --from-report` can rerun it.
@@ -62,9 +66,13 @@ pub struct SettingsPart {
     /// The prompt was sent without the chat template.
     #[serde(default)]
     pub raw: bool,
-    /// The chat template used (null: the model's built-in one, or none with `raw`).
+    /// The chat template used (`chatml`, `llama3`, `none`, `file`, ...; null when not
+    /// known).
     #[serde(default)]
     pub template: Option<String>,
+    /// Control-token strings in the prompt text were read as control tokens.
+    #[serde(default)]
+    pub allow_control_tokens: bool,
     /// sha256 of the model file (null when it could not be read).
     #[serde(default)]
     pub model_sha256: Option<String>,
@@ -88,6 +96,25 @@ pub struct Provenance {
     pub model_sha256: Option<String>,
     pub raw: bool,
     pub template: Option<String>,
+    pub allow_control_tokens: bool,
+}
+
+impl Provenance {
+    /// From the prompt flags and what the tokenizer did with them.
+    pub fn new(
+        profile: Option<String>,
+        model_sha256: Option<String>,
+        opts: &crate::model::PromptOptions,
+        info: Option<&crate::model::PromptInfo>,
+    ) -> Self {
+        Provenance {
+            profile,
+            model_sha256,
+            raw: opts.raw,
+            template: info.map(|i| i.template.clone()),
+            allow_control_tokens: opts.allow_control_tokens,
+        }
+    }
 }
 
 /// Knobs with a field of their own in [`SettingsPart`].
@@ -115,11 +142,26 @@ impl SettingsPart {
             max_new,
             raw: prov.raw,
             template: prov.template.clone(),
+            allow_control_tokens: prov.allow_control_tokens,
             model_sha256: prov.model_sha256.clone(),
             kvscope_version: env!("CARGO_PKG_VERSION").to_string(),
             pin_keep: s.pin_keep.clone(),
             pin_evict: s.pin_evict.clone(),
             knobs,
+        }
+    }
+
+    /// The prompt flags that reproduce the recorded prompt: the template used, by name
+    /// (`none` and unknown names: the model's own choice, which gave it).
+    pub fn prompt_options(&self) -> crate::model::PromptOptions {
+        crate::model::PromptOptions {
+            raw: self.raw,
+            template: if self.raw {
+                None
+            } else {
+                self.template.as_deref().and_then(|t| t.parse().ok())
+            },
+            allow_control_tokens: self.allow_control_tokens,
         }
     }
 
@@ -213,6 +255,7 @@ impl Report {
             prompt: PromptPart {
                 tokens: session.trace.len,
                 ids: session.trace.ids.clone(),
+                info: session.prompt_info.clone(),
             },
             settings,
             full: session.full.clone(),

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use crate::eviction::{self, ScoreTable, Selection, Settings};
 use crate::keepset::KeepSet;
-use crate::model::{Loaded, Model, Tok};
+use crate::model::{Loaded, Model, Prompt, PromptInfo, Tok};
 use crate::profile::Profile;
 use crate::trace::Trace;
 
@@ -77,6 +77,8 @@ pub struct Compressed {
 
 pub struct Session {
     pub prompt_text: String,
+    /// Template and control tokens of the prompt, when it was built by [`Tok::prompt`].
+    pub prompt_info: Option<PromptInfo>,
     /// Storage type of the decode cache ("f16" on the fast path); `kv_bytes` counts it.
     pub kv_dtype: &'static str,
     pub trace: Trace,
@@ -97,6 +99,38 @@ impl Session {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Session> {
         let ids = loaded.tok.encode(&prompt_text)?;
+        Self::prefill_and_decode(loaded, prompt_text, ids, None, max_new, profile, progress)
+    }
+
+    /// [`new`](Self::new) for a prompt built by [`Tok::prompt`] (its ids, with BOS and
+    /// control tokens as it decided).
+    pub fn from_prompt(
+        loaded: &Loaded,
+        prompt: Prompt,
+        max_new: usize,
+        profile: Option<Profile>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Session> {
+        Self::prefill_and_decode(
+            loaded,
+            prompt.text,
+            prompt.ids,
+            Some(prompt.info),
+            max_new,
+            profile,
+            progress,
+        )
+    }
+
+    fn prefill_and_decode(
+        loaded: &Loaded,
+        prompt_text: String,
+        ids: Vec<u32>,
+        prompt_info: Option<PromptInfo>,
+        max_new: usize,
+        profile: Option<Profile>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Session> {
         // Before the prefill, which takes minutes on a long prompt, not after it.
         check_fits(ids.len(), max_new, loaded.model.config.context_length)?;
         let t = Instant::now();
@@ -115,6 +149,7 @@ impl Session {
         };
         Ok(Session {
             prompt_text,
+            prompt_info,
             kv_dtype: loaded.model.kv_dtype().name(),
             trace,
             max_new,

@@ -168,6 +168,10 @@ impl Default for GgufSpec {
 /// Merges of the tiny tokenizer (their results are in the vocabulary).
 pub const TINY_MERGES: [&str; 4] = ["Ġ t", "h e", "Ġt he", "i n"];
 
+/// The tiny GGUF's chat template: ChatML, as in SmolLM2's file (without its default
+/// system prompt).
+pub const TINY_CHAT_TEMPLATE: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
 /// Vocabulary of the tiny GGUF: the 256 byte-level characters (id = byte), the merge
 /// results, then `<|im_start|>` and `<|im_end|>` (control tokens).
 pub fn tiny_vocab() -> Vec<String> {
@@ -243,6 +247,10 @@ pub fn write_tiny_gguf(path: &Path, spec: &GgufSpec) -> Result<Config> {
         ),
         ("tokenizer.ggml.bos_token_id".into(), u(vocab.len() - 2)),
         ("tokenizer.ggml.eos_token_id".into(), u(vocab.len() - 1)),
+        (
+            "tokenizer.chat_template".into(),
+            Value::String(TINY_CHAT_TEMPLATE.into()),
+        ),
     ];
     md.sort_by(|x, y| x.0.cmp(&y.0));
 

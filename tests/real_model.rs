@@ -84,6 +84,45 @@ fn tokenizer_matches_llamacpp() {
     assert_eq!(tok.decode(&ids), text, "decode(encode(text)) == text");
 }
 
+/// `auto` renders SmolLM2's ChatML-family template in its built-in form: exactly
+/// kvscope's prompt since the start (the reference ids); `--template file` renders the
+/// file's own Jinja template, which adds SmolLM's default system prompt.
+#[test]
+fn chat_templates_on_the_real_file() {
+    use kvscope::model::{PromptOptions, TemplateChoice};
+    let r = reference();
+    let tok = &loaded().tok;
+    let question = "What is the capital of France?";
+    let auto = tok
+        .prompt(question, &PromptOptions::default())
+        .expect("prompt");
+    assert_eq!(auto.info.template, "chatml");
+    assert_eq!(auto.ids, ref_ids(&r["france"]["prompt_token_ids"]));
+    let own = tok
+        .chat_template
+        .as_deref()
+        .expect("SmolLM2 has a chat template");
+    assert!(own.contains("<|im_start|>"));
+    let file = tok
+        .prompt(
+            question,
+            &PromptOptions {
+                template: Some(TemplateChoice::File),
+                ..PromptOptions::default()
+            },
+        )
+        .expect("the file's template renders");
+    assert_eq!(file.info.template, "file");
+    assert_eq!(
+        file.text,
+        format!(
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n{}",
+            auto.text
+        )
+    );
+    assert_eq!(file.ids, tok.encode(&file.text).expect("encode"));
+}
+
 fn france_trace() -> (Vec<u32>, kvscope::trace::Trace) {
     let r = reference();
     let ids = ref_ids(&r["france"]["prompt_token_ids"]);

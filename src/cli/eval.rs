@@ -4,7 +4,7 @@ use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
 
-use super::{KnobArgs, ModelArgs};
+use super::{KnobArgs, ModelArgs, PromptArgs};
 use crate::eval::{grid, niah, prompts, sweep, Ctx};
 use crate::eviction::{Method, Settings};
 use crate::profile::discover;
@@ -39,9 +39,8 @@ pub struct CommonArgs {
     /// file, shipped or cached); with none, they are skipped with a notice.
     #[arg(long, value_name = "PATH")]
     pub profile: Option<PathBuf>,
-    /// Send prompts as they are, without the chat template.
-    #[arg(long)]
-    pub raw: bool,
+    #[command(flatten)]
+    pub prompt_opts: PromptArgs,
     /// Continue the run whose results.jsonl is in --out: finished units are skipped.
     #[arg(long, conflicts_with = "fresh")]
     pub resume: bool,
@@ -170,13 +169,13 @@ fn run_with(
         profile,
         base,
         max_new,
-        raw: c.raw,
-        prov: crate::report::Provenance {
-            profile: profile_path,
-            model_sha256: discover::model_sha256(&model_path).ok(),
-            raw: c.raw,
-            template: None,
-        },
+        prompt: c.prompt_opts.options()?,
+        prov: crate::report::Provenance::new(
+            profile_path,
+            discover::model_sha256(&model_path).ok(),
+            &c.prompt_opts.options()?,
+            None,
+        ),
     };
     f(&ctx, grid::combos(&methods, &budgets, &windows))
 }

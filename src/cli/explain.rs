@@ -57,24 +57,23 @@ pub fn run(a: &ExplainArgs) -> Result<()> {
             None => (None, None),
         };
     let model_sha = discover::model_sha256(&model_path).ok();
-    let prompt = loaded.tok.apply_template(&text, plan.raw);
-    let ids = loaded.tok.encode(&prompt)?;
+    let prompt = loaded.tok.prompt(&text, &plan.prompt_opts)?;
     if let Some((sha, want_ids)) = &plan.expect {
-        super::run::check_same_run(sha.as_deref(), model_sha.as_deref(), want_ids, &ids)?;
+        super::run::check_same_run(sha.as_deref(), model_sha.as_deref(), want_ids, &prompt.ids)?;
     }
-    crate::session::check_fits(ids.len(), plan.max_new, cfg.context_length)?;
+    crate::session::check_fits(prompt.ids.len(), plan.max_new, cfg.context_length)?;
     if plan.max_new < 2 {
         bail!("explain needs at least 2 generated tokens to compare (--max-new 2 or more)");
     }
-    let mut session = Session::new(&loaded, prompt, plan.max_new, profile, &mut |_, _| {})?;
+    let mut session = Session::from_prompt(&loaded, prompt, plan.max_new, profile, &mut |_, _| {})?;
     session.timing.load = (load_ms * 1000.0).round() / 1000.0;
     session.apply(&loaded.model, &loaded.tok, settings)?;
-    let prov = Provenance {
-        profile: profile_path,
-        model_sha256: model_sha,
-        raw: plan.raw,
-        template: None,
-    };
+    let prov = Provenance::new(
+        profile_path,
+        model_sha,
+        &plan.prompt_opts,
+        session.prompt_info.as_ref(),
+    );
     let ex = explain(&loaded, &session, &prov, a.step, a.top, a.rescue)?;
     if r.json {
         println!("{}", serde_json::to_string_pretty(&ex.report)?);

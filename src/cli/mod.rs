@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
 use crate::eviction::{pins, registry, Allocator, Method, Settings};
-use crate::model::{self, fetch, Loaded};
+use crate::model::{self, fetch, Loaded, PromptOptions, TemplateChoice};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -58,13 +58,46 @@ pub enum Command {
 /// Flags shared by every command that loads a model.
 #[derive(Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// A local GGUF model (architecture llama, GPT-2 style BPE tokenizer). Default: the
-    /// cached SmolLM2-135M-Instruct Q4_1, fetched on first use.
-    #[arg(long, value_name = "PATH")]
+    /// A known model's name (smollm2-135m, gemma3-270m: fetched on first use) or a
+    /// local GGUF file. Default: smollm2-135m (SmolLM2-135M-Instruct Q4_1).
+    #[arg(long, value_name = "NAME|PATH")]
     pub model: Option<PathBuf>,
     /// Worker threads for the forward pass (default: all cores).
     #[arg(long, value_name = "N")]
     pub threads: Option<usize>,
+}
+
+/// How the prompt file's text becomes the prompt (`run`, the inspector, the evaluations).
+#[derive(Args, Debug, Clone, Default)]
+pub struct PromptArgs {
+    /// Send the text as is: no chat template, and control-token strings in it (such as
+    /// <|im_end|>) are control tokens. BOS is still added where the model file asks.
+    #[arg(long)]
+    pub raw: bool,
+    /// Chat template: auto (the model file's, in its built-in form when of a known family;
+    /// none when the file has none), file (the file's own, as written), chatml, llama3,
+    /// gemma, mistral.
+    #[arg(long, value_name = "NAME", conflicts_with = "raw")]
+    pub template: Option<String>,
+    /// Read control-token strings in the prompt text (e.g. <|im_end|>) as control tokens
+    /// inside the chat template; by default they are text.
+    #[arg(long = "allow-control-tokens")]
+    pub allow_control_tokens: bool,
+}
+
+impl PromptArgs {
+    pub fn options(&self) -> Result<PromptOptions> {
+        Ok(PromptOptions {
+            raw: self.raw,
+            template: self
+                .template
+                .as_deref()
+                .map(str::parse::<TemplateChoice>)
+                .transpose()
+                .context("--template")?,
+            allow_control_tokens: self.allow_control_tokens,
+        })
+    }
 }
 
 /// The knobs of every registered method and allocator (`eviction::registry`), one flag
@@ -265,12 +298,10 @@ pub fn capped_threads(asked: usize, cores: usize) -> usize {
     asked.min(cores.max(1))
 }
 
-/// `--model`, or the cached default model (fetching it if needed).
+/// `--model` (a path or a known model's name), or the cached default model (fetching
+/// a known model if needed).
 pub fn resolve_model_path(path: Option<&Path>) -> Result<PathBuf> {
-    match path {
-        Some(p) => Ok(p.to_path_buf()),
-        None => fetch::ensure_default_model(&mut |m| eprintln!("kvscope: {m}")),
-    }
+    fetch::resolve(path, &mut |m| eprintln!("kvscope: {m}"))
 }
 
 /// Resolves `--model` or the cached default model (fetching it if needed) and loads it.

@@ -5,8 +5,9 @@ use clap::Args;
 use std::path::PathBuf;
 use std::time::Instant;
 
-use super::{EvictionArgs, ModelArgs};
+use super::{EvictionArgs, ModelArgs, PromptArgs};
 use crate::eviction::{Allocator, Method};
+use crate::model::PromptOptions;
 use crate::profile::discover;
 use crate::report::{Provenance, Report, SettingsPart};
 use crate::session::Session;
@@ -22,15 +23,14 @@ pub struct RunArgs {
     /// Tokens to generate (greedy).
     #[arg(long = "max-new", default_value_t = 32)]
     pub max_new: usize,
-    /// Send the prompt as is, without the chat template.
-    #[arg(long)]
-    pub raw: bool,
+    #[command(flatten)]
+    pub prompt_opts: PromptArgs,
     /// Print the JSON report instead of text.
     #[arg(long)]
     pub json: bool,
     /// Rerun a saved report (`run --json`, or `e` in the inspector): its method, budget,
-    /// window, every knob, allocator and manual budgets, --max-new, --raw and profile
-    /// replace the flags. PROMPT must give the report's prompt tokens and the model must
+    /// window, every knob, allocator and manual budgets, pins, --max-new, the prompt flags
+    /// and profile replace the flags. PROMPT must give the report's prompt tokens and the model must
     /// be the report's (sha256).
     #[arg(long = "from-report", value_name = "FILE")]
     pub from_report: Option<PathBuf>,
@@ -66,7 +66,7 @@ fn load_report(path: &std::path::Path) -> Result<SavedReport> {
 pub(super) struct Plan {
     pub settings: crate::eviction::Settings,
     pub max_new: usize,
-    pub raw: bool,
+    pub prompt_opts: PromptOptions,
     pub profile: Option<PathBuf>,
     /// The saved report's model sha256 and prompt ids, to check against.
     pub expect: Option<(Option<String>, Vec<u32>)>,
@@ -78,7 +78,7 @@ pub(super) fn plan(a: &RunArgs) -> Result<Plan> {
         return Ok(Plan {
             settings: a.eviction.settings()?,
             max_new: a.max_new,
-            raw: a.raw,
+            prompt_opts: a.prompt_opts.options()?,
             profile: a.eviction.profile.clone(),
             expect: None,
         });
@@ -97,7 +97,7 @@ pub(super) fn plan(a: &RunArgs) -> Result<Plan> {
     Ok(Plan {
         settings,
         max_new: r.settings.max_new,
-        raw: r.settings.raw,
+        prompt_opts: r.settings.prompt_options(),
         profile,
         expect: Some((r.settings.model_sha256.clone(), r.prompt.ids)),
     })
@@ -127,12 +127,11 @@ pub fn run(a: &RunArgs) -> Result<()> {
         eprintln!("kvscope: profile {path}");
     }
     let model_sha = discover::model_sha256(&model_path).ok();
-    let prompt = loaded.tok.apply_template(&text, plan.raw);
-    let ids = loaded.tok.encode(&prompt)?;
+    let prompt = loaded.tok.prompt(&text, &plan.prompt_opts)?;
     if let Some((sha, want_ids)) = &plan.expect {
-        check_same_run(sha.as_deref(), model_sha.as_deref(), want_ids, &ids)?;
+        check_same_run(sha.as_deref(), model_sha.as_deref(), want_ids, &prompt.ids)?;
     }
-    crate::session::check_fits(ids.len(), plan.max_new, cfg.context_length)?;
+    crate::session::check_fits(prompt.ids.len(), plan.max_new, cfg.context_length)?;
     let quiet = a.json;
     let mut last_pct = 0;
     let mut progress = |done: usize, total: usize| {
@@ -142,19 +141,19 @@ pub fn run(a: &RunArgs) -> Result<()> {
             last_pct = pct;
         }
     };
-    let mut session = Session::new(&loaded, prompt, plan.max_new, profile, &mut progress)?;
+    let mut session = Session::from_prompt(&loaded, prompt, plan.max_new, profile, &mut progress)?;
     session.timing.load = (load_ms * 1000.0).round() / 1000.0;
     let pinned = !settings.pin_keep.is_empty() || !settings.pin_evict.is_empty();
     if settings.method != Method::Full || pinned || a.json {
         session.apply(&loaded.model, &loaded.tok, settings.clone())?;
     }
     if a.json {
-        let prov = Provenance {
-            profile: profile_path,
-            model_sha256: model_sha,
-            raw: plan.raw,
-            template: None,
-        };
+        let prov = Provenance::new(
+            profile_path,
+            model_sha,
+            &plan.prompt_opts,
+            session.prompt_info.as_ref(),
+        );
         let fallback = SettingsPart::new(&settings, Vec::new(), session.max_new, &prov);
         let report = Report::new(cfg, &session, &prov, fallback);
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -202,7 +201,10 @@ fn print_human(loaded: &crate::model::Loaded, s: &Session) {
         "model: {} ({} layers, {} heads / {} KV heads, head_dim {})",
         cfg.name, cfg.n_layers, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
     );
-    println!("prompt: {} tokens", s.trace.len);
+    match &s.prompt_info {
+        Some(i) => println!("prompt: {} tokens, {}", s.trace.len, i.summary()),
+        None => println!("prompt: {} tokens", s.trace.len),
+    }
     println!(
         "\n--- full cache ({} tokens generated) ---\n{}",
         s.full.ids.len(),

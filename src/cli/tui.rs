@@ -4,7 +4,7 @@ use anyhow::Result;
 use clap::Args;
 use std::path::PathBuf;
 
-use super::{AllocArgs, KnobArgs, ModelArgs};
+use super::{AllocArgs, KnobArgs, ModelArgs, PromptArgs};
 use crate::eviction::{Method, Settings};
 
 #[derive(Args, Debug, Clone)]
@@ -30,9 +30,8 @@ pub struct TuiArgs {
     /// Tokens to generate (greedy), for both the full and the compressed cache.
     #[arg(long = "max-new", default_value_t = 32)]
     pub max_new: usize,
-    /// Send the prompt as is, without the chat template.
-    #[arg(long)]
-    pub raw: bool,
+    #[command(flatten)]
+    pub prompt_opts: PromptArgs,
 }
 
 /// The starting settings, and a note for the status line when the method was chosen
@@ -64,7 +63,7 @@ pub fn run(a: &TuiArgs) -> Result<()> {
         prompt: a.prompt.clone(),
         model: a.model.model.clone(),
         profile: a.profile.clone(),
-        raw: a.raw,
+        prompt_opts: a.prompt_opts.options()?,
         max_new: a.max_new,
         settings,
         notice,

@@ -52,6 +52,12 @@ impl Needle {
     pub fn question(&self) -> String {
         format!("What is the special magic number for {}?", self.subject)
     }
+
+    /// The start of the answer, for base models (no chat template), which continue text
+    /// rather than answer a question.
+    pub fn answer_lead(&self) -> String {
+        format!("Answer: The special magic number for {} is", self.subject)
+    }
 }
 
 /// Distinct needles: different subjects and numbers, so a model cannot score by

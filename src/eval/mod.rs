@@ -20,7 +20,7 @@ pub mod sweep;
 use anyhow::{Context, Result};
 
 use crate::eviction::Settings;
-use crate::model::Loaded;
+use crate::model::{Loaded, PromptOptions};
 use crate::profile::Profile;
 use crate::session::Session;
 use grid::Combo;
@@ -34,8 +34,9 @@ pub struct Ctx<'a> {
     /// Every knob but method, budget and window (those come from each [`Combo`]).
     pub base: Settings,
     pub max_new: usize,
-    pub raw: bool,
-    /// Profile path and model sha256, for each row's settings.
+    /// How each item's text becomes the prompt (template, --raw).
+    pub prompt: PromptOptions,
+    /// Profile path, model sha256 and prompt flags, for each row's settings.
     pub prov: crate::report::Provenance,
 }
 
@@ -53,9 +54,9 @@ impl Ctx<'_> {
                 .map(|x| format!("{x:02x}"))
                 .collect::<String>()
         });
-        serde_json::json!({
+        let mut settings = serde_json::json!({
             "max_new": self.max_new,
-            "raw": self.raw,
+            "raw": self.prompt.raw,
             "kernel": b.kernel,
             "pooling": b.pooling.name(),
             "first_k": b.first_k,
@@ -65,7 +66,15 @@ impl Ctx<'_> {
             "layer_budgets": b.layer_budgets,
             "model": {"name": cfg.name, "file_bytes": self.loaded.file_bytes},
             "profile_sha256": profile,
-        })
+        });
+        // Recorded only when not the default, so runs from before these flags resume.
+        if let Some(t) = self.prompt.template {
+            settings["template"] = t.name().into();
+        }
+        if self.prompt.allow_control_tokens {
+            settings["allow_control_tokens"] = true.into();
+        }
+        settings
     }
 }
 
@@ -92,12 +101,12 @@ pub fn run_item(
 ) -> Result<Vec<Record>> {
     let loaded = ctx.loaded;
     let cfg = &loaded.model.config;
-    let prompt = loaded.tok.apply_template(&item.text, ctx.raw);
-    let n = loaded.tok.encode(&prompt)?.len();
+    let prompt = loaded.tok.prompt(&item.text, &ctx.prompt)?;
+    let n = prompt.ids.len();
     crate::session::check_fits(n, ctx.max_new, cfg.context_length)
         .with_context(|| item.name.clone())?;
     bar.status(&format!("{} ({n} tokens): prefill + full cache", item.name));
-    let mut session = Session::new(
+    let mut session = Session::from_prompt(
         loaded,
         prompt,
         ctx.max_new,
@@ -108,6 +117,10 @@ pub fn run_item(
     let full_output = session.full.text.clone();
     let full_kv = session.full.kv_bytes;
     let full_tokens = session.full.ids.len();
+    let prov = crate::report::Provenance {
+        template: session.prompt_info.as_ref().map(|i| i.template.clone()),
+        ..ctx.prov.clone()
+    };
     let mut out = Vec::with_capacity(pending.len());
     for combo in pending {
         let settings = Settings {
@@ -147,7 +160,7 @@ pub fn run_item(
                 &c.settings,
                 c.selection.layer_budgets.clone(),
                 ctx.max_new,
-                &ctx.prov,
+                &prov,
             )),
         };
         rec.decode_ms = session.timing.decode_compressed;

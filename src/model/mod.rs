@@ -8,6 +8,7 @@ pub mod kernels;
 pub mod kvcache;
 pub mod quant;
 pub mod team;
+pub mod template;
 pub mod tokenizer;
 pub mod weights;
 
@@ -17,7 +18,8 @@ use std::path::Path;
 
 pub use config::Config;
 pub use forward::{DecodeState, Model, Precision, StepAttention};
-pub use tokenizer::Tok;
+pub use template::TemplateChoice;
+pub use tokenizer::{Prompt, PromptInfo, PromptOptions, Tok};
 
 /// A model with its tokenizer, loaded from one GGUF file.
 pub struct Loaded {

@@ -53,7 +53,7 @@ pub struct Options {
     pub prompt: Option<PathBuf>,
     pub model: Option<PathBuf>,
     pub profile: Option<PathBuf>,
-    pub raw: bool,
+    pub prompt_opts: crate::model::PromptOptions,
     pub max_new: usize,
     pub settings: Settings,
     /// A line for the status line at start (e.g. why the method is not compresskv).
@@ -245,7 +245,7 @@ fn start_worker(
         model: opts.model.clone(),
         profile: opts.profile.clone(),
         prompt: text,
-        raw: opts.raw,
+        prompt_opts: opts.prompt_opts.clone(),
         max_new: opts.max_new,
     };
     worker::spawn(job, out, wrx).context("cannot start the worker thread")?;

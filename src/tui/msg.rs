@@ -37,6 +37,8 @@ pub struct Snapshot {
     pub maps: Arc<Vec<Vec<BlockMap>>>,
     pub prefill_ms: f64,
     pub decode_full_ms: f64,
+    /// Chat template used and control tokens in the prompt text, for the status line.
+    pub prompt_info: Option<crate::model::PromptInfo>,
 }
 
 /// One recompute's outcome, tagged with the settings generation it was computed for.

@@ -25,7 +25,7 @@ pub struct Job {
     pub profile: Option<PathBuf>,
     /// The prompt file's text (the chat template is applied here).
     pub prompt: String,
-    pub raw: bool,
+    pub prompt_opts: crate::model::PromptOptions,
     pub max_new: usize,
 }
 
@@ -97,7 +97,7 @@ struct Worker {
     profile_path: Option<String>,
     /// For the report's provenance.
     model_path: PathBuf,
-    raw: bool,
+    prompt_opts: crate::model::PromptOptions,
     maps: Arc<Vec<Vec<crate::trace::BlockMap>>>,
     /// p_h of every head for one (window, kernel, pooling): budget and method edits
     /// select from it and show it as the attention pane's strip.
@@ -112,12 +112,9 @@ impl Worker {
         out(FromWorker::Phase(Phase::Loading(
             "locating the model".into(),
         )));
-        let path = match &job.model {
-            Some(p) => p.clone(),
-            None => fetch::ensure_default_model(&mut |m| {
-                out(FromWorker::Notice(m.to_string()));
-            })?,
-        };
+        let path = fetch::resolve(job.model.as_deref(), &mut |m| {
+            out(FromWorker::Notice(m.to_string()));
+        })?;
         out(FromWorker::Phase(Phase::Loading(format!(
             "loading {}",
             path.file_name().map_or_else(
@@ -155,7 +152,8 @@ impl Worker {
                 }
             },
         };
-        let prompt = loaded.tok.apply_template(&job.prompt, job.raw);
+        let prompt = loaded.tok.prompt(&job.prompt, &job.prompt_opts)?;
+        out(FromWorker::Notice(prompt.info.summary()));
         let t0 = Instant::now();
         let mut progress = |done: usize, total: usize| {
             let el = t0.elapsed().as_secs_f64();
@@ -165,8 +163,9 @@ impl Worker {
                 out(FromWorker::Phase(Phase::DecodingFull));
             }
         };
-        let mut session = Session::new(&loaded, prompt, job.max_new, profile, &mut progress)
-            .context("prefill failed")?;
+        let mut session =
+            Session::from_prompt(&loaded, prompt, job.max_new, profile, &mut progress)
+                .context("prefill failed")?;
         // The block maps exist for drawing; selection never reads them, so they move to
         // the UI instead of being copied (tens of MB on long prompts).
         let maps = session
@@ -180,7 +179,7 @@ impl Worker {
             session,
             profile_path: profile_path.as_ref().map(|p| p.display().to_string()),
             model_path: path,
-            raw: job.raw,
+            prompt_opts: job.prompt_opts.clone(),
             maps: Arc::new(maps),
             scores: None,
             full_pass: None,
@@ -259,12 +258,12 @@ impl Worker {
     fn export(&self, path: &std::path::Path) -> Result<()> {
         let s = &self.session;
         let cfg = &self.loaded.model.config;
-        let prov = Provenance {
-            profile: self.profile_path.clone(),
-            model_sha256: crate::profile::discover::model_sha256(&self.model_path).ok(),
-            raw: self.raw,
-            template: None,
-        };
+        let prov = Provenance::new(
+            self.profile_path.clone(),
+            crate::profile::discover::model_sha256(&self.model_path).ok(),
+            &self.prompt_opts,
+            s.prompt_info.as_ref(),
+        );
         // Nothing compressed yet: the report says so with the full cache's settings.
         let full = Settings {
             method: Method::Full,
@@ -322,6 +321,7 @@ pub fn snapshot(
         maps,
         prefill_ms: s.timing.prefill,
         decode_full_ms: s.timing.decode_full,
+        prompt_info: s.prompt_info.clone(),
     }
 }
 

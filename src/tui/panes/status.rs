@@ -54,6 +54,24 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
             app.prompt_label,
         )),
     ];
+    if let Some(info) = app.snapshot.as_ref().and_then(|s| s.prompt_info.as_ref()) {
+        spans.push(Span::raw(format!("template {} ", info.template)));
+        if info.control_tokens > 0 {
+            spans.push(Span::styled(
+                format!(
+                    " {} control token{} in the prompt {} ",
+                    info.control_tokens,
+                    if info.control_tokens == 1 { "" } else { "s" },
+                    if info.control_tokens_as_tokens {
+                        "used as tokens"
+                    } else {
+                        "read as text"
+                    }
+                ),
+                Style::default().fg(Color::Black).bg(Color::Yellow),
+            ));
+        }
+    }
     if let Some(e) = &app.error {
         spans.push(Span::styled(
             format!(" {e} "),

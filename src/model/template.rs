@@ -1,0 +1,258 @@
+//! Chat templates: the model file's own (`tokenizer.chat_template`, Jinja, rendered with
+//! minijinja plus Python-style string methods) and four built-in ones, each rendered for
+//! one user message with the generation prompt.
+//!
+//! `auto` (the default) follows llama.cpp's default chat formatting: a file template of a
+//! known family (ChatML, Llama 3, Gemma, Mistral) is rendered with kvscope's built-in
+//! template of that family, which writes the same turn markers but no default system
+//! prompt (SmolLM2's and Qwen2.5's templates add one); any other file template is rendered
+//! as written; a file without one gets the text as is. `--template file` renders the
+//! file's own template as written.
+
+use anyhow::{bail, Result};
+use minijinja::{Environment, Error, ErrorKind};
+use serde::Serialize;
+
+/// A built-in template.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Builtin {
+    ChatMl,
+    Llama3,
+    Gemma,
+    Mistral,
+}
+
+pub const BUILTINS: [Builtin; 4] = [
+    Builtin::ChatMl,
+    Builtin::Llama3,
+    Builtin::Gemma,
+    Builtin::Mistral,
+];
+
+impl Builtin {
+    pub fn name(self) -> &'static str {
+        match self {
+            Builtin::ChatMl => "chatml",
+            Builtin::Llama3 => "llama3",
+            Builtin::Gemma => "gemma",
+            Builtin::Mistral => "mistral",
+        }
+    }
+
+    /// Tokens the format is written with: a model whose vocabulary lacks them was not
+    /// trained on it (none for Mistral's format, which older models write as text).
+    pub fn markers(self) -> &'static [&'static str] {
+        match self {
+            Builtin::ChatMl => &["<|im_start|>", "<|im_end|>"],
+            Builtin::Llama3 => &["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"],
+            Builtin::Gemma => &["<start_of_turn>", "<end_of_turn>"],
+            // Llama 2 and Mistral v0.1 write [INST] as text; v0.3 has it as a token.
+            Builtin::Mistral => &[],
+        }
+    }
+
+    /// The template (Jinja, the same renderer as file templates). ChatML keeps the user's
+    /// text as is (kvscope's prompt for SmolLM2 since the start); the others trim it as
+    /// their published templates do.
+    pub fn source(self) -> &'static str {
+        match self {
+            Builtin::ChatMl => {
+                "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}\
+                 {% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+            }
+            Builtin::Llama3 => {
+                "{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m.role }}<|end_header_id|>\n\n\
+                 {{ m.content | trim }}<|eot_id|>{% endfor %}\
+                 {% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+            }
+            Builtin::Gemma => {
+                "{{ bos_token }}{% for m in messages %}<start_of_turn>\
+                 {{ 'model' if m.role == 'assistant' else m.role }}\n{{ m.content | trim }}<end_of_turn>\n\
+                 {% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+            }
+            Builtin::Mistral => {
+                "{{ bos_token }}{% for m in messages %}{% if m.role == 'user' %}[INST] {{ m.content | trim }} [/INST]\
+                 {% else %}{{ m.content }}{{ eos_token }}{% endif %}{% endfor %}"
+            }
+        }
+    }
+}
+
+/// Which family a file template belongs to, by the turn markers it writes.
+pub fn detect(source: &str) -> Option<Builtin> {
+    if source.contains("<|im_start|>") {
+        Some(Builtin::ChatMl)
+    } else if source.contains("<|start_header_id|>") {
+        Some(Builtin::Llama3)
+    } else if source.contains("<start_of_turn>") {
+        Some(Builtin::Gemma)
+    } else if source.contains("[INST]") {
+        Some(Builtin::Mistral)
+    } else {
+        None
+    }
+}
+
+/// `--template NAME`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TemplateChoice {
+    #[default]
+    Auto,
+    File,
+    Builtin(Builtin),
+}
+
+impl TemplateChoice {
+    /// The name `--template` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            TemplateChoice::Auto => "auto",
+            TemplateChoice::File => "file",
+            TemplateChoice::Builtin(b) => b.name(),
+        }
+    }
+}
+
+impl std::str::FromStr for TemplateChoice {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(TemplateChoice::Auto),
+            "file" => Ok(TemplateChoice::File),
+            _ => match BUILTINS.iter().find(|b| b.name() == s) {
+                Some(&b) => Ok(TemplateChoice::Builtin(b)),
+                None => bail!(
+                    "unknown template '{s}': use auto, file, chatml, llama3, gemma or mistral"
+                ),
+            },
+        }
+    }
+}
+
+/// Values a template may read besides the messages.
+pub struct Vars<'a> {
+    pub bos_token: &'a str,
+    pub eos_token: &'a str,
+}
+
+#[derive(Serialize)]
+struct Message<'a> {
+    role: &'a str,
+    content: &'a str,
+}
+
+/// Renders `source` for one user message `user` with the generation prompt. The error is
+/// one line (minijinja's message and where).
+pub fn render(source: &str, user: &str, vars: &Vars) -> Result<String, String> {
+    let mut env = Environment::new();
+    // As Hugging Face renders chat templates (jinja2 with trim_blocks and lstrip_blocks).
+    env.set_trim_blocks(true);
+    env.set_lstrip_blocks(true);
+    // Python string methods (`.strip()`, `.startswith()`, ...) that HF templates call.
+    env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+    minijinja_contrib::add_to_environment(&mut env);
+    env.add_function("raise_exception", |msg: String| -> Result<String, Error> {
+        Err(Error::new(ErrorKind::InvalidOperation, msg))
+    });
+    env.add_template("chat_template", source)
+        .map_err(one_line)?;
+    let t = env.get_template("chat_template").map_err(one_line)?;
+    t.render(minijinja::context! {
+        messages => vec![Message { role: "user", content: user }],
+        add_generation_prompt => true,
+        bos_token => vars.bos_token,
+        eos_token => vars.eos_token,
+    })
+    .map_err(one_line)
+}
+
+fn one_line(e: Error) -> String {
+    let mut s = e.to_string();
+    if let Some(d) = e.detail() {
+        if !s.contains(d) {
+            s = format!("{s}: {d}");
+        }
+    }
+    s.lines().next().unwrap_or("").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const VARS: Vars = Vars {
+        bos_token: "<s>",
+        eos_token: "</s>",
+    };
+
+    #[test]
+    fn builtins_render_one_user_turn() {
+        let r = |b: Builtin| render(b.source(), "Hi there\n", &VARS).expect("renders");
+        assert_eq!(
+            r(Builtin::ChatMl),
+            "<|im_start|>user\nHi there\n<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert_eq!(
+            r(Builtin::Llama3),
+            "<s><|start_header_id|>user<|end_header_id|>\n\nHi there<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n"
+        );
+        assert_eq!(
+            r(Builtin::Gemma),
+            "<s><start_of_turn>user\nHi there<end_of_turn>\n<start_of_turn>model\n"
+        );
+        assert_eq!(r(Builtin::Mistral), "<s>[INST] Hi there [/INST]");
+    }
+
+    #[test]
+    fn detects_families_and_parses_names() {
+        for b in BUILTINS {
+            assert_eq!(detect(b.source()), Some(b));
+            assert_eq!(
+                b.name().parse::<TemplateChoice>().unwrap(),
+                TemplateChoice::Builtin(b)
+            );
+        }
+        assert_eq!(detect("{{ messages[0].content }}"), None);
+        assert_eq!(
+            "auto".parse::<TemplateChoice>().unwrap(),
+            TemplateChoice::Auto
+        );
+        assert_eq!(
+            "file".parse::<TemplateChoice>().unwrap(),
+            TemplateChoice::File
+        );
+        let e = "vicuna".parse::<TemplateChoice>().unwrap_err().to_string();
+        assert!(e.contains("vicuna") && e.contains("chatml"), "{e}");
+    }
+
+    /// What Hugging Face templates use: Python string methods, `raise_exception`,
+    /// `loop`, `namespace`.
+    #[test]
+    fn python_style_templates_render() {
+        let src = "{% set ns = namespace(sys='') %}{% for m in messages %}{% if loop.first %}{{ bos_token }}{% endif %}\
+                   {% if m['role'] == 'user' %}{{ '### ' + m['role'].upper() + ': ' + m['content'].strip() }}{% else %}\
+                   {{ raise_exception('only user turns') }}{% endif %}{% endfor %}\
+                   {% if add_generation_prompt and m is not defined %}\n### ASSISTANT:{% endif %}";
+        // trim_blocks drops the newline right after `{% if ... %}`.
+        assert_eq!(
+            render(src, "  What?  ", &VARS).expect("renders"),
+            "<s>### USER: What?### ASSISTANT:"
+        );
+        let raising = "{{ raise_exception('Conversation roles must alternate') }}";
+        let e = render(raising, "x", &VARS).unwrap_err();
+        assert!(e.contains("Conversation roles must alternate"), "{e}");
+    }
+
+    #[test]
+    fn a_broken_template_is_one_line() {
+        for src in [
+            "{% for m in messages %}",
+            "{{ messages[0].content | nosuchfilter }}",
+            "{% if %}",
+        ] {
+            let e = render(src, "x", &VARS).unwrap_err();
+            assert!(!e.is_empty() && !e.contains('\n'), "{src}: {e:?}");
+        }
+    }
+}
