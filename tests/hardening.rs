@@ -231,25 +231,27 @@ fn negative_and_oversized_numbers_name_the_problem() {
     let e = Env::new("neg-budget");
     let m = e.gguf();
     let p = e.prompt();
-    let out = e.run(&["run", s(&p), "--model", s(&m), "--budget", "-1"], &[]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(err.contains("-1") && err.contains("0 or more"), "{err}");
-    assert!(!err.contains("-- -1"), "misleading advice: {err}");
-    let out = e.run(
-        &[
-            "run",
-            s(&p),
-            "--model",
-            s(&m),
-            "--budget",
-            "99999999999999999999999",
-        ],
-        &[],
-    );
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
-    assert!(err.contains("keeps everything"), "{err}");
+    let cases: [(&[&str], &[&str]); 5] = [
+        (&["--budget", "-1"], &["--budget", "-1", "0 or more"]),
+        (
+            &["--budget", "99999999999999999999999"],
+            &["--budget", "keeps everything"],
+        ),
+        (&["--threads", "-1"], &["--threads", "0 or more"]),
+        (&["--window", "abc"], &["--window", "whole number"]),
+        // Overflows prompt + max-new if added naively.
+        (
+            &["--max-new", "18446744073709551615"],
+            &["context", "--max-new"],
+        ),
+    ];
+    for (flags, needles) in cases {
+        let mut args = vec!["run", s(&p), "--model", s(&m), "--method", "snapkv"];
+        args.extend_from_slice(flags);
+        let out = e.run(&args, &[]);
+        let err = assert_error(&out, needles);
+        assert!(!err.contains("-- -1"), "misleading advice: {err}");
+    }
 }
 
 // ---------------------------------------------------------------- 4. bounded reads

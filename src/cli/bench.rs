@@ -60,7 +60,11 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     if let Some(n) = a.prefill.iter().find(|&&n| n > ctx_len) {
         bail!("--prefill {n} is longer than the model's context of {ctx_len} tokens");
     }
-    if let Some(n) = a.decode.iter().find(|&&n| n.max(1) + a.steps > ctx_len) {
+    if let Some(n) = a
+        .decode
+        .iter()
+        .find(|&&n| n.max(1).saturating_add(a.steps) > ctx_len)
+    {
         bail!(
             "--decode {n} with --steps {} does not fit the model's context of {ctx_len} tokens",
             a.steps

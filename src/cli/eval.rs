@@ -63,7 +63,7 @@ pub struct NiahArgs {
     #[arg(long, default_value = "0,25,50,75,100")]
     pub depths: String,
     /// Budgets: tokens per layer (64) or percent of the prompt (3%), comma-separated.
-    #[arg(long, default_value = "32,64,128")]
+    #[arg(long, default_value = "32,64,128", allow_hyphen_values = true)]
     pub budgets: String,
     /// Tokens to generate per run. The default model restates the question before the
     /// number and every digit is a token, so 16 cuts answers short.
@@ -82,7 +82,7 @@ pub struct SweepArgs {
     #[arg(default_value = "sample-prompts")]
     pub prompts: Vec<PathBuf>,
     /// Budgets: tokens per layer (64) or percent of the prompt (3%), comma-separated.
-    #[arg(long, default_value = "1%,3%,10%")]
+    #[arg(long, default_value = "1%,3%,10%", allow_hyphen_values = true)]
     pub budgets: String,
     /// Tokens to generate per run.
     #[arg(long = "max-new", default_value_t = 24)]

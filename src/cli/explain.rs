@@ -138,6 +138,7 @@ pub fn explain(
         window,
     );
     let overlap = divergence::oracle::overlap(keep, &oracle, trace.len, window);
+    let oracle_ids = model.generate(trace, &oracle, session.max_new, &tok.stop_ids, None)?;
     let t3 = Instant::now();
     let rescue = match (rescue, chosen) {
         (Some(k), Some(_)) => {
@@ -174,6 +175,8 @@ pub fn explain(
             rescue,
             oracle_gap: dr::OracleGap {
                 kept_overlap_with_oracle: overlap,
+                oracle_agreement: session::agreement(ids, &oracle_ids),
+                oracle_text: tok.decode(&oracle_ids),
             },
         },
         ms: [ms(t0, t1), ms(t1, t2), ms(t3, t4), ms(t2, t3)],
@@ -274,12 +277,17 @@ fn print_human(loaded: &Loaded, s: &Session, ex: &Explained) {
             rs.compressed.text
         );
     }
+    let og = &r.oracle_gap;
     println!(
-        "\noracle: {:.1}% of the oracle's choices at these budgets are kept",
-        r.oracle_gap.kept_overlap_with_oracle * 100.0
+        "\noracle: {:.1}% of the oracle's choices at these budgets are kept; the oracle itself {}",
+        og.kept_overlap_with_oracle * 100.0,
+        match og.oracle_agreement.first_divergence {
+            None => "matches the full cache".to_string(),
+            Some(i) => format!("diverges at token {i}"),
+        }
     );
     println!(
-        "timing: full replay with capture {:.0} ms, compressed replay {:.0} ms, analysis {:.0} ms, rescue {:.0} ms",
+        "timing: full replay with capture {:.0} ms, compressed replay {:.0} ms, analysis + oracle decode {:.0} ms, rescue {:.0} ms",
         ex.ms[0], ex.ms[1], ex.ms[3], ex.ms[2]
     );
 }

@@ -63,7 +63,7 @@ pub struct ModelArgs {
     #[arg(long, value_name = "NAME|PATH")]
     pub model: Option<PathBuf>,
     /// Worker threads for the forward pass (default: all cores).
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_count)]
     pub threads: Option<usize>,
 }
 
@@ -195,7 +195,7 @@ pub struct EvictionArgs {
     pub method: String,
     /// Prompt tokens kept per layer and KV head (at or above the prompt length: keep
     /// everything).
-    #[arg(long, default_value_t = 128, allow_negative_numbers = true, value_parser = parse_count)]
+    #[arg(long, default_value_t = 128, allow_negative_numbers = true, value_parser = parse_budget)]
     pub budget: usize,
     /// Observation window (1..=64), always kept.
     #[arg(long, default_value_t = 8, allow_negative_numbers = true, value_parser = parse_count)]
@@ -233,7 +233,7 @@ impl EvictionArgs {
     }
 }
 
-/// A count of tokens on the command line. A negative number is named as such (clap
+/// A count (tokens, threads) on the command line. A negative number is named as such (clap
 /// would read `-1` as a flag and suggest `-- -1`, which fails too), and a number too
 /// large for this machine says what to use instead.
 pub fn parse_count(s: &str) -> std::result::Result<usize, String> {
@@ -243,18 +243,25 @@ pub fn parse_count(s: &str) -> std::result::Result<usize, String> {
     }
     if let Some(digits) = t.strip_prefix('-') {
         if !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()) {
-            return Err(format!(
-                "expected a whole number of tokens, 0 or more; got {t}"
-            ));
+            return Err(format!("expected a whole number, 0 or more; got {t}"));
         }
     }
     if !t.is_empty() && t.chars().all(|c| c.is_ascii_digit()) {
-        return Err(format!(
-            "{t} is larger than {}; a budget at or above the prompt length already keeps everything",
-            usize::MAX
-        ));
+        return Err(format!("{t} is larger than {}", usize::MAX));
     }
-    Err(format!("expected a whole number of tokens; got '{t}'"))
+    Err(format!("expected a whole number; got '{t}'"))
+}
+
+/// [`parse_count`] for `--budget`: a number too large says that a smaller one already
+/// keeps everything.
+pub fn parse_budget(s: &str) -> std::result::Result<usize, String> {
+    parse_count(s).map_err(|e| {
+        if e.contains("is larger than") {
+            format!("{e}; a budget at or above the prompt length already keeps everything")
+        } else {
+            e
+        }
+    })
 }
 
 pub fn parse_budget_list(s: &str) -> Result<Vec<usize>> {
@@ -312,10 +319,43 @@ pub fn load_model(path: Option<&Path>) -> Result<Loaded> {
 /// Prompt reading lives below the command line (eval and the inspector use it too).
 pub use crate::input::read_prompt;
 
+/// A command line clap refused: `--help` and `--version` print as usual; a mistake
+/// becomes one line `kvscope: error: ...` (clap's own first line, which names the flag
+/// and the value) with the pointer to `--help`, like every other kvscope error.
+fn usage_error(e: clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return e.exit_code();
+    }
+    let text = e.render().to_string();
+    let first = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid command line");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let hint = text
+        .lines()
+        .map(str::trim)
+        // clap's "use '-- -1'" does not work for a flag's value; leave it out.
+        .find(|l| l.starts_with("tip:") && !l.contains("'-- "))
+        .map_or(String::new(), |t| format!(" ({t})"));
+    eprintln!("kvscope: error: {first}{hint}; see --help");
+    e.exit_code()
+}
+
 /// Entry point of the binary; returns the process exit code.
 pub fn main() -> i32 {
     crate::signals::default_sigpipe();
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
     let result = match cli.command {
         Some(Command::Run(a)) => run::run(&a),
         Some(Command::Explain(a)) => explain::run(&a),

@@ -312,7 +312,7 @@ fn run_layers(a: &LayersArgs) -> Result<()> {
         let ids = loaded
             .tok
             .encode(&loaded.tok.apply_template(&text, false))?;
-        if ids.len() + a.max_new > cfg.context_length {
+        if ids.len().saturating_add(a.max_new) > cfg.context_length {
             bail!(
                 "calibration prompt {} has {} tokens, too long for the model's context",
                 f.display(),

@@ -21,7 +21,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub eviction: EvictionArgs,
     /// Tokens to generate (greedy).
-    #[arg(long = "max-new", default_value_t = 32)]
+    #[arg(long = "max-new", default_value_t = 32, allow_negative_numbers = true, value_parser = super::parse_count)]
     pub max_new: usize,
     #[command(flatten)]
     pub prompt_opts: PromptArgs,

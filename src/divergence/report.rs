@@ -150,6 +150,10 @@ pub struct OracleGap {
     /// Fraction of the oracle's choices (outside the window, every layer and KV head, at
     /// the same per-layer budgets) that the compressed keep set also made.
     pub kept_overlap_with_oracle: f64,
+    /// The oracle's own free-running generation and its agreement with the full cache:
+    /// how well the best one-shot selection of this size does on this prompt.
+    pub oracle_text: String,
+    pub oracle_agreement: Agreement,
 }
 
 #[derive(Serialize)]

@@ -324,7 +324,7 @@ impl<'m> DecodeState<'m> {
             );
         }
         keep.validate(&dims, trace.len)?;
-        if trace.len + extra > model.config.context_length {
+        if trace.len.saturating_add(extra) > model.config.context_length {
             bail!(
                 "prompt ({}) + new tokens ({extra}) exceed the model's context of {} tokens; lower --max-new",
                 trace.len,

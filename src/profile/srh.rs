@@ -170,7 +170,7 @@ pub fn measure(
             bail!(Interrupted);
         }
         let prompt = trial_prompt(tok, spec)?;
-        if prompt.ids.len() + cfg.max_new > model.config.context_length {
+        if prompt.ids.len().saturating_add(cfg.max_new) > model.config.context_length {
             bail!(
                 "a {}-token needle prompt with --max-new {} exceeds the model's context of {} tokens; use shorter --lengths",
                 prompt.ids.len(),
