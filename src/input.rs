@@ -15,6 +15,15 @@ pub const MAX_PROFILE_BYTES: u64 = 16 << 20;
 /// Largest budget file or sidecar read: 1 MiB (a list of a few hundred numbers).
 pub const MAX_SMALL_FILE_BYTES: u64 = 1 << 20;
 
+/// A prompt file: UTF-8 text, at most [`MAX_PROMPT_BYTES`], not blank.
+pub fn read_prompt(path: &Path) -> Result<String> {
+    let text = read_text(path, "prompt file", MAX_PROMPT_BYTES)?;
+    if text.trim().is_empty() {
+        bail!("prompt file {} is empty", path.display());
+    }
+    Ok(text)
+}
+
 /// Checks that `path` is a regular file (following symlinks) and returns its size.
 /// `what` names the file for the user ("prompt file", "profile", ...).
 pub fn regular_file(path: &Path, what: &str) -> Result<u64> {

@@ -14,6 +14,7 @@ pub mod keepset;
 pub mod model;
 pub mod profile;
 pub mod report;
+pub mod score;
 pub mod session;
 pub mod signals;
 pub mod testing;

@@ -1,7 +1,9 @@
 //! The JSON report of `kvscope run --json` (DESIGN.md: field names are a contract).
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
+use crate::eviction::{registry, KnobValue, Settings};
 use crate::model::Config;
 use crate::session::{Agreement, Generation, Session, Timing};
 
@@ -43,7 +45,8 @@ pub struct PromptPart {
     pub info: Option<crate::model::PromptInfo>,
 }
 
-#[derive(Serialize)]
+/// Everything that produced a run, so `kvscope run --from-report` can rerun it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SettingsPart {
     pub method: String,
     pub budget: usize,
@@ -51,13 +54,149 @@ pub struct SettingsPart {
     pub kernel: usize,
     pub pooling: String,
     pub first_k: usize,
+    /// The allocator in force (the method's own when none was picked).
     pub allocator: String,
+    /// Budgets applied per layer (empty when nothing was selected).
     pub layer_budgets: Vec<usize>,
+    /// The explicit per-layer list the user gave (manual allocator), else null.
+    #[serde(default)]
+    pub manual_budgets: Option<Vec<usize>>,
     pub profile: Option<String>,
     pub max_new: usize,
+    /// The prompt was sent without the chat template.
+    #[serde(default)]
+    pub raw: bool,
+    /// The chat template used (`chatml`, `llama3`, `none`, `file`, ...; null when not
+    /// known).
+    #[serde(default)]
+    pub template: Option<String>,
+    /// Control-token strings in the prompt text were read as control tokens.
+    #[serde(default)]
+    pub allow_control_tokens: bool,
+    /// sha256 of the model file (null when it could not be read).
+    #[serde(default)]
+    pub model_sha256: Option<String>,
+    #[serde(default)]
+    pub kvscope_version: String,
     /// Positions pinned to be kept / evicted (METHOD.md, "Pins").
+    #[serde(default)]
     pub pin_keep: Vec<usize>,
+    #[serde(default)]
     pub pin_evict: Vec<usize>,
+    /// Every other knob of every registered method and allocator, with the value in force
+    /// (`adakv_floor`, `pyramid_beta`, `cake_gamma`, ...).
+    #[serde(flatten)]
+    pub knobs: BTreeMap<String, KnobValue>,
+}
+
+/// Where a run came from, besides its settings.
+#[derive(Debug, Clone, Default)]
+pub struct Provenance {
+    pub profile: Option<String>,
+    pub model_sha256: Option<String>,
+    pub raw: bool,
+    pub template: Option<String>,
+    pub allow_control_tokens: bool,
+}
+
+impl Provenance {
+    /// From the prompt flags and what the tokenizer did with them.
+    pub fn new(
+        profile: Option<String>,
+        model_sha256: Option<String>,
+        opts: &crate::model::PromptOptions,
+        info: Option<&crate::model::PromptInfo>,
+    ) -> Self {
+        Provenance {
+            profile,
+            model_sha256,
+            raw: opts.raw,
+            template: info.map(|i| i.template.clone()),
+            allow_control_tokens: opts.allow_control_tokens,
+        }
+    }
+}
+
+/// Knobs with a field of their own in [`SettingsPart`].
+const OWN_FIELDS: [&str; 3] = ["kernel", "pooling", "first_k"];
+
+impl SettingsPart {
+    /// `s` as run, with the budgets applied per layer.
+    pub fn new(s: &Settings, layer_budgets: Vec<usize>, max_new: usize, prov: &Provenance) -> Self {
+        let knobs = registry::all_knobs()
+            .into_iter()
+            .filter(|k| !OWN_FIELDS.contains(&k.name))
+            .map(|k| (k.name.to_string(), k.get(s)))
+            .collect();
+        SettingsPart {
+            method: s.method.name().to_string(),
+            budget: s.budget,
+            window: s.window,
+            kernel: s.kernel,
+            pooling: s.pooling.name().to_string(),
+            first_k: s.first_k,
+            allocator: s.effective_allocator().name().to_string(),
+            layer_budgets,
+            manual_budgets: s.layer_budgets.clone(),
+            profile: prov.profile.clone(),
+            max_new,
+            raw: prov.raw,
+            template: prov.template.clone(),
+            allow_control_tokens: prov.allow_control_tokens,
+            model_sha256: prov.model_sha256.clone(),
+            kvscope_version: env!("CARGO_PKG_VERSION").to_string(),
+            pin_keep: s.pin_keep.clone(),
+            pin_evict: s.pin_evict.clone(),
+            knobs,
+        }
+    }
+
+    /// The prompt flags that reproduce the recorded prompt: the template used, by name
+    /// (`none` and unknown names: the model's own choice, which gave it).
+    pub fn prompt_options(&self) -> crate::model::PromptOptions {
+        crate::model::PromptOptions {
+            raw: self.raw,
+            template: if self.raw {
+                None
+            } else {
+                self.template.as_deref().and_then(|t| t.parse().ok())
+            },
+            allow_control_tokens: self.allow_control_tokens,
+        }
+    }
+
+    /// The settings this part records, checked knob by knob (one line per error).
+    pub fn to_settings(&self) -> anyhow::Result<Settings> {
+        let method = self.method.parse()?;
+        let allocator: crate::eviction::Allocator = self.allocator.parse()?;
+        let mut s = Settings {
+            method,
+            budget: self.budget,
+            window: self.window,
+            kernel: self.kernel,
+            pooling: self.pooling.parse()?,
+            first_k: self.first_k,
+            layer_budgets: self.manual_budgets.clone(),
+            pin_keep: self.pin_keep.clone(),
+            pin_evict: self.pin_evict.clone(),
+            ..Settings::default()
+        };
+        // Leave the allocator unset when it is the method's own, as the user left it.
+        if self.manual_budgets.is_none() && allocator != s.method.default_allocator() {
+            s.allocator = Some(allocator);
+        }
+        for (name, v) in &self.knobs {
+            match registry::knob(name) {
+                Some(k) => k.set(&mut s, v.clone())?,
+                None => anyhow::bail!(
+                    "the report's settings hold '{name}', which this kvscope does not know \
+                     (report written by kvscope {})",
+                    self.kvscope_version
+                ),
+            }
+        }
+        Ok(s)
+    }
 }
 
 #[derive(Serialize)]
@@ -84,28 +223,22 @@ pub struct Report {
 }
 
 impl Report {
+    /// The report of `session`; `default` is the settings part when nothing was
+    /// compressed.
     pub fn new(
         config: &Config,
         session: &Session,
-        profile_path: Option<String>,
+        prov: &Provenance,
         default: SettingsPart,
     ) -> Self {
         let (settings, compressed, agreement) = match &session.compressed {
             Some(c) => (
-                SettingsPart {
-                    method: c.settings.method.name().to_string(),
-                    budget: c.settings.budget,
-                    window: c.settings.window,
-                    kernel: c.settings.kernel,
-                    pooling: c.settings.pooling.name().to_string(),
-                    first_k: c.settings.first_k,
-                    allocator: c.settings.effective_allocator().name().to_string(),
-                    layer_budgets: c.selection.layer_budgets.clone(),
-                    profile: profile_path,
-                    max_new: session.max_new,
-                    pin_keep: c.settings.pin_keep.clone(),
-                    pin_evict: c.settings.pin_evict.clone(),
-                },
+                SettingsPart::new(
+                    &c.settings,
+                    c.selection.layer_budgets.clone(),
+                    session.max_new,
+                    prov,
+                ),
                 Some(CompressedPart {
                     ids: c.generation.ids.clone(),
                     text: c.generation.text.clone(),

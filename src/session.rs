@@ -175,8 +175,8 @@ impl Session {
             return Ok(());
         }
         let missing = match &self.profile {
-            // compresskv's own error says it needs a profile.
-            None if settings.method == eviction::Method::CompressKv => return Ok(()),
+            // A method that needs a profile says so in its own error.
+            None if settings.method.def().needs_profile.is_some() => return Ok(()),
             None => "no profile is loaded (pass --profile FILE)",
             Some(p) if p.layer_errors.is_none() => {
                 "the profile has none (it holds SRH scores only; add them with `kvscope profile layers --profile FILE`)"

@@ -45,7 +45,7 @@ fn rescuing_the_culprits_restores_the_needle_snapkv_lost() {
         .iter()
         .position(|&id| loaded.tok.token_text(id) == "4")
         .expect("the full generation writes the number");
-    let ex = explain::explain(&loaded, &session, None, Some(t), 10, Some(8))
+    let ex = explain::explain(&loaded, &session, &Default::default(), Some(t), 10, Some(8))
         .unwrap_or_else(|e| panic!("explain: {e:#}"));
     let r = &ex.report;
     assert_eq!(r.chosen_step, Some(t));

@@ -85,6 +85,11 @@ fn method_allocator_and_knob_keys() {
     }
     // Manual starts from the budgets on screen (error-aware without a profile = uniform).
     assert_eq!(app.budgets(), shown);
+    // Then every further registered allocator (cake's), then round to uniform.
+    for &want in &Allocator::ALL[4..] {
+        key(&mut app, KeyCode::Char('a'));
+        assert_eq!(app.settings.effective_allocator(), want);
+    }
     key(&mut app, KeyCode::Char('a'));
     assert_eq!(app.settings.effective_allocator(), Allocator::Uniform);
     key(&mut app, KeyCode::Char('W'));
@@ -99,6 +104,54 @@ fn method_allocator_and_knob_keys() {
     assert_eq!(app.settings.budget, 64);
     key(&mut app, KeyCode::Char('r'));
     assert_eq!(app.settings, common::settings());
+}
+
+/// `o` selects the next knob of the method and allocator in force (from the registry),
+/// `<` / `>` step it; the status line says name, value and range.
+#[test]
+fn registry_knob_keys_step_the_selected_knob() {
+    let mut fx = common::fixture();
+    let mut app = common::ready_app(&mut fx);
+    assert_eq!(app.settings.method, Method::SnapKv);
+    assert_eq!(app.settings.kernel, 3);
+    key(&mut app, KeyCode::Char('>'));
+    assert_eq!(app.settings.kernel, 5);
+    assert!(app
+        .notice
+        .as_deref()
+        .unwrap_or("")
+        .starts_with("kernel = 5"));
+    key(&mut app, KeyCode::Char('o'));
+    key(&mut app, KeyCode::Char('>'));
+    assert_eq!(app.settings.pooling.name(), "max");
+    key(&mut app, KeyCode::Char('m'));
+    key(&mut app, KeyCode::Char('m'));
+    assert_eq!(app.settings.method, Method::AdaKv);
+    key(&mut app, KeyCode::Char('o'));
+    key(&mut app, KeyCode::Char('>'));
+    assert!((app.settings.adakv_floor - 0.25).abs() < 1e-6);
+    let n = app.notice.clone().unwrap_or_default();
+    assert!(n.starts_with("adakv_floor = 0.25 (>=0, <=1)"), "{n}");
+    // Out of range is refused by validation, with the range in the message.
+    for _ in 0..20 {
+        key(&mut app, KeyCode::Char('>'));
+    }
+    assert_eq!(app.settings.adakv_floor, 1.0);
+    // A knob stored by name (cake's gamma) steps the same way.
+    let cake = Method::named("cake").unwrap();
+    while app.settings.method != cake {
+        key(&mut app, KeyCode::Char('m'));
+    }
+    while !app
+        .notice
+        .as_deref()
+        .unwrap_or("")
+        .starts_with("cake_gamma")
+    {
+        key(&mut app, KeyCode::Char('o'));
+    }
+    key(&mut app, KeyCode::Char('<'));
+    assert_eq!(app.settings.knob_f64("cake_gamma"), 190.0);
 }
 
 #[test]

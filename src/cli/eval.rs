@@ -35,8 +35,8 @@ pub struct CommonArgs {
     pub windows: String,
     #[command(flatten)]
     pub knobs: KnobArgs,
-    /// Profile JSON for compresskv (default: the profile measured on this model file,
-    /// shipped or cached); with none, compresskv is skipped with a notice.
+    /// Profile JSON for compresskv and headkv (default: the profile measured on this model
+    /// file, shipped or cached); with none, they are skipped with a notice.
     #[arg(long, value_name = "PATH")]
     pub profile: Option<PathBuf>,
     #[command(flatten)]
@@ -121,7 +121,8 @@ fn run_with(
     let dims = loaded.model.config.dims();
     // As `kvscope run`: without --profile, the profile measured on this model file (shipped
     // or cached) if there is one; compresskv is skipped only when there is none.
-    let wanted = methods.contains(&Method::CompressKv);
+    let wanted = methods.iter().any(|m| m.def().needs_profile.is_some());
+    let mut profile_path = None;
     let profile = match discover::resolve(
         c.profile.as_deref(),
         &model_path,
@@ -130,14 +131,21 @@ fn run_with(
     )? {
         Some((path, p)) => {
             eprintln!("kvscope: profile {}", path.display());
+            profile_path = Some(path.display().to_string());
             Some(p)
         }
         None => None,
     };
     if profile.is_none() && wanted {
-        methods.retain(|&x| x != Method::CompressKv);
+        let skipped: Vec<&str> = methods
+            .iter()
+            .filter(|m| m.def().needs_profile.is_some())
+            .map(|m| m.name())
+            .collect();
+        methods.retain(|m| m.def().needs_profile.is_none());
         eprintln!(
-            "kvscope: notice: compresskv skipped: no profile for this model (--profile FILE, made with `kvscope profile`); running the other methods"
+            "kvscope: notice: {} skipped: no profile for this model (--profile FILE, made with `kvscope profile`); running the other methods",
+            skipped.join(", ")
         );
         if methods.is_empty() {
             bail!("no method left to compare with the full cache (--methods)");
@@ -162,6 +170,12 @@ fn run_with(
         base,
         max_new,
         prompt: c.prompt_opts.options()?,
+        prov: crate::report::Provenance::new(
+            profile_path,
+            discover::model_sha256(&model_path).ok(),
+            &c.prompt_opts.options()?,
+            None,
+        ),
     };
     f(&ctx, grid::combos(&methods, &budgets, &windows))
 }

@@ -8,10 +8,10 @@ use std::time::Instant;
 
 use super::run::RunArgs;
 use crate::divergence::{self, report as dr, FullPass};
-use crate::eviction::{self, Allocator, Method};
+use crate::eviction::{self, Allocator};
 use crate::model::Loaded;
 use crate::profile::discover;
-use crate::report::{Report, SettingsPart};
+use crate::report::{Provenance, Report, SettingsPart};
 use crate::session::{self, Session};
 
 #[derive(Args, Debug)]
@@ -40,7 +40,8 @@ pub struct Explained {
 pub fn run(a: &ExplainArgs) -> Result<()> {
     let r = &a.run;
     super::init_threads(r.model.threads)?;
-    let settings = r.eviction.settings()?;
+    let plan = super::run::plan(r)?;
+    let settings = plan.settings.clone();
     let text = super::read_prompt(&r.prompt)?;
     let t = Instant::now();
     let model_path = super::resolve_model_path(r.model.model.as_deref())?;
@@ -48,29 +49,32 @@ pub fn run(a: &ExplainArgs) -> Result<()> {
     let load_ms = t.elapsed().as_secs_f64() * 1000.0;
     let cfg = &loaded.model.config;
     settings.validate(&cfg.dims())?;
-    let wanted = settings.method == Method::CompressKv
+    let wanted = settings.method.def().needs_profile.is_some()
         || settings.effective_allocator() == Allocator::ErrorAware;
     let (profile_path, profile) =
-        match discover::resolve(r.eviction.profile.as_deref(), &model_path, cfg, wanted)? {
+        match discover::resolve(plan.profile.as_deref(), &model_path, cfg, wanted)? {
             Some((path, p)) => (Some(path.display().to_string()), Some(p)),
             None => (None, None),
         };
-    let prompt = loaded.tok.prompt(&text, &r.prompt_opts.options()?)?;
-    let n_prompt = prompt.ids.len();
-    if n_prompt + r.max_new > cfg.context_length {
-        bail!(
-            "the prompt has {n_prompt} tokens; with --max-new {} that exceeds the model's context of {} tokens",
-            r.max_new,
-            cfg.context_length
-        );
+    let model_sha = discover::model_sha256(&model_path).ok();
+    let prompt = loaded.tok.prompt(&text, &plan.prompt_opts)?;
+    if let Some((sha, want_ids)) = &plan.expect {
+        super::run::check_same_run(sha.as_deref(), model_sha.as_deref(), want_ids, &prompt.ids)?;
     }
-    if r.max_new < 2 {
+    crate::session::check_fits(prompt.ids.len(), plan.max_new, cfg.context_length)?;
+    if plan.max_new < 2 {
         bail!("explain needs at least 2 generated tokens to compare (--max-new 2 or more)");
     }
-    let mut session = Session::from_prompt(&loaded, prompt, r.max_new, profile, &mut |_, _| {})?;
+    let mut session = Session::from_prompt(&loaded, prompt, plan.max_new, profile, &mut |_, _| {})?;
     session.timing.load = (load_ms * 1000.0).round() / 1000.0;
     session.apply(&loaded.model, &loaded.tok, settings)?;
-    let ex = explain(&loaded, &session, profile_path, a.step, a.top, a.rescue)?;
+    let prov = Provenance::new(
+        profile_path,
+        model_sha,
+        &plan.prompt_opts,
+        session.prompt_info.as_ref(),
+    );
+    let ex = explain(&loaded, &session, &prov, a.step, a.top, a.rescue)?;
     if r.json {
         println!("{}", serde_json::to_string_pretty(&ex.report)?);
     } else {
@@ -83,7 +87,7 @@ pub fn run(a: &ExplainArgs) -> Result<()> {
 pub fn explain(
     loaded: &Loaded,
     session: &Session,
-    profile_path: Option<String>,
+    prov: &Provenance,
     step: Option<usize>,
     top: usize,
     rescue: Option<usize>,
@@ -156,23 +160,15 @@ pub fn explain(
     };
     let t4 = Instant::now();
     let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1000.0;
-    let fallback = SettingsPart {
-        method: comp.settings.method.name().into(),
-        budget: comp.settings.budget,
-        window,
-        kernel: comp.settings.kernel,
-        pooling: comp.settings.pooling.name().into(),
-        first_k: comp.settings.first_k,
-        allocator: comp.settings.effective_allocator().name().into(),
-        layer_budgets: comp.selection.layer_budgets.clone(),
-        profile: profile_path.clone(),
-        max_new: session.max_new,
-        pin_keep: comp.settings.pin_keep.clone(),
-        pin_evict: comp.settings.pin_evict.clone(),
-    };
+    let fallback = SettingsPart::new(
+        &comp.settings,
+        comp.selection.layer_budgets.clone(),
+        session.max_new,
+        prov,
+    );
     Ok(Explained {
         report: dr::DivergenceReport {
-            run: Report::new(&model.config, session, profile_path, fallback),
+            run: Report::new(&model.config, session, prov, fallback),
             steps: steps.iter().map(dr::StepPart::from).collect(),
             chosen_step: chosen,
             culprits,

@@ -14,7 +14,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand};
 use std::path::{Path, PathBuf};
 
-use crate::eviction::{pins, Allocator, Method, Pooling, Settings};
+use crate::eviction::{pins, registry, Allocator, Method, Settings};
 use crate::model::{self, fetch, Loaded, PromptOptions, TemplateChoice};
 
 #[derive(Parser, Debug)]
@@ -100,46 +100,68 @@ impl PromptArgs {
     }
 }
 
-/// Scoring knobs that `run`, the inspector and the evaluations share (METHOD.md
-/// reference defaults).
-#[derive(Args, Debug, Clone)]
+/// The knobs of every registered method and allocator (`eviction::registry`), one flag
+/// each (`--kernel`, `--adakv-floor`, ...). `run`, the inspector and the evaluations share
+/// them. Only the flags given are kept; the rest keep the base settings' values.
+#[derive(Debug, Clone, Default)]
 pub struct KnobArgs {
-    /// Pooling kernel (odd).
-    #[arg(long, default_value_t = 5, allow_negative_numbers = true, value_parser = parse_count)]
-    pub kernel: usize,
-    /// avg or max
-    #[arg(long, default_value = "avg")]
-    pub pooling: String,
-    /// CompressKV: SRH query heads per layer.
-    #[arg(long = "first-k", default_value_t = 4, allow_negative_numbers = true, value_parser = parse_count)]
-    pub first_k: usize,
-    /// AdaKV: fraction of its even share every KV head keeps at least.
-    #[arg(long = "adakv-floor", default_value_t = 0.2)]
-    pub adakv_floor: f32,
-    /// PyramidKV: beta of the pyramid formula.
-    #[arg(long = "pyramid-beta", default_value_t = 20)]
-    pub pyramid_beta: usize,
+    /// (knob name, text given), in registry order.
+    pub given: Vec<(&'static str, String)>,
 }
 
 impl KnobArgs {
     /// `base` with these knobs.
-    pub fn apply(&self, base: Settings) -> Result<Settings> {
-        Ok(Settings {
-            kernel: self.kernel,
-            pooling: self.pooling.parse::<Pooling>()?,
-            first_k: self.first_k,
-            adakv_floor: self.adakv_floor,
-            pyramid_beta: self.pyramid_beta,
-            ..base
+    pub fn apply(&self, mut base: Settings) -> Result<Settings> {
+        for (name, text) in &self.given {
+            if let Some(k) = registry::knob(name) {
+                let v = k.parse(text)?;
+                k.set(&mut base, v)?;
+            }
+        }
+        Ok(base)
+    }
+}
+
+impl clap::FromArgMatches for KnobArgs {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        let mut k = KnobArgs::default();
+        k.update_from_arg_matches(m)?;
+        Ok(k)
+    }
+
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        for k in registry::all_knobs() {
+            if let Ok(Some(v)) = m.try_get_one::<String>(k.name) {
+                self.given.retain(|(n, _)| *n != k.name);
+                self.given.push((k.name, v.clone()));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Args for KnobArgs {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        registry::all_knobs().into_iter().fold(cmd, |c, k| {
+            c.arg(
+                clap::Arg::new(k.name)
+                    .long(k.flag)
+                    .value_name("VALUE")
+                    .help(registry::knob_help(k))
+                    .allow_negative_numbers(true),
+            )
         })
+    }
+
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        Self::augment_args(cmd)
     }
 }
 
 /// How the total budget is split over layers (`run` and the inspector).
 #[derive(Args, Debug, Clone)]
 pub struct AllocArgs {
-    /// uniform, pyramid, error-aware (default: the method's own).
-    #[arg(long)]
+    #[arg(long, help = registry::allocator_help())]
     pub allocator: Option<String>,
     /// Explicit per-layer budgets: a,b,c,... (one per layer), or @FILE / @NAME for a
     /// JSON list saved from the inspector.
@@ -169,8 +191,7 @@ impl AllocArgs {
 /// Eviction knobs (METHOD.md). Every one has the reference default.
 #[derive(Args, Debug, Clone)]
 pub struct EvictionArgs {
-    /// full, streamingllm, h2o, snapkv, pyramidkv, adakv, compresskv
-    #[arg(long, default_value = "compresskv")]
+    #[arg(long, default_value = "compresskv", help = registry::method_help())]
     pub method: String,
     /// Prompt tokens kept per layer and KV head (at or above the prompt length: keep
     /// everything).
@@ -295,13 +316,8 @@ pub fn load_model(path: Option<&Path>) -> Result<Loaded> {
     model::load(&resolve_model_path(path)?)
 }
 
-pub fn read_prompt(path: &Path) -> Result<String> {
-    let text = crate::input::read_text(path, "prompt file", crate::input::MAX_PROMPT_BYTES)?;
-    if text.trim().is_empty() {
-        bail!("prompt file {} is empty", path.display());
-    }
-    Ok(text)
-}
+/// Prompt reading lives below the command line (eval and the inspector use it too).
+pub use crate::input::read_prompt;
 
 /// A command line clap refused: `--help` and `--version` print as usual; a mistake
 /// becomes one line `kvscope: error: ...` (clap's own first line, which names the flag

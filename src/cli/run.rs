@@ -1,14 +1,15 @@
 //! `kvscope run`: one headless run of the full and the compressed cache.
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use super::{EvictionArgs, ModelArgs, PromptArgs};
 use crate::eviction::{Allocator, Method};
+use crate::model::PromptOptions;
 use crate::profile::discover;
-use crate::report::{Report, SettingsPart};
+use crate::report::{Provenance, Report, SettingsPart};
 use crate::session::Session;
 
 #[derive(Args, Debug)]
@@ -27,12 +28,85 @@ pub struct RunArgs {
     /// Print the JSON report instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Rerun a saved report (`run --json`, or `e` in the inspector): its method, budget,
+    /// window, every knob, allocator and manual budgets, pins, --max-new, the prompt flags
+    /// and profile replace the flags. PROMPT must give the report's prompt tokens and the model must
+    /// be the report's (sha256).
+    #[arg(long = "from-report", value_name = "FILE")]
+    pub from_report: Option<PathBuf>,
+}
+
+/// What `--from-report` reads from a report.
+#[derive(serde::Deserialize)]
+struct SavedReport {
+    prompt: SavedPrompt,
+    settings: SettingsPart,
+}
+
+#[derive(serde::Deserialize)]
+struct SavedPrompt {
+    ids: Vec<u32>,
+}
+
+/// Largest report read: 256 MiB (the kept positions of a 128K-token prompt on a model
+/// the size of the default one take about 80 MB of JSON).
+const MAX_REPORT_BYTES: u64 = 256 << 20;
+
+fn load_report(path: &std::path::Path) -> Result<SavedReport> {
+    let text = crate::input::read_text(path, "report", MAX_REPORT_BYTES)?;
+    serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{} is not a kvscope report (make one with `kvscope run --json` or `e` in the inspector)",
+            path.display()
+        )
+    })
+}
+
+/// The run's inputs: from the flags, or from a saved report.
+pub(super) struct Plan {
+    pub settings: crate::eviction::Settings,
+    pub max_new: usize,
+    pub prompt_opts: PromptOptions,
+    pub profile: Option<PathBuf>,
+    /// The saved report's model sha256 and prompt ids, to check against.
+    pub expect: Option<(Option<String>, Vec<u32>)>,
+}
+
+/// The run's inputs from `a`: its flags, or the report `--from-report` names.
+pub(super) fn plan(a: &RunArgs) -> Result<Plan> {
+    let Some(path) = &a.from_report else {
+        return Ok(Plan {
+            settings: a.eviction.settings()?,
+            max_new: a.max_new,
+            prompt_opts: a.prompt_opts.options()?,
+            profile: a.eviction.profile.clone(),
+            expect: None,
+        });
+    };
+    let r = load_report(path)?;
+    let settings = r
+        .settings
+        .to_settings()
+        .with_context(|| format!("report {}", path.display()))?;
+    // An explicit --profile wins over the path the report names (it may have moved).
+    let profile = a
+        .eviction
+        .profile
+        .clone()
+        .or_else(|| r.settings.profile.as_ref().map(PathBuf::from));
+    Ok(Plan {
+        settings,
+        max_new: r.settings.max_new,
+        prompt_opts: r.settings.prompt_options(),
+        profile,
+        expect: Some((r.settings.model_sha256.clone(), r.prompt.ids)),
+    })
 }
 
 pub fn run(a: &RunArgs) -> Result<()> {
     super::init_threads(a.model.threads)?;
-    let settings = a.eviction.settings()?;
-    let prompt_opts = a.prompt_opts.options()?;
+    let plan = plan(a)?;
+    let settings = plan.settings.clone();
     let text = super::read_prompt(&a.prompt)?;
     let t = Instant::now();
     let model_path = super::resolve_model_path(a.model.model.as_deref())?;
@@ -42,25 +116,22 @@ pub fn run(a: &RunArgs) -> Result<()> {
     settings.validate(&cfg.dims())?;
     // compresskv needs SRHs and the error-aware allocator reads layer errors: without
     // --profile, use the profile measured on this model file, if one is found.
-    let wanted = settings.method == Method::CompressKv
+    let wanted = settings.method.def().needs_profile.is_some()
         || settings.effective_allocator() == Allocator::ErrorAware;
     let (profile_path, profile) =
-        match discover::resolve(a.eviction.profile.as_deref(), &model_path, cfg, wanted)? {
+        match discover::resolve(plan.profile.as_deref(), &model_path, cfg, wanted)? {
             Some((path, p)) => (Some(path.display().to_string()), Some(p)),
             None => (None, None),
         };
     if let (Some(path), false) = (&profile_path, a.json) {
         eprintln!("kvscope: profile {path}");
     }
-    let prompt = loaded.tok.prompt(&text, &prompt_opts)?;
-    let n_prompt = prompt.ids.len();
-    if n_prompt.saturating_add(a.max_new) > cfg.context_length {
-        bail!(
-            "the prompt has {n_prompt} tokens; with --max-new {} that exceeds the model's context of {} tokens",
-            a.max_new,
-            cfg.context_length
-        );
+    let model_sha = discover::model_sha256(&model_path).ok();
+    let prompt = loaded.tok.prompt(&text, &plan.prompt_opts)?;
+    if let Some((sha, want_ids)) = &plan.expect {
+        check_same_run(sha.as_deref(), model_sha.as_deref(), want_ids, &prompt.ids)?;
     }
+    crate::session::check_fits(prompt.ids.len(), plan.max_new, cfg.context_length)?;
     let quiet = a.json;
     let mut last_pct = 0;
     let mut progress = |done: usize, total: usize| {
@@ -70,19 +141,21 @@ pub fn run(a: &RunArgs) -> Result<()> {
             last_pct = pct;
         }
     };
-    let mut session = Session::from_prompt(&loaded, prompt, a.max_new, profile, &mut progress)?;
+    let mut session = Session::from_prompt(&loaded, prompt, plan.max_new, profile, &mut progress)?;
     session.timing.load = (load_ms * 1000.0).round() / 1000.0;
     let pinned = !settings.pin_keep.is_empty() || !settings.pin_evict.is_empty();
     if settings.method != Method::Full || pinned || a.json {
         session.apply(&loaded.model, &loaded.tok, settings.clone())?;
     }
     if a.json {
-        let report = Report::new(
-            cfg,
-            &session,
+        let prov = Provenance::new(
             profile_path,
-            default_settings_part(&settings, session.max_new),
+            model_sha,
+            &plan.prompt_opts,
+            session.prompt_info.as_ref(),
         );
+        let fallback = SettingsPart::new(&settings, Vec::new(), session.max_new, &prov);
+        let report = Report::new(cfg, &session, &prov, fallback);
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
@@ -90,21 +163,36 @@ pub fn run(a: &RunArgs) -> Result<()> {
     Ok(())
 }
 
-fn default_settings_part(s: &crate::eviction::Settings, max_new: usize) -> SettingsPart {
-    SettingsPart {
-        method: s.method.name().into(),
-        budget: s.budget,
-        window: s.window,
-        kernel: s.kernel,
-        pooling: s.pooling.name().into(),
-        first_k: s.first_k,
-        allocator: s.effective_allocator().name().into(),
-        layer_budgets: Vec::new(),
-        profile: None,
-        max_new,
-        pin_keep: s.pin_keep.clone(),
-        pin_evict: s.pin_evict.clone(),
+/// A report reruns only on its own model and prompt: anything else would be a different
+/// experiment under the same settings.
+pub(super) fn check_same_run(
+    want_sha: Option<&str>,
+    got_sha: Option<&str>,
+    want_ids: &[u32],
+    got_ids: &[u32],
+) -> Result<()> {
+    if let (Some(w), Some(g)) = (want_sha, got_sha) {
+        if !w.eq_ignore_ascii_case(g) {
+            bail!(
+                "the report was made on the model with sha256 {w}; this model's is {g} \
+                 (pass the report's model with --model)"
+            );
+        }
     }
+    if want_ids != got_ids {
+        let at = want_ids
+            .iter()
+            .zip(got_ids)
+            .position(|(a, b)| a != b)
+            .unwrap_or(want_ids.len().min(got_ids.len()));
+        bail!(
+            "the prompt file gives {} tokens, the report's prompt {} (first difference at \
+             token {at}): pass the prompt file the report was made from",
+            got_ids.len(),
+            want_ids.len()
+        );
+    }
+    Ok(())
 }
 
 fn print_human(loaded: &crate::model::Loaded, s: &Session) {

@@ -13,10 +13,11 @@ pub mod plot;
 pub mod progress;
 pub mod prompts;
 pub mod results;
-pub mod score;
+/// The scorer lives at the crate root (profiles score trials with it too).
+pub use crate::score;
 pub mod sweep;
 
-use anyhow::{bail, Result};
+use anyhow::{Context, Result};
 
 use crate::eviction::Settings;
 use crate::model::{Loaded, PromptOptions};
@@ -35,6 +36,8 @@ pub struct Ctx<'a> {
     pub max_new: usize,
     /// How each item's text becomes the prompt (template, --raw).
     pub prompt: PromptOptions,
+    /// Profile path, model sha256 and prompt flags, for each row's settings.
+    pub prov: crate::report::Provenance,
 }
 
 impl Ctx<'_> {
@@ -100,14 +103,8 @@ pub fn run_item(
     let cfg = &loaded.model.config;
     let prompt = loaded.tok.prompt(&item.text, &ctx.prompt)?;
     let n = prompt.ids.len();
-    if n.saturating_add(ctx.max_new) > cfg.context_length {
-        bail!(
-            "{}: the prompt has {n} tokens; with --max-new {} that exceeds the model's context of {} tokens",
-            item.name,
-            ctx.max_new,
-            cfg.context_length
-        );
-    }
+    crate::session::check_fits(n, ctx.max_new, cfg.context_length)
+        .with_context(|| item.name.clone())?;
     bar.status(&format!("{} ({n} tokens): prefill + full cache", item.name));
     let mut session = Session::from_prompt(
         loaded,
@@ -120,6 +117,10 @@ pub fn run_item(
     let full_output = session.full.text.clone();
     let full_kv = session.full.kv_bytes;
     let full_tokens = session.full.ids.len();
+    let prov = crate::report::Provenance {
+        template: session.prompt_info.as_ref().map(|i| i.template.clone()),
+        ..ctx.prov.clone()
+    };
     let mut out = Vec::with_capacity(pending.len());
     for combo in pending {
         let settings = Settings {
@@ -155,6 +156,12 @@ pub fn run_item(
             full_kv_bytes: full_kv,
             kv_fraction: c.kv_fraction,
             decode_ms: 0.0,
+            settings: Some(crate::report::SettingsPart::new(
+                &c.settings,
+                c.selection.layer_budgets.clone(),
+                ctx.max_new,
+                &prov,
+            )),
         };
         rec.decode_ms = session.timing.decode_compressed;
         writer.append(&rec)?;

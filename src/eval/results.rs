@@ -44,6 +44,10 @@ pub struct Record {
     pub full_kv_bytes: usize,
     pub kv_fraction: f64,
     pub decode_ms: f64,
+    /// Everything that produced this row, as a `run --json` report's `settings` (absent in
+    /// rows written before kvscope recorded it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub settings: Option<crate::report::SettingsPart>,
 }
 
 impl Record {
@@ -320,6 +324,7 @@ pub(crate) fn sample_record(item: &str, method: &str, budget: &str, window: usiz
         full_kv_bytes: 1000,
         kv_fraction: 0.1,
         decode_ms: 1.0,
+        settings: None,
     }
 }
 

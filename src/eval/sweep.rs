@@ -185,7 +185,7 @@ pub fn run(ctx: &Ctx, spec: &SweepSpec) -> Result<()> {
         let item = Item {
             name: p.name.clone(),
             kind: p.sidecar.kind.clone(),
-            text: crate::cli::read_prompt(&p.path)?,
+            text: crate::input::read_prompt(&p.path)?,
             answer: p.sidecar.answer.clone(),
             must_include: p.sidecar.must_include.clone(),
             length: None,

@@ -10,9 +10,53 @@
 //!   the best remaining scores of any head. Equal scores go to the lower position, then
 //!   the lower KV head.
 
+use super::registry::{
+    per_layer, Field, Input, Keeps, Knob, KnobKind, KnobValue, MethodDef, Picked,
+};
 use super::scores::{rank_order, top_k, ScoreTable};
+use super::scores::{KERNEL, POOLING};
+use super::Allocator;
 use super::{snapkv, with_window, LayerChoice, Settings};
 use crate::trace::Trace;
+use anyhow::Result;
+
+/// Registry entry.
+pub const DEF: MethodDef = MethodDef {
+    name: "adakv",
+    about: "snapkv's score; a layer's budget flows to the KV heads that need it",
+    knobs: &[&KERNEL, &POOLING, &FLOOR],
+    default_allocator: Allocator::Uniform,
+    needs_profile: None,
+    shared_positions: false,
+    has_scores: true,
+    keeps: Keeps::LayerTotal,
+    select: pick,
+};
+
+/// `adakv_floor`: the fraction of its even share every KV head keeps at least.
+pub const FLOOR: Knob = Knob {
+    name: "adakv_floor",
+    flag: "adakv-floor",
+    help: "AdaKV: fraction of its even share every KV head keeps at least.",
+    kind: KnobKind::Float {
+        min: 0.0,
+        max: 1.0,
+        open_min: false,
+    },
+    default: |_| KnobValue::Float(0.2),
+    field: Some(Field {
+        get: |s| KnobValue::Float(f64::from(s.adakv_floor)),
+        set: |s, v| s.adakv_floor = v.as_f64().unwrap_or(0.2) as f32,
+    }),
+    check: None,
+    step: 0.05,
+};
+
+fn pick(i: &Input) -> Result<Picked> {
+    Ok(per_layer(i, |layer, b| {
+        select_layer(i.trace, layer, b, i.settings, i.table)
+    }))
+}
 
 /// One layer that evicts (`L > budget`).
 pub fn select_layer(

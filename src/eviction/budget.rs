@@ -4,43 +4,124 @@
 //! keeps everything; only the pyramid's clamp gives `L < w` budgets, for prompts
 //! shorter than the window).
 
-use super::{Allocator, Settings};
+use super::registry::{AllocInput, AllocatorDef, Field, Knob, KnobKind, KnobValue};
+use super::Settings;
 use crate::profile::Profile;
-use crate::trace::Dims;
+use crate::trace::{Dims, Trace};
 use anyhow::Result;
+
+/// Registry entry: every layer keeps `B`.
+pub const UNIFORM: AllocatorDef = AllocatorDef {
+    name: "uniform",
+    about: "every layer keeps B",
+    knobs: &[],
+    budgets: |a| Ok(uniform(a.dims.n_layers, a.settings.budget)),
+};
+
+/// Registry entry: PyramidKV's linear fall with depth.
+pub const PYRAMID: AllocatorDef = AllocatorDef {
+    name: "pyramid",
+    about: "PyramidKV: budgets fall linearly with depth",
+    knobs: &[&PYRAMID_BETA],
+    budgets: |a| {
+        let s = a.settings;
+        Ok(pyramid(
+            a.dims.n_layers,
+            s.budget,
+            s.window,
+            a.len,
+            s.pyramid_beta,
+        ))
+    },
+};
+
+/// `pyramid_beta`: `min = (B - w) / beta`.
+pub const PYRAMID_BETA: Knob = Knob {
+    name: "pyramid_beta",
+    flag: "pyramid-beta",
+    help: "PyramidKV: beta of the pyramid formula (min = (B - w) / beta).",
+    kind: KnobKind::Int {
+        min: 1,
+        max: i64::MAX,
+    },
+    default: |_| KnobValue::Int(20),
+    field: Some(Field {
+        get: |s| KnobValue::Int(s.pyramid_beta as i64),
+        set: |s, v| s.pyramid_beta = v.as_i64().unwrap_or(0).max(0) as usize,
+    }),
+    check: None,
+    step: 1.0,
+};
+
+/// Registry entry: CompressKV's split by the profile's layer errors. Without them (no
+/// profile, or an SRH-only profile) every layer gets `B`, as METHOD.md says.
+pub const ERROR_AWARE: AllocatorDef = AllocatorDef {
+    name: "error-aware",
+    about: "CompressKV: split in proportion to the profile's layer errors",
+    knobs: &[],
+    budgets: |a| {
+        // A budget of the whole prompt keeps everything in every layer; the error-aware
+        // split would move tokens from layers that have them all to layers that cannot
+        // use them, and evict.
+        if a.settings.budget >= a.len {
+            return Ok(uniform(a.dims.n_layers, a.settings.budget));
+        }
+        let errors = a.profile.and_then(|p| p.layer_errors.as_deref());
+        Ok(error_aware(
+            a.dims.n_layers,
+            a.settings.budget,
+            a.settings.window,
+            errors,
+        ))
+    },
+};
+
+/// Registry entry: the user's explicit per-layer list.
+pub const MANUAL: AllocatorDef = AllocatorDef {
+    name: "manual",
+    about: "the explicit per-layer list (--layer-budgets)",
+    knobs: &[],
+    // validate() guarantees the list exists and has one entry per layer.
+    budgets: |a| {
+        Ok(a.settings
+            .layer_budgets
+            .clone()
+            .unwrap_or_else(|| uniform(a.dims.n_layers, a.settings.budget)))
+    },
+};
 
 /// CompressKV's per-layer floor before the proportional split.
 pub const MIN_TOKENS: usize = 32;
 /// CompressKV's per-layer cap, as a multiple of `B`.
 pub const CAP_FACTOR: usize = 3;
 
-/// Budgets of every layer for a prompt of `len` tokens under `settings`' allocator.
-/// The error-aware allocator reads the profile's layer errors; without them (no profile,
-/// or an SRH-only profile) every layer gets `B`, as METHOD.md says.
+/// Budgets of every layer for a prompt of `len` tokens under `settings`' allocator,
+/// without a trace (an allocator that measures the trace fails; callers previewing
+/// budgets fall back to uniform).
 pub fn layer_budgets(
     settings: &Settings,
     dims: &Dims,
     len: usize,
     profile: Option<&Profile>,
 ) -> Result<Vec<usize>> {
+    layer_budgets_for(settings, dims, len, profile, None)
+}
+
+/// [`layer_budgets`] with the trace, for allocators that measure it.
+pub fn layer_budgets_for(
+    settings: &Settings,
+    dims: &Dims,
+    len: usize,
+    profile: Option<&Profile>,
+    trace: Option<&Trace>,
+) -> Result<Vec<usize>> {
     settings.validate(dims)?;
-    let (n, b, w) = (dims.n_layers, settings.budget, settings.window);
-    Ok(match settings.effective_allocator() {
-        Allocator::Uniform => uniform(n, b),
-        Allocator::Pyramid => pyramid(n, b, w, len, settings.pyramid_beta),
-        // A budget of the whole prompt keeps everything in every layer; the error-aware
-        // split would move tokens from layers that have them all to layers that cannot
-        // use them, and evict.
-        Allocator::ErrorAware if b >= len => uniform(n, b),
-        Allocator::ErrorAware => {
-            let errors = profile.and_then(|p| p.layer_errors.as_deref());
-            error_aware(n, b, w, errors)
-        }
-        // validate() guarantees the list exists and has one entry per layer.
-        Allocator::Manual => settings
-            .layer_budgets
-            .clone()
-            .unwrap_or_else(|| uniform(n, b)),
+    (settings.effective_allocator().def().budgets)(&AllocInput {
+        settings,
+        dims,
+        len,
+        profile,
+        trace,
     })
 }
 

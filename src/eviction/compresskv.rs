@@ -3,9 +3,77 @@
 //! and ONE index set per layer is chosen and kept by every KV head. Its per-layer
 //! budgets come from the error-aware allocator ([`super::budget::error_aware`]).
 
+use super::registry::{
+    per_layer, Field, Input, Keeps, Knob, KnobKind, KnobValue, MethodDef, Picked,
+};
 use super::scores::{mean_head_scores, top_k, ScoreTable};
+use super::scores::{KERNEL, POOLING};
 use super::{with_window, LayerChoice, Settings};
+use super::{Allocator, Method};
+use crate::trace::Dims;
 use crate::trace::Trace;
+use anyhow::Result;
+
+/// Registry entry.
+pub const DEF: MethodDef = MethodDef {
+    name: "compresskv",
+    about: "one index set per layer from its semantic retrieval heads; error-aware budgets",
+    knobs: &[&KERNEL, &POOLING, &FIRST_K],
+    default_allocator: Allocator::ErrorAware,
+    needs_profile: Some(
+        "compresskv needs an offline profile (SRH ranking and layer errors): pass one with \
+         --profile FILE, or make one with `kvscope profile srh` then `kvscope profile layers`",
+    ),
+    shared_positions: true,
+    has_scores: true,
+    keeps: Keeps::EveryHead,
+    select: pick,
+};
+
+/// `first_k`: SRHs per layer.
+pub const FIRST_K: Knob = Knob {
+    name: "first_k",
+    flag: "first-k",
+    help: "CompressKV: SRH query heads per layer.",
+    kind: KnobKind::Int {
+        min: 1,
+        max: i64::MAX,
+    },
+    default: |_| KnobValue::Int(4),
+    field: Some(Field {
+        get: |s| KnobValue::Int(s.first_k as i64),
+        set: |s, v| s.first_k = v.as_i64().unwrap_or(0).max(0) as usize,
+    }),
+    check: Some(check_first_k),
+    step: 1.0,
+};
+
+/// Only compresskv reads first-k, so only it is held to the model's head count: the
+/// default 4 must not stop snapkv on a model with 2 heads.
+fn check_first_k(s: &Settings, dims: &Dims, v: &KnobValue) -> anyhow::Result<()> {
+    let k = v.as_i64().unwrap_or(0);
+    if k < 1 || (s.method == Method::CompressKv && k as usize > dims.n_heads) {
+        anyhow::bail!(
+            "first-k must be between 1 and the model's {} query heads per layer; got {k}",
+            dims.n_heads
+        );
+    }
+    Ok(())
+}
+
+fn pick(i: &Input) -> Result<Picked> {
+    // The registry checked that the profile is there before calling.
+    let Some(p) = i.profile else {
+        anyhow::bail!(
+            "{}",
+            DEF.needs_profile.unwrap_or("compresskv needs a profile")
+        );
+    };
+    Ok(per_layer(i, |layer, b| {
+        let heads = p.srh_heads(layer, i.settings.first_k);
+        select_layer(i.trace, layer, b, i.settings, heads, i.table)
+    }))
+}
 
 /// One layer that evicts (`L > budget`); `srh` are the layer's SRH query heads.
 pub fn select_layer(

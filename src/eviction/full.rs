@@ -1,7 +1,38 @@
 //! full: keep every prompt token. The reference every other method is compared with.
 
+use super::registry::{Input, Keeps, MethodDef, Picked};
+use super::{Allocator, LayerChoice};
 use crate::keepset::KeepSet;
 use crate::trace::Trace;
+use anyhow::Result;
+
+/// Registry entry.
+pub const DEF: MethodDef = MethodDef {
+    name: "full",
+    about: "keep every token (the reference the others are measured against)",
+    knobs: &[],
+    default_allocator: Allocator::Uniform,
+    needs_profile: None,
+    shared_positions: true,
+    has_scores: false,
+    keeps: Keeps::All,
+    select: pick,
+};
+
+fn pick(i: &Input) -> Result<Picked> {
+    let d = i.trace.dims;
+    Ok(Picked {
+        layers: select(i.trace)
+            .positions
+            .into_iter()
+            .map(|keep| LayerChoice {
+                keep,
+                scores: Vec::new(),
+            })
+            .collect(),
+        budgets: Some(vec![i.trace.len; d.n_layers]),
+    })
+}
 
 pub fn select(trace: &Trace) -> KeepSet {
     KeepSet::all(&trace.dims, trace.len)

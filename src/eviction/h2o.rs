@@ -2,8 +2,30 @@
 //! received from every prompt query row (causal) of the query heads sharing the KV head.
 //! Each KV head keeps its top `B - w` plus the window; no further eviction while decoding.
 
+use super::registry::{per_layer, Input, Keeps, MethodDef, Picked};
+use super::Allocator;
 use super::{per_head_top, LayerChoice};
 use crate::trace::Trace;
+use anyhow::Result;
+
+/// Registry entry.
+pub const DEF: MethodDef = MethodDef {
+    name: "h2o",
+    about: "heavy hitters: attention each position received from the whole prompt",
+    knobs: &[],
+    default_allocator: Allocator::Uniform,
+    needs_profile: None,
+    shared_positions: false,
+    has_scores: true,
+    keeps: Keeps::EveryHead,
+    select: pick,
+};
+
+fn pick(i: &Input) -> Result<Picked> {
+    Ok(per_layer(i, |layer, b| {
+        select_layer(i.trace, layer, b, i.settings.window)
+    }))
+}
 
 /// One layer that evicts (`L > budget`).
 pub fn select_layer(trace: &Trace, layer: usize, budget: usize, window: usize) -> LayerChoice {

@@ -1,17 +1,24 @@
-//! Eviction methods (METHOD.md): pure functions from a [`Trace`] and [`Settings`] to a
-//! [`KeepSet`]. No method runs the model; everything they need was recorded at prefill.
+//! Eviction methods (METHOD.md, METHOD-MORE.md): pure functions from a [`Trace`] and
+//! [`Settings`] to a [`KeepSet`]. No method runs the model; everything they need was
+//! recorded at prefill.
 //!
-//! Layout: one module per method, `scores` for the observation-window score and top-k
-//! shared by the SnapKV family, `budget` for the per-layer budget allocators, `settings`
-//! for the knobs and their validation. [`select`] ties them together.
+//! Layout: one module per method, each defining its [`registry::MethodDef`]; `registry`
+//! lists them (and the allocators and knobs); `scores` holds the observation-window score
+//! and top-k shared by the SnapKV family, `budget` the per-layer budget allocators,
+//! `settings` the knobs and their validation. [`select`] ties them together.
 
 pub mod adakv;
 pub mod budget;
+pub mod cake;
 pub mod compresskv;
 pub mod full;
 pub mod h2o;
+pub mod headkv;
+pub mod knorm;
 pub mod pins;
 pub mod pyramidkv;
+pub mod random;
+pub mod registry;
 pub mod scores;
 mod settings;
 pub mod sliding;
@@ -20,63 +27,73 @@ pub mod streamingllm;
 /// Synthetic traces and profiles for tests and benchmarks (not part of the API).
 #[doc(hidden)]
 pub mod testutil;
+pub mod tova;
 
 use crate::keepset::KeepSet;
 use crate::profile::Profile;
 use crate::trace::Trace;
 use anyhow::{bail, Result};
-use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
 
+pub use registry::{AllocatorDef, Knob, KnobValue, MethodDef, ALLOCATORS, METHODS};
 pub use scores::ScoreTable;
 pub use settings::Settings;
 
-/// An eviction method (METHOD.md, "Methods").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Method {
-    Full,
-    StreamingLlm,
-    H2o,
-    SnapKv,
-    PyramidKv,
-    AdaKv,
-    CompressKv,
+/// An eviction method: a handle on one entry of [`METHODS`] (METHOD.md, "Methods").
+/// Compared, hashed and serialised by name.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Method(&'static str);
+
+/// The methods that predate the registry, by name, for the code that names them.
+#[allow(non_upper_case_globals)]
+impl Method {
+    pub const Full: Method = Method(full::DEF.name);
+    pub const StreamingLlm: Method = Method(streamingllm::DEF.name);
+    pub const H2o: Method = Method(h2o::DEF.name);
+    pub const SnapKv: Method = Method(snapkv::DEF.name);
+    pub const PyramidKv: Method = Method(pyramidkv::DEF.name);
+    pub const AdaKv: Method = Method(adakv::DEF.name);
+    pub const CompressKv: Method = Method(compresskv::DEF.name);
 }
 
 impl Method {
-    pub const ALL: [Method; 7] = [
-        Method::Full,
-        Method::StreamingLlm,
-        Method::H2o,
-        Method::SnapKv,
-        Method::PyramidKv,
-        Method::AdaKv,
-        Method::CompressKv,
-    ];
+    /// Every registered method, in registry order.
+    pub const ALL: [Method; METHODS.len()] = {
+        let mut out = [Method(""); METHODS.len()];
+        let mut i = 0;
+        while i < METHODS.len() {
+            out[i] = Method(METHODS[i].name);
+            i += 1;
+        }
+        out
+    };
+
+    /// The registered method called `name` (exact).
+    pub fn named(name: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.0 == name)
+    }
+
+    /// The method's registry entry.
+    pub fn def(self) -> &'static MethodDef {
+        // A Method is only ever made from a registry entry's name (the field is private
+        // to this module), so the lookup cannot fail; full is a harmless fallback.
+        METHODS
+            .iter()
+            .find(|d| d.name == self.0)
+            .copied()
+            .unwrap_or(&full::DEF)
+    }
 
     /// The name used on the command line, in JSON and in the TUI.
     pub fn name(self) -> &'static str {
-        match self {
-            Method::Full => "full",
-            Method::StreamingLlm => "streamingllm",
-            Method::H2o => "h2o",
-            Method::SnapKv => "snapkv",
-            Method::PyramidKv => "pyramidkv",
-            Method::AdaKv => "adakv",
-            Method::CompressKv => "compresskv",
-        }
+        self.0
     }
 
     /// The layer-budget allocator the method uses unless the user picks another.
     pub fn default_allocator(self) -> Allocator {
-        match self {
-            Method::PyramidKv => Allocator::Pyramid,
-            Method::CompressKv => Allocator::ErrorAware,
-            _ => Allocator::Uniform,
-        }
+        self.def().default_allocator
     }
 }
 
@@ -100,35 +117,46 @@ impl Pooling {
     }
 }
 
-/// How the total budget is split across layers (METHOD.md, "Budgets" and the methods).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Allocator {
+/// How the total budget is split across layers (METHOD.md, "Budgets" and the methods):
+/// a handle on one entry of [`ALLOCATORS`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Allocator(&'static str);
+
+#[allow(non_upper_case_globals)]
+impl Allocator {
     /// Every layer keeps `B`.
-    Uniform,
+    pub const Uniform: Allocator = Allocator(budget::UNIFORM.name);
     /// PyramidKV's linear fall with depth.
-    Pyramid,
+    pub const Pyramid: Allocator = Allocator(budget::PYRAMID.name);
     /// CompressKV's split in proportion to the profile's layer errors.
-    ErrorAware,
+    pub const ErrorAware: Allocator = Allocator(budget::ERROR_AWARE.name);
     /// The user's explicit per-layer list (`Settings::layer_budgets`).
-    Manual,
+    pub const Manual: Allocator = Allocator(budget::MANUAL.name);
 }
 
 impl Allocator {
-    pub const ALL: [Allocator; 4] = [
-        Allocator::Uniform,
-        Allocator::Pyramid,
-        Allocator::ErrorAware,
-        Allocator::Manual,
-    ];
+    /// Every registered allocator, in registry order.
+    pub const ALL: [Allocator; ALLOCATORS.len()] = {
+        let mut out = [Allocator(""); ALLOCATORS.len()];
+        let mut i = 0;
+        while i < ALLOCATORS.len() {
+            out[i] = Allocator(ALLOCATORS[i].name);
+            i += 1;
+        }
+        out
+    };
+
+    pub fn def(self) -> &'static AllocatorDef {
+        // As for Method: only made from registry names.
+        ALLOCATORS
+            .iter()
+            .find(|d| d.name == self.0)
+            .copied()
+            .unwrap_or(&budget::UNIFORM)
+    }
 
     pub fn name(self) -> &'static str {
-        match self {
-            Allocator::Uniform => "uniform",
-            Allocator::Pyramid => "pyramid",
-            Allocator::ErrorAware => "error-aware",
-            Allocator::Manual => "manual",
-        }
+        self.0
     }
 }
 
@@ -186,18 +214,47 @@ named_enum!(Method, "method");
 named_enum!(Pooling, "pooling");
 named_enum!(Allocator, "allocator");
 
+/// Registry handles serialise as their names, and read back only as registered names.
+macro_rules! by_name {
+    ($ty:ty) => {
+        impl fmt::Debug for $ty {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+
+        impl Serialize for $ty {
+            fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(self.0)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = String::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+by_name!(Method);
+by_name!(Allocator);
+
 /// What [`select`] chose, with the numbers behind the choice so the inspector can show
 /// why a token was kept or evicted.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Selection {
     pub keep: KeepSet,
     /// Budget applied per layer, in tokens per KV head, as the allocator gave it (a layer
-    /// whose budget is `>= L` keeps all `L` tokens). For `full` every entry is `L`.
+    /// whose budget is `>= L` keeps all `L` tokens). For `full` every entry is `L`; for
+    /// headkv the nominal `w + round(mean head capacity)`.
     pub layer_budgets: Vec<usize>,
     /// `[layer][kv_head][pos]`: the score the method ranked positions `[0, L - w)` by.
     /// Always one entry per layer; a layer's entry is empty when the method has no
-    /// scores (full, streamingllm) or nothing was evicted in that layer. For compresskv
-    /// the one per-layer score vector is repeated for every KV head.
+    /// scores (full, streamingllm) or nothing was evicted in that layer. For methods
+    /// that keep one index set per layer (compresskv, tova) the one per-layer score
+    /// vector is repeated for every KV head.
     pub scores: Vec<Vec<Vec<f32>>>,
 }
 
@@ -211,7 +268,7 @@ pub struct LayerChoice {
 
 impl LayerChoice {
     /// Every KV head keeps all `len` positions.
-    fn keep_all(n_kv: usize, len: usize) -> Self {
+    pub fn keep_all(n_kv: usize, len: usize) -> Self {
         LayerChoice {
             keep: vec![(0..len).collect(); n_kv],
             scores: Vec::new(),
@@ -221,10 +278,11 @@ impl LayerChoice {
 
 /// Chooses the kept positions of every layer and KV head.
 ///
-/// `profile` is required by compresskv (SRH ranking) and used by the error-aware
-/// allocator (layer errors); other methods ignore it. It is checked against the trace's
-/// dimensions here; checking that it was measured on the same model file (sha256) is the
-/// caller's job, at load time.
+/// `profile` is required by the methods whose registry entry says so (compresskv's SRH
+/// ranking, headkv's retrieval scores) and used by the error-aware allocator (layer
+/// errors); other methods ignore it. It is checked against the trace's dimensions here;
+/// checking that it was measured on the same model file (sha256) is the caller's job, at
+/// load time.
 pub fn select(trace: &Trace, settings: &Settings, profile: Option<&Profile>) -> Result<Selection> {
     select_with(trace, settings, profile, None)
 }
@@ -245,62 +303,26 @@ pub fn select_with(
     }
     let len = trace.len;
     pins::validate(&settings.pin_keep, &settings.pin_evict, len)?;
-    if settings.method == Method::Full {
-        let scores = vec![Vec::new(); dims.n_layers];
-        let (keep, layer_budgets) = pin(
-            full::select(trace),
-            vec![len; dims.n_layers],
-            &scores,
-            settings,
-            len,
-        );
-        let mut sel = Selection {
-            keep,
-            layer_budgets,
-            scores,
-        };
-        // Sliding-window layers hold their window whatever the pins say.
-        sliding::keep_window(trace, &mut sel);
-        return Ok(sel);
+    let def = settings.method.def();
+    if let (Some(how), None) = (def.needs_profile, profile) {
+        bail!("{how}");
     }
-    let srh = match (settings.method, profile) {
-        (Method::CompressKv, None) => bail!(
-            "compresskv needs an offline profile (SRH ranking and layer errors): pass one with \
-             --profile FILE, or make one with `kvscope profile srh` then `kvscope profile layers`"
-        ),
-        (Method::CompressKv, Some(p)) => Some(p),
-        _ => None,
-    };
+    // Sliding-window layers take no budget; the allocator's total goes to global layers.
     let layer_budgets = sliding::layer_budgets(settings, trace, profile)?;
-
-    let choices: Vec<LayerChoice> = (0..dims.n_layers)
-        .into_par_iter()
-        .map(|layer| {
-            let b = layer_budgets[layer];
-            if len <= b {
-                return LayerChoice::keep_all(dims.n_kv_heads, len);
-            }
-            match settings.method {
-                Method::Full => LayerChoice::keep_all(dims.n_kv_heads, len),
-                Method::StreamingLlm => streamingllm::select_layer(trace, b, settings.window),
-                Method::H2o => h2o::select_layer(trace, layer, b, settings.window),
-                Method::SnapKv => snapkv::select_layer(trace, layer, b, settings, table),
-                Method::PyramidKv => pyramidkv::select_layer(trace, layer, b, settings, table),
-                Method::AdaKv => adakv::select_layer(trace, layer, b, settings, table),
-                Method::CompressKv => {
-                    // `srh` is Some for compresskv (checked above); an empty head list
-                    // cannot happen after validation but must not panic either.
-                    let heads = srh.map(|p| p.srh_heads(layer, settings.first_k));
-                    compresskv::select_layer(trace, layer, b, settings, heads.unwrap_or(&[]), table)
-                }
-            }
-        })
-        .collect();
-
-    let (positions, scores): (Vec<_>, Vec<_>) =
-        choices.into_iter().map(|c| (c.keep, c.scores)).unzip();
-    let keep = KeepSet { positions };
-    let (keep, layer_budgets) = pin(keep, layer_budgets, &scores, settings, len);
+    let picked = (def.select)(&registry::Input {
+        trace,
+        settings,
+        profile,
+        budgets: &layer_budgets,
+        table,
+    })?;
+    let (positions, scores): (Vec<_>, Vec<_>) = picked
+        .layers
+        .into_iter()
+        .map(|c| (c.keep, c.scores))
+        .unzip();
+    let budgets = picked.budgets.unwrap_or(layer_budgets);
+    let (keep, layer_budgets) = pin(KeepSet { positions }, budgets, &scores, settings, len);
     let mut sel = Selection {
         keep,
         layer_budgets,
@@ -580,10 +602,10 @@ mod tests {
             (1usize..4, 1usize..4, 1usize..4, 1usize..5), // layers, kv heads, n_rep, head_dim
             1usize..48,                                   // len
             any::<u64>(),
-            0usize..7,  // method
-            1usize..10, // window
-            0usize..40, // budget above the window
-            1usize..4,  // kernel = 2 * this - 1
+            0..Method::ALL.len(), // method
+            1usize..10,           // window
+            0usize..40,           // budget above the window
+            1usize..4,            // kernel = 2 * this - 1
             any::<bool>(),
             0.0f32..=1.0,
             0usize..4, // allocator choice
@@ -635,37 +657,55 @@ mod tests {
             sel.keep.validate(&dims, len).unwrap();
             prop_assert_eq!(sel.layer_budgets.len(), dims.n_layers);
             prop_assert_eq!(sel.scores.len(), dims.n_layers);
+            let def = settings.method.def();
             for (l, heads) in sel.keep.positions.iter().enumerate() {
                 let b = sel.layer_budgets[l];
                 prop_assert!(b >= w.min(len));
                 let total: usize = heads.iter().map(Vec::len).sum();
-                if len <= b {
+                // headkv's layer budget is nominal (the mean of its heads' caps).
+                if len <= b && def.keeps != registry::Keeps::OwnHeads {
                     for h in heads {
                         prop_assert_eq!(h, &(0..len).collect::<Vec<_>>());
                     }
                     prop_assert!(sel.scores[l].is_empty());
                     continue;
                 }
-                prop_assert_eq!(total, dims.n_kv_heads * b);
+                if len <= settings.budget && def.keeps == registry::Keeps::OwnHeads {
+                    // headkv evicts nothing while the prompt fits the budget.
+                    for h in heads {
+                        prop_assert_eq!(h, &(0..len).collect::<Vec<_>>());
+                    }
+                    continue;
+                }
                 for h in heads {
                     prop_assert!(h.windows(2).all(|p| p[0] < p[1]));
                     prop_assert!(h.iter().all(|&p| p < len));
                     prop_assert_eq!(&h[h.len() - w..], &(len - w..len).collect::<Vec<_>>()[..]);
-                    if settings.method == Method::AdaKv {
-                        prop_assert!(h.len() >= w);
-                    } else {
-                        prop_assert_eq!(h.len(), b);
+                    match def.keeps {
+                        registry::Keeps::EveryHead => prop_assert_eq!(h.len(), b),
+                        _ => prop_assert!(h.len() >= w),
                     }
                 }
-                if settings.method == Method::CompressKv {
+                match def.keeps {
+                    registry::Keeps::EveryHead | registry::Keeps::LayerTotal => {
+                        prop_assert_eq!(total, dims.n_kv_heads * b)
+                    }
+                    registry::Keeps::OwnHeads => {
+                        let caps = headkv::head_caps(&profile, &settings, &dims);
+                        for (h, c) in heads.iter().zip(&caps[l]) {
+                            prop_assert_eq!(h.len(), w + (*c).min(len - w));
+                        }
+                    }
+                    registry::Keeps::All => prop_assert!(false, "full evicted"),
+                }
+                if def.shared_positions {
                     prop_assert!(heads.iter().all(|h| h == &heads[0]));
                 }
-                match settings.method {
-                    Method::StreamingLlm => prop_assert!(sel.scores[l].is_empty()),
-                    _ => {
-                        prop_assert_eq!(sel.scores[l].len(), dims.n_kv_heads);
-                        prop_assert!(sel.scores[l].iter().all(|s| s.len() == len - w));
-                    }
+                if def.has_scores {
+                    prop_assert_eq!(sel.scores[l].len(), dims.n_kv_heads);
+                    prop_assert!(sel.scores[l].iter().all(|s| s.len() == len - w));
+                } else {
+                    prop_assert!(sel.scores[l].is_empty());
                 }
             }
         }

@@ -2,9 +2,32 @@
 //! budget, which falls linearly with depth ([`super::budget::pyramid`], the method's
 //! default allocator). So a layer's selection is snapkv's at that layer's budget.
 
+use super::registry::{per_layer, Input, Keeps, MethodDef, Picked};
 use super::scores::ScoreTable;
+use super::scores::{KERNEL, POOLING};
+use super::Allocator;
 use super::{snapkv, LayerChoice, Settings};
 use crate::trace::Trace;
+use anyhow::Result;
+
+/// Registry entry.
+pub const DEF: MethodDef = MethodDef {
+    name: "pyramidkv",
+    about: "snapkv's score with budgets falling linearly with depth",
+    knobs: &[&KERNEL, &POOLING],
+    default_allocator: Allocator::Pyramid,
+    needs_profile: None,
+    shared_positions: false,
+    has_scores: true,
+    keeps: Keeps::EveryHead,
+    select: pick,
+};
+
+fn pick(i: &Input) -> Result<Picked> {
+    Ok(per_layer(i, |layer, b| {
+        select_layer(i.trace, layer, b, i.settings, i.table)
+    }))
+}
 
 /// One layer that evicts (`L > budget`), at the budget the pyramid gave it.
 pub fn select_layer(

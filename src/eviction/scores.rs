@@ -1,11 +1,61 @@
 //! The observation-window score of the SnapKV family (METHOD.md, "The observation-window
 //! score") and top-k selection.
 
+use super::registry::{pooling_value, Field, Knob, KnobKind, KnobValue};
 use super::{Pooling, Settings};
-use crate::trace::Trace;
+use crate::trace::{Dims, Trace};
 use rayon::prelude::*;
 use std::cmp::Ordering;
 use std::sync::Arc;
+
+/// `kernel`: the pooling kernel (odd), shared by every method that pools the window score.
+pub const KERNEL: Knob = Knob {
+    name: "kernel",
+    flag: "kernel",
+    help: "Pooling kernel (odd) of the observation-window score.",
+    kind: KnobKind::Int {
+        min: 1,
+        max: i64::MAX,
+    },
+    default: |_| KnobValue::Int(5),
+    field: Some(Field {
+        get: |s| KnobValue::Int(s.kernel as i64),
+        set: |s, v| s.kernel = v.as_i64().unwrap_or(0).max(0) as usize,
+    }),
+    check: Some(check_kernel),
+    step: 2.0,
+};
+
+fn check_kernel(_: &Settings, _: &Dims, v: &KnobValue) -> anyhow::Result<()> {
+    let k = v.as_i64().unwrap_or(0);
+    if k < 1 || k % 2 == 0 {
+        anyhow::bail!(
+            "kernel must be an odd number >= 1 (pooling pads k/2 on each side, so an even \
+             kernel would shift the scores); got {k}"
+        );
+    }
+    Ok(())
+}
+
+/// `pooling`: how the window score is smoothed (avg or max).
+pub const POOLING: Knob = Knob {
+    name: "pooling",
+    flag: "pooling",
+    help: "Pooling of the observation-window score.",
+    kind: KnobKind::Choice(&["avg", "max"]),
+    default: |_| KnobValue::Text("avg".into()),
+    field: Some(Field {
+        get: |s| pooling_value(s.pooling),
+        set: |s, v| {
+            s.pooling = match v.as_str() {
+                Some("max") => Pooling::Max,
+                _ => Pooling::Avg,
+            }
+        },
+    }),
+    check: None,
+    step: 1.0,
+};
 
 /// Steps 1-3: attention the last `window` prompt rows of query head `head` put on each
 /// position of `[0, L - window)`, summed over the rows.
@@ -13,13 +63,33 @@ use std::sync::Arc;
 /// Needs `1 <= window < L` and `window <= trace.w_max`; `select` guarantees both for any
 /// layer that evicts.
 pub fn window_attention(trace: &Trace, layer: usize, head: usize, window: usize) -> Vec<f32> {
+    let prefix = trace.len - window;
+    let mut sums = vec![0f32; prefix];
+    window_rows(trace, layer, head, window, |_, row| {
+        for (s, p) in sums.iter_mut().zip(row.iter()) {
+            *s += p;
+        }
+    });
+    sums
+}
+
+/// Steps 1-2: calls `f(i, row)` for each of the last `window` prompt rows of query head
+/// `head`, `row` being that row's softmax over the keys it sees (`L - window + i + 1` of
+/// them; the prefix `[0, L - window)` comes first). Same conditions as
+/// [`window_attention`].
+pub fn window_rows(
+    trace: &Trace,
+    layer: usize,
+    head: usize,
+    window: usize,
+    mut f: impl FnMut(usize, &[f32]),
+) {
     let len = trace.len;
     let kv_head = head / trace.dims.n_rep();
     // Divide by sqrt(head_dim), as the reference does, rather than multiplying by its
     // reciprocal: the two round differently.
     let norm = (trace.dims.head_dim as f32).sqrt();
     let prefix = len - window;
-    let mut sums = vec![0f32; prefix];
     // All window rows against all keys in one small GEMM (keys are read once instead of
     // once per row); the causal cut is applied per row below.
     let hd = trace.dims.head_dim;
@@ -37,11 +107,8 @@ pub fn window_attention(trace: &Trace, layer: usize, head: usize, window: usize)
             *v /= norm;
         }
         crate::model::kernels::softmax(row);
-        for (s, p) in sums.iter_mut().zip(row.iter()) {
-            *s += p;
-        }
+        f(i, row);
     }
-    sums
 }
 
 /// Step 4: smooth with a 1-D pool of odd size `kernel`, stride 1, zero padding

@@ -1,9 +1,11 @@
 //! The knobs of eviction (METHOD.md's defaults) and their validation.
 
+use super::registry::{self, KnobValue};
 use super::{Allocator, Method, Pooling};
 use crate::trace::{Dims, W_MAX};
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 /// Everything [`super::select`] needs besides the trace and the profile.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +33,10 @@ pub struct Settings {
     pub pin_keep: Vec<usize>,
     /// Prompt positions removed from the candidates (never from the window).
     pub pin_evict: Vec<usize>,
+    /// Every other registry knob (`registry::Knob` with no typed field) that was set, by
+    /// name; an unset knob has its default. In JSON they sit beside the fields above.
+    #[serde(flatten)]
+    pub knobs: BTreeMap<String, KnobValue>,
 }
 
 impl Default for Settings {
@@ -48,11 +54,28 @@ impl Default for Settings {
             layer_budgets: None,
             pin_keep: Vec::new(),
             pin_evict: Vec::new(),
+            knobs: BTreeMap::new(),
         }
     }
 }
 
 impl Settings {
+    /// The value in force of the registry knob `name` (its default when unset); `None`
+    /// for a name no method or allocator registers.
+    pub fn knob(&self, name: &str) -> Option<KnobValue> {
+        registry::knob(name).map(|k| k.get(self))
+    }
+
+    /// A number knob's value in force (0 for a name that is not a number knob).
+    pub fn knob_f64(&self, name: &str) -> f64 {
+        self.knob(name).and_then(|v| v.as_f64()).unwrap_or(0.0)
+    }
+
+    /// A flag knob's value in force.
+    pub fn knob_bool(&self, name: &str) -> bool {
+        self.knob(name).and_then(|v| v.as_bool()).unwrap_or(false)
+    }
+
     /// The allocator in force: explicit layer budgets mean manual, else the user's
     /// choice, else the method's default.
     pub fn effective_allocator(&self) -> Allocator {
@@ -95,30 +118,21 @@ impl Settings {
                 self.budget
             );
         }
-        if self.kernel == 0 || self.kernel.is_multiple_of(2) {
-            bail!(
-                "kernel must be an odd number >= 1 (pooling pads k/2 on each side, so an even \
-                 kernel would shift the scores); got {}",
-                self.kernel
-            );
+        for name in self.knobs.keys() {
+            match registry::knob(name) {
+                Some(k) if k.field.is_none() && k.name == name => {}
+                _ => bail!(
+                    "unknown setting '{name}'; knobs: {}",
+                    registry::all_knobs()
+                        .iter()
+                        .map(|k| k.name)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            }
         }
-        // Only compresskv reads first-k, so only it is held to the model's head count:
-        // the default 4 must not stop snapkv on a model with 2 heads.
-        if self.first_k == 0 || (self.method == Method::CompressKv && self.first_k > dims.n_heads) {
-            bail!(
-                "first-k must be between 1 and the model's {} query heads per layer; got {}",
-                dims.n_heads,
-                self.first_k
-            );
-        }
-        if !(0.0..=1.0).contains(&self.adakv_floor) {
-            bail!(
-                "adakv floor must be a fraction between 0 and 1; got {}",
-                self.adakv_floor
-            );
-        }
-        if self.pyramid_beta == 0 {
-            bail!("pyramid beta must be at least 1; got 0");
+        for k in registry::all_knobs() {
+            k.validate(self, dims)?;
         }
         match (self.allocator, &self.layer_budgets) {
             (Some(Allocator::Manual), None) => bail!(

@@ -17,7 +17,14 @@ pub fn layer_budgets(
     trace: &Trace,
     profile: Option<&Profile>,
 ) -> Result<Vec<usize>> {
-    budgets_with_windows(settings, &trace.dims, trace.len, &trace.windows, profile)
+    budgets_for(
+        settings,
+        &trace.dims,
+        trace.len,
+        &trace.windows,
+        profile,
+        Some(trace),
+    )
 }
 
 /// [`layer_budgets`] from the facts alone: `windows[l]` is layer `l`'s sliding window
@@ -29,8 +36,21 @@ pub fn budgets_with_windows(
     windows: &[Option<usize>],
     profile: Option<&Profile>,
 ) -> Result<Vec<usize>> {
+    budgets_for(settings, dims, len, windows, profile, None)
+}
+
+/// [`budgets_with_windows`] with the trace when there is one (allocators such as cake's
+/// read the prompt's attention).
+fn budgets_for(
+    settings: &Settings,
+    dims: &Dims,
+    len: usize,
+    windows: &[Option<usize>],
+    profile: Option<&Profile>,
+    trace: Option<&Trace>,
+) -> Result<Vec<usize>> {
     let window = |l: usize| windows.get(l).copied().flatten();
-    let all = budget::layer_budgets(settings, dims, len, profile)?;
+    let all = budget::layer_budgets_for(settings, dims, len, profile, trace)?;
     if (0..dims.n_layers).all(|l| window(l).is_none()) {
         return Ok(all);
     }
@@ -38,11 +58,11 @@ pub fn budgets_with_windows(
         .filter(|&l| window(l).is_none())
         .collect();
     let (b, w) = (settings.budget, settings.window);
-    let over_global = match settings.effective_allocator() {
-        // Per-layer values already: uniform gives B to each, a manual list names each.
-        Allocator::Uniform | Allocator::Manual => global.iter().map(|&l| all[l]).collect(),
-        Allocator::Pyramid => budget::pyramid(global.len(), b, w, len, settings.pyramid_beta),
-        Allocator::ErrorAware => {
+    let alloc = settings.effective_allocator();
+    let over_global: Vec<usize> = if alloc == Allocator::Pyramid {
+        budget::pyramid(global.len(), b, w, len, settings.pyramid_beta)
+    } else if alloc == Allocator::ErrorAware {
+        {
             // The global layers' errors, L1-normalised again among themselves.
             let errors = profile.and_then(|p| p.layer_errors.as_deref()).map(|e| {
                 let sub: Vec<f64> = global
@@ -62,6 +82,10 @@ pub fn budgets_with_windows(
             });
             budget::error_aware(global.len(), b, w, errors.as_deref())
         }
+    } else {
+        // Per-layer values already: uniform gives B to each, a manual list names each;
+        // other allocators (cake's) keep what they gave each global layer.
+        global.iter().map(|&l| all[l]).collect()
     };
     let mut out: Vec<usize> = (0..dims.n_layers)
         .map(|l| window(l).map_or(0, |s| s.min(len)))

@@ -1,9 +1,32 @@
 //! snapkv: per KV head, the mean of the pooled window scores `p_h` of its query heads;
 //! each KV head keeps its own top `B - w` plus the window.
 
+use super::registry::{per_layer, Input, Keeps, MethodDef, Picked};
 use super::scores::{mean_head_scores, ScoreTable};
+use super::scores::{KERNEL, POOLING};
+use super::Allocator;
 use super::{per_head_top, LayerChoice, Settings};
 use crate::trace::Trace;
+use anyhow::Result;
+
+/// Registry entry.
+pub const DEF: MethodDef = MethodDef {
+    name: "snapkv",
+    about: "observation-window attention, pooled; each KV head keeps its own top-k",
+    knobs: &[&KERNEL, &POOLING],
+    default_allocator: Allocator::Uniform,
+    needs_profile: None,
+    shared_positions: false,
+    has_scores: true,
+    keeps: Keeps::EveryHead,
+    select: pick,
+};
+
+fn pick(i: &Input) -> Result<Picked> {
+    Ok(per_layer(i, |layer, b| {
+        select_layer(i.trace, layer, b, i.settings, i.table)
+    }))
+}
 
 /// One layer that evicts (`L > budget`).
 pub fn select_layer(

@@ -1,8 +1,30 @@
 //! streamingllm (attention sinks + recent window): keep positions `[0, B - w)` and the
 //! last `w`. Needs no scores.
 
+use super::registry::{per_layer, Input, Keeps, MethodDef, Picked};
+use super::Allocator;
 use super::{with_window, LayerChoice};
 use crate::trace::Trace;
+use anyhow::Result;
+
+/// Registry entry.
+pub const DEF: MethodDef = MethodDef {
+    name: "streamingllm",
+    about: "attention sinks: the first B - w tokens plus the window",
+    knobs: &[],
+    default_allocator: Allocator::Uniform,
+    needs_profile: None,
+    shared_positions: true,
+    has_scores: false,
+    keeps: Keeps::EveryHead,
+    select: pick,
+};
+
+fn pick(i: &Input) -> Result<Picked> {
+    Ok(per_layer(i, |_, b| {
+        select_layer(i.trace, b, i.settings.window)
+    }))
+}
 
 /// One layer that evicts (`L > budget`).
 pub fn select_layer(trace: &Trace, budget: usize, window: usize) -> LayerChoice {

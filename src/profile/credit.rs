@@ -87,38 +87,12 @@ fn argmax(p: &[f32]) -> Option<usize> {
     best.map(|(j, _)| j)
 }
 
-/// ROUGE-1 recall of `answer` in `generated`: the fraction of the answer's words that
-/// the generation contains (each generated word matches at most once). Words are the
-/// maximal runs of alphanumeric characters after lowercasing; everything else separates
-/// words, so "412 metres." and "412-Metres" both give ["412", "metres"]. An empty answer
-/// has recall 0.
-pub fn rouge1_recall(answer: &str, generated: &str) -> f64 {
-    let ans = words(answer);
-    if ans.is_empty() {
-        return 0.0;
-    }
-    let mut pool = words(generated);
-    let mut hit = 0;
-    for w in &ans {
-        if let Some(i) = pool.iter().position(|g| g == w) {
-            pool.swap_remove(i);
-            hit += 1;
-        }
-    }
-    hit as f64 / ans.len() as f64
-}
+/// ROUGE-1 recall: the crate's one scorer ([`crate::score`]).
+pub use crate::score::rouge1_recall;
 
 /// A trial counts towards the SRH scores only if it retrieved the answer.
 pub fn retrieved(answer: &str, generated: &str) -> bool {
     rouge1_recall(answer, generated) > 0.5
-}
-
-fn words(text: &str) -> Vec<String> {
-    text.to_lowercase()
-        .split(|c: char| !c.is_alphanumeric())
-        .filter(|w| !w.is_empty())
-        .map(str::to_string)
-        .collect()
 }
 
 /// What one needle trial contributes, before knowing whether it counts.

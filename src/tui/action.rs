@@ -79,6 +79,10 @@ pub enum Action {
     Window(i64),
     Kernel(i64),
     FirstK(i64),
+    /// Select the next knob of the method and allocator in force (registry order).
+    NextKnob,
+    /// Step the selected knob (numbers by its step; flags and choices cycle).
+    KnobStep(i64),
     TogglePooling,
     Reset,
     ZoomIn,

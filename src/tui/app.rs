@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use super::action::{Action, Dir, Pane};
 use super::msg::{FromWorker, Outcome, Phase, Snapshot, ToWorker};
 use super::stats::Stat;
-use crate::eviction::{budget, Allocator, Method, Pooling, Settings};
+use crate::eviction::{budget, registry, Allocator, Method, Pooling, Settings};
 use crate::trace::{Dims, W_MAX};
 
 /// Tokens one `+` / `-` adds to or takes from the selected layer's budget.
@@ -101,6 +101,8 @@ pub struct App {
     pub show_divergence: bool,
     /// A rescue waiting for its result: (settings generation, pinned culprits).
     pub rescue_pending: Option<(u64, Vec<usize>)>,
+    /// Index of the selected knob among the method's and allocator's (`o`, `<`, `>`).
+    pub knob_sel: usize,
 }
 
 impl App {
@@ -135,6 +137,7 @@ impl App {
             frozen: None,
             show_divergence: false,
             rescue_pending: None,
+            knob_sel: 0,
         }
     }
 
@@ -531,6 +534,11 @@ impl App {
 }
 
 /// Applies one action; returns what the loop must do.
+/// "name = value (range): help" for the status line.
+fn knob_line(k: &registry::Knob, s: &Settings) -> String {
+    format!("{} = {} ({}): {}", k.name, k.get(s), k.range(), k.help)
+}
+
 pub fn update(app: &mut App, a: Action) -> Vec<Cmd> {
     if let Some(p) = app.picker.take() {
         return app.on_picker(p, a);
@@ -656,8 +664,42 @@ pub fn update(app: &mut App, a: Action) -> Vec<Cmd> {
             return app.edit(|s| s.kernel = (s.kernel as i64 + d).clamp(1, 63) as usize)
         }
         Action::FirstK(d) => {
+            // (f/F predate the generic knob keys; kept for muscle memory.)
             let nh = app.n_heads() as i64;
             return app.edit(|s| s.first_k = (s.first_k as i64 + d).clamp(1, nh) as usize);
+        }
+        Action::NextKnob => {
+            let knobs = registry::knobs_in_force(&app.settings);
+            if knobs.is_empty() {
+                app.notice = Some(format!(
+                    "{} and the {} allocator have no knobs",
+                    app.settings.method,
+                    app.settings.effective_allocator()
+                ));
+            } else {
+                app.knob_sel = (app.knob_sel + 1) % knobs.len();
+                app.notice = Some(knob_line(knobs[app.knob_sel], &app.settings));
+            }
+        }
+        Action::KnobStep(d) => {
+            let knobs = registry::knobs_in_force(&app.settings);
+            let Some(&k) = knobs.get(app.knob_sel % knobs.len().max(1)) else {
+                app.notice = Some(format!("{} has no knobs", app.settings.method));
+                return Vec::new();
+            };
+            let Some(v) = k.stepped(&app.settings, d) else {
+                app.notice = Some(format!(
+                    "{} is a list: set it with --{} when starting",
+                    k.name, k.flag
+                ));
+                return Vec::new();
+            };
+            let cmds = app.edit(|s| {
+                // A value out of range is refused here and reported by validation.
+                let _ = k.set(s, v);
+            });
+            app.notice = Some(knob_line(k, &app.settings));
+            return cmds;
         }
         Action::TogglePooling => {
             return app.edit(|s| {

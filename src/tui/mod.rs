@@ -72,7 +72,7 @@ enum Event {
 pub fn run(opts: Options) -> Result<()> {
     // Read the prompt before touching the terminal, so a bad path is a plain error.
     let first = match &opts.prompt {
-        Some(p) => Some((p.clone(), crate::cli::read_prompt(p)?)),
+        Some(p) => Some((p.clone(), crate::input::read_prompt(p)?)),
         None => None,
     };
     let model_label = opts
@@ -148,7 +148,7 @@ pub fn run(opts: Options) -> Result<()> {
                     }
                 }
                 Cmd::FlushNow => send(&mut app, &worker),
-                Cmd::OpenPrompt(path) => match crate::cli::read_prompt(&path) {
+                Cmd::OpenPrompt(path) => match crate::input::read_prompt(&path) {
                     Ok(text) => start_worker(&mut app, &opts, &path, text, &tx, &mut worker)?,
                     Err(e) => {
                         app.picker = None;

@@ -11,11 +11,11 @@ use std::time::Instant;
 use super::msg::{DivView, FromWorker, Outcome, Phase, Snapshot, ToWorker, CULPRITS_PER_STEP};
 use super::stats;
 use crate::divergence::{self, FullPass};
-use crate::eviction::{ScoreTable, Settings};
+use crate::eviction::{Allocator, Method, ScoreTable, Settings};
 use crate::keepset::KeepSet;
 use crate::model::{self, fetch, Loaded};
 use crate::profile::Profile;
-use crate::report::{Report, SettingsPart};
+use crate::report::{Provenance, Report, SettingsPart};
 use crate::session::Session;
 
 /// What the worker is asked to open.
@@ -95,6 +95,9 @@ struct Worker {
     loaded: Loaded,
     session: Session,
     profile_path: Option<String>,
+    /// For the report's provenance.
+    model_path: PathBuf,
+    prompt_opts: crate::model::PromptOptions,
     maps: Arc<Vec<Vec<crate::trace::BlockMap>>>,
     /// p_h of every head for one (window, kernel, pooling): budget and method edits
     /// select from it and show it as the attention pane's strip.
@@ -175,6 +178,8 @@ impl Worker {
             loaded,
             session,
             profile_path: profile_path.as_ref().map(|p| p.display().to_string()),
+            model_path: path,
+            prompt_opts: job.prompt_opts.clone(),
             maps: Arc::new(maps),
             scores: None,
             full_pass: None,
@@ -253,21 +258,24 @@ impl Worker {
     fn export(&self, path: &std::path::Path) -> Result<()> {
         let s = &self.session;
         let cfg = &self.loaded.model.config;
-        let fallback = SettingsPart {
-            method: "full".into(),
+        let prov = Provenance::new(
+            self.profile_path.clone(),
+            crate::profile::discover::model_sha256(&self.model_path).ok(),
+            &self.prompt_opts,
+            s.prompt_info.as_ref(),
+        );
+        // Nothing compressed yet: the report says so with the full cache's settings.
+        let full = Settings {
+            method: Method::Full,
             budget: s.trace.len,
             window: 0,
             kernel: 0,
-            pooling: "avg".into(),
             first_k: 0,
-            allocator: "uniform".into(),
-            layer_budgets: vec![s.trace.len; cfg.n_layers],
-            profile: self.profile_path.clone(),
-            max_new: s.max_new,
-            pin_keep: Vec::new(),
-            pin_evict: Vec::new(),
+            allocator: Some(Allocator::Uniform),
+            ..Settings::default()
         };
-        let report = Report::new(cfg, s, self.profile_path.clone(), fallback);
+        let fallback = SettingsPart::new(&full, vec![s.trace.len; cfg.n_layers], s.max_new, &prov);
+        let report = Report::new(cfg, s, &prov, fallback);
         let text = serde_json::to_string_pretty(&report)?;
         std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
     }
