@@ -8,9 +8,8 @@ use std::time::Instant;
 
 use super::run::RunArgs;
 use crate::divergence::{self, report as dr, FullPass};
-use crate::eviction::{self, Allocator};
+use crate::eviction;
 use crate::model::Loaded;
-use crate::profile::discover;
 use crate::report::{Provenance, Report, SettingsPart};
 use crate::session::{self, Session};
 
@@ -39,29 +38,16 @@ pub struct Explained {
 
 pub fn run(a: &ExplainArgs) -> Result<()> {
     let r = &a.run;
-    super::init_threads(r.model.threads)?;
-    let plan = super::run::plan(r)?;
+    let super::run::Prepared {
+        plan,
+        loaded,
+        load_ms,
+        profile_path,
+        profile,
+        model_sha,
+        prompt,
+    } = super::run::prepare(r)?;
     let settings = plan.settings.clone();
-    let text = super::read_prompt(&r.prompt)?;
-    let t = Instant::now();
-    let model_path = super::resolve_model_path(r.model.model.as_deref())?;
-    let loaded = crate::model::load(&model_path)?;
-    let load_ms = t.elapsed().as_secs_f64() * 1000.0;
-    let cfg = &loaded.model.config;
-    settings.validate(&cfg.dims())?;
-    let wanted = settings.method.def().needs_profile.is_some()
-        || settings.effective_allocator() == Allocator::ErrorAware;
-    let (profile_path, profile) =
-        match discover::resolve(plan.profile.as_deref(), &model_path, cfg, wanted)? {
-            Some((path, p)) => (Some(path.display().to_string()), Some(p)),
-            None => (None, None),
-        };
-    let model_sha = discover::model_sha256(&model_path).ok();
-    let prompt = loaded.tok.prompt(&text, &plan.prompt_opts)?;
-    if let Some((sha, want_ids)) = &plan.expect {
-        super::run::check_same_run(sha.as_deref(), model_sha.as_deref(), want_ids, &prompt.ids)?;
-    }
-    crate::session::check_fits(prompt.ids.len(), plan.max_new, cfg.context_length)?;
     if plan.max_new < 2 {
         bail!("explain needs at least 2 generated tokens to compare (--max-new 2 or more)");
     }

@@ -103,21 +103,33 @@ pub(super) fn plan(a: &RunArgs) -> Result<Plan> {
     })
 }
 
-pub fn run(a: &RunArgs) -> Result<()> {
+/// What `run` and `explain` both do before their session: the plan, the model, its
+/// profile (found or given), and the prompt, checked against a `--from-report` and the
+/// context.
+pub(super) struct Prepared {
+    pub plan: Plan,
+    pub loaded: crate::model::Loaded,
+    pub load_ms: f64,
+    pub profile_path: Option<String>,
+    pub profile: Option<crate::profile::Profile>,
+    pub model_sha: Option<String>,
+    pub prompt: crate::model::tokenizer::Prompt,
+}
+
+pub(super) fn prepare(a: &RunArgs) -> Result<Prepared> {
     super::init_threads(a.model.threads)?;
     let plan = plan(a)?;
-    let settings = plan.settings.clone();
     let text = super::read_prompt(&a.prompt)?;
     let t = Instant::now();
     let model_path = super::resolve_model_path(a.model.model.as_deref())?;
     let loaded = crate::model::load(&model_path)?;
     let load_ms = t.elapsed().as_secs_f64() * 1000.0;
     let cfg = &loaded.model.config;
-    settings.validate(&cfg.dims())?;
+    plan.settings.validate(&cfg.dims())?;
     // compresskv needs SRHs and the error-aware allocator reads layer errors: without
     // --profile, use the profile measured on this model file, if one is found.
-    let wanted = settings.method.def().needs_profile.is_some()
-        || settings.effective_allocator() == Allocator::ErrorAware;
+    let wanted = plan.settings.method.def().needs_profile.is_some()
+        || plan.settings.effective_allocator() == Allocator::ErrorAware;
     let (profile_path, profile) =
         match discover::resolve(plan.profile.as_deref(), &model_path, cfg, wanted)? {
             Some((path, p)) => (Some(path.display().to_string()), Some(p)),
@@ -132,6 +144,29 @@ pub fn run(a: &RunArgs) -> Result<()> {
         check_same_run(sha.as_deref(), model_sha.as_deref(), want_ids, &prompt.ids)?;
     }
     crate::session::check_fits(prompt.ids.len(), plan.max_new, cfg.context_length)?;
+    Ok(Prepared {
+        plan,
+        loaded,
+        load_ms,
+        profile_path,
+        profile,
+        model_sha,
+        prompt,
+    })
+}
+
+pub fn run(a: &RunArgs) -> Result<()> {
+    let Prepared {
+        plan,
+        loaded,
+        load_ms,
+        profile_path,
+        profile,
+        model_sha,
+        prompt,
+    } = prepare(a)?;
+    let settings = plan.settings.clone();
+    let cfg = &loaded.model.config;
     let quiet = a.json;
     let mut last_pct = 0;
     let mut progress = |done: usize, total: usize| {
