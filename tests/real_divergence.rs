@@ -45,8 +45,15 @@ fn rescuing_the_culprits_restores_the_needle_snapkv_lost() {
         .iter()
         .position(|&id| loaded.tok.token_text(id) == "4")
         .expect("the full generation writes the number");
-    let ex = explain::explain(&loaded, &session, &Default::default(), Some(t), 10, Some(8))
-        .unwrap_or_else(|e| panic!("explain: {e:#}"));
+    let ex = explain::explain(
+        &loaded,
+        &mut session,
+        &Default::default(),
+        Some(t),
+        10,
+        Some(8),
+    )
+    .unwrap_or_else(|e| panic!("explain: {e:#}"));
     let r = &ex.report;
     assert_eq!(r.chosen_step, Some(t));
     // The top culprit is a digit of the needle, evicted by every layer.

@@ -53,14 +53,14 @@ pub fn run(a: &ExplainArgs) -> Result<()> {
     }
     let mut session = Session::from_prompt(&loaded, prompt, plan.max_new, profile, &mut |_, _| {})?;
     session.timing.load = (load_ms * 1000.0).round() / 1000.0;
-    session.apply(&loaded.model, &loaded.tok, settings)?;
+    session.apply_with(&loaded.model, &loaded.tok, settings, None, true)?;
     let prov = Provenance::new(
         profile_path,
         model_sha,
         &plan.prompt_opts,
         session.prompt_info.as_ref(),
     );
-    let ex = explain(&loaded, &session, &prov, a.step, a.top, a.rescue)?;
+    let ex = explain(&loaded, &mut session, &prov, a.step, a.top, a.rescue)?;
     if r.json {
         println!("{}", serde_json::to_string_pretty(&ex.report)?);
     } else {
@@ -72,29 +72,56 @@ pub fn run(a: &ExplainArgs) -> Result<()> {
 /// The analysis of `session`'s compressed setting (already applied).
 pub fn explain(
     loaded: &Loaded,
-    session: &Session,
+    session: &mut Session,
     prov: &Provenance,
     step: Option<usize>,
     top: usize,
     rescue: Option<usize>,
 ) -> Result<Explained> {
+    let (model, tok) = (&loaded.model, &loaded.tok);
+    let t0 = Instant::now();
+    // One full-cache replay: with capture and this keep set's attention-output errors at
+    // once, unless the session already holds the capture (the oracle needed it).
+    let errors = {
+        let Some(comp) = &session.compressed else {
+            bail!("explain needs a compressed setting applied first");
+        };
+        let keep = &comp.selection.keep;
+        match &session.full_pass {
+            Some(_) => divergence::attn_errors(model, &session.trace, &session.full.ids, keep)?,
+            None => {
+                let (fp, errors) =
+                    FullPass::compute(model, &session.trace, &session.full.ids, Some(keep))?;
+                session.full_pass = Some(fp);
+                errors.unwrap_or_default()
+            }
+        }
+    };
+    let session = &*session;
     let Some(comp) = &session.compressed else {
         bail!("explain needs a compressed setting applied first");
     };
-    let (model, tok) = (&loaded.model, &loaded.tok);
+    let Some(full) = &session.full_pass else {
+        bail!("no full-cache replay");
+    };
     let trace = &session.trace;
     let keep = &comp.selection.keep;
     let dims = trace.dims;
     let ids = &session.full.ids;
-
-    let t0 = Instant::now();
-    let (full, errors) = FullPass::compute(model, trace, ids, Some(keep))?;
     let t1 = Instant::now();
-    let comp_logits = divergence::forced_logits(model, trace, keep, ids)?;
+    // The decode that applied the setting gave the teacher-forced logits when asked to.
+    let computed;
+    let comp_logits = match &comp.forced {
+        Some(l) => l,
+        None => {
+            computed = divergence::forced_logits(model, trace, keep, ids)?;
+            &computed
+        }
+    };
     let t2 = Instant::now();
-    let steps = divergence::steps(&full, &comp_logits, errors.as_deref(), keep);
+    let steps = divergence::steps(full, comp_logits, Some(errors.as_slice()), keep);
     let chosen = divergence::chosen_step(&steps, step)?;
-    let masses = chosen.map_or_else(Vec::new, |t| divergence::culprits_at(&full, keep, t));
+    let masses = chosen.map_or_else(Vec::new, |t| divergence::culprits_at(full, keep, t));
     let window = comp.settings.window;
     let culprits = chosen
         .map(|t| {
@@ -117,12 +144,7 @@ pub fn explain(
                 .collect()
         })
         .unwrap_or_default();
-    let oracle = divergence::oracle_keep(
-        &full,
-        &comp.selection.layer_budgets,
-        dims.n_kv_heads,
-        window,
-    );
+    let oracle = divergence::oracle_keep(full, trace, &comp.selection.layer_budgets, window);
     let overlap = divergence::oracle::overlap(keep, &oracle, trace.len, window);
     let oracle_ids = model.generate(trace, &oracle, session.max_new, &tok.stop_ids, None)?;
     let t3 = Instant::now();

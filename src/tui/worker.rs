@@ -102,9 +102,6 @@ struct Worker {
     /// p_h of every head for one (window, kernel, pooling): budget and method edits
     /// select from it and show it as the attention pane's strip.
     scores: Option<ScoreTable>,
-    /// The full cache replayed with attention capture, once per prompt (on the first
-    /// request), for the divergence analysis of every outcome.
-    full_pass: Option<FullPass>,
 }
 
 impl Worker {
@@ -182,7 +179,6 @@ impl Worker {
             prompt_opts: job.prompt_opts.clone(),
             maps: Arc::new(maps),
             scores: None,
-            full_pass: None,
         })
     }
 
@@ -230,14 +226,12 @@ impl Worker {
     }
 
     /// The divergence analysis of `keep`: the full replay is computed on first use and
-    /// kept; each call replays only the compressed cache.
+    /// kept by the session; the compressed teacher-forced logits came with the outcome's
+    /// decode.
     fn divergence(&mut self, keep: &KeepSet) -> Result<DivView> {
+        self.session.full_pass(&self.loaded.model)?;
         let s = &self.session;
-        if self.full_pass.is_none() {
-            let (fp, _) = FullPass::compute(&self.loaded.model, &s.trace, &s.full.ids, None)?;
-            self.full_pass = Some(fp);
-        }
-        match &self.full_pass {
+        match &s.full_pass {
             Some(fp) => divergence_view(&self.loaded, s, fp, keep),
             None => anyhow::bail!("no full-cache replay"),
         }
@@ -337,8 +331,16 @@ pub fn divergence_view(
     keep: &KeepSet,
 ) -> Result<DivView> {
     let t = Instant::now();
-    let logits = divergence::forced_logits(&loaded.model, &s.trace, keep, &full.ids)?;
-    let steps = divergence::steps(full, &logits, None, keep);
+    // The outcome's decode gave the teacher-forced logits when it was asked to.
+    let computed;
+    let logits = match s.compressed.as_ref().and_then(|c| c.forced.as_ref()) {
+        Some(l) => l,
+        None => {
+            computed = divergence::forced_logits(&loaded.model, &s.trace, keep, &full.ids)?;
+            &computed
+        }
+    };
+    let steps = divergence::steps(full, logits, None, keep);
     let cmps: Vec<_> = steps.iter().map(|st| st.cmp).collect();
     let culprits = (1..=steps.len())
         .map(|t| {
@@ -403,7 +405,7 @@ pub fn outcome(
     table: &ScoreTable,
 ) -> Result<Outcome> {
     let len = session.trace.len;
-    let c = session.apply_with(&loaded.model, &loaded.tok, settings, Some(table))?;
+    let c = session.apply_with(&loaded.model, &loaded.tok, settings, Some(table), true)?;
     let sel = &c.selection;
     let ranks = sel
         .scores
