@@ -123,6 +123,42 @@ fn rescue_pins_the_top_culprits_of_the_selected_step_and_reports() {
 }
 
 #[test]
+fn rescue_k_is_adjustable_and_bounded() {
+    let mut fx = common::fixture();
+    let mut app = analysed(&mut fx);
+    let d = app
+        .result
+        .as_ref()
+        .and_then(|r| r.divergence.clone())
+        .expect("analysis");
+    let t = app.step().expect("a step");
+    assert_eq!(app.rescue_k, RESCUE_K);
+    key(&mut app, ',');
+    key(&mut app, ',');
+    key(&mut app, ',');
+    assert_eq!(app.rescue_k, 1, "K stops at 1");
+    key(&mut app, '.');
+    assert_eq!(app.rescue_k, 2);
+    for _ in 0..40 {
+        key(&mut app, '.');
+    }
+    assert_eq!(app.rescue_k, 16, "K stops at the culprits kept per step");
+    key(&mut app, ',');
+    key(&mut app, ',');
+    let k = app.rescue_k;
+    let mut want: Vec<usize> = d.culprits[t - 1].iter().take(k).map(|c| c.0).collect();
+    want.sort_unstable();
+    assert!(want.len() > RESCUE_K, "the tiny setting has enough culprits");
+    key(&mut app, 'R');
+    assert_eq!(app.settings.pin_keep, want);
+    // The pane says what R does now.
+    update(&mut app, Action::Show(Pane::Divergence));
+    let b = render(&app, 160, 45);
+    let text: String = b.buffer().content().iter().map(|c| c.symbol()).collect();
+    assert!(text.contains(&format!("R rescue top {k}")), "pane text");
+}
+
+#[test]
 fn freeze_a_then_compare_and_lost_mass_statistic() {
     let mut fx = common::fixture();
     let mut app = analysed(&mut fx);

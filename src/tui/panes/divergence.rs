@@ -109,12 +109,13 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     }
     let c = &d.steps[t - 1];
     let head = format!(
-        " step {t}/{n}{}  KL {:.4}  top-1 {}  rank {}  p {:.3}  ←/→ step · R rescue · x/X pin · A/C freeze",
+        " step {t}/{n}{}  KL {:.4}  top-1 {}  rank {}  p {:.3}  ←/→ step · R rescue top {} (,/.) · x/X pin · A/C freeze",
         if d.default_step == Some(t) { " (default)" } else { "" },
         c.kl,
         if c.top1_agree { "agrees" } else { "DIFFERS" },
         c.rank,
         c.prob,
+        app.rescue_k,
     );
     let mut lines = vec![
         Line::styled(head, st.add_modifier(Modifier::BOLD)),
