@@ -35,6 +35,8 @@ pub enum Cmd {
     },
     LoadBudgets(String),
     ExportReport,
+    /// Ask the worker for the attention-output errors of this settings generation.
+    MeasureErrors(u64),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -453,6 +455,15 @@ impl App {
                 }
                 Vec::new()
             }
+            FromWorker::AttnErrors { gen, errors } => {
+                let d = self.result.as_mut().filter(|r| r.gen == gen);
+                if let Some(d) = d.and_then(|r| r.divergence.as_mut()) {
+                    std::sync::Arc::make_mut(d).attn_err = Some(errors);
+                    self.notice =
+                        Some("attention-output error per layer: under the lost-mass grid".into());
+                }
+                Vec::new()
+            }
             FromWorker::Failed { gen, error } => {
                 if gen == self.gen {
                     self.error = Some(error);
@@ -748,6 +759,15 @@ pub fn update(app: &mut App, a: Action) -> Vec<Cmd> {
                 s.pin_evict.clear();
             })
         }
+        Action::MeasureErrors => match app.result.as_ref() {
+            Some(r) if r.divergence.is_some() && !app.stale() => {
+                app.notice = Some(
+                    "measuring the attention-output error per layer (one full-cache replay)".into(),
+                );
+                return vec![Cmd::MeasureErrors(r.gen)];
+            }
+            _ => app.error = Some("no divergence analysis yet: wait for the result".into()),
+        },
         Action::RescueK(d) => {
             let k = (app.rescue_k as i64 + d).clamp(1, CULPRITS_PER_STEP as i64);
             app.rescue_k = k as usize;

@@ -57,6 +57,10 @@ pub const HELP: &[(&str, &str)] = &[
         "rescue K -1 / +1 (1..16; start: --rescue, default 3)",
     ),
     (
+        "E",
+        "divergence: measure the attention-output error per layer",
+    ),
+    (
         "A  C",
         "freeze the current result as A / clear A (A/B compare)",
     ),
@@ -136,6 +140,7 @@ pub fn map_key(app: &App, k: KeyEvent) -> Option<Action> {
             'v' => Action::PinRange,
             'U' => Action::ClearPins,
             'R' => Action::Rescue,
+            'E' => Action::MeasureErrors,
             ',' => Action::RescueK(-1),
             '.' => Action::RescueK(1),
             'A' => Action::FreezeA,

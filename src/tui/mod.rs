@@ -187,6 +187,11 @@ pub fn run(opts: Options) -> Result<()> {
                     };
                     cmds.extend(update(&mut app, a));
                 }
+                Cmd::MeasureErrors(gen) => {
+                    if let Some(w) = &worker {
+                        let _ = w.send(ToWorker::AttnErrors { gen });
+                    }
+                }
                 Cmd::ExportReport => {
                     let secs = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)

@@ -75,6 +75,19 @@ fn run(job: Job, out: &Outbox, rx: Receiver<ToWorker>) {
                         return;
                     }
                 }
+                ToWorker::AttnErrors { gen } => {
+                    if w.applied == Some(*gen) {
+                        let msg = match w.attn_errors() {
+                            Ok(errors) => FromWorker::AttnErrors { gen: *gen, errors },
+                            Err(e) => {
+                                FromWorker::Error(format!("attention-output errors failed: {e:#}"))
+                            }
+                        };
+                        if !out(msg) {
+                            return;
+                        }
+                    }
+                }
                 ToWorker::Export { path } => {
                     let msg = match w.export(path) {
                         Ok(()) => {
@@ -102,6 +115,8 @@ struct Worker {
     /// p_h of every head for one (window, kernel, pooling): budget and method edits
     /// select from it and show it as the attention pane's strip.
     scores: Option<ScoreTable>,
+    /// Settings generation of the session's compressed outcome.
+    applied: Option<u64>,
 }
 
 impl Worker {
@@ -179,6 +194,7 @@ impl Worker {
             prompt_opts: job.prompt_opts.clone(),
             maps: Arc::new(maps),
             scores: None,
+            applied: None,
         })
     }
 
@@ -194,6 +210,7 @@ impl Worker {
         let table = self.scores_for(&settings);
         let (msg, keep) = match outcome(&self.loaded, &mut self.session, gen, settings, &table) {
             Ok(o) => {
+                self.applied = Some(gen);
                 let keep = KeepSet {
                     positions: o.keep.clone(),
                 };
@@ -235,6 +252,16 @@ impl Worker {
             Some(fp) => divergence_view(&self.loaded, s, fp, keep),
             None => anyhow::bail!("no full-cache replay"),
         }
+    }
+
+    /// `[step][layer]` attention-output errors of the current outcome's keep set: one
+    /// full-cache replay (not done per edit: it would double an edit's cost).
+    fn attn_errors(&self) -> Result<Vec<Vec<f32>>> {
+        let s = &self.session;
+        let Some(c) = &s.compressed else {
+            anyhow::bail!("no result yet");
+        };
+        divergence::attn_errors(&self.loaded.model, &s.trace, &s.full.ids, &c.selection.keep)
     }
 
     fn scores_for(&mut self, s: &Settings) -> ScoreTable {
@@ -365,6 +392,7 @@ pub fn divergence_view(
             .collect(),
         culprits,
         ms: t.elapsed().as_secs_f64() * 1000.0,
+        attn_err: None,
     })
 }
 
