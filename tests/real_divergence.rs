@@ -45,6 +45,12 @@ fn rescuing_the_culprits_restores_the_needle_snapkv_lost() {
         .iter()
         .position(|&id| loaded.tok.token_text(id) == "4")
         .expect("the full generation writes the number");
+    // `explain --answer` finds the same step from the answer's text.
+    assert_eq!(
+        explain::answer_step(&loaded, &session.full.ids, answer).ok(),
+        Some(t)
+    );
+    assert!(explain::answer_step(&loaded, &session.full.ids, "no such words").is_err());
     let ex = explain::explain(
         &loaded,
         &mut session,

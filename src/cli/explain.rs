@@ -19,8 +19,13 @@ pub struct ExplainArgs {
     pub run: RunArgs,
     /// Teacher-forced step to explain (1-based; default: the first whose top-1
     /// disagrees, else the one of largest KL).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "answer")]
     pub step: Option<usize>,
+    /// Explain the step that writes the start of TEXT in the full generation (the first
+    /// full-cache token covering its first character; case-insensitive): where a
+    /// rescue of the answer is decided.
+    #[arg(long, value_name = "TEXT")]
+    pub answer: Option<String>,
     /// Culprits to list.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
@@ -60,13 +65,39 @@ pub fn run(a: &ExplainArgs) -> Result<()> {
         &plan.prompt_opts,
         session.prompt_info.as_ref(),
     );
-    let ex = explain(&loaded, &mut session, &prov, a.step, a.top, a.rescue)?;
+    let step = match &a.answer {
+        Some(text) => Some(answer_step(&loaded, &session.full.ids, text)?),
+        None => a.step,
+    };
+    let ex = explain(&loaded, &mut session, &prov, step, a.top, a.rescue)?;
     if r.json {
         println!("{}", serde_json::to_string_pretty(&ex.report)?);
     } else {
         print_human(&loaded, &session, &ex);
     }
     Ok(())
+}
+
+/// The teacher-forced step (1-based) that predicts the full-cache token covering the first
+/// character of `answer`'s first occurrence in the full generation (case-insensitive).
+pub fn answer_step(loaded: &Loaded, full: &[u32], answer: &str) -> Result<usize> {
+    let lower = |s: &str| s.to_lowercase().chars().collect::<Vec<char>>();
+    let (text, want) = (lower(&loaded.tok.decode(full)), lower(answer.trim()));
+    if want.is_empty() {
+        bail!("--answer needs a non-empty text");
+    }
+    let Some(start) = text.windows(want.len()).position(|w| w == want.as_slice()) else {
+        bail!("the full cache's generation does not contain {answer:?}; pick a step with --step");
+    };
+    // The token whose decoded prefix first reaches past `start`.
+    let Some(i) = (0..full.len()).find(|&i| lower(&loaded.tok.decode(&full[..=i])).len() > start)
+    else {
+        bail!("cannot place {answer:?} on the full generation's tokens; pick a step with --step");
+    };
+    if i == 0 {
+        bail!("the answer starts at the first generated token, which the prefill predicts (no teacher-forced step); pick a step with --step");
+    }
+    Ok(i)
 }
 
 /// The analysis of `session`'s compressed setting (already applied).
