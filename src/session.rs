@@ -6,6 +6,8 @@ use anyhow::Result;
 use serde::Serialize;
 use std::time::Instant;
 
+use crate::divergence::FullPass;
+use crate::eviction::oracle::FutureAttention;
 use crate::eviction::{self, ScoreTable, Selection, Settings};
 use crate::keepset::KeepSet;
 use crate::model::{Loaded, Model, Prompt, PromptInfo, Tok};
@@ -73,6 +75,9 @@ pub struct Compressed {
     pub generation: Generation,
     pub kv_fraction: f64,
     pub agreement: Agreement,
+    /// The compressed cache's next-token logits along the FULL generation (teacher
+    /// forcing, [`crate::divergence::decode_both`]); `None` unless asked for.
+    pub forced: Option<Vec<Vec<f32>>>,
 }
 
 pub struct Session {
@@ -87,6 +92,11 @@ pub struct Session {
     pub profile: Option<Profile>,
     pub compressed: Option<Compressed>,
     pub timing: Timing,
+    /// The full cache replayed over its own generation with attention capture
+    /// (the divergence analysis and the `oracle` method read it); computed once, on
+    /// first use.
+    pub full_pass: Option<FullPass>,
+    future: Option<FutureAttention>,
 }
 
 impl Session {
@@ -157,6 +167,8 @@ impl Session {
             full,
             profile,
             compressed: None,
+            full_pass: None,
+            future: None,
             timing: Timing {
                 prefill,
                 decode_full,
@@ -188,33 +200,71 @@ impl Session {
         )
     }
 
+    /// The full-cache replay with capture, computed on first use (one decode of the
+    /// generation's length over the full cache).
+    pub fn full_pass(&mut self, model: &Model) -> Result<&FullPass> {
+        if self.full_pass.is_none() {
+            let (fp, _) = FullPass::compute(model, &self.trace, &self.full.ids, None)?;
+            self.full_pass = Some(fp);
+        }
+        match &self.full_pass {
+            Some(fp) => Ok(fp),
+            None => anyhow::bail!("no full-cache replay"),
+        }
+    }
+
     /// Selects with `settings` and decodes over the compressed cache.
     pub fn apply(&mut self, model: &Model, tok: &Tok, settings: Settings) -> Result<&Compressed> {
-        self.apply_with(model, tok, settings, None)
+        self.apply_with(model, tok, settings, None, false)
     }
 
     /// [`apply`](Self::apply), selecting from precomputed window scores where `table`
-    /// holds them for `settings`.
+    /// holds them for `settings`; with `forced`, the same decode also gives the
+    /// compressed cache's teacher-forced logits ([`Compressed::forced`]).
     pub fn apply_with(
         &mut self,
         model: &Model,
         tok: &Tok,
         settings: Settings,
         table: Option<&ScoreTable>,
+        forced: bool,
     ) -> Result<&Compressed> {
         self.check_layer_errors(&settings)?;
+        if settings.method.def().needs_future && self.future.is_none() {
+            let dims = self.trace.dims;
+            let future = self.full_pass(model)?.future(&dims);
+            self.future = Some(future);
+        }
         let t = Instant::now();
-        let selection =
-            eviction::select_with(&self.trace, &settings, self.profile.as_ref(), table)?;
+        let selection = eviction::select_full(
+            &self.trace,
+            &settings,
+            self.profile.as_ref(),
+            table,
+            self.future.as_ref(),
+        )?;
         self.timing.select = ms(t);
         let t = Instant::now();
-        let ids = model.generate(
-            &self.trace,
-            &selection.keep,
-            self.max_new,
-            &tok.stop_ids,
-            None,
-        )?;
+        let (ids, forced) = if forced {
+            let d = crate::divergence::decode_both(
+                model,
+                &self.trace,
+                &selection.keep,
+                &self.full.ids,
+                self.max_new,
+                &tok.stop_ids,
+            )?;
+            (d.ids, Some(d.forced))
+        } else {
+            let ids = model.generate(
+                &self.trace,
+                &selection.keep,
+                self.max_new,
+                &tok.stop_ids,
+                None,
+            )?;
+            (ids, None)
+        };
         self.timing.decode_compressed = ms(t);
         let bytes = kv_bytes(
             &selection.keep,
@@ -233,6 +283,7 @@ impl Session {
             selection,
             generation,
             agreement,
+            forced,
         }))
     }
 }

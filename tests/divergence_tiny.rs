@@ -172,7 +172,18 @@ fn oracle_keeps_the_top_of_summed_decode_attention() {
     let (full, _) = FullPass::compute(&m, &trace, &gen, None).expect("full pass");
     let (w, b) = (4, 12);
     let budgets = vec![b; trace.dims.n_layers];
-    let oracle = divergence::oracle_keep(&full, &budgets, trace.dims.n_kv_heads, w);
+    let oracle = divergence::oracle_keep(&full, &trace, &budgets, w);
+    // The registry's `oracle` method is the same selection at the same budgets.
+    let s = Settings {
+        method: Method::named("oracle").expect("oracle is registered"),
+        budget: b,
+        window: w,
+        ..Settings::default()
+    };
+    let sel = eviction::select_full(&trace, &s, None, None, Some(&full.future(&trace.dims)))
+        .expect("oracle selects");
+    assert_eq!(sel.keep, oracle);
+    assert_eq!(sel.layer_budgets, budgets);
     let n_rep = trace.dims.n_rep();
     for (l, heads) in oracle.positions.iter().enumerate() {
         for (g, kept) in heads.iter().enumerate() {
@@ -225,4 +236,132 @@ fn rescue_pins_the_top_culprits_and_skips_forced_evictions() {
     assert_eq!(pins, vec![7, 9]);
     assert_eq!(r.pin_keep, vec![1, 7, 9]);
     assert_eq!(r.pin_evict, vec![3]);
+}
+
+/// One decode gives both the free-running generation and the teacher-forced logits,
+/// exactly as the two separate decodes do, whether the generations agree or not.
+#[test]
+fn one_decode_gives_the_generation_and_the_teacher_forced_logits() {
+    let (m, trace, gen) = setup();
+    let mut diverged = 0;
+    for budget in [6, 10, 20, LEN] {
+        let s = Settings {
+            method: Method::SnapKv,
+            budget,
+            window: 4,
+            ..Settings::default()
+        };
+        let keep = eviction::select(&trace, &s, None).expect("select").keep;
+        let d = divergence::decode_both(&m, &trace, &keep, &gen, NEW, &[]).expect("decode");
+        let ids = m.generate(&trace, &keep, NEW, &[], None).expect("generate");
+        let forced = divergence::forced_logits(&m, &trace, &keep, &gen).expect("forced");
+        assert_eq!(d.ids, ids, "B={budget}");
+        assert_eq!(d.forced.len(), forced.len());
+        for (a, b) in d.forced.iter().zip(&forced) {
+            let diff = a
+                .iter()
+                .zip(b)
+                .map(|(x, y)| (x - y).abs())
+                .fold(0.0, f32::max);
+            assert!(diff < 1e-5, "B={budget}: {diff}");
+        }
+        // Shared up to the first divergence (all of it when the outputs agree).
+        let first = ids.iter().zip(&gen).position(|(a, b)| a != b);
+        assert_eq!(
+            d.shared,
+            first.unwrap_or(NEW - 1).min(NEW - 1),
+            "B={budget}"
+        );
+        diverged += usize::from(first.is_some());
+    }
+    assert!(
+        diverged > 0,
+        "no budget diverged: the fork was not exercised"
+    );
+    // A stop token ends the free-running decode early; the forced steps still run.
+    let stop = [gen[2]];
+    let d = divergence::decode_both(
+        &m,
+        &trace,
+        &KeepSet::all(&trace.dims, LEN),
+        &gen,
+        NEW,
+        &stop,
+    )
+    .expect("decode");
+    assert_eq!(d.ids, gen[..3].to_vec());
+    assert_eq!(d.forced.len(), NEW - 1);
+}
+
+/// A sliding-window layer's full cache holds only its last S prompt entries, so its
+/// cache entry j is not prompt position j: the captured attention is mapped back to
+/// prompt positions (it equals what a cache of every position, masked by the window,
+/// attends to), a sliding layer loses no mass to a method (its window is its full
+/// cache), and the attention-output errors can be measured.
+#[test]
+fn sliding_layers_map_cache_entries_to_prompt_positions() {
+    const S: usize = 10;
+    let mut cfg = testing::tiny_config(VOCAB, 256);
+    cfg.layers[0].window = Some(S);
+    let w = testing::random_weights(&cfg, 7);
+    let m = Model::new(cfg, w).expect("model");
+    let ids = testing::random_ids(LEN, VOCAB, 3);
+    let trace = m.prefill(&ids, 16, &mut |_, _| {}).expect("prefill");
+    assert_eq!(trace.window(0), Some(S));
+    let windowed = eviction::sliding::full_keep(&trace);
+    let gen = m
+        .generate(&trace, &windowed, NEW, &[], None)
+        .expect("generate");
+    let s = Settings {
+        method: Method::SnapKv,
+        budget: 12,
+        window: 4,
+        ..Settings::default()
+    };
+    let keep = eviction::select(&trace, &s, None).expect("select").keep;
+    let (full, errors) = FullPass::compute(&m, &trace, &gen, Some(&keep)).expect("full pass");
+    let errors = errors.expect("errors");
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.len() == 2 && e[0] < 1e-5 && e[1] > 0.0),
+        "{errors:?}"
+    );
+    // Reference: a cache of every prompt position (entry j = position j), masked.
+    let all = KeepSet::all(&trace.dims, LEN);
+    let mut cap = Vec::new();
+    let reference = m
+        .generate(&trace, &all, NEW, &[], Some(&mut cap))
+        .expect("generate");
+    assert_eq!(reference, gen);
+    for (t, step) in full.attn.iter().enumerate() {
+        for (l, heads) in step.iter().enumerate() {
+            for (h, row) in heads.iter().enumerate() {
+                let want = &cap[t].probs[l][h][..LEN];
+                for (p, (a, b)) in row.iter().zip(want).enumerate() {
+                    assert!((a - b).abs() < 1e-5, "step {t} layer {l} head {h} pos {p}");
+                }
+                if l == 0 {
+                    assert!(row[..LEN - S].iter().all(|&x| x == 0.0));
+                    assert!(row[LEN - S..].iter().sum::<f32>() > 0.0);
+                }
+            }
+        }
+    }
+    let comp = divergence::forced_logits(&m, &trace, &keep, &gen).expect("forced");
+    let steps = divergence::steps(&full, &comp, Some(&errors), &keep);
+    for st in &steps {
+        assert!(
+            st.lost_mass[0].iter().all(|&x| x == 0.0),
+            "sliding layer lost mass"
+        );
+    }
+    assert!(steps
+        .iter()
+        .any(|st| st.lost_mass[1].iter().any(|&x| x > 0.0)));
+    // Culprits come from the global layer only.
+    let c = divergence::culprits_at(&full, &keep, 1);
+    assert!(c
+        .iter()
+        .all(|c| keep.positions[1].iter().any(|k| !k.contains(&c.pos))));
 }

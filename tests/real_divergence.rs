@@ -45,8 +45,21 @@ fn rescuing_the_culprits_restores_the_needle_snapkv_lost() {
         .iter()
         .position(|&id| loaded.tok.token_text(id) == "4")
         .expect("the full generation writes the number");
-    let ex = explain::explain(&loaded, &session, &Default::default(), Some(t), 10, Some(8))
-        .unwrap_or_else(|e| panic!("explain: {e:#}"));
+    // `explain --answer` finds the same step from the answer's text.
+    assert_eq!(
+        explain::answer_step(&loaded, &session.full.ids, answer).ok(),
+        Some(t)
+    );
+    assert!(explain::answer_step(&loaded, &session.full.ids, "no such words").is_err());
+    let ex = explain::explain(
+        &loaded,
+        &mut session,
+        &Default::default(),
+        Some(t),
+        10,
+        Some(8),
+    )
+    .unwrap_or_else(|e| panic!("explain: {e:#}"));
     let r = &ex.report;
     assert_eq!(r.chosen_step, Some(t));
     // The top culprit is a digit of the needle, evicted by every layer.

@@ -123,6 +123,45 @@ fn rescue_pins_the_top_culprits_of_the_selected_step_and_reports() {
 }
 
 #[test]
+fn rescue_k_is_adjustable_and_bounded() {
+    let mut fx = common::fixture();
+    let mut app = analysed(&mut fx);
+    let d = app
+        .result
+        .as_ref()
+        .and_then(|r| r.divergence.clone())
+        .expect("analysis");
+    let t = app.step().expect("a step");
+    assert_eq!(app.rescue_k, RESCUE_K);
+    key(&mut app, ',');
+    key(&mut app, ',');
+    key(&mut app, ',');
+    assert_eq!(app.rescue_k, 1, "K stops at 1");
+    key(&mut app, '.');
+    assert_eq!(app.rescue_k, 2);
+    for _ in 0..40 {
+        key(&mut app, '.');
+    }
+    assert_eq!(app.rescue_k, 16, "K stops at the culprits kept per step");
+    key(&mut app, ',');
+    key(&mut app, ',');
+    let k = app.rescue_k;
+    let mut want: Vec<usize> = d.culprits[t - 1].iter().take(k).map(|c| c.0).collect();
+    want.sort_unstable();
+    assert!(
+        want.len() > RESCUE_K,
+        "the tiny setting has enough culprits"
+    );
+    key(&mut app, 'R');
+    assert_eq!(app.settings.pin_keep, want);
+    // The pane says what R does now.
+    update(&mut app, Action::Show(Pane::Divergence));
+    let b = render(&app, 160, 45);
+    let text: String = b.buffer().content().iter().map(|c| c.symbol()).collect();
+    assert!(text.contains(&format!("R rescue top {k}")), "pane text");
+}
+
+#[test]
 fn freeze_a_then_compare_and_lost_mass_statistic() {
     let mut fx = common::fixture();
     let mut app = analysed(&mut fx);
@@ -170,4 +209,47 @@ fn divergence_pane_snapshots() {
     for (w, h) in [(80, 24), (81, 25), (120, 30), (159, 44)] {
         render(&app, w, h);
     }
+}
+
+/// `E` asks the worker for the attention-output errors of the result on screen; they
+/// show under the lost-mass grid (a full-cache replay, so not done on every edit).
+#[test]
+fn e_measures_the_attention_output_error_per_layer() {
+    let mut fx = common::fixture();
+    let mut app = analysed(&mut fx);
+    let gen = app.result.as_ref().expect("result").gen;
+    update(&mut app, Action::Show(Pane::Divergence));
+    let text = |app: &App| -> String {
+        let b = render(app, 160, 45);
+        b.buffer().content().iter().map(|c| c.symbol()).collect()
+    };
+    assert!(text(&app).contains("E: out err/layer"));
+    assert_eq!(key(&mut app, 'E'), vec![Cmd::MeasureErrors(gen)]);
+    let errors = fx.attn_errors(&app.result.clone().expect("result"));
+    let t = app.step().expect("a step");
+    let want = errors[t - 1][app.sel_layer];
+    let max = errors[t - 1].iter().copied().fold(0.0f32, f32::max);
+    assert!(max > 0.0, "the tiny setting evicts something");
+    // An answer for another generation is ignored.
+    update(
+        &mut app,
+        Action::Worker(FromWorker::AttnErrors {
+            gen: gen + 1,
+            errors: errors.clone(),
+        }),
+    );
+    assert!(text(&app).contains("E: out err/layer"));
+    update(
+        &mut app,
+        Action::Worker(FromWorker::AttnErrors { gen, errors }),
+    );
+    let shown = text(&app);
+    assert!(
+        shown.contains(&format!("out err L{} {want:.3}", app.sel_layer)),
+        "pane text"
+    );
+    assert!(
+        shown.contains(&format!("out err max {max:.3}")),
+        "pane text"
+    );
 }

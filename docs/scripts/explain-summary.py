@@ -36,9 +36,9 @@ for path in sorted(glob.glob(os.path.join(out, "*.json"))):
         oracle_ans=ans in r["oracle_gap"].get("oracle_text", "").lower() if "oracle_text" in r["oracle_gap"] else None,
     ))
 
-print("| method | prompts | KV kept | mean lost mass | mean KL | answer: compressed | answer: rescue | exact: compressed | exact: rescue | token match compressed -> rescue | overlap with oracle |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
-for m in ["streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "compresskv"]:
+print("| method | prompts | KV kept | mean lost mass | mean KL | answer: compressed | answer: rescue | answer: oracle at these budgets | exact: compressed | exact: rescue | token match compressed -> rescue | overlap with oracle |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+for m in ["streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "compresskv", "oracle"]:
     v = rows.get(m)
     if not v:
         continue
@@ -46,5 +46,5 @@ for m in ["streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "compresskv"]:
     mean = lambda k: sum(x[k] for x in v) / n
     cnt = lambda k: sum(1 for x in v if x[k])
     print(f"| {m} | {n} | {100*mean('frac'):.1f}% | {mean('lost'):.3f} | {mean('kl'):.3f} | "
-          f"{cnt('comp_ans')}/{n} | {cnt('resc_ans')}/{n} | {cnt('comp_exact')}/{n} | {cnt('resc_exact')}/{n} | "
+          f"{cnt('comp_ans')}/{n} | {cnt('resc_ans')}/{n} | {cnt('oracle_ans')}/{n} | {cnt('comp_exact')}/{n} | {cnt('resc_exact')}/{n} | "
           f"{mean('comp_match'):.2f} -> {mean('resc_match'):.2f} | {mean('overlap'):.2f} |")

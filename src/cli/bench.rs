@@ -31,6 +31,17 @@ pub struct BenchArgs {
     /// Print JSON.
     #[arg(long)]
     pub json: bool,
+    /// Instead of prefill and decode, time the divergence analysis (`kvscope explain`,
+    /// the inspector's Divergence pane) on a prompt of this many tokens.
+    #[arg(long, value_name = "TOKENS")]
+    pub explain: Option<usize>,
+    /// Tokens generated for `--explain`.
+    #[arg(long, default_value_t = 32)]
+    pub explain_new: usize,
+    /// Budget (tokens per KV head) of the snapkv setting `--explain` analyses; default
+    /// 10% of the prompt.
+    #[arg(long)]
+    pub explain_budget: Option<usize>,
 }
 
 /// Natural-looking text repeated to any length; its exact content does not matter for speed.
@@ -44,7 +55,7 @@ pub fn filler_ids(loaded: &Loaded, n: usize) -> Result<Vec<u32>> {
     Ok(unit.iter().cycle().take(n).cloned().collect())
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }
@@ -71,6 +82,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         );
     }
     let reps = a.reps.max(1);
+    if let Some(n) = a.explain {
+        return super::bench_explain::run(&loaded, a, n, reps);
+    }
     let threads = rayon::current_num_threads();
     let mut rows: Vec<serde_json::Value> = Vec::new();
     // With --json, stdout carries only the JSON document; the human lines go to stderr.

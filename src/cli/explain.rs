@@ -19,8 +19,13 @@ pub struct ExplainArgs {
     pub run: RunArgs,
     /// Teacher-forced step to explain (1-based; default: the first whose top-1
     /// disagrees, else the one of largest KL).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "answer")]
     pub step: Option<usize>,
+    /// Explain the step that writes the start of TEXT in the full generation (the first
+    /// full-cache token covering its first character; case-insensitive): where a
+    /// rescue of the answer is decided.
+    #[arg(long, value_name = "TEXT")]
+    pub answer: Option<String>,
     /// Culprits to list.
     #[arg(long, default_value_t = 10)]
     pub top: usize,
@@ -53,14 +58,18 @@ pub fn run(a: &ExplainArgs) -> Result<()> {
     }
     let mut session = Session::from_prompt(&loaded, prompt, plan.max_new, profile, &mut |_, _| {})?;
     session.timing.load = (load_ms * 1000.0).round() / 1000.0;
-    session.apply(&loaded.model, &loaded.tok, settings)?;
+    session.apply_with(&loaded.model, &loaded.tok, settings, None, true)?;
     let prov = Provenance::new(
         profile_path,
         model_sha,
         &plan.prompt_opts,
         session.prompt_info.as_ref(),
     );
-    let ex = explain(&loaded, &session, &prov, a.step, a.top, a.rescue)?;
+    let step = match &a.answer {
+        Some(text) => Some(answer_step(&loaded, &session.full.ids, text)?),
+        None => a.step,
+    };
+    let ex = explain(&loaded, &mut session, &prov, step, a.top, a.rescue)?;
     if r.json {
         println!("{}", serde_json::to_string_pretty(&ex.report)?);
     } else {
@@ -69,32 +78,81 @@ pub fn run(a: &ExplainArgs) -> Result<()> {
     Ok(())
 }
 
+/// The teacher-forced step (1-based) that predicts the full-cache token covering the first
+/// character of `answer`'s first occurrence in the full generation (case-insensitive).
+pub fn answer_step(loaded: &Loaded, full: &[u32], answer: &str) -> Result<usize> {
+    let lower = |s: &str| s.to_lowercase().chars().collect::<Vec<char>>();
+    let (text, want) = (lower(&loaded.tok.decode(full)), lower(answer.trim()));
+    if want.is_empty() {
+        bail!("--answer needs a non-empty text");
+    }
+    let Some(start) = text.windows(want.len()).position(|w| w == want.as_slice()) else {
+        bail!("the full cache's generation does not contain {answer:?}; pick a step with --step");
+    };
+    // The token whose decoded prefix first reaches past `start`.
+    let Some(i) = (0..full.len()).find(|&i| lower(&loaded.tok.decode(&full[..=i])).len() > start)
+    else {
+        bail!("cannot place {answer:?} on the full generation's tokens; pick a step with --step");
+    };
+    if i == 0 {
+        bail!("the answer starts at the first generated token, which the prefill predicts (no teacher-forced step); pick a step with --step");
+    }
+    Ok(i)
+}
+
 /// The analysis of `session`'s compressed setting (already applied).
 pub fn explain(
     loaded: &Loaded,
-    session: &Session,
+    session: &mut Session,
     prov: &Provenance,
     step: Option<usize>,
     top: usize,
     rescue: Option<usize>,
 ) -> Result<Explained> {
+    let (model, tok) = (&loaded.model, &loaded.tok);
+    let t0 = Instant::now();
+    // One full-cache replay: with capture and this keep set's attention-output errors at
+    // once, unless the session already holds the capture (the oracle needed it).
+    let errors = {
+        let Some(comp) = &session.compressed else {
+            bail!("explain needs a compressed setting applied first");
+        };
+        let keep = &comp.selection.keep;
+        match &session.full_pass {
+            Some(_) => divergence::attn_errors(model, &session.trace, &session.full.ids, keep)?,
+            None => {
+                let (fp, errors) =
+                    FullPass::compute(model, &session.trace, &session.full.ids, Some(keep))?;
+                session.full_pass = Some(fp);
+                errors.unwrap_or_default()
+            }
+        }
+    };
+    let session = &*session;
     let Some(comp) = &session.compressed else {
         bail!("explain needs a compressed setting applied first");
     };
-    let (model, tok) = (&loaded.model, &loaded.tok);
+    let Some(full) = &session.full_pass else {
+        bail!("no full-cache replay");
+    };
     let trace = &session.trace;
     let keep = &comp.selection.keep;
     let dims = trace.dims;
     let ids = &session.full.ids;
-
-    let t0 = Instant::now();
-    let (full, errors) = FullPass::compute(model, trace, ids, Some(keep))?;
     let t1 = Instant::now();
-    let comp_logits = divergence::forced_logits(model, trace, keep, ids)?;
+    // The decode that applied the setting gave the teacher-forced logits when asked to.
+    let computed;
+    let comp_logits = match &comp.forced {
+        Some(l) => l,
+        None => {
+            computed = divergence::forced_logits(model, trace, keep, ids)?;
+            &computed
+        }
+    };
     let t2 = Instant::now();
-    let steps = divergence::steps(&full, &comp_logits, errors.as_deref(), keep);
+    let steps = divergence::steps(full, comp_logits, Some(errors.as_slice()), keep);
     let chosen = divergence::chosen_step(&steps, step)?;
-    let masses = chosen.map_or_else(Vec::new, |t| divergence::culprits_at(&full, keep, t));
+    let masses = chosen.map_or_else(Vec::new, |t| divergence::culprits_at(full, keep, t));
     let window = comp.settings.window;
     let culprits = chosen
         .map(|t| {
@@ -117,12 +175,7 @@ pub fn explain(
                 .collect()
         })
         .unwrap_or_default();
-    let oracle = divergence::oracle_keep(
-        &full,
-        &comp.selection.layer_budgets,
-        dims.n_kv_heads,
-        window,
-    );
+    let oracle = divergence::oracle_keep(full, trace, &comp.selection.layer_budgets, window);
     let overlap = divergence::oracle::overlap(keep, &oracle, trace.len, window);
     let oracle_ids = model.generate(trace, &oracle, session.max_new, &tok.stop_ids, None)?;
     let t3 = Instant::now();

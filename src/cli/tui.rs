@@ -32,6 +32,10 @@ pub struct TuiArgs {
     pub max_new: usize,
     #[command(flatten)]
     pub prompt_opts: PromptArgs,
+    /// Culprits the Divergence pane's `R` pins (`,` / `.` change it).
+    #[arg(long, value_name = "K", default_value_t = crate::tui::app::RESCUE_K,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16))]
+    pub rescue: usize,
 }
 
 /// The starting settings, and a note for the status line when the method was chosen
@@ -68,5 +72,6 @@ pub fn run(a: &TuiArgs) -> Result<()> {
         settings,
         notice,
         prefer_compresskv: a.method.is_none() && a.profile.is_none(),
+        rescue_k: a.rescue,
     })
 }

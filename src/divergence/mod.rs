@@ -15,6 +15,7 @@ pub mod report;
 
 use anyhow::{bail, Result};
 
+use crate::eviction::oracle::FutureAttention;
 use crate::eviction::Settings;
 use crate::keepset::KeepSet;
 use crate::model::Model;
@@ -34,6 +35,16 @@ pub struct FullPass {
     /// `[step][layer][query head][prompt pos]`: attention probabilities on the prompt
     /// entries (generated entries are never evicted, so they are not kept).
     pub attn: Vec<Vec<Vec<Vec<f32>>>>,
+    /// `[layer]`: the first prompt position the layer's full cache holds (0, or a
+    /// sliding layer's `L - min(L, S)`): what lies before it was never there to evict.
+    pub held_from: Vec<usize>,
+}
+
+impl FullPass {
+    /// What the `oracle` method selects from: this replay's attention summed per KV head.
+    pub fn future(&self, dims: &crate::trace::Dims) -> FutureAttention {
+        FutureAttention::from_attn(&self.attn, dims, self.prompt_len)
+    }
 }
 
 impl FullPass {
@@ -47,7 +58,10 @@ impl FullPass {
         shadow: Option<&KeepSet>,
     ) -> Result<(FullPass, Option<Vec<Vec<f32>>>)> {
         let dims = model.dims();
-        let all = KeepSet::all(&dims, trace.len);
+        // The full cache as the session decoded it: a sliding layer holds only its last
+        // min(L, S) prompt entries, so its cache entry j is prompt position
+        // `all.positions[l][g][j]`, not j.
+        let all = crate::eviction::sliding::full_keep(trace);
         let steps = ids.len().saturating_sub(1);
         let mut state = crate::model::DecodeState::new(model, trace, &all, steps)?;
         let mut logits = Vec::with_capacity(steps);
@@ -68,20 +82,12 @@ impl FullPass {
             let Some(step) = cap.pop() else {
                 bail!("the decoder captured no attention");
             };
-            let rows = step
-                .probs
-                .into_iter()
-                .map(|heads| {
-                    heads
-                        .into_iter()
-                        .map(|mut row| {
-                            row.truncate(trace.len);
-                            row
-                        })
-                        .collect()
-                })
-                .collect();
-            attn.push(rows);
+            attn.push(by_prompt_position(
+                &step.probs,
+                &all,
+                dims.n_rep(),
+                trace.len,
+            ));
         }
         Ok((
             FullPass {
@@ -90,6 +96,11 @@ impl FullPass {
                 ids: ids.to_vec(),
                 logits,
                 attn,
+                held_from: all
+                    .positions
+                    .iter()
+                    .map(|heads| heads.first().and_then(|h| h.first()).copied().unwrap_or(0))
+                    .collect(),
             },
             errors,
         ))
@@ -101,6 +112,36 @@ impl FullPass {
     }
 }
 
+/// `[layer][head][prompt position]` from one step's captured rows, whose entry `j` is the
+/// `j`-th entry of the head's cache (`keep`'s kept positions, then the generated tokens);
+/// positions the cache does not hold get 0.
+fn by_prompt_position(
+    probs: &[Vec<Vec<f32>>],
+    keep: &KeepSet,
+    n_rep: usize,
+    len: usize,
+) -> Vec<Vec<Vec<f32>>> {
+    probs
+        .iter()
+        .zip(&keep.positions)
+        .map(|(heads, kv)| {
+            heads
+                .iter()
+                .enumerate()
+                .map(|(h, row)| {
+                    let mut out = vec![0f32; len];
+                    if let Some(pos) = kv.get(h / n_rep.max(1)) {
+                        for (&p, &x) in pos.iter().zip(row) {
+                            out[p] = x;
+                        }
+                    }
+                    out
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// `[step][layer]`: attention-output error of `keep` along the full generation (the full
 /// cache replayed without capture).
 pub fn attn_errors(
@@ -109,7 +150,7 @@ pub fn attn_errors(
     ids: &[u32],
     keep: &KeepSet,
 ) -> Result<Vec<Vec<f32>>> {
-    let all = KeepSet::all(&model.dims(), trace.len);
+    let all = crate::eviction::sliding::full_keep(trace);
     let steps = ids.len().saturating_sub(1);
     let mut state = crate::model::DecodeState::new(model, trace, &all, steps)?;
     let mut out = Vec::with_capacity(steps);
@@ -136,6 +177,80 @@ pub fn forced_logits(
         .collect()
 }
 
+/// The compressed cache's free-running generation and its teacher-forced logits along
+/// the full generation, from one decode where they agree.
+pub struct Decoded {
+    /// Exactly what [`Model::generate`] gives for this keep set.
+    pub ids: Vec<u32>,
+    /// Exactly what [`forced_logits`] gives for the full generation.
+    pub forced: Vec<Vec<f32>>,
+    /// Teacher-forced steps that came free from the free-running decode.
+    pub shared: usize,
+}
+
+/// Decodes the compressed cache `keep` free-running (up to `max_new` tokens or a stop
+/// token) and teacher-forced on `full_ids` at once. Both feed the same tokens until the
+/// free-running generation first differs from the full one, so their states and logits
+/// are identical up to there: the teacher-forced decode is forked off the free-running
+/// one at that step (a copy of the cache) instead of starting again from the prompt. An
+/// edit whose generation matches the full cache then costs one decode, not two.
+pub fn decode_both(
+    model: &Model,
+    trace: &Trace,
+    keep: &KeepSet,
+    full_ids: &[u32],
+    max_new: usize,
+    stop_ids: &[u32],
+) -> Result<Decoded> {
+    let steps = full_ids.len().saturating_sub(1);
+    let mut ids = Vec::with_capacity(max_new);
+    let mut forced = Vec::with_capacity(steps);
+    let mut state =
+        crate::model::DecodeState::new(model, trace, keep, max_new.max(full_ids.len()))?;
+    let mut fork = None;
+    if max_new > 0 {
+        let mut tok = crate::model::kernels::argmax(&trace.last_logits) as u32;
+        ids.push(tok);
+        while ids.len() < max_new && !stop_ids.contains(&tok) {
+            // Not forked: `forced.len()` steps fed exactly `full_ids[..forced.len()]`.
+            let joined = fork.is_none() && forced.len() < steps;
+            if joined && tok != full_ids[forced.len()] {
+                fork = Some(state.clone());
+            }
+            let logits = state.step(tok, None)?;
+            if fork.is_none() && forced.len() < steps {
+                forced.push(logits.to_vec());
+            }
+            tok = crate::model::kernels::argmax(logits) as u32;
+            ids.push(tok);
+        }
+    }
+    let shared = forced.len();
+    // The rest of the teacher-forced steps: from the fork, or (the free-running decode
+    // stopped first, on the full generation's tokens) from where it stopped.
+    let mut st = fork.unwrap_or(state);
+    for &tok in &full_ids[shared..steps] {
+        forced.push(st.step(tok, None)?.to_vec());
+    }
+    Ok(Decoded {
+        ids,
+        forced,
+        shared,
+    })
+}
+
+/// `[layer][kv_head][pos]`: entries the full cache holds and `keep` does not.
+fn evicted(full: &FullPass, keep: &KeepSet) -> Vec<Vec<Vec<bool>>> {
+    let mut ev = metrics::evicted_masks(keep, full.prompt_len);
+    for (layer, &first) in ev.iter_mut().zip(&full.held_from) {
+        for m in layer.iter_mut() {
+            let n = first.min(m.len());
+            m[..n].fill(false);
+        }
+    }
+    ev
+}
+
 /// One teacher-forced step's numbers.
 #[derive(Debug, Clone)]
 pub struct Step {
@@ -158,7 +273,7 @@ pub fn steps(
     errors: Option<&[Vec<f32>]>,
     keep: &KeepSet,
 ) -> Vec<Step> {
-    let evicted = metrics::evicted_masks(keep, full.prompt_len);
+    let evicted = evicted(full, keep);
     (0..full.steps().min(comp_logits.len()))
         .map(|i| Step {
             t: i + 1,
@@ -192,7 +307,7 @@ pub fn culprits_at(full: &FullPass, keep: &KeepSet, t: usize) -> Vec<CulpritMass
     let Some(attn) = t.checked_sub(1).and_then(|i| full.attn.get(i)) else {
         return Vec::new();
     };
-    let evicted = metrics::evicted_masks(keep, full.prompt_len);
+    let evicted = evicted(full, keep);
     metrics::culprits(attn, &evicted, full.n_rep, full.prompt_len)
 }
 
@@ -222,15 +337,22 @@ pub fn rescue_settings(
     )
 }
 
-/// The oracle's keep set at the per-layer budgets `budgets`.
-pub fn oracle_keep(full: &FullPass, budgets: &[usize], n_kv: usize, window: usize) -> KeepSet {
-    let len = full.prompt_len;
-    let s = oracle::scores(
-        &full.attn,
-        budgets.len(),
-        n_kv,
-        full.n_rep,
-        len.saturating_sub(window),
-    );
-    oracle::select(&s, budgets, len, window)
+/// The oracle's keep set (the registry's `oracle`, [`crate::eviction::oracle`]) at the
+/// per-layer budgets `budgets` and window `window`; sliding layers keep their window, as
+/// every method's do.
+pub fn oracle_keep(full: &FullPass, trace: &Trace, budgets: &[usize], window: usize) -> KeepSet {
+    let future = FutureAttention::from_attn(&full.attn, &trace.dims, full.prompt_len);
+    let windowed = crate::eviction::sliding::full_keep(trace);
+    let positions = budgets
+        .iter()
+        .enumerate()
+        .map(|(l, &b)| {
+            if trace.window(l).is_some() {
+                windowed.positions[l].clone()
+            } else {
+                crate::eviction::oracle::choose(&future, l, b, window).keep
+            }
+        })
+        .collect();
+    KeepSet { positions }
 }

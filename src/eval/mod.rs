@@ -188,3 +188,22 @@ pub fn stdout_colour() -> bool {
     use std::io::IsTerminal;
     std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none()
 }
+
+/// Whether `method` is a reference that looks at the generation (`oracle`): tables
+/// mark it `*` and plots "(upper bound)", since no deployable method can reach it.
+pub fn is_upper_bound(method: &str) -> bool {
+    crate::eviction::Method::named(method).is_some_and(|m| m.def().needs_future)
+}
+
+/// `method` as tables show it: `oracle*` for an upper bound.
+pub fn table_name(method: &str) -> String {
+    if is_upper_bound(method) {
+        format!("{method}*")
+    } else {
+        method.to_string()
+    }
+}
+
+/// The footnote of a table that shows an upper bound.
+pub const UPPER_BOUND_NOTE: &str =
+    "* oracle: an upper bound, not a method (it keeps what the full cache attended to while generating this answer)";

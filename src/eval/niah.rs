@@ -171,13 +171,20 @@ fn report(spec: &NiahSpec, recs: &[Record]) -> Result<()> {
         };
         println!(
             "{:<14} {:>7} {:>6} {:>8} {:>7} {:>8}",
-            c.method.name(),
+            super::table_name(c.method.name()),
             c.budget.to_string(),
             c.window,
             m(&|r| r.kv_fraction),
             m(&|r| r.exact as u8 as f64),
             m(&|r| r.rouge1)
         );
+    }
+    if spec
+        .combos
+        .iter()
+        .any(|c| super::is_upper_bound(c.method.name()))
+    {
+        println!("{}", super::UPPER_BOUND_NOTE);
     }
     println!();
     for c in &spec.combos {
@@ -226,7 +233,7 @@ fn report(spec: &NiahSpec, recs: &[Record]) -> Result<()> {
                         window: w,
                     };
                     HeatPanel {
-                        title: format!("{} {}", m.name(), b),
+                        title: format!("{} {}", super::table_name(m.name()), b),
                         values: heat_values(
                             recs,
                             &spec.lengths,

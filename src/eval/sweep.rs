@@ -90,7 +90,7 @@ pub fn table(rows: &[Row]) -> String {
     for r in rows {
         s.push_str(&format!(
             "{:<13} {:>6} {:>4} {:>3} {:>8.2} {:>8} {:>7.2} {:>7.2} {:>7.1} {:>10.0} {:>6.1}%\n",
-            r.method,
+            super::table_name(&r.method),
             r.budget,
             r.window,
             r.n,
@@ -104,6 +104,10 @@ pub fn table(rows: &[Row]) -> String {
             r.kv_bytes,
             r.kv_fraction * 100.0
         ));
+    }
+    if rows.iter().any(|r| super::is_upper_bound(&r.method)) {
+        s.push_str(super::UPPER_BOUND_NOTE);
+        s.push('\n');
     }
     s
 }
@@ -136,7 +140,11 @@ pub fn figure(
                     .collect();
                 points.sort_by(|a, b| a.0.total_cmp(&b.0));
                 Series {
-                    name: m.to_string(),
+                    name: if super::is_upper_bound(m) {
+                        format!("{m} (upper bound)")
+                    } else {
+                        m.to_string()
+                    },
                     points,
                 }
             })
@@ -280,5 +288,24 @@ mod tests {
         assert_eq!(f.panels[0].reference, Some(0.9));
         assert_eq!(f.panels.len(), 1);
         assert_eq!(f.panels[0].series[0].points, vec![(0.2, 0.5)]);
+        assert!(!t.contains("upper bound"));
+    }
+
+    #[test]
+    fn the_oracle_is_marked_as_an_upper_bound() {
+        let oracle = Method::named("oracle").expect("registered");
+        let combos = grid::combos(&[Method::SnapKv, oracle], &[Budget::Percent(10.0)], &[8]);
+        let recs = [
+            sample_record("p1", "snapkv", "10%", 8),
+            sample_record("p1", "oracle", "10%", 8),
+        ];
+        let r = rows(&recs, &combos);
+        let t = table(&r);
+        assert!(t.lines().any(|l| l.starts_with("oracle* ")), "{t}");
+        assert!(t.lines().any(|l| l.starts_with("snapkv ")), "{t}");
+        assert!(t.contains("upper bound"), "{t}");
+        let f = figure(&r, "score", None, |r| r.rouge1);
+        let names: Vec<&str> = f.panels[0].series.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["snapkv", "oracle (upper bound)"]);
     }
 }

@@ -27,6 +27,7 @@ pub const DEF: MethodDef = MethodDef {
     knobs: &[&KERNEL, &POOLING, &FLOOR],
     default_allocator: Allocator::Uniform,
     needs_profile: None,
+    needs_future: false,
     shared_positions: false,
     has_scores: true,
     keeps: Keeps::LayerTotal,

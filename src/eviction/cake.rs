@@ -26,6 +26,7 @@ pub const DEF: MethodDef = MethodDef {
     knobs: &[&KERNEL, &POOLING, &GAMMA],
     default_allocator: Allocator::Cake,
     needs_profile: None,
+    needs_future: false,
     shared_positions: false,
     has_scores: true,
     keeps: Keeps::EveryHead,

@@ -24,6 +24,7 @@ pub const DEF: MethodDef = MethodDef {
         "compresskv needs an offline profile (SRH ranking and layer errors): pass one with \
          --profile FILE, or make one with `kvscope profile srh` then `kvscope profile layers`",
     ),
+    needs_future: false,
     shared_positions: true,
     has_scores: true,
     keeps: Keeps::EveryHead,

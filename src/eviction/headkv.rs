@@ -28,6 +28,7 @@ pub const DEF: MethodDef = MethodDef {
         "headkv needs an offline profile (retrieval scores per head): pass one with \
          --profile FILE, or make one with `kvscope profile srh`",
     ),
+    needs_future: false,
     shared_positions: false,
     has_scores: true,
     keeps: Keeps::OwnHeads,

@@ -15,6 +15,7 @@ pub mod full;
 pub mod h2o;
 pub mod headkv;
 pub mod knorm;
+pub mod oracle;
 pub mod pins;
 pub mod pyramidkv;
 pub mod random;
@@ -295,6 +296,19 @@ pub fn select_with(
     profile: Option<&Profile>,
     table: Option<&ScoreTable>,
 ) -> Result<Selection> {
+    select_full(trace, settings, profile, table, None)
+}
+
+/// [`select_with`] for every method, the `oracle` reference included: `future` is what
+/// the full cache attended to during this prompt's generation (required by the methods
+/// whose registry entry says `needs_future`, ignored by the others).
+pub fn select_full(
+    trace: &Trace,
+    settings: &Settings,
+    profile: Option<&Profile>,
+    table: Option<&ScoreTable>,
+    future: Option<&oracle::FutureAttention>,
+) -> Result<Selection> {
     let dims = &trace.dims;
     settings.validate(dims)?;
     check_trace(trace)?;
@@ -315,6 +329,7 @@ pub fn select_with(
         profile,
         budgets: &layer_budgets,
         table,
+        future,
     })?;
     let (positions, scores): (Vec<_>, Vec<_>) = picked
         .layers
@@ -448,6 +463,7 @@ mod tests {
         };
         let trace = random_trace(dims, 60, 5);
         let profile = random_profile(dims, 6);
+        let future = random_future(dims, 60, 7);
         for pooling in [Pooling::Avg, Pooling::Max] {
             let base = Settings {
                 window: 4,
@@ -472,9 +488,11 @@ mod tests {
                         budget,
                         ..base.clone()
                     };
-                    let want = select(&trace, &s, Some(&profile)).unwrap();
+                    let want =
+                        select_full(&trace, &s, Some(&profile), None, Some(&future)).unwrap();
                     for t in [&table, &other] {
-                        let got = select_with(&trace, &s, Some(&profile), Some(t)).unwrap();
+                        let got = select_full(&trace, &s, Some(&profile), Some(t), Some(&future))
+                            .unwrap();
                         assert_eq!(got.keep, want.keep, "{method} B={budget}");
                         assert_eq!(got.scores, want.scores, "{method} B={budget}");
                     }
@@ -650,7 +668,8 @@ mod tests {
 
         #[test]
         fn keep_sets_are_well_formed((trace, settings, profile) in problem()) {
-            let sel = select(&trace, &settings, Some(&profile)).unwrap();
+            let future = random_future(trace.dims, trace.len, trace.len as u64);
+            let sel = select_full(&trace, &settings, Some(&profile), None, Some(&future)).unwrap();
             let len = trace.len;
             let w = settings.window;
             let dims = trace.dims;

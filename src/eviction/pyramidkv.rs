@@ -17,6 +17,7 @@ pub const DEF: MethodDef = MethodDef {
     knobs: &[&KERNEL, &POOLING],
     default_allocator: Allocator::Pyramid,
     needs_profile: None,
+    needs_future: false,
     shared_positions: false,
     has_scores: true,
     keeps: Keeps::EveryHead,

@@ -15,6 +15,7 @@ pub const DEF: MethodDef = MethodDef {
     knobs: &[&SEED],
     default_allocator: Allocator::Uniform,
     needs_profile: None,
+    needs_future: false,
     shared_positions: false,
     has_scores: true,
     keeps: Keeps::EveryHead,

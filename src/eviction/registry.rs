@@ -32,6 +32,7 @@ pub const METHODS: &[&MethodDef] = &[
     &super::tova::DEF,
     &super::headkv::DEF,
     &super::random::DEF,
+    &super::oracle::DEF,
 ];
 
 /// Every layer-budget allocator, in the inspector's cycle order. One line each.
@@ -58,6 +59,9 @@ pub struct Input<'a> {
     /// Precomputed window scores; use only through `scores::mean_head_scores`, which
     /// checks that the table fits the settings.
     pub table: Option<&'a ScoreTable>,
+    /// What the full cache attended to during this prompt's full generation; `Some`
+    /// whenever the method says it needs it (only the `oracle` reference does).
+    pub future: Option<&'a super::oracle::FutureAttention>,
 }
 
 /// A method's choice for every layer, and the per-layer budgets to report when the
@@ -94,6 +98,9 @@ pub struct MethodDef {
     /// `Some(message)`: the method cannot run without a profile; the message says how to
     /// get one.
     pub needs_profile: Option<&'static str>,
+    /// Whether the method reads the full generation's attention ([`Input::future`]):
+    /// a reference that looks at the future, not a deployable method.
+    pub needs_future: bool,
     /// Whether every KV head keeps the same positions.
     pub shared_positions: bool,
     /// Whether the method has scores to show for an evicting layer.

@@ -14,6 +14,7 @@ pub const DEF: MethodDef = MethodDef {
     knobs: &[],
     default_allocator: Allocator::Uniform,
     needs_profile: None,
+    needs_future: false,
     shared_positions: true,
     has_scores: false,
     keeps: Keeps::EveryHead,

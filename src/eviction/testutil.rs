@@ -145,3 +145,21 @@ pub fn random_profile(dims: Dims, seed: u64) -> Profile {
         },
     }
 }
+
+/// The oracle's future attention for a prompt of `len` tokens with random (coarse, so
+/// ties happen) sums.
+pub fn random_future(dims: Dims, len: usize, seed: u64) -> super::oracle::FutureAttention {
+    let mut rng = Rng::new(seed);
+    let sums = (0..dims.n_layers)
+        .map(|_| {
+            (0..dims.n_kv_heads)
+                .map(|_| (0..len).map(|_| (rng.next_f32() * 4.0).round()).collect())
+                .collect()
+        })
+        .collect();
+    super::oracle::FutureAttention {
+        len,
+        steps: 1,
+        sums,
+    }
+}

@@ -522,7 +522,10 @@ const MV_ROWS: usize = 64;
 /// The output matrix has ~50k rows; larger units for it.
 const HEAD_ROWS: usize = 512;
 
-/// A decoding session over a (possibly compressed) cache.
+/// A decoding session over a (possibly compressed) cache. A clone is an independent
+/// copy of the cache at this step (the divergence analysis forks the teacher-forced
+/// decode off the free-running one where their inputs first differ).
+#[derive(Clone)]
 pub struct DecodeState<'m> {
     model: &'m Model,
     /// `[layer][kv_head]`

@@ -99,6 +99,10 @@ pub enum Action {
     ClearPins,
     /// Pin the top culprits of the selected step (METHOD.md, "Rescue").
     Rescue,
+    /// Measure the attention-output error per layer of the current result.
+    MeasureErrors,
+    /// Culprits `R` pins, one more / fewer.
+    RescueK(i64),
     /// Freeze the displayed outcome as A, for an A/B comparison with the live settings.
     FreezeA,
     ClearA,

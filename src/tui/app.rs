@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 
 use super::action::{Action, Dir, Pane};
-use super::msg::{FromWorker, Outcome, Phase, Snapshot, ToWorker};
+use super::msg::{FromWorker, Outcome, Phase, Snapshot, ToWorker, CULPRITS_PER_STEP};
 use super::stats::Stat;
 use crate::eviction::{budget, registry, Allocator, Method, Pooling, Settings};
 use crate::trace::{Dims, W_MAX};
@@ -15,7 +15,8 @@ use crate::trace::{Dims, W_MAX};
 pub const LAYER_STEP: i64 = 16;
 /// Factor of `*` (and its inverse for `/`).
 pub const SCALE: f64 = 1.25;
-/// Culprits one rescue key pins.
+/// Culprits one rescue key pins unless the user picks another number (`--rescue K`,
+/// `,` / `.`).
 pub const RESCUE_K: usize = 3;
 
 /// What the loop must do after an update.
@@ -34,6 +35,8 @@ pub enum Cmd {
     },
     LoadBudgets(String),
     ExportReport,
+    /// Ask the worker for the attention-output errors of this settings generation.
+    MeasureErrors(u64),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -103,6 +106,8 @@ pub struct App {
     pub rescue_pending: Option<(u64, Vec<usize>)>,
     /// Index of the selected knob among the method's and allocator's (`o`, `<`, `>`).
     pub knob_sel: usize,
+    /// Culprits `R` pins (1 to [`CULPRITS_PER_STEP`]).
+    pub rescue_k: usize,
 }
 
 impl App {
@@ -138,6 +143,7 @@ impl App {
             show_divergence: false,
             rescue_pending: None,
             knob_sel: 0,
+            rescue_k: RESCUE_K,
         }
     }
 
@@ -449,6 +455,15 @@ impl App {
                 }
                 Vec::new()
             }
+            FromWorker::AttnErrors { gen, errors } => {
+                let d = self.result.as_mut().filter(|r| r.gen == gen);
+                if let Some(d) = d.and_then(|r| r.divergence.as_mut()) {
+                    std::sync::Arc::make_mut(d).attn_err = Some(errors);
+                    self.notice =
+                        Some("attention-output error per layer: under the lost-mass grid".into());
+                }
+                Vec::new()
+            }
             FromWorker::Failed { gen, error } => {
                 if gen == self.gen {
                     self.error = Some(error);
@@ -744,6 +759,22 @@ pub fn update(app: &mut App, a: Action) -> Vec<Cmd> {
                 s.pin_evict.clear();
             })
         }
+        Action::MeasureErrors => match app.result.as_ref() {
+            Some(r) if r.divergence.is_some() && !app.stale() => {
+                app.notice = Some(
+                    "measuring the attention-output error per layer (one full-cache replay)".into(),
+                );
+                return vec![Cmd::MeasureErrors(r.gen)];
+            }
+            _ => app.error = Some("no divergence analysis yet: wait for the result".into()),
+        },
+        Action::RescueK(d) => {
+            let k = (app.rescue_k as i64 + d).clamp(1, CULPRITS_PER_STEP as i64);
+            app.rescue_k = k as usize;
+            app.notice = Some(format!(
+                "R now pins the top {k} culprits of the selected step"
+            ));
+        }
         Action::Rescue => {
             let Some(t) = app.step() else {
                 app.error = Some("no divergence analysis yet: wait for the result".into());
@@ -758,7 +789,7 @@ pub fn update(app: &mut App, a: Action) -> Vec<Cmd> {
                     c.iter()
                         .map(|&(p, _)| p)
                         .filter(|p| !app.settings.pin_evict.contains(p))
-                        .take(RESCUE_K)
+                        .take(app.rescue_k)
                         .collect()
                 })
                 .unwrap_or_default();

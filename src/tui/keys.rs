@@ -51,7 +51,15 @@ pub const HELP: &[(&str, &str)] = &[
         "mark a range start; again: pin mark..selected token kept",
     ),
     ("U", "remove every pin"),
-    ("R", "rescue: pin the top 3 culprits of the selected step"),
+    ("R", "rescue: pin the top K culprits of the selected step"),
+    (
+        ",  .",
+        "rescue K -1 / +1 (1..16; start: --rescue, default 3)",
+    ),
+    (
+        "E",
+        "divergence: measure the attention-output error per layer",
+    ),
     (
         "A  C",
         "freeze the current result as A / clear A (A/B compare)",
@@ -132,6 +140,9 @@ pub fn map_key(app: &App, k: KeyEvent) -> Option<Action> {
             'v' => Action::PinRange,
             'U' => Action::ClearPins,
             'R' => Action::Rescue,
+            'E' => Action::MeasureErrors,
+            ',' => Action::RescueK(-1),
+            '.' => Action::RescueK(1),
             'A' => Action::FreezeA,
             'C' => Action::ClearA,
             'S' => Action::SaveStart,

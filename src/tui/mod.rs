@@ -61,6 +61,8 @@ pub struct Options {
     /// No method and no profile were given: switch to compresskv if the worker finds
     /// a matching profile.
     pub prefer_compresskv: bool,
+    /// Culprits `R` pins at start.
+    pub rescue_k: usize,
 }
 
 /// One queue for everything the loop reacts to (as gitui does).
@@ -84,6 +86,7 @@ pub fn run(opts: Options) -> Result<()> {
     let mut app = App::new(opts.settings.clone(), model_label, String::new());
     app.notice = opts.notice.clone();
     app.prefer_compresskv = opts.prefer_compresskv;
+    app.rescue_k = opts.rescue_k;
     if first.is_none() {
         app.picker = Some(picker());
     }
@@ -183,6 +186,11 @@ pub fn run(opts: Options) -> Result<()> {
                         Err(e) => Action::Error(format!("{e:#}")),
                     };
                     cmds.extend(update(&mut app, a));
+                }
+                Cmd::MeasureErrors(gen) => {
+                    if let Some(w) = &worker {
+                        let _ = w.send(ToWorker::AttnErrors { gen });
+                    }
                 }
                 Cmd::ExportReport => {
                     let secs = std::time::SystemTime::now()

@@ -92,6 +92,9 @@ pub struct DivView {
     pub default_step: Option<usize>,
     /// Compressed teacher-forced decode plus analysis, milliseconds.
     pub ms: f64,
+    /// `[step][layer]`: relative error of the attention output with this keep set
+    /// (METHOD.md); measured on request (`E`: one more full-cache replay).
+    pub attn_err: Option<Vec<Vec<f32>>>,
 }
 
 /// Worker state shown in the status line.
@@ -125,6 +128,11 @@ pub enum FromWorker {
         gen: u64,
         view: Arc<DivView>,
     },
+    /// The attention-output errors of settings generation `gen` (`[step][layer]`).
+    AttnErrors {
+        gen: u64,
+        errors: Vec<Vec<f32>>,
+    },
     /// A recompute failed (e.g. compresskv without a profile); the UI keeps running.
     Failed {
         gen: u64,
@@ -144,6 +152,11 @@ pub enum ToWorker {
     Apply {
         gen: u64,
         settings: Settings,
+    },
+    /// Measure the attention-output errors of settings generation `gen` (ignored when
+    /// the worker has moved on to another).
+    AttnErrors {
+        gen: u64,
     },
     /// Write the `kvscope run --json` report of the latest applied settings.
     Export {

@@ -75,6 +75,19 @@ fn run(job: Job, out: &Outbox, rx: Receiver<ToWorker>) {
                         return;
                     }
                 }
+                ToWorker::AttnErrors { gen } => {
+                    if w.applied == Some(*gen) {
+                        let msg = match w.attn_errors() {
+                            Ok(errors) => FromWorker::AttnErrors { gen: *gen, errors },
+                            Err(e) => {
+                                FromWorker::Error(format!("attention-output errors failed: {e:#}"))
+                            }
+                        };
+                        if !out(msg) {
+                            return;
+                        }
+                    }
+                }
                 ToWorker::Export { path } => {
                     let msg = match w.export(path) {
                         Ok(()) => {
@@ -102,9 +115,8 @@ struct Worker {
     /// p_h of every head for one (window, kernel, pooling): budget and method edits
     /// select from it and show it as the attention pane's strip.
     scores: Option<ScoreTable>,
-    /// The full cache replayed with attention capture, once per prompt (on the first
-    /// request), for the divergence analysis of every outcome.
-    full_pass: Option<FullPass>,
+    /// Settings generation of the session's compressed outcome.
+    applied: Option<u64>,
 }
 
 impl Worker {
@@ -182,7 +194,7 @@ impl Worker {
             prompt_opts: job.prompt_opts.clone(),
             maps: Arc::new(maps),
             scores: None,
-            full_pass: None,
+            applied: None,
         })
     }
 
@@ -198,6 +210,7 @@ impl Worker {
         let table = self.scores_for(&settings);
         let (msg, keep) = match outcome(&self.loaded, &mut self.session, gen, settings, &table) {
             Ok(o) => {
+                self.applied = Some(gen);
                 let keep = KeepSet {
                     positions: o.keep.clone(),
                 };
@@ -230,17 +243,25 @@ impl Worker {
     }
 
     /// The divergence analysis of `keep`: the full replay is computed on first use and
-    /// kept; each call replays only the compressed cache.
+    /// kept by the session; the compressed teacher-forced logits came with the outcome's
+    /// decode.
     fn divergence(&mut self, keep: &KeepSet) -> Result<DivView> {
+        self.session.full_pass(&self.loaded.model)?;
         let s = &self.session;
-        if self.full_pass.is_none() {
-            let (fp, _) = FullPass::compute(&self.loaded.model, &s.trace, &s.full.ids, None)?;
-            self.full_pass = Some(fp);
-        }
-        match &self.full_pass {
+        match &s.full_pass {
             Some(fp) => divergence_view(&self.loaded, s, fp, keep),
             None => anyhow::bail!("no full-cache replay"),
         }
+    }
+
+    /// `[step][layer]` attention-output errors of the current outcome's keep set: one
+    /// full-cache replay (not done per edit: it would double an edit's cost).
+    fn attn_errors(&self) -> Result<Vec<Vec<f32>>> {
+        let s = &self.session;
+        let Some(c) = &s.compressed else {
+            anyhow::bail!("no result yet");
+        };
+        divergence::attn_errors(&self.loaded.model, &s.trace, &s.full.ids, &c.selection.keep)
     }
 
     fn scores_for(&mut self, s: &Settings) -> ScoreTable {
@@ -339,8 +360,16 @@ pub fn divergence_view(
     keep: &KeepSet,
 ) -> Result<DivView> {
     let t = Instant::now();
-    let logits = divergence::forced_logits(&loaded.model, &s.trace, keep, &full.ids)?;
-    let steps = divergence::steps(full, &logits, None, keep);
+    // The outcome's decode gave the teacher-forced logits when it was asked to.
+    let computed;
+    let logits = match s.compressed.as_ref().and_then(|c| c.forced.as_ref()) {
+        Some(l) => l,
+        None => {
+            computed = divergence::forced_logits(&loaded.model, &s.trace, keep, &full.ids)?;
+            &computed
+        }
+    };
+    let steps = divergence::steps(full, logits, None, keep);
     let cmps: Vec<_> = steps.iter().map(|st| st.cmp).collect();
     let culprits = (1..=steps.len())
         .map(|t| {
@@ -365,6 +394,7 @@ pub fn divergence_view(
             .collect(),
         culprits,
         ms: t.elapsed().as_secs_f64() * 1000.0,
+        attn_err: None,
     })
 }
 
@@ -405,7 +435,7 @@ pub fn outcome(
     table: &ScoreTable,
 ) -> Result<Outcome> {
     let len = session.trace.len;
-    let c = session.apply_with(&loaded.model, &loaded.tok, settings, Some(table))?;
+    let c = session.apply_with(&loaded.model, &loaded.tok, settings, Some(table), true)?;
     let sel = &c.selection;
     let ranks = sel
         .scores

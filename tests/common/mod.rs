@@ -110,6 +110,17 @@ impl Fixture {
         };
         Arc::new(worker::divergence_view(&self.loaded, s, &full, &keep).expect("divergence"))
     }
+
+    /// The attention-output errors the worker sends for `o` on `E` (same function).
+    #[allow(dead_code)]
+    pub fn attn_errors(&self, o: &Outcome) -> Vec<Vec<f32>> {
+        let s = &self.session;
+        let keep = kvscope::keepset::KeepSet {
+            positions: o.keep.clone(),
+        };
+        kvscope::divergence::attn_errors(&self.loaded.model, &s.trace, &s.full.ids, &keep)
+            .expect("errors")
+    }
 }
 
 /// An app that has received the snapshot and the first result, as after start-up.

@@ -109,12 +109,13 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     }
     let c = &d.steps[t - 1];
     let head = format!(
-        " step {t}/{n}{}  KL {:.4}  top-1 {}  rank {}  p {:.3}  ←/→ step · R rescue · x/X pin · A/C freeze",
+        " step {t}/{n}{}  KL {:.4}  top-1 {}  rank {}  p {:.3}  ←/→ step · R rescue top {} (,/.) · x/X pin · A/C freeze",
         if d.default_step == Some(t) { " (default)" } else { "" },
         c.kl,
         if c.top1_agree { "agrees" } else { "DIFFERS" },
         c.rank,
         c.prob,
+        app.rescue_k,
     );
     let mut lines = vec![
         Line::styled(head, st.add_modifier(Modifier::BOLD)),
@@ -253,6 +254,28 @@ fn grid(f: &mut Frame, area: Rect, app: &App, d: &DivView, t: usize) {
         " ◆ L{} h{} {sel_v:.3}",
         app.sel_layer, app.sel_head
     )));
+    // The attention-output error of each layer (same columns), once measured.
+    match d.attn_err.as_ref().and_then(|e| e.get(t - 1)) {
+        Some(errs) => {
+            let mut spans = vec![Span::raw(" err ")];
+            for (l, &e) in errs.iter().enumerate() {
+                let sel = l == app.sel_layer;
+                spans.push(Span::styled(
+                    if sel { "◆" } else { " " },
+                    Style::default().bg(ramp(e.min(1.0))).fg(Color::Magenta),
+                ));
+            }
+            lines.push(Line::from(spans));
+            let max = errs.iter().copied().fold(0.0f32, f32::max);
+            let sel = errs.get(app.sel_layer).copied().unwrap_or(0.0);
+            lines.push(Line::from(format!(" out err L{} {sel:.3}", app.sel_layer)));
+            lines.push(Line::from(format!(" out err max {max:.3}")));
+        }
+        None => lines.push(Line::styled(
+            " E: out err/layer",
+            Style::default().fg(Color::DarkGray),
+        )),
+    }
     f.render_widget(Paragraph::new(lines), area);
 }
 
