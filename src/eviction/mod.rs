@@ -328,7 +328,7 @@ pub fn select_with(
         layer_budgets,
         scores,
     };
-    sliding::keep_window(trace, &mut sel);
+    sliding::finish(trace, settings, profile, table, &mut sel)?;
     Ok(sel)
 }
 
