@@ -324,3 +324,78 @@ fn sliding_window_masks_prefill_and_decode_alike() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// The eviction scores' window rows of a sliding layer are the attention the model
+/// itself computes: the last prompt row from `window_rows` (on the trace of the whole
+/// prompt) equals the attention of a decode step that feeds the last prompt token after
+/// a prefill of the others (decode masks the window on its own path). Then
+/// `evict_sliding` on that model keeps, in each sliding layer, the budget's worth of
+/// entries inside the window, and decoding over that cache runs.
+#[test]
+fn sliding_window_scores_are_the_models_attention_and_evict_sliding_decodes() {
+    let dir = temp_dir("evict-sliding");
+    let path = dir.join("m.gguf");
+    let spec = ArchSpec {
+        sliding_window: 12,
+        ..ArchSpec::new("gemma3")
+    };
+    let (cfg, _) = write_arch_gguf(&path, &spec).expect("write");
+    let mut m = model::load_model(&path).expect("load");
+    m.precision = Precision::F32;
+    let prompt = random_ids(PROMPT, cfg.vocab_size, 4);
+    let trace = m.prefill(&prompt, 7, &mut |_, _| {}).expect("prefill");
+    let short = m
+        .prefill(&prompt[..PROMPT - 1], 7, &mut |_, _| {})
+        .expect("prefill");
+    let all = KeepSet::all(&short.dims, short.len);
+    let mut st = kvscope::model::DecodeState::new(&m, &short, &all, 2).expect("state");
+    let mut rows = Vec::new();
+    st.step(prompt[PROMPT - 1], Some(&mut rows)).expect("step");
+    let step = &rows[0].probs;
+    for layer in [0usize, 5] {
+        assert_eq!(trace.window(layer).is_some(), layer == 0);
+        for (head, want) in step[layer].iter().enumerate() {
+            kvscope::eviction::scores::window_rows(&trace, layer, head, 4, |i, row| {
+                if i != 3 {
+                    return;
+                }
+                assert_eq!(row.len(), want.len());
+                for (j, (a, b)) in row.iter().zip(want).enumerate() {
+                    assert!(
+                        (a - b).abs() < 1e-5,
+                        "layer {layer} head {head} pos {j}: {a} vs {b}"
+                    );
+                }
+                if layer == 0 {
+                    assert!(row[..PROMPT - 12].iter().all(|&x| x == 0.0));
+                }
+            });
+        }
+    }
+
+    let mut s = kvscope::eviction::Settings {
+        method: kvscope::eviction::Method::SnapKv,
+        budget: 8,
+        window: 4,
+        ..Default::default()
+    };
+    s.knobs.insert(
+        "evict_sliding".into(),
+        kvscope::eviction::registry::KnobValue::Bool(true),
+    );
+    let sel = kvscope::eviction::select(&trace, &s, None).expect("select");
+    for l in 0..cfg.n_layers {
+        let kept = &sel.keep.positions[l][0];
+        assert_eq!(kept.len(), 8, "layer {l}");
+        if trace.window(l).is_some() {
+            assert!(
+                kept.iter().all(|&p| p >= PROMPT - 12),
+                "layer {l}: {kept:?}"
+            );
+        }
+    }
+    let mut d = kvscope::model::DecodeState::new(&m, &trace, &sel.keep, 2).expect("state");
+    let logits = d.step(argmax(&trace.last_logits), None).expect("step");
+    assert!(logits.iter().all(|x| x.is_finite()));
+    let _ = std::fs::remove_dir_all(&dir);
+}

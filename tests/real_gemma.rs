@@ -3,6 +3,8 @@
 //! ids (`shared/reference/llamacpp-gemma3-270m.json`). Token ids only: the tokenizer of
 //! this file is tested where tokenizers are.
 
+mod common;
+
 use kvscope::eviction::{self, Method, Settings};
 use kvscope::keepset::KeepSet;
 use kvscope::model::{self, fetch, Model, Precision};
@@ -151,4 +153,91 @@ fn gemma_greedy_matches_llamacpp_past_the_sliding_window() {
     assert_eq!(prompt.len(), 1612);
     let want = ids(&r["needle_long"]["greedy_ids"]);
     assert_eq!(greedy(gemma(), &prompt, want.len(), true), want);
+}
+
+/// Every inspector view on Gemma 3 270M (1 KV head, 4 query heads, sliding layers) from
+/// the same worker functions the inspector runs, on the base-model sample prompt (past
+/// the 512 window): each pane drawn as a tab and in the full layout, the budget pane
+/// showing sliding layers as fixed `S512` and the global ones with their budget, the
+/// head map with four query heads per layer, and the Divergence pane with its analysis.
+#[test]
+fn gemma_inspector_draws_every_view() {
+    use kvscope::tui::action::{Action, Pane};
+    use kvscope::tui::app::update;
+    use kvscope::tui::msg::FromWorker;
+    use ratatui::backend::TestBackend;
+    use ratatui::Terminal;
+
+    let loaded = model::load(model_path()).expect("load gemma");
+    assert!(!loaded
+        .tok
+        .templated(&Default::default())
+        .expect("template choice"));
+    let text = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("sample-prompts/lighthouse-needle-base.txt"),
+    )
+    .expect("sample prompt");
+    let prompt = loaded.tok.apply_template(&text, false);
+    let mut session =
+        kvscope::session::Session::new(&loaded, prompt, 8, None, &mut |_, _| {}).expect("session");
+    let len = session.trace.len;
+    assert!(len > 512, "the prompt must pass the sliding window: {len}");
+    let maps = session
+        .trace
+        .layers
+        .iter_mut()
+        .map(|l| std::mem::take(&mut l.maps))
+        .collect();
+    let snapshot = kvscope::tui::worker::snapshot(&loaded, &session, std::sync::Arc::new(maps));
+    let mut fx = common::Fixture {
+        loaded,
+        session,
+        snapshot,
+    };
+    let start = Settings {
+        method: Method::SnapKv,
+        budget: 64,
+        ..Settings::default()
+    };
+    let mut app = common::ready_app_with(&mut fx, start);
+    let o = app.result.clone().expect("first result");
+    // Sliding layers keep their last 512 entries, global ones (5, 11, 17) the budget.
+    assert_eq!(o.layer_budgets[0], 512);
+    assert_eq!(o.layer_budgets[5], 64);
+    assert_eq!(o.keep[0][0], (len - 512..len).collect::<Vec<_>>());
+    let view = fx.divergence(&o);
+    update(
+        &mut app,
+        Action::Worker(FromWorker::Divergence { gen: o.gen, view }),
+    );
+    let render = |app: &kvscope::tui::app::App, w: u16, h: u16| -> String {
+        let mut t = Terminal::new(TestBackend::new(w, h)).expect("test terminal");
+        t.draw(|f| kvscope::tui::ui::draw(f, app)).expect("draw");
+        let buf = t.backend().buffer().clone();
+        (0..h)
+            .map(|y| (0..w).map(|x| buf[(x, y)].symbol()).collect::<String>() + "\n")
+            .collect()
+    };
+    let full = render(&app, 160, 45);
+    assert!(full.contains("S512"), "{full}");
+    for p in Pane::ALL {
+        update(&mut app, Action::Show(p));
+        let screen = render(&app, 120, 40);
+        assert!(
+            !screen.contains("waiting"),
+            "{p:?} is still waiting:\n{screen}"
+        );
+        match p {
+            Pane::Budgets => {
+                assert!(screen.contains(" 0") && screen.contains("S512"), "{screen}");
+                assert!(screen.contains("   64 "), "{screen}");
+            }
+            Pane::HeadMap => {
+                // Query heads h0..h3 as rows (one KV head), layers 0..17 as columns.
+                assert!(screen.contains("h3") && !screen.contains("h4"), "{screen}");
+                assert!(screen.contains("15"), "{screen}");
+            }
+            _ => {}
+        }
+    }
 }

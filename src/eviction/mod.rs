@@ -343,7 +343,7 @@ pub fn select_full(
         layer_budgets,
         scores,
     };
-    sliding::keep_window(trace, &mut sel);
+    sliding::finish(trace, settings, profile, table, &mut sel)?;
     Ok(sel)
 }
 

@@ -46,7 +46,11 @@ pub const ALLOCATORS: &[&AllocatorDef] = &[
 
 /// Knobs every method that scores with the observation window reads; they are listed
 /// once here and named by the methods that use them.
-pub const SHARED_KNOBS: &[&Knob] = &[&super::scores::KERNEL, &super::scores::POOLING];
+pub const SHARED_KNOBS: &[&Knob] = &[
+    &super::scores::KERNEL,
+    &super::scores::POOLING,
+    &super::sliding::EVICT_SLIDING,
+];
 
 /// What a method needs to choose, besides its own knobs in `settings`.
 pub struct Input<'a> {

@@ -99,14 +99,20 @@ pub fn window_rows(
     let keys = &trace.layers[layer].k[k0..k0 + len * hd];
     let mut logits = vec![0f32; window * len];
     crate::model::kernels::matmul_abt(queries, hd, keys, hd, &mut logits, len, window, hd, len);
+    // A sliding-window layer's row at position p sees only (p - S, p] (METHOD.md,
+    // "Sliding-window layers"): the keys before that get probability 0, and the softmax
+    // runs over the visible ones, as prefill computed it.
+    let sliding = trace.window(layer);
     for i in 0..window {
         // Window row i sits at position prefix + i and sees every key up to itself.
         let visible = prefix + i + 1;
+        let lo = sliding.map_or(0, |s| visible.saturating_sub(s));
         let row = &mut logits[i * len..i * len + visible];
-        for v in row.iter_mut() {
+        row[..lo].iter_mut().for_each(|v| *v = 0.0);
+        for v in row[lo..].iter_mut() {
             *v /= norm;
         }
-        crate::model::kernels::softmax(row);
+        crate::model::kernels::softmax(&mut row[lo..]);
         f(i, row);
     }
 }
@@ -170,6 +176,47 @@ impl ScoreTable {
             kernel: s.kernel,
             pooling: s.pooling,
             len: trace.len,
+            heads: Arc::new(heads),
+        }
+    }
+
+    /// The scores of `trace`'s sliding layers, read from `table` when it fits, computed
+    /// otherwise, cut to positions `from..` and shaped as the table of the trace's tail
+    /// `[from, L)` (global layers empty: computed on demand). The sliding layers' scores
+    /// are thus the masked ones of the whole prompt, not recomputed over the tail alone.
+    pub fn sliding_tail(
+        trace: &Trace,
+        s: &Settings,
+        from: usize,
+        table: Option<&ScoreTable>,
+    ) -> Self {
+        let d = trace.dims;
+        let table = table.filter(|t| t.fits(trace.len, s));
+        let n_pos = trace.len.saturating_sub(s.window);
+        let heads = (0..d.n_layers)
+            .map(|l| {
+                (0..d.n_heads)
+                    .map(|h| {
+                        if trace.window(l).is_none() || n_pos <= from {
+                            return Vec::new();
+                        }
+                        let pre = table
+                            .and_then(|t| t.heads.get(l))
+                            .and_then(|x| x.get(h))
+                            .filter(|v| v.len() == n_pos);
+                        match pre {
+                            Some(v) => v[from..].to_vec(),
+                            None => head_scores(trace, l, h, s)[from..].to_vec(),
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        ScoreTable {
+            window: s.window,
+            kernel: s.kernel,
+            pooling: s.pooling,
+            len: trace.len - from.min(trace.len),
             heads: Arc::new(heads),
         }
     }

@@ -265,8 +265,12 @@ impl QVec {
             .enumerate()
         {
             let amax = blk.iter().fold(0f32, |a, &v| a.max(v.abs()));
-            let s = amax / 127.0;
-            let inv = if s > 0.0 { 1.0 / s } else { 0.0 };
+            // As llama.cpp's Q8_0 activations: the scale stored as f16, the quants from
+            // the f32 scale. The block sum stays exact (scale x integer sum), as the
+            // integer dot products of Q4_0 / Q5_0 and the K-quants' block sums are.
+            let d = amax / 127.0;
+            let s = f16::from_f32(d).to_f32();
+            let inv = if amax > 0.0 { 127.0 / amax } else { 0.0 };
             let mut isum = 0i32;
             for (o, &v) in qb.iter_mut().zip(blk) {
                 let qi = (v * inv).round() as i32;

@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use std::ops::Range;
 
 use super::needles::Needle;
-use crate::model::Tok;
+use crate::model::{PromptOptions, Tok};
 
 /// The filler the haystacks are made of: plain paragraphs on everyday subjects, none of
 /// which mentions a needle's answer.
@@ -77,7 +77,7 @@ pub fn build(
     if !(0.0..=1.0).contains(&depth) {
         bail!("needle depth {depth} is outside 0..=1");
     }
-    let question = format!("Question: {} Answer in a few words.", needle.question);
+    let question = question_text(tok, needle)?;
     let overhead = tok
         .encode(&tok.apply_template(&format!("{INTRO}\n\n{}\n\n{question}", needle.fact), false))?
         .len();
@@ -171,6 +171,20 @@ pub fn build(
         span,
         answer: needle.answer,
     })
+}
+
+/// The question at the end of the prompt. In a chat template the model answers it; a
+/// model without one (a base model such as Gemma 3 270M, or `--raw`) continues text, so
+/// the question is followed by the start of its answer, which such a model completes.
+fn question_text(tok: &Tok, needle: &Needle) -> Result<String> {
+    if tok.templated(&PromptOptions::default())? {
+        Ok(format!(
+            "Question: {} Answer in a few words.",
+            needle.question
+        ))
+    } else {
+        Ok(format!("Question: {}\nAnswer:", needle.question))
+    }
 }
 
 /// Tokens whose byte range overlaps `bytes` (a contiguous run), or `None`.

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::srh::Interrupted;
 use super::Profile;
 use crate::eviction::{self, Allocator, Method, Settings};
-use crate::keepset::KeepSet;
 use crate::model::{kernels, DecodeState, Model, Tok};
 use crate::session::PREFILL_CHUNK;
 
@@ -61,7 +60,8 @@ pub fn prompt_errors(
     let trace = model.prefill(ids, PREFILL_CHUNK, &mut |_, _| {})?;
     let d = trace.dims;
     let shadow = eviction::select(&trace, settings, Some(profile))?.keep;
-    let all = KeepSet::all(&d, trace.len);
+    // The full cache as decoding holds it (a sliding layer: its last min(L, S)).
+    let all = eviction::sliding::full_keep(&trace);
     let mut state = DecodeState::new(model, &trace, &all, max_new)?;
     let mut sums = vec![0.0f64; d.n_layers];
     let mut errs = Vec::with_capacity(d.n_layers);

@@ -82,8 +82,8 @@ pub fn trial_prompt(tok: &Tok, spec: &TrialSpec) -> Result<NeedlePrompt> {
 
 /// Attention of every head from the last prompt position over all prompt keys,
 /// recomputed from the Trace (its last query row against every key, softmax with
-/// `1 / sqrt(head_dim)`, as prefill computes it). This row produced the first generated
-/// token. `[layer][head][position]`.
+/// `1 / sqrt(head_dim)`, as prefill computes it; a sliding layer's positions outside its
+/// window get 0). This row produced the first generated token. `[layer][head][position]`.
 pub fn last_prompt_row(trace: &Trace) -> Vec<Vec<Vec<f32>>> {
     let d = trace.dims;
     let scale = 1.0 / (d.head_dim as f32).sqrt();
@@ -94,10 +94,14 @@ pub fn last_prompt_row(trace: &Trace) -> Vec<Vec<Vec<f32>>> {
                 .map(|h| {
                     let q = trace.query(l, h, row);
                     let g = h / d.n_rep();
-                    let mut p: Vec<f32> = (0..trace.len)
-                        .map(|j| kernels::dot(q, trace.key(l, g, j)) * scale)
-                        .collect();
-                    kernels::softmax(&mut p);
+                    // A sliding layer's last query sees only its window; the
+                    // positions before it get probability 0, as in decode.
+                    let lo = trace.window(l).map_or(0, |s| trace.len.saturating_sub(s));
+                    let mut p = vec![0.0f32; trace.len];
+                    for (j, x) in p.iter_mut().enumerate().skip(lo) {
+                        *x = kernels::dot(q, trace.key(l, g, j)) * scale;
+                    }
+                    kernels::softmax(&mut p[lo..]);
                     p
                 })
                 .collect()

@@ -61,6 +61,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let colw = (inner.width as usize / ncols).max(10);
     let barw = colw.saturating_sub(10);
     let top = budgets.iter().copied().max().unwrap_or(1).max(1);
+    let evict_sliding = st.knob_bool(crate::eviction::sliding::EVICT_SLIDING.name);
     for r in 0..rows.min(budgets.len()) {
         let mut spans = Vec::new();
         for c in 0..ncols {
@@ -68,7 +69,13 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
             let Some(&b) = budgets.get(l) else { continue };
             // u128: a budget can be any usize (a huge --budget keeps everything).
             let n = ((b as u128 * barw as u128).div_ceil(top as u128) as usize).min(barw);
-            let window = s.windows.get(l).copied().flatten();
+            // With --evict-sliding a sliding layer evicts too: drawn as any other.
+            let window = s
+                .windows
+                .get(l)
+                .copied()
+                .flatten()
+                .filter(|_| !evict_sliding);
             let sel = l == app.sel_layer;
             let lab = Style::default().fg(if sel { Color::Magenta } else { Color::DarkGray });
             let lab = if sel {
