@@ -4,11 +4,11 @@
 
 use std::sync::atomic::AtomicBool;
 
+use kvscope::haystack::{needle_prompt, NEEDLES};
 use kvscope::keepset::KeepSet;
 use kvscope::model::{self, DecodeState, Loaded, Precision};
-use kvscope::profile::needles::NEEDLES;
 use kvscope::profile::srh::{self, SrhConfig, TrialSpec};
-use kvscope::profile::{discover, haystack, l1_normalise, layers, rank_best_first, Profile};
+use kvscope::profile::{discover, l1_normalise, layers, rank_best_first, Profile};
 use kvscope::testing::{temp_dir, tiny_model, write_tiny_gguf, GgufSpec};
 
 fn tiny_loaded(tag: &str) -> (Loaded, std::path::PathBuf) {
@@ -32,7 +32,7 @@ fn needle_prompts_hold_the_answer_span_at_the_requested_depth() {
     for (i, needle) in NEEDLES.iter().enumerate() {
         let mut last_start = 0;
         for depth in [0.0, 0.5, 1.0] {
-            let p = haystack::build(tok, needle, 900, depth, i).unwrap();
+            let p = needle_prompt(tok, needle, 900, depth, i).unwrap();
             assert_eq!(tok.decode(&p.ids[p.span.clone()]).trim(), needle.answer);
             assert!(p.text.starts_with("<|im_start|>user\n"));
             assert!(p.text.ends_with("<|im_start|>assistant\n"));

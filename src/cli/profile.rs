@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use super::progress::{fmt_duration, stop_flag, Progress};
 use super::ModelArgs;
+use crate::haystack::{NEEDLES, PROFILE_NEEDLES};
 use crate::model::fetch::{self, DEFAULT_MODEL};
-use crate::profile::needles::{NEEDLES, PROFILE_NEEDLES};
 use crate::profile::srh::{self, SrhConfig};
 use crate::profile::{
     compare, discover, l1_normalise, layers, rank_best_first, show, Profile, Provenance,

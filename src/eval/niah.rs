@@ -6,11 +6,11 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use super::grid::{self, Combo, UnitKey};
-use super::haystack::{self, NEEDLES};
 use super::plot::{self, HeatFigure, HeatPanel};
 use super::progress::Progress;
 use super::results::{self, Record, Writer};
 use super::{run_item, Ctx, Item};
+use crate::haystack::{self, Kind, Placement, MAGIC};
 use crate::model::{PromptOptions, Tok};
 
 pub struct NiahSpec {
@@ -27,7 +27,7 @@ pub struct NiahSpec {
 /// grid, so a resumed run rebuilds exactly the same prompt.
 pub fn cell_variant(length_idx: usize, depth_idx: usize, n_depths: usize) -> (usize, usize) {
     let k = length_idx * n_depths + depth_idx;
-    (k % NEEDLES.len(), (k * 7) % haystack::FILLER.len())
+    (k % MAGIC.len(), (k * 7) % haystack::filler::NOTES.len())
 }
 
 /// The user text and the answer of the cell at `(length index, depth index, number of
@@ -44,12 +44,23 @@ pub fn cell_prompt(
     // start of its answer, which such a model continues.
     let continuation = !tok.templated(opts)?;
     let (needle, start) = cell_variant(li, di, n_depths);
-    let mut count = |s: &str| Ok(tok.prompt(s, opts)?.ids.len());
-    let mut h = haystack::build(len, depth, NEEDLES[needle], start, &mut count)?;
+    let needle = &MAGIC[needle];
+    let count = |s: &str| -> Result<usize> { Ok(tok.prompt(s, opts)?.ids.len()) };
+    let empty = count("")?;
+    let mut h = haystack::build(
+        &Kind::NOTES,
+        needle,
+        len,
+        Placement::Nearest(depth),
+        start,
+        &mut |frame| count(frame),
+        // "\n\n" + paragraph: what each paragraph adds to the prompt.
+        &mut |para| Ok(count(&format!("\n\n{para}"))?.saturating_sub(empty)),
+    )?;
     if continuation {
-        h.text = format!("{}\n{}", h.text, NEEDLES[needle].answer_lead());
+        h.text = format!("{}\n{}", h.text, needle.answer_lead());
     }
-    Ok((h.text, h.answer))
+    Ok((h.text, needle.answer.to_string()))
 }
 
 /// Score per (length, depth) for the records that `pick` accepts, read with `value`.
