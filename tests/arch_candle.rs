@@ -278,6 +278,17 @@ fn sliding_window_masks_prefill_and_decode_alike() {
     // Each query row sums to 1: the column sums total L.
     let total: f32 = cs.iter().sum();
     assert!((total - PROMPT as f32).abs() < 1e-3);
+    // Chunks of 7 (later chunks skip the keys before their window) and one chunk give
+    // the same Trace.
+    let whole = m.prefill(&prompt, PROMPT, &mut |_, _| {}).expect("prefill");
+    for li in 0..cfg.n_layers {
+        for (a, b) in whole.col_sums(li, 0).iter().zip(trace.col_sums(li, 0)) {
+            assert!((a - b).abs() < 1e-4, "layer {li}: column sums {a} vs {b}");
+        }
+    }
+    for (a, b) in whole.last_logits.iter().zip(&trace.last_logits) {
+        assert!((a - b).abs() < 1e-4, "last logits {a} vs {b}");
+    }
 
     // Decode the next token over the full cache, and over the cache eviction builds
     // (sliding layers hold only their last S entries): same logits. And both equal a

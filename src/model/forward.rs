@@ -305,10 +305,13 @@ fn add_rows(x: &mut [f32], b: &[f32]) {
     }
 }
 
+/// GELU, tanh approximation, written as `x * sigmoid(2y)` (the identity
+/// `0.5 (1 + tanh y) = sigmoid(2y)`) so it needs one `fast_exp` and no libm `tanhf`,
+/// which took ~12% of Gemma 3's prefill; the loop over it vectorises.
 #[inline]
 fn gelu_tanh(x: f32) -> f32 {
-    const C: f32 = 0.797_884_6; // sqrt(2 / pi)
-    0.5 * x * (1.0 + (C * (x + 0.044_715 * x * x * x)).tanh())
+    const C2: f32 = 2.0 * 0.797_884_6; // 2 sqrt(2 / pi)
+    x / (1.0 + kernels::fast_exp(-C2 * (x + 0.044_715 * x * x * x)))
 }
 
 /// One transformer layer over the rows of `x` (positions as in `s.angles`): norm ->
@@ -440,6 +443,11 @@ impl Pass for PrefillPass<'_> {
         // One task per query head; each owns its column sums, block sums and output
         // block, so heads never contend.
         let nk = c0 + t;
+        // A sliding layer's rows see no key before the chunk's first row's window, so
+        // the products start there: at 2K tokens with a 512 window this skips ~30% of
+        // the attention work of such a layer (all keys [k0, nk) in chunk-local columns).
+        let k0 = first_visible(c0, window);
+        let w = nk - k0;
         let (kc, vc) = (&lt.k, &lt.v);
         let mut head_out = vec![0.0f32; nh * t * hd];
         lt.col_sums
@@ -449,31 +457,33 @@ impl Pass for PrefillPass<'_> {
             .enumerate()
             .for_each_init(Vec::new, |s: &mut Vec<f32>, (h, ((cs, bsum), out))| {
                 let kvh = h / n_rep;
-                let kh = &kc[kvh * len * hd..(kvh * len + nk) * hd];
-                let vh = &vc[kvh * len * hd..(kvh * len + nk) * hd];
-                s.resize(t * nk, 0.0);
-                matmul_abt(&q[h * hd..], qd, kh, hd, s, nk, t, hd, nk);
+                let kh = &kc[(kvh * len + k0) * hd..(kvh * len + nk) * hd];
+                let vh = &vc[(kvh * len + k0) * hd..(kvh * len + nk) * hd];
+                s.resize(t * w, 0.0);
+                matmul_abt(&q[h * hd..], qd, kh, hd, s, w, t, hd, w);
                 for r in 0..t {
                     let pos = c0 + r;
                     let lo = first_visible(pos, window);
-                    let row = &mut s[r * nk..(r + 1) * nk];
-                    let live = &mut row[lo..pos + 1];
+                    let row = &mut s[r * w..(r + 1) * w];
+                    let (llo, lpos) = (lo - k0, pos - k0);
+                    let live = &mut row[llo..lpos + 1];
                     for v in live.iter_mut() {
                         *v *= scale;
                     }
                     kernels::softmax(live);
-                    row[..lo].fill(0.0);
-                    row[pos + 1..].fill(0.0);
-                    for (c, &p) in cs[lo..=pos].iter_mut().zip(&row[lo..=pos]) {
+                    row[..llo].fill(0.0);
+                    row[lpos + 1..].fill(0.0);
+                    for (c, &p) in cs[lo..=pos].iter_mut().zip(&row[llo..=lpos]) {
                         *c += p;
                     }
                     let qb = pos / bs;
                     for kb in lo / bs..=pos / bs {
                         let (a, b) = ((kb * bs).max(lo), ((kb + 1) * bs).min(pos + 1));
-                        bsum[qb * nb + kb] += row[a..b].iter().map(|&p| p as f64).sum::<f64>();
+                        bsum[qb * nb + kb] +=
+                            row[a - k0..b - k0].iter().map(|&p| p as f64).sum::<f64>();
                     }
                 }
-                matmul_ab(s, nk, vh, hd, out, hd, t, nk, hd);
+                matmul_ab(s, w, vh, hd, out, hd, t, w, hd);
             });
         for h in 0..nh {
             for r in 0..t {
@@ -1071,4 +1081,31 @@ fn shadow_error(
         .sqrt();
     let norm = o_full.iter().map(|a| a * a).sum::<f32>().sqrt();
     diff / (norm + 1e-5)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The sigmoid form of GELU-tanh equals the textbook tanh form (with libm) to f32
+    /// rounding over the range activations take, and saturates without NaN.
+    #[test]
+    fn gelu_tanh_matches_the_tanh_form() {
+        let reference = |x: f32| {
+            let x = x as f64;
+            0.5 * x * (1.0 + (0.797_884_560_802_865_4 * (x + 0.044_715 * x * x * x)).tanh())
+        };
+        let mut x = -30.0f32;
+        while x < 30.0 {
+            let (a, b) = (gelu_tanh(x) as f64, reference(x));
+            assert!(
+                (a - b).abs() <= 1e-6 * b.abs().max(1.0),
+                "gelu({x}): {a} vs {b}"
+            );
+            x += 0.0071;
+        }
+        assert_eq!(gelu_tanh(-1e4), 0.0);
+        assert_eq!(gelu_tanh(1e4), 1e4);
+        assert_eq!(gelu_tanh(0.0), 0.0);
+    }
 }
