@@ -9,6 +9,7 @@ pub mod cli;
 pub mod divergence;
 pub mod eval;
 pub mod eviction;
+pub mod haystack;
 pub mod input;
 pub mod keepset;
 pub mod model;

@@ -199,6 +199,69 @@ impl SettingsPart {
     }
 }
 
+/// What a saved report gives back to rerun it (`run --from-report`, loading one in the
+/// inspector): the prompt's token ids and the settings.
+#[derive(Debug, Deserialize)]
+pub struct SavedReport {
+    pub prompt: SavedPrompt,
+    pub settings: SettingsPart,
+}
+
+#[derive(Debug, Deserialize)]
+pub struct SavedPrompt {
+    pub ids: Vec<u32>,
+}
+
+/// Largest report read: 256 MiB (the kept positions of a 128K-token prompt on a model
+/// the size of the default one take about 80 MB of JSON).
+const MAX_REPORT_BYTES: u64 = 256 << 20;
+
+impl SavedReport {
+    /// Reads a report written by `kvscope run --json` or `e` in the inspector.
+    pub fn load(path: &std::path::Path) -> anyhow::Result<SavedReport> {
+        use anyhow::Context;
+        let text = crate::input::read_text(path, "report", MAX_REPORT_BYTES)?;
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{} is not a kvscope report (make one with `kvscope run --json` or `e` in the inspector)",
+                path.display()
+            )
+        })
+    }
+}
+
+/// Refuses to rerun a report on another model file (its sha256, when both are known)
+/// or on a prompt that tokenizes differently, naming the first differing token.
+pub fn check_same_run(
+    want_sha: Option<&str>,
+    got_sha: Option<&str>,
+    want_ids: &[u32],
+    got_ids: &[u32],
+) -> anyhow::Result<()> {
+    if let (Some(w), Some(g)) = (want_sha, got_sha) {
+        if !w.eq_ignore_ascii_case(g) {
+            anyhow::bail!(
+                "the report was made on the model with sha256 {w}; this model's is {g} \
+                 (pass the report's model with --model)"
+            );
+        }
+    }
+    if want_ids != got_ids {
+        let at = want_ids
+            .iter()
+            .zip(got_ids)
+            .position(|(a, b)| a != b)
+            .unwrap_or(want_ids.len().min(got_ids.len()));
+        anyhow::bail!(
+            "the prompt file gives {} tokens, the report's prompt {} (first difference at \
+             token {at}): pass the prompt file the report was made from",
+            got_ids.len(),
+            want_ids.len()
+        );
+    }
+    Ok(())
+}
+
 #[derive(Serialize)]
 pub struct CompressedPart {
     pub ids: Vec<u32>,

@@ -132,6 +132,18 @@ impl Session {
         )
     }
 
+    /// [`new`](Self::new) for a prompt already tokenized (`ids` are `prompt_text`'s).
+    pub fn from_ids(
+        loaded: &Loaded,
+        prompt_text: String,
+        ids: Vec<u32>,
+        max_new: usize,
+        profile: Option<Profile>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Session> {
+        Self::prefill_and_decode(loaded, prompt_text, ids, None, max_new, profile, progress)
+    }
+
     fn prefill_and_decode(
         loaded: &Loaded,
         prompt_text: String,

@@ -4,11 +4,11 @@
 
 use std::sync::atomic::AtomicBool;
 
+use kvscope::haystack::{needle_prompt, NEEDLES};
 use kvscope::keepset::KeepSet;
 use kvscope::model::{self, DecodeState, Loaded, Precision};
-use kvscope::profile::needles::NEEDLES;
 use kvscope::profile::srh::{self, SrhConfig, TrialSpec};
-use kvscope::profile::{discover, haystack, l1_normalise, layers, rank_best_first, Profile};
+use kvscope::profile::{discover, l1_normalise, layers, rank_best_first, Profile};
 use kvscope::testing::{temp_dir, tiny_model, write_tiny_gguf, GgufSpec};
 
 fn tiny_loaded(tag: &str) -> (Loaded, std::path::PathBuf) {
@@ -32,7 +32,7 @@ fn needle_prompts_hold_the_answer_span_at_the_requested_depth() {
     for (i, needle) in NEEDLES.iter().enumerate() {
         let mut last_start = 0;
         for depth in [0.0, 0.5, 1.0] {
-            let p = haystack::build(tok, needle, 900, depth, i).unwrap();
+            let p = needle_prompt(tok, needle, 900, depth, i).unwrap();
             assert_eq!(tok.decode(&p.ids[p.span.clone()]).trim(), needle.answer);
             assert!(p.text.starts_with("<|im_start|>user\n"));
             assert!(p.text.ends_with("<|im_start|>assistant\n"));
@@ -229,4 +229,96 @@ fn profiles_are_found_by_model_sha_and_explicit_mismatches_are_errors() {
     assert!(discover::resolve(None, &path, cfg, false)
         .unwrap()
         .is_none());
+}
+
+/// `profile compare` runs every variant through a Session; its rows must be what the
+/// direct path gives (select on the prompt's Trace, decode over the keep set, score
+/// against the full-cache output), variant by variant.
+#[test]
+fn compare_rows_equal_the_direct_selection_and_decode() {
+    use kvscope::eviction::{self, Allocator, Method, Settings};
+    use kvscope::profile::compare::{self, Plan};
+    use kvscope::profile::credit::retrieved;
+    use kvscope::session::agreement;
+    let (loaded, _) = tiny_loaded("compare");
+    let mut profile = tiny_profile(&loaded, &"0".repeat(64));
+    let plan = Plan {
+        needles: vec![13],
+        lengths: vec![600],
+        depths: vec![0.5],
+        budgets: vec![64],
+        windows: vec![8],
+        seeds: vec![1],
+        max_new: 6,
+    };
+    let stop = AtomicBool::new(false);
+    let err = compare::run(&loaded, &profile, &plan, &stop, &mut |_, _| {})
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no layer errors"), "{err}");
+    profile.layer_errors = Some(l1_normalise(&[1.0, 3.0]).unwrap());
+    let out = compare::run(&loaded, &profile, &plan, &stop, &mut |_, _| {}).unwrap();
+    assert_eq!(out.prompts, 1);
+
+    let (model, tok) = (&loaded.model, &loaded.tok);
+    let spec = TrialSpec {
+        needle: 13,
+        length: 600,
+        depth: 0.5,
+    };
+    let prompt = srh::trial_prompt(tok, &spec).unwrap();
+    let trace = model.prefill(&prompt.ids, 512, &mut |_, _| {}).unwrap();
+    let all = KeepSet::all(&trace.dims, trace.len);
+    let full = model
+        .generate(&trace, &all, 6, &tok.stop_ids, None)
+        .unwrap();
+    assert_eq!(
+        out.full_correct,
+        retrieved(prompt.answer, &tok.decode(&full)) as usize
+    );
+    let base = Settings {
+        method: Method::CompressKv,
+        budget: 64,
+        window: 8,
+        ..Settings::default()
+    };
+    let expected = [
+        ("compresskv, profile", base.clone(), Some(profile.clone())),
+        (
+            "compresskv, random SRHs (seed 1)",
+            base.clone(),
+            Some(compare::shuffled(&profile, 1)),
+        ),
+        (
+            "compresskv, profile SRHs, uniform budgets",
+            Settings {
+                allocator: Some(Allocator::Uniform),
+                ..base.clone()
+            },
+            Some(profile.clone()),
+        ),
+        (
+            "snapkv (reference)",
+            Settings {
+                method: Method::SnapKv,
+                ..base
+            },
+            None,
+        ),
+    ];
+    assert_eq!(out.rows.len(), expected.len());
+    for (row, (name, settings, p)) in out.rows.iter().zip(expected) {
+        let sel = eviction::select(&trace, &settings, p.as_ref()).unwrap();
+        let ids = model
+            .generate(&trace, &sel.keep, 6, &tok.stop_ids, None)
+            .unwrap();
+        assert_eq!(row.variant, name);
+        assert_eq!((row.budget, row.window, row.runs), (64, 8, 1));
+        assert_eq!(
+            row.correct,
+            retrieved(prompt.answer, &tok.decode(&ids)) as usize,
+            "{name}"
+        );
+        assert_eq!(row.agreement, agreement(&full, &ids).token_match, "{name}");
+    }
 }

@@ -7,8 +7,8 @@ use std::path::{Path, PathBuf};
 
 use super::progress::{fmt_duration, stop_flag, Progress};
 use super::ModelArgs;
+use crate::haystack::{NEEDLES, PROFILE_NEEDLES};
 use crate::model::fetch::{self, DEFAULT_MODEL};
-use crate::profile::needles::{NEEDLES, PROFILE_NEEDLES};
 use crate::profile::srh::{self, SrhConfig};
 use crate::profile::{
     compare, discover, l1_normalise, layers, rank_best_first, show, Profile, Provenance,
@@ -406,16 +406,10 @@ fn run_show(a: &ShowArgs) -> Result<()> {
 
 /// A profile in `dir` measured on the model file with this sha256 (no model needed).
 fn find_by_sha(dir: &Path, sha: &str) -> Option<(PathBuf, Profile)> {
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "json"))
-        .collect();
-    files.sort();
-    files.into_iter().find_map(|f| {
-        let p = Profile::load(&f).ok()?;
-        p.model.sha256.eq_ignore_ascii_case(sha).then_some((f, p))
-    })
+    let dirs = [dir.to_path_buf()];
+    let found =
+        discover::profiles_in(&dirs).find(|(_, p)| p.model.sha256.eq_ignore_ascii_case(sha));
+    found
 }
 
 fn run_compare(a: &CompareArgs) -> Result<()> {

@@ -1,6 +1,6 @@
 //! `kvscope run`: one headless run of the full and the compressed cache.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -36,32 +36,6 @@ pub struct RunArgs {
     pub from_report: Option<PathBuf>,
 }
 
-/// What `--from-report` reads from a report.
-#[derive(serde::Deserialize)]
-struct SavedReport {
-    prompt: SavedPrompt,
-    settings: SettingsPart,
-}
-
-#[derive(serde::Deserialize)]
-struct SavedPrompt {
-    ids: Vec<u32>,
-}
-
-/// Largest report read: 256 MiB (the kept positions of a 128K-token prompt on a model
-/// the size of the default one take about 80 MB of JSON).
-const MAX_REPORT_BYTES: u64 = 256 << 20;
-
-fn load_report(path: &std::path::Path) -> Result<SavedReport> {
-    let text = crate::input::read_text(path, "report", MAX_REPORT_BYTES)?;
-    serde_json::from_str(&text).with_context(|| {
-        format!(
-            "{} is not a kvscope report (make one with `kvscope run --json` or `e` in the inspector)",
-            path.display()
-        )
-    })
-}
-
 /// The run's inputs: from the flags, or from a saved report.
 pub(super) struct Plan {
     pub settings: crate::eviction::Settings,
@@ -83,7 +57,7 @@ pub(super) fn plan(a: &RunArgs) -> Result<Plan> {
             expect: None,
         });
     };
-    let r = load_report(path)?;
+    let r = crate::report::SavedReport::load(path)?;
     let settings = r
         .settings
         .to_settings()
@@ -141,7 +115,7 @@ pub(super) fn prepare(a: &RunArgs) -> Result<Prepared> {
     let model_sha = discover::model_sha256(&model_path).ok();
     let prompt = loaded.tok.prompt(&text, &plan.prompt_opts)?;
     if let Some((sha, want_ids)) = &plan.expect {
-        check_same_run(sha.as_deref(), model_sha.as_deref(), want_ids, &prompt.ids)?;
+        crate::report::check_same_run(sha.as_deref(), model_sha.as_deref(), want_ids, &prompt.ids)?;
     }
     crate::session::check_fits(prompt.ids.len(), plan.max_new, cfg.context_length)?;
     Ok(Prepared {
@@ -195,38 +169,6 @@ pub fn run(a: &RunArgs) -> Result<()> {
         return Ok(());
     }
     print_human(&loaded, &session);
-    Ok(())
-}
-
-/// A report reruns only on its own model and prompt: anything else would be a different
-/// experiment under the same settings.
-pub(super) fn check_same_run(
-    want_sha: Option<&str>,
-    got_sha: Option<&str>,
-    want_ids: &[u32],
-    got_ids: &[u32],
-) -> Result<()> {
-    if let (Some(w), Some(g)) = (want_sha, got_sha) {
-        if !w.eq_ignore_ascii_case(g) {
-            bail!(
-                "the report was made on the model with sha256 {w}; this model's is {g} \
-                 (pass the report's model with --model)"
-            );
-        }
-    }
-    if want_ids != got_ids {
-        let at = want_ids
-            .iter()
-            .zip(got_ids)
-            .position(|(a, b)| a != b)
-            .unwrap_or(want_ids.len().min(got_ids.len()));
-        bail!(
-            "the prompt file gives {} tokens, the report's prompt {} (first difference at \
-             token {at}): pass the prompt file the report was made from",
-            got_ids.len(),
-            want_ids.len()
-        );
-    }
     Ok(())
 }
 

@@ -1,11 +1,12 @@
 //! `kvscope [PROMPT_FILE]` / `kvscope tui [PROMPT_FILE]`: flags of the inspector.
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::PathBuf;
 
 use super::{AllocArgs, KnobArgs, ModelArgs, PromptArgs};
 use crate::eviction::{Method, Settings};
+use crate::report::SavedReport;
 
 #[derive(Args, Debug, Clone)]
 pub struct TuiArgs {
@@ -36,6 +37,13 @@ pub struct TuiArgs {
     #[arg(long, value_name = "K", default_value_t = crate::tui::app::RESCUE_K,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16))]
     pub rescue: usize,
+    /// Open with a saved report's settings (`run --json`, or `e` in the inspector): its
+    /// method, budget, window, every knob, allocator and manual budgets, pins, --max-new,
+    /// the prompt flags and profile replace the flags (an explicit --profile wins).
+    /// PROMPT must give the report's prompt tokens and the model must be the report's
+    /// (sha256).
+    #[arg(long = "from-report", value_name = "FILE")]
+    pub from_report: Option<PathBuf>,
 }
 
 /// The starting settings, and a note for the status line when the method was chosen
@@ -62,16 +70,48 @@ pub fn settings(a: &TuiArgs) -> Result<(Settings, Option<String>)> {
 
 pub fn run(a: &TuiArgs) -> Result<()> {
     super::init_threads(a.model.threads)?;
-    let (settings, notice) = settings(a)?;
-    crate::tui::run(crate::tui::Options {
+    crate::tui::run(options(a)?)
+}
+
+/// The inspector's options from the flags, or from the report `--from-report` names.
+pub fn options(a: &TuiArgs) -> Result<crate::tui::Options> {
+    let Some(path) = &a.from_report else {
+        let (settings, notice) = settings(a)?;
+        return Ok(crate::tui::Options {
+            prompt: a.prompt.clone(),
+            model: a.model.model.clone(),
+            profile: a.profile.clone(),
+            prompt_opts: a.prompt_opts.options()?,
+            max_new: a.max_new,
+            settings,
+            expect: None,
+            notice,
+            prefer_compresskv: a.method.is_none() && a.profile.is_none(),
+            rescue_k: a.rescue,
+        });
+    };
+    if a.prompt.is_none() {
+        bail!("--from-report needs the prompt file the report was made from: kvscope PROMPT --from-report FILE");
+    }
+    let r = SavedReport::load(path)?;
+    let settings = r
+        .settings
+        .to_settings()
+        .with_context(|| format!("report {}", path.display()))?;
+    Ok(crate::tui::Options {
         prompt: a.prompt.clone(),
         model: a.model.model.clone(),
-        profile: a.profile.clone(),
-        prompt_opts: a.prompt_opts.options()?,
-        max_new: a.max_new,
+        // An explicit --profile wins over the path the report names (it may have moved).
+        profile: a
+            .profile
+            .clone()
+            .or_else(|| r.settings.profile.as_ref().map(PathBuf::from)),
+        prompt_opts: r.settings.prompt_options(),
+        max_new: r.settings.max_new,
         settings,
-        notice,
-        prefer_compresskv: a.method.is_none() && a.profile.is_none(),
+        expect: Some((r.settings.model_sha256.clone(), r.prompt.ids)),
+        notice: Some(format!("settings from report {}", path.display())),
+        prefer_compresskv: false,
         rescue_k: a.rescue,
     })
 }

@@ -7,7 +7,6 @@
 //! window still to run on it ([`run_item`]).
 
 pub mod grid;
-pub mod haystack;
 pub mod niah;
 pub mod plot;
 pub mod progress;

@@ -6,11 +6,12 @@ use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 
 use super::grid::{self, Combo, UnitKey};
-use super::haystack::{self, NEEDLES};
 use super::plot::{self, HeatFigure, HeatPanel};
 use super::progress::Progress;
 use super::results::{self, Record, Writer};
 use super::{run_item, Ctx, Item};
+use crate::haystack::{self, Kind, Placement, MAGIC};
+use crate::model::{PromptOptions, Tok};
 
 pub struct NiahSpec {
     pub lengths: Vec<usize>,
@@ -26,7 +27,40 @@ pub struct NiahSpec {
 /// grid, so a resumed run rebuilds exactly the same prompt.
 pub fn cell_variant(length_idx: usize, depth_idx: usize, n_depths: usize) -> (usize, usize) {
     let k = length_idx * n_depths + depth_idx;
-    (k % NEEDLES.len(), (k * 7) % haystack::FILLER.len())
+    (k % MAGIC.len(), (k * 7) % haystack::filler::NOTES.len())
+}
+
+/// The user text and the answer of the cell at `(length index, depth index, number of
+/// depths)` of the grid, for a haystack of about `len` tokens with the needle at `depth`
+/// percent, as `opts` turns text into a prompt.
+pub fn cell_prompt(
+    tok: &Tok,
+    opts: &PromptOptions,
+    (li, di, n_depths): (usize, usize, usize),
+    len: usize,
+    depth: usize,
+) -> Result<(String, String)> {
+    // Without a chat template (a base model, or --raw) the question is followed by the
+    // start of its answer, which such a model continues.
+    let continuation = !tok.templated(opts)?;
+    let (needle, start) = cell_variant(li, di, n_depths);
+    let needle = &MAGIC[needle];
+    let count = |s: &str| -> Result<usize> { Ok(tok.prompt(s, opts)?.ids.len()) };
+    let empty = count("")?;
+    let mut h = haystack::build(
+        &Kind::NOTES,
+        needle,
+        len,
+        Placement::Nearest(depth),
+        start,
+        &mut |frame| count(frame),
+        // "\n\n" + paragraph: what each paragraph adds to the prompt.
+        &mut |para| Ok(count(&format!("\n\n{para}"))?.saturating_sub(empty)),
+    )?;
+    if continuation {
+        h.text = format!("{}\n{}", h.text, needle.answer_lead());
+    }
+    Ok((h.text, needle.answer.to_string()))
 }
 
 /// Score per (length, depth) for the records that `pick` accepts, read with `value`.
@@ -105,22 +139,19 @@ pub fn run(ctx: &Ctx, spec: &NiahSpec) -> Result<()> {
     }
     let mut bar = Progress::new(total, spec.quiet);
     let mut fresh = Vec::new();
-    let tok = &ctx.loaded.tok;
-    // Without a chat template (a base model, or --raw) the question is followed by the
-    // start of its answer, which such a model continues.
-    let continuation = !tok.templated(&ctx.prompt)?;
     for (li, di, len, depth, name, pending) in &work {
-        let (needle, start) = cell_variant(*li, *di, spec.depths.len());
-        let mut count = |s: &str| Ok(tok.prompt(s, &ctx.prompt)?.ids.len());
-        let mut h = haystack::build(*len, *depth, NEEDLES[needle], start, &mut count)?;
-        if continuation {
-            h.text = format!("{}\n{}", h.text, NEEDLES[needle].answer_lead());
-        }
+        let (text, answer) = cell_prompt(
+            &ctx.loaded.tok,
+            &ctx.prompt,
+            (*li, *di, spec.depths.len()),
+            *len,
+            *depth,
+        )?;
         let item = Item {
             name: name.clone(),
             kind: "niah".into(),
-            text: h.text,
-            answer: h.answer,
+            text,
+            answer,
             must_include: Vec::new(),
             length: Some(*len),
             depth: Some(*depth),

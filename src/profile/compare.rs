@@ -1,7 +1,8 @@
 //! Does a profile matter? compresskv with the profile against compresskv with random
 //! SRHs (the same profile with each layer's ranking shuffled) and against compresskv with
 //! uniform layer budgets, at the same total budget, on needle prompts. snapkv is shown
-//! as a reference. Each prompt is prefilled once and every variant reuses its Trace.
+//! as a reference. Each prompt is one [`Session`] (prefill and full-cache decode once);
+//! every variant is applied to it, as `run` and `eval` apply settings.
 
 use anyhow::{bail, Result};
 use std::fmt::Write;
@@ -10,10 +11,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::credit::retrieved;
 use super::srh::{trial_prompt, Interrupted, TrialSpec};
 use super::Profile;
-use crate::eviction::{self, Allocator, Method, Settings};
-use crate::keepset::KeepSet;
+use crate::eviction::{Allocator, Method, Settings};
 use crate::model::Loaded;
-use crate::session::{agreement, PREFILL_CHUNK};
+use crate::session::Session;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -143,6 +143,13 @@ pub fn run(
     if specs.is_empty() {
         bail!("nothing to compare: give needles, lengths and depths");
     }
+    if profile.layer_errors.is_none() {
+        // compresskv's error-aware budgets read them; without them the "profile" rows
+        // would quietly use uniform budgets.
+        bail!(
+            "the profile has no layer errors, which compresskv's error-aware budgets need; add them with `kvscope profile layers --profile FILE`"
+        );
+    }
     let mut rows: Vec<Row> = Vec::new();
     let mut full_correct = 0;
     for (i, spec) in specs.iter().enumerate() {
@@ -150,18 +157,23 @@ pub fn run(
             bail!(Interrupted);
         }
         let prompt = trial_prompt(tok, spec)?;
-        let trace = model.prefill(&prompt.ids, PREFILL_CHUNK, &mut |_, _| {})?;
-        let all = KeepSet::all(&trace.dims, trace.len);
-        let full = model.generate(&trace, &all, plan.max_new, &tok.stop_ids, None)?;
-        full_correct += retrieved(prompt.answer, &tok.decode(&full)) as usize;
+        let mut session = Session::from_ids(
+            loaded,
+            prompt.text,
+            prompt.ids,
+            plan.max_new,
+            None,
+            &mut |_, _| {},
+        )?;
+        full_correct += retrieved(prompt.answer, &session.full.text) as usize;
         for &budget in &plan.budgets {
             for &window in &plan.windows {
                 for v in variants(profile, budget, window, &plan.seeds) {
-                    let sel = eviction::select(&trace, &v.settings, v.profile.as_ref())?;
-                    let ids =
-                        model.generate(&trace, &sel.keep, plan.max_new, &tok.stop_ids, None)?;
-                    let ok = retrieved(prompt.answer, &tok.decode(&ids));
-                    let agree = agreement(&full, &ids).token_match;
+                    // Each variant brings its own profile (shuffled rankings, or none).
+                    session.profile = v.profile;
+                    let c = session.apply(model, tok, v.settings)?;
+                    let ok = retrieved(prompt.answer, &c.generation.text);
+                    let agree = c.agreement.token_match;
                     let row = match rows
                         .iter_mut()
                         .find(|r| r.variant == v.name && r.budget == budget && r.window == window)

@@ -57,28 +57,28 @@ pub fn profile_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// The first profile in `dirs` measured on the model with fingerprint `fp`. Files that
-/// are not readable profiles are skipped (a folder may hold other JSON).
-pub fn find_in(dirs: &[PathBuf], fp: &Fingerprint) -> Option<(PathBuf, Profile)> {
-    for dir in dirs {
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        let mut files: Vec<PathBuf> = rd
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect();
+/// The readable profiles in `dirs`, folder by folder, each folder's `*.json` files in
+/// name order. Files that are not readable profiles are skipped (a folder may hold
+/// other JSON).
+pub fn profiles_in(dirs: &[PathBuf]) -> impl Iterator<Item = (PathBuf, Profile)> + '_ {
+    dirs.iter().flat_map(|dir| {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|x| x == "json"))
+                    .collect()
+            })
+            .unwrap_or_default();
         files.sort();
-        for f in files {
-            let Ok(p) = Profile::load(&f) else {
-                continue;
-            };
-            if matches(&p, fp) {
-                return Some((f, p));
-            }
-        }
-    }
-    None
+        files
+            .into_iter()
+            .filter_map(|f| Profile::load(&f).ok().map(|p| (f, p)))
+    })
+}
+
+/// The first profile in `dirs` measured on the model with fingerprint `fp`.
+pub fn find_in(dirs: &[PathBuf], fp: &Fingerprint) -> Option<(PathBuf, Profile)> {
+    profiles_in(dirs).find(|(_, p)| matches(p, fp))
 }
 
 fn matches(p: &Profile, fp: &Fingerprint) -> bool {
@@ -151,27 +151,15 @@ pub fn resolve(
 /// The first profile in `dirs` whose fingerprint names this model file but which fails
 /// validation, with the reason.
 fn refused_match(dirs: &[PathBuf], fp: &Fingerprint) -> Option<(PathBuf, anyhow::Error)> {
-    for dir in dirs {
-        let Ok(rd) = std::fs::read_dir(dir) else {
-            continue;
-        };
-        let mut files: Vec<PathBuf> = rd
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .collect();
-        files.sort();
-        for f in files {
-            let Ok(p) = Profile::load(&f) else {
-                continue;
-            };
-            if p.model.arch == fp.arch && p.model.sha256.eq_ignore_ascii_case(&fp.sha256) {
-                if let Err(e) = p.validate(&dims_of(fp), Some(&fp.sha256)) {
-                    return Some((f, e));
-                }
-            }
+    profiles_in(dirs).find_map(|(f, p)| {
+        let ours = p.model.arch == fp.arch && p.model.sha256.eq_ignore_ascii_case(&fp.sha256);
+        if !ours {
+            return None;
         }
-    }
-    None
+        p.validate(&dims_of(fp), Some(&fp.sha256))
+            .err()
+            .map(|e| (f, e))
+    })
 }
 
 #[cfg(test)]

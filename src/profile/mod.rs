@@ -8,9 +8,7 @@
 pub mod compare;
 pub mod credit;
 pub mod discover;
-pub mod haystack;
 pub mod layers;
-pub mod needles;
 pub mod show;
 pub mod srh;
 

@@ -7,8 +7,7 @@ use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::credit::{retrieved, rouge1_recall, SrhTotals, TrialCredit};
-use super::haystack::{self, NeedlePrompt};
-use super::needles::NEEDLES;
+use crate::haystack::{needle_prompt, NeedlePrompt, NEEDLES};
 use crate::keepset::KeepSet;
 use crate::model::{kernels, DecodeState, Model, StepAttention, Tok};
 use crate::session::PREFILL_CHUNK;
@@ -71,7 +70,7 @@ pub fn trial_prompt(tok: &Tok, spec: &TrialSpec) -> Result<NeedlePrompt> {
     let needle = NEEDLES
         .get(spec.needle)
         .ok_or_else(|| anyhow::anyhow!("there is no needle {}", spec.needle))?;
-    haystack::build(
+    needle_prompt(
         tok,
         needle,
         spec.length,

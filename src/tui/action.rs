@@ -110,12 +110,15 @@ pub enum Action {
     SaveStart,
     /// Open the list of saved budget files.
     LoadStart,
+    /// Open the list of exported reports, to load one's settings.
+    ReportStart,
     /// Typing into the name prompt.
     Char(char),
     Backspace,
     Confirm,
     /// Results of the loop's file work.
     BudgetNames(Vec<String>),
+    ReportNames(Vec<String>),
     BudgetsLoaded {
         name: String,
         budgets: Vec<usize>,

@@ -37,6 +37,10 @@ pub enum Cmd {
     ExportReport,
     /// Ask the worker for the attention-output errors of this settings generation.
     MeasureErrors(u64),
+    /// List the reports in the folder `e` exports to.
+    ListReports,
+    /// Ask the worker for this report's settings.
+    LoadReport(PathBuf),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -46,6 +50,11 @@ pub enum Popup {
     SaveName(String),
     /// Saved budget files; the selected index.
     LoadList {
+        names: Vec<String>,
+        sel: usize,
+    },
+    /// Exported reports in the current folder; the selected index.
+    ReportList {
         names: Vec<String>,
         sel: usize,
     },
@@ -478,6 +487,13 @@ impl App {
                 self.notice = Some(n);
                 Vec::new()
             }
+            FromWorker::ReportLoaded { settings, note } => {
+                let cmds = self.edit(|s| *s = *settings);
+                if self.error.is_none() {
+                    self.notice = Some(note);
+                }
+                cmds
+            }
             FromWorker::Fatal(e) => {
                 self.error = Some(e);
                 self.phase = Phase::Stopped;
@@ -519,6 +535,18 @@ impl App {
             }
             (Popup::LoadList { names, sel }, Action::Confirm) => match names.get(sel) {
                 Some(n) => vec![Cmd::LoadBudgets(n.clone())],
+                None => Vec::new(),
+            },
+            (Popup::ReportList { names, sel }, Action::Move(d)) => {
+                let sel = match d {
+                    Dir::Up => sel.saturating_sub(1),
+                    _ => (sel + 1).min(names.len().saturating_sub(1)),
+                };
+                self.popup = Some(Popup::ReportList { names, sel });
+                Vec::new()
+            }
+            (Popup::ReportList { names, sel }, Action::Confirm) => match names.get(sel) {
+                Some(n) => vec![Cmd::LoadReport(PathBuf::from(n))],
                 None => Vec::new(),
             },
             (_, Action::Close) => Vec::new(),
@@ -569,6 +597,7 @@ pub fn update(app: &mut App, a: Action) -> Vec<Cmd> {
             | Action::Error(_)
             | Action::BudgetNames(_)
             | Action::BudgetsLoaded { .. }
+            | Action::ReportNames(_)
     );
     if !background {
         if let Some(p) = app.popup.take() {
@@ -850,6 +879,23 @@ pub fn update(app: &mut App, a: Action) -> Vec<Cmd> {
                 s.layer_budgets = Some(budgets);
                 s.allocator = None;
             });
+        }
+        Action::ReportStart => {
+            if app.snapshot.is_none() {
+                app.error =
+                    Some("no prompt yet: a report loads onto the prompt it was made on".into());
+                return Vec::new();
+            }
+            return vec![Cmd::ListReports];
+        }
+        Action::ReportNames(names) => {
+            if names.is_empty() {
+                app.notice = Some(
+                    "no exported reports (kvscope-report-*.json) in this folder: e exports one; `kvscope PROMPT --from-report FILE` opens any".into(),
+                );
+            } else {
+                app.popup = Some(Popup::ReportList { names, sel: 0 });
+            }
         }
         Action::Notice(n) => app.notice = Some(n),
         Action::Error(e) => app.error = Some(e),

@@ -132,6 +132,22 @@ pub fn save_budgets_keeping(
     Ok((path, backup))
 }
 
+/// Reports the inspector exported (`e`) into `dir`, `kvscope-report-*.json`, newest
+/// first (their names hold the time they were written).
+pub fn list_reports(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with("kvscope-report-") && n.ends_with(".json"))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Same-length names sort by their number; longer numbers are later.
+    v.sort_by(|a, b| b.len().cmp(&a.len()).then(b.cmp(a)));
+    v
+}
+
 /// Names of the saved budget files in `dir`, sorted.
 pub fn list_budgets(dir: &Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)

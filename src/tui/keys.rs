@@ -43,6 +43,10 @@ pub const HELP: &[(&str, &str)] = &[
     ("[  ]", "attention map: pan left / right"),
     ("e", "export settings + keep set as a `run --json` report"),
     (
+        "I",
+        "load an exported report's settings (same model and prompt only)",
+    ),
+    (
         "x  X",
         "pin the selected token kept / evicted (again: unpin)",
     ),
@@ -147,6 +151,7 @@ pub fn map_key(app: &App, k: KeyEvent) -> Option<Action> {
             'C' => Action::ClearA,
             'S' => Action::SaveStart,
             'L' => Action::LoadStart,
+            'I' => Action::ReportStart,
             _ => return None,
         },
         _ => return None,

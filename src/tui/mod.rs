@@ -56,6 +56,9 @@ pub struct Options {
     pub prompt_opts: crate::model::PromptOptions,
     pub max_new: usize,
     pub settings: Settings,
+    /// `--from-report`: the report's model sha256 and prompt ids, which the model and
+    /// the prompt must match.
+    pub expect: Option<(Option<String>, Vec<u32>)>,
     /// A line for the status line at start (e.g. why the method is not compresskv).
     pub notice: Option<String>,
     /// No method and no profile were given: switch to compresskv if the worker finds
@@ -192,6 +195,16 @@ pub fn run(opts: Options) -> Result<()> {
                         let _ = w.send(ToWorker::AttnErrors { gen });
                     }
                 }
+                Cmd::ListReports => {
+                    let dir = std::env::current_dir().unwrap_or_default();
+                    let names = files::list_reports(&dir);
+                    cmds.extend(update(&mut app, Action::ReportNames(names)));
+                }
+                Cmd::LoadReport(path) => {
+                    if let Some(w) = &worker {
+                        let _ = w.send(ToWorker::LoadReport { path });
+                    }
+                }
                 Cmd::ExportReport => {
                     let secs = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
@@ -255,6 +268,11 @@ fn start_worker(
         prompt: text,
         prompt_opts: opts.prompt_opts.clone(),
         max_new: opts.max_new,
+        // A report belongs to the prompt it was opened with, not to one picked later.
+        expect: opts
+            .expect
+            .clone()
+            .filter(|_| opts.prompt.as_deref() == Some(path)),
     };
     worker::spawn(job, out, wrx).context("cannot start the worker thread")?;
     *worker = Some(wtx);

@@ -142,6 +142,12 @@ pub enum FromWorker {
     Error(String),
     /// One line for the status line (fetch progress, export written, ...).
     Notice(String),
+    /// A saved report's settings, checked against this model and prompt; `note` says
+    /// what was loaded.
+    ReportLoaded {
+        settings: Box<Settings>,
+        note: String,
+    },
     /// Loading or prefill failed; nothing more will come.
     Fatal(String),
 }
@@ -160,6 +166,11 @@ pub enum ToWorker {
     },
     /// Write the `kvscope run --json` report of the latest applied settings.
     Export {
+        path: std::path::PathBuf,
+    },
+    /// Read a saved report and send back its settings ([`FromWorker::ReportLoaded`]),
+    /// or why they do not belong to this model and prompt.
+    LoadReport {
         path: std::path::PathBuf,
     },
 }

@@ -27,6 +27,9 @@ pub struct Job {
     pub prompt: String,
     pub prompt_opts: crate::model::PromptOptions,
     pub max_new: usize,
+    /// `--from-report`: the report's model sha256 and prompt ids, checked before the
+    /// prefill.
+    pub expect: Option<(Option<String>, Vec<u32>)>,
 }
 
 /// Sends one message to the UI; false when the UI has gone (the worker then stops).
@@ -99,9 +102,59 @@ fn run(job: Job, out: &Outbox, rx: Receiver<ToWorker>) {
                         return;
                     }
                 }
+                ToWorker::LoadReport { path } => {
+                    let sha = crate::profile::discover::model_sha256(&w.model_path).ok();
+                    let dims = w.loaded.model.config.dims();
+                    let msg = match report_settings(path, sha.as_deref(), &w.session, &dims) {
+                        Ok((settings, note)) => FromWorker::ReportLoaded {
+                            settings: Box::new(settings),
+                            note,
+                        },
+                        Err(e) => FromWorker::Error(format!("{e:#}")),
+                    };
+                    if !out(msg) {
+                        return;
+                    }
+                }
             }
         }
     }
+}
+
+/// The settings of the report at `path`, refused (one line) when it was made on another
+/// model file (`model_sha`) or another prompt than `session`'s; and a note naming what
+/// was loaded (and a --max-new that differs, which settings cannot change here).
+pub fn report_settings(
+    path: &std::path::Path,
+    model_sha: Option<&str>,
+    session: &Session,
+    dims: &crate::trace::Dims,
+) -> Result<(Settings, String)> {
+    let r = crate::report::SavedReport::load(path)?;
+    crate::report::check_same_run(
+        r.settings.model_sha256.as_deref(),
+        model_sha,
+        &r.prompt.ids,
+        &session.trace.ids,
+    )
+    .with_context(|| format!("report {} not loaded", path.display()))?;
+    let settings = r
+        .settings
+        .to_settings()
+        .and_then(|s| s.validate(dims).map(|_| s))
+        .with_context(|| format!("report {}", path.display()))?;
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    let mut note = format!("loaded the settings of {name}");
+    if r.settings.max_new != session.max_new {
+        note.push_str(&format!(
+            "; it generated {} tokens, this inspector {} (start with --from-report to match)",
+            r.settings.max_new, session.max_new
+        ));
+    }
+    Ok((settings, note))
 }
 
 struct Worker {
@@ -165,6 +218,10 @@ impl Worker {
             },
         };
         let prompt = loaded.tok.prompt(&job.prompt, &job.prompt_opts)?;
+        if let Some((sha, ids)) = &job.expect {
+            let ours = crate::profile::discover::model_sha256(&path).ok();
+            crate::report::check_same_run(sha.as_deref(), ours.as_deref(), ids, &prompt.ids)?;
+        }
         out(FromWorker::Notice(prompt.info.summary()));
         let t0 = Instant::now();
         let mut progress = |done: usize, total: usize| {

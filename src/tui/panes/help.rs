@@ -55,7 +55,11 @@ pub fn draw(f: &mut Frame, area: Rect, popup: &Popup) {
                 r,
             );
         }
-        Popup::LoadList { names, sel } => {
+        Popup::LoadList { names, sel } | Popup::ReportList { names, sel } => {
+            let title = match popup {
+                Popup::ReportList { .. } => " load a report's settings (Enter) ",
+                _ => " load budgets (Enter) ",
+            };
             let h = (names.len() as u16 + 2).min(area.height);
             let r = centered(area, 50, h);
             let lines: Vec<Line> = names
@@ -75,11 +79,7 @@ pub fn draw(f: &mut Frame, area: Rect, popup: &Popup) {
             f.render_widget(
                 Paragraph::new(lines)
                     .scroll((skip.min(u16::MAX as usize) as u16, 0))
-                    .block(
-                        Block::default()
-                            .borders(Borders::ALL)
-                            .title(" load budgets (Enter) "),
-                    ),
+                    .block(Block::default().borders(Borders::ALL).title(title)),
                 r,
             );
         }

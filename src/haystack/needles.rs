@@ -1,18 +1,11 @@
-//! The needle facts of the SRH measurement, written for kvscope. Each needle is a fact
-//! sentence hidden in filler text, a question about it, and the answer, which appears
-//! verbatim in the fact sentence.
+//! The needles, written for kvscope: each is a fact sentence hidden in filler text, a
+//! question about it, and the answer, which appears verbatim in the fact sentence.
 //!
-//! The first [`PROFILE_NEEDLES`] are the ones `kvscope profile srh` uses by default; the
-//! rest are held out for checking that a profile helps on needles it never saw.
+//! [`NEEDLES`] are the profile's: the first [`PROFILE_NEEDLES`] are the ones
+//! `kvscope profile srh` uses by default; the rest are held out for checking that a
+//! profile helps on needles it never saw (`profile compare`). [`MAGIC`] are `eval niah`'s.
 
-/// One needle: a fact sentence, a question whose answer is in it, and the answer text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Needle {
-    pub fact: &'static str,
-    pub question: &'static str,
-    /// Appears exactly once in `fact`.
-    pub answer: &'static str,
-}
+use super::Needle;
 
 /// Needles used for profiling by default (`--needles` picks the first N).
 pub const PROFILE_NEEDLES: usize = 12;
@@ -111,18 +104,51 @@ pub const NEEDLES: [Needle; 16] = [
     ),
 ];
 
+/// `eval niah`'s needles: one sentence form, distinct subjects and numbers, so a model
+/// cannot score by repeating a number it saw in another cell.
+pub const MAGIC: [Needle; 5] = [
+    n(
+        "The special magic number for the Alder Street bakery is 73914.",
+        "What is the special magic number for the Alder Street bakery?",
+        "73914",
+    ),
+    n(
+        "The special magic number for the Marlow observatory is 26058.",
+        "What is the special magic number for the Marlow observatory?",
+        "26058",
+    ),
+    n(
+        "The special magic number for the northern orchard is 91482.",
+        "What is the special magic number for the northern orchard?",
+        "91482",
+    ),
+    n(
+        "The special magic number for the Cobbleford ferry is 50736.",
+        "What is the special magic number for the Cobbleford ferry?",
+        "50736",
+    ),
+    n(
+        "The special magic number for the blue notebook is 38629.",
+        "What is the special magic number for the blue notebook?",
+        "38629",
+    ),
+];
+
 #[cfg(test)]
 mod tests {
+    use super::super::filler::{DOCUMENT, NOTES};
     use super::*;
 
     #[test]
     fn needles_are_distinct_and_answers_appear_once_in_their_fact() {
-        for (i, n) in NEEDLES.iter().enumerate() {
-            assert_eq!(n.fact.matches(n.answer).count(), 1, "needle {i}");
-            assert!(n.fact.ends_with('.') && n.question.ends_with('?'), "{i}");
-            for m in &NEEDLES[i + 1..] {
-                assert_ne!(n.answer, m.answer);
-                assert_ne!(n.fact, m.fact);
+        for set in [&NEEDLES[..], &MAGIC[..]] {
+            for (i, n) in set.iter().enumerate() {
+                assert_eq!(n.fact.matches(n.answer).count(), 1, "needle {i}");
+                assert!(n.fact.ends_with('.') && n.question.ends_with('?'), "{i}");
+                for m in &set[i + 1..] {
+                    assert_ne!(n.answer, m.answer);
+                    assert_ne!(n.fact, m.fact);
+                }
             }
         }
         assert!(PROFILE_NEEDLES >= 12 && PROFILE_NEEDLES < NEEDLES.len());
@@ -130,9 +156,20 @@ mod tests {
 
     #[test]
     fn answers_are_not_in_the_filler() {
-        let filler = super::super::haystack::FILLER.to_lowercase();
+        let document = DOCUMENT.to_lowercase();
         for n in &NEEDLES {
-            assert!(!filler.contains(&n.answer.to_lowercase()), "{}", n.answer);
+            assert!(!document.contains(&n.answer.to_lowercase()), "{}", n.answer);
         }
+        for n in &MAGIC {
+            assert!(NOTES.iter().all(|p| !p.contains(n.answer)), "{}", n.answer);
+        }
+    }
+
+    #[test]
+    fn magic_needles_lead_into_their_answer() {
+        assert_eq!(
+            MAGIC[1].answer_lead(),
+            "Answer: The special magic number for the Marlow observatory is"
+        );
     }
 }

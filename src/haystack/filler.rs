@@ -1,13 +1,10 @@
-//! The needle-in-a-haystack generator: filler prose written for kvscope (varied topics,
-//! so no single stretch of text looks like a repeated pattern the model can skip), a few
-//! distinct number needles, and the arithmetic that places a needle at a depth of a
-//! haystack of a target length in tokens.
+//! The filler text haystacks are made of, written for kvscope. None of it mentions a
+//! needle's answer (tested in `needles`).
 
-use anyhow::Result;
-
-/// Filler paragraphs. Each is self-contained, so any order reads as a plausible
-/// collection of notes; none mentions a number a needle uses.
-pub const FILLER: [&str; 24] = [
+/// Self-contained paragraphs on varied topics (`eval niah`'s haystacks), so any order
+/// reads as a plausible collection of notes and no single stretch of text looks like a
+/// repeated pattern the model can skip.
+pub const NOTES: [&str; 24] = [
     "The bakery on the corner opens before the sun is up. By four in the morning the ovens are warm and the first trays of rye loaves go in, followed by the softer white rolls that the cafe across the road buys every day. The baker says the secret is patience: dough that is hurried tastes of nothing, while dough that is left to rise slowly in a cool room picks up a faint sourness that customers notice even when they cannot name it.",
     "Along the river the path follows the old towing route that horses once used to pull barges upstream. The stones at the edge are worn smooth, and in places the iron rings where ropes were tied can still be found under the moss. Walkers who come in the early evening often see herons standing in the shallows, perfectly still, waiting for a fish to come close enough to catch.",
     "Every autumn the swallows gather on the telegraph wires above the village before they leave for the south. For a week or two they chatter and wheel over the fields, then one morning they are simply gone. Children at the school keep a notebook in which they write the date of the last sighting each year, and the teacher reads out the old entries so they can compare the seasons.",
@@ -34,149 +31,22 @@ pub const FILLER: [&str; 24] = [
     "The night market opens when the day market has packed away. Lanterns hang between the stalls, and the smell of grilled food drifts across the square. Musicians play on the steps of the old church, and families stay late on warm evenings, buying sweets for the children and sitting on the low walls to talk until the stalls begin to close.",
 ];
 
-/// A fact sentence with a number answer, and the question that asks for it.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Needle {
-    pub subject: &'static str,
-    pub number: &'static str,
-}
+/// A continuous document of plain paragraphs on everyday subjects (the profile's
+/// haystacks), cut at sentence ends.
+pub const DOCUMENT: &str = include_str!("document.txt");
 
-impl Needle {
-    pub fn sentence(&self) -> String {
-        format!(
-            "The special magic number for {} is {}.",
-            self.subject, self.number
-        )
-    }
-
-    pub fn question(&self) -> String {
-        format!("What is the special magic number for {}?", self.subject)
-    }
-
-    /// The start of the answer, for base models (no chat template), which continue text
-    /// rather than answer a question.
-    pub fn answer_lead(&self) -> String {
-        format!("Answer: The special magic number for {} is", self.subject)
-    }
-}
-
-/// Distinct needles: different subjects and numbers, so a model cannot score by
-/// repeating a number it saw in another cell.
-pub const NEEDLES: [Needle; 5] = [
-    Needle {
-        subject: "the Alder Street bakery",
-        number: "73914",
-    },
-    Needle {
-        subject: "the Marlow observatory",
-        number: "26058",
-    },
-    Needle {
-        subject: "the northern orchard",
-        number: "91482",
-    },
-    Needle {
-        subject: "the Cobbleford ferry",
-        number: "50736",
-    },
-    Needle {
-        subject: "the blue notebook",
-        number: "38629",
-    },
-];
-
-pub const INTRO: &str = "Read the notes below, then answer the question at the end.";
-
-/// Where the filler paragraphs go and where the needle sits among them.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Plan {
-    /// Indices into the paragraph list, in reading order (may repeat for long targets).
-    pub order: Vec<usize>,
-    /// The needle goes before `order[insert_at]` (`order.len()`: after the last one).
-    pub insert_at: usize,
-}
-
-/// Chooses paragraphs, starting at `start` and cycling, while their tokens fit in
-/// `room`; then the paragraph boundary nearest to `depth` percent of the filler's
-/// tokens. Depth 0 puts the needle first, 100 last (just before the question).
-pub fn plan(para_tokens: &[usize], room: usize, depth: usize, start: usize) -> Plan {
-    let mut order = Vec::new();
-    let mut used = 0usize;
-    if !para_tokens.is_empty() {
-        let mut i = start % para_tokens.len();
-        // A cap on the paragraph count stops a zero-token paragraph from looping forever.
-        while order.len() < 100_000 && used + para_tokens[i] <= room {
-            used += para_tokens[i];
-            order.push(i);
-            i = (i + 1) % para_tokens.len();
-        }
-    }
-    let target = used as f64 * depth.min(100) as f64 / 100.0;
-    let mut best = (0usize, f64::INFINITY);
-    let mut cum = 0usize;
-    for k in 0..=order.len() {
-        let d = (cum as f64 - target).abs();
-        if d < best.1 {
-            best = (k, d);
-        }
-        if k < order.len() {
-            cum += para_tokens[order[k]];
-        }
-    }
-    Plan {
-        order,
-        insert_at: best.0,
-    }
-}
-
-/// A generated NIAH prompt (the user's text, before the chat template).
-#[derive(Debug, Clone)]
-pub struct Haystack {
-    pub text: String,
-    pub answer: String,
-    pub needle: Needle,
-}
-
-/// Builds a prompt of about `target` tokens with `needle` at `depth` percent.
-/// `count` returns the token count of a user text once templated; paragraph sizes are
-/// measured one by one, so the final length can differ from `target` by a few tokens
-/// (the true length is what the results record).
-pub fn build(
-    target: usize,
-    depth: usize,
-    needle: Needle,
-    start: usize,
-    count: &mut dyn FnMut(&str) -> Result<usize>,
-) -> Result<Haystack> {
-    let frame = assemble(&[], 0, needle);
-    let fixed = count(&frame)?;
-    let mut sizes = Vec::with_capacity(FILLER.len());
-    for p in FILLER {
-        // "\n\n" + paragraph: what each paragraph adds to the prompt.
-        sizes.push(count(&format!("\n\n{p}"))?.saturating_sub(count("")?));
-    }
-    let p = plan(&sizes, target.saturating_sub(fixed), depth, start);
-    let paras: Vec<&str> = p.order.iter().map(|&i| FILLER[i]).collect();
-    Ok(Haystack {
-        text: assemble(&paras, p.insert_at, needle),
-        answer: needle.number.to_string(),
-        needle,
-    })
-}
-
-fn assemble(paras: &[&str], insert_at: usize, needle: Needle) -> String {
-    let mut parts: Vec<String> = vec![INTRO.to_string()];
-    for (i, p) in paras.iter().enumerate() {
-        if i == insert_at {
-            parts.push(needle.sentence());
-        }
-        parts.push(p.to_string());
-    }
-    if insert_at >= paras.len() {
-        parts.push(needle.sentence());
-    }
-    parts.push(format!("Question: {}", needle.question()));
-    parts.join("\n\n")
+/// A text as paragraphs (split at blank lines) of sentences (a sentence ends with
+/// ". "), trimmed, empty ones dropped.
+pub fn sentences(text: &str) -> Vec<Vec<&str>> {
+    text.split("\n\n")
+        .map(|p| {
+            p.split_inclusive(". ")
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .collect::<Vec<_>>()
+        })
+        .filter(|p| !p.is_empty())
+        .collect()
 }
 
 #[cfg(test)]
@@ -184,60 +54,10 @@ mod tests {
     use super::*;
 
     #[test]
-    fn plan_fills_the_room_and_places_the_needle_by_depth() {
-        let sizes = [10, 20, 30, 40];
-        let p = plan(&sizes, 65, 0, 0);
-        assert_eq!(p.order, [0, 1, 2]);
-        assert_eq!(p.insert_at, 0);
-        assert_eq!(plan(&sizes, 65, 100, 0).insert_at, 3);
-        // 50% of 60 tokens = 30: the boundary after paragraphs 0 and 1.
-        assert_eq!(plan(&sizes, 65, 50, 0).insert_at, 2);
-        // Starting elsewhere cycles through the list.
-        let p = plan(&sizes, 75, 50, 3);
-        assert_eq!(p.order, [3, 0, 1]);
-        assert_eq!(p.insert_at, 1);
-        // Long targets repeat paragraphs.
-        assert_eq!(plan(&[5, 5], 22, 0, 0).order, [0, 1, 0, 1]);
-        assert!(plan(&sizes, 5, 50, 0).order.is_empty());
-        assert_eq!(plan(&[], 100, 50, 0).insert_at, 0);
-        assert_eq!(plan(&[0], 10, 50, 0).order.len(), 100_000);
-    }
-
-    #[test]
-    fn build_puts_the_needle_at_the_planned_place_and_the_question_last() {
-        // One token per word is close enough for the arithmetic.
-        let mut count = |s: &str| Ok(s.split_whitespace().count());
-        let h = build(600, 50, NEEDLES[1], 3, &mut count).unwrap();
-        assert!(h.text.starts_with(INTRO));
-        assert!(h
-            .text
-            .ends_with("Question: What is the special magic number for the Marlow observatory?"));
-        assert_eq!(h.answer, "26058");
-        let n = h.text.split_whitespace().count();
-        assert!((450..=600).contains(&n), "{n}");
-        let at = h.text.find(&NEEDLES[1].sentence()).unwrap();
-        let frac = at as f64 / h.text.len() as f64;
-        assert!((0.35..0.65).contains(&frac), "{frac}");
-        let first = build(600, 0, NEEDLES[0], 0, &mut count).unwrap();
-        assert!(first.text[INTRO.len()..]
-            .trim_start()
-            .starts_with(&NEEDLES[0].sentence()));
-        let last = build(600, 100, NEEDLES[0], 0, &mut count).unwrap();
-        assert!(last
-            .text
-            .contains(&format!("{}\n\nQuestion:", NEEDLES[0].sentence())));
-    }
-
-    #[test]
-    fn needles_are_distinct_and_absent_from_the_filler() {
-        for (i, a) in NEEDLES.iter().enumerate() {
-            for b in &NEEDLES[i + 1..] {
-                assert_ne!(a.number, b.number);
-                assert_ne!(a.subject, b.subject);
-            }
-            for p in FILLER {
-                assert!(!p.contains(a.number));
-            }
-        }
+    fn document_has_many_paragraphs_of_sentences() {
+        let p = sentences(DOCUMENT);
+        assert!(p.len() >= 12, "{}", p.len());
+        assert!(p.iter().all(|s| s.len() >= 3));
+        assert!(DOCUMENT.split_whitespace().count() > 1000);
     }
 }
