@@ -94,7 +94,28 @@ pub struct Trace {
     pub windows: Vec<Option<usize>>,
 }
 
+/// Bytes held by block maps (they move out of the Trace into the inspector's snapshot).
+pub fn maps_bytes(maps: &[Vec<BlockMap>]) -> usize {
+    maps.iter()
+        .flatten()
+        .map(|b| b.mean.len() * std::mem::size_of::<f32>())
+        .sum()
+}
+
 impl Trace {
+    /// Bytes this Trace holds: K, V, the last queries, column sums, block maps and the
+    /// last logits (what `kvscope bench` and the memory pane report as "Trace").
+    pub fn resident_bytes(&self) -> usize {
+        let f = std::mem::size_of::<f32>();
+        self.layers
+            .iter()
+            .map(|l| {
+                (l.k.len() + l.v.len() + l.q_last.len() + l.col_sums.len()) * f
+                    + maps_bytes(std::slice::from_ref(&l.maps))
+            })
+            .sum::<usize>()
+            + self.last_logits.len() * f
+    }
     fn kv_offset(&self, kv_head: usize, pos: usize) -> usize {
         (kv_head * self.len + pos) * self.dims.head_dim
     }

@@ -118,7 +118,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             let t = Instant::now();
             let trace = m.prefill(&ids, crate::session::PREFILL_CHUNK, &mut |_, _| {})?;
             tps.push(n as f64 / t.elapsed().as_secs_f64());
-            trace_bytes_max = trace_bytes_max.max(trace_bytes(&trace));
+            trace_bytes_max = trace_bytes_max.max(trace.resident_bytes());
         }
         let v = median(tps);
         say(format!("prefill {n:>5} tokens: {v:>7.1} t/s"));
@@ -130,7 +130,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         let ids = filler_ids(&loaded, ctx.max(1))?;
         let trace = m.prefill(&ids, crate::session::PREFILL_CHUNK, &mut |_, _| {})?;
         let all = KeepSet::all(&trace.dims, trace.len);
-        trace_bytes_max = trace_bytes_max.max(trace_bytes(&trace));
+        trace_bytes_max = trace_bytes_max.max(trace.resident_bytes());
         let (v, kv) = decode_tps(&loaded, &trace, &all, a.steps, reps)?;
         kv_bytes_max = kv_bytes_max.max(kv);
         say(format!("decode at {ctx:>5} context: {v:>7.1} t/s"));
@@ -215,18 +215,6 @@ fn weight_formats(m: &crate::model::Model) -> String {
         .map(|(n, c)| format!("{n} x{c}"))
         .collect::<Vec<_>>()
         .join(", ")
-}
-
-/// Bytes the Trace holds (K, V, last queries, column sums, block maps).
-pub fn trace_bytes(t: &crate::trace::Trace) -> usize {
-    t.layers
-        .iter()
-        .map(|l| {
-            (l.k.len() + l.v.len() + l.q_last.len() + l.col_sums.len()) * 4
-                + l.maps.iter().map(|b| b.mean.len() * 4).sum::<usize>()
-        })
-        .sum::<usize>()
-        + t.last_logits.len() * 4
 }
 
 /// Peak resident set size of this process (Linux: VmHWM), if known.

@@ -18,6 +18,10 @@ pub struct Snapshot {
     /// `[layer]`: the sliding window of a sliding-window layer, `None` for a global one.
     pub windows: Vec<Option<usize>>,
     pub model_file_bytes: u64,
+    /// Bytes the weights take in memory (as stored, plus any rearranged copy).
+    pub weights_bytes: usize,
+    /// Bytes of this prompt's Trace, block maps included.
+    pub trace_bytes: usize,
     /// Text of each prompt token (for the token inspector).
     pub prompt_tokens: Vec<String>,
     /// Full-cache generation: ids, text of each token, whole text.

@@ -331,6 +331,8 @@ pub fn snapshot(
         head_dim: cfg.head_dim,
         windows: s.trace.windows.clone(),
         model_file_bytes: loaded.file_bytes,
+        weights_bytes: loaded.model.weights.resident_bytes(),
+        trace_bytes: s.trace.resident_bytes() + crate::trace::maps_bytes(&maps),
         prompt_tokens: s.trace.ids.iter().map(|&i| tok.token_text(i)).collect(),
         full_tokens: s.full.ids.iter().map(|&i| tok.token_text(i)).collect(),
         full_ids: s.full.ids.clone(),

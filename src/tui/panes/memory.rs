@@ -1,4 +1,5 @@
-//! Memory: full vs kept KV bytes, the fraction, the model file, the process RSS.
+//! Memory: full vs kept KV bytes, the fraction, and the process's resident memory
+//! broken down into weights, the Trace and the rest (caches, scratch, tokenizer).
 
 use ratatui::layout::Rect;
 use ratatui::text::Line;
@@ -45,8 +46,25 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
             "model     {:>11}",
             bytes(s.model_file_bytes)
         )));
+        lines.push(Line::from(format!(
+            "weights   {:>11}",
+            bytes(s.weights_bytes as u64)
+        )));
+        lines.push(Line::from(format!(
+            "Trace     {:>11}",
+            bytes(s.trace_bytes as u64)
+        )));
     }
     lines.push(Line::from(format!("RSS       {rss:>11}")));
+    if let (Some(s), Some(r)) = (&app.snapshot, app.rss_bytes) {
+        // What the process holds beyond weights and Trace: decode caches, scratch
+        // buffers, the tokenizer, the UI.
+        let known = (s.weights_bytes + s.trace_bytes) as u64;
+        lines.push(Line::from(format!(
+            "other     {:>11}",
+            bytes(r.saturating_sub(known))
+        )));
+    }
     let dtype = app.snapshot.as_ref().map_or("?", |s| s.kv_dtype);
     lines.push(Line::styled(
         format!("KV at {dtype}, K+V, prompt only"),
