@@ -225,6 +225,11 @@ impl Session {
         }
     }
 
+    /// What the full cache attended to during the generation, once a method needed it.
+    pub fn future(&self) -> Option<&FutureAttention> {
+        self.future.as_ref()
+    }
+
     /// Selects with `settings` and decodes over the compressed cache.
     pub fn apply(&mut self, model: &Model, tok: &Tok, settings: Settings) -> Result<&Compressed> {
         self.apply_with(model, tok, settings, None, false)

@@ -1,6 +1,9 @@
 //! The divergence analysis on a tiny random model (no download): hand-checkable cases of
 //! METHOD.md "Divergence analysis", "Pins" and "oracle".
 
+mod common;
+
+use kvscope::cli::explain;
 use kvscope::divergence::{self, metrics, FullPass};
 use kvscope::eviction::{self, Method, Settings};
 use kvscope::keepset::KeepSet;
@@ -364,4 +367,49 @@ fn sliding_layers_map_cache_entries_to_prompt_positions() {
     assert!(c
         .iter()
         .all(|c| keep.positions[1].iter().any(|k| !k.contains(&c.pos))));
+}
+
+/// `oracle` through a session, as `run`, `explain` and `eval` use it: the session replays
+/// the full generation once, the oracle selects from it at the allocator's budgets, and
+/// explain's rescue re-selects with the same future attention.
+#[test]
+fn oracle_runs_through_a_session_and_explain_rescues_it() {
+    let mut fx = common::fixture();
+    let oracle = Method::named("oracle").expect("registered");
+    let s = Settings {
+        method: oracle,
+        budget: 12,
+        window: 4,
+        ..Settings::default()
+    };
+    let (model, tok) = (&fx.loaded.model, &fx.loaded.tok);
+    assert!(fx.session.full_pass.is_none());
+    let c = fx
+        .session
+        .apply_with(model, tok, s.clone(), None, true)
+        .expect("oracle applies");
+    let keep = c.selection.keep.clone();
+    let fp = fx
+        .session
+        .full_pass
+        .as_ref()
+        .expect("the session replayed the full cache");
+    let budgets = vec![12; fx.session.trace.dims.n_layers];
+    assert_eq!(
+        keep,
+        divergence::oracle_keep(fp, &fx.session.trace, &budgets, 4)
+    );
+    let ex = explain::explain(
+        &fx.loaded,
+        &mut fx.session,
+        &Default::default(),
+        Some(1),
+        5,
+        Some(2),
+    )
+    .expect("explain the oracle");
+    let r = &ex.report;
+    // The oracle is its own oracle; the rescue ran with the same future attention.
+    assert_eq!(r.oracle_gap.kept_overlap_with_oracle, 1.0);
+    assert!(r.rescue.is_some());
 }

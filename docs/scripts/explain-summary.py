@@ -43,8 +43,12 @@ for m in ["streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "compresskv", "
     if not v:
         continue
     n = len(v)
-    mean = lambda k: sum(x[k] for x in v) / n
-    cnt = lambda k: sum(1 for x in v if x[k])
+    def mean(k):
+        xs = [x[k] for x in v if x[k] is not None]
+        return sum(xs) / len(xs) if xs else float("nan")
+    rescued = any(x["resc_match"] is not None for x in v)
+    cnt = lambda k: (f"{sum(1 for x in v if x[k])}/{n}"
+                     if rescued or not k.startswith("resc") else "-")
     print(f"| {m} | {n} | {100*mean('frac'):.1f}% | {mean('lost'):.3f} | {mean('kl'):.3f} | "
-          f"{cnt('comp_ans')}/{n} | {cnt('resc_ans')}/{n} | {cnt('oracle_ans')}/{n} | {cnt('comp_exact')}/{n} | {cnt('resc_exact')}/{n} | "
-          f"{mean('comp_match'):.2f} -> {mean('resc_match'):.2f} | {mean('overlap'):.2f} |")
+          f"{cnt('comp_ans')} | {cnt('resc_ans')} | {cnt('oracle_ans')} | {cnt('comp_exact')} | {cnt('resc_exact')} | "
+          f"{mean('comp_match'):.2f} -> {mean('resc_match'):.2f} | {mean('overlap'):.2f} |".replace("nan", "-"))

@@ -182,7 +182,8 @@ pub fn explain(
     let rescue = match (rescue, chosen) {
         (Some(k), Some(_)) => {
             let (s, pins) = divergence::rescue_settings(&comp.settings, &masses, k);
-            let sel = eviction::select(trace, &s, session.profile.as_ref())?;
+            let sel =
+                eviction::select_full(trace, &s, session.profile.as_ref(), None, session.future())?;
             let out = model.generate(trace, &sel.keep, session.max_new, &tok.stop_ids, None)?;
             Some(dr::RescuePart {
                 k,
