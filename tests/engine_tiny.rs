@@ -95,8 +95,16 @@ fn chunked_prefill_equals_unchunked() {
         let t16 = m
             .prefill(&ids, 16, &mut |d, n| calls.push((d, n)))
             .expect("prefill");
-        assert_eq!(calls.len(), len.div_ceil(16), "one progress call per chunk");
+        // (0, len) first, then after every layer of every chunk, (len, len) once last.
+        let layers = m.config.n_layers;
+        assert_eq!(calls.len(), 1 + len.div_ceil(16) * layers, "{calls:?}");
+        assert_eq!(calls.first(), Some(&(0, len)));
         assert_eq!(calls.last(), Some(&(len, len)));
+        assert_eq!(calls.iter().filter(|c| c.0 == len).count(), 1);
+        assert!(calls.windows(2).all(|w| w[0].0 <= w[1].0 && w[1].1 == len));
+        for c0 in (16..len).step_by(16) {
+            assert!(calls.contains(&(c0, len)), "chunk end {c0} reported");
+        }
         assert_same_trace(&format!("len {len} chunk 16"), &t16, &whole);
         for chunk in [1, 7] {
             let t = prefill(&m, &ids, chunk);
