@@ -44,7 +44,7 @@ pub const HELP: &[(&str, &str)] = &[
     ("e", "export settings + keep set as a `run --json` report"),
     (
         "I",
-        "load an exported report's settings (same model and prompt only)",
+        "load an exported report's settings (same model, prompt)",
     ),
     (
         "x  X",
