@@ -38,7 +38,9 @@ for path in sorted(glob.glob(os.path.join(out, "*.json"))):
 
 print("| method | prompts | KV kept | mean lost mass | mean KL | answer: compressed | answer: rescue | answer: oracle at these budgets | exact: compressed | exact: rescue | token match compressed -> rescue | overlap with oracle |")
 print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-for m in ["streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "compresskv", "oracle"]:
+order = ["streamingllm", "h2o", "snapkv", "pyramidkv", "adakv", "compresskv", "cake",
+         "knorm", "tova", "headkv", "random", "oracle"]
+for m in order + sorted(set(rows) - set(order)):
     v = rows.get(m)
     if not v:
         continue
