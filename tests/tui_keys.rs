@@ -384,3 +384,36 @@ fn a_found_profile_makes_compresskv_the_start_method_unless_the_user_chose() {
     ready(&mut no_profile, &plain);
     assert_eq!(no_profile.settings.method, Method::SnapKv);
 }
+
+/// On a model with sliding-window layers the knob keys also reach `evict_sliding`, a
+/// switch that `<` / `>` flip; without such layers it is not offered.
+#[test]
+fn evict_sliding_is_a_knob_only_with_sliding_layers() {
+    let mut fx = common::fixture();
+    let mut app = common::ready_app(&mut fx);
+    let names = |app: &App| app.knobs().iter().map(|k| k.name).collect::<Vec<_>>();
+    assert!(!names(&app).contains(&"evict_sliding"));
+    let snap = app.snapshot.as_mut().expect("snapshot");
+    let n = snap.n_layers;
+    snap.windows = (0..n).map(|l| (l % 2 == 0).then_some(4)).collect();
+    assert!(names(&app).contains(&"evict_sliding"));
+    for _ in 0..names(&app).len() {
+        key(&mut app, KeyCode::Char('o'));
+        if app
+            .notice
+            .as_deref()
+            .unwrap_or("")
+            .starts_with("evict_sliding")
+        {
+            break;
+        }
+    }
+    let n = app.notice.clone().unwrap_or_default();
+    assert!(n.starts_with("evict_sliding"), "{n}");
+    assert!(!app.settings.knob_bool("evict_sliding"));
+    let cmds = key(&mut app, KeyCode::Char('>'));
+    assert!(app.settings.knob_bool("evict_sliding"));
+    assert!(!cmds.is_empty(), "the edit is sent to the worker");
+    key(&mut app, KeyCode::Char('<'));
+    assert!(!app.settings.knob_bool("evict_sliding"));
+}

@@ -225,6 +225,17 @@ impl App {
     }
 
     /// `[layer]`: sliding window (`None`: global layer).
+    /// The knobs `o` and `<` / `>` cycle through and step: the method's and the
+    /// allocator's, and on a model with sliding-window layers also `evict_sliding`
+    /// (whether the method selects inside those layers' windows too).
+    pub fn knobs(&self) -> Vec<&'static registry::Knob> {
+        let mut knobs = registry::knobs_in_force(&self.settings);
+        if self.windows().iter().any(Option::is_some) {
+            knobs.push(&crate::eviction::sliding::EVICT_SLIDING);
+        }
+        knobs
+    }
+
     pub fn windows(&self) -> Vec<Option<usize>> {
         self.snapshot
             .as_ref()
@@ -713,7 +724,7 @@ pub fn update(app: &mut App, a: Action) -> Vec<Cmd> {
             return app.edit(|s| s.first_k = (s.first_k as i64 + d).clamp(1, nh) as usize);
         }
         Action::NextKnob => {
-            let knobs = registry::knobs_in_force(&app.settings);
+            let knobs = app.knobs();
             if knobs.is_empty() {
                 app.notice = Some(format!(
                     "{} and the {} allocator have no knobs",
@@ -726,7 +737,7 @@ pub fn update(app: &mut App, a: Action) -> Vec<Cmd> {
             }
         }
         Action::KnobStep(d) => {
-            let knobs = registry::knobs_in_force(&app.settings);
+            let knobs = app.knobs();
             let Some(&k) = knobs.get(app.knob_sel % knobs.len().max(1)) else {
                 app.notice = Some(format!("{} has no knobs", app.settings.method));
                 return Vec::new();
