@@ -7,5 +7,5 @@ tmux new-session -d -s tt -x 160 -y 45 "KVSCOPE_TRACE_TIMING=$LOG ./target/relea
 for i in $(seq 1 120); do sleep 1; tmux capture-pane -p -t tt | grep -q '\[ready\]' && break; done
 for k in - - - - + + + + / / '*' '*'; do tmux send-keys -t tt -- "$k"; sleep 4; done
 tmux send-keys -t tt q; sleep 1; tmux kill-session -t tt 2>/dev/null
-grep key_to_screen $LOG
+grep -E "key_to_screen|key_to_divergence" $LOG
 grep draw_ms $LOG | awk '{print $2}' | sort -n | awk '{a[NR]=$1} END {print "draws", NR, "median", a[int(NR/2)], "p90", a[int(NR*0.9)]}'

@@ -388,11 +388,14 @@ fn install_panic_hook() {
     }));
 }
 
-/// `KVSCOPE_TRACE_TIMING=FILE`: appends frame draw times and the time from a settings
-/// key press to the first frame showing that generation's result.
+/// `KVSCOPE_TRACE_TIMING=FILE`: appends frame draw times, the time from a settings key
+/// press to the first frame showing that generation's result, and to the first frame
+/// with its Divergence pane data (computed after the result, on the worker).
 struct TimingLog {
     file: Option<std::fs::File>,
     edit: Option<(u64, Instant)>,
+    /// The edit whose result is on screen and whose divergence view is still awaited.
+    div: Option<(u64, Instant)>,
 }
 
 impl TimingLog {
@@ -404,7 +407,11 @@ impl TimingLog {
                 .open(p)
                 .ok()
         });
-        TimingLog { file, edit: None }
+        TimingLog {
+            file,
+            edit: None,
+            div: None,
+        }
     }
 
     fn edited(&mut self, gen: u64) {
@@ -428,6 +435,17 @@ impl TimingLog {
                     app.prompt_len()
                 );
                 self.edit = None;
+                self.div = Some((gen, at));
+            }
+        }
+        if let (Some((gen, at)), Some(r)) = (self.div, &app.result) {
+            if r.gen == gen && r.divergence.is_some() {
+                let _ = writeln!(
+                    f,
+                    "key_to_divergence_ms {:.1} gen {gen}",
+                    at.elapsed().as_secs_f64() * 1e3
+                );
+                self.div = None;
             }
         }
     }
