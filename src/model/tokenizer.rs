@@ -43,6 +43,14 @@ const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 /// SentencePiece's visible space.
 const SPM_SPACE: &str = "\u{2581}";
 
+/// llama.cpp's pre-tokenizer regexes for `tokenizer.ggml.pre = default`, applied in turn.
+const DEFAULT_REGEXES: [&str; 4] = [
+    r"[\p{P}\$\+<=>\^~\|]+",
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
+    r"\p{N}+",
+    r"[0-9][0-9][0-9]",
+];
+
 /// Llama 3's pre-tokenizer regex (llama.cpp `llama-bpe`).
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's pre-tokenizer regex: Llama 3's with single digits.
@@ -537,18 +545,26 @@ fn gpt2_tokenizer(md: &HashMap<String, Value>, tokens: &[String], pre: &str) -> 
 /// the vocabulary skips the merges (Llama 3).
 fn pre_tokenizer(pre: &str) -> Result<(PreTokenizerWrapper, bool)> {
     let byte_level = ByteLevel::new(false, true, true);
-    let split = |re: &str| -> Result<PreTokenizerWrapper> {
-        let s = Split::new(
-            SplitPattern::Regex(re.to_string()),
-            SplitDelimiterBehavior::Isolated,
-            false,
-        )
-        .map_err(|e| anyhow!("pre-tokenizer regex: {e}"))?;
-        Ok(PreTokenizerWrapper::Sequence(Sequence::new(vec![
-            PreTokenizerWrapper::Split(s),
-            PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, false)),
-        ])))
+    // Each regex splits the pieces the previous one left (matches and the text between
+    // them both kept), as llama.cpp applies its list of pre-tokenizer regexes; then the
+    // bytes are mapped without GPT-2's own regex.
+    let splits = |res: &[&str]| -> Result<PreTokenizerWrapper> {
+        let mut seq = Vec::new();
+        for re in res {
+            let s = Split::new(
+                SplitPattern::Regex(re.to_string()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| anyhow!("pre-tokenizer regex: {e}"))?;
+            seq.push(PreTokenizerWrapper::Split(s));
+        }
+        seq.push(PreTokenizerWrapper::ByteLevel(ByteLevel::new(
+            false, true, false,
+        )));
+        Ok(PreTokenizerWrapper::Sequence(Sequence::new(seq)))
     };
+    let split = |re: &str| splits(&[re]);
     Ok(match pre {
         // SmolLM: every digit is a pre-token of its own, then GPT-2's regex.
         "smollm" => (
@@ -558,7 +574,11 @@ fn pre_tokenizer(pre: &str) -> Result<(PreTokenizerWrapper, bool)> {
             ])),
             false,
         ),
-        "gpt2" | "gpt-2" | "default" => (PreTokenizerWrapper::ByteLevel(byte_level), false),
+        "gpt2" | "gpt-2" => (PreTokenizerWrapper::ByteLevel(byte_level), false),
+        // llama.cpp's `default` (also what a file without `tokenizer.ggml.pre` gets) is
+        // not GPT-2's: punctuation runs are split off first, then GPT-2's regex, then
+        // digit runs, cut into groups of three from the left.
+        "default" => (splits(&DEFAULT_REGEXES)?, false),
         "llama-bpe" | "llama3" | "llama-v3" => (split(LLAMA3_REGEX)?, true),
         "qwen2" | "deepseek-r1-qwen" => (split(QWEN2_REGEX)?, false),
         other => bail!(
