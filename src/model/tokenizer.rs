@@ -3,7 +3,8 @@
 //!
 //! Two kinds (`tokenizer.ggml.model`):
 //! - `gpt2`: byte-level BPE with the file's merges and a pre-tokenizer named by
-//!   `tokenizer.ggml.pre` (SmolLM, GPT-2, Llama 3, Qwen2).
+//!   `tokenizer.ggml.pre` (SmolLM, GPT-2, Llama 3, Qwen2, and the other names llama.cpp
+//!   gives the same or a listed regex chain).
 //! - `llama`: SentencePiece BPE (Llama 2, Mistral, TinyLlama, Gemma). The file has no
 //!   merges, only scores: repeatedly merging the adjacent pair whose result has the highest
 //!   score is BPE whose merge ranks are the scores of the merge results, so the merges are
@@ -51,10 +52,20 @@ const DEFAULT_REGEXES: [&str; 4] = [
     r"[0-9][0-9][0-9]",
 ];
 
+/// llama.cpp's pre-tokenizer regexes for `falcon`, applied in turn.
+const FALCON_REGEXES: [&str; 3] = [
+    r"[\p{P}\$\+<=>\^~\|`]+",
+    r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)",
+    r"[0-9][0-9][0-9]",
+];
+
 /// Llama 3's pre-tokenizer regex (llama.cpp `llama-bpe`).
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's pre-tokenizer regex: Llama 3's with single digits.
 const QWEN2_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Qwen3.5's pre-tokenizer regex (llama.cpp `qwen35`).
+const QWEN35_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+|\p{N}| ?[^\s\p{L}\p{M}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// End-of-turn tokens of the chat formats kvscope knows: generation stops at them.
 const END_OF_TURN: [&str; 4] = ["<|im_end|>", "<|eot_id|>", "<end_of_turn>", "</s>"];
@@ -567,22 +578,27 @@ fn pre_tokenizer(pre: &str) -> Result<(PreTokenizerWrapper, bool)> {
     let split = |re: &str| splits(&[re]);
     Ok(match pre {
         // SmolLM: every digit is a pre-token of its own, then GPT-2's regex.
-        "smollm" => (
+        // llama.cpp gives StarCoder, Refact and Command-R the same pre-tokenizer.
+        "smollm" | "starcoder" | "refact" | "command-r" => (
             PreTokenizerWrapper::Sequence(Sequence::new(vec![
                 PreTokenizerWrapper::Digits(Digits::new(true)),
                 PreTokenizerWrapper::ByteLevel(byte_level),
             ])),
             false,
         ),
-        "gpt2" | "gpt-2" => (PreTokenizerWrapper::ByteLevel(byte_level), false),
+        "gpt2" | "gpt-2" | "mpt" => (PreTokenizerWrapper::ByteLevel(byte_level), false),
         // llama.cpp's `default` (also what a file without `tokenizer.ggml.pre` gets) is
         // not GPT-2's: punctuation runs are split off first, then GPT-2's regex, then
         // digit runs, cut into groups of three from the left.
         "default" => (splits(&DEFAULT_REGEXES)?, false),
+        // Falcon: `default` with backquotes among the punctuation and no digit-run split.
+        "falcon" => (splits(&FALCON_REGEXES)?, false),
+        // Qwen3.5: Qwen2's with combining marks kept inside words.
+        "qwen35" => (split(QWEN35_REGEX)?, false),
         "llama-bpe" | "llama3" | "llama-v3" => (split(LLAMA3_REGEX)?, true),
         "qwen2" | "deepseek-r1-qwen" => (split(QWEN2_REGEX)?, false),
         other => bail!(
-            "unsupported pre-tokenizer '{other}' (tokenizer.ggml.pre); kvscope knows: smollm, gpt2, gpt-2, default, llama-bpe, qwen2, deepseek-r1-qwen"
+            "unsupported pre-tokenizer '{other}' (tokenizer.ggml.pre); kvscope knows: smollm, gpt2, gpt-2, default, llama-bpe, qwen2, deepseek-r1-qwen, mpt, starcoder, refact, command-r, falcon, qwen35"
         ),
     })
 }
