@@ -174,14 +174,6 @@ fn unsupported_vocabularies_are_refused_naming_the_kind() {
             "gemma-4",
             "unsupported tokenizer 'gemma4' (tokenizer.ggml.model)",
         ),
-        (
-            "deepseek-coder",
-            "unsupported pre-tokenizer 'deepseek-coder' (tokenizer.ggml.pre)",
-        ),
-        (
-            "deepseek-llm",
-            "unsupported pre-tokenizer 'deepseek-llm' (tokenizer.ggml.pre)",
-        ),
     ];
     for (name, want) in refused {
         match load(name) {

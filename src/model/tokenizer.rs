@@ -59,6 +59,25 @@ const FALCON_REGEXES: [&str; 3] = [
     r"[0-9][0-9][0-9]",
 ];
 
+/// llama.cpp's pre-tokenizer regexes for `deepseek-llm`, applied in turn.
+const DEEPSEEK_LLM_REGEXES: [&str; 6] = [
+    "[\r\n]",
+    "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-ώᾀ-ᾴᾶ-ᾼιῂ-ῄῆ-ῌῐ-ΐῖ-Ίῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤΩℨK-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
+    "\\s?[!-/:-~！-／：-～‘-‟　-。]+",
+    "\\s+$",
+    "[一-龥ࠀ-一가-퟿]+",
+    "\\p{N}+",
+];
+
+/// llama.cpp's pre-tokenizer regexes for `deepseek-coder`, applied in turn.
+const DEEPSEEK_CODER_REGEXES: [&str; 5] = [
+    "[\r\n]",
+    r"\s?\p{L}+",
+    r"\s?\p{P}+",
+    "[一-龥ࠀ-一가-\u{d7ff}]+",
+    r"\p{N}",
+];
+
 /// Llama 3's pre-tokenizer regex (llama.cpp `llama-bpe`).
 const LLAMA3_REGEX: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 /// Qwen2's pre-tokenizer regex: Llama 3's with single digits.
@@ -593,12 +612,14 @@ fn pre_tokenizer(pre: &str) -> Result<(PreTokenizerWrapper, bool)> {
         "default" => (splits(&DEFAULT_REGEXES)?, false),
         // Falcon: `default` with backquotes among the punctuation and no digit-run split.
         "falcon" => (splits(&FALCON_REGEXES)?, false),
+        "deepseek-llm" => (splits(&DEEPSEEK_LLM_REGEXES)?, false),
+        "deepseek-coder" => (splits(&DEEPSEEK_CODER_REGEXES)?, false),
         // Qwen3.5: Qwen2's with combining marks kept inside words.
         "qwen35" => (split(QWEN35_REGEX)?, false),
         "llama-bpe" | "llama3" | "llama-v3" => (split(LLAMA3_REGEX)?, true),
         "qwen2" | "deepseek-r1-qwen" => (split(QWEN2_REGEX)?, false),
         other => bail!(
-            "unsupported pre-tokenizer '{other}' (tokenizer.ggml.pre); kvscope knows: smollm, gpt2, gpt-2, default, llama-bpe, qwen2, deepseek-r1-qwen, mpt, starcoder, refact, command-r, falcon, qwen35"
+            "unsupported pre-tokenizer '{other}' (tokenizer.ggml.pre); kvscope knows: smollm, gpt2, gpt-2, default, llama-bpe, qwen2, deepseek-r1-qwen, mpt, starcoder, refact, command-r, falcon, qwen35, deepseek-llm, deepseek-coder"
         ),
     })
 }
@@ -892,10 +913,8 @@ mod tests {
                 ["1", "2", "3", "4", "5", "Ġ", "a", "b"]
             );
         }
-        let e = gpt2("deepseek-llm", &v, &[])
-            .err()
-            .expect("unknown pre-tokenizer");
-        assert!(format!("{e:#}").contains("'deepseek-llm'"), "{e:#}");
+        let e = gpt2("jais", &v, &[]).err().expect("unknown pre-tokenizer");
+        assert!(format!("{e:#}").contains("'jais'"), "{e:#}");
     }
 
     #[test]
