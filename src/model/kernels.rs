@@ -137,9 +137,22 @@ pub struct QMat {
     pub packed: bool,
     pub q: Vec<u8>,
     /// Per-block scale and offset in f16, as GGUF stores them (half the bytes of f32;
-    /// decode reads every weight byte once per token).
+    /// decode reads every weight byte once per token). An empty `m` means every offset
+    /// is `-128 d` (GGUF Q8_0, whose signed codes are held as `q + 128`): not storing it
+    /// keeps the 34 bytes per block of the file instead of 36, and `-128 d` is exact in
+    /// f16 and f32 (a power-of-two multiple), so every kernel computes the same offsets.
     pub d: Vec<f16>,
     pub m: Vec<f16>,
+}
+
+/// The offset of a block with scale `d` and stored offsets `m` (empty: symmetric codes).
+#[inline(always)]
+fn block_offset(m: &[f16], d: &[f16], b: usize) -> f32 {
+    if m.is_empty() {
+        -128.0 * d[b].to_f32()
+    } else {
+        m[b].to_f32()
+    }
 }
 
 impl QMat {
@@ -154,7 +167,11 @@ impl QMat {
         (
             &self.q[r * rb..(r + 1) * rb],
             &self.d[r * nb..(r + 1) * nb],
-            &self.m[r * nb..(r + 1) * nb],
+            if self.m.is_empty() {
+                &[]
+            } else {
+                &self.m[r * nb..(r + 1) * nb]
+            },
         )
     }
 
@@ -215,7 +232,7 @@ impl QMat {
     pub fn dequant_row(&self, r: usize, out: &mut [f32]) {
         let (q, d, m) = self.row(r);
         for (b, o) in out.chunks_exact_mut(QK).enumerate() {
-            let (s, off) = (d[b].to_f32(), m[b].to_f32());
+            let (s, off) = (d[b].to_f32(), block_offset(m, d, b));
             if self.packed {
                 let (lo, hi) = o.split_at_mut(QK / 2);
                 for ((l, h), &byte) in lo.iter_mut().zip(hi).zip(&q[b * QK / 2..(b + 1) * QK / 2]) {
@@ -237,7 +254,7 @@ impl QMat {
             for c in 0..self.cols {
                 let b = r * nb + c / QK;
                 out[r * self.cols + c] =
-                    self.d[b].to_f32() * self.code(r, c) as f32 + self.m[b].to_f32();
+                    self.d[b].to_f32() * self.code(r, c) as f32 + block_offset(&self.m, &self.d, b);
             }
         }
         out
@@ -388,13 +405,14 @@ mod avx2 {
             let s1 = d[b + 1].to_f32() * x.s[b + 1];
             a0 = _mm256_fmadd_ps(block(qp, packed, b, xp, mask), _mm256_set1_ps(s0), a0);
             a1 = _mm256_fmadd_ps(block(qp, packed, b + 1, xp, mask), _mm256_set1_ps(s1), a1);
-            off += m[b].to_f32() * x.sum[b] + m[b + 1].to_f32() * x.sum[b + 1];
+            off += super::block_offset(m, d, b) * x.sum[b]
+                + super::block_offset(m, d, b + 1) * x.sum[b + 1];
             b += 2;
         }
         if b < nb {
             let s0 = d[b].to_f32() * x.s[b];
             a0 = _mm256_fmadd_ps(block(qp, packed, b, xp, mask), _mm256_set1_ps(s0), a0);
-            off += m[b].to_f32() * x.sum[b];
+            off += super::block_offset(m, d, b) * x.sum[b];
         }
         let acc = _mm256_add_ps(a0, a1);
         super::hsum256(acc) + off
@@ -457,19 +475,25 @@ mod avx2x2 {
 
     /// Two rows against the same activations (pass one row twice for an odd last row).
     pub unsafe fn rows_dot2(rows: [Row; 2], packed: bool, x: &QVec) -> [f32; 2] {
-        if packed {
-            rows_dot2_fmt::<true>(rows, x)
-        } else {
-            rows_dot2_fmt::<false>(rows, x)
+        let sym = rows[0].2.is_empty();
+        match (packed, sym) {
+            (true, false) => rows_dot2_fmt::<true, false>(rows, x),
+            (true, true) => rows_dot2_fmt::<true, true>(rows, x),
+            (false, false) => rows_dot2_fmt::<false, false>(rows, x),
+            (false, true) => rows_dot2_fmt::<false, true>(rows, x),
         }
     }
 
+    /// `SYM`: both rows without stored offsets (`-128 d`).
     #[inline(always)]
-    unsafe fn rows_dot2_fmt<const PACKED: bool>(rows: [Row; 2], x: &QVec) -> [f32; 2] {
+    unsafe fn rows_dot2_fmt<const PACKED: bool, const SYM: bool>(
+        rows: [Row; 2],
+        x: &QVec,
+    ) -> [f32; 2] {
         let nb = rows[0].1.len();
         let mut bpb = 0;
         for &(q, d, m) in &rows {
-            assert_eq!(d.len(), nb);
+            assert!(d.len() == nb && m.is_empty() == SYM);
             bpb = super::check_row(q, PACKED, d, m, x);
         }
         let k = K {
@@ -514,8 +538,17 @@ mod avx2x2 {
                 |p: *const f16| _mm256_cvtph_ps(_mm_loadu_si128(p.add(b0) as *const __m128i));
             let sc0 = _mm256_mul_ps(f16x8(d0), xs);
             let sc1 = _mm256_mul_ps(f16x8(d1), xs);
-            off0 = _mm256_fmadd_ps(f16x8(m0), xsum, off0);
-            off1 = _mm256_fmadd_ps(f16x8(m1), xsum, off1);
+            let (o0, o1) = if SYM {
+                let k128 = _mm256_set1_ps(-128.0);
+                (
+                    _mm256_mul_ps(f16x8(d0), k128),
+                    _mm256_mul_ps(f16x8(d1), k128),
+                )
+            } else {
+                (f16x8(m0), f16x8(m1))
+            };
+            off0 = _mm256_fmadd_ps(o0, xsum, off0);
+            off1 = _mm256_fmadd_ps(o1, xsum, off1);
             let mut idx = _mm256_setzero_si256();
             for j in (0..8).step_by(2) {
                 let b = b0 + j;
@@ -567,8 +600,8 @@ mod avx2x2 {
                 _mm256_set1_ps((*d1.add(b)).to_f32() * xs),
                 c0,
             );
-            t0 += (*m0.add(b)).to_f32() * xsum;
-            t1 += (*m1.add(b)).to_f32() * xsum;
+            t0 += super::block_offset(rows[0].2, rows[0].1, b) * xsum;
+            t1 += super::block_offset(rows[1].2, rows[1].1, b) * xsum;
         }
         [
             super::hsum256(_mm256_add_ps(a0, a1)) + (super::hsum256(off0) + t0),
@@ -585,7 +618,7 @@ fn check_row(q: &[u8], packed: bool, d: &[f16], m: &[f16], x: &QVec) -> usize {
     let nb = d.len();
     let bytes_per_block = if packed { QK / 2 } else { QK };
     assert!(
-        m.len() == nb
+        (m.len() == nb || m.is_empty())
             && q.len() >= nb * bytes_per_block
             && x.q.len() >= nb * QK
             && x.s.len() >= nb
@@ -643,7 +676,7 @@ fn qrow_dot_scalar(w: &QMat, r: usize, x: &QVec) -> f32 {
             };
             s += code as i32 * x.q[b * QK + j] as i32;
         }
-        acc += d[b].to_f32() * x.s[b] * s as f32 + m[b].to_f32() * x.sum[b];
+        acc += d[b].to_f32() * x.s[b] * s as f32 + block_offset(m, d, b) * x.sum[b];
     }
     acc
 }
@@ -720,10 +753,14 @@ mod vnni {
                     lanes,
                     d.as_ptr().add(at) as *const i16,
                 ));
-                let mv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
-                    lanes,
-                    m.as_ptr().add(at) as *const i16,
-                ));
+                let mv = if m.is_empty() {
+                    _mm512_mul_ps(dv, _mm512_set1_ps(-128.0))
+                } else {
+                    _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                        lanes,
+                        m.as_ptr().add(at) as *const i16,
+                    ))
+                };
                 let xs = _mm512_maskz_loadu_ps(lanes, x.s.as_ptr().add(at));
                 let xsum = _mm512_maskz_loadu_ps(lanes, x.sum.as_ptr().add(at));
                 _mm512_storeu_ps(scale.as_mut_ptr().add(c), _mm512_mul_ps(dv, xs));
@@ -983,9 +1020,12 @@ mod tests {
                     at(j) | (at(j + 16) << 4)
                 })
                 .collect();
+            // Byte codes without stored offsets (-128 d), as GGUF Q8_0 is held.
+            let mut sym = bytes.clone();
+            sym.m.clear();
             let mut qx = QVec::default();
             qx.quantize_into(&x);
-            for qm in [&bytes, &packed] {
+            for qm in [&bytes, &packed, &sym] {
                 let mut fast = vec![0.0; rows];
                 matvec_q_rows(qm, &qx, 0, &mut fast);
                 for (r, &f) in fast.iter().enumerate() {
