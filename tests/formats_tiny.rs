@@ -28,28 +28,39 @@ fn load(fmt: Format) -> (Model, Model) {
     (stored, reference)
 }
 
-/// Prefill multiplies with the stored blocks (panels dequantised before each GEMM):
-/// the Trace and the last logits equal those of the f32 copy to 1e-4 of their scale.
+/// Prefill multiplies with the stored blocks. In `Precision::F32` (panels dequantised
+/// before each f32 GEMM) the Trace and the last logits equal those of the f32 copy to
+/// 1e-4 of their scale. In `Precision::Q8` (the default: K-quant matrices against Q8_K
+/// activations, the last logits against 8-bit activations, as llama.cpp computes them)
+/// they stay within 8-bit activation rounding: 3% of their scale, the decode bound below
+/// (measured: 0.3% for the 32-value formats, 1.5% for the K-quants).
 #[test]
 fn quantised_prefill_equals_the_f32_path() {
     for fmt in ALL {
-        let (stored, reference) = load(fmt);
+        let (mut stored, reference) = load(fmt);
         let vocab = stored.config.vocab_size;
         let ids = testing::random_ids(70, vocab, 3);
-        let a = stored.prefill(&ids, 32, &mut |_, _| {}).expect("prefill");
-        let b = reference
-            .prefill(&ids, 32, &mut |_, _| {})
-            .expect("prefill");
-        let e = max_rel(&a.last_logits, &b.last_logits);
-        assert!(e <= 1e-4, "{}: logits differ by {e}", fmt.name());
-        for (l, (x, y)) in a.layers.iter().zip(&b.layers).enumerate() {
-            let ek = max_rel(&x.k, &y.k);
-            let ev = max_rel(&x.v, &y.v);
+        for (precision, tol) in [(Precision::F32, 1e-4), (Precision::Q8, 3e-2)] {
+            stored.precision = precision;
+            let a = stored.prefill(&ids, 32, &mut |_, _| {}).expect("prefill");
+            let b = reference
+                .prefill(&ids, 32, &mut |_, _| {})
+                .expect("prefill");
+            let e = max_rel(&a.last_logits, &b.last_logits);
             assert!(
-                ek <= 1e-4 && ev <= 1e-4,
-                "{} layer {l}: K {ek} V {ev}",
+                e <= tol,
+                "{} {precision:?}: logits differ by {e}",
                 fmt.name()
             );
+            for (l, (x, y)) in a.layers.iter().zip(&b.layers).enumerate() {
+                let ek = max_rel(&x.k, &y.k);
+                let ev = max_rel(&x.v, &y.v);
+                assert!(
+                    ek <= tol && ev <= tol,
+                    "{} {precision:?} layer {l}: K {ek} V {ev}",
+                    fmt.name()
+                );
+            }
         }
         assert_eq!(
             stored.weights.layers[0].wq.format(),

@@ -196,6 +196,77 @@ impl Linear {
         );
     }
 
+    /// Which 8-bit activations a product with this matrix reads: `None` for a float
+    /// format (it multiplies f32), else whether it needs Q8_K blocks (the K-quants) or
+    /// blocks of 32.
+    pub fn q8_kind(&self) -> Option<bool> {
+        match &self.store {
+            Store::F32(_) => None,
+            Store::Affine(_) => Some(false),
+            Store::Blocks { fmt, .. } if fmt.is_block() => Some(fmt.is_k_quant()),
+            Store::Blocks { .. } => None,
+        }
+    }
+
+    /// Prefill in 8 bits: `out[t][rows] = W . xs[t]` for `t` tokens' quantised
+    /// activations (each holding the blocks `q8_kind` asks for), parallel. Each task
+    /// takes a band of rows small enough to stay in L2 and walks the tokens four at a
+    /// time, so a row's codes are unpacked once per four tokens and read from L2, not
+    /// memory, for all of them. The matrix must be in a block format.
+    pub fn matmul_q8(&self, xs: &[QVec], out: &mut [f32]) {
+        let (rows, t) = (self.rows, xs.len());
+        assert!(self.q8_kind().is_some() && out.len() >= t * rows);
+        if t == 0 || rows == 0 {
+            return;
+        }
+        const BAND_BYTES: usize = 192 * 1024;
+        let row_bytes = (self.bytes() / rows).max(1);
+        let threads = rayon::current_num_threads().max(1);
+        let by_size = (rows * row_bytes).div_ceil(BAND_BYTES);
+        let n_bands = by_size.max(threads * 4).min(rows.div_ceil(4)).max(1);
+        let band = rows.div_ceil(n_bands);
+        let dst = OutPtr(out.as_mut_ptr());
+        (0..rows.div_ceil(band)).into_par_iter().for_each(|bi| {
+            let (r0, r1) = (bi * band, ((bi + 1) * band).min(rows));
+            for t0 in (0..t).step_by(4) {
+                let n = (t - t0).min(4);
+                // A short last group repeats its last token (computed, not stored).
+                let g: [&QVec; 4] = std::array::from_fn(|i| &xs[t0 + i.min(n - 1)]);
+                for r in r0..r1 {
+                    let v = match &self.store {
+                        Store::Affine(qm) => quant::dot_affine_x4(qm, r, &g),
+                        Store::Blocks { fmt, data } => {
+                            let rb = fmt.row_bytes(self.cols);
+                            quant::dot_q8_x4(*fmt, &data[r * rb..(r + 1) * rb], &g)
+                        }
+                        Store::F32(_) => unreachable!("checked above"),
+                    };
+                    for (i, &vi) in v.iter().enumerate().take(n) {
+                        // SAFETY: out holds t rows of `rows`; this task alone writes
+                        // columns r0..r1.
+                        unsafe { *dst.at((t0 + i) * rows + r) = vi };
+                    }
+                }
+            }
+        });
+    }
+
+    /// `W x` in 8 bits, parallel over rows (prefill's last-token logits in
+    /// `Precision::Q8`, as decode computes logits).
+    pub fn matvec_q8(&self, x: &[f32], out: &mut [f32]) {
+        const CHUNK: usize = 256;
+        let mut qx = QVec::default();
+        if let Some(k) = self.q8_kind() {
+            qx.quantize_into(x);
+            if k {
+                qx.quantize_k_into(x);
+            }
+        }
+        out.par_chunks_mut(CHUNK)
+            .enumerate()
+            .for_each(|(ci, o)| self.matvec_rows(x, &qx, true, ci * CHUNK, o));
+    }
+
     /// Decode: rows `r0..r0 + out.len()` of `W x` on the calling thread; `qx` is `x`
     /// quantised to 8 bits, used when `quant` and the matrix is in a block format.
     /// Without `quant` the products are f32 (rows dequantised on the fly).

@@ -7,7 +7,7 @@
 use half::f16;
 use std::arch::x86_64::*;
 
-use super::portable::k_scales;
+use super::Format;
 use crate::model::kernels::{QVec, QK};
 
 /// The f16 at `p` (two readable bytes of a block).
@@ -125,127 +125,6 @@ pub unsafe fn dot_q5_0(row: &[u8], x: &QVec) -> f32 {
     dot_x_0(row, x, 22, true)
 }
 
-/// Q4_K and Q5_K: per super-block of 256, 8 sub-blocks of 32 with 6-bit scales and mins;
-/// the mins times the activations' block sums are summed separately.
-#[inline(always)]
-unsafe fn dot_k45(row: &[u8], x: &QVec, five: bool) -> f32 {
-    let bytes = if five { 176 } else { 144 };
-    let (p, xq) = (row.as_ptr(), x.q.as_ptr());
-    let nb = row.len() / bytes;
-    let mask = _mm256_set1_epi8(0x0f);
-    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let mut off = 0f32;
-    for sb in 0..nb {
-        let blk = p.add(sb * bytes);
-        let (d, dmin) = (h(blk), h(blk.add(2)));
-        let (sc, m) = k_scales(std::slice::from_raw_parts(blk.add(4), 12));
-        let qs = blk.add(if five { 48 } else { 16 });
-        let qh = if five {
-            _mm256_loadu_si256(blk.add(16) as *const __m256i)
-        } else {
-            _mm256_setzero_si256()
-        };
-        let xb0 = sb * 8;
-        for c in 0..4 {
-            let q = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
-            let mut lo = _mm256_and_si256(q, mask);
-            let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), mask);
-            if five {
-                // Bits 2c and 2c+1 of each qh byte, moved to bit 4.
-                let bl = _mm256_set1_epi8((1u8 << (2 * c)) as i8);
-                let bh = _mm256_set1_epi8((2u8 << (2 * c)) as i8);
-                let sixteen = _mm256_set1_epi8(0x10);
-                let hl = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bl), bl), sixteen);
-                let hh = _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bh), bh), sixteen);
-                lo = _mm256_or_si256(lo, hl);
-                hi = _mm256_or_si256(hi, hh);
-            }
-            let (j0, j1) = (2 * c, 2 * c + 1);
-            let s0 = _mm256_cvtepi32_ps(dot_u8_i8(lo, xq.add((xb0 + j0) * QK)));
-            let s1 = _mm256_cvtepi32_ps(dot_u8_i8(hi, xq.add((xb0 + j1) * QK)));
-            a0 = _mm256_fmadd_ps(s0, _mm256_set1_ps(d * sc[j0] as f32 * x.s[xb0 + j0]), a0);
-            a1 = _mm256_fmadd_ps(s1, _mm256_set1_ps(d * sc[j1] as f32 * x.s[xb0 + j1]), a1);
-        }
-        let mut msum = 0f32;
-        for (j, &mj) in m.iter().enumerate() {
-            msum += mj as f32 * x.sum[xb0 + j];
-        }
-        off -= dmin * msum;
-    }
-    hsum(_mm256_add_ps(a0, a1)) + off
-}
-
-pub unsafe fn dot_q4k(row: &[u8], x: &QVec) -> f32 {
-    dot_k45(row, x, false)
-}
-
-pub unsafe fn dot_q5k(row: &[u8], x: &QVec) -> f32 {
-    dot_k45(row, x, true)
-}
-
-/// Q6_K: 6-bit codes centred at 32, one i8 scale per 16 elements. Codes are made signed
-/// and each 32-element product's 16-bit pair sums are multiplied by the two scales of its
-/// halves with VPMADDWD (exact in i32), then by `d * s_x` in f32.
-pub unsafe fn dot_q6k(row: &[u8], x: &QVec) -> f32 {
-    let (p, xq) = (row.as_ptr(), x.q.as_ptr());
-    let nb = row.len() / 210;
-    let m4 = _mm256_set1_epi8(0x0f);
-    let m2 = _mm256_set1_epi8(0x30);
-    let centre = _mm256_set1_epi8(32);
-    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    for sb in 0..nb {
-        let blk = p.add(sb * 210);
-        let d = h(blk.add(208));
-        let scales = blk.add(192) as *const i8;
-        for half in 0..2 {
-            let ql0 = _mm256_loadu_si256(blk.add(64 * half) as *const __m256i);
-            let ql1 = _mm256_loadu_si256(blk.add(64 * half + 32) as *const __m256i);
-            let qh = _mm256_loadu_si256(blk.add(128 + 32 * half) as *const __m256i);
-            // The four quarters of this half: (low nibbles | 2 high bits) << as stored.
-            let q = [
-                _mm256_or_si256(
-                    _mm256_and_si256(ql0, m4),
-                    _mm256_and_si256(_mm256_slli_epi16(qh, 4), m2),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(ql1, m4),
-                    _mm256_and_si256(_mm256_slli_epi16(qh, 2), m2),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
-                    _mm256_and_si256(qh, m2),
-                ),
-                _mm256_or_si256(
-                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
-                    _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2),
-                ),
-            ];
-            for (k, &qk) in q.iter().enumerate() {
-                let xb = sb * 8 + half * 4 + k;
-                let codes = _mm256_sub_epi8(qk, centre);
-                let xv = _mm256_loadu_si256(xq.add(xb * QK) as *const __m256i);
-                let pairs = _mm256_maddubs_epi16(
-                    _mm256_sign_epi8(codes, codes),
-                    _mm256_sign_epi8(xv, codes),
-                );
-                let si = 8 * half + 2 * k;
-                let sv = _mm256_set_m128i(
-                    _mm_set1_epi16(*scales.add(si + 1) as i16),
-                    _mm_set1_epi16(*scales.add(si) as i16),
-                );
-                let s = _mm256_cvtepi32_ps(_mm256_madd_epi16(pairs, sv));
-                let f = _mm256_set1_ps(d * x.s[xb]);
-                if k % 2 == 0 {
-                    a0 = _mm256_fmadd_ps(s, f, a0);
-                } else {
-                    a1 = _mm256_fmadd_ps(s, f, a1);
-                }
-            }
-        }
-    }
-    hsum(_mm256_add_ps(a0, a1))
-}
-
 /// An F16 row times f32 activations, eight at a time through F16C.
 pub unsafe fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
     let n = x.len();
@@ -265,4 +144,278 @@ pub unsafe fn dot_f16(row: &[u8], x: &[f32]) -> f32 {
         i += 1;
     }
     s
+}
+
+/// The eight 6-bit scales and eight 6-bit mins of a Q4_K / Q5_K super-block (12 bytes at
+/// `p`), one byte each, as two u64: the same unpacking as `portable::k_scales`, done on
+/// 32-bit words (the first four of each are the low 6 bits of bytes 0..4 / 4..8; the
+/// last four take a nibble of bytes 8..12 and the top 2 bits of bytes 0..4 / 4..8).
+#[inline(always)]
+unsafe fn k_scales_u64(p: *const u8) -> (u64, u64) {
+    let w = |i: usize| u32::from_le_bytes([*p.add(i), *p.add(i + 1), *p.add(i + 2), *p.add(i + 3)]);
+    let (w0, w1, w2) = (w(0), w(4), w(8));
+    let sc_lo = w0 & 0x3f3f_3f3f;
+    let m_lo = w1 & 0x3f3f_3f3f;
+    let sc_hi = (w2 & 0x0f0f_0f0f) | (((w0 >> 6) & 0x0303_0303) << 4);
+    let m_hi = ((w2 >> 4) & 0x0f0f_0f0f) | (((w1 >> 6) & 0x0303_0303) << 4);
+    (
+        sc_lo as u64 | (sc_hi as u64) << 32,
+        m_lo as u64 | (m_hi as u64) << 32,
+    )
+}
+
+/// Two f16 at `p` (d, dmin) as f32 through F16C.
+#[inline(always)]
+unsafe fn h2(p: *const u8) -> (f32, f32) {
+    let bits = u32::from_le_bytes([*p, *p.add(1), *p.add(2), *p.add(3)]);
+    let v = _mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32));
+    (_mm_cvtss_f32(v), _mm_cvtss_f32(_mm_movehdup_ps(v)))
+}
+
+/// The 16 i16 lanes `m_0, m_0, m_1, m_1, ..., m_7, m_7` (the mins, one byte each in
+/// `m`): each min twice, to meet the two 16-value quant sums of its 32-value sub-block
+/// in one VPMADDWD.
+#[inline(always)]
+unsafe fn mins_pairs(m: u64) -> __m256i {
+    let v = _mm_cvtepu8_epi16(_mm_cvtsi64_si128(m as i64));
+    _mm256_set_m128i(_mm_unpackhi_epi16(v, v), _mm_unpacklo_epi16(v, v))
+}
+
+/// Q4_K and Q5_K rows against the Q8_K activations of `N` tokens at once (the codes are
+/// unpacked once and used `N` times; decode calls it with one token). Per super-block
+/// each 32-code sub-block's products are pair-summed (VPMADDUBSW) and multiplied by the
+/// sub-block's scale in the same VPMADDWD, all in i32; then one float step per
+/// super-block and token, the mins against the 16-value quant sums in the same vector.
+/// The activations' pointers are taken out of the `QVec`s first so the loop keeps its
+/// accumulators in registers.
+#[inline(always)]
+pub unsafe fn dot_k45_n<const N: usize>(row: &[u8], xs: &[&QVec; N], five: bool) -> [f32; N] {
+    let bytes = if five { 176 } else { 144 };
+    let p = row.as_ptr();
+    let nb = row.len() / bytes;
+    let xq: [*const i8; N] = std::array::from_fn(|t| xs[t].kq.as_ptr());
+    let xd: [*const f32; N] = std::array::from_fn(|t| xs[t].kd.as_ptr());
+    let xb: [*const i16; N] = std::array::from_fn(|t| xs[t].kbsum.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); N];
+    for sb in 0..nb {
+        let blk = p.add(sb * bytes);
+        let (sc, m) = k_scales_u64(blk.add(4));
+        let qs = blk.add(if five { 48 } else { 16 });
+        let mut sumi = [_mm256_setzero_si256(); N];
+        for c in 0..4 {
+            let q = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
+            let mask = _mm256_set1_epi8(0x0f);
+            let mut lo = _mm256_and_si256(q, mask);
+            let mut hi = _mm256_and_si256(_mm256_srli_epi16(q, 4), mask);
+            if five {
+                let qh = _mm256_loadu_si256(blk.add(16) as *const __m256i);
+                let sixteen = _mm256_set1_epi8(0x10);
+                let bl = _mm256_set1_epi8((1u8 << (2 * c)) as i8);
+                let bh = _mm256_set1_epi8((2u8 << (2 * c)) as i8);
+                lo = _mm256_or_si256(
+                    lo,
+                    _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bl), bl), sixteen),
+                );
+                hi = _mm256_or_si256(
+                    hi,
+                    _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bh), bh), sixteen),
+                );
+            }
+            let sl = _mm256_set1_epi16(((sc >> (16 * c)) & 0xff) as i16);
+            let sh = _mm256_set1_epi16(((sc >> (16 * c + 8)) & 0xff) as i16);
+            let at = sb * 256 + 64 * c;
+            for t in 0..N {
+                let xl = _mm256_loadu_si256(xq[t].add(at) as *const __m256i);
+                let xh = _mm256_loadu_si256(xq[t].add(at + 32) as *const __m256i);
+                let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xl), sl);
+                let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xh), sh);
+                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(pl, ph));
+            }
+        }
+        let (d, dmin) = h2(blk);
+        let mins = mins_pairs(m);
+        for t in 0..N {
+            let dx = *xd[t].add(sb);
+            let bs = _mm256_loadu_si256(xb[t].add(sb * 16) as *const __m256i);
+            let msum = _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mins));
+            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+            acc[t] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * dx), msum, acc[t]);
+        }
+    }
+    let mut out = [0f32; N];
+    for t in 0..N {
+        out[t] = hsum(acc[t]);
+    }
+    out
+}
+
+/// Q6_K rows against the Q8_K activations of `N` tokens: the unsigned 6-bit codes go
+/// through VPMADDUBSW as they are, each 16-value half times its i8 scale in VPMADDWD,
+/// summed in i32 over the super-block; the centre (32) comes off once per super-block as
+/// `32 * sum_g scale_g * bsum_g` from the activations' 16-value sums.
+#[inline(always)]
+pub unsafe fn dot_q6k_n<const N: usize>(row: &[u8], xs: &[&QVec; N]) -> [f32; N] {
+    let p = row.as_ptr();
+    let nb = row.len() / 210;
+    let xq: [*const i8; N] = std::array::from_fn(|t| xs[t].kq.as_ptr());
+    let xd: [*const f32; N] = std::array::from_fn(|t| xs[t].kd.as_ptr());
+    let xb: [*const i16; N] = std::array::from_fn(|t| xs[t].kbsum.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); N];
+    for sb in 0..nb {
+        let blk = p.add(sb * 210);
+        let scales = blk.add(192) as *const i8;
+        let mut sumi = [_mm256_setzero_si256(); N];
+        for half in 0..2 {
+            let m4 = _mm256_set1_epi8(0x0f);
+            let m2 = _mm256_set1_epi8(0x30);
+            let ql0 = _mm256_loadu_si256(blk.add(64 * half) as *const __m256i);
+            let ql1 = _mm256_loadu_si256(blk.add(64 * half + 32) as *const __m256i);
+            let qh = _mm256_loadu_si256(blk.add(128 + 32 * half) as *const __m256i);
+            let q = [
+                _mm256_or_si256(
+                    _mm256_and_si256(ql0, m4),
+                    _mm256_and_si256(_mm256_slli_epi16(qh, 4), m2),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(ql1, m4),
+                    _mm256_and_si256(_mm256_slli_epi16(qh, 2), m2),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql0, 4), m4),
+                    _mm256_and_si256(qh, m2),
+                ),
+                _mm256_or_si256(
+                    _mm256_and_si256(_mm256_srli_epi16(ql1, 4), m4),
+                    _mm256_and_si256(_mm256_srli_epi16(qh, 2), m2),
+                ),
+            ];
+            for (k, &codes) in q.iter().enumerate() {
+                let si = 8 * half + 2 * k;
+                let sv = _mm256_set_m128i(
+                    _mm_set1_epi16(*scales.add(si + 1) as i16),
+                    _mm_set1_epi16(*scales.add(si) as i16),
+                );
+                let at = sb * 256 + 128 * half + 32 * k;
+                for t in 0..N {
+                    let xv = _mm256_loadu_si256(xq[t].add(at) as *const __m256i);
+                    let pairs = _mm256_maddubs_epi16(codes, xv);
+                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(pairs, sv));
+                }
+            }
+        }
+        // The 16 scales as i16, against each token's 16 quant sums: the centre's share.
+        let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(scales as *const __m128i));
+        let d = h(blk.add(208));
+        for t in 0..N {
+            let bs = _mm256_loadu_si256(xb[t].add(sb * 16) as *const __m256i);
+            let centre = _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5);
+            let s = _mm256_sub_epi32(sumi[t], centre);
+            let f = _mm256_set1_ps(d * *xd[t].add(sb));
+            acc[t] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(s), acc[t]);
+        }
+    }
+    let mut out = [0f32; N];
+    for t in 0..N {
+        out[t] = hsum(acc[t]);
+    }
+    out
+}
+
+/// Q8_0, Q4_0 and Q5_0 rows against the 32-value blocks of `N` tokens. Q8_0's signed
+/// codes go through the sign trick; Q4_0 / Q5_0's unsigned codes through VPMADDUBSW,
+/// their centre (-8 d or -16 d) times each token's block sum added after.
+#[inline(always)]
+pub unsafe fn dot_x0_n<const N: usize>(fmt: Format, row: &[u8], xs: &[&QVec; N]) -> [f32; N] {
+    let p = row.as_ptr();
+    let bytes = fmt.block_bytes();
+    let nb = row.len() / bytes;
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut off = [0f32; N];
+    for b in 0..nb {
+        let blk = p.add(b * bytes);
+        let d = h(blk);
+        match fmt {
+            Format::Q8_0 => {
+                let codes = _mm256_loadu_si256(blk.add(2) as *const __m256i);
+                let mag = _mm256_sign_epi8(codes, codes);
+                for t in 0..N {
+                    let x = _mm256_loadu_si256(xs[t].q.as_ptr().add(b * QK) as *const __m256i);
+                    let s = _mm256_madd_epi16(
+                        _mm256_maddubs_epi16(mag, _mm256_sign_epi8(x, codes)),
+                        _mm256_set1_epi16(1),
+                    );
+                    let f = _mm256_set1_ps(d * xs[t].s[b]);
+                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), f, acc[t]);
+                }
+            }
+            _ => {
+                let fifth = fmt == Format::Q5_0;
+                let mut codes = nibbles_32(blk.add(bytes - 16));
+                if fifth {
+                    codes = _mm256_or_si256(codes, fifth_bits(blk.add(2)));
+                }
+                let centre = if fifth { -16.0 } else { -8.0 };
+                for t in 0..N {
+                    let s = dot_u8_i8(codes, xs[t].q.as_ptr().add(b * QK));
+                    let f = _mm256_set1_ps(d * xs[t].s[b]);
+                    acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), f, acc[t]);
+                    off[t] += centre * d * xs[t].sum[b];
+                }
+            }
+        }
+    }
+    let mut out = [0f32; N];
+    for t in 0..N {
+        out[t] = hsum(acc[t]) + off[t];
+    }
+    out
+}
+
+/// Rows of the rearranged affine store (Q4_1 with packed nibbles, or Q8_0 as bytes
+/// `code + 128`, `m = -128 d`) against the 32-value blocks of `N` tokens. Q8_0 is taken
+/// back to signed codes (flipping the top bit), which drops its offset exactly.
+#[inline(always)]
+pub unsafe fn dot_affine_n<const N: usize>(
+    q: &[u8],
+    packed: bool,
+    d: &[half::f16],
+    m: &[half::f16],
+    xs: &[&QVec; N],
+) -> [f32; N] {
+    let nb = d.len();
+    let qp = q.as_ptr();
+    let flip = _mm256_set1_epi8(-128i8);
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut off = [0f32; N];
+    for b in 0..nb {
+        let db = d[b].to_f32();
+        if packed {
+            let codes = nibbles_32(qp.add(b * QK / 2));
+            let mb = m[b].to_f32();
+            for t in 0..N {
+                let s = dot_u8_i8(codes, xs[t].q.as_ptr().add(b * QK));
+                let f = _mm256_set1_ps(db * xs[t].s[b]);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), f, acc[t]);
+                off[t] += mb * xs[t].sum[b];
+            }
+        } else {
+            let codes =
+                _mm256_xor_si256(_mm256_loadu_si256(qp.add(b * QK) as *const __m256i), flip);
+            let mag = _mm256_sign_epi8(codes, codes);
+            for t in 0..N {
+                let x = _mm256_loadu_si256(xs[t].q.as_ptr().add(b * QK) as *const __m256i);
+                let s = _mm256_madd_epi16(
+                    _mm256_maddubs_epi16(mag, _mm256_sign_epi8(x, codes)),
+                    _mm256_set1_epi16(1),
+                );
+                let f = _mm256_set1_ps(db * xs[t].s[b]);
+                acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), f, acc[t]);
+            }
+        }
+    }
+    let mut out = [0f32; N];
+    for t in 0..N {
+        out[t] = hsum(acc[t]) + off[t];
+    }
+    out
 }

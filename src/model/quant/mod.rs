@@ -22,7 +22,7 @@ mod avx2;
 use anyhow::{bail, Result};
 use candle_core::quantized::GgmlDType;
 
-use super::kernels::{QVec, QK};
+use super::kernels::{QMat, QVec, QK};
 
 /// A weight format kvscope reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -149,6 +149,11 @@ impl Format {
         self.block() > 1
     }
 
+    /// The K-quants, which multiply against Q8_K activations (256-value blocks).
+    pub fn is_k_quant(self) -> bool {
+        matches!(self, Format::Q4K | Format::Q5K | Format::Q6K)
+    }
+
     /// Bytes of one row of `cols` elements; `cols` must be a multiple of the block.
     pub fn row_bytes(self, cols: usize) -> usize {
         cols / self.block() * self.block_bytes()
@@ -178,11 +183,16 @@ pub fn dequant_row(fmt: Format, row: &[u8], out: &mut [f32]) {
     portable::dequant_row(fmt, row, out);
 }
 
-/// The dot product of one stored row of a block format with 8-bit activations `x`
-/// (quantised in blocks of 32). SIMD where this build has AVX2, FMA and F16C and the
-/// format has a kernel; the portable reference otherwise.
+/// The dot product of one stored row of a block format with 8-bit activations `x`:
+/// the K-quants against its Q8_K quants (`QVec::quantize_k_into`, blocks of 256), the
+/// other formats against its blocks of 32 (`QVec::quantize_into`), as llama.cpp pairs
+/// them. SIMD where this build has AVX2, FMA and F16C and the format has a kernel; the
+/// portable reference otherwise.
 #[inline]
 pub fn dot_q8(fmt: Format, row: &[u8], x: &QVec) -> f32 {
+    if fmt.is_k_quant() {
+        return dot_q8k(fmt, row, x);
+    }
     let nb = row.len() / fmt.block_bytes() * fmt.block() / QK;
     assert!(
         fmt.is_block()
@@ -205,14 +215,113 @@ pub fn dot_q8(fmt: Format, row: &[u8], x: &QVec) -> f32 {
                 Format::Q8_0 => return avx2::dot_q8_0(row, x),
                 Format::Q4_0 => return avx2::dot_q4_0(row, x),
                 Format::Q5_0 => return avx2::dot_q5_0(row, x),
-                Format::Q4K => return avx2::dot_q4k(row, x),
-                Format::Q5K => return avx2::dot_q5k(row, x),
-                Format::Q6K => return avx2::dot_q6k(row, x),
                 _ => {}
             }
         }
     }
     portable::dot_q8(fmt, row, x)
+}
+
+/// A K-quant row against Q8_K activations.
+#[inline]
+fn dot_q8k(fmt: Format, row: &[u8], x: &QVec) -> f32 {
+    let nb = row.len() / fmt.block_bytes();
+    assert!(
+        row.len().is_multiple_of(fmt.block_bytes())
+            && x.kq.len() >= nb * QK_K
+            && x.kd.len() >= nb
+            && x.kbsum.len() >= nb * 16,
+        "K-quant row without Q8_K activations"
+    );
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    {
+        // SAFETY: features enabled at compile time; lengths checked above.
+        unsafe {
+            return match fmt {
+                Format::Q4K => avx2::dot_k45_n::<1>(row, &[x], false)[0],
+                Format::Q5K => avx2::dot_k45_n::<1>(row, &[x], true)[0],
+                _ => avx2::dot_q6k_n::<1>(row, &[x])[0],
+            };
+        }
+    }
+    #[allow(unreachable_code)]
+    portable::dot_q8k(fmt, row, x)
+}
+
+/// One stored row of a block format against four tokens' 8-bit activations (prefill):
+/// the same products as four `dot_q8` calls, with the row's codes unpacked once. Each
+/// `QVec` must hold the blocks the format needs (as for `dot_q8`).
+#[inline]
+pub fn dot_q8_x4(fmt: Format, row: &[u8], xs: &[&QVec; 4]) -> [f32; 4] {
+    let nb = row.len() / fmt.block_bytes();
+    let n = nb * fmt.block();
+    assert!(
+        fmt.is_block()
+            && row.len().is_multiple_of(fmt.block_bytes())
+            && xs.iter().all(|x| if fmt.is_k_quant() {
+                x.kq.len() >= n && x.kd.len() >= n / QK_K && x.kbsum.len() >= n / 16
+            } else {
+                x.q.len() >= n && x.s.len() >= n / QK && x.sum.len() >= n / QK
+            })
+    );
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    {
+        // SAFETY: features enabled at compile time; lengths checked above.
+        unsafe {
+            match fmt {
+                Format::Q4K => return avx2::dot_k45_n::<4>(row, xs, false),
+                Format::Q5K => return avx2::dot_k45_n::<4>(row, xs, true),
+                Format::Q6K => return avx2::dot_q6k_n::<4>(row, xs),
+                Format::Q8_0 | Format::Q4_0 | Format::Q5_0 => {
+                    return avx2::dot_x0_n::<4>(fmt, row, xs)
+                }
+                _ => {}
+            }
+        }
+    }
+    xs.map(|x| dot_q8(fmt, row, x))
+}
+
+/// Row `r` of a rearranged affine matrix (Q4_1, Q8_0) against four tokens' 8-bit
+/// activations (blocks of 32).
+#[inline]
+pub fn dot_affine_x4(w: &QMat, r: usize, xs: &[&QVec; 4]) -> [f32; 4] {
+    let (q, d, m) = w.row(r);
+    let nb = d.len();
+    // Q8_0 holds no offsets (each is -128 d; `dot_affine_n` drops them exactly).
+    assert!(
+        (m.len() == nb || (m.is_empty() && !w.packed))
+            && q.len() >= nb * if w.packed { QK / 2 } else { QK }
+            && xs
+                .iter()
+                .all(|x| x.q.len() >= nb * QK && x.s.len() >= nb && x.sum.len() >= nb)
+    );
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c"
+    ))]
+    {
+        // SAFETY: features enabled at compile time; lengths checked above.
+        return unsafe { avx2::dot_affine_n::<4>(q, w.packed, d, m, xs) };
+    }
+    #[allow(unreachable_code)]
+    xs.map(|x| {
+        let mut o = [0f32];
+        super::kernels::matvec_q_rows(w, x, r, &mut o);
+        o[0]
+    })
 }
 
 /// The dot product of one stored row of a float format with f32 activations.
@@ -296,6 +405,7 @@ mod tests {
                 let x: Vec<f32> = (0..cols).map(|_| lcg(&mut s) * 2.0).collect();
                 let mut qx = QVec::default();
                 qx.quantize_into(&x);
+                qx.quantize_k_into(&x);
                 let rb = fmt.row_bytes(cols);
                 for r in 0..rows {
                     let row = &bytes[r * rb..(r + 1) * rb];
@@ -308,7 +418,11 @@ mod tests {
                     let tag = format!("{} cols {cols} row {r}", fmt.name());
                     if fmt.is_block() {
                         let fast = dot_q8(fmt, row, &qx);
-                        let reference = portable::dot_q8(fmt, row, &qx);
+                        let reference = if fmt.is_k_quant() {
+                            portable::dot_q8k(fmt, row, &qx)
+                        } else {
+                            portable::dot_q8(fmt, row, &qx)
+                        };
                         assert!(
                             (fast - reference).abs() <= 1e-5 * scale,
                             "{tag}: {fast} vs {reference}"

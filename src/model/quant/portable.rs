@@ -214,3 +214,46 @@ pub fn dot_f32(fmt: Format, row: &[u8], x: &[f32]) -> f32 {
     }
     acc.iter().sum()
 }
+
+/// `row . x` for a K-quant (Q4_K, Q5_K, Q6_K) over Q8_K activations, as llama.cpp sums
+/// it: per super-block the integer sum of `sub-block scale x code x quant` (exact in i32),
+/// times `d_w * d_x`, minus `dmin_w * d_x` times the mins against the 16-value quant sums.
+pub fn dot_q8k(fmt: Format, row: &[u8], x: &QVec) -> f32 {
+    let mut acc = 0f32;
+    for (bi, b) in row.chunks_exact(fmt.block_bytes()).enumerate() {
+        let xq = &x.kq[bi * QK_K..(bi + 1) * QK_K];
+        let bsum = &x.kbsum[bi * 16..(bi + 1) * 16];
+        let dx = x.kd[bi];
+        match fmt {
+            Format::Q4K | Format::Q5K => {
+                let (d, dmin) = (h(b, 0), h(b, 2));
+                let (sc, m) = k_scales(&b[4..16]);
+                let dec = decode(fmt, b);
+                let mut sumi = 0i32;
+                let mut summ = 0i32;
+                for j in 0..8 {
+                    let s: i32 = (0..32)
+                        .map(|l| dec.code[32 * j + l] * xq[32 * j + l] as i32)
+                        .sum();
+                    sumi += sc[j] as i32 * s;
+                    summ += m[j] as i32 * (bsum[2 * j] as i32 + bsum[2 * j + 1] as i32);
+                }
+                acc += d * dx * sumi as f32 - dmin * dx * summ as f32;
+            }
+            Format::Q6K => {
+                let d = h(b, 208);
+                let dec = decode(fmt, b);
+                let mut sumi = 0i32;
+                for g in 0..16 {
+                    let s: i32 = (0..16)
+                        .map(|l| dec.code[16 * g + l] * xq[16 * g + l] as i32)
+                        .sum();
+                    sumi += (b[192 + g] as i8) as i32 * s;
+                }
+                acc += d * dx * sumi as f32;
+            }
+            _ => unreachable!("not a K-quant"),
+        }
+    }
+    acc
+}
