@@ -23,7 +23,7 @@ pub const DEF: MethodDef = MethodDef {
     select: pick,
 };
 
-fn pick(i: &Input) -> Result<Picked> {
+pub(crate) fn pick(i: &Input) -> Result<Picked> {
     Ok(per_layer(i, |layer, b| {
         select_layer(i.trace, layer, b, i.settings, i.table)
     }))

@@ -427,11 +427,13 @@ impl Pass for PrefillPass<'_> {
         let kinds: Vec<Option<bool>> = ws.iter().map(|w| w.q8_kind().filter(|&k| k)).collect();
         let qs = if int8 && kinds.iter().any(Option::is_some) {
             let cols = ws[0].cols;
-            let k = kinds.contains(&Some(true));
+            let (k, b32) = (kinds.contains(&Some(true)), kinds.contains(&Some(false)));
             x.par_chunks(cols)
                 .map(|r| {
                     let mut q = QVec::default();
-                    q.quantize_into(r);
+                    if b32 {
+                        q.quantize_into(r);
+                    }
                     if k {
                         q.quantize_k_into(r);
                     }
@@ -1045,11 +1047,17 @@ fn thread_ranges(
         .collect()
 }
 
-/// `x` quantised to 8 bits in the blocks `ws` multiply against: blocks of 32 always,
-/// Q8_K blocks of 256 as well where one of them is a K-quant.
+/// `x` quantised to 8 bits in the blocks `ws` multiply against: blocks of 32 for the
+/// 32-value formats, Q8_K blocks of 256 for the K-quants (float formats need neither).
 fn quantize_for(qv: &mut QVec, ws: &[&Linear], x: &[f32]) {
-    qv.quantize_into(x);
-    if ws.iter().any(|w| w.format().is_k_quant()) {
+    let kinds = ws.iter().map(|w| w.q8_kind());
+    let (k, b32) = kinds.fold((false, false), |(k, b), kind| {
+        (k || kind == Some(true), b || kind == Some(false))
+    });
+    if b32 {
+        qv.quantize_into(x);
+    }
+    if k {
         qv.quantize_k_into(x);
     }
 }

@@ -228,25 +228,40 @@ impl Linear {
         let dst = OutPtr(out.as_mut_ptr());
         (0..rows.div_ceil(band)).into_par_iter().for_each(|bi| {
             let (r0, r1) = (bi * band, ((bi + 1) * band).min(rows));
-            for t0 in (0..t).step_by(4) {
-                let n = (t - t0).min(4);
-                // A short last group repeats its last token (computed, not stored).
-                let g: [&QVec; 4] = std::array::from_fn(|i| &xs[t0 + i.min(n - 1)]);
-                for r in r0..r1 {
-                    let v = match &self.store {
-                        Store::Affine(qm) => quant::dot_affine_x4(qm, r, &g),
-                        Store::Blocks { fmt, data } => {
-                            let rb = fmt.row_bytes(self.cols);
-                            quant::dot_q8_x4(*fmt, &data[r * rb..(r + 1) * rb], &g)
-                        }
-                        Store::F32(_) => unreachable!("checked above"),
-                    };
-                    for (i, &vi) in v.iter().enumerate().take(n) {
-                        // SAFETY: out holds t rows of `rows`; this task alone writes
-                        // columns r0..r1.
-                        unsafe { *dst.at((t0 + i) * rows + r) = vi };
+            // SAFETY (both arms): out holds t rows of `rows`; this task alone writes
+            // columns r0..r1.
+            match &self.store {
+                Store::Affine(qm) => tokens_by::<4>(
+                    xs,
+                    r0,
+                    r1,
+                    |r, g| quant::dot_affine_xn(qm, r, g),
+                    |i, r, v| unsafe { *dst.at(i * rows + r) = v },
+                ),
+                Store::Blocks { fmt, data } => {
+                    let rb = fmt.row_bytes(self.cols);
+                    let row = |r: usize| &data[r * rb..(r + 1) * rb];
+                    // The K-quants keep eight tokens' sums in registers (their scales
+                    // apply once per super-block); the 32-value formats four.
+                    if fmt.is_k_quant() {
+                        tokens_by::<8>(
+                            xs,
+                            r0,
+                            r1,
+                            |r, g| quant::dot_q8_xn(*fmt, row(r), g),
+                            |i, r, v| unsafe { *dst.at(i * rows + r) = v },
+                        )
+                    } else {
+                        tokens_by::<4>(
+                            xs,
+                            r0,
+                            r1,
+                            |r, g| quant::dot_q8_xn(*fmt, row(r), g),
+                            |i, r, v| unsafe { *dst.at(i * rows + r) = v },
+                        )
                     }
                 }
+                Store::F32(_) => unreachable!("checked above"),
             }
         });
     }
@@ -312,6 +327,30 @@ impl Linear {
         out.par_chunks_mut(CHUNK)
             .enumerate()
             .for_each(|(ci, o)| self.matvec_rows(x, &none, false, ci * CHUNK, o));
+    }
+}
+
+/// Rows `r0..r1` against every token, `N` tokens at a time: `dot(r, group)` gives row
+/// `r`'s products with a group, `put(token, r, value)` stores one. A short last group
+/// repeats its last token (computed, not stored).
+#[inline(always)]
+fn tokens_by<const N: usize>(
+    xs: &[QVec],
+    r0: usize,
+    r1: usize,
+    dot: impl Fn(usize, &[&QVec; N]) -> [f32; N],
+    put: impl Fn(usize, usize, f32),
+) {
+    let t = xs.len();
+    for t0 in (0..t).step_by(N) {
+        let n = (t - t0).min(N);
+        let g: [&QVec; N] = std::array::from_fn(|i| &xs[t0 + i.min(n - 1)]);
+        for r in r0..r1 {
+            let v = dot(r, &g);
+            for (i, &vi) in v.iter().enumerate().take(n) {
+                put(t0 + i, r, vi);
+            }
+        }
     }
 }
 
@@ -630,6 +669,51 @@ fn q8_0_to_qmat(raw: &[u8], rows: usize, cols: usize) -> Result<QMat> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::kernels::lcg;
+    use candle_core::quantized::QTensor;
+    use candle_core::{Device, Tensor};
+
+    /// The 8-bit prefill product of every block format and store (the rearranged affine
+    /// Q4_1 / Q8_0 ones included) equals the decode product of each token alone, for a
+    /// token count that leaves a short last group.
+    #[test]
+    fn int8_prefill_product_equals_per_token_products() {
+        let (rows, cols, t) = (37, 512, 11);
+        let mut s = 4;
+        for fmt in quant::ALL.into_iter().filter(|f| f.is_block()) {
+            let w: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut s)).collect();
+            let q = QTensor::quantize(
+                &Tensor::from_slice(&w, (rows, cols), &Device::Cpu).unwrap(),
+                fmt.ggml(),
+            )
+            .unwrap();
+            let lin = Linear::from_blocks(fmt, q.data().unwrap().to_vec(), rows, cols).unwrap();
+            let xs: Vec<QVec> = (0..t)
+                .map(|_| {
+                    let x: Vec<f32> = (0..cols).map(|_| lcg(&mut s) * 2.0).collect();
+                    let mut q = QVec::default();
+                    q.quantize_into(&x);
+                    q.quantize_k_into(&x);
+                    q
+                })
+                .collect();
+            let mut out = vec![0f32; t * rows];
+            lin.matmul_q8(&xs, &mut out);
+            let none = vec![0f32; cols];
+            for (i, x) in xs.iter().enumerate() {
+                let mut one = vec![0f32; rows];
+                lin.matvec_rows(&none, x, true, 0, &mut one);
+                for r in 0..rows {
+                    let (a, b) = (out[i * rows + r], one[r]);
+                    assert!(
+                        (a - b).abs() <= 1e-4,
+                        "{} token {i} row {r}: {a} vs {b}",
+                        fmt.name()
+                    );
+                }
+            }
+        }
+    }
 
     /// A Q8_0 matrix held without stored offsets reads back exactly as the file's
     /// blocks dequantise (codes including -128 and 127), and its 8-bit product matches

@@ -233,13 +233,14 @@ pub unsafe fn dot_k45_n<const N: usize>(row: &[u8], xs: &[&QVec; N], five: bool)
             }
         }
         let (d, dmin) = h2(blk);
+        let (dv, dminv) = (_mm256_set1_ps(d), _mm256_set1_ps(dmin));
         let mins = mins_pairs(m);
         for t in 0..N {
-            let dx = *xd[t].add(sb);
+            // acc += d_x * (d * sumi - dmin * mins . bsums)
             let bs = _mm256_loadu_si256(xb[t].add(sb * 16) as *const __m256i);
             let msum = _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mins));
-            acc[t] = _mm256_fmadd_ps(_mm256_set1_ps(d * dx), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
-            acc[t] = _mm256_fnmadd_ps(_mm256_set1_ps(dmin * dx), msum, acc[t]);
+            let v = _mm256_fnmadd_ps(dminv, msum, _mm256_mul_ps(dv, _mm256_cvtepi32_ps(sumi[t])));
+            acc[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*xd[t].add(sb)), v, acc[t]);
         }
     }
     let mut out = [0f32; N];

@@ -253,11 +253,11 @@ fn dot_q8k(fmt: Format, row: &[u8], x: &QVec) -> f32 {
     portable::dot_q8k(fmt, row, x)
 }
 
-/// One stored row of a block format against four tokens' 8-bit activations (prefill):
-/// the same products as four `dot_q8` calls, with the row's codes unpacked once. Each
+/// One stored row of a block format against `N` tokens' 8-bit activations (prefill):
+/// the same products as `N` `dot_q8` calls, with the row's codes unpacked once. Each
 /// `QVec` must hold the blocks the format needs (as for `dot_q8`).
 #[inline]
-pub fn dot_q8_x4(fmt: Format, row: &[u8], xs: &[&QVec; 4]) -> [f32; 4] {
+pub fn dot_q8_xn<const N: usize>(fmt: Format, row: &[u8], xs: &[&QVec; N]) -> [f32; N] {
     let nb = row.len() / fmt.block_bytes();
     let n = nb * fmt.block();
     assert!(
@@ -279,11 +279,11 @@ pub fn dot_q8_x4(fmt: Format, row: &[u8], xs: &[&QVec; 4]) -> [f32; 4] {
         // SAFETY: features enabled at compile time; lengths checked above.
         unsafe {
             match fmt {
-                Format::Q4K => return avx2::dot_k45_n::<4>(row, xs, false),
-                Format::Q5K => return avx2::dot_k45_n::<4>(row, xs, true),
-                Format::Q6K => return avx2::dot_q6k_n::<4>(row, xs),
+                Format::Q4K => return avx2::dot_k45_n::<N>(row, xs, false),
+                Format::Q5K => return avx2::dot_k45_n::<N>(row, xs, true),
+                Format::Q6K => return avx2::dot_q6k_n::<N>(row, xs),
                 Format::Q8_0 | Format::Q4_0 | Format::Q5_0 => {
-                    return avx2::dot_x0_n::<4>(fmt, row, xs)
+                    return avx2::dot_x0_n::<N>(fmt, row, xs)
                 }
                 _ => {}
             }
@@ -292,10 +292,10 @@ pub fn dot_q8_x4(fmt: Format, row: &[u8], xs: &[&QVec; 4]) -> [f32; 4] {
     xs.map(|x| dot_q8(fmt, row, x))
 }
 
-/// Row `r` of a rearranged affine matrix (Q4_1, Q8_0) against four tokens' 8-bit
+/// Row `r` of a rearranged affine matrix (Q4_1, Q8_0) against `N` tokens' 8-bit
 /// activations (blocks of 32).
 #[inline]
-pub fn dot_affine_x4(w: &QMat, r: usize, xs: &[&QVec; 4]) -> [f32; 4] {
+pub fn dot_affine_xn<const N: usize>(w: &QMat, r: usize, xs: &[&QVec; N]) -> [f32; N] {
     let (q, d, m) = w.row(r);
     let nb = d.len();
     // Q8_0 holds no offsets (each is -128 d; `dot_affine_n` drops them exactly).
@@ -314,7 +314,7 @@ pub fn dot_affine_x4(w: &QMat, r: usize, xs: &[&QVec; 4]) -> [f32; 4] {
     ))]
     {
         // SAFETY: features enabled at compile time; lengths checked above.
-        return unsafe { avx2::dot_affine_n::<4>(q, w.packed, d, m, xs) };
+        return unsafe { avx2::dot_affine_n::<N>(q, w.packed, d, m, xs) };
     }
     #[allow(unreachable_code)]
     xs.map(|x| {
@@ -437,6 +437,43 @@ mod tests {
                         assert!((fast - reference).abs() <= 1e-5 * scale, "{tag}");
                         assert!((reference - exact).abs() <= 1e-5 * scale, "{tag}");
                     }
+                }
+            }
+        }
+    }
+
+    /// The prefill kernels (a row against 4 or 8 tokens at once) give each token what
+    /// the decode kernel gives it alone, to f32 summation order; a group may repeat a
+    /// token (the short last group does).
+    #[test]
+    fn token_group_kernels_equal_single_token_ones() {
+        let mut s = 11;
+        let cols = 512;
+        for fmt in ALL.into_iter().filter(|f| f.is_block()) {
+            let (bytes, _) = candle_blocks(fmt, 3, cols, 21);
+            let xs: Vec<QVec> = (0..8)
+                .map(|_| {
+                    let x: Vec<f32> = (0..cols).map(|_| lcg(&mut s) * 3.0).collect();
+                    let mut q = QVec::default();
+                    q.quantize_into(&x);
+                    q.quantize_k_into(&x);
+                    q
+                })
+                .collect();
+            let rb = fmt.row_bytes(cols);
+            for r in 0..3 {
+                let row = &bytes[r * rb..(r + 1) * rb];
+                let one: Vec<f32> = xs.iter().map(|x| dot_q8(fmt, row, x)).collect();
+                let g8: [&QVec; 8] = std::array::from_fn(|i| &xs[i]);
+                let g4: [&QVec; 4] = std::array::from_fn(|i| &xs[[0, 5, 5, 7][i]]);
+                let v8 = dot_q8_xn(fmt, row, &g8);
+                let v4 = dot_q8_xn(fmt, row, &g4);
+                let tol = 1e-5 * (cols as f32).sqrt();
+                for i in 0..8 {
+                    assert!((v8[i] - one[i]).abs() <= tol, "{} x8 {i}", fmt.name());
+                }
+                for (i, &k) in [0, 5, 5, 7].iter().enumerate() {
+                    assert!((v4[i] - one[k]).abs() <= tol, "{} x4 {i}", fmt.name());
                 }
             }
         }
