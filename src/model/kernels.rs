@@ -137,9 +137,22 @@ pub struct QMat {
     pub packed: bool,
     pub q: Vec<u8>,
     /// Per-block scale and offset in f16, as GGUF stores them (half the bytes of f32;
-    /// decode reads every weight byte once per token).
+    /// decode reads every weight byte once per token). An empty `m` means every offset
+    /// is `-128 d` (GGUF Q8_0, whose signed codes are held as `q + 128`): not storing it
+    /// keeps the 34 bytes per block of the file instead of 36, and `-128 d` is exact in
+    /// f16 and f32 (a power-of-two multiple), so every kernel computes the same offsets.
     pub d: Vec<f16>,
     pub m: Vec<f16>,
+}
+
+/// The offset of a block with scale `d` and stored offsets `m` (empty: symmetric codes).
+#[inline(always)]
+fn block_offset(m: &[f16], d: &[f16], b: usize) -> f32 {
+    if m.is_empty() {
+        -128.0 * d[b].to_f32()
+    } else {
+        m[b].to_f32()
+    }
 }
 
 impl QMat {
@@ -154,7 +167,11 @@ impl QMat {
         (
             &self.q[r * rb..(r + 1) * rb],
             &self.d[r * nb..(r + 1) * nb],
-            &self.m[r * nb..(r + 1) * nb],
+            if self.m.is_empty() {
+                &[]
+            } else {
+                &self.m[r * nb..(r + 1) * nb]
+            },
         )
     }
 
@@ -214,6 +231,19 @@ impl QMat {
     /// row once per chunk).
     pub fn dequant_row(&self, r: usize, out: &mut [f32]) {
         let (q, d, m) = self.row(r);
+        if m.is_empty() {
+            // Byte codes without stored offsets (Q8_0): each is -128 d. A loop of its
+            // own: a per-block choice of offset inside the loop below made this
+            // function (prefill's last-token logits) ~2x slower.
+            for (b, o) in out.chunks_exact_mut(QK).enumerate() {
+                let s = d[b].to_f32();
+                let off = -128.0 * s;
+                for (v, &code) in o.iter_mut().zip(&q[b * QK..(b + 1) * QK]) {
+                    *v = s * code as f32 + off;
+                }
+            }
+            return;
+        }
         for (b, o) in out.chunks_exact_mut(QK).enumerate() {
             let (s, off) = (d[b].to_f32(), m[b].to_f32());
             if self.packed {
@@ -237,7 +267,7 @@ impl QMat {
             for c in 0..self.cols {
                 let b = r * nb + c / QK;
                 out[r * self.cols + c] =
-                    self.d[b].to_f32() * self.code(r, c) as f32 + self.m[b].to_f32();
+                    self.d[b].to_f32() * self.code(r, c) as f32 + block_offset(&self.m, &self.d, b);
             }
         }
         out
@@ -443,16 +473,208 @@ mod avx2 {
             let s1 = d[b + 1].to_f32() * x.s[b + 1];
             a0 = _mm256_fmadd_ps(block(qp, packed, b, xp, mask), _mm256_set1_ps(s0), a0);
             a1 = _mm256_fmadd_ps(block(qp, packed, b + 1, xp, mask), _mm256_set1_ps(s1), a1);
-            off += m[b].to_f32() * x.sum[b] + m[b + 1].to_f32() * x.sum[b + 1];
+            off += super::block_offset(m, d, b) * x.sum[b]
+                + super::block_offset(m, d, b + 1) * x.sum[b + 1];
             b += 2;
         }
         if b < nb {
             let s0 = d[b].to_f32() * x.s[b];
             a0 = _mm256_fmadd_ps(block(qp, packed, b, xp, mask), _mm256_set1_ps(s0), a0);
-            off += m[b].to_f32() * x.sum[b];
+            off += super::block_offset(m, d, b) * x.sum[b];
         }
         let acc = _mm256_add_ps(a0, a1);
         super::hsum256(acc) + off
+    }
+}
+
+/// The row kernel for AVX2 CPUs without VNNI, two rows at a time (Zen 2/3, older
+/// Intel). Each block's integer dot product comes from VPMADDUBSW (unsigned codes x
+/// signed activations, pairs summed to 16 bits) and VPMADDWD against ones (to 32 bits):
+/// a 4-bit code times an activation of at most 127 cannot saturate 16 bits; byte codes
+/// (up to 255) are split into their low 7 bits and their top bit, each of which cannot
+/// either, so every block's integer sum is exact, as in the widening kernel. The f16
+/// scales and offsets are widened 8 blocks at a time (with `x.s` and `x.sum`) and the
+/// offset term summed in a vector; two rows share every activation load. Compared with
+/// [`avx2::row_dot`] only the order of the float additions differs.
+#[cfg(all(
+    target_arch = "x86_64",
+    target_feature = "avx2",
+    target_feature = "fma",
+    target_feature = "f16c"
+))]
+#[allow(dead_code)]
+mod avx2x2 {
+    use super::{QVec, QK};
+    use half::f16;
+    use std::arch::x86_64::*;
+
+    /// Constants of the block kernel, built once per call.
+    #[derive(Clone, Copy)]
+    struct K {
+        nib: __m256i,
+        low7: __m256i,
+        top: __m256i,
+        ones: __m256i,
+    }
+
+    /// The 32-bit lane sums of block `b` of one row (codes at `q`) times activations `xv`.
+    #[inline(always)]
+    unsafe fn block(q: *const u8, packed: bool, b: usize, xv: __m256i, k: K) -> __m256i {
+        if packed {
+            let v = _mm_loadu_si128(q.add(b * QK / 2) as *const __m128i);
+            // Low nibbles are elements 0..16, high nibbles 16..32: one 256-bit register
+            // of the 32 codes in order.
+            let w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), k.nib);
+            _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), k.ones)
+        } else {
+            let w = _mm256_loadu_si256(q.add(b * QK) as *const __m256i);
+            let lo = _mm256_maddubs_epi16(_mm256_and_si256(w, k.low7), xv);
+            let hi = _mm256_maddubs_epi16(_mm256_and_si256(w, k.top), xv);
+            _mm256_add_epi32(_mm256_madd_epi16(lo, k.ones), _mm256_madd_epi16(hi, k.ones))
+        }
+    }
+
+    /// How many rows ahead the codes are prefetched (measured on Zen 3 with 576- and
+    /// 640-column Q8_0 matrices: 4 rows ahead gained less, 16 no more).
+    const PF_ROWS: usize = 8;
+
+    /// One row: `(codes, scales, offsets)`.
+    pub type Row<'a> = (&'a [u8], &'a [f16], &'a [f16]);
+
+    /// Two rows against the same activations (pass one row twice for an odd last row).
+    pub unsafe fn rows_dot2(rows: [Row; 2], packed: bool, x: &QVec) -> [f32; 2] {
+        let sym = rows[0].2.is_empty();
+        match (packed, sym) {
+            (true, false) => rows_dot2_fmt::<true, false>(rows, x),
+            (true, true) => rows_dot2_fmt::<true, true>(rows, x),
+            (false, false) => rows_dot2_fmt::<false, false>(rows, x),
+            (false, true) => rows_dot2_fmt::<false, true>(rows, x),
+        }
+    }
+
+    /// `SYM`: both rows without stored offsets (`-128 d`).
+    #[inline(always)]
+    unsafe fn rows_dot2_fmt<const PACKED: bool, const SYM: bool>(
+        rows: [Row; 2],
+        x: &QVec,
+    ) -> [f32; 2] {
+        let nb = rows[0].1.len();
+        let mut bpb = 0;
+        for &(q, d, m) in &rows {
+            assert!(d.len() == nb && m.is_empty() == SYM);
+            bpb = super::check_row(q, PACKED, d, m, x);
+        }
+        let k = K {
+            nib: _mm256_set1_epi8(0x0f),
+            low7: _mm256_set1_epi8(0x7f),
+            top: _mm256_set1_epi8(-128),
+            ones: _mm256_set1_epi16(1),
+        };
+        let xp = x.q.as_ptr();
+        let (q0, q1) = (rows[0].0.as_ptr(), rows[1].0.as_ptr());
+        // Row 0 in a*, row 1 in c*; two chains each so consecutive blocks do not wait
+        // on each other's FMA.
+        let (mut a0, mut a1, mut c0, mut c1) = (
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+            _mm256_setzero_ps(),
+        );
+        let (mut off0, mut off1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        let (d0, d1) = (rows[0].1.as_ptr(), rows[1].1.as_ptr());
+        let (m0, m1) = (rows[0].2.as_ptr(), rows[1].2.as_ptr());
+        let ones = _mm256_set1_epi32(1);
+        let row_bytes = nb * bpb;
+        // Ask for the codes of the rows a few pairs ahead (rows lie one after another):
+        // the hardware prefetcher alone leaves these loads waiting on memory. Wrapping
+        // arithmetic: past the end of the matrix the address is never dereferenced (a
+        // prefetch does not fault), but `add` beyond the allocation would be UB.
+        let ahead = q0.wrapping_add(PF_ROWS * row_bytes);
+        let mut l = 0;
+        while l < 2 * row_bytes {
+            _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l) as *const i8);
+            l += 64;
+        }
+        let mut b0 = 0;
+        // Segments of 8 blocks: scales and offsets 8 at a time, each block's scale
+        // broadcast from its lane (held in a register: a store and 4-byte reloads would
+        // wait on store forwarding).
+        while b0 + 8 <= nb {
+            let xs = _mm256_loadu_ps(x.s.as_ptr().add(b0));
+            let xsum = _mm256_loadu_ps(x.sum.as_ptr().add(b0));
+            let f16x8 =
+                |p: *const f16| _mm256_cvtph_ps(_mm_loadu_si128(p.add(b0) as *const __m128i));
+            let sc0 = _mm256_mul_ps(f16x8(d0), xs);
+            let sc1 = _mm256_mul_ps(f16x8(d1), xs);
+            let (o0, o1) = if SYM {
+                let k128 = _mm256_set1_ps(-128.0);
+                (
+                    _mm256_mul_ps(f16x8(d0), k128),
+                    _mm256_mul_ps(f16x8(d1), k128),
+                )
+            } else {
+                (f16x8(m0), f16x8(m1))
+            };
+            off0 = _mm256_fmadd_ps(o0, xsum, off0);
+            off1 = _mm256_fmadd_ps(o1, xsum, off1);
+            let mut idx = _mm256_setzero_si256();
+            for j in (0..8).step_by(2) {
+                let b = b0 + j;
+                let idx1 = _mm256_add_epi32(idx, ones);
+                let x0 = _mm256_loadu_si256(xp.add(b * QK) as *const __m256i);
+                let x1 = _mm256_loadu_si256(xp.add((b + 1) * QK) as *const __m256i);
+                let p = block(q0, PACKED, b, x0, k);
+                a0 = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(p),
+                    _mm256_permutevar8x32_ps(sc0, idx),
+                    a0,
+                );
+                let p = block(q1, PACKED, b, x0, k);
+                c0 = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(p),
+                    _mm256_permutevar8x32_ps(sc1, idx),
+                    c0,
+                );
+                let p = block(q0, PACKED, b + 1, x1, k);
+                a1 = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(p),
+                    _mm256_permutevar8x32_ps(sc0, idx1),
+                    a1,
+                );
+                let p = block(q1, PACKED, b + 1, x1, k);
+                c1 = _mm256_fmadd_ps(
+                    _mm256_cvtepi32_ps(p),
+                    _mm256_permutevar8x32_ps(sc1, idx1),
+                    c1,
+                );
+                idx = _mm256_add_epi32(idx1, ones);
+            }
+            b0 += 8;
+        }
+        // The last nb % 8 blocks one at a time.
+        let (mut t0, mut t1) = (0f32, 0f32);
+        for b in b0..nb {
+            let x0 = _mm256_loadu_si256(xp.add(b * QK) as *const __m256i);
+            let (xs, xsum) = (*x.s.get_unchecked(b), *x.sum.get_unchecked(b));
+            let p = block(q0, PACKED, b, x0, k);
+            a0 = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(p),
+                _mm256_set1_ps((*d0.add(b)).to_f32() * xs),
+                a0,
+            );
+            let p = block(q1, PACKED, b, x0, k);
+            c0 = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(p),
+                _mm256_set1_ps((*d1.add(b)).to_f32() * xs),
+                c0,
+            );
+            t0 += super::block_offset(rows[0].2, rows[0].1, b) * xsum;
+            t1 += super::block_offset(rows[1].2, rows[1].1, b) * xsum;
+        }
+        [
+            super::hsum256(_mm256_add_ps(a0, a1)) + (super::hsum256(off0) + t0),
+            super::hsum256(_mm256_add_ps(c0, c1)) + (super::hsum256(off1) + t1),
+        ]
     }
 }
 
@@ -464,7 +686,7 @@ fn check_row(q: &[u8], packed: bool, d: &[f16], m: &[f16], x: &QVec) -> usize {
     let nb = d.len();
     let bytes_per_block = if packed { QK / 2 } else { QK };
     assert!(
-        m.len() == nb
+        (m.len() == nb || m.is_empty())
             && q.len() >= nb * bytes_per_block
             && x.q.len() >= nb * QK
             && x.s.len() >= nb
@@ -522,7 +744,7 @@ fn qrow_dot_scalar(w: &QMat, r: usize, x: &QVec) -> f32 {
             };
             s += code as i32 * x.q[b * QK + j] as i32;
         }
-        acc += d[b].to_f32() * x.s[b] * s as f32 + m[b].to_f32() * x.sum[b];
+        acc += d[b].to_f32() * x.s[b] * s as f32 + block_offset(m, d, b) * x.sum[b];
     }
     acc
 }
@@ -599,10 +821,14 @@ mod vnni {
                     lanes,
                     d.as_ptr().add(at) as *const i16,
                 ));
-                let mv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
-                    lanes,
-                    m.as_ptr().add(at) as *const i16,
-                ));
+                let mv = if m.is_empty() {
+                    _mm512_mul_ps(dv, _mm512_set1_ps(-128.0))
+                } else {
+                    _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+                        lanes,
+                        m.as_ptr().add(at) as *const i16,
+                    ))
+                };
                 let xs = _mm512_maskz_loadu_ps(lanes, x.s.as_ptr().add(at));
                 let xsum = _mm512_maskz_loadu_ps(lanes, x.sum.as_ptr().add(at));
                 _mm512_storeu_ps(scale.as_mut_ptr().add(c), _mm512_mul_ps(dv, xs));
@@ -642,6 +868,43 @@ const MV_CHUNK: usize = 64;
 /// Rows `r0..r0 + out.len()` of `w . x` over 8-bit weights and activations, on the
 /// calling thread (the decode team splits rows itself).
 pub fn matvec_q_rows(w: &QMat, x: &QVec, r0: usize, out: &mut [f32]) {
+    assert!(r0 + out.len() <= w.rows);
+    #[cfg(all(
+        target_arch = "x86_64",
+        target_feature = "avx2",
+        target_feature = "fma",
+        target_feature = "f16c",
+        not(all(
+            target_feature = "avx512f",
+            target_feature = "avx512bw",
+            target_feature = "avx512vnni",
+            target_feature = "avx512vl"
+        ))
+    ))]
+    {
+        let mut pairs = out.chunks_exact_mut(2);
+        let mut r = r0;
+        for o in &mut pairs {
+            // SAFETY: AVX2, FMA and F16C are enabled at compile time; `rows_dot` checks
+            // the lengths of both rows against the activations.
+            let v = unsafe { avx2x2::rows_dot2([w.row(r), w.row(r + 1)], w.packed, x) };
+            o.copy_from_slice(&v);
+            r += 2;
+        }
+        for o in pairs.into_remainder() {
+            // SAFETY: as above.
+            *o = unsafe { avx2x2::rows_dot2([w.row(r), w.row(r)], w.packed, x) }[0];
+        }
+        return;
+    }
+    #[allow(unreachable_code)]
+    matvec_q_rows_one(w, x, r0, out)
+}
+
+/// [`matvec_q_rows`] one row at a time with the single-row kernel (the AVX2 widening one
+/// on AVX2 builds); kept for `cargo bench --bench decode_kernels`.
+#[doc(hidden)]
+pub fn matvec_q_rows_one(w: &QMat, x: &QVec, r0: usize, out: &mut [f32]) {
     assert!(r0 + out.len() <= w.rows);
     for (i, v) in out.iter_mut().enumerate() {
         *v = qrow_dot(w, r0 + i, x);
@@ -825,9 +1088,12 @@ mod tests {
                     at(j) | (at(j + 16) << 4)
                 })
                 .collect();
+            // Byte codes without stored offsets (-128 d), as GGUF Q8_0 is held.
+            let mut sym = bytes.clone();
+            sym.m.clear();
             let mut qx = QVec::default();
             qx.quantize_into(&x);
-            for qm in [&bytes, &packed] {
+            for qm in [&bytes, &packed, &sym] {
                 let mut fast = vec![0.0; rows];
                 matvec_q_rows(qm, &qx, 0, &mut fast);
                 for (r, &f) in fast.iter().enumerate() {
@@ -852,6 +1118,63 @@ mod tests {
                             qm.packed
                         );
                     }
+                    // And the two-row AVX2 kernel, paired with every row.
+                    #[cfg(all(
+                        target_arch = "x86_64",
+                        target_feature = "avx2",
+                        target_feature = "fma",
+                        target_feature = "f16c"
+                    ))]
+                    for other in 0..rows {
+                        let [a, b] = unsafe {
+                            avx2x2::rows_dot2([qm.row(r), qm.row(other)], qm.packed, &qx)
+                        };
+                        let eo = qrow_dot_scalar(qm, other, &qx);
+                        assert!(
+                            (a - e).abs() <= 1e-4 * e.abs().max(1.0)
+                                && (b - eo).abs() <= 1e-4 * eo.abs().max(1.0),
+                            "avx2x2: cols {cols} packed {} rows {r},{other}: {a} vs {e}, {b} vs {eo}",
+                            qm.packed
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The largest codes against the largest activations of either sign: VPMADDUBSW
+    /// would saturate 16 bits on whole byte codes; the kernels' block sums stay exact.
+    #[test]
+    fn extreme_codes_do_not_saturate() {
+        let cols = 32 * 19;
+        for (packed, code) in [(false, 255u8), (true, 15u8)] {
+            let rows = 3;
+            let nb = rows * cols / QK;
+            let qm = QMat {
+                rows,
+                cols,
+                packed,
+                q: if packed {
+                    vec![code | (code << 4); rows * cols / 2]
+                } else {
+                    vec![code; rows * cols]
+                },
+                d: vec![f16::ONE; nb],
+                m: vec![f16::ZERO; nb],
+            };
+            for sign in [1.0f32, -1.0] {
+                let x: Vec<f32> = vec![sign; cols];
+                let mut qx = QVec::default();
+                qx.quantize_into(&x);
+                let mut out = vec![0.0; rows];
+                matvec_q_rows(&qm, &qx, 0, &mut out);
+                // Every activation is +-127 at a scale of f16(1/127).
+                let exact = sign * (code as f32) * 127.0 * cols as f32 * qx.s[0];
+                for (r, &v) in out.iter().enumerate() {
+                    assert!(
+                        (v - exact).abs() <= 1e-5 * exact.abs(),
+                        "packed {packed} sign {sign} row {r}: {v} vs {exact}"
+                    );
                 }
             }
         }

@@ -648,12 +648,9 @@ fn q8_0_to_qmat(raw: &[u8], rows: usize, cols: usize) -> Result<QMat> {
     }
     let mut q = vec![0u8; rows * cols];
     let mut d = Vec::with_capacity(nblocks);
-    let mut m = Vec::with_capacity(nblocks);
     for (blk, qb) in raw.chunks_exact(BS).zip(q.chunks_exact_mut(QK)) {
         let s = f16::from_le_bytes([blk[0], blk[1]]);
         d.push(s);
-        // Exact in f16: a power-of-two multiple (|d| stays far below 65504 / 128).
-        m.push(f16::from_f32(-128.0 * s.to_f32()));
         for (o, &c) in qb.iter_mut().zip(&blk[2..]) {
             *o = (c as i8 as i16 + 128) as u8;
         }
@@ -664,7 +661,8 @@ fn q8_0_to_qmat(raw: &[u8], rows: usize, cols: usize) -> Result<QMat> {
         packed: false,
         q,
         d,
-        m,
+        // No stored offsets: each is -128 d (see `QMat::m`).
+        m: Vec::new(),
     })
 }
 
@@ -714,6 +712,48 @@ mod tests {
                     );
                 }
             }
+        }
+    }
+
+    /// A Q8_0 matrix held without stored offsets reads back exactly as the file's
+    /// blocks dequantise (codes including -128 and 127), and its 8-bit product matches
+    /// the f32 one to quantisation error; it occupies the file's 34 bytes per block.
+    #[test]
+    fn q8_0_held_without_offsets_reads_back_exactly() {
+        let (rows, cols) = (5, 96);
+        let mut seed = 5u64;
+        let mut raw = Vec::new();
+        for b in 0..rows * cols / QK {
+            let d = f16::from_f32(0.001 + 0.0005 * (b % 7) as f32);
+            raw.extend_from_slice(&d.to_le_bytes());
+            for j in 0..QK {
+                let c = match j {
+                    0 => -128i8,
+                    1 => 127,
+                    _ => (kernels::lcg(&mut seed) * 127.0) as i8,
+                };
+                raw.push(c as u8);
+            }
+        }
+        let w = Linear::from_blocks(Format::Q8_0, raw.clone(), rows, cols).expect("q8_0");
+        assert_eq!(w.bytes(), raw.len());
+        let rb = Format::Q8_0.row_bytes(cols);
+        let (mut a, mut e) = (vec![0f32; cols], vec![0f32; cols]);
+        for r in 0..rows {
+            w.row_into(r, &mut a);
+            quant::dequant_row(Format::Q8_0, &raw[r * rb..(r + 1) * rb], &mut e);
+            assert_eq!(a, e, "row {r}");
+        }
+        let x: Vec<f32> = (0..cols).map(|_| kernels::lcg(&mut seed)).collect();
+        let mut qx = QVec::default();
+        qx.quantize_into(&x);
+        let mut fast = vec![0f32; rows];
+        w.matvec_rows(&x, &qx, true, 0, &mut fast);
+        for (r, &f) in fast.iter().enumerate() {
+            w.row_into(r, &mut a);
+            let exact = kernels::dot(&a, &x);
+            let norm = a.iter().map(|v| v.abs()).sum::<f32>();
+            assert!((f - exact).abs() <= 0.01 * norm, "row {r}: {f} vs {exact}");
         }
     }
 }

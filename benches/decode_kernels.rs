@@ -1,0 +1,70 @@
+//! The decode matrix-vector kernel over affine 8-bit rows (GGUF Q4_1, Q8_0): the two-row
+//! kernel `matvec_q_rows` uses against the one-row kernel it replaced, on the shapes of
+//! the default model (576 columns) and Gemma 3 270M's output matrix (640 columns), on a
+//! matrix that stays in L2 and on one that streams from memory. Values are random; the
+//! work does not depend on them.
+//!
+//! `cargo bench --bench decode_kernels`
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use half::f16;
+use kvscope::model::kernels::{matvec_q_rows, matvec_q_rows_one, QMat, QVec, QK};
+
+fn lcg(s: &mut u64) -> u64 {
+    *s = s
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    *s >> 33
+}
+
+fn random_qmat(rows: usize, cols: usize, packed: bool, seed: u64) -> QMat {
+    let mut s = seed;
+    let nb = rows * cols / QK;
+    let bytes = if packed { rows * cols / 2 } else { rows * cols };
+    QMat {
+        rows,
+        cols,
+        packed,
+        q: (0..bytes).map(|_| lcg(&mut s) as u8).collect(),
+        d: (0..nb)
+            .map(|_| f16::from_f32((lcg(&mut s) % 1000) as f32 * 1e-5))
+            .collect(),
+        m: (0..nb)
+            .map(|_| f16::from_f32(-((lcg(&mut s) % 1000) as f32) * 1e-4))
+            .collect(),
+    }
+}
+
+fn kernels(c: &mut Criterion) {
+    let mut group = c.benchmark_group("affine_matvec");
+    group.sample_size(20);
+    for (name, rows, cols, packed) in [
+        ("q4_1_l2", 1536usize, 576usize, true),
+        ("q4_1_mem", 61440, 576, true),
+        ("q8_0_l2", 1024, 576, false),
+        ("q8_0_mem", 49152, 576, false),
+        ("q8_0_mem_640", 65536, 640, false),
+    ] {
+        let w = random_qmat(rows, cols, packed, 3);
+        let mut s = 9u64;
+        let xf: Vec<f32> = (0..cols)
+            .map(|_| (lcg(&mut s) % 2000) as f32 / 1000.0 - 1.0)
+            .collect();
+        let mut x = QVec::default();
+        x.quantize_into(&xf);
+        let mut out = vec![0f32; rows];
+        group.throughput(Throughput::Bytes(
+            (w.q.len() + 2 * (w.d.len() + w.m.len())) as u64,
+        ));
+        group.bench_function(BenchmarkId::new("two_rows", name), |b| {
+            b.iter(|| matvec_q_rows(&w, &x, 0, &mut out))
+        });
+        group.bench_function(BenchmarkId::new("one_row", name), |b| {
+            b.iter(|| matvec_q_rows_one(&w, &x, 0, &mut out))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, kernels);
+criterion_main!(benches);
