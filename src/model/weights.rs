@@ -38,6 +38,10 @@ enum Store {
 /// (256 KiB: within L2 next to the GEMM's own packing buffers).
 const PANEL_FLOATS: usize = 64 * 1024;
 
+/// Matrices from this size on are streamed from memory in decode with software
+/// prefetching (K-quants; see `quant::dot_q8_streaming`).
+const PREFETCH_MIN_BYTES: usize = 1 << 20;
+
 /// A raw pointer that rayon tasks may share; each task writes a disjoint set of columns.
 #[derive(Clone, Copy)]
 struct OutPtr(*mut f32);
@@ -306,8 +310,9 @@ impl Linear {
                         *v = quant::dot_f32(*fmt, row(r0 + i), x);
                     }
                 } else if quant {
+                    let large = data.len() >= PREFETCH_MIN_BYTES;
                     for (i, v) in out.iter_mut().enumerate() {
-                        *v = quant::dot_q8(*fmt, row(r0 + i), qx);
+                        *v = quant::dot_q8_streaming(*fmt, row(r0 + i), qx, large);
                     }
                 } else {
                     let mut buf = vec![0f32; c];

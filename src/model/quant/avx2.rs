@@ -164,6 +164,23 @@ unsafe fn k_scales_u64(p: *const u8) -> (u64, u64) {
     )
 }
 
+/// Decode streams every row of a large matrix once: ask for the super-block ~2 KiB ahead
+/// (rows lie one after another, so this runs into the next rows) so the loads do not
+/// wait on memory. Measured: +17% decode on the Llama-3.2-1B shape (matrices of 0.6-9.4
+/// MB), -5% on Gemma 3 270M's small K-quant matrices (0.4-0.7 MB), hence the caller's
+/// size threshold.
+/// Wrapping arithmetic: past the matrix the address is never dereferenced (a prefetch
+/// does not fault), but `add` beyond the allocation would be UB.
+#[inline(always)]
+unsafe fn prefetch_ahead(blk: *const u8, bytes: usize) {
+    let ahead = blk.wrapping_add(2048);
+    let mut l = 0;
+    while l < bytes {
+        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l) as *const i8);
+        l += 64;
+    }
+}
+
 /// Two f16 at `p` (d, dmin) as f32 through F16C.
 #[inline(always)]
 unsafe fn h2(p: *const u8) -> (f32, f32) {
@@ -189,7 +206,11 @@ unsafe fn mins_pairs(m: u64) -> __m256i {
 /// The activations' pointers are taken out of the `QVec`s first so the loop keeps its
 /// accumulators in registers.
 #[inline(always)]
-pub unsafe fn dot_k45_n<const N: usize>(row: &[u8], xs: &[&QVec; N], five: bool) -> [f32; N] {
+pub unsafe fn dot_k45_n<const N: usize, const PREFETCH: bool>(
+    row: &[u8],
+    xs: &[&QVec; N],
+    five: bool,
+) -> [f32; N] {
     let bytes = if five { 176 } else { 144 };
     let p = row.as_ptr();
     let nb = row.len() / bytes;
@@ -199,6 +220,9 @@ pub unsafe fn dot_k45_n<const N: usize>(row: &[u8], xs: &[&QVec; N], five: bool)
     let mut acc = [_mm256_setzero_ps(); N];
     for sb in 0..nb {
         let blk = p.add(sb * bytes);
+        if PREFETCH {
+            prefetch_ahead(blk, bytes);
+        }
         let (sc, m) = k_scales_u64(blk.add(4));
         let qs = blk.add(if five { 48 } else { 16 });
         let mut sumi = [_mm256_setzero_si256(); N];
@@ -255,7 +279,10 @@ pub unsafe fn dot_k45_n<const N: usize>(row: &[u8], xs: &[&QVec; N], five: bool)
 /// summed in i32 over the super-block; the centre (32) comes off once per super-block as
 /// `32 * sum_g scale_g * bsum_g` from the activations' 16-value sums.
 #[inline(always)]
-pub unsafe fn dot_q6k_n<const N: usize>(row: &[u8], xs: &[&QVec; N]) -> [f32; N] {
+pub unsafe fn dot_q6k_n<const N: usize, const PREFETCH: bool>(
+    row: &[u8],
+    xs: &[&QVec; N],
+) -> [f32; N] {
     let p = row.as_ptr();
     let nb = row.len() / 210;
     let xq: [*const i8; N] = std::array::from_fn(|t| xs[t].kq.as_ptr());
@@ -264,6 +291,9 @@ pub unsafe fn dot_q6k_n<const N: usize>(row: &[u8], xs: &[&QVec; N]) -> [f32; N]
     let mut acc = [_mm256_setzero_ps(); N];
     for sb in 0..nb {
         let blk = p.add(sb * 210);
+        if PREFETCH {
+            prefetch_ahead(blk, 210);
+        }
         let scales = blk.add(192) as *const i8;
         let mut sumi = [_mm256_setzero_si256(); N];
         for half in 0..2 {

@@ -190,8 +190,15 @@ pub fn dequant_row(fmt: Format, row: &[u8], out: &mut [f32]) {
 /// portable reference otherwise.
 #[inline]
 pub fn dot_q8(fmt: Format, row: &[u8], x: &QVec) -> f32 {
+    dot_q8_streaming(fmt, row, x, false)
+}
+
+/// `dot_q8`, with the K-quant kernels prefetching the rows ahead when `large` (a matrix
+/// of several MB that decode streams from memory; see `avx2::prefetch_ahead`).
+#[inline]
+pub fn dot_q8_streaming(fmt: Format, row: &[u8], x: &QVec, large: bool) -> f32 {
     if fmt.is_k_quant() {
-        return dot_q8k(fmt, row, x);
+        return dot_q8k(fmt, row, x, large);
     }
     let nb = row.len() / fmt.block_bytes() * fmt.block() / QK;
     assert!(
@@ -224,7 +231,7 @@ pub fn dot_q8(fmt: Format, row: &[u8], x: &QVec) -> f32 {
 
 /// A K-quant row against Q8_K activations.
 #[inline]
-fn dot_q8k(fmt: Format, row: &[u8], x: &QVec) -> f32 {
+fn dot_q8k(fmt: Format, row: &[u8], x: &QVec, large: bool) -> f32 {
     let nb = row.len() / fmt.block_bytes();
     assert!(
         row.len().is_multiple_of(fmt.block_bytes())
@@ -243,9 +250,12 @@ fn dot_q8k(fmt: Format, row: &[u8], x: &QVec) -> f32 {
         // SAFETY: features enabled at compile time; lengths checked above.
         unsafe {
             return match fmt {
-                Format::Q4K => avx2::dot_k45_n::<1>(row, &[x], false)[0],
-                Format::Q5K => avx2::dot_k45_n::<1>(row, &[x], true)[0],
-                _ => avx2::dot_q6k_n::<1>(row, &[x])[0],
+                Format::Q4K if large => avx2::dot_k45_n::<1, true>(row, &[x], false)[0],
+                Format::Q4K => avx2::dot_k45_n::<1, false>(row, &[x], false)[0],
+                Format::Q5K if large => avx2::dot_k45_n::<1, true>(row, &[x], true)[0],
+                Format::Q5K => avx2::dot_k45_n::<1, false>(row, &[x], true)[0],
+                _ if large => avx2::dot_q6k_n::<1, true>(row, &[x])[0],
+                _ => avx2::dot_q6k_n::<1, false>(row, &[x])[0],
             };
         }
     }
@@ -279,9 +289,9 @@ pub fn dot_q8_xn<const N: usize>(fmt: Format, row: &[u8], xs: &[&QVec; N]) -> [f
         // SAFETY: features enabled at compile time; lengths checked above.
         unsafe {
             match fmt {
-                Format::Q4K => return avx2::dot_k45_n::<N>(row, xs, false),
-                Format::Q5K => return avx2::dot_k45_n::<N>(row, xs, true),
-                Format::Q6K => return avx2::dot_q6k_n::<N>(row, xs),
+                Format::Q4K => return avx2::dot_k45_n::<N, false>(row, xs, false),
+                Format::Q5K => return avx2::dot_k45_n::<N, false>(row, xs, true),
+                Format::Q6K => return avx2::dot_q6k_n::<N, false>(row, xs),
                 Format::Q8_0 | Format::Q4_0 | Format::Q5_0 => {
                     return avx2::dot_x0_n::<N>(fmt, row, xs)
                 }
