@@ -368,13 +368,8 @@ pub unsafe fn dot_x0_n<const N: usize>(fmt: Format, row: &[u8], xs: &[&QVec; N])
         match fmt {
             Format::Q8_0 => {
                 let codes = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-                let mag = _mm256_sign_epi8(codes, codes);
                 for t in 0..N {
-                    let x = _mm256_loadu_si256(xs[t].q.as_ptr().add(b * QK) as *const __m256i);
-                    let s = _mm256_madd_epi16(
-                        _mm256_maddubs_epi16(mag, _mm256_sign_epi8(x, codes)),
-                        _mm256_set1_epi16(1),
-                    );
+                    let s = dot_i8_i8(codes, xs[t].q.as_ptr().add(b * QK));
                     let f = _mm256_set1_ps(d * xs[t].s[b]);
                     acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), f, acc[t]);
                 }
@@ -432,13 +427,8 @@ pub unsafe fn dot_affine_n<const N: usize>(
         } else {
             let codes =
                 _mm256_xor_si256(_mm256_loadu_si256(qp.add(b * QK) as *const __m256i), flip);
-            let mag = _mm256_sign_epi8(codes, codes);
             for t in 0..N {
-                let x = _mm256_loadu_si256(xs[t].q.as_ptr().add(b * QK) as *const __m256i);
-                let s = _mm256_madd_epi16(
-                    _mm256_maddubs_epi16(mag, _mm256_sign_epi8(x, codes)),
-                    _mm256_set1_epi16(1),
-                );
+                let s = dot_i8_i8(codes, xs[t].q.as_ptr().add(b * QK));
                 let f = _mm256_set1_ps(db * xs[t].s[b]);
                 acc[t] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s), f, acc[t]);
             }
