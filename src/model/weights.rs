@@ -12,7 +12,7 @@ use std::io::Read;
 
 use super::config::Config;
 use super::kernels::{self, QMat, QVec, QK};
-use super::quant::{self, Format};
+use super::quant::{self, packed, Format};
 
 /// A linear layer `y = W x`, `W` is `[rows = out][cols = in]`.
 #[derive(Debug, Clone)]
@@ -228,7 +228,26 @@ impl Linear {
         let threads = rayon::current_num_threads().max(1);
         let by_size = (rows * row_bytes).div_ceil(BAND_BYTES);
         let n_bands = by_size.max(threads * 4).min(rows.div_ceil(4)).max(1);
-        let band = rows.div_ceil(n_bands);
+        let packed_fmt = match &self.store {
+            Store::Blocks { fmt, .. } if packed::applies(*fmt, t) => Some(*fmt),
+            _ => None,
+        };
+        let mut band = rows.div_ceil(n_bands);
+        // The packed kernels take rows eight at a time: bands of whole groups.
+        if packed_fmt.is_some() {
+            band = band.next_multiple_of(packed::ROWS);
+        }
+        let b32: Vec<Vec<i16>> = if packed_fmt == Some(Format::Q4K) {
+            xs.iter()
+                .map(|x| {
+                    let mut v = Vec::new();
+                    packed::sums32(&x.kbsum, &mut v);
+                    v
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let dst = OutPtr(out.as_mut_ptr());
         (0..rows.div_ceil(band)).into_par_iter().for_each(|bi| {
             let (r0, r1) = (bi * band, ((bi + 1) * band).min(rows));
@@ -245,6 +264,8 @@ impl Linear {
                 Store::Blocks { fmt, data } => {
                     let rb = fmt.row_bytes(self.cols);
                     let row = |r: usize| &data[r * rb..(r + 1) * rb];
+                    let put = |i: usize, r: usize, v: f32| unsafe { *dst.at(i * rows + r) = v };
+                    let r0 = packed::band(*fmt, data, rb, r0, r1, xs, &b32, put);
                     // The K-quants keep eight tokens' sums in registers (their scales
                     // apply once per super-block); the 32-value formats four.
                     if fmt.is_k_quant() {

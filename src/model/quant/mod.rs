@@ -8,6 +8,7 @@
 //! offset. That description is the portable reference; the SIMD kernels in `avx2` are
 //! tested against it, and it is tested against candle's dequantisation.
 
+pub mod packed;
 pub mod portable;
 pub mod synth;
 
