@@ -1,6 +1,6 @@
 //! Prefill products, one thread: the f32 GEMM on dequantised panels against the 8-bit
 //! path (activations quantised as llama.cpp does, integer dot products on the stored
-//! blocks), per weight format, on a 1024 x 2048 matrix and 64 tokens (the Llama-3.2-1B
+//! blocks; Q4_K and Q6_K through the eight-row packed kernels), per weight format, on a 1024 x 2048 matrix and 64 tokens (the Llama-3.2-1B
 //! shape's attention width). `cargo bench --bench matmul`.
 
 use candle_core::quantized::QTensor;

@@ -214,9 +214,11 @@ impl Linear {
 
     /// Prefill in 8 bits: `out[t][rows] = W . xs[t]` for `t` tokens' quantised
     /// activations (each holding the blocks `q8_kind` asks for), parallel. Each task
-    /// takes a band of rows small enough to stay in L2 and walks the tokens four at a
-    /// time, so a row's codes are unpacked once per four tokens and read from L2, not
-    /// memory, for all of them. The matrix must be in a block format.
+    /// takes a band of rows small enough to stay in L2 and walks the tokens a few at a
+    /// time, so a row's codes are unpacked once per few tokens and read from L2, not
+    /// memory, for all of them. Q4_K and Q6_K bands go through `packed` (eight rows per
+    /// vector) when there are enough tokens; the rest through the row kernels. The
+    /// matrix must be in a block format.
     pub fn matmul_q8(&self, xs: &[QVec], out: &mut [f32]) {
         let (rows, t) = (self.rows, xs.len());
         assert!(self.q8_kind().is_some() && out.len() >= t * rows);
