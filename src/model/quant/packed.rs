@@ -18,8 +18,6 @@
 //! magnitude and a sub-block's eight of them 30,480 < 32,767; a Q6_K code is in 0..=63,
 //! a pair sum at most 16,002, two of them 32,004.
 
-use half::f16;
-
 /// Rows per packed group (the eight i32 lanes of an AVX2 vector).
 pub const ROWS: usize = 8;
 
@@ -41,29 +39,12 @@ pub(crate) const Q6K_SC: usize = 32;
 pub(crate) const Q6K_CP: usize = Q6K_SC + 16 * 32;
 pub(crate) const Q6K_QC: usize = Q6K_CP + 8 * 32;
 
-fn f16_at(b: &[u8], i: usize) -> f32 {
-    f16::from_bits(u16::from_le_bytes([b[i], b[i + 1]])).to_f32()
-}
-
 fn put_f32(out: &mut [u8], at: usize, v: f32) {
     out[at..at + 4].copy_from_slice(&v.to_le_bytes());
 }
 
 fn put_i16(out: &mut [u8], at: usize, v: i16) {
     out[at..at + 2].copy_from_slice(&v.to_le_bytes());
-}
-
-/// The 6-bit scale and min of sub-block `j` of a Q4_K / Q5_K block's 12 scale bytes
-/// (llama.cpp's `get_scale_min_k4`).
-fn scale_min_k4(j: usize, s: &[u8]) -> (u8, u8) {
-    if j < 4 {
-        (s[j] & 63, s[j + 4] & 63)
-    } else {
-        (
-            (s[j + 4] & 0x0f) | ((s[j - 4] >> 6) << 4),
-            (s[j + 4] >> 4) | ((s[j] >> 6) << 4),
-        )
-    }
 }
 
 /// Copies `n` bytes at `from` of each of eight rows' blocks as 4-byte columns: output
@@ -83,19 +64,16 @@ fn columns(blocks: &[&[u8]; ROWS], from: usize, n: usize, out: &mut [u8], at: us
 pub fn pack_q4k(rows: &[&[u8]; ROWS], sb: usize, out: &mut [u8]) {
     let blocks: [&[u8]; ROWS] = std::array::from_fn(|r| &rows[r][sb * 144..(sb + 1) * 144]);
     for (r, b) in blocks.iter().enumerate() {
-        put_f32(out, 4 * r, f16_at(b, 0));
-        put_f32(out, 32 + 4 * r, f16_at(b, 2));
-        let s = &b[4..16];
-        for j in 0..8 {
-            let (sc, _) = scale_min_k4(j, s);
-            put_i16(out, Q4K_SC + 32 * j + 4 * r, sc as i16);
-            put_i16(out, Q4K_SC + 32 * j + 4 * r + 2, sc as i16);
+        put_f32(out, 4 * r, super::portable::h(b, 0));
+        put_f32(out, 32 + 4 * r, super::portable::h(b, 2));
+        let (sc, m) = super::portable::k_scales(&b[4..16]);
+        for (j, &v) in sc.iter().enumerate() {
+            put_i16(out, Q4K_SC + 32 * j + 4 * r, v as i16);
+            put_i16(out, Q4K_SC + 32 * j + 4 * r + 2, v as i16);
         }
         for k in 0..4 {
-            let (_, m0) = scale_min_k4(2 * k, s);
-            let (_, m1) = scale_min_k4(2 * k + 1, s);
-            put_i16(out, Q4K_MN + 32 * k + 4 * r, m0 as i16);
-            put_i16(out, Q4K_MN + 32 * k + 4 * r + 2, m1 as i16);
+            put_i16(out, Q4K_MN + 32 * k + 4 * r, m[2 * k] as i16);
+            put_i16(out, Q4K_MN + 32 * k + 4 * r + 2, m[2 * k + 1] as i16);
         }
     }
     columns(&blocks, 16, 128, out, Q4K_QS);
@@ -105,7 +83,7 @@ pub fn pack_q4k(rows: &[&[u8]; ROWS], sb: usize, out: &mut [u8]) {
 pub fn pack_q6k(rows: &[&[u8]; ROWS], sb: usize, out: &mut [u8]) {
     let blocks: [&[u8]; ROWS] = std::array::from_fn(|r| &rows[r][sb * 210..(sb + 1) * 210]);
     for (r, b) in blocks.iter().enumerate() {
-        put_f32(out, 4 * r, f16_at(b, 208));
+        put_f32(out, 4 * r, super::portable::h(b, 208));
         let sc = |g: usize| b[192 + g] as i8 as i16;
         for g in 0..16 {
             put_i16(out, Q6K_SC + 32 * g + 4 * r, sc(g));

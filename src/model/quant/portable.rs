@@ -16,7 +16,7 @@ pub struct Decoded {
     pub offset: [f32; QK_K / 32],
 }
 
-fn h(b: &[u8], at: usize) -> f32 {
+pub(crate) fn h(b: &[u8], at: usize) -> f32 {
     f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
 }
 
