@@ -143,6 +143,21 @@ pub(crate) mod avx2 {
         _mm256_loadu_si256(p as *const __m256i)
     }
 
+    /// Lane r: the sum over `k < K` of row r's i16 pair at `w + 32 k` times the i16 pair
+    /// `v[2k], v[2k + 1]` (the mins or the Q6_K scales against a token's block sums).
+    #[inline(always)]
+    unsafe fn pair_dots<const K: usize>(w: *const u8, v: *const i16) -> __m256i {
+        let v = v as *const i8;
+        let mut s = _mm256_madd_epi16(ld(w), bcast4(v));
+        for k in 1..K {
+            s = _mm256_add_epi32(
+                s,
+                _mm256_madd_epi16(ld(w.add(32 * k)), bcast4(v.add(4 * k))),
+            );
+        }
+        s
+    }
+
     /// Eight packed Q4_K rows (`nb` super-blocks at `pk`) against `T` tokens: lane `r`
     /// of result `t` is row `r` times token `t`. `b32[t]` are token `t`'s 32-value sums.
     #[inline(always)]
@@ -190,14 +205,7 @@ pub(crate) mod avx2 {
             let dmin = _mm256_loadu_ps(blk.add(32) as *const f32);
             let mn = blk.add(Q4K_MN);
             for t in 0..T {
-                let b = xb[t].add(8 * sb) as *const i8;
-                let mut ms = _mm256_madd_epi16(ld(mn), bcast4(b));
-                for k in 1..4 {
-                    ms = _mm256_add_epi32(
-                        ms,
-                        _mm256_madd_epi16(ld(mn.add(32 * k)), bcast4(b.add(4 * k))),
-                    );
-                }
+                let ms = pair_dots::<4>(mn, xb[t].add(8 * sb));
                 let v = _mm256_fnmadd_ps(
                     dmin,
                     _mm256_cvtepi32_ps(ms),
@@ -248,14 +256,7 @@ pub(crate) mod avx2 {
             let d = _mm256_loadu_ps(blk as *const f32);
             let cp = blk.add(Q6K_CP);
             for t in 0..T {
-                let b = xb[t].add(16 * sb) as *const i8;
-                let mut c = _mm256_madd_epi16(ld(cp), bcast4(b));
-                for k in 1..8 {
-                    c = _mm256_add_epi32(
-                        c,
-                        _mm256_madd_epi16(ld(cp.add(32 * k)), bcast4(b.add(4 * k))),
-                    );
-                }
+                let c = pair_dots::<8>(cp, xb[t].add(16 * sb));
                 let s = _mm256_sub_epi32(sumi[t], _mm256_slli_epi32(c, 5));
                 let f = _mm256_mul_ps(d, _mm256_set1_ps(*xd[t].add(sb)));
                 acc[t] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(s), acc[t]);
