@@ -19,7 +19,11 @@ pub mod report;
 pub mod score;
 pub mod session;
 pub mod signals;
+/// Test support (tiny random models and GGUF files): only with the `testing` feature,
+/// which the crate's own tests and benches turn on.
+#[cfg(any(test, feature = "testing"))]
 pub mod testing;
+#[cfg(any(test, feature = "testing"))]
 pub mod testing_formats;
 pub mod trace;
 pub mod tui;

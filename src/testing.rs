@@ -253,53 +253,78 @@ pub(crate) fn f32_tensor(data: &[f32], shape: &[usize]) -> Result<QTensor> {
     Ok(QTensor::quantize(&t, GgmlDType::F32)?)
 }
 
-/// Writes a complete llama GGUF (all tensors F32, the weights of
-/// [`random_weights`]`(tiny_gguf_config(spec), spec.seed)`) with a GPT-2 byte-level BPE
-/// tokenizer (pre-tokenizer `smollm`), so any UTF-8 text tokenizes and ChatML works.
-pub fn write_tiny_gguf(path: &Path, spec: &GgufSpec) -> Result<Config> {
-    let cfg = tiny_gguf_config(spec);
-    let w = random_weights(&cfg, spec.seed);
-    let a = &spec.arch;
+/// The hyper-parameter keys every tiny GGUF carries (`a` is the architecture prefix);
+/// the writers add the head-size keys their architecture uses.
+pub(crate) fn hyper_metadata(cfg: &Config, a: &str, name: &str) -> Vec<(String, Value)> {
     let u = |x: usize| Value::U32(x as u32);
-    let mut md: Vec<(String, Value)> = vec![
-        ("general.architecture".into(), Value::String(a.clone())),
-        ("general.name".into(), Value::String(cfg.name.clone())),
+    vec![
+        ("general.architecture".into(), Value::String(a.into())),
+        ("general.name".into(), Value::String(name.into())),
         (format!("{a}.block_count"), u(cfg.n_layers)),
         (format!("{a}.context_length"), u(cfg.context_length)),
         (format!("{a}.embedding_length"), u(cfg.d_model)),
         (format!("{a}.feed_forward_length"), u(cfg.d_ff)),
         (format!("{a}.attention.head_count"), u(cfg.n_heads)),
         (format!("{a}.attention.head_count_kv"), u(cfg.n_kv_heads)),
-        (format!("{a}.rope.dimension_count"), u(cfg.head_dim)),
         (format!("{a}.rope.freq_base"), Value::F32(cfg.rope_base)),
         (
             format!("{a}.attention.layer_norm_rms_epsilon"),
             Value::F32(cfg.rms_eps),
         ),
-    ];
+    ]
+}
+
+/// The one tiny-GGUF writer: `md` (plus the tiny tokenizer's keys) and the tensors of
+/// `w`, matrices stored as `matrix_dtype` (quantised by candle) and vectors as F32, with
+/// whichever optional tensors `w` carries (biases, q/k norms, gemma's extra norms,
+/// Llama 3 rope factors).
+pub fn write_gguf(
+    path: &Path,
+    mut md: Vec<(String, Value)>,
+    w: &Weights,
+    matrix_dtype: GgmlDType,
+) -> Result<()> {
     md.extend(tiny_tokenizer_metadata());
     md.sort_by(|x, y| x.0.cmp(&y.0));
-
-    let lin = |l: &Linear| f32_tensor(&l.to_f32(), &[l.rows, l.cols]);
+    let lin = |l: &Linear| -> Result<QTensor> {
+        let t = Tensor::from_vec(l.to_f32(), (l.rows, l.cols), &Device::Cpu)?;
+        Ok(QTensor::quantize(&t, matrix_dtype)?)
+    };
     let vec1 = |v: &[f32]| f32_tensor(v, &[v.len()]);
     let mut tensors: Vec<(String, QTensor)> = vec![("token_embd.weight".into(), lin(&w.embed)?)];
     for (i, l) in w.layers.iter().enumerate() {
-        let p = |n: &str| format!("blk.{i}.{n}.weight");
-        tensors.push((p("attn_norm"), vec1(&l.attn_norm)?));
-        tensors.push((p("attn_q"), lin(&l.wq)?));
-        tensors.push((p("attn_k"), lin(&l.wk)?));
-        tensors.push((p("attn_v"), lin(&l.wv)?));
-        tensors.push((p("attn_output"), lin(&l.wo)?));
-        tensors.push((p("ffn_norm"), vec1(&l.ffn_norm)?));
-        tensors.push((p("ffn_gate"), lin(&l.gate)?));
-        tensors.push((p("ffn_up"), lin(&l.up)?));
-        tensors.push((p("ffn_down"), lin(&l.down)?));
+        let p = |n: &str| format!("blk.{i}.{n}");
+        tensors.push((p("attn_norm.weight"), vec1(&l.attn_norm)?));
+        tensors.push((p("attn_q.weight"), lin(&l.wq)?));
+        tensors.push((p("attn_k.weight"), lin(&l.wk)?));
+        tensors.push((p("attn_v.weight"), lin(&l.wv)?));
+        tensors.push((p("attn_output.weight"), lin(&l.wo)?));
+        tensors.push((p("ffn_norm.weight"), vec1(&l.ffn_norm)?));
+        tensors.push((p("ffn_gate.weight"), lin(&l.gate)?));
+        tensors.push((p("ffn_up.weight"), lin(&l.up)?));
+        tensors.push((p("ffn_down.weight"), lin(&l.down)?));
+        let e = &l.extra;
+        if let Some([bq, bk, bv]) = &e.qkv_bias {
+            tensors.push((p("attn_q.bias"), vec1(bq)?));
+            tensors.push((p("attn_k.bias"), vec1(bk)?));
+            tensors.push((p("attn_v.bias"), vec1(bv)?));
+        }
+        if let (Some(qn), Some(kn)) = (&e.q_norm, &e.k_norm) {
+            tensors.push((p("attn_q_norm.weight"), vec1(qn)?));
+            tensors.push((p("attn_k_norm.weight"), vec1(kn)?));
+        }
+        if let (Some(pa), Some(pf)) = (&e.post_attn_norm, &e.post_ffn_norm) {
+            tensors.push((p("post_attention_norm.weight"), vec1(pa)?));
+            tensors.push((p("post_ffw_norm.weight"), vec1(pf)?));
+        }
     }
     tensors.push(("output_norm.weight".into(), vec1(&w.out_norm)?));
     if let Some(h) = &w.lm_head {
         tensors.push(("output.weight".into(), lin(h)?));
     }
-
+    if let Some(r) = &w.rope_freqs {
+        tensors.push(("rope_freqs.weight".into(), vec1(r)?));
+    }
     let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut f = std::io::BufWriter::new(
@@ -307,6 +332,28 @@ pub fn write_tiny_gguf(path: &Path, spec: &GgufSpec) -> Result<Config> {
     );
     gguf_file::write(&mut f, &md_refs, &t_refs)?;
     std::io::Write::flush(&mut f)?;
+    Ok(())
+}
+
+/// The metadata of the tiny GGUF of `spec` whose shape is `cfg` (the head size as a
+/// RoPE dimension count, as llama files carry it).
+pub(crate) fn tiny_metadata(spec: &GgufSpec, cfg: &Config) -> Vec<(String, Value)> {
+    let a = &spec.arch;
+    let mut md = hyper_metadata(cfg, a, &cfg.name);
+    md.push((
+        format!("{a}.rope.dimension_count"),
+        Value::U32(cfg.head_dim as u32),
+    ));
+    md
+}
+
+/// Writes a complete llama GGUF (all tensors F32, the weights of
+/// [`random_weights`]`(tiny_gguf_config(spec), spec.seed)`) with a GPT-2 byte-level BPE
+/// tokenizer (pre-tokenizer `smollm`), so any UTF-8 text tokenizes and ChatML works.
+pub fn write_tiny_gguf(path: &Path, spec: &GgufSpec) -> Result<Config> {
+    let cfg = tiny_gguf_config(spec);
+    let w = random_weights(&cfg, spec.seed);
+    write_gguf(path, tiny_metadata(spec, &cfg), &w, GgmlDType::F32)?;
     Ok(cfg)
 }
 

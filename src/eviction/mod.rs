@@ -25,8 +25,9 @@ mod settings;
 pub mod sliding;
 pub mod snapkv;
 pub mod streamingllm;
-/// Synthetic traces and profiles for tests and benchmarks (not part of the API).
-#[doc(hidden)]
+/// Synthetic traces and profiles for tests and benchmarks: only with the `testing`
+/// feature (see `crate::testing`).
+#[cfg(any(test, feature = "testing"))]
 pub mod testutil;
 pub mod tova;
 

@@ -2,12 +2,12 @@
 //! architecture's own metadata keys and optional tensors, for comparing kvscope with an
 //! independent implementation and for tests of sliding-window layers.
 
-use anyhow::{bail, Context, Result};
-use candle_core::quantized::gguf_file::{self, Value};
-use candle_core::quantized::QTensor;
+use anyhow::{bail, Result};
+use candle_core::quantized::gguf_file::Value;
+use candle_core::quantized::GgmlDType;
 use std::path::Path;
 
-use super::{f32_tensor, random_weights, tiny_config, tiny_tokenizer_metadata, tiny_vocab, Rng};
+use super::{hyper_metadata, random_weights, tiny_config, tiny_vocab, write_gguf, Rng};
 use crate::model::arch::{Activation, ArchOptions, RopeStyle};
 use crate::model::config::LayerSpec;
 use crate::model::weights::Weights;
@@ -134,32 +134,14 @@ pub fn arch_weights(cfg: &Config, spec: &ArchSpec) -> Weights {
     w
 }
 
-/// Writes the tiny GGUF of `spec` (tokenizer as [`super::write_tiny_gguf`]'s) and
-/// returns its config and weights.
+/// Writes the tiny GGUF of `spec` (tokenizer as [`super::write_tiny_gguf`]'s, through
+/// the one writer [`super::write_gguf`]) and returns its config and weights.
 pub fn write_arch_gguf(path: &Path, spec: &ArchSpec) -> Result<(Config, Weights)> {
     let cfg = arch_config(spec)?;
     let w = arch_weights(&cfg, spec);
     let a = &spec.arch;
     let u = |x: usize| Value::U32(x as u32);
-    let f = Value::F32;
-    let mut md: Vec<(String, Value)> = vec![
-        ("general.architecture".into(), Value::String(a.clone())),
-        (
-            "general.name".into(),
-            Value::String(format!("kvscope-tiny-{a}")),
-        ),
-        (format!("{a}.block_count"), u(cfg.n_layers)),
-        (format!("{a}.context_length"), u(cfg.context_length)),
-        (format!("{a}.embedding_length"), u(cfg.d_model)),
-        (format!("{a}.feed_forward_length"), u(cfg.d_ff)),
-        (format!("{a}.attention.head_count"), u(cfg.n_heads)),
-        (format!("{a}.attention.head_count_kv"), u(cfg.n_kv_heads)),
-        (format!("{a}.rope.freq_base"), f(cfg.rope_base)),
-        (
-            format!("{a}.attention.layer_norm_rms_epsilon"),
-            f(cfg.rms_eps),
-        ),
-    ];
+    let mut md = hyper_metadata(&cfg, a, &format!("kvscope-tiny-{a}"));
     if a == "gemma3" || a == "qwen3" {
         // As the real files: head size from key/value length, no RoPE dimension count.
         md.push((format!("{a}.attention.key_length"), u(cfg.head_dim)));
@@ -173,52 +155,6 @@ pub fn write_arch_gguf(path: &Path, spec: &ArchSpec) -> Result<(Config, Weights)
             u(spec.sliding_window),
         ));
     }
-    md.extend(tiny_tokenizer_metadata());
-    md.sort_by(|x, y| x.0.cmp(&y.0));
-
-    let lin = |l: &crate::model::weights::Linear| f32_tensor(&l.to_f32(), &[l.rows, l.cols]);
-    let vec1 = |v: &[f32]| f32_tensor(v, &[v.len()]);
-    let mut tensors: Vec<(String, QTensor)> = vec![("token_embd.weight".into(), lin(&w.embed)?)];
-    for (i, l) in w.layers.iter().enumerate() {
-        let p = |n: &str| format!("blk.{i}.{n}");
-        tensors.push((p("attn_norm.weight"), vec1(&l.attn_norm)?));
-        tensors.push((p("attn_q.weight"), lin(&l.wq)?));
-        tensors.push((p("attn_k.weight"), lin(&l.wk)?));
-        tensors.push((p("attn_v.weight"), lin(&l.wv)?));
-        tensors.push((p("attn_output.weight"), lin(&l.wo)?));
-        tensors.push((p("ffn_norm.weight"), vec1(&l.ffn_norm)?));
-        tensors.push((p("ffn_gate.weight"), lin(&l.gate)?));
-        tensors.push((p("ffn_up.weight"), lin(&l.up)?));
-        tensors.push((p("ffn_down.weight"), lin(&l.down)?));
-        let e = &l.extra;
-        if let Some([bq, bk, bv]) = &e.qkv_bias {
-            tensors.push((p("attn_q.bias"), vec1(bq)?));
-            tensors.push((p("attn_k.bias"), vec1(bk)?));
-            tensors.push((p("attn_v.bias"), vec1(bv)?));
-        }
-        if let (Some(qn), Some(kn)) = (&e.q_norm, &e.k_norm) {
-            tensors.push((p("attn_q_norm.weight"), vec1(qn)?));
-            tensors.push((p("attn_k_norm.weight"), vec1(kn)?));
-        }
-        if let (Some(pa), Some(pf)) = (&e.post_attn_norm, &e.post_ffn_norm) {
-            tensors.push((p("post_attention_norm.weight"), vec1(pa)?));
-            tensors.push((p("post_ffw_norm.weight"), vec1(pf)?));
-        }
-    }
-    tensors.push(("output_norm.weight".into(), vec1(&w.out_norm)?));
-    if let Some(h) = &w.lm_head {
-        tensors.push(("output.weight".into(), lin(h)?));
-    }
-    if let Some(r) = &w.rope_freqs {
-        tensors.push(("rope_freqs.weight".into(), vec1(r)?));
-    }
-
-    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut file = std::io::BufWriter::new(
-        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
-    );
-    gguf_file::write(&mut file, &md_refs, &t_refs)?;
-    std::io::Write::flush(&mut file)?;
+    write_gguf(path, md, &w, GgmlDType::F32)?;
     Ok((cfg, w))
 }
