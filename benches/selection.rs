@@ -7,7 +7,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
 use kvscope::eviction::testutil::{random_profile, random_trace};
-use kvscope::eviction::{select, Method, Settings};
+use kvscope::eviction::{select, Method, Request, Settings};
 use kvscope::trace::Dims;
 
 fn selection(c: &mut Criterion) {
@@ -29,7 +29,10 @@ fn selection(c: &mut Criterion) {
                 ..Settings::default()
             };
             group.bench_with_input(BenchmarkId::new(method.name(), len), &trace, |b, t| {
-                b.iter(|| select(t, &settings, Some(&profile)).map(|s| s.keep.positions.len()))
+                b.iter(|| {
+                    select(&Request::new(t, &settings).profile(Some(&profile)))
+                        .map(|s| s.keep.positions.len())
+                })
             });
         }
     }

@@ -253,12 +253,11 @@ impl Session {
             self.future = Some(future);
         }
         let t = Instant::now();
-        let selection = eviction::select_full(
-            &self.trace,
-            &settings,
-            self.profile.as_ref(),
-            table,
-            self.future.as_ref(),
+        let selection = eviction::select(
+            &eviction::Request::new(&self.trace, &settings)
+                .profile(self.profile.as_ref())
+                .table(table)
+                .future(self.future.as_ref()),
         )?;
         self.timing.select = ms(t);
         let t = Instant::now();

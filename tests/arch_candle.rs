@@ -296,14 +296,13 @@ fn sliding_window_masks_prefill_and_decode_alike() {
     let l = PROMPT;
     let tok = argmax(&trace.last_logits);
     let all = KeepSet::all(&trace.dims, trace.len);
-    let sel = kvscope::eviction::select(
+    let sel = kvscope::eviction::select(&kvscope::eviction::Request::new(
         &trace,
         &kvscope::eviction::Settings {
             method: kvscope::eviction::Method::Full,
             ..Default::default()
         },
-        None,
-    )
+    ))
     .expect("select");
     assert_eq!(sel.keep.positions[0][0], (l - 5..l).collect::<Vec<_>>());
     let mut a = kvscope::model::DecodeState::new(&m, &trace, &all, 2).expect("state");
@@ -383,7 +382,8 @@ fn sliding_window_scores_are_the_models_attention_and_evict_sliding_decodes() {
         "evict_sliding".into(),
         kvscope::eviction::registry::KnobValue::Bool(true),
     );
-    let sel = kvscope::eviction::select(&trace, &s, None).expect("select");
+    let sel =
+        kvscope::eviction::select(&kvscope::eviction::Request::new(&trace, &s)).expect("select");
     for l in 0..cfg.n_layers {
         let kept = &sel.keep.positions[l][0];
         assert_eq!(kept.len(), 8, "layer {l}");

@@ -109,7 +109,7 @@ fn pins_displace_the_lowest_scoring_and_keep_the_budget_exact() {
         window: 4,
         ..Settings::default()
     };
-    let plain = eviction::select(&trace, &base, None).expect("select");
+    let plain = eviction::select(&eviction::Request::new(&trace, &base)).expect("select");
     let prefix = LEN - 4;
     for (l, heads) in plain.keep.positions.iter().enumerate() {
         for (g, kept) in heads.iter().enumerate() {
@@ -123,7 +123,8 @@ fn pins_displace_the_lowest_scoring_and_keep_the_budget_exact() {
                 pin_keep: vec![worst],
                 ..base.clone()
             };
-            let sel = eviction::select(&trace, &pinned, None).expect("select pinned");
+            let sel =
+                eviction::select(&eviction::Request::new(&trace, &pinned)).expect("select pinned");
             let new = &sel.keep.positions[l][g];
             assert_eq!(new.len(), kept.len(), "the budget stays exact");
             assert!(new.contains(&worst));
@@ -142,14 +143,13 @@ fn pins_displace_the_lowest_scoring_and_keep_the_budget_exact() {
     // Evicting a kept position hands its slot to the best unkept one; the window stays.
     let kept0 = &plain.keep.positions[0][0];
     let victim = kept0[0];
-    let sel = eviction::select(
+    let sel = eviction::select(&eviction::Request::new(
         &trace,
         &Settings {
             pin_evict: vec![victim, LEN - 1],
             ..base.clone()
         },
-        None,
-    )
+    ))
     .expect("select");
     for heads in &sel.keep.positions {
         for k in heads {
@@ -163,7 +163,7 @@ fn pins_displace_the_lowest_scoring_and_keep_the_budget_exact() {
         pin_keep: vec![LEN],
         ..base.clone()
     };
-    let e = eviction::select(&trace, &bad, None)
+    let e = eviction::select(&eviction::Request::new(&trace, &bad))
         .unwrap_err()
         .to_string();
     assert!(e.contains("outside the prompt"), "{e}");
@@ -183,8 +183,10 @@ fn oracle_keeps_the_top_of_summed_decode_attention() {
         window: w,
         ..Settings::default()
     };
-    let sel = eviction::select_full(&trace, &s, None, None, Some(&full.future(&trace.dims)))
-        .expect("oracle selects");
+    let sel = eviction::select(
+        &eviction::Request::new(&trace, &s).future(Some(&full.future(&trace.dims))),
+    )
+    .expect("oracle selects");
     assert_eq!(sel.keep, oracle);
     assert_eq!(sel.layer_budgets, budgets);
     let n_rep = trace.dims.n_rep();
@@ -254,7 +256,9 @@ fn one_decode_gives_the_generation_and_the_teacher_forced_logits() {
             window: 4,
             ..Settings::default()
         };
-        let keep = eviction::select(&trace, &s, None).expect("select").keep;
+        let keep = eviction::select(&eviction::Request::new(&trace, &s))
+            .expect("select")
+            .keep;
         let d = divergence::decode_both(&m, &trace, &keep, &gen, NEW, &[]).expect("decode");
         let ids = m.generate(&trace, &keep, NEW, &[], None).expect("generate");
         let forced = divergence::forced_logits(&m, &trace, &keep, &gen).expect("forced");
@@ -321,7 +325,9 @@ fn sliding_layers_map_cache_entries_to_prompt_positions() {
         window: 4,
         ..Settings::default()
     };
-    let keep = eviction::select(&trace, &s, None).expect("select").keep;
+    let keep = eviction::select(&eviction::Request::new(&trace, &s))
+        .expect("select")
+        .keep;
     let (full, errors) = FullPass::compute(&m, &trace, &gen, Some(&keep)).expect("full pass");
     let errors = errors.expect("errors");
     assert!(

@@ -308,7 +308,8 @@ fn compare_rows_equal_the_direct_selection_and_decode() {
     ];
     assert_eq!(out.rows.len(), expected.len());
     for (row, (name, settings, p)) in out.rows.iter().zip(expected) {
-        let sel = eviction::select(&trace, &settings, p.as_ref()).unwrap();
+        let sel = eviction::select(&eviction::Request::new(&trace, &settings).profile(p.as_ref()))
+            .unwrap();
         let ids = model
             .generate(&trace, &sel.keep, 6, &tok.stop_ids, None)
             .unwrap();

@@ -68,7 +68,9 @@ fn greedy(m: &Model, prompt: &[u32], n: usize, full_selection: bool) -> Vec<u32>
             method: Method::Full,
             ..Settings::default()
         };
-        eviction::select(&trace, &s, None).expect("select").keep
+        eviction::select(&eviction::Request::new(&trace, &s))
+            .expect("select")
+            .keep
     } else {
         KeepSet::all(&trace.dims, trace.len)
     };

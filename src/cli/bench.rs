@@ -91,7 +91,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                 ..Settings::default()
             };
             let t = Instant::now();
-            let sel = eviction::select(&trace, &s, None)?;
+            let sel = eviction::select(&eviction::Request::new(&trace, &s))?;
             let sel_ms = t.elapsed().as_secs_f64() * 1000.0;
             let (v, _) = decode_tps(&loaded, &trace, &sel.keep, a.steps, reps)?;
             say(format!(

@@ -54,7 +54,7 @@ pub fn run(loaded: &Loaded, a: &BenchArgs, n: usize, reps: usize) -> Result<()> 
     let mut agree = None;
     for _ in 0..reps {
         let t = Instant::now();
-        let sel = eviction::select(&trace, &s, None)?;
+        let sel = eviction::select(&eviction::Request::new(&trace, &s))?;
         select.push(ms(t));
         let keep = &sel.keep;
         // Before: a free-running decode, then a teacher-forced one from the prompt.

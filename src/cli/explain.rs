@@ -182,8 +182,11 @@ pub fn explain(
     let rescue = match (rescue, chosen) {
         (Some(k), Some(_)) => {
             let (s, pins) = divergence::rescue_settings(&comp.settings, &masses, k);
-            let sel =
-                eviction::select_full(trace, &s, session.profile.as_ref(), None, session.future())?;
+            let sel = eviction::select(
+                &eviction::Request::new(trace, &s)
+                    .profile(session.profile.as_ref())
+                    .future(session.future()),
+            )?;
             let out = model.generate(trace, &sel.keep, session.max_new, &tok.stop_ids, None)?;
             Some(dr::RescuePart {
                 k,

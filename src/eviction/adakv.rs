@@ -10,13 +10,13 @@
 //!   the best remaining scores of any head. Equal scores go to the lower position, then
 //!   the lower KV head.
 
-use super::registry::{
-    per_layer, Field, Input, Keeps, Knob, KnobKind, KnobValue, MethodDef, Picked,
+use super::layer::{per_layer, with_window};
+use super::scores::{rank_order, top_k, KERNEL, POOLING};
+use super::snapkv;
+use super::types::{
+    Allocator, Field, Input, Keeps, Knob, KnobKind, KnobValue, LayerChoice, Method, MethodDef,
+    Picked, ScoreTable, Settings,
 };
-use super::scores::{rank_order, top_k, ScoreTable};
-use super::scores::{KERNEL, POOLING};
-use super::Allocator;
-use super::{snapkv, with_window, LayerChoice, Settings};
 use crate::trace::Trace;
 use anyhow::Result;
 
@@ -33,6 +33,9 @@ pub const DEF: MethodDef = MethodDef {
     keeps: Keeps::LayerTotal,
     select: pick,
 };
+
+/// This method's handle.
+pub const METHOD: Method = Method::of(&DEF);
 
 /// `adakv_floor`: the fraction of its even share every KV head keeps at least.
 pub const FLOOR: Knob = Knob {
@@ -115,7 +118,7 @@ fn floor_tokens(per_head: usize, frac: f32) -> usize {
 #[cfg(test)]
 mod tests {
     use super::super::testutil::*;
-    use super::super::{select, Method};
+    use super::super::{select, Method, Request};
     use super::*;
     use crate::trace::Dims;
 
@@ -180,7 +183,7 @@ mod tests {
             kernel: 3,
             ..Settings::default()
         };
-        let sel = select(&t, &s, None).unwrap();
+        let sel = select(&Request::new(&t, &s)).unwrap();
         assert_eq!(sel.keep.kept_per_layer(), vec![24, 24]);
         for heads in &sel.keep.positions {
             // At least the window plus floor(0.5 * 8) = 4 each.

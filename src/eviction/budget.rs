@@ -4,8 +4,9 @@
 //! keeps everything; only the pyramid's clamp gives `L < w` budgets, for prompts
 //! shorter than the window).
 
-use super::registry::{AllocInput, AllocatorDef, Field, Knob, KnobKind, KnobValue};
-use super::Settings;
+use super::types::{
+    AllocInput, Allocator, AllocatorDef, Field, Knob, KnobKind, KnobValue, Settings,
+};
 use crate::profile_format::Profile;
 use crate::trace::{Dims, Trace};
 use anyhow::Result;
@@ -89,6 +90,31 @@ pub const MANUAL: AllocatorDef = AllocatorDef {
             .unwrap_or_else(|| uniform(a.dims.n_layers, a.settings.budget)))
     },
 };
+
+#[allow(non_upper_case_globals)]
+impl Allocator {
+    /// Every layer keeps `B`.
+    pub const Uniform: Allocator = Allocator::of(&UNIFORM);
+    /// PyramidKV's linear fall with depth.
+    pub const Pyramid: Allocator = Allocator::of(&PYRAMID);
+    /// CompressKV's split in proportion to the profile's layer errors.
+    pub const ErrorAware: Allocator = Allocator::of(&ERROR_AWARE);
+    /// The user's explicit per-layer list (`Settings::layer_budgets`).
+    pub const Manual: Allocator = Allocator::of(&MANUAL);
+}
+
+impl Settings {
+    /// The allocator in force: explicit layer budgets mean manual, else the user's
+    /// choice, else the method's default.
+    pub fn effective_allocator(&self) -> Allocator {
+        if self.layer_budgets.is_some() {
+            Allocator::Manual
+        } else {
+            self.allocator
+                .unwrap_or_else(|| self.method.default_allocator())
+        }
+    }
+}
 
 /// CompressKV's per-layer floor before the proportional split.
 pub const MIN_TOKENS: usize = 32;

@@ -12,11 +12,12 @@
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
-use super::registry::{
-    per_layer, AllocInput, AllocatorDef, Input, Keeps, Knob, KnobKind, KnobValue, MethodDef, Picked,
-};
+use super::layer::{per_head_top, per_layer};
 use super::scores::{pool, window_rows, KERNEL, POOLING};
-use super::{per_head_top, Allocator, LayerChoice, Settings};
+use super::types::{
+    AllocInput, Allocator, AllocatorDef, Input, Keeps, Knob, KnobKind, KnobValue, LayerChoice,
+    Method, MethodDef, Picked, Settings,
+};
 use crate::trace::Trace;
 
 /// Registry entry.
@@ -33,6 +34,9 @@ pub const DEF: MethodDef = MethodDef {
     select: pick,
 };
 
+/// This method's handle.
+pub const METHOD: Method = Method::of(&DEF);
+
 /// Registry entry of the allocator.
 pub const ALLOC: AllocatorDef = AllocatorDef {
     name: "cake",
@@ -44,7 +48,7 @@ pub const ALLOC: AllocatorDef = AllocatorDef {
 #[allow(non_upper_case_globals)]
 impl Allocator {
     /// CAKE's preference-based split.
-    pub const Cake: Allocator = Allocator(ALLOC.name);
+    pub const Cake: Allocator = Allocator::of(&ALLOC);
 }
 
 /// `cake_gamma`: weight of the variance in the indicator.
@@ -275,12 +279,12 @@ fn allocate(a: &AllocInput) -> Result<Vec<usize>> {
              prefilled prompt"
         );
     };
-    let (tau1, tau2) = (s.knob_f64(TAU1.name), s.knob_f64(TAU2.name));
+    let (tau1, tau2) = (TAU1.f64(s), TAU2.f64(s));
     let p: Vec<f64> = (0..n)
         .into_par_iter()
         .map(|l| layer_preference(&layer_stats(trace, l, w), tau1, tau2))
         .collect();
-    Ok(budgets_from(&p, b, w, len, s.knob_bool(CASCADE.name)))
+    Ok(budgets_from(&p, b, w, len, CASCADE.flag(s)))
 }
 
 /// `B_l` from the preferences (every layer `B` when none is positive).
@@ -302,7 +306,7 @@ pub fn budgets_from(p: &[f64], b: usize, w: usize, len: usize, cascade: bool) ->
 }
 
 fn pick(i: &Input) -> Result<Picked> {
-    let gamma = i.settings.knob_f64(GAMMA.name);
+    let gamma = GAMMA.f64(i.settings);
     Ok(per_layer(i, |layer, b| {
         select_layer(i.trace, layer, b, i.settings, gamma)
     }))
@@ -354,7 +358,7 @@ fn group_scores(
 #[cfg(test)]
 mod tests {
     use super::super::testutil::*;
-    use super::super::{select, Method};
+    use super::super::{select, Method, Request};
     use super::*;
     use crate::trace::Dims;
 
@@ -461,7 +465,7 @@ mod tests {
             ..Settings::default()
         };
         assert_eq!(s.effective_allocator(), Allocator::Cake);
-        let sel = select(&t, &s, None).unwrap();
+        let sel = select(&Request::new(&t, &s)).unwrap();
         let b = &sel.layer_budgets;
         // The cascade never hands out more than the total; every layer holds its window.
         assert!(b.iter().map(|x| x - 4).sum::<usize>() <= 8 * 4, "{b:?}");

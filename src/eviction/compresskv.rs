@@ -3,13 +3,12 @@
 //! and ONE index set per layer is chosen and kept by every KV head. Its per-layer
 //! budgets come from the error-aware allocator ([`super::budget::error_aware`]).
 
-use super::registry::{
-    per_layer, Field, Input, Keeps, Knob, KnobKind, KnobValue, MethodDef, Picked,
+use super::layer::{per_layer, with_window};
+use super::scores::{mean_head_scores, top_k, KERNEL, POOLING};
+use super::types::{
+    Allocator, Field, Input, Keeps, Knob, KnobKind, KnobValue, LayerChoice, Method, MethodDef,
+    Picked, ScoreTable, Settings,
 };
-use super::scores::{mean_head_scores, top_k, ScoreTable};
-use super::scores::{KERNEL, POOLING};
-use super::{with_window, LayerChoice, Settings};
-use super::{Allocator, Method};
 use crate::trace::Dims;
 use crate::trace::Trace;
 use anyhow::Result;
@@ -30,6 +29,9 @@ pub const DEF: MethodDef = MethodDef {
     keeps: Keeps::EveryHead,
     select: pick,
 };
+
+/// This method's handle.
+pub const METHOD: Method = Method::of(&DEF);
 
 /// `first_k`: SRHs per layer.
 pub const FIRST_K: Knob = Knob {
@@ -53,7 +55,7 @@ pub const FIRST_K: Knob = Knob {
 /// default 4 must not stop snapkv on a model with 2 heads.
 fn check_first_k(s: &Settings, dims: &Dims, v: &KnobValue) -> anyhow::Result<()> {
     let k = v.as_i64().unwrap_or(0);
-    if k < 1 || (s.method == Method::CompressKv && k as usize > dims.n_heads) {
+    if k < 1 || (s.method == METHOD && k as usize > dims.n_heads) {
         anyhow::bail!(
             "first-k must be between 1 and the model's {} query heads per layer; got {k}",
             dims.n_heads
@@ -101,7 +103,7 @@ pub fn select_layer(
 #[cfg(test)]
 mod tests {
     use super::super::testutil::*;
-    use super::super::{select, Method};
+    use super::super::{select, Method, Request};
     use super::*;
     use crate::profile_format::Profile;
 
@@ -140,7 +142,9 @@ mod tests {
         // SRHs 0 and 3: mean [95, 38, 57, 114]/180 -> positions 3 and 0, for both KV
         // heads (snapkv would keep [0,2] for KV 0 and [0,3] for KV 1).
         let t = trace();
-        let sel = select(&t, &settings(2), Some(&profile(vec![0, 3, 1, 2], &t))).unwrap();
+        let sel =
+            select(&Request::new(&t, &settings(2)).profile(Some(&profile(vec![0, 3, 1, 2], &t))))
+                .unwrap();
         assert_eq!(sel.keep.positions, vec![vec![vec![0, 3, 4, 5]; 2]]);
         let want = [95.0f32, 38.0, 57.0, 114.0].map(|x| x / 180.0);
         for s in &sel.scores[0] {
@@ -152,10 +156,14 @@ mod tests {
     fn first_k_limits_the_heads() {
         // Only head 0: [0, 2] for both KV heads.
         let t = trace();
-        let sel = select(&t, &settings(1), Some(&profile(vec![0, 3, 1, 2], &t))).unwrap();
+        let sel =
+            select(&Request::new(&t, &settings(1)).profile(Some(&profile(vec![0, 3, 1, 2], &t))))
+                .unwrap();
         assert_eq!(sel.keep.positions, vec![vec![vec![0, 2, 4, 5]; 2]]);
         // Only head 3: [3] then the three-way tie goes to 0.
-        let sel = select(&t, &settings(1), Some(&profile(vec![3, 0, 1, 2], &t))).unwrap();
+        let sel =
+            select(&Request::new(&t, &settings(1)).profile(Some(&profile(vec![3, 0, 1, 2], &t))))
+                .unwrap();
         assert_eq!(sel.keep.positions, vec![vec![vec![0, 3, 4, 5]; 2]]);
     }
 
@@ -177,12 +185,12 @@ mod tests {
             first_k: 1,
             ..Settings::default()
         };
-        let sel = select(&t, &s, Some(&p)).unwrap();
+        let sel = select(&Request::new(&t, &s).profile(Some(&p))).unwrap();
         assert_eq!(sel.layer_budgets, vec![44, 38, 38]);
         assert_eq!(sel.keep.kept_per_layer(), vec![44, 38, 38]);
         // An SRH-only profile: every layer gets B.
         p.layer_errors = None;
-        let sel = select(&t, &s, Some(&p)).unwrap();
+        let sel = select(&Request::new(&t, &s).profile(Some(&p))).unwrap();
         assert_eq!(sel.layer_budgets, vec![40; 3]);
     }
 
@@ -191,6 +199,6 @@ mod tests {
         let t = trace();
         let mut p = profile(vec![0, 3, 1, 2], &t);
         p.model.n_heads = 8;
-        assert!(select(&t, &settings(1), Some(&p)).is_err());
+        assert!(select(&Request::new(&t, &settings(1)).profile(Some(&p))).is_err());
     }
 }

@@ -1,7 +1,6 @@
 //! full: keep every prompt token. The reference every other method is compared with.
 
-use super::registry::{Input, Keeps, MethodDef, Picked};
-use super::{Allocator, LayerChoice};
+use super::types::{Allocator, Input, Keeps, LayerChoice, Method, MethodDef, Picked};
 use crate::keepset::KeepSet;
 use crate::trace::Trace;
 use anyhow::Result;
@@ -19,6 +18,9 @@ pub const DEF: MethodDef = MethodDef {
     keeps: Keeps::All,
     select: pick,
 };
+
+/// This method's handle.
+pub const METHOD: Method = Method::of(&DEF);
 
 fn pick(i: &Input) -> Result<Picked> {
     let d = i.trace.dims;

@@ -2,9 +2,8 @@
 //! received from every prompt query row (causal) of the query heads sharing the KV head.
 //! Each KV head keeps its top `B - w` plus the window; no further eviction while decoding.
 
-use super::registry::{per_layer, Input, Keeps, MethodDef, Picked};
-use super::Allocator;
-use super::{per_head_top, LayerChoice};
+use super::layer::{per_head_top, per_layer};
+use super::types::{Allocator, Input, Keeps, LayerChoice, Method, MethodDef, Picked};
 use crate::trace::Trace;
 use anyhow::Result;
 
@@ -21,6 +20,9 @@ pub const DEF: MethodDef = MethodDef {
     keeps: Keeps::EveryHead,
     select: pick,
 };
+
+/// This method's handle.
+pub const METHOD: Method = Method::of(&DEF);
 
 fn pick(i: &Input) -> Result<Picked> {
     Ok(per_layer(i, |layer, b| {

@@ -12,9 +12,13 @@
 
 use anyhow::Result;
 
-use super::registry::{per_layer, Input, Keeps, Knob, KnobKind, KnobValue, MethodDef, Picked};
+use super::layer::{per_layer, with_window};
 use super::scores::{top_k, KERNEL, POOLING};
-use super::{snapkv, with_window, Allocator, LayerChoice, Settings};
+use super::snapkv;
+use super::types::{
+    Allocator, Input, Keeps, Knob, KnobKind, KnobValue, LayerChoice, Method, MethodDef, Picked,
+    Settings,
+};
 use crate::profile_format::Profile;
 use crate::trace::Dims;
 
@@ -34,6 +38,9 @@ pub const DEF: MethodDef = MethodDef {
     keeps: Keeps::OwnHeads,
     select: pick,
 };
+
+/// This method's handle.
+pub const METHOD: Method = Method::of(&DEF);
 
 /// `headkv_beta`: the pool is `floor(c / beta)` per head; the rest is every head's floor.
 pub const BETA: Knob = Knob {
@@ -117,7 +124,7 @@ pub fn caps_from(r: &[Vec<f64>], dims: &Dims, c: usize, beta: f64, temp: f64) ->
 
 /// The profile's head scores for `settings`' source, `[layer][query head]`.
 fn source<'a>(p: &'a Profile, settings: &Settings) -> &'a [Vec<f64>] {
-    match settings.knob(SOURCE.name).as_ref().and_then(|v| v.as_str()) {
+    match SOURCE.get(settings).as_str() {
         Some("srh") => &p.srh_scores,
         _ => &p.retrieval_scores,
     }
@@ -129,8 +136,8 @@ pub fn head_caps(p: &Profile, settings: &Settings, dims: &Dims) -> Vec<Vec<usize
         source(p, settings),
         dims,
         settings.budget - settings.window,
-        settings.knob_f64(BETA.name),
-        settings.knob_f64(TEMP.name),
+        BETA.f64(settings),
+        TEMP.f64(settings),
     )
 }
 
@@ -176,7 +183,7 @@ fn select_layer(i: &Input, layer: usize, caps: &[usize]) -> LayerChoice {
 #[cfg(test)]
 mod tests {
     use super::super::testutil::*;
-    use super::super::{select, Method};
+    use super::super::{select, Method, Request};
     use super::*;
 
     const DIMS: Dims = Dims {
@@ -228,7 +235,7 @@ mod tests {
         for (len, want) in [(20, [18, 6]), (16, [16, 6]), (12, [12, 12]), (9, [9, 9])] {
             let dims = Dims { ..DIMS };
             let t = random_trace(dims, len, 5);
-            let sel = select(&t, &settings(), Some(&profile(&t))).unwrap();
+            let sel = select(&Request::new(&t, &settings()).profile(Some(&profile(&t)))).unwrap();
             let got: Vec<usize> = sel.keep.positions[0].iter().map(Vec::len).collect();
             assert_eq!(got, want, "L={len}");
             for h in &sel.keep.positions[0] {
@@ -247,10 +254,10 @@ mod tests {
         p.srh_scores = vec![vec![0.0, 0.0, 0.5, 0.5]];
         let mut s = settings();
         SOURCE.set(&mut s, SOURCE.parse("srh").unwrap()).unwrap();
-        let sel = select(&t, &s, Some(&p)).unwrap();
+        let sel = select(&Request::new(&t, &s).profile(Some(&p))).unwrap();
         let got: Vec<usize> = sel.keep.positions[0].iter().map(Vec::len).collect();
         assert_eq!(got, vec![1 + 2, 20]);
-        let e = select(&t, &s, None).unwrap_err().to_string();
+        let e = select(&Request::new(&t, &s)).unwrap_err().to_string();
         assert!(e.contains("headkv needs an offline profile"), "{e}");
         let e = SOURCE.parse("copy").unwrap_err().to_string();
         assert!(e.contains("retrieval, srh"), "{e}");

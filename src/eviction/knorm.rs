@@ -5,8 +5,10 @@
 //! Choices: kvpress has no window, kvscope keeps the last `w` like every method; layers
 //! listed in `knorm_skip_layers` keep everything (l2compress skips layers 0 and 1).
 
-use super::registry::{per_layer, Input, Keeps, Knob, KnobKind, KnobValue, MethodDef, Picked};
-use super::{per_head_top, Allocator, LayerChoice};
+use super::layer::{per_head_top, per_layer};
+use super::types::{
+    Allocator, Input, Keeps, Knob, KnobKind, KnobValue, LayerChoice, Method, MethodDef, Picked,
+};
 use crate::trace::Trace;
 use anyhow::Result;
 
@@ -24,6 +26,9 @@ pub const DEF: MethodDef = MethodDef {
     select: pick,
 };
 
+/// This method's handle.
+pub const METHOD: Method = Method::of(&DEF);
+
 /// `knorm_skip_layers`: layers that keep everything.
 pub const SKIP_LAYERS: Knob = Knob {
     name: "knorm_skip_layers",
@@ -37,10 +42,10 @@ pub const SKIP_LAYERS: Knob = Knob {
 };
 
 fn pick(i: &Input) -> Result<Picked> {
-    let skip: Vec<usize> = i
-        .settings
-        .knob(SKIP_LAYERS.name)
-        .and_then(|v| v.as_list().map(<[usize]>::to_vec))
+    let skip: Vec<usize> = SKIP_LAYERS
+        .get(i.settings)
+        .as_list()
+        .map(<[usize]>::to_vec)
         .unwrap_or_default();
     let len = i.trace.len;
     let n_kv = i.trace.dims.n_kv_heads;
@@ -91,7 +96,7 @@ pub fn scores(trace: &Trace, layer: usize, window: usize) -> Vec<Vec<f32>> {
 #[cfg(test)]
 mod tests {
     use super::super::testutil::*;
-    use super::super::{select, Method, Settings};
+    use super::super::{select, Method, Request, Settings};
     use super::*;
     use crate::trace::Dims;
 
@@ -156,13 +161,13 @@ mod tests {
         SKIP_LAYERS
             .set(&mut s, SKIP_LAYERS.parse("0,2").unwrap())
             .unwrap();
-        let sel = select(&t, &s, None).unwrap();
+        let sel = select(&Request::new(&t, &s)).unwrap();
         assert_eq!(sel.keep.kept_per_layer(), vec![40, 12, 40]);
         assert_eq!(sel.layer_budgets, vec![20, 6, 20]);
         SKIP_LAYERS
             .set(&mut s, SKIP_LAYERS.parse("3").unwrap())
             .unwrap();
-        let e = select(&t, &s, None).unwrap_err().to_string();
+        let e = select(&Request::new(&t, &s)).unwrap_err().to_string();
         assert!(
             e.contains("lists layer 3; the model has layers 0 to 2"),
             "{e}"

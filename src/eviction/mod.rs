@@ -2,10 +2,13 @@
 //! [`Settings`] to a [`KeepSet`]. No method runs the model; everything they need was
 //! recorded at prefill.
 //!
-//! Layout: one module per method, each defining its [`registry::MethodDef`]; `registry`
-//! lists them (and the allocators and knobs); `scores` holds the observation-window score
-//! and top-k shared by the SnapKV family, `budget` the per-layer budget allocators,
-//! `settings` the knobs and their validation. [`select`] ties them together.
+//! Layout, from the bottom: `types` holds the shapes every file shares (handles,
+//! definitions, [`Settings`], a method's input and output), `knob` what a knob does,
+//! `scores` the observation-window score and top-k of the SnapKV family, `layer` the
+//! per-layer helpers, `budget` the layer-budget allocators; then one module per method,
+//! each defining its [`MethodDef`]; `registry` lists them (and the allocators and
+//! knobs), `settings` gives the defaults and validation against the registry, and
+//! [`select`] here ties them together. A file imports only files below it.
 
 pub mod adakv;
 pub mod budget;
@@ -14,7 +17,9 @@ pub mod compresskv;
 pub mod full;
 pub mod h2o;
 pub mod headkv;
+pub mod knob;
 pub mod knorm;
+pub mod layer;
 pub mod oracle;
 pub mod pins;
 pub mod pyramidkv;
@@ -30,137 +35,20 @@ pub mod streamingllm;
 #[cfg(any(test, feature = "testing"))]
 pub mod testutil;
 pub mod tova;
+pub mod types;
 
 use crate::keepset::KeepSet;
-use crate::profile_format::Profile;
 use crate::trace::Trace;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
 
-pub use registry::{AllocatorDef, Knob, KnobValue, MethodDef, ALLOCATORS, METHODS};
-pub use scores::ScoreTable;
-pub use settings::Settings;
-
-/// An eviction method: a handle on one entry of [`METHODS`] (METHOD.md, "Methods").
-/// Compared, hashed and serialised by name.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Method(&'static str);
-
-/// The methods that predate the registry, by name, for the code that names them.
-#[allow(non_upper_case_globals)]
-impl Method {
-    pub const Full: Method = Method(full::DEF.name);
-    pub const StreamingLlm: Method = Method(streamingllm::DEF.name);
-    pub const H2o: Method = Method(h2o::DEF.name);
-    pub const SnapKv: Method = Method(snapkv::DEF.name);
-    pub const PyramidKv: Method = Method(pyramidkv::DEF.name);
-    pub const AdaKv: Method = Method(adakv::DEF.name);
-    pub const CompressKv: Method = Method(compresskv::DEF.name);
-}
-
-impl Method {
-    /// Every registered method, in registry order.
-    pub const ALL: [Method; METHODS.len()] = {
-        let mut out = [Method(""); METHODS.len()];
-        let mut i = 0;
-        while i < METHODS.len() {
-            out[i] = Method(METHODS[i].name);
-            i += 1;
-        }
-        out
-    };
-
-    /// The registered method called `name` (exact).
-    pub fn named(name: &str) -> Option<Method> {
-        Method::ALL.into_iter().find(|m| m.0 == name)
-    }
-
-    /// The method's registry entry.
-    pub fn def(self) -> &'static MethodDef {
-        // A Method is only ever made from a registry entry's name (the field is private
-        // to this module), so the lookup cannot fail; full is a harmless fallback.
-        METHODS
-            .iter()
-            .find(|d| d.name == self.0)
-            .copied()
-            .unwrap_or(&full::DEF)
-    }
-
-    /// The name used on the command line, in JSON and in the TUI.
-    pub fn name(self) -> &'static str {
-        self.0
-    }
-
-    /// The layer-budget allocator the method uses unless the user picks another.
-    pub fn default_allocator(self) -> Allocator {
-        self.def().default_allocator
-    }
-}
-
-/// How the observation-window score is smoothed over neighbouring positions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Pooling {
-    #[default]
-    Avg,
-    Max,
-}
-
-impl Pooling {
-    pub const ALL: [Pooling; 2] = [Pooling::Avg, Pooling::Max];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Pooling::Avg => "avg",
-            Pooling::Max => "max",
-        }
-    }
-}
-
-/// How the total budget is split across layers (METHOD.md, "Budgets" and the methods):
-/// a handle on one entry of [`ALLOCATORS`].
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Allocator(&'static str);
-
-#[allow(non_upper_case_globals)]
-impl Allocator {
-    /// Every layer keeps `B`.
-    pub const Uniform: Allocator = Allocator(budget::UNIFORM.name);
-    /// PyramidKV's linear fall with depth.
-    pub const Pyramid: Allocator = Allocator(budget::PYRAMID.name);
-    /// CompressKV's split in proportion to the profile's layer errors.
-    pub const ErrorAware: Allocator = Allocator(budget::ERROR_AWARE.name);
-    /// The user's explicit per-layer list (`Settings::layer_budgets`).
-    pub const Manual: Allocator = Allocator(budget::MANUAL.name);
-}
-
-impl Allocator {
-    /// Every registered allocator, in registry order.
-    pub const ALL: [Allocator; ALLOCATORS.len()] = {
-        let mut out = [Allocator(""); ALLOCATORS.len()];
-        let mut i = 0;
-        while i < ALLOCATORS.len() {
-            out[i] = Allocator(ALLOCATORS[i].name);
-            i += 1;
-        }
-        out
-    };
-
-    pub fn def(self) -> &'static AllocatorDef {
-        // As for Method: only made from registry names.
-        ALLOCATORS
-            .iter()
-            .find(|d| d.name == self.0)
-            .copied()
-            .unwrap_or(&budget::UNIFORM)
-    }
-
-    pub fn name(self) -> &'static str {
-        self.0
-    }
-}
+pub use registry::{ALLOCATORS, METHODS};
+pub use types::{
+    Allocator, AllocatorDef, Knob, KnobValue, LayerChoice, Method, MethodDef, Pooling, Request,
+    ScoreTable, Selection, Settings,
+};
 
 /// A name that matches none of an enum's variants. Its message lists the valid names so
 /// a command-line user sees at once what to type instead.
@@ -219,15 +107,9 @@ named_enum!(Allocator, "allocator");
 /// Registry handles serialise as their names, and read back only as registered names.
 macro_rules! by_name {
     ($ty:ty) => {
-        impl fmt::Debug for $ty {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str(self.0)
-            }
-        }
-
         impl Serialize for $ty {
             fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-                s.serialize_str(self.0)
+                s.serialize_str(self.name())
             }
         }
 
@@ -243,73 +125,24 @@ macro_rules! by_name {
 by_name!(Method);
 by_name!(Allocator);
 
-/// What [`select`] chose, with the numbers behind the choice so the inspector can show
-/// why a token was kept or evicted.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Selection {
-    pub keep: KeepSet,
-    /// Budget applied per layer, in tokens per KV head, as the allocator gave it (a layer
-    /// whose budget is `>= L` keeps all `L` tokens). For `full` every entry is `L`; for
-    /// headkv the nominal `w + round(mean head capacity)`.
-    pub layer_budgets: Vec<usize>,
-    /// `[layer][kv_head][pos]`: the score the method ranked positions `[0, L - w)` by.
-    /// Always one entry per layer; a layer's entry is empty when the method has no
-    /// scores (full, streamingllm) or nothing was evicted in that layer. For methods
-    /// that keep one index set per layer (compresskv, tova) the one per-layer score
-    /// vector is repeated for every KV head.
-    pub scores: Vec<Vec<Vec<f32>>>,
-}
-
-/// One layer's choice: kept positions per KV head (sorted, window included) and the
-/// scores they were ranked by (empty when there were none).
-#[derive(Debug, Clone, PartialEq)]
-pub struct LayerChoice {
-    pub keep: Vec<Vec<usize>>,
-    pub scores: Vec<Vec<f32>>,
-}
-
-impl LayerChoice {
-    /// Every KV head keeps all `len` positions.
-    pub fn keep_all(n_kv: usize, len: usize) -> Self {
-        LayerChoice {
-            keep: vec![(0..len).collect(); n_kv],
-            scores: Vec::new(),
-        }
-    }
-}
-
-/// Chooses the kept positions of every layer and KV head.
+/// Chooses the kept positions of every layer and KV head: the one selection entry point.
 ///
-/// `profile` is required by the methods whose registry entry says so (compresskv's SRH
+/// `r.profile` is required by the methods whose registry entry says so (compresskv's SRH
 /// ranking, headkv's retrieval scores) and used by the error-aware allocator (layer
 /// errors); other methods ignore it. It is checked against the trace's dimensions here;
 /// checking that it was measured on the same model file (sha256) is the caller's job, at
-/// load time.
-pub fn select(trace: &Trace, settings: &Settings, profile: Option<&Profile>) -> Result<Selection> {
-    select_with(trace, settings, profile, None)
-}
-
-/// [`select`], reading the window scores from `table` where it holds them for these
-/// settings (same result, without recomputing the window attention).
-pub fn select_with(
-    trace: &Trace,
-    settings: &Settings,
-    profile: Option<&Profile>,
-    table: Option<&ScoreTable>,
-) -> Result<Selection> {
-    select_full(trace, settings, profile, table, None)
-}
-
-/// [`select_with`] for every method, the `oracle` reference included: `future` is what
+/// load time. `r.table` (precomputed window scores) is read where it holds them for these
+/// settings (same result, without recomputing the window attention); `r.future` is what
 /// the full cache attended to during this prompt's generation (required by the methods
 /// whose registry entry says `needs_future`, ignored by the others).
-pub fn select_full(
-    trace: &Trace,
-    settings: &Settings,
-    profile: Option<&Profile>,
-    table: Option<&ScoreTable>,
-    future: Option<&oracle::FutureAttention>,
-) -> Result<Selection> {
+pub fn select(r: &Request) -> Result<Selection> {
+    let Request {
+        trace,
+        settings,
+        profile,
+        table,
+        future,
+    } = *r;
     let dims = &trace.dims;
     settings.validate(dims)?;
     check_trace(trace)?;
@@ -324,7 +157,7 @@ pub fn select_full(
     }
     // Sliding-window layers take no budget; the allocator's total goes to global layers.
     let layer_budgets = sliding::layer_budgets(settings, trace, profile)?;
-    let picked = (def.select)(&registry::Input {
+    let picked = (def.select)(&types::Input {
         trace,
         settings,
         profile,
@@ -344,7 +177,7 @@ pub fn select_full(
         layer_budgets,
         scores,
     };
-    sliding::finish(trace, settings, profile, table, &mut sel)?;
+    sliding::finish(r, &mut sel, select)?;
     Ok(sel)
 }
 
@@ -423,32 +256,11 @@ fn check_trace(trace: &Trace) -> Result<()> {
     Ok(())
 }
 
-/// Kept positions of one KV head: `chosen` (any order, all `< len - window`) sorted
-/// ascending, followed by the window `[len - window, len)`.
-pub(crate) fn with_window(mut chosen: Vec<usize>, len: usize, window: usize) -> Vec<usize> {
-    chosen.sort_unstable();
-    chosen.extend(len - window..len);
-    chosen
-}
-
-/// Each KV head keeps its own top `budget - window` scores plus the window.
-pub(crate) fn per_head_top(
-    scores: Vec<Vec<f32>>,
-    len: usize,
-    budget: usize,
-    window: usize,
-) -> LayerChoice {
-    let keep = scores
-        .iter()
-        .map(|s| with_window(scores::top_k(s, budget - window), len, window))
-        .collect();
-    LayerChoice { keep, scores }
-}
-
 #[cfg(test)]
 mod tests {
     use super::testutil::*;
     use super::*;
+    use crate::profile_format::Profile;
     use crate::trace::Dims;
     use proptest::prelude::*;
 
@@ -489,11 +301,20 @@ mod tests {
                         budget,
                         ..base.clone()
                     };
-                    let want =
-                        select_full(&trace, &s, Some(&profile), None, Some(&future)).unwrap();
+                    let want = select(
+                        &Request::new(&trace, &s)
+                            .profile(Some(&profile))
+                            .future(Some(&future)),
+                    )
+                    .unwrap();
                     for t in [&table, &other] {
-                        let got = select_full(&trace, &s, Some(&profile), Some(t), Some(&future))
-                            .unwrap();
+                        let got = select(
+                            &Request::new(&trace, &s)
+                                .profile(Some(&profile))
+                                .table(Some(t))
+                                .future(Some(&future)),
+                        )
+                        .unwrap();
                         assert_eq!(got.keep, want.keep, "{method} B={budget}");
                         assert_eq!(got.scores, want.scores, "{method} B={budget}");
                     }
@@ -557,7 +378,7 @@ mod tests {
             first_k: 1,
             ..Settings::default()
         };
-        let err = select(&t, &s, None).unwrap_err().to_string();
+        let err = select(&Request::new(&t, &s)).unwrap_err().to_string();
         assert!(err.contains("--profile FILE"), "{err}");
         assert!(err.contains("kvscope profile srh"), "{err}");
         assert!(err.contains("kvscope profile layers"), "{err}");
@@ -572,7 +393,7 @@ mod tests {
             window: 2,
             ..Settings::default()
         };
-        let sel = select(&t, &s, None).unwrap();
+        let sel = select(&Request::new(&t, &s)).unwrap();
         assert_eq!(sel.keep, KeepSet::all(&t.dims, 6));
         assert_eq!(sel.layer_budgets, vec![6]);
         assert_eq!(sel.scores, vec![Vec::<Vec<f32>>::new()]);
@@ -594,7 +415,7 @@ mod tests {
                     window: 2,
                     ..Settings::default()
                 };
-                let sel = select(&t, &s, None).unwrap();
+                let sel = select(&Request::new(&t, &s)).unwrap();
                 assert_eq!(sel.keep, KeepSet::all(&t.dims, 6), "{method} B={budget}");
                 assert_eq!(sel.layer_budgets, vec![budget]);
                 assert!(sel.scores[0].is_empty());
@@ -612,7 +433,7 @@ mod tests {
             window: 2,
             ..Settings::default()
         };
-        assert!(select(&t, &s, None).is_err());
+        assert!(select(&Request::new(&t, &s)).is_err());
     }
 
     /// Small random problem: dims, prompt length, data seed and settings.
@@ -670,7 +491,7 @@ mod tests {
         #[test]
         fn keep_sets_are_well_formed((trace, settings, profile) in problem()) {
             let future = random_future(trace.dims, trace.len, trace.len as u64);
-            let sel = select_full(&trace, &settings, Some(&profile), None, Some(&future)).unwrap();
+            let sel = select(&Request::new(&trace, &settings).profile(Some(&profile)).future(Some(&future))).unwrap();
             let len = trace.len;
             let w = settings.window;
             let dims = trace.dims;

@@ -8,8 +8,9 @@
 
 use anyhow::{bail, Result};
 
-use super::registry::{per_layer, Input, Keeps, MethodDef, Picked};
-use super::{per_head_top, Allocator, LayerChoice};
+use super::layer::{per_head_top, per_layer};
+pub use super::types::FutureAttention;
+use super::types::{Allocator, Input, Keeps, LayerChoice, Method, MethodDef, Picked};
 use crate::trace::Dims;
 
 /// Registry entry.
@@ -26,16 +27,8 @@ pub const DEF: MethodDef = MethodDef {
     select: pick,
 };
 
-/// `[layer][kv_head][prompt position]`: the attention every prompt entry received from
-/// the full cache during the full generation, summed over the teacher-forced steps and
-/// the query heads of the KV group.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FutureAttention {
-    pub len: usize,
-    /// Teacher-forced steps summed (0: the generation had one token or none).
-    pub steps: usize,
-    pub sums: Vec<Vec<Vec<f32>>>,
-}
+/// This method's handle.
+pub const METHOD: Method = Method::of(&DEF);
 
 impl FutureAttention {
     /// Sums `attn` (`[step][layer][query head][prompt position]`, positions `< len`)
@@ -104,7 +97,7 @@ pub fn choose(future: &FutureAttention, layer: usize, budget: usize, window: usi
 #[cfg(test)]
 mod tests {
     use super::super::testutil::ratio_trace;
-    use super::super::{select_full, Method, Settings};
+    use super::super::{select, Method, Request, Settings};
     use super::*;
 
     #[test]
@@ -136,18 +129,16 @@ mod tests {
             window: 2,
             ..Settings::default()
         };
-        let sel = select_full(&t, &s, None, None, Some(&f)).expect("select");
+        let sel = select(&Request::new(&t, &s).future(Some(&f))).expect("select");
         assert_eq!(
             sel.keep.positions,
             vec![vec![vec![2, 3, 4, 5], vec![0, 3, 4, 5]]]
         );
         // Without the future it says what it needs instead of guessing.
-        let e = select_full(&t, &s, None, None, None)
-            .unwrap_err()
-            .to_string();
+        let e = select(&Request::new(&t, &s)).unwrap_err().to_string();
         assert!(e.contains("oracle needs"), "{e}");
         // A future of another prompt is refused.
         let other = FutureAttention::from_attn(&attn, &t.dims, 5);
-        assert!(select_full(&t, &s, None, None, Some(&other)).is_err());
+        assert!(select(&Request::new(&t, &s).future(Some(&other))).is_err());
     }
 }

@@ -11,7 +11,7 @@
 //!   to the next-best candidates.
 
 use super::scores::rank_order;
-use super::LayerChoice;
+use super::types::LayerChoice;
 use anyhow::{bail, Context, Result};
 
 /// Parses `a,b,c-d` (positions and inclusive ranges) into sorted, unique positions.

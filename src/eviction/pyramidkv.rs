@@ -2,10 +2,9 @@
 //! budget, which falls linearly with depth ([`super::budget::pyramid`], the method's
 //! default allocator). So a layer's selection is snapkv's at that layer's budget.
 
-use super::registry::{Keeps, MethodDef};
 use super::scores::{KERNEL, POOLING};
 use super::snapkv;
-use super::Allocator;
+use super::types::{Allocator, Keeps, Method, MethodDef};
 
 /// Registry entry.
 pub const DEF: MethodDef = MethodDef {
@@ -21,3 +20,6 @@ pub const DEF: MethodDef = MethodDef {
     // snapkv's selection itself: only the allocator (the budgets) differs.
     select: snapkv::pick,
 };
+
+/// This method's handle.
+pub const METHOD: Method = Method::of(&DEF);

@@ -3,8 +3,10 @@
 //! must beat. A position's score depends only on (seed, layer, KV head, position), so the
 //! same seed gives the same choice on every run and nested choices as the budget grows.
 
-use super::registry::{per_layer, Input, Keeps, Knob, KnobKind, KnobValue, MethodDef, Picked};
-use super::{per_head_top, Allocator, LayerChoice};
+use super::layer::{per_head_top, per_layer};
+use super::types::{
+    Allocator, Input, Keeps, Knob, KnobKind, KnobValue, LayerChoice, Method, MethodDef, Picked,
+};
 use crate::trace::Trace;
 use anyhow::Result;
 
@@ -22,6 +24,9 @@ pub const DEF: MethodDef = MethodDef {
     select: pick,
 };
 
+/// This method's handle.
+pub const METHOD: Method = Method::of(&DEF);
+
 /// `random_seed`.
 pub const SEED: Knob = Knob {
     name: "random_seed",
@@ -38,7 +43,7 @@ pub const SEED: Knob = Knob {
 };
 
 fn pick(i: &Input) -> Result<Picked> {
-    let seed = i.settings.knob_f64(SEED.name) as u64;
+    let seed = SEED.f64(i.settings) as u64;
     Ok(per_layer(i, |layer, b| {
         select_layer(i.trace, layer, b, i.settings.window, seed)
     }))

@@ -8,14 +8,15 @@
 //! they name. Adding a method = one file defining a `MethodDef` + one line in
 //! [`METHODS`].
 
-use anyhow::{bail, Result};
-use rayon::prelude::*;
 use std::fmt::Write as _;
 
-use super::scores::ScoreTable;
-use super::{Allocator, LayerChoice, Pooling, Settings};
-use crate::profile_format::Profile;
-use crate::trace::{Dims, Trace};
+pub use super::knob::pooling_value;
+pub use super::layer::per_layer;
+pub use super::types::{
+    AllocInput, AllocatorDef, Field, Input, Keeps, Knob, KnobCheck, KnobKind, KnobValue, MethodDef,
+    Picked,
+};
+use super::types::{Allocator, Method, Settings};
 
 /// Every selection method, in the order the inspector cycles through them and `--help`
 /// lists them. One line per method.
@@ -52,393 +53,47 @@ pub const SHARED_KNOBS: &[&Knob] = &[
     &super::sliding::EVICT_SLIDING,
 ];
 
-/// What a method needs to choose, besides its own knobs in `settings`.
-pub struct Input<'a> {
-    pub trace: &'a Trace,
-    pub settings: &'a Settings,
-    /// Checked against the trace's dimensions; `Some` whenever the method says it needs one.
-    pub profile: Option<&'a Profile>,
-    /// The allocator's per-layer budgets (tokens per KV head).
-    pub budgets: &'a [usize],
-    /// Precomputed window scores; use only through `scores::mean_head_scores`, which
-    /// checks that the table fits the settings.
-    pub table: Option<&'a ScoreTable>,
-    /// What the full cache attended to during this prompt's full generation; `Some`
-    /// whenever the method says it needs it (only the `oracle` reference does).
-    pub future: Option<&'a super::oracle::FutureAttention>,
-}
-
-/// A method's choice for every layer, and the per-layer budgets to report when the
-/// method overrides the allocator's (full keeps `L`; headkv reports nominal budgets).
-pub struct Picked {
-    pub layers: Vec<LayerChoice>,
-    pub budgets: Option<Vec<usize>>,
-}
-
-/// How many positions a method keeps in an evicting layer (what the property tests hold
-/// every method to).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Keeps {
-    /// Every KV head keeps exactly the layer budget.
-    EveryHead,
-    /// The layer keeps `n_kv x budget`; a head keeps at least the window.
-    LayerTotal,
-    /// Per-head budgets of the method's own (headkv); each head keeps at least the window.
-    OwnHeads,
-    /// Everything (full).
-    All,
-}
-
-/// One selection method.
-pub struct MethodDef {
-    /// The name used on the command line, in JSON and in the inspector.
-    pub name: &'static str,
-    /// One line for `--help` and the inspector.
-    pub about: &'static str,
-    /// Knobs the method reads (shared ones included), in display order.
-    pub knobs: &'static [&'static Knob],
-    /// The allocator used unless the user picks another.
-    pub default_allocator: Allocator,
-    /// `Some(message)`: the method cannot run without a profile; the message says how to
-    /// get one.
-    pub needs_profile: Option<&'static str>,
-    /// Whether the method reads the full generation's attention ([`Input::future`]):
-    /// a reference that looks at the future, not a deployable method.
-    pub needs_future: bool,
-    /// Whether every KV head keeps the same positions.
-    pub shared_positions: bool,
-    /// Whether the method has scores to show for an evicting layer.
-    pub has_scores: bool,
-    pub keeps: Keeps,
-    /// The selection: a pure function of the input.
-    pub select: fn(&Input) -> Result<Picked>,
-}
-
-/// What an allocator may read.
-pub struct AllocInput<'a> {
-    pub settings: &'a Settings,
-    pub dims: &'a Dims,
-    pub len: usize,
-    pub profile: Option<&'a Profile>,
-    /// The trace, for allocators that measure it (cake). `None` when only budgets are
-    /// previewed before a prompt is prefilled.
-    pub trace: Option<&'a Trace>,
-}
-
-/// One layer-budget allocator.
-pub struct AllocatorDef {
-    pub name: &'static str,
-    pub about: &'static str,
-    pub knobs: &'static [&'static Knob],
-    pub budgets: fn(&AllocInput) -> Result<Vec<usize>>,
-}
-
-/// The value of a knob, as stored in settings and written to JSON.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(untagged)]
-pub enum KnobValue {
-    Bool(bool),
-    Int(i64),
-    Float(f64),
-    Text(String),
-    List(Vec<usize>),
-}
-
-impl KnobValue {
-    pub fn as_f64(&self) -> Option<f64> {
-        match *self {
-            KnobValue::Int(i) => Some(i as f64),
-            KnobValue::Float(f) => Some(f),
-            _ => None,
+impl Method {
+    /// Every registered method, in registry order.
+    pub const ALL: [Method; METHODS.len()] = {
+        let mut out = [Method::of(METHODS[0]); METHODS.len()];
+        let mut i = 0;
+        while i < METHODS.len() {
+            out[i] = Method::of(METHODS[i]);
+            i += 1;
         }
-    }
+        out
+    };
 
-    pub fn as_i64(&self) -> Option<i64> {
-        match *self {
-            KnobValue::Int(i) => Some(i),
-            _ => None,
-        }
-    }
-
-    pub fn as_bool(&self) -> Option<bool> {
-        match *self {
-            KnobValue::Bool(b) => Some(b),
-            _ => None,
-        }
-    }
-
-    pub fn as_str(&self) -> Option<&str> {
-        match self {
-            KnobValue::Text(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    pub fn as_list(&self) -> Option<&[usize]> {
-        match self {
-            KnobValue::List(l) => Some(l),
-            _ => None,
-        }
+    /// The registered method called `name` (exact).
+    pub fn named(name: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.name() == name)
     }
 }
 
-impl std::fmt::Display for KnobValue {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            KnobValue::Bool(b) => write!(f, "{b}"),
-            KnobValue::Int(i) => write!(f, "{i}"),
-            KnobValue::Float(x) => write!(f, "{x}"),
-            KnobValue::Text(s) => f.write_str(s),
-            KnobValue::List(l) => {
-                let parts: Vec<String> = l.iter().map(|x| x.to_string()).collect();
-                f.write_str(&parts.join(","))
-            }
-        }
-    }
+/// The methods that predate the registry, by name, for the code that names them.
+#[allow(non_upper_case_globals)]
+impl Method {
+    pub const Full: Method = super::full::METHOD;
+    pub const StreamingLlm: Method = super::streamingllm::METHOD;
+    pub const H2o: Method = super::h2o::METHOD;
+    pub const SnapKv: Method = super::snapkv::METHOD;
+    pub const PyramidKv: Method = super::pyramidkv::METHOD;
+    pub const AdaKv: Method = super::adakv::METHOD;
+    pub const CompressKv: Method = super::compresskv::METHOD;
 }
 
-/// A knob's type and valid range.
-#[derive(Debug, Clone, Copy)]
-pub enum KnobKind {
-    /// A whole number in `[min, max]`.
-    Int {
-        min: i64,
-        max: i64,
-    },
-    /// A number in `[min, max]` (`(min, max]` when `open_min`).
-    Float {
-        min: f64,
-        max: f64,
-        open_min: bool,
-    },
-    Bool,
-    /// One of the listed names.
-    Choice(&'static [&'static str]),
-    /// A comma-separated list of layer indices (each below the model's layer count).
-    Layers,
-}
-
-/// Where a knob's value lives: a typed field of [`Settings`] (the knobs that predate the
-/// registry, read all over the code) or the settings' knob map (every other).
-#[derive(Clone, Copy)]
-pub struct Field {
-    pub get: fn(&Settings) -> KnobValue,
-    /// Called with a value already checked against the knob's kind.
-    pub set: fn(&mut Settings, &KnobValue),
-}
-
-/// A knob's own check of its value in force, for a model of shape `dims`.
-pub type KnobCheck = fn(&Settings, &Dims, &KnobValue) -> Result<()>;
-
-/// One tunable number (or flag) of a method or allocator.
-pub struct Knob {
-    /// Key in settings and JSON (snake_case).
-    pub name: &'static str,
-    /// Command-line flag without the dashes.
-    pub flag: &'static str,
-    pub help: &'static str,
-    pub kind: KnobKind,
-    /// The default, which may depend on other settings (cake's tau on the budget).
-    pub default: fn(&Settings) -> KnobValue,
-    /// `None`: stored in `Settings::knobs`.
-    pub field: Option<Field>,
-    /// A check beyond the kind's range (e.g. one that depends on the model).
-    pub check: Option<KnobCheck>,
-    /// Inspector step for `<` / `>` (numbers); booleans and choices cycle.
-    pub step: f64,
-}
-
-impl Knob {
-    /// The value in force: the setting, or the default when unset.
-    pub fn get(&self, s: &Settings) -> KnobValue {
-        match &self.field {
-            Some(f) => (f.get)(s),
-            None => s
-                .knobs
-                .get(self.name)
-                .cloned()
-                .unwrap_or_else(|| (self.default)(s)),
+impl Allocator {
+    /// Every registered allocator, in registry order.
+    pub const ALL: [Allocator; ALLOCATORS.len()] = {
+        let mut out = [Allocator::of(ALLOCATORS[0]); ALLOCATORS.len()];
+        let mut i = 0;
+        while i < ALLOCATORS.len() {
+            out[i] = Allocator::of(ALLOCATORS[i]);
+            i += 1;
         }
-    }
-
-    /// Sets the knob after checking the value's kind and range (not the model-dependent
-    /// check, which needs dims).
-    pub fn set(&self, s: &mut Settings, v: KnobValue) -> Result<()> {
-        let v = self.coerce(&v)?;
-        match &self.field {
-            Some(f) => (f.set)(s, &v),
-            None => {
-                s.knobs.insert(self.name.to_string(), v);
-            }
-        }
-        Ok(())
-    }
-
-    /// Parses command-line text for this knob.
-    pub fn parse(&self, text: &str) -> Result<KnobValue> {
-        let t = text.trim();
-        let v = match self.kind {
-            KnobKind::Int { .. } => match t.parse::<i64>() {
-                Ok(i) => KnobValue::Int(i),
-                Err(_) => bail!("--{} expects a whole number; got '{text}'", self.flag),
-            },
-            KnobKind::Float { .. } => match t.parse::<f64>() {
-                Ok(x) => KnobValue::Float(x),
-                Err(_) => bail!("--{} expects a number; got '{text}'", self.flag),
-            },
-            KnobKind::Bool => match t.to_ascii_lowercase().as_str() {
-                "true" | "yes" | "on" | "1" => KnobValue::Bool(true),
-                "false" | "no" | "off" | "0" => KnobValue::Bool(false),
-                _ => bail!("--{} expects true or false; got '{text}'", self.flag),
-            },
-            KnobKind::Choice(_) => KnobValue::Text(t.to_ascii_lowercase()),
-            KnobKind::Layers => {
-                if t.is_empty() {
-                    KnobValue::List(Vec::new())
-                } else {
-                    let mut out = Vec::new();
-                    for x in t.split(',') {
-                        match x.trim().parse::<usize>() {
-                            Ok(l) => out.push(l),
-                            Err(_) => bail!(
-                                "--{} expects layer numbers a,b,c,...; '{}' is not one",
-                                self.flag,
-                                x.trim()
-                            ),
-                        }
-                    }
-                    KnobValue::List(out)
-                }
-            }
-        };
-        self.coerce(&v)
-    }
-
-    /// `v` in this knob's kind (an integer where a number is wanted becomes a number),
-    /// or one line saying what is wrong.
-    pub fn coerce(&self, v: &KnobValue) -> Result<KnobValue> {
-        let flag = self.flag;
-        match self.kind {
-            KnobKind::Int { min, max } => {
-                let range = if max == i64::MAX {
-                    format!("at least {min}")
-                } else {
-                    format!("between {min} and {max}")
-                };
-                match v.as_i64() {
-                    Some(i) if (min..=max).contains(&i) => Ok(KnobValue::Int(i)),
-                    Some(_) => bail!("{flag} must be {range}; got {v}"),
-                    None => bail!("{flag} must be a whole number {range}; got {v}"),
-                }
-            }
-            KnobKind::Float { min, max, open_min } => {
-                let ok =
-                    |x: f64| (if open_min { x > min } else { x >= min }) && x <= max && !x.is_nan();
-                let range = match (open_min, max.is_infinite()) {
-                    (true, true) => format!("greater than {min}"),
-                    (false, true) => format!("at least {min}"),
-                    (true, false) => format!("greater than {min} and at most {max}"),
-                    (false, false) => format!("between {min} and {max}"),
-                };
-                match v.as_f64() {
-                    Some(x) if ok(x) => Ok(KnobValue::Float(x)),
-                    Some(x) => bail!("{flag} must be {range}; got {x}"),
-                    None => bail!("{flag} must be a number {range}; got {v}"),
-                }
-            }
-            KnobKind::Bool => match v.as_bool() {
-                Some(b) => Ok(KnobValue::Bool(b)),
-                None => bail!("{flag} must be true or false; got {v}"),
-            },
-            KnobKind::Choice(names) => match v.as_str() {
-                Some(s) if names.contains(&s) => Ok(v.clone()),
-                _ => bail!("{flag} must be one of: {}; got {v}", names.join(", ")),
-            },
-            KnobKind::Layers => match v {
-                KnobValue::List(l) => {
-                    let mut l = l.clone();
-                    l.sort_unstable();
-                    l.dedup();
-                    Ok(KnobValue::List(l))
-                }
-                _ => bail!("{flag} must be a list of layer numbers; got {v}"),
-            },
-        }
-    }
-
-    /// Full check of the value in force for a model of shape `dims`.
-    pub fn validate(&self, s: &Settings, dims: &Dims) -> Result<()> {
-        let raw = self.get(s);
-        // The knob's own check first: its message is the more specific one.
-        if let Some(check) = self.check {
-            check(s, dims, &raw)?;
-        }
-        let v = self.coerce(&raw)?;
-        if let (KnobKind::Layers, Some(l)) = (self.kind, v.as_list()) {
-            if let Some(bad) = l.iter().find(|&&x| x >= dims.n_layers) {
-                bail!(
-                    "{} lists layer {bad}; the model has layers 0 to {}",
-                    self.flag,
-                    dims.n_layers - 1
-                );
-            }
-        }
-        Ok(())
-    }
-
-    /// The range in words, for `--help` and the inspector.
-    pub fn range(&self) -> String {
-        match self.kind {
-            KnobKind::Int { min, max } if max == i64::MAX => format!(">={min}"),
-            KnobKind::Int { min, max } => format!("{min}..={max}"),
-            KnobKind::Float { min, max, open_min } => {
-                let lo = if open_min {
-                    format!(">{min}")
-                } else {
-                    format!(">={min}")
-                };
-                if max.is_infinite() {
-                    lo
-                } else {
-                    format!("{lo}, <={max}")
-                }
-            }
-            KnobKind::Bool => "true/false".into(),
-            KnobKind::Choice(n) => n.join("/"),
-            KnobKind::Layers => "layer list a,b,...".into(),
-        }
-    }
-
-    /// The value `steps` inspector steps away from the current one, clamped to the range
-    /// (numbers), or the next/previous choice (booleans, choices). Lists do not step.
-    pub fn stepped(&self, s: &Settings, steps: i64) -> Option<KnobValue> {
-        let cur = self.get(s);
-        match self.kind {
-            KnobKind::Int { min, max } => {
-                let i = cur.as_i64()? + steps * self.step.max(1.0) as i64;
-                Some(KnobValue::Int(i.clamp(min, max)))
-            }
-            KnobKind::Float { min, max, open_min } => {
-                let x = cur.as_f64()? + steps as f64 * self.step;
-                let lo = if open_min {
-                    min + self.step.min(1e-3)
-                } else {
-                    min
-                };
-                // Round to the step's decimals so repeated steps do not drift.
-                let x = (x.clamp(lo, max) * 1e6).round() / 1e6;
-                Some(KnobValue::Float(x))
-            }
-            KnobKind::Bool => Some(KnobValue::Bool(!cur.as_bool()?)),
-            KnobKind::Choice(names) => {
-                let i = names.iter().position(|n| Some(*n) == cur.as_str())?;
-                let n = names.len() as i64;
-                let j = (i as i64 + steps).rem_euclid(n) as usize;
-                Some(KnobValue::Text(names[j].to_string()))
-            }
-            KnobKind::Layers => None,
-        }
-    }
+        out
+    };
 }
 
 /// Every knob of every method and allocator, each once (by name), shared knobs first.
@@ -523,33 +178,6 @@ pub fn knob_help(k: &Knob) -> String {
         users.join(", "),
         default
     )
-}
-
-/// Runs `f(layer, budget)` for every layer in parallel; a layer whose budget is at least
-/// the prompt keeps everything. The common shape of a per-layer method.
-pub fn per_layer(input: &Input, f: impl Fn(usize, usize) -> LayerChoice + Sync) -> Picked {
-    let len = input.trace.len;
-    let n_kv = input.trace.dims.n_kv_heads;
-    let layers = (0..input.trace.dims.n_layers)
-        .into_par_iter()
-        .map(|layer| {
-            let b = input.budgets[layer];
-            if len <= b {
-                LayerChoice::keep_all(n_kv, len)
-            } else {
-                f(layer, b)
-            }
-        })
-        .collect();
-    Picked {
-        layers,
-        budgets: None,
-    }
-}
-
-/// Kernel and pooling as knobs over the typed settings fields.
-pub(crate) fn pooling_value(p: Pooling) -> KnobValue {
-    KnobValue::Text(p.name().to_string())
 }
 
 #[cfg(test)]

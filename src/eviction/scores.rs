@@ -1,8 +1,8 @@
 //! The observation-window score of the SnapKV family (METHOD.md, "The observation-window
 //! score") and top-k selection.
 
-use super::registry::{pooling_value, Field, Knob, KnobKind, KnobValue};
-use super::{Pooling, Settings};
+use super::knob::pooling_value;
+use super::types::{Field, Knob, KnobKind, KnobValue, Pooling, ScoreTable, Settings};
 use crate::trace::{Dims, Trace};
 use rayon::prelude::*;
 use std::cmp::Ordering;
@@ -141,19 +141,6 @@ pub fn pool(scores: &[f32], kernel: usize, pooling: Pooling) -> Vec<f32> {
 pub fn head_scores(trace: &Trace, layer: usize, head: usize, settings: &Settings) -> Vec<f32> {
     let s = window_attention(trace, layer, head, settings.window);
     pool(&s, settings.kernel, settings.pooling)
-}
-
-/// `p_h` of every (layer, query head) for one (window, kernel, pooling). Budgets and the
-/// method do not change them, so the inspector computes them once and every budget edit
-/// selects from the table instead of recomputing the window attention.
-#[derive(Debug, Clone)]
-pub struct ScoreTable {
-    window: usize,
-    kernel: usize,
-    pooling: Pooling,
-    len: usize,
-    /// `[layer][head][pos]`; empty vectors when the window covers the whole prompt.
-    pub heads: Arc<Vec<Vec<Vec<f32>>>>,
 }
 
 impl ScoreTable {

@@ -1,43 +1,12 @@
-//! The knobs of eviction (METHOD.md's defaults) and their validation.
+//! The settings' defaults (METHOD.md's) and their validation against the registry's
+//! knobs. (The struct itself is in `types.rs`, which every method reads; this file sits
+//! above the registry, which it consults.)
 
-use super::registry::{self, KnobValue};
-use super::{Allocator, Method, Pooling};
+use super::registry;
+use super::types::{Allocator, KnobValue, Method, Pooling, Settings};
 use crate::trace::{Dims, W_MAX};
 use anyhow::{bail, Result};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-
-/// Everything [`super::select`] needs besides the trace and the profile.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
-pub struct Settings {
-    pub method: Method,
-    /// `B`: prompt tokens kept per layer and KV head (before per-layer allocation).
-    pub budget: usize,
-    /// `w`: the observation window, always kept.
-    pub window: usize,
-    /// Pooling kernel; odd, so the zero padding `k / 2` on both sides keeps the length.
-    pub kernel: usize,
-    pub pooling: Pooling,
-    /// CompressKV: SRHs per layer.
-    pub first_k: usize,
-    /// AdaKV: fraction of a KV head's even share it keeps at least.
-    pub adakv_floor: f32,
-    /// PyramidKV: `min = (B - w) / beta`.
-    pub pyramid_beta: usize,
-    /// `None`: the method's default allocator.
-    pub allocator: Option<Allocator>,
-    /// Explicit per-layer budgets; implies the manual allocator.
-    pub layer_budgets: Option<Vec<usize>>,
-    /// Prompt positions every KV head keeps, inside its budget (METHOD.md, "Pins").
-    pub pin_keep: Vec<usize>,
-    /// Prompt positions removed from the candidates (never from the window).
-    pub pin_evict: Vec<usize>,
-    /// Every other registry knob (`registry::Knob` with no typed field) that was set, by
-    /// name; an unset knob has its default. In JSON they sit beside the fields above.
-    #[serde(flatten)]
-    pub knobs: BTreeMap<String, KnobValue>,
-}
 
 impl Default for Settings {
     fn default() -> Self {
@@ -74,17 +43,6 @@ impl Settings {
     /// A flag knob's value in force.
     pub fn knob_bool(&self, name: &str) -> bool {
         self.knob(name).and_then(|v| v.as_bool()).unwrap_or(false)
-    }
-
-    /// The allocator in force: explicit layer budgets mean manual, else the user's
-    /// choice, else the method's default.
-    pub fn effective_allocator(&self) -> Allocator {
-        if self.layer_budgets.is_some() {
-            Allocator::Manual
-        } else {
-            self.allocator
-                .unwrap_or_else(|| self.method.default_allocator())
-        }
     }
 
     /// Checks every knob against its valid range for a model of shape `dims`. Each error
@@ -135,7 +93,7 @@ impl Settings {
             k.validate(self, dims)?;
         }
         match (self.allocator, &self.layer_budgets) {
-            (Some(Allocator::Manual), None) => bail!(
+            (Some(a), None) if a == Allocator::Manual => bail!(
                 "the manual allocator needs explicit layer budgets (--layer-budgets a,b,c,...), \
                  one per layer ({} layers)",
                 dims.n_layers

@@ -4,9 +4,10 @@
 //! With `--evict-sliding true` the method also selects inside each sliding layer's
 //! window, with budget `min(B_l, S)`.
 
-use super::registry::{Knob, KnobKind, KnobValue};
-use super::scores::ScoreTable;
-use super::{budget, Allocator, Selection, Settings};
+use super::budget;
+use super::types::{
+    Allocator, Knob, KnobKind, KnobValue, Request, ScoreTable, Selection, Settings,
+};
 use crate::keepset::KeepSet;
 use crate::profile_format::Profile;
 use crate::trace::{Dims, LayerTrace, Trace, W_MAX};
@@ -71,7 +72,7 @@ fn budgets_for(
     if (0..dims.n_layers).all(|l| window(l).is_none()) {
         return Ok(all);
     }
-    if settings.knob_bool(EVICT_SLIDING.name) {
+    if EVICT_SLIDING.flag(settings) {
         // Every layer evicts: the allocator runs over all layers as for a model without
         // sliding layers, and a sliding layer's budget is capped by what it can hold.
         return Ok(all
@@ -155,18 +156,17 @@ pub fn keep_window(trace: &Trace, sel: &mut Selection) {
 
 /// The last step of selection for sliding layers: keep each one's window as is
 /// ([`keep_window`]), or, with `evict_sliding`, let the method choose inside it
-/// ([`evict_in_windows`]).
+/// ([`evict_in_windows`]). `select` is the selection entry point, passed in rather than
+/// imported so this file stays below it.
 pub fn finish(
-    trace: &Trace,
-    settings: &Settings,
-    profile: Option<&Profile>,
-    table: Option<&ScoreTable>,
+    r: &Request,
     sel: &mut Selection,
+    select: fn(&Request) -> Result<Selection>,
 ) -> Result<()> {
-    if settings.knob_bool(EVICT_SLIDING.name) {
-        evict_in_windows(trace, settings, profile, table, sel)
+    if EVICT_SLIDING.flag(r.settings) {
+        evict_in_windows(r, sel, select)
     } else {
-        keep_window(trace, sel);
+        keep_window(r.trace, sel);
         Ok(())
     }
 }
@@ -181,12 +181,11 @@ pub fn finish(
 /// A sliding layer whose window covers the prompt was chosen over the whole prompt
 /// already, and one whose window is no longer than the observation window keeps it.
 pub fn evict_in_windows(
-    trace: &Trace,
-    settings: &Settings,
-    profile: Option<&Profile>,
-    table: Option<&ScoreTable>,
+    r: &Request,
     sel: &mut Selection,
+    select: fn(&Request) -> Result<Selection>,
 ) -> Result<()> {
+    let (trace, settings, profile, table) = (r.trace, r.settings, r.profile, r.table);
     let len = trace.len;
     // Group sliding layers by their window: each group is one selection on one tail.
     let mut windows: Vec<usize> = (0..trace.dims.n_layers)
@@ -232,7 +231,11 @@ pub fn evict_in_windows(
                 .collect(),
             ..settings.clone()
         };
-        let mut sub_sel = super::select_with(&sub, &sub_settings, profile, Some(&table))?;
+        let mut sub_sel = select(
+            &Request::new(&sub, &sub_settings)
+                .profile(profile)
+                .table(Some(&table)),
+        )?;
         for &l in &layers {
             sel.keep.positions[l] = sub_sel.keep.positions[l]
                 .iter()
@@ -346,7 +349,7 @@ mod tests {
                 window: 4,
                 ..Settings::default()
             };
-            let sel = super::super::select(&t, &s, None).expect("select");
+            let sel = super::super::select(&super::super::Request::new(&t, &s)).expect("select");
             for l in 0..6 {
                 let kept = &sel.keep.positions[l][0];
                 if l % 3 != 2 {
@@ -369,7 +372,7 @@ mod tests {
             method: super::super::Method::SnapKv,
             ..Settings::default()
         };
-        let sel = super::super::select(&short, &s, None).expect("select");
+        let sel = super::super::select(&super::super::Request::new(&short, &s)).expect("select");
         assert_eq!(sel.keep.positions[0][0], (0..10).collect::<Vec<_>>());
     }
 
@@ -390,7 +393,7 @@ mod tests {
         let t = gemma_like(40);
         for method in ["snapkv", "streamingllm", "h2o", "random", "pyramidkv"] {
             let s = evicting(method, 12, 4);
-            let sel = super::super::select(&t, &s, None).expect("select");
+            let sel = super::super::select(&super::super::Request::new(&t, &s)).expect("select");
             for l in [0, 1, 3, 4] {
                 // Uniform methods give B; pyramid's budgets differ by layer.
                 let b = sel.layer_budgets[l];
@@ -411,10 +414,15 @@ mod tests {
             }
         }
         // StreamingLLM's sinks are the first entries the window holds, not position 0.
-        let sel = super::super::select(&t, &evicting("streamingllm", 12, 4), None).expect("select");
+        let sel = super::super::select(&super::super::Request::new(
+            &t,
+            &evicting("streamingllm", 12, 4),
+        ))
+        .expect("select");
         assert_eq!(sel.keep.positions[0][0][..4], [24, 25, 26, 27]);
         // A budget above the window: the layer keeps all of it.
-        let sel = super::super::select(&t, &evicting("snapkv", 30, 4), None).expect("select");
+        let sel = super::super::select(&super::super::Request::new(&t, &evicting("snapkv", 30, 4)))
+            .expect("select");
         assert_eq!(sel.layer_budgets[0], 16);
         assert_eq!(sel.keep.positions[0][0], (24..40).collect::<Vec<_>>());
         // Off (the default): the window is kept as is.
@@ -424,7 +432,7 @@ mod tests {
             window: 4,
             ..Settings::default()
         };
-        let sel = super::super::select(&t, &off, None).expect("select");
+        let sel = super::super::select(&super::super::Request::new(&t, &off)).expect("select");
         assert_eq!(sel.keep.positions[0][0], (24..40).collect::<Vec<_>>());
     }
 
@@ -435,7 +443,7 @@ mod tests {
     fn evict_sliding_ranks_by_the_masked_scores_of_the_whole_prompt() {
         let t = gemma_like(40);
         let s = evicting("snapkv", 10, 4);
-        let sel = super::super::select(&t, &s, None).expect("select");
+        let sel = super::super::select(&super::super::Request::new(&t, &s)).expect("select");
         let mut mean = [0f32; 36];
         for h in 0..4 {
             let p = super::super::scores::head_scores(&t, 0, h, &s);

@@ -1,11 +1,11 @@
 //! snapkv: per KV head, the mean of the pooled window scores `p_h` of its query heads;
 //! each KV head keeps its own top `B - w` plus the window.
 
-use super::registry::{per_layer, Input, Keeps, MethodDef, Picked};
-use super::scores::{mean_head_scores, ScoreTable};
-use super::scores::{KERNEL, POOLING};
-use super::Allocator;
-use super::{per_head_top, LayerChoice, Settings};
+use super::layer::{per_head_top, per_layer};
+use super::scores::{mean_head_scores, KERNEL, POOLING};
+use super::types::{
+    Allocator, Input, Keeps, LayerChoice, Method, MethodDef, Picked, ScoreTable, Settings,
+};
 use crate::trace::Trace;
 use anyhow::Result;
 
@@ -22,6 +22,9 @@ pub const DEF: MethodDef = MethodDef {
     keeps: Keeps::EveryHead,
     select: pick,
 };
+
+/// This method's handle.
+pub const METHOD: Method = Method::of(&DEF);
 
 pub(crate) fn pick(i: &Input) -> Result<Picked> {
     Ok(per_layer(i, |layer, b| {

@@ -1,9 +1,8 @@
 //! streamingllm (attention sinks + recent window): keep positions `[0, B - w)` and the
 //! last `w`. Needs no scores.
 
-use super::registry::{per_layer, Input, Keeps, MethodDef, Picked};
-use super::Allocator;
-use super::{with_window, LayerChoice};
+use super::layer::{per_layer, with_window};
+use super::types::{Allocator, Input, Keeps, LayerChoice, Method, MethodDef, Picked};
 use crate::trace::Trace;
 use anyhow::Result;
 
@@ -20,6 +19,9 @@ pub const DEF: MethodDef = MethodDef {
     keeps: Keeps::EveryHead,
     select: pick,
 };
+
+/// This method's handle.
+pub const METHOD: Method = Method::of(&DEF);
 
 fn pick(i: &Input) -> Result<Picked> {
     Ok(per_layer(i, |_, b| {
@@ -39,7 +41,7 @@ pub fn select_layer(trace: &Trace, budget: usize, window: usize) -> LayerChoice 
 #[cfg(test)]
 mod tests {
     use super::super::testutil::ratio_trace;
-    use super::super::{select, Method, Settings};
+    use super::super::{select, Method, Request, Settings};
     use super::*;
 
     fn trace(len: usize) -> Trace {
@@ -72,10 +74,10 @@ mod tests {
             window: 2,
             ..Settings::default()
         };
-        let sel = select(&trace(10), &s, None).unwrap();
+        let sel = select(&Request::new(&trace(10), &s)).unwrap();
         assert_eq!(sel.keep.positions[0][0], (0..10).collect::<Vec<_>>());
         let s = Settings { budget: 9, ..s };
-        let sel = select(&trace(10), &s, None).unwrap();
+        let sel = select(&Request::new(&trace(10), &s)).unwrap();
         assert_eq!(sel.keep.positions[0][0], vec![0, 1, 2, 3, 4, 5, 6, 8, 9]);
     }
 }

@@ -7,9 +7,9 @@
 //! the first cut) and ranks the last token too; kvscope keeps the last `w` (`w = 1` is
 //! kvpress).
 
-use super::registry::{per_layer, Input, Keeps, MethodDef, Picked};
+use super::layer::{per_layer, with_window};
 use super::scores::{top_k, window_attention};
-use super::{with_window, Allocator, LayerChoice};
+use super::types::{Allocator, Input, Keeps, LayerChoice, Method, MethodDef, Picked};
 use crate::trace::Trace;
 use anyhow::Result;
 
@@ -26,6 +26,9 @@ pub const DEF: MethodDef = MethodDef {
     keeps: Keeps::EveryHead,
     select: pick,
 };
+
+/// This method's handle.
+pub const METHOD: Method = Method::of(&DEF);
 
 fn pick(i: &Input) -> Result<Picked> {
     Ok(per_layer(i, |layer, b| {
@@ -68,7 +71,7 @@ fn choose(t: Vec<f32>, len: usize, budget: usize, window: usize, n_kv: usize) ->
 #[cfg(test)]
 mod tests {
     use super::super::testutil::*;
-    use super::super::{select, Method, Settings};
+    use super::super::{select, Method, Request, Settings};
     use super::*;
     use crate::trace::Dims;
 
@@ -110,7 +113,7 @@ mod tests {
             s.iter().zip(&want).all(|(a, b)| (a - b).abs() < 1e-6),
             "{s:?} vs {want:?}"
         );
-        let sel = select(
+        let sel = select(&Request::new(
             &t,
             &Settings {
                 method: Method::named("tova").unwrap(),
@@ -118,8 +121,7 @@ mod tests {
                 window: 1,
                 ..Settings::default()
             },
-            None,
-        )
+        ))
         .unwrap();
         assert_eq!(sel.keep.positions[0], vec![vec![0, 3, 5]; 2]);
     }

@@ -59,7 +59,8 @@ pub fn prompt_errors(
 ) -> Result<Vec<f64>> {
     let trace = model.prefill(ids, PREFILL_CHUNK, &mut |_, _| {})?;
     let d = trace.dims;
-    let shadow = eviction::select(&trace, settings, Some(profile))?.keep;
+    let shadow =
+        eviction::select(&eviction::Request::new(&trace, settings).profile(Some(profile)))?.keep;
     // The full cache as decoding holds it (a sliding layer: its last min(L, S)).
     let all = eviction::sliding::full_keep(&trace);
     let mut state = DecodeState::new(model, &trace, &all, max_new)?;

@@ -1,0 +1,215 @@
+//! What a knob does: read and set its value in settings, parse command-line text, check
+//! the range, describe it, step it in the inspector.
+
+use anyhow::{bail, Result};
+
+use super::types::{Knob, KnobKind, KnobValue, Pooling, Settings};
+use crate::trace::Dims;
+
+impl Knob {
+    /// A number knob's value in force (0 for a value that is not a number).
+    pub fn f64(&self, s: &Settings) -> f64 {
+        self.get(s).as_f64().unwrap_or(0.0)
+    }
+
+    /// A flag knob's value in force.
+    pub fn flag(&self, s: &Settings) -> bool {
+        self.get(s).as_bool().unwrap_or(false)
+    }
+
+    /// The value in force: the setting, or the default when unset.
+    pub fn get(&self, s: &Settings) -> KnobValue {
+        match &self.field {
+            Some(f) => (f.get)(s),
+            None => s
+                .knobs
+                .get(self.name)
+                .cloned()
+                .unwrap_or_else(|| (self.default)(s)),
+        }
+    }
+
+    /// Sets the knob after checking the value's kind and range (not the model-dependent
+    /// check, which needs dims).
+    pub fn set(&self, s: &mut Settings, v: KnobValue) -> Result<()> {
+        let v = self.coerce(&v)?;
+        match &self.field {
+            Some(f) => (f.set)(s, &v),
+            None => {
+                s.knobs.insert(self.name.to_string(), v);
+            }
+        }
+        Ok(())
+    }
+
+    /// Parses command-line text for this knob.
+    pub fn parse(&self, text: &str) -> Result<KnobValue> {
+        let t = text.trim();
+        let v = match self.kind {
+            KnobKind::Int { .. } => match t.parse::<i64>() {
+                Ok(i) => KnobValue::Int(i),
+                Err(_) => bail!("--{} expects a whole number; got '{text}'", self.flag),
+            },
+            KnobKind::Float { .. } => match t.parse::<f64>() {
+                Ok(x) => KnobValue::Float(x),
+                Err(_) => bail!("--{} expects a number; got '{text}'", self.flag),
+            },
+            KnobKind::Bool => match t.to_ascii_lowercase().as_str() {
+                "true" | "yes" | "on" | "1" => KnobValue::Bool(true),
+                "false" | "no" | "off" | "0" => KnobValue::Bool(false),
+                _ => bail!("--{} expects true or false; got '{text}'", self.flag),
+            },
+            KnobKind::Choice(_) => KnobValue::Text(t.to_ascii_lowercase()),
+            KnobKind::Layers => {
+                if t.is_empty() {
+                    KnobValue::List(Vec::new())
+                } else {
+                    let mut out = Vec::new();
+                    for x in t.split(',') {
+                        match x.trim().parse::<usize>() {
+                            Ok(l) => out.push(l),
+                            Err(_) => bail!(
+                                "--{} expects layer numbers a,b,c,...; '{}' is not one",
+                                self.flag,
+                                x.trim()
+                            ),
+                        }
+                    }
+                    KnobValue::List(out)
+                }
+            }
+        };
+        self.coerce(&v)
+    }
+
+    /// `v` in this knob's kind (an integer where a number is wanted becomes a number),
+    /// or one line saying what is wrong.
+    pub fn coerce(&self, v: &KnobValue) -> Result<KnobValue> {
+        let flag = self.flag;
+        match self.kind {
+            KnobKind::Int { min, max } => {
+                let range = if max == i64::MAX {
+                    format!("at least {min}")
+                } else {
+                    format!("between {min} and {max}")
+                };
+                match v.as_i64() {
+                    Some(i) if (min..=max).contains(&i) => Ok(KnobValue::Int(i)),
+                    Some(_) => bail!("{flag} must be {range}; got {v}"),
+                    None => bail!("{flag} must be a whole number {range}; got {v}"),
+                }
+            }
+            KnobKind::Float { min, max, open_min } => {
+                let ok =
+                    |x: f64| (if open_min { x > min } else { x >= min }) && x <= max && !x.is_nan();
+                let range = match (open_min, max.is_infinite()) {
+                    (true, true) => format!("greater than {min}"),
+                    (false, true) => format!("at least {min}"),
+                    (true, false) => format!("greater than {min} and at most {max}"),
+                    (false, false) => format!("between {min} and {max}"),
+                };
+                match v.as_f64() {
+                    Some(x) if ok(x) => Ok(KnobValue::Float(x)),
+                    Some(x) => bail!("{flag} must be {range}; got {x}"),
+                    None => bail!("{flag} must be a number {range}; got {v}"),
+                }
+            }
+            KnobKind::Bool => match v.as_bool() {
+                Some(b) => Ok(KnobValue::Bool(b)),
+                None => bail!("{flag} must be true or false; got {v}"),
+            },
+            KnobKind::Choice(names) => match v.as_str() {
+                Some(s) if names.contains(&s) => Ok(v.clone()),
+                _ => bail!("{flag} must be one of: {}; got {v}", names.join(", ")),
+            },
+            KnobKind::Layers => match v {
+                KnobValue::List(l) => {
+                    let mut l = l.clone();
+                    l.sort_unstable();
+                    l.dedup();
+                    Ok(KnobValue::List(l))
+                }
+                _ => bail!("{flag} must be a list of layer numbers; got {v}"),
+            },
+        }
+    }
+
+    /// Full check of the value in force for a model of shape `dims`.
+    pub fn validate(&self, s: &Settings, dims: &Dims) -> Result<()> {
+        let raw = self.get(s);
+        // The knob's own check first: its message is the more specific one.
+        if let Some(check) = self.check {
+            check(s, dims, &raw)?;
+        }
+        let v = self.coerce(&raw)?;
+        if let (KnobKind::Layers, Some(l)) = (self.kind, v.as_list()) {
+            if let Some(bad) = l.iter().find(|&&x| x >= dims.n_layers) {
+                bail!(
+                    "{} lists layer {bad}; the model has layers 0 to {}",
+                    self.flag,
+                    dims.n_layers - 1
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// The range in words, for `--help` and the inspector.
+    pub fn range(&self) -> String {
+        match self.kind {
+            KnobKind::Int { min, max } if max == i64::MAX => format!(">={min}"),
+            KnobKind::Int { min, max } => format!("{min}..={max}"),
+            KnobKind::Float { min, max, open_min } => {
+                let lo = if open_min {
+                    format!(">{min}")
+                } else {
+                    format!(">={min}")
+                };
+                if max.is_infinite() {
+                    lo
+                } else {
+                    format!("{lo}, <={max}")
+                }
+            }
+            KnobKind::Bool => "true/false".into(),
+            KnobKind::Choice(n) => n.join("/"),
+            KnobKind::Layers => "layer list a,b,...".into(),
+        }
+    }
+
+    /// The value `steps` inspector steps away from the current one, clamped to the range
+    /// (numbers), or the next/previous choice (booleans, choices). Lists do not step.
+    pub fn stepped(&self, s: &Settings, steps: i64) -> Option<KnobValue> {
+        let cur = self.get(s);
+        match self.kind {
+            KnobKind::Int { min, max } => {
+                let i = cur.as_i64()? + steps * self.step.max(1.0) as i64;
+                Some(KnobValue::Int(i.clamp(min, max)))
+            }
+            KnobKind::Float { min, max, open_min } => {
+                let x = cur.as_f64()? + steps as f64 * self.step;
+                let lo = if open_min {
+                    min + self.step.min(1e-3)
+                } else {
+                    min
+                };
+                // Round to the step's decimals so repeated steps do not drift.
+                let x = (x.clamp(lo, max) * 1e6).round() / 1e6;
+                Some(KnobValue::Float(x))
+            }
+            KnobKind::Bool => Some(KnobValue::Bool(!cur.as_bool()?)),
+            KnobKind::Choice(names) => {
+                let i = names.iter().position(|n| Some(*n) == cur.as_str())?;
+                let n = names.len() as i64;
+                let j = (i as i64 + steps).rem_euclid(n) as usize;
+                Some(KnobValue::Text(names[j].to_string()))
+            }
+            KnobKind::Layers => None,
+        }
+    }
+}
+
+/// Kernel and pooling as knobs over the typed settings fields.
+pub fn pooling_value(p: Pooling) -> KnobValue {
+    KnobValue::Text(p.name().to_string())
+}

@@ -1,0 +1,436 @@
+//! The shapes every method and allocator file shares: the method and allocator handles
+//! and definitions, the settings they read, the knob type, a method's input and output.
+//! Their own file, below the method files, so that a method imports these and not the
+//! registry that lists it (which would make every method file a circle through
+//! `registry.rs`). Behaviour lives with its subject: the knob logic in `knob.rs`, the
+//! window scores in `scores.rs`, the settings' defaults and validation in `settings.rs`.
+
+use anyhow::Result;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use crate::keepset::KeepSet;
+use crate::profile_format::Profile;
+use crate::trace::{Dims, Trace};
+
+/// An eviction method: a handle on one entry of [`super::METHODS`] (METHOD.md,
+/// "Methods"). Compared, hashed and serialised by name.
+#[derive(Clone, Copy)]
+pub struct Method(&'static MethodDef);
+
+impl Method {
+    /// The handle of a method's definition (each method file's `METHOD`).
+    pub const fn of(def: &'static MethodDef) -> Method {
+        Method(def)
+    }
+
+    /// The method's registry entry.
+    pub fn def(self) -> &'static MethodDef {
+        self.0
+    }
+
+    /// The name used on the command line, in JSON and in the inspector.
+    pub fn name(self) -> &'static str {
+        self.0.name
+    }
+
+    /// The layer-budget allocator the method uses unless the user picks another.
+    pub fn default_allocator(self) -> Allocator {
+        self.0.default_allocator
+    }
+}
+
+/// How the observation-window score is smoothed over neighbouring positions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Pooling {
+    #[default]
+    Avg,
+    Max,
+}
+
+impl Pooling {
+    pub const ALL: [Pooling; 2] = [Pooling::Avg, Pooling::Max];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Pooling::Avg => "avg",
+            Pooling::Max => "max",
+        }
+    }
+}
+
+/// How the total budget is split across layers (METHOD.md, "Budgets" and the methods):
+/// a handle on one entry of [`super::ALLOCATORS`].
+#[derive(Clone, Copy)]
+pub struct Allocator(&'static AllocatorDef);
+
+impl Allocator {
+    /// The handle of an allocator's definition.
+    pub const fn of(def: &'static AllocatorDef) -> Allocator {
+        Allocator(def)
+    }
+
+    pub fn def(self) -> &'static AllocatorDef {
+        self.0
+    }
+
+    pub fn name(self) -> &'static str {
+        self.0.name
+    }
+}
+
+/// Handles are one registry entry each, so their names identify them.
+macro_rules! by_name {
+    ($ty:ty) => {
+        impl PartialEq for $ty {
+            fn eq(&self, other: &Self) -> bool {
+                self.name() == other.name()
+            }
+        }
+
+        impl Eq for $ty {}
+
+        impl std::hash::Hash for $ty {
+            fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+                self.name().hash(h)
+            }
+        }
+
+        impl std::fmt::Debug for $ty {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+    };
+}
+
+by_name!(Method);
+by_name!(Allocator);
+
+/// Everything [`super::select`] needs besides the trace and the profile.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Settings {
+    pub method: Method,
+    /// `B`: prompt tokens kept per layer and KV head (before per-layer allocation).
+    pub budget: usize,
+    /// `w`: the observation window, always kept.
+    pub window: usize,
+    /// Pooling kernel; odd, so the zero padding `k / 2` on both sides keeps the length.
+    pub kernel: usize,
+    pub pooling: Pooling,
+    /// CompressKV: SRHs per layer.
+    pub first_k: usize,
+    /// AdaKV: fraction of a KV head's even share it keeps at least.
+    pub adakv_floor: f32,
+    /// PyramidKV: `min = (B - w) / beta`.
+    pub pyramid_beta: usize,
+    /// `None`: the method's default allocator.
+    pub allocator: Option<Allocator>,
+    /// Explicit per-layer budgets; implies the manual allocator.
+    pub layer_budgets: Option<Vec<usize>>,
+    /// Prompt positions every KV head keeps, inside its budget (METHOD.md, "Pins").
+    pub pin_keep: Vec<usize>,
+    /// Prompt positions removed from the candidates (never from the window).
+    pub pin_evict: Vec<usize>,
+    /// Every other registry knob (`registry::Knob` with no typed field) that was set, by
+    /// name; an unset knob has its default. In JSON they sit beside the fields above.
+    #[serde(flatten)]
+    pub knobs: BTreeMap<String, KnobValue>,
+}
+
+/// Everything a selection reads: what [`super::select`] takes. Build it with
+/// [`Request::new`] and add the optional inputs the method needs.
+#[derive(Clone, Copy)]
+pub struct Request<'a> {
+    pub trace: &'a Trace,
+    pub settings: &'a Settings,
+    /// The offline profile (required by the methods that say so, read by error-aware).
+    pub profile: Option<&'a Profile>,
+    /// Precomputed window scores, used where they fit the settings.
+    pub table: Option<&'a ScoreTable>,
+    /// What the full cache attended to during the full generation (the oracle's input).
+    pub future: Option<&'a FutureAttention>,
+}
+
+impl<'a> Request<'a> {
+    /// A request with no profile, score table or future attention.
+    pub fn new(trace: &'a Trace, settings: &'a Settings) -> Self {
+        Request {
+            trace,
+            settings,
+            profile: None,
+            table: None,
+            future: None,
+        }
+    }
+
+    pub fn profile(self, profile: Option<&'a Profile>) -> Self {
+        Request { profile, ..self }
+    }
+
+    pub fn table(self, table: Option<&'a ScoreTable>) -> Self {
+        Request { table, ..self }
+    }
+
+    pub fn future(self, future: Option<&'a FutureAttention>) -> Self {
+        Request { future, ..self }
+    }
+}
+
+/// What a method needs to choose, besides its own knobs in `settings`.
+pub struct Input<'a> {
+    pub trace: &'a Trace,
+    pub settings: &'a Settings,
+    /// Checked against the trace's dimensions; `Some` whenever the method says it needs one.
+    pub profile: Option<&'a Profile>,
+    /// The allocator's per-layer budgets (tokens per KV head).
+    pub budgets: &'a [usize],
+    /// Precomputed window scores; use only through `scores::mean_head_scores`, which
+    /// checks that the table fits the settings.
+    pub table: Option<&'a ScoreTable>,
+    /// What the full cache attended to during this prompt's full generation; `Some`
+    /// whenever the method says it needs it (only the `oracle` reference does).
+    pub future: Option<&'a FutureAttention>,
+}
+
+/// A method's choice for every layer, and the per-layer budgets to report when the
+/// method overrides the allocator's (full keeps `L`; headkv reports nominal budgets).
+pub struct Picked {
+    pub layers: Vec<LayerChoice>,
+    pub budgets: Option<Vec<usize>>,
+}
+
+/// How many positions a method keeps in an evicting layer (what the property tests hold
+/// every method to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Keeps {
+    /// Every KV head keeps exactly the layer budget.
+    EveryHead,
+    /// The layer keeps `n_kv x budget`; a head keeps at least the window.
+    LayerTotal,
+    /// Per-head budgets of the method's own (headkv); each head keeps at least the window.
+    OwnHeads,
+    /// Everything (full).
+    All,
+}
+
+/// One selection method.
+pub struct MethodDef {
+    /// The name used on the command line, in JSON and in the inspector.
+    pub name: &'static str,
+    /// One line for `--help` and the inspector.
+    pub about: &'static str,
+    /// Knobs the method reads (shared ones included), in display order.
+    pub knobs: &'static [&'static Knob],
+    /// The allocator used unless the user picks another.
+    pub default_allocator: Allocator,
+    /// `Some(message)`: the method cannot run without a profile; the message says how to
+    /// get one.
+    pub needs_profile: Option<&'static str>,
+    /// Whether the method reads the full generation's attention ([`Input::future`]):
+    /// a reference that looks at the future, not a deployable method.
+    pub needs_future: bool,
+    /// Whether every KV head keeps the same positions.
+    pub shared_positions: bool,
+    /// Whether the method has scores to show for an evicting layer.
+    pub has_scores: bool,
+    pub keeps: Keeps,
+    /// The selection: a pure function of the input.
+    pub select: fn(&Input) -> Result<Picked>,
+}
+
+/// What an allocator may read.
+pub struct AllocInput<'a> {
+    pub settings: &'a Settings,
+    pub dims: &'a Dims,
+    pub len: usize,
+    pub profile: Option<&'a Profile>,
+    /// The trace, for allocators that measure it (cake). `None` when only budgets are
+    /// previewed before a prompt is prefilled.
+    pub trace: Option<&'a Trace>,
+}
+
+/// One layer-budget allocator.
+pub struct AllocatorDef {
+    pub name: &'static str,
+    pub about: &'static str,
+    pub knobs: &'static [&'static Knob],
+    pub budgets: fn(&AllocInput) -> Result<Vec<usize>>,
+}
+
+/// The value of a knob, as stored in settings and written to JSON.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum KnobValue {
+    Bool(bool),
+    Int(i64),
+    Float(f64),
+    Text(String),
+    List(Vec<usize>),
+}
+
+impl KnobValue {
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            KnobValue::Int(i) => Some(i as f64),
+            KnobValue::Float(f) => Some(f),
+            _ => None,
+        }
+    }
+
+    pub fn as_i64(&self) -> Option<i64> {
+        match *self {
+            KnobValue::Int(i) => Some(i),
+            _ => None,
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            KnobValue::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            KnobValue::Text(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_list(&self) -> Option<&[usize]> {
+        match self {
+            KnobValue::List(l) => Some(l),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for KnobValue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KnobValue::Bool(b) => write!(f, "{b}"),
+            KnobValue::Int(i) => write!(f, "{i}"),
+            KnobValue::Float(x) => write!(f, "{x}"),
+            KnobValue::Text(s) => f.write_str(s),
+            KnobValue::List(l) => {
+                let parts: Vec<String> = l.iter().map(|x| x.to_string()).collect();
+                f.write_str(&parts.join(","))
+            }
+        }
+    }
+}
+
+/// A knob's type and valid range.
+#[derive(Debug, Clone, Copy)]
+pub enum KnobKind {
+    /// A whole number in `[min, max]`.
+    Int {
+        min: i64,
+        max: i64,
+    },
+    /// A number in `[min, max]` (`(min, max]` when `open_min`).
+    Float {
+        min: f64,
+        max: f64,
+        open_min: bool,
+    },
+    Bool,
+    /// One of the listed names.
+    Choice(&'static [&'static str]),
+    /// A comma-separated list of layer indices (each below the model's layer count).
+    Layers,
+}
+
+/// Where a knob's value lives: a typed field of [`Settings`] (the knobs that predate the
+/// registry, read all over the code) or the settings' knob map (every other).
+#[derive(Clone, Copy)]
+pub struct Field {
+    pub get: fn(&Settings) -> KnobValue,
+    /// Called with a value already checked against the knob's kind.
+    pub set: fn(&mut Settings, &KnobValue),
+}
+
+/// A knob's own check of its value in force, for a model of shape `dims`.
+pub type KnobCheck = fn(&Settings, &Dims, &KnobValue) -> Result<()>;
+
+/// One tunable number (or flag) of a method or allocator.
+pub struct Knob {
+    /// Key in settings and JSON (snake_case).
+    pub name: &'static str,
+    /// Command-line flag without the dashes.
+    pub flag: &'static str,
+    pub help: &'static str,
+    pub kind: KnobKind,
+    /// The default, which may depend on other settings (cake's tau on the budget).
+    pub default: fn(&Settings) -> KnobValue,
+    /// `None`: stored in `Settings::knobs`.
+    pub field: Option<Field>,
+    /// A check beyond the kind's range (e.g. one that depends on the model).
+    pub check: Option<KnobCheck>,
+    /// Inspector step for `<` / `>` (numbers); booleans and choices cycle.
+    pub step: f64,
+}
+
+/// What [`select`] chose, with the numbers behind the choice so the inspector can show
+/// why a token was kept or evicted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Selection {
+    pub keep: KeepSet,
+    /// Budget applied per layer, in tokens per KV head, as the allocator gave it (a layer
+    /// whose budget is `>= L` keeps all `L` tokens). For `full` every entry is `L`; for
+    /// headkv the nominal `w + round(mean head capacity)`.
+    pub layer_budgets: Vec<usize>,
+    /// `[layer][kv_head][pos]`: the score the method ranked positions `[0, L - w)` by.
+    /// Always one entry per layer; a layer's entry is empty when the method has no
+    /// scores (full, streamingllm) or nothing was evicted in that layer. For methods
+    /// that keep one index set per layer (compresskv, tova) the one per-layer score
+    /// vector is repeated for every KV head.
+    pub scores: Vec<Vec<Vec<f32>>>,
+}
+
+/// One layer's choice: kept positions per KV head (sorted, window included) and the
+/// scores they were ranked by (empty when there were none).
+#[derive(Debug, Clone, PartialEq)]
+pub struct LayerChoice {
+    pub keep: Vec<Vec<usize>>,
+    pub scores: Vec<Vec<f32>>,
+}
+
+impl LayerChoice {
+    /// Every KV head keeps all `len` positions.
+    pub fn keep_all(n_kv: usize, len: usize) -> Self {
+        LayerChoice {
+            keep: vec![(0..len).collect(); n_kv],
+            scores: Vec::new(),
+        }
+    }
+}
+
+/// `p_h` of every (layer, query head) for one (window, kernel, pooling). Budgets and the
+/// method do not change them, so the inspector computes them once and every budget edit
+/// selects from the table instead of recomputing the window attention.
+#[derive(Debug, Clone)]
+pub struct ScoreTable {
+    pub(super) window: usize,
+    pub(super) kernel: usize,
+    pub(super) pooling: Pooling,
+    pub(super) len: usize,
+    /// `[layer][head][pos]`; empty vectors when the window covers the whole prompt.
+    pub heads: Arc<Vec<Vec<Vec<f32>>>>,
+}
+
+/// `[layer][kv_head][prompt position]`: the attention every prompt entry received from
+/// the full cache during the full generation, summed over the teacher-forced steps and
+/// the query heads of the KV group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FutureAttention {
+    pub len: usize,
+    /// Teacher-forced steps summed (0: the generation had one token or none).
+    pub steps: usize,
+    pub sums: Vec<Vec<Vec<f32>>>,
+}
