@@ -32,6 +32,18 @@ const FLOORS: &[(&str, u8)] = &[
     ("testing_formats", 6),
 ];
 
+/// Known problems being fixed in other steps of the same refloor (issue 23), each to
+/// be removed here when its fix lands: the test fails on any problem not listed, and on
+/// a listed one that is gone.
+const PENDING: &[&str] = &[
+    // The full-cache replay (divergence::{FullPass, decode_both}) moves into model/.
+    "src/session.rs: imports crate::divergence::FullPass (floor 4) from floor 3",
+    "src/session.rs: imports crate::divergence::decode_both (floor 4) from floor 3",
+    "top-level modules import in a circle: divergence -> report -> session -> divergence",
+    // The --model metadata helpers of config.rs and arch/ fold into one place.
+    "files import in a circle: model::arch -> model::config -> model::arch",
+];
+
 /// Inside every folder the files must not import each other in a circle. A folder's
 /// `mod.rs` is its front door (it declares, re-exports and dispatches to its files), so
 /// its imports of its own files count only in the folders listed here, which must be
@@ -497,10 +509,26 @@ fn imports_follow_the_floors() {
         sources.len()
     );
     let problems = check(&sources);
+    let new: Vec<&String> = problems
+        .iter()
+        .filter(|p| !PENDING.contains(&p.as_str()))
+        .collect();
+    let gone: Vec<&&str> = PENDING
+        .iter()
+        .filter(|p| !problems.iter().any(|x| x == *p))
+        .collect();
     assert!(
-        problems.is_empty(),
+        new.is_empty(),
         "imports against docs/ARCHITECTURE.md:\n{}",
-        problems.join("\n")
+        new.iter()
+            .map(|p| p.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(
+        gone.is_empty(),
+        "fixed, so remove from PENDING in tests/architecture.rs:\n{}",
+        gone.iter().map(|p| **p).collect::<Vec<_>>().join("\n")
     );
 }
 

@@ -21,40 +21,35 @@ use crate::trace::Trace;
 use anyhow::Result;
 
 /// Registry entry.
-pub const DEF: MethodDef = MethodDef {
-    name: "adakv",
-    about: "snapkv's score; a layer's budget flows to the KV heads that need it",
-    knobs: &[&KERNEL, &POOLING, &FLOOR],
-    default_allocator: Allocator::Uniform,
-    needs_profile: None,
-    needs_future: false,
-    shared_positions: false,
-    has_scores: true,
-    keeps: Keeps::LayerTotal,
-    select: pick,
-};
+pub const DEF: MethodDef = MethodDef::new(
+    "adakv",
+    "snapkv's score; a layer's budget flows to the KV heads that need it",
+    Allocator::Uniform,
+    pick,
+)
+.with_knobs(&[&KERNEL, &POOLING, &FLOOR])
+.keeping(Keeps::LayerTotal);
 
 /// This method's handle.
 pub const METHOD: Method = Method::of(&DEF);
 
 /// `adakv_floor`: the fraction of its even share every KV head keeps at least.
-pub const FLOOR: Knob = Knob {
-    name: "adakv_floor",
-    flag: "adakv-floor",
-    help: "AdaKV: fraction of its even share every KV head keeps at least.",
-    kind: KnobKind::Float {
+pub const FLOOR: Knob = Knob::new(
+    "adakv_floor",
+    "adakv-floor",
+    "AdaKV: fraction of its even share every KV head keeps at least.",
+    KnobKind::Float {
         min: 0.0,
         max: 1.0,
         open_min: false,
     },
-    default: |_| KnobValue::Float(0.2),
-    field: Some(Field {
-        get: |s| KnobValue::Float(f64::from(s.adakv_floor)),
-        set: |s, v| s.adakv_floor = v.as_f64().unwrap_or(0.2) as f32,
-    }),
-    check: None,
-    step: 0.05,
-};
+    |_| KnobValue::Float(0.2),
+)
+.typed(Field {
+    get: |s| KnobValue::Float(f64::from(s.adakv_floor)),
+    set: |s, v| s.adakv_floor = v.as_f64().unwrap_or(0.2) as f32,
+})
+.stepping(0.05);
 
 fn pick(i: &Input) -> Result<Picked> {
     Ok(per_layer(i, |layer, b| {

@@ -37,22 +37,20 @@ pub const PYRAMID: AllocatorDef = AllocatorDef {
 };
 
 /// `pyramid_beta`: `min = (B - w) / beta`.
-pub const PYRAMID_BETA: Knob = Knob {
-    name: "pyramid_beta",
-    flag: "pyramid-beta",
-    help: "PyramidKV: beta of the pyramid formula (min = (B - w) / beta).",
-    kind: KnobKind::Int {
+pub const PYRAMID_BETA: Knob = Knob::new(
+    "pyramid_beta",
+    "pyramid-beta",
+    "PyramidKV: beta of the pyramid formula (min = (B - w) / beta).",
+    KnobKind::Int {
         min: 1,
         max: i64::MAX,
     },
-    default: |_| KnobValue::Int(20),
-    field: Some(Field {
-        get: |s| KnobValue::Int(s.pyramid_beta as i64),
-        set: |s, v| s.pyramid_beta = v.as_i64().unwrap_or(0).max(0) as usize,
-    }),
-    check: None,
-    step: 1.0,
-};
+    |_| KnobValue::Int(20),
+)
+.typed(Field {
+    get: |s| KnobValue::Int(s.pyramid_beta as i64),
+    set: |s, v| s.pyramid_beta = v.as_i64().unwrap_or(0).max(0) as usize,
+});
 
 /// Registry entry: CompressKV's split by the profile's layer errors. Without them (no
 /// profile, or an SRH-only profile) every layer gets `B`, as METHOD.md says.

@@ -15,24 +15,19 @@ use rayon::prelude::*;
 use super::layer::{per_head_top, per_layer};
 use super::scores::{pool, window_rows, KERNEL, POOLING};
 use super::types::{
-    AllocInput, Allocator, AllocatorDef, Input, Keeps, Knob, KnobKind, KnobValue, LayerChoice,
-    Method, MethodDef, Picked, Settings,
+    AllocInput, Allocator, AllocatorDef, Input, Knob, KnobKind, KnobValue, LayerChoice, Method,
+    MethodDef, Picked, Settings,
 };
 use crate::trace::Trace;
 
 /// Registry entry.
-pub const DEF: MethodDef = MethodDef {
-    name: "cake",
-    about: "CAKE: window-attention mean + gamma x variance; budgets by layer preference",
-    knobs: &[&KERNEL, &POOLING, &GAMMA],
-    default_allocator: Allocator::Cake,
-    needs_profile: None,
-    needs_future: false,
-    shared_positions: false,
-    has_scores: true,
-    keeps: Keeps::EveryHead,
-    select: pick,
-};
+pub const DEF: MethodDef = MethodDef::new(
+    "cake",
+    "CAKE: window-attention mean + gamma x variance; budgets by layer preference",
+    Allocator::Cake,
+    pick,
+)
+.with_knobs(&[&KERNEL, &POOLING, &GAMMA]);
 
 /// This method's handle.
 pub const METHOD: Method = Method::of(&DEF);
@@ -52,65 +47,56 @@ impl Allocator {
 }
 
 /// `cake_gamma`: weight of the variance in the indicator.
-pub const GAMMA: Knob = Knob {
-    name: "cake_gamma",
-    flag: "cake-gamma",
-    help: "cake: weight of the variance in the eviction indicator (mean + gamma x var).",
-    kind: KnobKind::Float {
+pub const GAMMA: Knob = Knob::new(
+    "cake_gamma",
+    "cake-gamma",
+    "cake: weight of the variance in the eviction indicator (mean + gamma x var).",
+    KnobKind::Float {
         min: 0.0,
         max: f64::INFINITY,
         open_min: false,
     },
-    default: |_| KnobValue::Float(200.0),
-    field: None,
-    check: None,
-    step: 10.0,
-};
+    |_| KnobValue::Float(200.0),
+)
+.stepping(10.0);
 
 /// `cake_tau1`: temperature of the entropy in the layer preference.
-pub const TAU1: Knob = Knob {
-    name: "cake_tau1",
-    flag: "cake-tau1",
-    help: "cake allocator: tau1 of P = H^(1/tau1) x V^(1/tau2) (reference fallback 1.0).",
-    kind: KnobKind::Float {
+pub const TAU1: Knob = Knob::new(
+    "cake_tau1",
+    "cake-tau1",
+    "cake allocator: tau1 of P = H^(1/tau1) x V^(1/tau2) (reference fallback 1.0).",
+    KnobKind::Float {
         min: 0.0,
         max: f64::INFINITY,
         open_min: true,
     },
-    default: |_| KnobValue::Float(1.6),
-    field: None,
-    check: None,
-    step: 0.1,
-};
+    |_| KnobValue::Float(1.6),
+)
+.stepping(0.1);
 
 /// `cake_tau2`: temperature of the variance; Llama-3.1-8B's value for the budget.
-pub const TAU2: Knob = Knob {
-    name: "cake_tau2",
-    flag: "cake-tau2",
-    help: "cake allocator: tau2 of the layer preference [default 0.6 if B < 512, else 0.4; \
+pub const TAU2: Knob = Knob::new(
+    "cake_tau2",
+    "cake-tau2",
+    "cake allocator: tau2 of the layer preference [default 0.6 if B < 512, else 0.4; \
            reference fallback 1.0].",
-    kind: KnobKind::Float {
+    KnobKind::Float {
         min: 0.0,
         max: f64::INFINITY,
         open_min: true,
     },
-    default: |s| KnobValue::Float(if s.budget < 512 { 0.6 } else { 0.4 }),
-    field: None,
-    check: None,
-    step: 0.1,
-};
+    |s| KnobValue::Float(if s.budget < 512 { 0.6 } else { 0.4 }),
+)
+.stepping(0.1);
 
 /// `cake_cascade`: reproduce the reference's cascade (else the last stage only).
-pub const CASCADE: Knob = Knob {
-    name: "cake_cascade",
-    flag: "cake-cascade",
-    help: "cake allocator: reproduce the layer-by-layer cascade (false: last stage only).",
-    kind: KnobKind::Bool,
-    default: |_| KnobValue::Bool(true),
-    field: None,
-    check: None,
-    step: 1.0,
-};
+pub const CASCADE: Knob = Knob::new(
+    "cake_cascade",
+    "cake-cascade",
+    "cake allocator: reproduce the layer-by-layer cascade (false: last stage only).",
+    KnobKind::Bool,
+    |_| KnobValue::Bool(true),
+);
 
 /// `ln(a + EPS)` in the entropy, as the reference.
 const EPS: f64 = 1e-10;

@@ -6,50 +6,46 @@
 use super::layer::{per_layer, with_window};
 use super::scores::{mean_head_scores, top_k, KERNEL, POOLING};
 use super::types::{
-    Allocator, Field, Input, Keeps, Knob, KnobKind, KnobValue, LayerChoice, Method, MethodDef,
-    Picked, ScoreTable, Settings,
+    Allocator, Field, Input, Knob, KnobKind, KnobValue, LayerChoice, Method, MethodDef, Picked,
+    ScoreTable, Settings,
 };
 use crate::trace::Dims;
 use crate::trace::Trace;
 use anyhow::Result;
 
 /// Registry entry.
-pub const DEF: MethodDef = MethodDef {
-    name: "compresskv",
-    about: "one index set per layer from its semantic retrieval heads; error-aware budgets",
-    knobs: &[&KERNEL, &POOLING, &FIRST_K],
-    default_allocator: Allocator::ErrorAware,
-    needs_profile: Some(
-        "compresskv needs an offline profile (SRH ranking and layer errors): pass one with \
+pub const DEF: MethodDef = MethodDef::new(
+    "compresskv",
+    "one index set per layer from its semantic retrieval heads; error-aware budgets",
+    Allocator::ErrorAware,
+    pick,
+)
+.with_knobs(&[&KERNEL, &POOLING, &FIRST_K])
+.with_profile(
+    "compresskv needs an offline profile (SRH ranking and layer errors): pass one with \
          --profile FILE, or make one with `kvscope profile srh` then `kvscope profile layers`",
-    ),
-    needs_future: false,
-    shared_positions: true,
-    has_scores: true,
-    keeps: Keeps::EveryHead,
-    select: pick,
-};
+)
+.sharing_positions();
 
 /// This method's handle.
 pub const METHOD: Method = Method::of(&DEF);
 
 /// `first_k`: SRHs per layer.
-pub const FIRST_K: Knob = Knob {
-    name: "first_k",
-    flag: "first-k",
-    help: "CompressKV: SRH query heads per layer.",
-    kind: KnobKind::Int {
+pub const FIRST_K: Knob = Knob::new(
+    "first_k",
+    "first-k",
+    "CompressKV: SRH query heads per layer.",
+    KnobKind::Int {
         min: 1,
         max: i64::MAX,
     },
-    default: |_| KnobValue::Int(4),
-    field: Some(Field {
-        get: |s| KnobValue::Int(s.first_k as i64),
-        set: |s, v| s.first_k = v.as_i64().unwrap_or(0).max(0) as usize,
-    }),
-    check: Some(check_first_k),
-    step: 1.0,
-};
+    |_| KnobValue::Int(4),
+)
+.typed(Field {
+    get: |s| KnobValue::Int(s.first_k as i64),
+    set: |s, v| s.first_k = v.as_i64().unwrap_or(0).max(0) as usize,
+})
+.checked(check_first_k);
 
 /// Only compresskv reads first-k, so only it is held to the model's head count: the
 /// default 4 must not stop snapkv on a model with 2 heads.

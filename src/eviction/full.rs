@@ -6,18 +6,15 @@ use crate::trace::Trace;
 use anyhow::Result;
 
 /// Registry entry.
-pub const DEF: MethodDef = MethodDef {
-    name: "full",
-    about: "keep every token (the reference the others are measured against)",
-    knobs: &[],
-    default_allocator: Allocator::Uniform,
-    needs_profile: None,
-    needs_future: false,
-    shared_positions: true,
-    has_scores: false,
-    keeps: Keeps::All,
-    select: pick,
-};
+pub const DEF: MethodDef = MethodDef::new(
+    "full",
+    "keep every token (the reference the others are measured against)",
+    Allocator::Uniform,
+    pick,
+)
+.sharing_positions()
+.without_scores()
+.keeping(Keeps::All);
 
 /// This method's handle.
 pub const METHOD: Method = Method::of(&DEF);

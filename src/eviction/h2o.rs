@@ -3,23 +3,17 @@
 //! Each KV head keeps its top `B - w` plus the window; no further eviction while decoding.
 
 use super::layer::{per_head_top, per_layer};
-use super::types::{Allocator, Input, Keeps, LayerChoice, Method, MethodDef, Picked};
+use super::types::{Allocator, Input, LayerChoice, Method, MethodDef, Picked};
 use crate::trace::Trace;
 use anyhow::Result;
 
 /// Registry entry.
-pub const DEF: MethodDef = MethodDef {
-    name: "h2o",
-    about: "heavy hitters: attention each position received from the whole prompt",
-    knobs: &[],
-    default_allocator: Allocator::Uniform,
-    needs_profile: None,
-    needs_future: false,
-    shared_positions: false,
-    has_scores: true,
-    keeps: Keeps::EveryHead,
-    select: pick,
-};
+pub const DEF: MethodDef = MethodDef::new(
+    "h2o",
+    "heavy hitters: attention each position received from the whole prompt",
+    Allocator::Uniform,
+    pick,
+);
 
 /// This method's handle.
 pub const METHOD: Method = Method::of(&DEF);

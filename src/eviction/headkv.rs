@@ -23,68 +23,58 @@ use crate::profile_format::Profile;
 use crate::trace::Dims;
 
 /// Registry entry.
-pub const DEF: MethodDef = MethodDef {
-    name: "headkv",
-    about: "HeadKV-R: per-head budgets from the profile's retrieval scores, shared pool",
-    knobs: &[&KERNEL, &POOLING, &BETA, &TEMP, &SOURCE],
-    default_allocator: Allocator::Uniform,
-    needs_profile: Some(
-        "headkv needs an offline profile (retrieval scores per head): pass one with \
+pub const DEF: MethodDef = MethodDef::new(
+    "headkv",
+    "HeadKV-R: per-head budgets from the profile's retrieval scores, shared pool",
+    Allocator::Uniform,
+    pick,
+)
+.with_knobs(&[&KERNEL, &POOLING, &BETA, &TEMP, &SOURCE])
+.with_profile(
+    "headkv needs an offline profile (retrieval scores per head): pass one with \
          --profile FILE, or make one with `kvscope profile srh`",
-    ),
-    needs_future: false,
-    shared_positions: false,
-    has_scores: true,
-    keeps: Keeps::OwnHeads,
-    select: pick,
-};
+)
+.keeping(Keeps::OwnHeads);
 
 /// This method's handle.
 pub const METHOD: Method = Method::of(&DEF);
 
 /// `headkv_beta`: the pool is `floor(c / beta)` per head; the rest is every head's floor.
-pub const BETA: Knob = Knob {
-    name: "headkv_beta",
-    flag: "headkv-beta",
-    help: "headkv: beta; each head keeps c - floor(c/beta) at least, the rest is pooled.",
-    kind: KnobKind::Float {
+pub const BETA: Knob = Knob::new(
+    "headkv_beta",
+    "headkv-beta",
+    "headkv: beta; each head keeps c - floor(c/beta) at least, the rest is pooled.",
+    KnobKind::Float {
         min: 1.0,
         max: f64::INFINITY,
         open_min: false,
     },
-    default: |_| KnobValue::Float(1.01),
-    field: None,
-    check: None,
-    step: 0.01,
-};
+    |_| KnobValue::Float(1.01),
+)
+.stepping(0.01);
 
 /// `headkv_temp`: sharpens (> 1) or flattens (< 1) the normalised head scores.
-pub const TEMP: Knob = Knob {
-    name: "headkv_temp",
-    flag: "headkv-temp",
-    help: "headkv: temperature of the normalised head scores (s^temp, renormalised).",
-    kind: KnobKind::Float {
+pub const TEMP: Knob = Knob::new(
+    "headkv_temp",
+    "headkv-temp",
+    "headkv: temperature of the normalised head scores (s^temp, renormalised).",
+    KnobKind::Float {
         min: 0.0,
         max: f64::INFINITY,
         open_min: true,
     },
-    default: |_| KnobValue::Float(1.0),
-    field: None,
-    check: None,
-    step: 0.1,
-};
+    |_| KnobValue::Float(1.0),
+)
+.stepping(0.1);
 
 /// `headkv_source`: which profile scores set the head budgets.
-pub const SOURCE: Knob = Knob {
-    name: "headkv_source",
-    flag: "headkv-source",
-    help: "headkv: head scores from the profile's retrieval (HeadKV-R) or srh scores.",
-    kind: KnobKind::Choice(&["retrieval", "srh"]),
-    default: |_| KnobValue::Text("retrieval".into()),
-    field: None,
-    check: None,
-    step: 1.0,
-};
+pub const SOURCE: Knob = Knob::new(
+    "headkv_source",
+    "headkv-source",
+    "headkv: head scores from the profile's retrieval (HeadKV-R) or srh scores.",
+    KnobKind::Choice(&["retrieval", "srh"]),
+    |_| KnobValue::Text("retrieval".into()),
+);
 
 /// KV-head capacities `ck[l][g]` (non-window slots) for per-query-head scores `r[l][h]`.
 pub fn caps_from(r: &[Vec<f64>], dims: &Dims, c: usize, beta: f64, temp: f64) -> Vec<Vec<usize>> {

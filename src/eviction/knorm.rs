@@ -7,39 +7,32 @@
 
 use super::layer::{per_head_top, per_layer};
 use super::types::{
-    Allocator, Input, Keeps, Knob, KnobKind, KnobValue, LayerChoice, Method, MethodDef, Picked,
+    Allocator, Input, Knob, KnobKind, KnobValue, LayerChoice, Method, MethodDef, Picked,
 };
 use crate::trace::Trace;
 use anyhow::Result;
 
 /// Registry entry.
-pub const DEF: MethodDef = MethodDef {
-    name: "knorm",
-    about: "lowest key L2 norm per KV head (kvpress KnormPress); needs no attention",
-    knobs: &[&SKIP_LAYERS],
-    default_allocator: Allocator::Uniform,
-    needs_profile: None,
-    needs_future: false,
-    shared_positions: false,
-    has_scores: true,
-    keeps: Keeps::EveryHead,
-    select: pick,
-};
+pub const DEF: MethodDef = MethodDef::new(
+    "knorm",
+    "lowest key L2 norm per KV head (kvpress KnormPress); needs no attention",
+    Allocator::Uniform,
+    pick,
+)
+.with_knobs(&[&SKIP_LAYERS]);
 
 /// This method's handle.
 pub const METHOD: Method = Method::of(&DEF);
 
 /// `knorm_skip_layers`: layers that keep everything.
-pub const SKIP_LAYERS: Knob = Knob {
-    name: "knorm_skip_layers",
-    flag: "knorm-skip-layers",
-    help: "knorm: layers that keep every token (a,b,...; l2compress skips 0,1).",
-    kind: KnobKind::Layers,
-    default: |_| KnobValue::List(Vec::new()),
-    field: None,
-    check: None,
-    step: 0.0,
-};
+pub const SKIP_LAYERS: Knob = Knob::new(
+    "knorm_skip_layers",
+    "knorm-skip-layers",
+    "knorm: layers that keep every token (a,b,...; l2compress skips 0,1).",
+    KnobKind::Layers,
+    |_| KnobValue::List(Vec::new()),
+)
+.stepping(0.0);
 
 fn pick(i: &Input) -> Result<Picked> {
     let skip: Vec<usize> = SKIP_LAYERS

@@ -10,22 +10,17 @@ use anyhow::{bail, Result};
 
 use super::layer::{per_head_top, per_layer};
 pub use super::types::FutureAttention;
-use super::types::{Allocator, Input, Keeps, LayerChoice, Method, MethodDef, Picked};
+use super::types::{Allocator, Input, LayerChoice, Method, MethodDef, Picked};
 use crate::trace::Dims;
 
 /// Registry entry.
-pub const DEF: MethodDef = MethodDef {
-    name: "oracle",
-    about: "upper bound: keeps what the full cache attended to while generating (uses the future)",
-    knobs: &[],
-    default_allocator: Allocator::Uniform,
-    needs_profile: None,
-    needs_future: true,
-    shared_positions: false,
-    has_scores: true,
-    keeps: Keeps::EveryHead,
-    select: pick,
-};
+pub const DEF: MethodDef = MethodDef::new(
+    "oracle",
+    "upper bound: keeps what the full cache attended to while generating (uses the future)",
+    Allocator::Uniform,
+    pick,
+)
+.with_future();
 
 /// This method's handle.
 pub const METHOD: Method = Method::of(&DEF);

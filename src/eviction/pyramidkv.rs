@@ -4,22 +4,17 @@
 
 use super::scores::{KERNEL, POOLING};
 use super::snapkv;
-use super::types::{Allocator, Keeps, Method, MethodDef};
+use super::types::{Allocator, Method, MethodDef};
 
 /// Registry entry.
-pub const DEF: MethodDef = MethodDef {
-    name: "pyramidkv",
-    about: "snapkv's score with budgets falling linearly with depth",
-    knobs: &[&KERNEL, &POOLING],
-    default_allocator: Allocator::Pyramid,
-    needs_profile: None,
-    needs_future: false,
-    shared_positions: false,
-    has_scores: true,
-    keeps: Keeps::EveryHead,
+pub const DEF: MethodDef = MethodDef::new(
+    "pyramidkv",
+    "snapkv's score with budgets falling linearly with depth",
+    Allocator::Pyramid,
     // snapkv's selection itself: only the allocator (the budgets) differs.
-    select: snapkv::pick,
-};
+    snapkv::pick,
+)
+.with_knobs(&[&KERNEL, &POOLING]);
 
 /// This method's handle.
 pub const METHOD: Method = Method::of(&DEF);

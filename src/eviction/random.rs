@@ -5,42 +5,34 @@
 
 use super::layer::{per_head_top, per_layer};
 use super::types::{
-    Allocator, Input, Keeps, Knob, KnobKind, KnobValue, LayerChoice, Method, MethodDef, Picked,
+    Allocator, Input, Knob, KnobKind, KnobValue, LayerChoice, Method, MethodDef, Picked,
 };
 use crate::trace::Trace;
 use anyhow::Result;
 
 /// Registry entry.
-pub const DEF: MethodDef = MethodDef {
-    name: "random",
-    about: "seeded random scores per KV head (the floor every method must beat)",
-    knobs: &[&SEED],
-    default_allocator: Allocator::Uniform,
-    needs_profile: None,
-    needs_future: false,
-    shared_positions: false,
-    has_scores: true,
-    keeps: Keeps::EveryHead,
-    select: pick,
-};
+pub const DEF: MethodDef = MethodDef::new(
+    "random",
+    "seeded random scores per KV head (the floor every method must beat)",
+    Allocator::Uniform,
+    pick,
+)
+.with_knobs(&[&SEED]);
 
 /// This method's handle.
 pub const METHOD: Method = Method::of(&DEF);
 
 /// `random_seed`.
-pub const SEED: Knob = Knob {
-    name: "random_seed",
-    flag: "random-seed",
-    help: "random: seed of the scores.",
-    kind: KnobKind::Int {
+pub const SEED: Knob = Knob::new(
+    "random_seed",
+    "random-seed",
+    "random: seed of the scores.",
+    KnobKind::Int {
         min: 0,
         max: i64::MAX,
     },
-    default: |_| KnobValue::Int(0),
-    field: None,
-    check: None,
-    step: 1.0,
-};
+    |_| KnobValue::Int(0),
+);
 
 fn pick(i: &Input) -> Result<Picked> {
     let seed = SEED.f64(i.settings) as u64;

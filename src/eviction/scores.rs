@@ -9,22 +9,22 @@ use std::cmp::Ordering;
 use std::sync::Arc;
 
 /// `kernel`: the pooling kernel (odd), shared by every method that pools the window score.
-pub const KERNEL: Knob = Knob {
-    name: "kernel",
-    flag: "kernel",
-    help: "Pooling kernel (odd) of the observation-window score.",
-    kind: KnobKind::Int {
+pub const KERNEL: Knob = Knob::new(
+    "kernel",
+    "kernel",
+    "Pooling kernel (odd) of the observation-window score.",
+    KnobKind::Int {
         min: 1,
         max: i64::MAX,
     },
-    default: |_| KnobValue::Int(5),
-    field: Some(Field {
-        get: |s| KnobValue::Int(s.kernel as i64),
-        set: |s, v| s.kernel = v.as_i64().unwrap_or(0).max(0) as usize,
-    }),
-    check: Some(check_kernel),
-    step: 2.0,
-};
+    |_| KnobValue::Int(5),
+)
+.typed(Field {
+    get: |s| KnobValue::Int(s.kernel as i64),
+    set: |s, v| s.kernel = v.as_i64().unwrap_or(0).max(0) as usize,
+})
+.checked(check_kernel)
+.stepping(2.0);
 
 fn check_kernel(_: &Settings, _: &Dims, v: &KnobValue) -> anyhow::Result<()> {
     let k = v.as_i64().unwrap_or(0);
@@ -38,24 +38,22 @@ fn check_kernel(_: &Settings, _: &Dims, v: &KnobValue) -> anyhow::Result<()> {
 }
 
 /// `pooling`: how the window score is smoothed (avg or max).
-pub const POOLING: Knob = Knob {
-    name: "pooling",
-    flag: "pooling",
-    help: "Pooling of the observation-window score.",
-    kind: KnobKind::Choice(&["avg", "max"]),
-    default: |_| KnobValue::Text("avg".into()),
-    field: Some(Field {
-        get: |s| pooling_value(s.pooling),
-        set: |s, v| {
-            s.pooling = match v.as_str() {
-                Some("max") => Pooling::Max,
-                _ => Pooling::Avg,
-            }
-        },
-    }),
-    check: None,
-    step: 1.0,
-};
+pub const POOLING: Knob = Knob::new(
+    "pooling",
+    "pooling",
+    "Pooling of the observation-window score.",
+    KnobKind::Choice(&["avg", "max"]),
+    |_| KnobValue::Text("avg".into()),
+)
+.typed(Field {
+    get: |s| pooling_value(s.pooling),
+    set: |s, v| {
+        s.pooling = match v.as_str() {
+            Some("max") => Pooling::Max,
+            _ => Pooling::Avg,
+        }
+    },
+});
 
 /// Steps 1-3: attention the last `window` prompt rows of query head `head` put on each
 /// position of `[0, L - window)`, summed over the rows.

@@ -14,17 +14,14 @@ use crate::trace::{Dims, LayerTrace, Trace, W_MAX};
 use anyhow::Result;
 
 /// `evict_sliding`: apply the method inside sliding layers' windows too.
-pub const EVICT_SLIDING: Knob = Knob {
-    name: "evict_sliding",
-    flag: "evict-sliding",
-    help: "Sliding-window layers: apply the method inside their window too, with budget \
+pub const EVICT_SLIDING: Knob = Knob::new(
+    "evict_sliding",
+    "evict-sliding",
+    "Sliding-window layers: apply the method inside their window too, with budget \
            min(B_l, S) over their last min(L, S) entries (false: keep the window as is).",
-    kind: KnobKind::Bool,
-    default: |_| KnobValue::Bool(false),
-    field: None,
-    check: None,
-    step: 1.0,
-};
+    KnobKind::Bool,
+    |_| KnobValue::Bool(false),
+);
 
 /// Per-layer budgets with sliding layers left out of the allocation: global layers get
 /// what the allocator gives when run over the global layers alone (total `B * n_global`

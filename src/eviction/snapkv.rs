@@ -4,24 +4,19 @@
 use super::layer::{per_head_top, per_layer};
 use super::scores::{mean_head_scores, KERNEL, POOLING};
 use super::types::{
-    Allocator, Input, Keeps, LayerChoice, Method, MethodDef, Picked, ScoreTable, Settings,
+    Allocator, Input, LayerChoice, Method, MethodDef, Picked, ScoreTable, Settings,
 };
 use crate::trace::Trace;
 use anyhow::Result;
 
 /// Registry entry.
-pub const DEF: MethodDef = MethodDef {
-    name: "snapkv",
-    about: "observation-window attention, pooled; each KV head keeps its own top-k",
-    knobs: &[&KERNEL, &POOLING],
-    default_allocator: Allocator::Uniform,
-    needs_profile: None,
-    needs_future: false,
-    shared_positions: false,
-    has_scores: true,
-    keeps: Keeps::EveryHead,
-    select: pick,
-};
+pub const DEF: MethodDef = MethodDef::new(
+    "snapkv",
+    "observation-window attention, pooled; each KV head keeps its own top-k",
+    Allocator::Uniform,
+    pick,
+)
+.with_knobs(&[&KERNEL, &POOLING]);
 
 /// This method's handle.
 pub const METHOD: Method = Method::of(&DEF);

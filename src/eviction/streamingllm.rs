@@ -2,23 +2,19 @@
 //! last `w`. Needs no scores.
 
 use super::layer::{per_layer, with_window};
-use super::types::{Allocator, Input, Keeps, LayerChoice, Method, MethodDef, Picked};
+use super::types::{Allocator, Input, LayerChoice, Method, MethodDef, Picked};
 use crate::trace::Trace;
 use anyhow::Result;
 
 /// Registry entry.
-pub const DEF: MethodDef = MethodDef {
-    name: "streamingllm",
-    about: "attention sinks: the first B - w tokens plus the window",
-    knobs: &[],
-    default_allocator: Allocator::Uniform,
-    needs_profile: None,
-    needs_future: false,
-    shared_positions: true,
-    has_scores: false,
-    keeps: Keeps::EveryHead,
-    select: pick,
-};
+pub const DEF: MethodDef = MethodDef::new(
+    "streamingllm",
+    "attention sinks: the first B - w tokens plus the window",
+    Allocator::Uniform,
+    pick,
+)
+.sharing_positions()
+.without_scores();
 
 /// This method's handle.
 pub const METHOD: Method = Method::of(&DEF);

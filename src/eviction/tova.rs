@@ -9,23 +9,18 @@
 
 use super::layer::{per_layer, with_window};
 use super::scores::{top_k, window_attention};
-use super::types::{Allocator, Input, Keeps, LayerChoice, Method, MethodDef, Picked};
+use super::types::{Allocator, Input, LayerChoice, Method, MethodDef, Picked};
 use crate::trace::Trace;
 use anyhow::Result;
 
 /// Registry entry.
-pub const DEF: MethodDef = MethodDef {
-    name: "tova",
-    about: "last query's attention, mean over all heads; one index set per layer (TOVA)",
-    knobs: &[],
-    default_allocator: Allocator::Uniform,
-    needs_profile: None,
-    needs_future: false,
-    shared_positions: true,
-    has_scores: true,
-    keeps: Keeps::EveryHead,
-    select: pick,
-};
+pub const DEF: MethodDef = MethodDef::new(
+    "tova",
+    "last query's attention, mean over all heads; one index set per layer (TOVA)",
+    Allocator::Uniform,
+    pick,
+)
+.sharing_positions();
 
 /// This method's handle.
 pub const METHOD: Method = Method::of(&DEF);

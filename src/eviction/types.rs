@@ -242,6 +242,69 @@ pub struct MethodDef {
     pub select: fn(&Input) -> Result<Picked>,
 }
 
+impl MethodDef {
+    /// A method of the most common shape: no knobs, no profile, no future, each KV head
+    /// keeps its own positions (exactly the layer budget) and has scores to show. The
+    /// `with_*` / `keeping` / `sharing_positions` / `without_scores` steps below change
+    /// one of these each, so a method's entry names only how it differs.
+    pub const fn new(
+        name: &'static str,
+        about: &'static str,
+        default_allocator: Allocator,
+        select: fn(&Input) -> Result<Picked>,
+    ) -> MethodDef {
+        MethodDef {
+            name,
+            about,
+            knobs: &[],
+            default_allocator,
+            needs_profile: None,
+            needs_future: false,
+            shared_positions: false,
+            has_scores: true,
+            keeps: Keeps::EveryHead,
+            select,
+        }
+    }
+
+    pub const fn with_knobs(self, knobs: &'static [&'static Knob]) -> MethodDef {
+        MethodDef { knobs, ..self }
+    }
+
+    /// The method cannot run without a profile; `how` says how to get one.
+    pub const fn with_profile(self, how: &'static str) -> MethodDef {
+        MethodDef {
+            needs_profile: Some(how),
+            ..self
+        }
+    }
+
+    pub const fn with_future(self) -> MethodDef {
+        MethodDef {
+            needs_future: true,
+            ..self
+        }
+    }
+
+    pub const fn keeping(self, keeps: Keeps) -> MethodDef {
+        MethodDef { keeps, ..self }
+    }
+
+    pub const fn sharing_positions(self) -> MethodDef {
+        MethodDef {
+            shared_positions: true,
+            ..self
+        }
+    }
+
+    pub const fn without_scores(self) -> MethodDef {
+        MethodDef {
+            has_scores: false,
+            ..self
+        }
+    }
+}
+
 /// What an allocator may read.
 pub struct AllocInput<'a> {
     pub settings: &'a Settings,
@@ -374,6 +437,48 @@ pub struct Knob {
     pub check: Option<KnobCheck>,
     /// Inspector step for `<` / `>` (numbers); booleans and choices cycle.
     pub step: f64,
+}
+
+impl Knob {
+    /// A knob stored in the settings' knob map, with no check beyond its kind and an
+    /// inspector step of 1; `typed`, `checked` and `stepping` change those.
+    pub const fn new(
+        name: &'static str,
+        flag: &'static str,
+        help: &'static str,
+        kind: KnobKind,
+        default: fn(&Settings) -> KnobValue,
+    ) -> Knob {
+        Knob {
+            name,
+            flag,
+            help,
+            kind,
+            default,
+            field: None,
+            check: None,
+            step: 1.0,
+        }
+    }
+
+    /// The value lives in a typed field of [`Settings`].
+    pub const fn typed(self, field: Field) -> Knob {
+        Knob {
+            field: Some(field),
+            ..self
+        }
+    }
+
+    pub const fn checked(self, check: KnobCheck) -> Knob {
+        Knob {
+            check: Some(check),
+            ..self
+        }
+    }
+
+    pub const fn stepping(self, step: f64) -> Knob {
+        Knob { step, ..self }
+    }
 }
 
 /// What [`select`] chose, with the numbers behind the choice so the inspector can show
