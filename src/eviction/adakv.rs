@@ -15,7 +15,7 @@ use super::scores::{rank_order, top_k, KERNEL, POOLING};
 use super::snapkv;
 use super::types::{
     Allocator, Field, Input, Keeps, Knob, KnobKind, KnobValue, LayerChoice, Method, MethodDef,
-    Picked, ScoreTable, Settings,
+    Picked, ScoreTable, Scorer, Settings,
 };
 use crate::trace::Trace;
 use anyhow::Result;
@@ -52,12 +52,18 @@ pub const FLOOR: Knob = Knob::new(
 .stepping(0.05);
 
 fn pick(i: &Input) -> Result<Picked> {
-    Ok(per_layer(i, |layer, b| {
-        select_layer(i.trace, layer, b, i.settings, i.table)
-    }))
+    Ok(wrap(i, snapkv::scorer))
 }
 
-/// One layer that evicts (`L > budget`).
+/// adakv's allocation over any [`Scorer`]: each evicting layer's `n_kv * (B - w)` slots
+/// go to the best of `scorer`'s scores pooled across its KV heads.
+pub fn wrap(i: &Input, scorer: Scorer) -> Picked {
+    per_layer(i, |layer, b| {
+        choose(scorer(i, layer), b, i.trace.len, i.settings)
+    })
+}
+
+/// One layer that evicts (`L > budget`), scored by snapkv.
 pub fn select_layer(
     trace: &Trace,
     layer: usize,
@@ -66,10 +72,15 @@ pub fn select_layer(
     table: Option<&ScoreTable>,
 ) -> LayerChoice {
     let scores = snapkv::kv_head_scores(trace, layer, settings, table);
+    choose(scores, budget, trace.len, settings)
+}
+
+/// The layer's choice from its `[kv_head][pos]` scores at budget `budget`.
+fn choose(scores: Vec<Vec<f32>>, budget: usize, len: usize, settings: &Settings) -> LayerChoice {
     let chosen = allocate(&scores, budget - settings.window, settings.adakv_floor);
     let keep = chosen
         .into_iter()
-        .map(|c| with_window(c, trace.len, settings.window))
+        .map(|c| with_window(c, len, settings.window))
         .collect();
     LayerChoice { keep, scores }
 }

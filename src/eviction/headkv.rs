@@ -17,7 +17,7 @@ use super::scores::{top_k, KERNEL, POOLING};
 use super::snapkv;
 use super::types::{
     Allocator, Input, Keeps, Knob, KnobKind, KnobValue, LayerChoice, Method, MethodDef, Picked,
-    Settings,
+    Scorer, Settings,
 };
 use crate::profile_format::Profile;
 use crate::trace::Dims;
@@ -132,6 +132,11 @@ pub fn head_caps(p: &Profile, settings: &Settings, dims: &Dims) -> Vec<Vec<usize
 }
 
 fn pick(i: &Input) -> Result<Picked> {
+    wrap(i, snapkv::scorer)
+}
+
+/// headkv's per-head budgets (from the profile's retrieval scores) over any [`Scorer`].
+pub fn wrap(i: &Input, scorer: Scorer) -> Result<Picked> {
     let Some(p) = i.profile else {
         anyhow::bail!("{}", DEF.needs_profile.unwrap_or("headkv needs a profile"));
     };
@@ -150,7 +155,7 @@ fn pick(i: &Input) -> Result<Picked> {
         .map(|l| w + (l.iter().sum::<usize>() as f64 / l.len() as f64).round_ties_even() as usize)
         .collect();
     let layers = (0..t.dims.n_layers)
-        .map(|layer| select_layer(i, layer, &caps[layer]))
+        .map(|layer| select_layer(i, scorer, layer, &caps[layer]))
         .collect();
     Ok(Picked {
         layers,
@@ -159,9 +164,9 @@ fn pick(i: &Input) -> Result<Picked> {
 }
 
 /// One layer: KV head `g` keeps its top `min(caps[g], L - w)` plus the window.
-fn select_layer(i: &Input, layer: usize, caps: &[usize]) -> LayerChoice {
+fn select_layer(i: &Input, scorer: Scorer, layer: usize, caps: &[usize]) -> LayerChoice {
     let (t, w) = (i.trace, i.settings.window);
-    let scores = snapkv::kv_head_scores(t, layer, i.settings, i.table);
+    let scores = scorer(i, layer);
     let keep = scores
         .iter()
         .zip(caps)

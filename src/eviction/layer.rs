@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::scores;
-use super::types::{Input, LayerChoice, Picked};
+use super::types::{Input, LayerChoice, Picked, Scorer};
 
 /// Kept positions of one KV head: `chosen` (any order, all `< len - window`) sorted
 /// ascending, followed by the window `[len - window, len)`.
@@ -48,4 +48,11 @@ pub fn per_layer(input: &Input, f: impl Fn(usize, usize) -> LayerChoice + Sync) 
         layers,
         budgets: None,
     }
+}
+
+/// The shape of a per-head method: in every evicting layer each KV head keeps its own
+/// top `budget - w` positions by `scorer`, plus the window.
+pub fn per_head(i: &Input, scorer: Scorer) -> Picked {
+    let (len, w) = (i.trace.len, i.settings.window);
+    per_layer(i, |layer, b| per_head_top(scorer(i, layer), len, b, w))
 }

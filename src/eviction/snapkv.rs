@@ -1,7 +1,7 @@
 //! snapkv: per KV head, the mean of the pooled window scores `p_h` of its query heads;
 //! each KV head keeps its own top `B - w` plus the window.
 
-use super::layer::{per_head_top, per_layer};
+use super::layer::{per_head, per_head_top};
 use super::scores::{mean_head_scores, KERNEL, POOLING};
 use super::types::{
     Allocator, Input, LayerChoice, Method, MethodDef, Picked, ScoreTable, Settings,
@@ -22,9 +22,12 @@ pub const DEF: MethodDef = MethodDef::new(
 pub const METHOD: Method = Method::of(&DEF);
 
 pub(crate) fn pick(i: &Input) -> Result<Picked> {
-    Ok(per_layer(i, |layer, b| {
-        select_layer(i.trace, layer, b, i.settings, i.table)
-    }))
+    Ok(per_head(i, scorer))
+}
+
+/// snapkv's score as a [`super::types::Scorer`]: what adakv and headkv wrap by default.
+pub fn scorer(i: &Input, layer: usize) -> Vec<Vec<f32>> {
+    kv_head_scores(i.trace, layer, i.settings, i.table)
 }
 
 /// One layer that evicts (`L > budget`).

@@ -180,6 +180,14 @@ impl<'a> Request<'a> {
     }
 }
 
+/// A per-KV-head score of one evicting layer's candidate positions `[0, L - w)`
+/// (`[kv_head][pos]`, higher is kept first), read from a method's input. The per-head
+/// methods rank by one ([`super::layer::per_head`]); the allocators that spread a
+/// layer's slots over its heads (`adakv::wrap`, `headkv::wrap`) take any one, as
+/// kvpress's `AdaKVPress(scorer)` does, and the layer allocators (pyramid, error-aware)
+/// already apply to every method through `--allocator`.
+pub type Scorer = fn(&Input, usize) -> Vec<Vec<f32>>;
+
 /// What a method needs to choose, besides its own knobs in `settings`.
 pub struct Input<'a> {
     pub trace: &'a Trace,
