@@ -299,7 +299,7 @@ fn sliding_window_masks_prefill_and_decode_alike() {
     let sel = kvscope::eviction::select(&kvscope::eviction::Request::new(
         &trace,
         &kvscope::eviction::Settings {
-            method: kvscope::eviction::Method::Full,
+            method: kvscope::eviction::full::METHOD,
             ..Default::default()
         },
     ))
@@ -373,7 +373,7 @@ fn sliding_window_scores_are_the_models_attention_and_evict_sliding_decodes() {
     }
 
     let mut s = kvscope::eviction::Settings {
-        method: kvscope::eviction::Method::SnapKv,
+        method: kvscope::eviction::snapkv::METHOD,
         budget: 8,
         window: 4,
         ..Default::default()

@@ -104,7 +104,7 @@ fn evicting_what_a_head_attends_to_loses_exactly_that_mass() {
 fn pins_displace_the_lowest_scoring_and_keep_the_budget_exact() {
     let (_, trace, _) = setup();
     let base = Settings {
-        method: Method::SnapKv,
+        method: kvscope::eviction::snapkv::METHOD,
         budget: 16,
         window: 4,
         ..Settings::default()
@@ -251,7 +251,7 @@ fn one_decode_gives_the_generation_and_the_teacher_forced_logits() {
     let mut diverged = 0;
     for budget in [6, 10, 20, LEN] {
         let s = Settings {
-            method: Method::SnapKv,
+            method: kvscope::eviction::snapkv::METHOD,
             budget,
             window: 4,
             ..Settings::default()
@@ -320,7 +320,7 @@ fn sliding_layers_map_cache_entries_to_prompt_positions() {
         .generate(&trace, &windowed, NEW, &[], None)
         .expect("generate");
     let s = Settings {
-        method: Method::SnapKv,
+        method: kvscope::eviction::snapkv::METHOD,
         budget: 12,
         window: 4,
         ..Settings::default()

@@ -236,7 +236,7 @@ fn profiles_are_found_by_model_sha_and_explicit_mismatches_are_errors() {
 /// against the full-cache output), variant by variant.
 #[test]
 fn compare_rows_equal_the_direct_selection_and_decode() {
-    use kvscope::eviction::{self, Allocator, Method, Settings};
+    use kvscope::eviction::{self, Allocator, Settings};
     use kvscope::profile::compare::{self, Plan};
     use kvscope::profile::credit::retrieved;
     use kvscope::session::agreement;
@@ -277,7 +277,7 @@ fn compare_rows_equal_the_direct_selection_and_decode() {
         retrieved(prompt.answer, &tok.decode(&full)) as usize
     );
     let base = Settings {
-        method: Method::CompressKv,
+        method: kvscope::eviction::compresskv::METHOD,
         budget: 64,
         window: 8,
         ..Settings::default()
@@ -300,7 +300,7 @@ fn compare_rows_equal_the_direct_selection_and_decode() {
         (
             "snapkv (reference)",
             Settings {
-                method: Method::SnapKv,
+                method: kvscope::eviction::snapkv::METHOD,
                 ..base
             },
             None,

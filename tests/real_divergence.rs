@@ -3,7 +3,7 @@
 //! needle's tokens, and pinning them (rescue) brings the number back.
 
 use kvscope::cli::explain;
-use kvscope::eviction::{Method, Settings};
+use kvscope::eviction::Settings;
 use kvscope::model::{self, fetch};
 use kvscope::session::Session;
 
@@ -25,7 +25,7 @@ fn rescuing_the_culprits_restores_the_needle_snapkv_lost() {
     );
     // snapkv at 64 tokens per layer (~9% of the 695-token prompt) loses the number.
     let settings = Settings {
-        method: Method::SnapKv,
+        method: kvscope::eviction::snapkv::METHOD,
         budget: 64,
         window: 8,
         ..Settings::default()

@@ -5,7 +5,7 @@
 
 mod common;
 
-use kvscope::eviction::{self, Method, Settings};
+use kvscope::eviction::{self, Settings};
 use kvscope::keepset::KeepSet;
 use kvscope::model::{self, fetch, Model, Precision};
 use kvscope::session::PREFILL_CHUNK;
@@ -65,7 +65,7 @@ fn greedy(m: &Model, prompt: &[u32], n: usize, full_selection: bool) -> Vec<u32>
     let keep = if full_selection {
         // The full cache as eviction gives it: sliding layers hold their last 512.
         let s = Settings {
-            method: Method::Full,
+            method: kvscope::eviction::full::METHOD,
             ..Settings::default()
         };
         eviction::select(&eviction::Request::new(&trace, &s))
@@ -213,7 +213,7 @@ fn gemma_inspector_draws_every_view() {
         snapshot,
     };
     let start = Settings {
-        method: Method::SnapKv,
+        method: kvscope::eviction::snapkv::METHOD,
         budget: 64,
         ..Settings::default()
     };

@@ -72,12 +72,12 @@ fn results_of_other_generations_never_replace_fresher_ones() {
 fn method_allocator_and_knob_keys() {
     let mut fx = common::fixture();
     let mut app = common::ready_app(&mut fx);
-    assert_eq!(app.settings.method, Method::SnapKv);
+    assert_eq!(app.settings.method, kvscope::eviction::snapkv::METHOD);
     key(&mut app, KeyCode::Char('m'));
-    assert_eq!(app.settings.method, Method::PyramidKv);
+    assert_eq!(app.settings.method, kvscope::eviction::pyramidkv::METHOD);
     key(&mut app, KeyCode::Char('M'));
     key(&mut app, KeyCode::Char('M'));
-    assert_eq!(app.settings.method, Method::H2o);
+    assert_eq!(app.settings.method, kvscope::eviction::h2o::METHOD);
     let shown = app.budgets();
     for want in [Allocator::Pyramid, Allocator::ErrorAware, Allocator::Manual] {
         key(&mut app, KeyCode::Char('a'));
@@ -112,7 +112,7 @@ fn method_allocator_and_knob_keys() {
 fn registry_knob_keys_step_the_selected_knob() {
     let mut fx = common::fixture();
     let mut app = common::ready_app(&mut fx);
-    assert_eq!(app.settings.method, Method::SnapKv);
+    assert_eq!(app.settings.method, kvscope::eviction::snapkv::METHOD);
     assert_eq!(app.settings.kernel, 3);
     key(&mut app, KeyCode::Char('>'));
     assert_eq!(app.settings.kernel, 5);
@@ -126,7 +126,7 @@ fn registry_knob_keys_step_the_selected_knob() {
     assert_eq!(app.settings.pooling.name(), "max");
     key(&mut app, KeyCode::Char('m'));
     key(&mut app, KeyCode::Char('m'));
-    assert_eq!(app.settings.method, Method::AdaKv);
+    assert_eq!(app.settings.method, kvscope::eviction::adakv::METHOD);
     key(&mut app, KeyCode::Char('o'));
     key(&mut app, KeyCode::Char('>'));
     assert!((app.settings.adakv_floor - 0.25).abs() < 1e-6);
@@ -351,7 +351,7 @@ fn background_messages_land_while_a_popup_is_open() {
 fn a_found_profile_makes_compresskv_the_start_method_unless_the_user_chose() {
     let fx = common::fixture_with(Some(common::tiny_profile()));
     let snapkv = kvscope::eviction::Settings {
-        method: Method::SnapKv,
+        method: kvscope::eviction::snapkv::METHOD,
         ..common::settings()
     };
     let ready = |app: &mut App, fx: &common::Fixture| {
@@ -363,10 +363,12 @@ fn a_found_profile_makes_compresskv_the_start_method_unless_the_user_chose() {
     let mut open = App::new(snapkv.clone(), "m".into(), "p".into());
     open.prefer_compresskv = true;
     ready(&mut open, &fx);
-    assert_eq!(open.settings.method, Method::CompressKv);
+    assert_eq!(open.settings.method, kvscope::eviction::compresskv::METHOD);
     assert!(open.notice.as_deref().unwrap_or("").contains("compresskv"));
     match open.flush() {
-        Some(ToWorker::Apply { settings, .. }) => assert_eq!(settings.method, Method::CompressKv),
+        Some(ToWorker::Apply { settings, .. }) => {
+            assert_eq!(settings.method, kvscope::eviction::compresskv::METHOD)
+        }
         other => panic!("expected the first apply, got {other:?}"),
     }
 
@@ -374,7 +376,7 @@ fn a_found_profile_makes_compresskv_the_start_method_unless_the_user_chose() {
     ready(&mut chosen, &fx);
     assert_eq!(
         chosen.settings.method,
-        Method::SnapKv,
+        kvscope::eviction::snapkv::METHOD,
         "an explicit method stays"
     );
 
@@ -382,7 +384,10 @@ fn a_found_profile_makes_compresskv_the_start_method_unless_the_user_chose() {
     no_profile.prefer_compresskv = true;
     let plain = common::fixture();
     ready(&mut no_profile, &plain);
-    assert_eq!(no_profile.settings.method, Method::SnapKv);
+    assert_eq!(
+        no_profile.settings.method,
+        kvscope::eviction::snapkv::METHOD
+    );
 }
 
 /// On a model with sliding-window layers the knob keys also reach `evict_sliding`, a

@@ -145,7 +145,7 @@ fn worker_errors_show_in_the_status_line() {
 fn compresskv_with_a_profile_marks_srhs_and_colours_by_srh_score() {
     let mut fx = common::fixture_with(Some(common::tiny_profile()));
     let start = kvscope::eviction::Settings {
-        method: kvscope::eviction::Method::CompressKv,
+        method: kvscope::eviction::compresskv::METHOD,
         ..common::settings()
     };
     let app = common::ready_app_with(&mut fx, start);

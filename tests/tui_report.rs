@@ -6,7 +6,7 @@
 mod common;
 
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use kvscope::eviction::{Allocator, Method, Settings};
+use kvscope::eviction::{Allocator, Settings};
 use kvscope::report::{Provenance, Report, SettingsPart};
 use kvscope::tui::action::Action;
 use kvscope::tui::app::{update, Cmd, Popup};
@@ -19,7 +19,7 @@ const SHA: &str = "5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5eed5
 /// Settings far from the inspector's start: another method, knobs, manual budgets, pins.
 fn saved_settings() -> Settings {
     let mut s = Settings {
-        method: Method::AdaKv,
+        method: kvscope::eviction::adakv::METHOD,
         budget: 40,
         window: 6,
         kernel: 7,

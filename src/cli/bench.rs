@@ -5,7 +5,7 @@ use std::time::Instant;
 
 pub use super::bench_args::BenchArgs;
 use super::bench_args::{filler_ids, median};
-use crate::eviction::{self, Method, Settings};
+use crate::eviction::{self, Settings};
 use crate::keepset::KeepSet;
 use crate::model::{DecodeState, Loaded};
 
@@ -86,7 +86,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         rows.push(serde_json::json!({"what": "decode", "context": ctx, "kept": "full", "tps": v}));
         if ctx == max_ctx && ctx > a.compressed_budget {
             let s = Settings {
-                method: Method::SnapKv,
+                method: crate::eviction::snapkv::METHOD,
                 budget: a.compressed_budget,
                 ..Settings::default()
             };

@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use super::bench_args::{filler_ids, median, BenchArgs};
 use crate::divergence::{self, FullPass};
-use crate::eviction::{self, Method, Settings};
+use crate::eviction::{self, Settings};
 use crate::model::Loaded;
 
 pub fn run(loaded: &Loaded, a: &BenchArgs, n: usize, reps: usize) -> Result<()> {
@@ -45,7 +45,7 @@ pub fn run(loaded: &Loaded, a: &BenchArgs, n: usize, reps: usize) -> Result<()> 
 
     // Every edit.
     let s = Settings {
-        method: Method::SnapKv,
+        method: crate::eviction::snapkv::METHOD,
         budget,
         ..Settings::default()
     };

@@ -95,7 +95,7 @@ pub struct SweepArgs {
 /// The methods to compare (the full cache is always the reference, not a method here).
 fn methods(c: &CommonArgs) -> Result<Vec<Method>> {
     let mut m = grid::parse_methods(&c.methods)?;
-    m.retain(|&x| x != Method::Full);
+    m.retain(|&x| x != crate::eviction::full::METHOD);
     if m.is_empty() {
         bail!("no method left to compare with the full cache (--methods)");
     }

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use super::{EvictionArgs, ModelArgs, PromptArgs};
-use crate::eviction::{Allocator, Method};
+use crate::eviction::Allocator;
 use crate::model::PromptOptions;
 use crate::profile::discover;
 use crate::report::{Provenance, Report, SettingsPart};
@@ -153,7 +153,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
     let mut session = Session::from_prompt(&loaded, prompt, plan.max_new, profile, &mut progress)?;
     session.timing.load = (load_ms * 1000.0).round() / 1000.0;
     let pinned = !settings.pin_keep.is_empty() || !settings.pin_evict.is_empty();
-    if settings.method != Method::Full || pinned || a.json {
+    if settings.method != crate::eviction::full::METHOD || pinned || a.json {
         session.apply(&loaded.model, &loaded.tok, settings.clone())?;
     }
     if a.json {

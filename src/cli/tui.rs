@@ -51,9 +51,9 @@ pub struct TuiArgs {
 pub fn settings(a: &TuiArgs) -> Result<(Settings, Option<String>)> {
     let (method, note) = match (&a.method, &a.profile) {
         (Some(m), _) => (m.parse::<Method>()?, None),
-        (None, Some(_)) => (Method::CompressKv, None),
+        (None, Some(_)) => (crate::eviction::compresskv::METHOD, None),
         (None, None) => (
-            Method::SnapKv,
+            crate::eviction::snapkv::METHOD,
             Some(
                 "no --profile: starting with snapkv unless a matching profile is found".to_string(),
             ),

@@ -116,7 +116,12 @@ pub fn parse_methods(s: &str) -> Result<Vec<Method>> {
     let mut out = Vec::new();
     for x in items(s, "--methods")? {
         if x == "all" {
-            out.extend(Method::ALL.iter().copied().filter(|m| *m != Method::Full));
+            out.extend(
+                Method::ALL
+                    .iter()
+                    .copied()
+                    .filter(|m| *m != crate::eviction::full::METHOD),
+            );
         } else {
             out.push(x.parse::<Method>()?);
         }
@@ -234,10 +239,13 @@ mod tests {
         assert!(parse_depths("101").is_err());
         let all = parse_methods("all").unwrap();
         assert_eq!(all.len(), Method::ALL.len() - 1);
-        assert!(!all.contains(&Method::Full));
+        assert!(!all.contains(&crate::eviction::full::METHOD));
         assert_eq!(
             parse_methods("snapkv,h2o,snapkv").unwrap(),
-            [Method::SnapKv, Method::H2o]
+            [
+                crate::eviction::snapkv::METHOD,
+                crate::eviction::h2o::METHOD
+            ]
         );
         assert!(parse_methods("snapkv,nope").is_err());
     }
@@ -245,13 +253,16 @@ mod tests {
     #[test]
     fn combos_and_pending_skip_done_units() {
         let c = combos(
-            &[Method::SnapKv, Method::H2o],
+            &[
+                crate::eviction::snapkv::METHOD,
+                crate::eviction::h2o::METHOD,
+            ],
             &[Budget::Tokens(32), Budget::Percent(3.0)],
             &[8, 32],
         );
         assert_eq!(c.len(), 8);
-        assert_eq!(c[0].method, Method::SnapKv);
-        assert_eq!(c[7].method, Method::H2o);
+        assert_eq!(c[0].method, crate::eviction::snapkv::METHOD);
+        assert_eq!(c[7].method, crate::eviction::h2o::METHOD);
         let item = cell_name(1024, 50);
         assert_eq!(item, "len1024-depth50");
         let mut done = HashSet::new();

@@ -318,7 +318,6 @@ mod tests {
     use super::*;
     use crate::eval::grid::Budget;
     use crate::eval::results::sample_record;
-    use crate::eviction::Method;
 
     fn rec(len: usize, depth: usize, method: &str, score: f64) -> Record {
         let mut r = sample_record(&grid::cell_name(len, depth), method, "64", 8);
@@ -347,7 +346,11 @@ mod tests {
 
     #[test]
     fn in_grid_drops_foreign_and_duplicate_records() {
-        let combos = grid::combos(&[Method::SnapKv], &[Budget::Tokens(64)], &[8]);
+        let combos = grid::combos(
+            &[crate::eviction::snapkv::METHOD],
+            &[Budget::Tokens(64)],
+            &[8],
+        );
         let recs = vec![
             rec(1024, 0, "snapkv", 1.0),
             rec(1024, 0, "snapkv", 0.0),

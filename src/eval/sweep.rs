@@ -261,7 +261,10 @@ mod tests {
     #[test]
     fn rows_average_over_prompts_and_separate_full_ok() {
         let combos = grid::combos(
-            &[Method::SnapKv, Method::H2o],
+            &[
+                crate::eviction::snapkv::METHOD,
+                crate::eviction::h2o::METHOD,
+            ],
             &[Budget::Percent(3.0)],
             &[8],
         );
@@ -294,7 +297,11 @@ mod tests {
     #[test]
     fn the_oracle_is_marked_as_an_upper_bound() {
         let oracle = Method::named("oracle").expect("registered");
-        let combos = grid::combos(&[Method::SnapKv, oracle], &[Budget::Percent(10.0)], &[8]);
+        let combos = grid::combos(
+            &[crate::eviction::snapkv::METHOD, oracle],
+            &[Budget::Percent(10.0)],
+            &[8],
+        );
         let recs = [
             sample_record("p1", "snapkv", "10%", 8),
             sample_record("p1", "oracle", "10%", 8),

@@ -124,7 +124,7 @@ fn floor_tokens(per_head: usize, frac: f32) -> usize {
 #[cfg(test)]
 mod tests {
     use super::super::testutil::*;
-    use super::super::{select, Method, Request};
+    use super::super::{select, Request};
     use super::*;
     use crate::trace::Dims;
 
@@ -182,7 +182,7 @@ mod tests {
         };
         let t = random_trace(dims, 30, 3);
         let s = Settings {
-            method: Method::AdaKv,
+            method: crate::eviction::adakv::METHOD,
             budget: 12,
             window: 4,
             adakv_floor: 0.5,

@@ -425,7 +425,7 @@ mod tests {
             head_dim: 4,
         };
         let s = Settings {
-            method: Method::SnapKv,
+            method: crate::eviction::snapkv::METHOD,
             budget: 16,
             window: 4,
             layer_budgets: Some(vec![4, 30, 16]),
@@ -436,14 +436,14 @@ mod tests {
             vec![4, 30, 16]
         );
         let s = Settings {
-            method: Method::PyramidKv,
+            method: crate::eviction::pyramidkv::METHOD,
             budget: 10,
             window: 2,
             ..Settings::default()
         };
         assert_eq!(layer_budgets(&s, &dims, 6, None).unwrap(), vec![6, 10, 14]);
         let s = Settings {
-            method: Method::SnapKv,
+            method: crate::eviction::snapkv::METHOD,
             budget: 16,
             window: 4,
             ..Settings::default()

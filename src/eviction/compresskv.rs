@@ -99,7 +99,7 @@ pub fn select_layer(
 #[cfg(test)]
 mod tests {
     use super::super::testutil::*;
-    use super::super::{select, Method, Request};
+    use super::super::{select, Request};
     use super::*;
     use crate::profile_format::Profile;
 
@@ -124,7 +124,7 @@ mod tests {
 
     fn settings(first_k: usize) -> Settings {
         Settings {
-            method: Method::CompressKv,
+            method: crate::eviction::compresskv::METHOD,
             budget: 4,
             window: 2,
             kernel: 1,
@@ -176,7 +176,7 @@ mod tests {
         // B=40, T=120, floor 32, rest 24: [44, 38, 38].
         p.layer_errors = Some(vec![0.5, 0.25, 0.25]);
         let s = Settings {
-            method: Method::CompressKv,
+            method: crate::eviction::compresskv::METHOD,
             budget: 40,
             first_k: 1,
             ..Settings::default()

@@ -330,7 +330,10 @@ mod tests {
             let json = serde_json::to_string(&m).unwrap();
             assert_eq!(json, format!("\"{}\"", m.name()));
         }
-        assert_eq!("SnapKV".parse::<Method>().unwrap(), Method::SnapKv);
+        assert_eq!(
+            "SnapKV".parse::<Method>().unwrap(),
+            crate::eviction::snapkv::METHOD
+        );
         let err = "snap".parse::<Method>().unwrap_err().to_string();
         assert!(err.contains("unknown method 'snap'"), "{err}");
         assert!(
@@ -352,17 +355,20 @@ mod tests {
 
     #[test]
     fn default_allocators() {
-        assert_eq!(Method::PyramidKv.default_allocator(), Allocator::Pyramid);
         assert_eq!(
-            Method::CompressKv.default_allocator(),
+            crate::eviction::pyramidkv::METHOD.default_allocator(),
+            Allocator::Pyramid
+        );
+        assert_eq!(
+            crate::eviction::compresskv::METHOD.default_allocator(),
             Allocator::ErrorAware
         );
         for m in [
-            Method::Full,
-            Method::StreamingLlm,
-            Method::H2o,
-            Method::SnapKv,
-            Method::AdaKv,
+            crate::eviction::full::METHOD,
+            crate::eviction::streamingllm::METHOD,
+            crate::eviction::h2o::METHOD,
+            crate::eviction::snapkv::METHOD,
+            crate::eviction::adakv::METHOD,
         ] {
             assert_eq!(m.default_allocator(), Allocator::Uniform);
         }
@@ -372,7 +378,7 @@ mod tests {
     fn compresskv_without_profile_says_how_to_get_one() {
         let t = ratio_trace(&[&[4.0, 1.0, 2.0, 1.0, 1.0, 1.0]], &[1.0]);
         let s = Settings {
-            method: Method::CompressKv,
+            method: crate::eviction::compresskv::METHOD,
             budget: 4,
             window: 2,
             first_k: 1,
@@ -388,7 +394,7 @@ mod tests {
     fn full_keeps_everything_and_reports_len() {
         let t = ratio_trace(&[&[4.0, 1.0, 2.0, 1.0, 1.0, 1.0]], &[1.0]);
         let s = Settings {
-            method: Method::Full,
+            method: crate::eviction::full::METHOD,
             budget: 2,
             window: 2,
             ..Settings::default()
@@ -404,10 +410,10 @@ mod tests {
         let t = ratio_trace(&[&[4.0, 1.0, 2.0, 1.0, 1.0, 1.0]], &[1.0]);
         for budget in [6, 7] {
             for method in [
-                Method::StreamingLlm,
-                Method::H2o,
-                Method::SnapKv,
-                Method::AdaKv,
+                crate::eviction::streamingllm::METHOD,
+                crate::eviction::h2o::METHOD,
+                crate::eviction::snapkv::METHOD,
+                crate::eviction::adakv::METHOD,
             ] {
                 let s = Settings {
                     method,
@@ -428,7 +434,7 @@ mod tests {
         let mut t = ratio_trace(&[&[4.0, 1.0, 2.0, 1.0, 1.0, 1.0]], &[1.0]);
         t.layers[0].col_sums.pop();
         let s = Settings {
-            method: Method::H2o,
+            method: crate::eviction::h2o::METHOD,
             budget: 4,
             window: 2,
             ..Settings::default()

@@ -71,18 +71,6 @@ impl Method {
     }
 }
 
-/// The methods that predate the registry, by name, for the code that names them.
-#[allow(non_upper_case_globals)]
-impl Method {
-    pub const Full: Method = super::full::METHOD;
-    pub const StreamingLlm: Method = super::streamingllm::METHOD;
-    pub const H2o: Method = super::h2o::METHOD;
-    pub const SnapKv: Method = super::snapkv::METHOD;
-    pub const PyramidKv: Method = super::pyramidkv::METHOD;
-    pub const AdaKv: Method = super::adakv::METHOD;
-    pub const CompressKv: Method = super::compresskv::METHOD;
-}
-
 impl Allocator {
     /// Every registered allocator, in registry order.
     pub const ALL: [Allocator; ALLOCATORS.len()] = {

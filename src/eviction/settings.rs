@@ -3,7 +3,7 @@
 //! above the registry, which it consults.)
 
 use super::registry;
-use super::types::{Allocator, KnobValue, Method, Pooling, Settings};
+use super::types::{Allocator, KnobValue, Pooling, Settings};
 use crate::trace::{Dims, W_MAX};
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            method: Method::CompressKv,
+            method: crate::eviction::compresskv::METHOD,
             budget: 128,
             window: 8,
             kernel: 5,
@@ -139,7 +139,7 @@ mod tests {
     #[test]
     fn defaults_are_method_md_defaults_and_valid() {
         let s = Settings::default();
-        assert_eq!(s.method, Method::CompressKv);
+        assert_eq!(s.method, crate::eviction::compresskv::METHOD);
         assert_eq!(
             (s.budget, s.window, s.kernel, s.first_k, s.pyramid_beta),
             (128, 8, 5, 4, 20)
@@ -174,7 +174,7 @@ mod tests {
         assert!(err(Settings { first_k: 5, ..d() }).contains("got 5"));
         // Other methods ignore first-k beyond the head count (but not 0).
         let snap = Settings {
-            method: Method::SnapKv,
+            method: crate::eviction::snapkv::METHOD,
             first_k: 5,
             ..d()
         };
@@ -270,12 +270,12 @@ mod tests {
         };
         assert_eq!(s.effective_allocator(), Allocator::Manual);
         let s = Settings {
-            method: Method::PyramidKv,
+            method: crate::eviction::pyramidkv::METHOD,
             ..Settings::default()
         };
         assert_eq!(s.effective_allocator(), Allocator::Pyramid);
         let s = Settings {
-            method: Method::PyramidKv,
+            method: crate::eviction::pyramidkv::METHOD,
             allocator: Some(Allocator::Uniform),
             ..Settings::default()
         };

@@ -366,7 +366,7 @@ mod tests {
         // A prompt shorter than the window: the sliding layers keep all of it.
         let short = gemma_like(10);
         let s = Settings {
-            method: super::super::Method::SnapKv,
+            method: crate::eviction::snapkv::METHOD,
             ..Settings::default()
         };
         let sel = super::super::select(&super::super::Request::new(&short, &s)).expect("select");
@@ -424,7 +424,7 @@ mod tests {
         assert_eq!(sel.keep.positions[0][0], (24..40).collect::<Vec<_>>());
         // Off (the default): the window is kept as is.
         let off = Settings {
-            method: super::super::Method::SnapKv,
+            method: crate::eviction::snapkv::METHOD,
             budget: 12,
             window: 4,
             ..Settings::default()

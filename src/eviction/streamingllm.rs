@@ -37,7 +37,7 @@ pub fn select_layer(trace: &Trace, budget: usize, window: usize) -> LayerChoice 
 #[cfg(test)]
 mod tests {
     use super::super::testutil::ratio_trace;
-    use super::super::{select, Method, Request, Settings};
+    use super::super::{select, Request, Settings};
     use super::*;
 
     fn trace(len: usize) -> Trace {
@@ -65,7 +65,7 @@ mod tests {
     #[test]
     fn through_select_budget_equal_to_len_keeps_all() {
         let s = Settings {
-            method: Method::StreamingLlm,
+            method: crate::eviction::streamingllm::METHOD,
             budget: 10,
             window: 2,
             ..Settings::default()

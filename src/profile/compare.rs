@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::credit::retrieved;
 use super::srh::{trial_prompt, Interrupted, TrialSpec};
 use super::Profile;
-use crate::eviction::{Allocator, Method, Settings};
+use crate::eviction::{Allocator, Settings};
 use crate::model::Loaded;
 use crate::session::Session;
 
@@ -94,7 +94,7 @@ struct Variant {
 
 fn variants(profile: &Profile, budget: usize, window: usize, seeds: &[u64]) -> Vec<Variant> {
     let base = Settings {
-        method: Method::CompressKv,
+        method: crate::eviction::compresskv::METHOD,
         budget,
         window,
         ..Settings::default()
@@ -122,7 +122,7 @@ fn variants(profile: &Profile, budget: usize, window: usize, seeds: &[u64]) -> V
     v.push(Variant {
         name: "snapkv (reference)".into(),
         settings: Settings {
-            method: Method::SnapKv,
+            method: crate::eviction::snapkv::METHOD,
             ..base
         },
         profile: None,

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::srh::Interrupted;
 use super::Profile;
-use crate::eviction::{self, Allocator, Method, Settings};
+use crate::eviction::{self, Allocator, Settings};
 use crate::model::{kernels, DecodeState, Model, Tok};
 use crate::session::PREFILL_CHUNK;
 
@@ -17,7 +17,7 @@ use crate::session::PREFILL_CHUNK;
 /// from the profile's SRHs, with every layer at the same budget.
 pub fn srh_uniform_settings(budget: usize, window: usize, first_k: usize) -> Settings {
     Settings {
-        method: Method::CompressKv,
+        method: crate::eviction::compresskv::METHOD,
         budget,
         window,
         first_k,
@@ -130,7 +130,7 @@ mod tests {
     #[test]
     fn settings_are_srh_selection_at_a_uniform_budget() {
         let s = srh_uniform_settings(64, 8, 4);
-        assert_eq!(s.method, Method::CompressKv);
+        assert_eq!(s.method, crate::eviction::compresskv::METHOD);
         assert_eq!(s.effective_allocator(), Allocator::Uniform);
         assert_eq!((s.budget, s.window, s.first_k), (64, 8, 4));
     }

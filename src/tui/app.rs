@@ -428,8 +428,8 @@ impl App {
                     // Nothing was edited yet (the worker has no settings): the method the
                     // start-up picked for want of a profile can still become compresskv.
                     if self.prefer_compresskv && self.gen == 0 {
-                        self.settings.method = Method::CompressKv;
-                        self.defaults.method = Method::CompressKv;
+                        self.settings.method = crate::eviction::compresskv::METHOD;
+                        self.defaults.method = crate::eviction::compresskv::METHOD;
                         self.notice =
                             Some("found a profile for this model: starting with compresskv".into());
                     }

@@ -11,7 +11,7 @@ use std::time::Instant;
 use super::msg::{DivView, FromWorker, Outcome, Phase, Snapshot, ToWorker, CULPRITS_PER_STEP};
 use super::stats;
 use crate::divergence::{self, FullPass};
-use crate::eviction::{Allocator, Method, ScoreTable, Settings};
+use crate::eviction::{Allocator, ScoreTable, Settings};
 use crate::keepset::KeepSet;
 use crate::model::{self, fetch, Loaded};
 use crate::profile::Profile;
@@ -344,7 +344,7 @@ impl Worker {
         );
         // Nothing compressed yet: the report says so with the full cache's settings.
         let full = Settings {
-            method: Method::Full,
+            method: crate::eviction::full::METHOD,
             budget: s.trace.len,
             window: 0,
             kernel: 0,

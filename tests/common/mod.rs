@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use kvscope::eviction::{Method, ScoreTable, Settings};
+use kvscope::eviction::{ScoreTable, Settings};
 use kvscope::model::{self, Loaded};
 use kvscope::session::Session;
 use kvscope::testing::{self, GgufSpec};
@@ -25,7 +25,7 @@ pub struct Fixture {
 
 pub fn settings() -> Settings {
     Settings {
-        method: Method::SnapKv,
+        method: kvscope::eviction::snapkv::METHOD,
         budget: 48,
         window: 4,
         kernel: 3,
