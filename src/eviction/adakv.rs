@@ -15,9 +15,8 @@ use super::scores::{rank_order, top_k, KERNEL, POOLING};
 use super::snapkv;
 use super::types::{
     Allocator, Field, Input, Keeps, Knob, KnobKind, KnobValue, LayerChoice, Method, MethodDef,
-    Picked, ScoreTable, Scorer, Settings,
+    Picked, Scorer, Settings,
 };
-use crate::trace::Trace;
 use anyhow::Result;
 
 /// Registry entry.
@@ -61,18 +60,6 @@ pub fn wrap(i: &Input, scorer: Scorer) -> Picked {
     per_layer(i, |layer, b| {
         choose(scorer(i, layer), b, i.trace.len, i.settings)
     })
-}
-
-/// One layer that evicts (`L > budget`), scored by snapkv.
-pub fn select_layer(
-    trace: &Trace,
-    layer: usize,
-    budget: usize,
-    settings: &Settings,
-    table: Option<&ScoreTable>,
-) -> LayerChoice {
-    let scores = snapkv::kv_head_scores(trace, layer, settings, table);
-    choose(scores, budget, trace.len, settings)
 }
 
 /// The layer's choice from its `[kv_head][pos]` scores at budget `budget`.
