@@ -9,6 +9,9 @@ pub mod compare;
 pub mod credit;
 pub mod discover;
 pub mod layers;
+pub mod make;
+pub mod parts;
+pub mod shared;
 pub mod show;
 pub mod srh;
 
