@@ -137,7 +137,11 @@ pub fn run_make(a: &MakeArgs) -> Result<()> {
     super::init_threads(a.model.threads)?;
     let lengths: Vec<usize> = parse_list("--lengths", &a.lengths)?;
     if a.needles == 0 || a.needles > NEEDLES.len() {
-        bail!("--needles must be 1..={} (got {})", NEEDLES.len(), a.needles);
+        bail!(
+            "--needles must be 1..={} (got {})",
+            NEEDLES.len(),
+            a.needles
+        );
     }
     if a.max_new == 0 || a.per_haystack == 0 {
         bail!("--max-new and --per-haystack must be at least 1");
@@ -198,9 +202,15 @@ pub fn run_make(a: &MakeArgs) -> Result<()> {
         protocol.name(),
         a.lengths,
         cfg.srh_units().len(),
-        shard.map_or(String::new(), |s| format!(", shard {}/{}", s.index, s.count)),
+        shard.map_or(String::new(), |s| format!(
+            ", shard {}/{}",
+            s.index, s.count
+        )),
         if resumed > 0 {
-            format!(", continuing: {resumed} finished units kept in {}", parts_at.display())
+            format!(
+                ", continuing: {resumed} finished units kept in {}",
+                parts_at.display()
+            )
         } else {
             String::new()
         }
@@ -272,9 +282,8 @@ fn finish(
 /// Rebuilds the run's settings from a parts folder's `settings.json`.
 fn config_from_settings(v: &Value, loaded: &Loaded) -> Result<MakeConfig> {
     let bad = || "the parts folder's settings.json is damaged".to_string();
-    let usizes = |k: &str| -> Result<Vec<usize>> {
-        serde_json::from_value(v[k].clone()).with_context(bad)
-    };
+    let usizes =
+        |k: &str| -> Result<Vec<usize>> { serde_json::from_value(v[k].clone()).with_context(bad) };
     let num = |x: &Value| x.as_u64().map(|n| n as usize).with_context(bad);
     let l = &v["layers"];
     let protocol = match v["protocol"].as_str() {

@@ -215,6 +215,9 @@ mod tests {
         // Two facts at one boundary stand one after the other.
         let (text, at) = assemble(&Kind::DOCUMENT, &needles, &units, &[0, 0]);
         assert!(at[0] < at[1]);
-        assert!(text.contains(&format!("{}\n\n{}\n\nA one.", NEEDLES[0].fact, NEEDLES[1].fact)));
+        assert!(text.contains(&format!(
+            "{}\n\n{}\n\nA one.",
+            NEEDLES[0].fact, NEEDLES[1].fact
+        )));
     }
 }

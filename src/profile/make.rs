@@ -209,7 +209,8 @@ impl MakeConfig {
         match self.protocol {
             Protocol::Shared => s["per_haystack"] = json!(self.per_haystack),
             Protocol::Single => {
-                s["depths_percent"] = json!(self.depths.iter().map(|d| d * 100.0).collect::<Vec<_>>())
+                s["depths_percent"] =
+                    json!(self.depths.iter().map(|d| d * 100.0).collect::<Vec<_>>())
             }
         }
         if self.count_every_trial {
@@ -241,7 +242,11 @@ fn add_trials(totals: &mut SrhTotals, unit: &Value, name: &str) -> Result<()> {
             copy_steps: t["copy_steps"].as_u64().with_context(bad)? as usize,
         };
         if credit.srh.len() != totals.srh.len()
-            || credit.srh.iter().zip(&totals.srh).any(|(a, b)| a.len() != b.len())
+            || credit
+                .srh
+                .iter()
+                .zip(&totals.srh)
+                .any(|(a, b)| a.len() != b.len())
         {
             bail!("{}", bad());
         }
@@ -382,7 +387,11 @@ pub fn make(
             *s += x;
         }
         done += unit.weight(cfg);
-        progress(done, total, &format!("layer errors: prompt {}/{}", i + 1, layer_units.len()));
+        progress(
+            done,
+            total,
+            &format!("layer errors: prompt {}/{}", i + 1, layer_units.len()),
+        );
     }
     if !layer_units.is_empty() {
         profile.layer_errors = Some(l1_normalise(&sums).context(
@@ -423,13 +432,20 @@ fn run_srh_unit(model: &Model, tok: &Tok, cfg: &MakeConfig, unit: &Unit) -> Resu
             super::shared::run_haystack(model, tok, &h, cfg.max_new)?
                 .iter()
                 .zip(&list)
-                .map(|(o, (_, n))| trial_json(o.needle, &o.text, count(n.answer, &o.text), &o.credit))
+                .map(|(o, (_, n))| {
+                    trial_json(o.needle, &o.text, count(n.answer, &o.text), &o.credit)
+                })
                 .collect()
         }
         Unit::Trial(spec) => {
             let prompt = trial_prompt(tok, spec)?;
             let o = run_trial(model, tok, *spec, &prompt, cfg.max_new)?;
-            vec![trial_json(spec.needle, &o.text, count(prompt.answer, &o.text), &o.credit)]
+            vec![trial_json(
+                spec.needle,
+                &o.text,
+                count(prompt.answer, &o.text),
+                &o.credit,
+            )]
         }
         Unit::Layer(_) => bail!("a layer unit is not an SRH unit"),
     };
@@ -447,7 +463,10 @@ mod tests {
     #[test]
     fn shard_specs() {
         let none = env(&[]);
-        assert_eq!(Shard::parse("1/4", &none).unwrap(), Shard { index: 1, count: 4 });
+        assert_eq!(
+            Shard::parse("1/4", &none).unwrap(),
+            Shard { index: 1, count: 4 }
+        );
         for bad in ["3/2", "0/0", "2/2", "x/2", "1", "-1/2", "1/x"] {
             let err = Shard::parse(bad, &none).unwrap_err().to_string();
             assert!(err.contains("--shard"), "{bad}: {err}");
@@ -483,7 +502,12 @@ mod tests {
         assert_eq!(units.len(), 4);
         let mut depths = Vec::new();
         for u in &units[..2] {
-            let Unit::Haystack { length, needles, .. } = u else { panic!() };
+            let Unit::Haystack {
+                length, needles, ..
+            } = u
+            else {
+                panic!()
+            };
             assert_eq!(*length, 1024);
             depths.extend(needles.iter().map(|x| x.1));
         }

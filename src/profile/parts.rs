@@ -184,7 +184,10 @@ mod tests {
         let err = Parts::open(&dir, &json!({"lengths": [2048], "protocol": "shared"}))
             .unwrap_err()
             .to_string();
-        assert!(err.contains("other settings (lengths: [1024] there, [2048] here)"), "{err}");
+        assert!(
+            err.contains("other settings (lengths: [1024] there, [2048] here)"),
+            "{err}"
+        );
         // A half-written temporary file is never read as a unit.
         std::fs::write(dir.join(".srh-0001.json.1.tmp"), "{").unwrap();
         assert_eq!(p.names().unwrap().len(), 1);

@@ -39,7 +39,10 @@ pub fn run_haystack(
     for (qi, q) in h.questions.iter().enumerate() {
         let ids = h.prompt_ids(qi);
         let mut state = base.clone();
-        let (last, feed) = q.tail.split_last().expect("a question's tail is never empty");
+        let (last, feed) = q
+            .tail
+            .split_last()
+            .expect("a question's tail is never empty");
         for &t in feed {
             state.step(t, None)?;
         }
