@@ -261,6 +261,7 @@ pub type OnProgress<'a> = dyn FnMut(f64, f64, &str) + 'a;
 /// Runs the units this process owns that are not yet in `parts`. With a `shard`, only
 /// that shard's SRH units run and `Ok(None)` is returned; without, every missing unit
 /// runs and the profile (provenance without the command line) is returned.
+#[allow(clippy::too_many_arguments)]
 pub fn make(
     model: &Model,
     tok: &Tok,

@@ -9,6 +9,7 @@ pub mod compare;
 pub mod credit;
 pub mod discover;
 pub mod layers;
+pub mod lengths;
 pub mod make;
 pub mod parts;
 pub mod shared;
