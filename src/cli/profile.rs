@@ -28,6 +28,9 @@ pub enum ProfileCommand {
     Make(super::profile_make::MakeArgs),
     /// Combine the parts folders of `profile make --shard` runs into one profile.
     Merge(super::profile_make::MergeArgs),
+    /// Make a profile from the reference implementation's head-ranking and layer-score
+    /// files.
+    Import(super::profile_make::ImportArgs),
     /// Measure SRH and retrieval-head scores on needle-in-a-haystack prompts.
     Srh(SrhArgs),
     /// Measure per-layer eviction errors and add them to an SRH profile.
@@ -130,6 +133,7 @@ pub fn run(a: &ProfileArgs) -> Result<()> {
     match &a.command {
         ProfileCommand::Make(a) => super::profile_make::run_make(a),
         ProfileCommand::Merge(a) => super::profile_make::run_merge(a),
+        ProfileCommand::Import(a) => super::profile_make::run_import(a),
         ProfileCommand::Srh(a) => run_srh(a),
         ProfileCommand::Layers(a) => run_layers(a),
         ProfileCommand::Show(a) => run_show(a),

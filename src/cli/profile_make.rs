@@ -78,6 +78,72 @@ pub struct MergeArgs {
     pub out: PathBuf,
 }
 
+#[derive(Args, Debug)]
+pub struct ImportArgs {
+    /// Head-ranking file: JSON object, layer index -> every query head, best first.
+    #[arg(long, value_name = "FILE")]
+    pub heads: PathBuf,
+    /// Layer-score file: one JSON object whose "avg_score" lists one score per layer.
+    #[arg(long = "layer-scores", value_name = "FILE")]
+    pub layer_scores: PathBuf,
+    /// The model the files were made for (its shape is checked against them).
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// The profile to write.
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+pub fn run_import(a: &ImportArgs) -> Result<()> {
+    check_out_file(&a.out)?;
+    for input in [&a.heads, &a.layer_scores] {
+        if same_file(input, &a.out) {
+            bail!(
+                "--out {} is also an input; choose another path",
+                a.out.display()
+            );
+        }
+    }
+    let heads = crate::input::read_text(&a.heads, "head file", crate::input::MAX_PROFILE_BYTES)?;
+    let scores = crate::input::read_text(
+        &a.layer_scores,
+        "layer-score file",
+        crate::input::MAX_PROFILE_BYTES,
+    )?;
+    let model_path = super::resolve_model_path(a.model.model.as_deref())?;
+    let model = crate::model::load_model(&model_path)?;
+    let dims = model.config.dims();
+    let sha = discover::model_sha256(&model_path)?;
+    let profile = crate::profile::import::import(
+        &heads,
+        &scores,
+        discover::fingerprint(&model.config, &sha),
+        &dims,
+        serde_json::json!({
+            "heads": a.heads.display().to_string(),
+            "layer_scores": a.layer_scores.display().to_string(),
+        }),
+        command_line(),
+    )
+    .with_context(|| {
+        format!(
+            "{} / {} do not fit {}",
+            a.heads.display(),
+            a.layer_scores.display(),
+            model_path.display()
+        )
+    })?;
+    ensure_parent(&a.out)?;
+    profile.save(&a.out)?;
+    eprintln!(
+        "kvscope: imported {} layers x {} heads; wrote {}",
+        dims.n_layers,
+        dims.n_heads,
+        a.out.display()
+    );
+    Ok(())
+}
+
 /// Refuses lengths a profile cannot be measured at, in one line.
 pub fn check_lengths(lengths: &[usize], context: usize, max_new: usize) -> Result<()> {
     // Room for the question and template after the haystack's target length.
@@ -125,6 +191,14 @@ fn check_out_file(out: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether two paths name one existing file.
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => false,
+    }
 }
 
 fn parts_dir(out: &Path) -> PathBuf {

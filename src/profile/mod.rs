@@ -8,6 +8,7 @@
 pub mod compare;
 pub mod credit;
 pub mod discover;
+pub mod import;
 pub mod layers;
 pub mod lengths;
 pub mod make;
@@ -241,7 +242,7 @@ fn check_matrix(name: &str, m: &[Vec<f64>], dims: &Dims) -> Result<()> {
     Ok(())
 }
 
-fn is_permutation(ranking: &[usize], n: usize) -> bool {
+pub(crate) fn is_permutation(ranking: &[usize], n: usize) -> bool {
     let mut seen = vec![false; n];
     ranking.len() == n
         && ranking
