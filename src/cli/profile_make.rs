@@ -12,7 +12,7 @@ use super::ModelArgs;
 use crate::haystack::{NEEDLES, PROFILE_NEEDLES};
 use crate::model::Loaded;
 use crate::profile::make::{self, MakeConfig, Protocol, Shard, MIN_LENGTH};
-use crate::profile::parts::{check_same, Parts};
+use crate::profile::parts::{check_same, check_shards_same, Parts};
 use crate::profile::srh::Interrupted;
 use crate::profile::{discover, layers};
 
@@ -414,7 +414,7 @@ pub fn run_merge(a: &MergeArgs) -> Result<()> {
     }
     let settings = opened[0].1.clone();
     for (p, s) in &opened[1..] {
-        check_same(&p.dir, s, &settings)?;
+        check_shards_same(&opened[0].0.dir, &settings, &p.dir, s)?;
     }
     let model_path = super::resolve_model_path(a.model.model.as_deref())?;
     let sha = discover::model_sha256(&model_path)?;

@@ -116,12 +116,9 @@ fn read_settings(dir: &Path) -> Result<Value> {
     serde_json::from_str(&text).with_context(|| format!("{} is damaged", path.display()))
 }
 
-/// One line naming the first setting that differs.
-pub fn check_same(dir: &Path, theirs: &Value, ours: &Value) -> Result<()> {
-    if theirs == ours {
-        return Ok(());
-    }
-    let key = match (theirs.as_object(), ours.as_object()) {
+/// The first top-level setting that differs (empty when they are not objects).
+pub fn first_difference(a: &Value, b: &Value) -> String {
+    match (a.as_object(), b.as_object()) {
         (Some(a), Some(b)) => a
             .keys()
             .chain(b.keys())
@@ -129,7 +126,30 @@ pub fn check_same(dir: &Path, theirs: &Value, ours: &Value) -> Result<()> {
             .cloned()
             .unwrap_or_default(),
         _ => String::new(),
-    };
+    }
+}
+
+/// Shards given to one merge must have been run with the same settings.
+pub fn check_shards_same(a: &Path, sa: &Value, b: &Path, sb: &Value) -> Result<()> {
+    if sa == sb {
+        return Ok(());
+    }
+    let key = first_difference(sa, sb);
+    bail!(
+        "{} and {} were measured with different settings ({key}: {} and {}); merge only the shards of one run",
+        a.display(),
+        b.display(),
+        short(sa.get(&key)),
+        short(sb.get(&key)),
+    )
+}
+
+/// One line naming the first setting that differs.
+pub fn check_same(dir: &Path, theirs: &Value, ours: &Value) -> Result<()> {
+    if theirs == ours {
+        return Ok(());
+    }
+    let key = first_difference(theirs, ours);
     bail!(
         "{} holds units measured with other settings ({key}: {} there, {} here); use the same settings, or delete the folder to start again",
         dir.display(),
