@@ -1,6 +1,7 @@
 //! The command line: clap definitions and one module per subcommand.
 
 pub mod bench;
+mod bench_args;
 mod bench_explain;
 pub mod eval;
 pub mod explain;

@@ -11,7 +11,8 @@
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use super::{is_permutation, l1_normalise, Fingerprint, Profile, Provenance, FORMAT_VERSION};
+use super::{l1_normalise, Fingerprint, Profile, Provenance, FORMAT_VERSION};
+use crate::profile_format::is_permutation;
 use crate::trace::Dims;
 
 /// The head file's rankings, checked against the model's shape.
