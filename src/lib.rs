@@ -18,6 +18,7 @@ pub mod profile_format;
 pub mod report;
 pub mod score;
 pub mod session;
+pub mod shard;
 pub mod signals;
 /// Test support (tiny random models and GGUF files): only with the `testing` feature,
 /// which the crate's own tests and benches turn on.
