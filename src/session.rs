@@ -11,7 +11,7 @@ use crate::eviction::{self, ScoreTable, Selection, Settings};
 use crate::keepset::KeepSet;
 use crate::model::replay::{self, FullPass};
 use crate::model::{Loaded, Model, Prompt, PromptInfo, Tok};
-use crate::profile::Profile;
+use crate::profile_format::Profile;
 use crate::trace::Trace;
 
 /// The model's prefill chunk size, re-exported for callers that name it here.
