@@ -37,12 +37,6 @@ const FLOORS: &[(&str, u8)] = &[
 /// be removed here when its fix lands: the test fails on any problem not listed, and on
 /// a listed one that is gone.
 const PENDING: &[&str] = &[
-    // The full-cache replay (divergence::{FullPass, decode_both}) moves into model/.
-    "src/session.rs: imports crate::divergence::FullPass (floor 4) from floor 3",
-    "src/session.rs: imports crate::divergence::decode_both (floor 4) from floor 3",
-    "top-level modules import in a circle: divergence -> report -> session -> divergence",
-    // The --model metadata helpers of config.rs and arch/ fold into one place.
-    "files import in a circle: model::arch -> model::config -> model::arch",
     // Issue 20's new files: profile_make.rs reads cli/profile.rs's helpers while
     // profile.rs dispatches to it; merge.rs builds grids from niah/sweep specs while
     // niah.rs writes through merge.rs.
