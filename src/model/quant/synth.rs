@@ -3,7 +3,7 @@
 //! model writes is meaningless; its memory and speed are those of the real shape. Written
 //! tensor by tensor, so a file far larger than memory streams to disk.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
 use half::{bf16, f16};
 use std::io::Write;
