@@ -325,3 +325,128 @@ fn a_second_eval_on_one_folder_is_refused() {
     drop(held);
     ok(&e.run(&eval_args(&prompts, &m, &out_dir)));
 }
+
+/// The tiny GGUF with `tokenizer.chat_template` set to `template`.
+fn with_template(e: &Env, name: &str, template: &str) -> PathBuf {
+    use candle_core::quantized::gguf_file::{self, Value};
+    let src = e.gguf("plain.gguf", 7);
+    let mut f = std::fs::File::open(&src).expect("open");
+    let content = gguf_file::Content::read(&mut f).expect("read tiny gguf");
+    let mut md: Vec<(String, Value)> = content.metadata.clone().into_iter().collect();
+    md.retain(|(k, _)| k != "tokenizer.chat_template");
+    md.push((
+        "tokenizer.chat_template".into(),
+        Value::String(template.into()),
+    ));
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let tensors: Vec<(String, candle_core::quantized::QTensor)> = names
+        .iter()
+        .map(|n| {
+            let t = content
+                .tensor(&mut f, n, &candle_core::Device::Cpu)
+                .expect("tensor");
+            (n.to_string(), t)
+        })
+        .collect();
+    let dst = e.dir.join(name);
+    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let t_refs: Vec<(&str, &candle_core::quantized::QTensor)> =
+        tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut w = std::fs::File::create(&dst).expect("create");
+    gguf_file::write(&mut w, &md_refs, &t_refs).expect("write gguf");
+    dst
+}
+
+/// Issue 22.6: a model file's own chat template that would hang (nested
+/// `range(100000)`) or render a gigabyte stops with one line naming the template.
+#[test]
+fn hostile_chat_templates_stop_with_one_line() {
+    let e = Env::new("templates");
+    let prompt = e.dir.join("p.txt");
+    std::fs::write(&prompt, "Where did the cat sit?").unwrap();
+    let cases = [
+        (
+            "slow.gguf",
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% for c in range(100000) %}x{% endfor %}{% endfor %}{% endfor %}",
+            "steps",
+        ),
+        (
+            "big.gguf",
+            r#"{% for i in range(100) %}{{ "x" * 10000000 }}{% endfor %}"#,
+            "renders more than",
+        ),
+    ];
+    for (name, template, needle) in cases {
+        let m = with_template(&e, name, template);
+        let out = e.run(&["run", s(&prompt), "--model", s(&m), "--max-new", "2"]);
+        assert_error(&out, &["chat template", needle, "--template"]);
+    }
+}
+
+/// Issue 22.7 / 22.18: a pin list of a thousand copies of a huge range is parsed as one
+/// range and refused by position, and a report with repeated, unsorted pins loads as the
+/// same set (not "keep set ... not sorted and unique").
+#[test]
+fn huge_and_repeated_pins_are_handled() {
+    let e = Env::new("pins");
+    let m = e.gguf("tiny.gguf", 7);
+    let prompt = e.dir.join("p.txt");
+    std::fs::write(&prompt, "The cat sat on the mat. Where did the cat sit?").unwrap();
+    let many = vec!["0-1000000"; 1000].join(",");
+    let out = e.run(&[
+        "run",
+        s(&prompt),
+        "--model",
+        s(&m),
+        "--method",
+        "snapkv",
+        "--budget",
+        "4",
+        "--window",
+        "2",
+        "--pin-keep",
+        &many,
+    ]);
+    assert_error(&out, &["pinned position", "outside the prompt"]);
+    let base = [
+        "run",
+        s(&prompt),
+        "--model",
+        s(&m),
+        "--method",
+        "snapkv",
+        "--budget",
+        "4",
+        "--window",
+        "2",
+        "--max-new",
+        "2",
+        "--pin-keep",
+        "1,3",
+        "--json",
+    ];
+    let first = e.run(&base);
+    ok(&first);
+    let mut rep: serde_json::Value = serde_json::from_slice(&first.stdout).expect("report");
+    let settings = rep
+        .get_mut("settings")
+        .expect("settings in the report")
+        .as_object_mut()
+        .unwrap();
+    settings.insert("pin_keep".into(), serde_json::json!([3, 1, 3, 1, 1]));
+    let f = e.dir.join("report.json");
+    std::fs::write(&f, rep.to_string()).unwrap();
+    let again = e.run(&[
+        "run",
+        s(&prompt),
+        "--model",
+        s(&m),
+        "--from-report",
+        s(&f),
+        "--json",
+    ]);
+    ok(&again);
+    let rep2: serde_json::Value = serde_json::from_slice(&again.stdout).expect("report");
+    assert_eq!(rep2["settings"]["pin_keep"], serde_json::json!([1, 3]));
+}
