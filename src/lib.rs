@@ -15,6 +15,7 @@ pub mod keepset;
 pub mod model;
 pub mod output;
 pub mod profile;
+pub mod profile_format;
 pub mod report;
 pub mod score;
 pub mod session;

@@ -28,9 +28,7 @@ use std::path::{Path, PathBuf};
 pub fn check_target(path: &Path, what: &str) -> Result<PathBuf> {
     match std::fs::symlink_metadata(path) {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(e).with_context(|| format!("cannot check {what} {}", path.display()))
-        }
+        Err(e) => return Err(e).with_context(|| format!("cannot check {what} {}", path.display())),
         Ok(_) => {
             let meta = std::fs::metadata(path).with_context(|| {
                 format!(
@@ -154,13 +152,15 @@ impl AtomicFile {
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(e) => {
-                    return Err(e).with_context(|| {
-                        format!("cannot write {what} in {}", dir.display())
-                    })
+                    return Err(e)
+                        .with_context(|| format!("cannot write {what} in {}", dir.display()))
                 }
             }
         }
-        bail!("cannot create a temporary file for {what} in {}", dir.display())
+        bail!(
+            "cannot create a temporary file for {what} in {}",
+            dir.display()
+        )
     }
 
     /// The temporary file, for writing.
@@ -216,7 +216,11 @@ pub fn write_atomic(path: &Path, what: &str, bytes: &[u8]) -> Result<PathBuf> {
 /// Writes `path` as `what` with `write`, which is given the temporary file's path (for
 /// libraries that open files themselves, as the figure backends do), then renames it
 /// into place like [`write_atomic`].
-pub fn write_with(path: &Path, what: &str, write: impl FnOnce(&Path) -> Result<()>) -> Result<PathBuf> {
+pub fn write_with(
+    path: &Path,
+    what: &str,
+    write: impl FnOnce(&Path) -> Result<()>,
+) -> Result<PathBuf> {
     let mut f = AtomicFile::create(path, what)?;
     let tmp = f.tmp.clone();
     write(&tmp)?;
@@ -250,7 +254,10 @@ pub fn create_unique(dir: &Path, stem: &str, ext: &str) -> Result<(PathBuf, File
             Err(e) => return Err(e).with_context(|| format!("cannot create {}", path.display())),
         }
     }
-    bail!("cannot find a free name for {stem}.{ext} in {}", dir.display())
+    bail!(
+        "cannot find a free name for {stem}.{ext} in {}",
+        dir.display()
+    )
 }
 
 /// Writes `bytes` to a new file in `dir` named as [`create_unique`] does; never replaces
@@ -267,7 +274,8 @@ pub fn write_unique(dir: &Path, stem: &str, ext: &str, bytes: &[u8]) -> Result<P
     // The placeholder reserved the name; the complete file takes its place.
     let target = path.clone();
     let tmp_path = tmp.tmp.clone();
-    std::fs::rename(&tmp_path, &target).with_context(|| format!("cannot write {}", target.display()))?;
+    std::fs::rename(&tmp_path, &target)
+        .with_context(|| format!("cannot write {}", target.display()))?;
     tmp.tmp = PathBuf::new();
     Ok(path)
 }
@@ -429,7 +437,10 @@ mod tests {
     fn a_second_lock_is_refused_naming_the_holder() {
         let d = temp_dir("output-lock");
         let held = FolderLock::take(&d, "eval results").unwrap();
-        let e = FolderLock::take(&d, "eval results").err().unwrap().to_string();
+        let e = FolderLock::take(&d, "eval results")
+            .err()
+            .unwrap()
+            .to_string();
         assert!(
             e.contains(&format!("pid {}", std::process::id())) && e.contains("in use"),
             "{e}"

@@ -11,7 +11,7 @@ use crate::eviction::oracle::FutureAttention;
 use crate::eviction::{self, ScoreTable, Selection, Settings};
 use crate::keepset::KeepSet;
 use crate::model::{Loaded, Model, Prompt, PromptInfo, Tok};
-use crate::profile::Profile;
+use crate::profile_format::Profile;
 use crate::trace::Trace;
 
 /// Prefill chunk size: large enough for efficient GEMMs, small enough for progress.

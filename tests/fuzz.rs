@@ -242,7 +242,7 @@ proptest! {
                 prop_assert!(v.windows(2).all(|w| w[0] < w[1]));
                 prop_assert!(v.last().is_none_or(|&p| p <= MAX_PIN_POSITION));
             }
-            Err(e) => prop_assert!(!format!("{e:#}").contains('\n')),
+            Err(e) => { let m = format!("{:#}", e); prop_assert!(!m.contains('\n'), "{}", m) },
         }
     }
 
@@ -256,7 +256,7 @@ proptest! {
                 prop_assert!(v.len() <= MAX_PIN_POSITION + 1);
                 prop_assert!(v.windows(2).all(|w| w[0] < w[1]));
             }
-            Err(e) => prop_assert!(format!("{e:#}").contains("past any prompt")),
+            Err(e) => { let m = format!("{:#}", e); prop_assert!(m.contains("past any prompt"), "{}", m) },
         }
     }
 }
@@ -294,9 +294,9 @@ proptest! {
                     prop_assert!(s.pin_evict.windows(2).all(|w| w[0] < w[1]));
                     prop_assert!(kvscope::eviction::pins::validate(&s.pin_keep, &s.pin_evict, 10_000).is_ok());
                 }
-                Err(e) => prop_assert!(!format!("{e:#}").contains('\n')),
+                Err(e) => { let m = format!("{:#}", e); prop_assert!(!m.contains('\n'), "{}", m) },
             },
-            Err(e) => prop_assert!(!format!("{e:#}").contains('\n')),
+            Err(e) => { let m = format!("{:#}", e); prop_assert!(!m.contains('\n'), "{}", m) },
         }
     }
 }

@@ -402,7 +402,13 @@ fn report_pins(t: &mut Tally) {
         ("usize max", vec![usize::MAX], vec![], 10, false),
         ("empty", vec![], vec![], 10, true),
         ("empty prompt", vec![0], vec![], 0, false),
-        ("all positions both", (0..1000).collect(), (0..1000).collect(), 1000, false),
+        (
+            "all positions both",
+            (0..1000).collect(),
+            (0..1000).collect(),
+            1000,
+            false,
+        ),
     ];
     for (name, keep, evict, len, ok_expected) in cases {
         let (keep, evict) = (normalize(keep), normalize(evict));
@@ -499,7 +505,9 @@ fn binary(t: &mut Tally) {
     for input in [s(&fifo), "/dev/zero".into(), s(&folder)] {
         cases.push((
             format!("run prompt {input}"),
-            ["run", &input, "--model", &s(&m)].map(String::from).to_vec(),
+            ["run", &input, "--model", &s(&m)]
+                .map(String::from)
+                .to_vec(),
         ));
         cases.push((
             format!("run --from-report {input}"),
@@ -636,5 +644,9 @@ fn sweep_files_templates_and_pins() {
     for f in &t.failures {
         println!("  FAIL {f}");
     }
-    assert!(t.failures.is_empty(), "{failed} failures:\n{}", t.failures.join("\n"));
+    assert!(
+        t.failures.is_empty(),
+        "{failed} failures:\n{}",
+        t.failures.join("\n")
+    );
 }

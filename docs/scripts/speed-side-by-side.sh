@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # kvscope bench and llama.cpp's llama-bench on the same GGUF, interleaved, and the
-# kvscope / llama.cpp ratios of every figure (README "Speed").
+# kvscope / llama.cpp ratios of every figure (docs/speed.md).
 #
 #   docs/scripts/speed-side-by-side.sh MODEL.gguf OUT_DIR [PREFILL] [DECODE] [REPS]
 #

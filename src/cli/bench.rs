@@ -1,64 +1,13 @@
 //! `kvscope bench`: prefill and decode speed on the loaded model, with Trace capture on.
 
 use anyhow::{bail, Result};
-use clap::Args;
 use std::time::Instant;
 
-use super::ModelArgs;
+pub use super::bench_args::BenchArgs;
+use super::bench_args::{filler_ids, median};
 use crate::eviction::{self, Method, Settings};
 use crate::keepset::KeepSet;
 use crate::model::{DecodeState, Loaded};
-
-#[derive(Args, Debug)]
-pub struct BenchArgs {
-    #[command(flatten)]
-    pub model: ModelArgs,
-    /// Repetitions per figure (the median is reported).
-    #[arg(long, default_value_t = 3)]
-    pub reps: usize,
-    /// Prefill lengths to measure.
-    #[arg(long, value_delimiter = ',', default_value = "512,2048")]
-    pub prefill: Vec<usize>,
-    /// Context lengths (tokens already in the cache) to measure decode at.
-    #[arg(long, value_delimiter = ',', default_value = "0,2048,4096")]
-    pub decode: Vec<usize>,
-    /// Decode steps per measurement.
-    #[arg(long, default_value_t = 64)]
-    pub steps: usize,
-    /// Also decode over a compressed cache (snapkv at this budget) at the largest context.
-    #[arg(long, default_value_t = 128)]
-    pub compressed_budget: usize,
-    /// Print JSON.
-    #[arg(long)]
-    pub json: bool,
-    /// Instead of prefill and decode, time the divergence analysis (`kvscope explain`,
-    /// the inspector's Divergence pane) on a prompt of this many tokens.
-    #[arg(long, value_name = "TOKENS")]
-    pub explain: Option<usize>,
-    /// Tokens generated for `--explain`.
-    #[arg(long, default_value_t = 32)]
-    pub explain_new: usize,
-    /// Budget (tokens per KV head) of the snapkv setting `--explain` analyses; default
-    /// 10% of the prompt.
-    #[arg(long)]
-    pub explain_budget: Option<usize>,
-}
-
-/// Natural-looking text repeated to any length; its exact content does not matter for speed.
-const FILLER: &str = "The river town kept its old habits. Every morning the baker opened at six, \
-the ferry crossed twice before noon, and the library lent out maps of valleys nobody had walked \
-in years. Visitors asked about the bridge, the mill and the clock tower, and the answers changed \
-with whoever was telling the story. ";
-
-pub fn filler_ids(loaded: &Loaded, n: usize) -> Result<Vec<u32>> {
-    let unit = loaded.tok.encode(FILLER)?;
-    Ok(unit.iter().cycle().take(n).cloned().collect())
-}
-
-pub(crate) fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
-}
 
 pub fn run(a: &BenchArgs) -> Result<()> {
     super::init_threads(a.model.threads)?;

@@ -7,7 +7,7 @@
 use anyhow::{bail, Result};
 use std::time::Instant;
 
-use super::bench::{filler_ids, median, BenchArgs};
+use super::bench_args::{filler_ids, median, BenchArgs};
 use crate::divergence::{self, FullPass};
 use crate::eviction::{self, Method, Settings};
 use crate::model::Loaded;

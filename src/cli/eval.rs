@@ -187,6 +187,14 @@ pub fn run(cmd: &EvalCommand) -> Result<()> {
             let depths = grid::parse_depths(&a.depths)?;
             let c = &a.common;
             run_with(c, &a.budgets, a.max_new, |ctx, combos| {
+                let longest = lengths.iter().copied().max().unwrap_or(0);
+                if let Some(n) = ctx
+                    .profile
+                    .as_ref()
+                    .and_then(|p| crate::profile::lengths::length_notice(p, longest))
+                {
+                    eprintln!("kvscope: notice: compresskv: {n}");
+                }
                 niah::run(
                     ctx,
                     &niah::NiahSpec {
@@ -205,6 +213,23 @@ pub fn run(cmd: &EvalCommand) -> Result<()> {
             let prompts = prompts::collect(&a.prompts)?;
             let c = &a.common;
             run_with(c, &a.budgets, a.max_new, |ctx, combos| {
+                // The longest prompt, for the profile-length notice (a prompt that does
+                // not read or tokenize is reported by the sweep itself).
+                let longest = prompts
+                    .iter()
+                    .filter_map(|p| {
+                        let text = super::read_prompt(&p.path).ok()?;
+                        Some(ctx.loaded.tok.prompt(&text, &ctx.prompt).ok()?.ids.len())
+                    })
+                    .max()
+                    .unwrap_or(0);
+                if let Some(n) = ctx
+                    .profile
+                    .as_ref()
+                    .and_then(|p| crate::profile::lengths::length_notice(p, longest))
+                {
+                    eprintln!("kvscope: notice: compresskv: {n}");
+                }
                 sweep::run(
                     ctx,
                     &sweep::SweepSpec {

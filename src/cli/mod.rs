@@ -1,11 +1,13 @@
 //! The command line: clap definitions and one module per subcommand.
 
 pub mod bench;
+mod bench_args;
 mod bench_explain;
 pub mod eval;
 pub mod explain;
 pub mod models;
 pub mod profile;
+pub mod profile_make;
 pub mod progress;
 pub mod run;
 pub mod synth;

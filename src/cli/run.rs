@@ -118,6 +118,12 @@ pub(super) fn prepare(a: &RunArgs) -> Result<Prepared> {
         crate::report::check_same_run(sha.as_deref(), model_sha.as_deref(), want_ids, &prompt.ids)?;
     }
     crate::session::check_fits(prompt.ids.len(), plan.max_new, cfg.context_length)?;
+    if let Some(n) = profile
+        .as_ref()
+        .and_then(|p| crate::profile::lengths::length_notice(p, prompt.ids.len()))
+    {
+        eprintln!("kvscope: notice: {n}");
+    }
     Ok(Prepared {
         plan,
         loaded,

@@ -113,13 +113,14 @@ pub fn in_grid(
 /// needles), stored in the run settings: a kvscope whose haystack changed does not resume
 /// a table built from the old one.
 pub fn prompt_set_digest() -> String {
-    let mut parts: Vec<&[u8]> = vec![
-        b"niah".as_slice(),
-        haystack::filler::DOCUMENT.as_bytes(),
-    ];
+    let mut parts: Vec<&[u8]> = vec![b"niah".as_slice(), haystack::filler::DOCUMENT.as_bytes()];
     parts.extend(haystack::filler::NOTES.iter().map(|n| n.as_bytes()));
     for m in &MAGIC {
-        parts.extend([m.fact.as_bytes(), m.question.as_bytes(), m.answer.as_bytes()]);
+        parts.extend([
+            m.fact.as_bytes(),
+            m.question.as_bytes(),
+            m.answer.as_bytes(),
+        ]);
     }
     super::digest(&parts)
 }

@@ -6,7 +6,7 @@
 
 use super::registry::{AllocInput, AllocatorDef, Field, Knob, KnobKind, KnobValue};
 use super::Settings;
-use crate::profile::Profile;
+use crate::profile_format::Profile;
 use crate::trace::{Dims, Trace};
 use anyhow::Result;
 
@@ -511,7 +511,7 @@ mod tests {
         ) {
             let window = window.min(budget);
             let n = raw.len();
-            let errors = crate::profile::l1_normalise(&raw);
+            let errors = crate::profile_format::l1_normalise(&raw);
             let b = error_aware(n, budget, window, errors.as_deref());
             prop_assert_eq!(b.iter().sum::<usize>(), budget * n);
             let floor = MIN_TOKENS.min(budget).max(window);

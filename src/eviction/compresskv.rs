@@ -103,7 +103,7 @@ mod tests {
     use super::super::testutil::*;
     use super::super::{select, Method};
     use super::*;
-    use crate::profile::Profile;
+    use crate::profile_format::Profile;
 
     /// KV 0 keys by a = [4,1,2,1,..], KV 1 by b = [1,1,1,5,..]; heads 0 (q=1) and
     /// 1 (q=0) read KV 0, heads 2 (q=0) and 3 (q=1) read KV 1. With w=2, kernel 1:

@@ -15,7 +15,7 @@ use anyhow::Result;
 use super::registry::{per_layer, Input, Keeps, Knob, KnobKind, KnobValue, MethodDef, Picked};
 use super::scores::{top_k, KERNEL, POOLING};
 use super::{snapkv, with_window, Allocator, LayerChoice, Settings};
-use crate::profile::Profile;
+use crate::profile_format::Profile;
 use crate::trace::Dims;
 
 /// Registry entry.

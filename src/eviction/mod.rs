@@ -31,7 +31,7 @@ pub mod testutil;
 pub mod tova;
 
 use crate::keepset::KeepSet;
-use crate::profile::Profile;
+use crate::profile_format::Profile;
 use crate::trace::Trace;
 use anyhow::{bail, Result};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};

@@ -174,8 +174,13 @@ mod tests {
         // A thousand copies of one long range cost one range.
         let many = vec!["0-1000000"; 1000].join(",");
         assert_eq!(parse_list(&many).unwrap().len(), 1_000_001);
-        assert_eq!(parse_list("5-9,1-3,4,8-12").unwrap(), (1..=12).collect::<Vec<_>>());
-        let e = parse_list("0-18446744073709551615").unwrap_err().to_string();
+        assert_eq!(
+            parse_list("5-9,1-3,4,8-12").unwrap(),
+            (1..=12).collect::<Vec<_>>()
+        );
+        let e = parse_list("0-18446744073709551615")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("past any prompt"), "{e}");
     }
 

@@ -14,7 +14,7 @@ use std::fmt::Write as _;
 
 use super::scores::ScoreTable;
 use super::{Allocator, LayerChoice, Pooling, Settings};
-use crate::profile::Profile;
+use crate::profile_format::Profile;
 use crate::trace::{Dims, Trace};
 
 /// Every selection method, in the order the inspector cycles through them and `--help`

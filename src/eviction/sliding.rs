@@ -8,7 +8,7 @@ use super::registry::{Knob, KnobKind, KnobValue};
 use super::scores::ScoreTable;
 use super::{budget, Allocator, Selection, Settings};
 use crate::keepset::KeepSet;
-use crate::profile::Profile;
+use crate::profile_format::Profile;
 use crate::trace::{Dims, LayerTrace, Trace, W_MAX};
 use anyhow::Result;
 

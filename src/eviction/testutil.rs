@@ -1,6 +1,6 @@
 //! Hand-made and random Traces for the eviction tests (no model involved).
 
-use crate::profile::{Fingerprint, Profile, Provenance, FORMAT_VERSION};
+use crate::profile_format::{Fingerprint, Profile, Provenance, FORMAT_VERSION};
 use crate::trace::{Dims, LayerTrace, Trace, W_MAX};
 
 /// One-layer trace whose attention is easy to work out by hand: KV head `g`'s key at
@@ -132,11 +132,11 @@ pub fn random_profile(dims: Dims, seed: u64) -> Profile {
         },
         srh_ranking: srh_scores
             .iter()
-            .map(|s| crate::profile::rank_best_first(s))
+            .map(|s| crate::profile_format::rank_best_first(s))
             .collect(),
         srh_scores,
         retrieval_scores,
-        layer_errors: crate::profile::l1_normalise(&raw),
+        layer_errors: crate::profile_format::l1_normalise(&raw),
         provenance: Provenance {
             command: "test".into(),
             settings: serde_json::Value::Null,

@@ -463,8 +463,12 @@ fn fetch_llama_vocabs(dest: &Path, python: &str, say: &mut dyn FnMut(&str)) -> R
     sweep_stale_fetches(parent);
     let tmp = TempDir::new(parent)?;
     let req = format!("{LLAMA_VOCAB_PACKAGE}=={LLAMA_VOCAB_VERSION}");
+    // Only this package as source: `--no-binary=:all:` would also build pip's build
+    // backend and its dependencies (cmake among them) from source just to read the
+    // package's metadata, which takes many minutes; as wheels they take seconds.
+    let no_binary = format!("--no-binary={LLAMA_VOCAB_PACKAGE}");
     say(&format!(
-        "fetching llama.cpp's tokenizer test files once with `{python} -m pip download --no-binary=:all: {req}` into {}",
+        "fetching llama.cpp's tokenizer test files once with `{python} -m pip download {no_binary} {req}` into {}",
         dest.display()
     ));
     let child = Command::new(python)
@@ -473,7 +477,7 @@ fn fetch_llama_vocabs(dest: &Path, python: &str, say: &mut dyn FnMut(&str)) -> R
             "pip",
             "download",
             "--no-deps",
-            "--no-binary=:all:",
+            &no_binary,
             "--disable-pip-version-check",
             "-q",
             &req,
@@ -493,7 +497,7 @@ fn fetch_llama_vocabs(dest: &Path, python: &str, say: &mut dyn FnMut(&str)) -> R
     };
     if !output.status.success() {
         bail!(
-            "`{python} -m pip download --no-binary=:all: {req}` failed ({}): {}",
+            "`{python} -m pip download {no_binary} {req}` failed ({}): {}",
             output.status,
             pip_cause(&String::from_utf8_lossy(&output.stderr), parent)
         );

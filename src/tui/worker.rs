@@ -93,10 +93,9 @@ fn run(job: Job, out: &Outbox, rx: Receiver<ToWorker>) {
                 }
                 ToWorker::Export { path } => {
                     let msg = match w.export(path) {
-                        Ok(written) => FromWorker::Notice(format!(
-                            "exported report to {}",
-                            written.display()
-                        )),
+                        Ok(written) => {
+                            FromWorker::Notice(format!("exported report to {}", written.display()))
+                        }
                         Err(e) => FromWorker::Error(format!("export failed: {e:#}")),
                     };
                     if !out(msg) {
@@ -223,7 +222,15 @@ impl Worker {
             let ours = crate::profile::discover::model_sha256(&path).ok();
             crate::report::check_same_run(sha.as_deref(), ours.as_deref(), ids, &prompt.ids)?;
         }
-        out(FromWorker::Notice(prompt.info.summary()));
+        // One notice: a later one would replace the prompt summary on the status line.
+        let mut notice = prompt.info.summary();
+        if let Some(n) = profile
+            .as_ref()
+            .and_then(|p| crate::profile::lengths::length_notice(p, prompt.ids.len()))
+        {
+            notice = format!("{notice}; {n}");
+        }
+        out(FromWorker::Notice(notice));
         let t0 = Instant::now();
         let mut progress = |done: usize, total: usize| {
             let el = t0.elapsed().as_secs_f64();
@@ -362,9 +369,9 @@ impl Worker {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => std::path::Path::new("."),
         };
-        let stem = path
-            .file_stem()
-            .map_or("kvscope-report".into(), |s| s.to_string_lossy().into_owned());
+        let stem = path.file_stem().map_or("kvscope-report".into(), |s| {
+            s.to_string_lossy().into_owned()
+        });
         crate::output::write_unique(dir, &stem, "json", text.as_bytes())
     }
 }
