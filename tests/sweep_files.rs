@@ -388,7 +388,9 @@ fn pin_lists(t: &mut Tally) {
 fn report_pins(t: &mut Tally) {
     use kvscope::eviction::pins::{normalize, validate};
     let n = 1_000_000usize;
-    let cases: Vec<(&str, Vec<usize>, Vec<usize>, usize, bool)> = vec![
+    /// (name, keep, evict, prompt length, whether valid)
+    type Case = (&'static str, Vec<usize>, Vec<usize>, usize, bool);
+    let cases: Vec<Case> = vec![
         (
             "10^6 each, disjoint, unsorted",
             (0..n).rev().map(|p| 2 * p).collect(),
