@@ -201,3 +201,70 @@ fn import_checks_the_shape_and_writes_a_valid_profile() {
         heads.display().to_string()
     );
 }
+
+/// `kvscope run` (and so `explain`, which prepares the same way) says when the prompt
+/// is more than twice the longest length the profile was measured at, and not otherwise.
+#[test]
+fn run_notices_a_prompt_far_longer_than_the_profiled_lengths() {
+    let env = Env::new("length-notice");
+    let cfg = kvscope::model::load(&env.model).unwrap().model.config;
+    let sha = kvscope::profile::discover::model_sha256(&env.model).unwrap();
+    let d = cfg.dims();
+    let scores: Vec<Vec<f64>> = (0..d.n_layers)
+        .map(|l| (0..d.n_heads).map(|h| ((h + l) % 3) as f64).collect())
+        .collect();
+    let profile_at = |longest: usize| {
+        let p = kvscope::profile::Profile {
+            format_version: kvscope::profile::FORMAT_VERSION,
+            model: kvscope::profile::discover::fingerprint(&cfg, &sha),
+            srh_ranking: scores
+                .iter()
+                .map(|s| kvscope::profile::rank_best_first(s))
+                .collect(),
+            retrieval_scores: scores.clone(),
+            srh_scores: scores.clone(),
+            layer_errors: Some(vec![0.5, 0.5]),
+            provenance: kvscope::profile::Provenance {
+                command: "test".into(),
+                settings: serde_json::json!({"srh": {"lengths": [longest / 2, longest]}}),
+                trials_counted: 1,
+                kvscope_version: "test".into(),
+            },
+        };
+        let path = env.path(&format!("p{longest}.json"));
+        p.save(&path).unwrap();
+        path
+    };
+    let prompt = env.path("prompt.txt");
+    std::fs::write(
+        &prompt,
+        "the cat sat in the sun and the dog came in. ".repeat(3),
+    )
+    .unwrap();
+    let run = |profile: &Path| {
+        let o = env.run(&[
+            "run",
+            prompt.to_str().unwrap(),
+            "--model",
+            env.model(),
+            "--method",
+            "compresskv",
+            "--budget",
+            "32",
+            "--max-new",
+            "2",
+            "--profile",
+            profile.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    // The prompt is over 64 tokens (byte-level vocabulary): > 2 x 32, <= 2 x 4096.
+    let err = run(&profile_at(32));
+    assert!(
+        err.contains("notice: the profile was measured on prompts of up to 32 tokens"),
+        "{err}"
+    );
+    let err = run(&profile_at(4096));
+    assert!(!err.contains("measured on prompts of up to"), "{err}");
+}

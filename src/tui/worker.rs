@@ -416,6 +416,7 @@ pub fn snapshot(
         srh_scores,
         srh_ranking,
         retrieval_ranking,
+        profile: s.profile.clone().map(Arc::new),
         maps,
         prefill_ms: s.timing.prefill,
         decode_full_ms: s.timing.decode_full,
