@@ -7,8 +7,8 @@ use anyhow::Result;
 use super::credit::{retrieved, TrialCredit};
 use crate::haystack::shared::SharedHaystack;
 use crate::keepset::KeepSet;
+use crate::model::PREFILL_CHUNK;
 use crate::model::{kernels, DecodeState, Model, StepAttention, Tok};
-use crate::session::PREFILL_CHUNK;
 
 /// What one question of a shared haystack gave.
 #[derive(Debug, Clone, PartialEq)]
