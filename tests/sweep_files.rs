@@ -63,7 +63,13 @@ fn kind(p: &Path) -> String {
             } else {
                 "file"
             };
-            format!("{k}:{}", std::fs::read(p).map(|b| b.len()).unwrap_or(0))
+            // Only a regular file is read: reading a FIFO blocks, /dev/zero never ends.
+            let len = if k == "file" {
+                std::fs::read(p).map(|b| b.len()).unwrap_or(0)
+            } else {
+                0
+            };
+            format!("{k}:{len}")
         }
     }
 }
