@@ -1,6 +1,6 @@
 //! Which prompt positions each layer's KV heads keep after eviction.
 
-use crate::trace::Dims;
+use crate::trace::{Dims, Trace};
 use anyhow::{bail, Result};
 
 /// `positions[layer][kv_head]` = sorted, unique prompt positions kept.
@@ -55,4 +55,19 @@ impl KeepSet {
         }
         Ok(())
     }
+}
+
+/// The full cache: every prompt position of a global layer, the last `min(L, S)` of a
+/// sliding one.
+pub fn full_keep(trace: &Trace) -> KeepSet {
+    let mut keep = KeepSet::all(&trace.dims, trace.len);
+    for (l, layer) in keep.positions.iter_mut().enumerate() {
+        if trace.window(l).is_some() {
+            let first = trace.len - trace.full_entries(l);
+            for head in layer.iter_mut() {
+                head.drain(..first);
+            }
+        }
+    }
+    keep
 }

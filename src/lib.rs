@@ -18,6 +18,7 @@ pub mod profile_format;
 pub mod report;
 pub mod score;
 pub mod session;
+pub mod shard;
 pub mod signals;
 pub mod testing;
 pub mod testing_formats;

@@ -241,7 +241,7 @@ fn check_matrix(name: &str, m: &[Vec<f64>], dims: &Dims) -> Result<()> {
     Ok(())
 }
 
-fn is_permutation(ranking: &[usize], n: usize) -> bool {
+pub(crate) fn is_permutation(ranking: &[usize], n: usize) -> bool {
     let mut seen = vec![false; n];
     ranking.len() == n
         && ranking

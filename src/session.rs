@@ -6,16 +6,16 @@ use anyhow::Result;
 use serde::Serialize;
 use std::time::Instant;
 
-use crate::divergence::FullPass;
 use crate::eviction::oracle::FutureAttention;
 use crate::eviction::{self, ScoreTable, Selection, Settings};
 use crate::keepset::KeepSet;
+use crate::model::replay::{self, FullPass};
 use crate::model::{Loaded, Model, Prompt, PromptInfo, Tok};
 use crate::profile_format::Profile;
 use crate::trace::Trace;
 
-/// Prefill chunk size: large enough for efficient GEMMs, small enough for progress.
-pub const PREFILL_CHUNK: usize = 512;
+/// The model's prefill chunk size, re-exported for callers that name it here.
+pub use crate::model::PREFILL_CHUNK;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Generation {
@@ -82,7 +82,7 @@ pub struct Compressed {
     pub kv_fraction: f64,
     pub agreement: Agreement,
     /// The compressed cache's next-token logits along the FULL generation (teacher
-    /// forcing, [`crate::divergence::decode_both`]); `None` unless asked for.
+    /// forcing, [`crate::model::replay::decode_both`]); `None` unless asked for.
     pub forced: Option<Vec<Vec<f32>>>,
 }
 
@@ -166,7 +166,7 @@ impl Session {
         let prefill = ms(t);
         let t = Instant::now();
         // Sliding-window layers hold only the entries they can still see.
-        let all = eviction::sliding::full_keep(&trace);
+        let all = crate::keepset::full_keep(&trace);
         let full_ids = loaded
             .model
             .generate(&trace, &all, max_new, &loaded.tok.stop_ids, None)?;
@@ -269,7 +269,7 @@ impl Session {
         self.timing.select = ms(t);
         let t = Instant::now();
         let (ids, forced) = if forced {
-            let d = crate::divergence::decode_both(
+            let d = replay::decode_both(
                 model,
                 &self.trace,
                 &selection.keep,

@@ -73,3 +73,23 @@ fn loaded_budgets_far_above_the_prompt_do_not_wrap() {
     let b = app.budgets();
     assert_eq!(b[app.sel_layer], len - 16, "{b:?}");
 }
+
+/// Issue 23: the budgets the UI shows for an edit before its result arrives are the ones
+/// the worker then computes, error-aware included (the profile's layer errors reach the
+/// UI with the snapshot instead of being swapped for uniform there).
+#[test]
+fn previewed_budgets_match_the_workers_error_aware_allocation() {
+    use kvscope::eviction::Allocator;
+    let mut fx = common::fixture_with(Some(common::tiny_profile()));
+    let mut app = common::ready_app(&mut fx);
+    while app.settings.effective_allocator() != Allocator::ErrorAware {
+        key(&mut app, KeyCode::Char('a'));
+    }
+    key(&mut app, KeyCode::Char('B'));
+    assert!(app.stale(), "the edit has no result yet");
+    let preview = app.budgets();
+    let o = fx.outcome(app.gen, app.settings.clone());
+    assert_eq!(preview, o.layer_budgets);
+    // The tiny profile's errors favour layer 1, so error-aware differs from uniform.
+    assert!(preview[1] > preview[0], "{preview:?}");
+}

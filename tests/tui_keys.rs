@@ -361,7 +361,7 @@ fn a_found_profile_makes_compresskv_the_start_method_unless_the_user_chose() {
         )
     };
     let mut open = App::new(snapkv.clone(), "m".into(), "p".into());
-    open.prefer_compresskv = true;
+    open.ctl.prefer_compresskv = true;
     ready(&mut open, &fx);
     assert_eq!(open.settings.method, Method::CompressKv);
     assert!(open.notice.as_deref().unwrap_or("").contains("compresskv"));
@@ -379,7 +379,7 @@ fn a_found_profile_makes_compresskv_the_start_method_unless_the_user_chose() {
     );
 
     let mut no_profile = App::new(snapkv, "m".into(), "p".into());
-    no_profile.prefer_compresskv = true;
+    no_profile.ctl.prefer_compresskv = true;
     let plain = common::fixture();
     ready(&mut no_profile, &plain);
     assert_eq!(no_profile.settings.method, Method::SnapKv);

@@ -12,7 +12,7 @@ OUT=docs/screens
 capture() {
   local name=$1 w=$2 h=$3 settle=$4; shift 4
   tmux kill-session -t cap 2>/dev/null
-  tmux new-session -d -s cap -x "$w" -y "$h" "$BIN $PROMPT; sleep 5"
+  tmux new-session -d -s cap -x "$w" -y "$h" "$BIN $PROMPT ${ARGS:-}; sleep 5"
   for _ in $(seq 1 120); do
     sleep 0.5
     tmux capture-pane -p -t cap | grep -q '\[ready\]' && break
@@ -24,7 +24,7 @@ capture() {
       tmux capture-pane -p -t cap | grep -q '\[ready\]' && break
     done
   fi
-  tmux capture-pane -p -t cap > "$OUT/$name.txt"
+  tmux capture-pane -p ${COLOURS:+-e} -t cap > "$OUT/$name.txt"
   tmux send-keys -t cap q
   sleep 0.5
   tmux kill-session -t cap 2>/dev/null
@@ -41,3 +41,11 @@ capture stale-after-budget-key 160 45 no "${SEL[@]}" b
 for n in 1 2 3 4 5 6; do
   capture "tab-100x30-$n" 100 30 yes "$n"
 done
+
+# The README's picture: the whole screen with its colours (snapkv at B=128, L14 h3),
+# drawn as SVG.
+TMPD=$(mktemp -d)
+OUT=$TMPD ARGS="--method snapkv" COLOURS=1 capture inspector 160 45 yes "${SEL[@]}"
+python3 docs/scripts/ansi-to-svg.py "$TMPD/inspector.txt" docs/img/inspector.svg 160 45
+rm -r "$TMPD"
+echo "drew docs/img/inspector.svg"

@@ -68,7 +68,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         let mut tps = Vec::new();
         for _ in 0..reps {
             let t = Instant::now();
-            let trace = m.prefill(&ids, crate::session::PREFILL_CHUNK, &mut |_, _| {})?;
+            let trace = m.prefill(&ids, crate::model::PREFILL_CHUNK, &mut |_, _| {})?;
             tps.push(n as f64 / t.elapsed().as_secs_f64());
             trace_bytes_max = trace_bytes_max.max(trace.resident_bytes());
         }
@@ -80,7 +80,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     for &ctx in &a.decode {
         // A context of 0 still needs one token to start from.
         let ids = filler_ids(&loaded, ctx.max(1))?;
-        let trace = m.prefill(&ids, crate::session::PREFILL_CHUNK, &mut |_, _| {})?;
+        let trace = m.prefill(&ids, crate::model::PREFILL_CHUNK, &mut |_, _| {})?;
         let all = KeepSet::all(&trace.dims, trace.len);
         trace_bytes_max = trace_bytes_max.max(trace.resident_bytes());
         let (v, kv) = decode_tps(&loaded, &trace, &all, a.steps, reps)?;

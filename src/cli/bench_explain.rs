@@ -33,7 +33,7 @@ pub fn run(loaded: &Loaded, a: &BenchArgs, n: usize, reps: usize) -> Result<()> 
 
     // Once per prompt.
     let t = Instant::now();
-    let trace = m.prefill(&ids, crate::session::PREFILL_CHUNK, &mut |_, _| {})?;
+    let trace = m.prefill(&ids, crate::model::PREFILL_CHUNK, &mut |_, _| {})?;
     let prefill = ms(t);
     let t = Instant::now();
     let full_keep = eviction::sliding::full_keep(&trace);

@@ -15,6 +15,25 @@ pub enum EvalCommand {
     Niah(NiahArgs),
     /// Prompts with expected answers x methods x budgets x windows.
     Sweep(SweepArgs),
+    /// Combine the --out folders of `eval niah|sweep --shard` runs into one.
+    Merge(MergeArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MergeArgs {
+    /// The shards' --out folders.
+    #[arg(required = true)]
+    pub dirs: Vec<PathBuf>,
+    /// Where the merged results, tables and figures go (a new or empty folder).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+}
+
+fn shard_of(c: &CommonArgs) -> Result<Option<crate::shard::Shard>> {
+    c.shard
+        .as_deref()
+        .map(|s| crate::shard::Shard::parse(s, &|k| std::env::var(k).ok()))
+        .transpose()
 }
 
 /// Flags both evaluations share.
@@ -50,6 +69,11 @@ pub struct CommonArgs {
     /// No progress bar.
     #[arg(long)]
     pub quiet: bool,
+    /// Run only shard K of N (0 <= K < N) of the cells (niah) or prompts (sweep), or
+    /// auto/N to read K from SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX; combine the
+    /// shards' --out folders with `kvscope eval merge`.
+    #[arg(long, value_name = "K/N")]
+    pub shard: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -182,11 +206,21 @@ fn run_with(
 
 pub fn run(cmd: &EvalCommand) -> Result<()> {
     match cmd {
+        EvalCommand::Merge(a) => crate::eval::merge::merge(&a.dirs, &a.out),
         EvalCommand::Niah(a) => {
             let lengths = grid::parse_usizes(&a.lengths, "--lengths", 64)?;
+            let shard = shard_of(&a.common)?;
             let depths = grid::parse_depths(&a.depths)?;
             let c = &a.common;
             run_with(c, &a.budgets, a.max_new, |ctx, combos| {
+                let longest = lengths.iter().copied().max().unwrap_or(0);
+                if let Some(n) = ctx
+                    .profile
+                    .as_ref()
+                    .and_then(|p| crate::profile::lengths::length_notice(p, longest))
+                {
+                    eprintln!("kvscope: notice: compresskv: {n}");
+                }
                 niah::run(
                     ctx,
                     &niah::NiahSpec {
@@ -197,14 +231,33 @@ pub fn run(cmd: &EvalCommand) -> Result<()> {
                         resume: c.resume,
                         fresh: c.fresh,
                         quiet: c.quiet,
+                        shard,
                     },
                 )
             })
         }
         EvalCommand::Sweep(a) => {
+            let shard = shard_of(&a.common)?;
             let prompts = prompts::collect(&a.prompts)?;
             let c = &a.common;
             run_with(c, &a.budgets, a.max_new, |ctx, combos| {
+                // The longest prompt, for the profile-length notice (a prompt that does
+                // not read or tokenize is reported by the sweep itself).
+                let longest = prompts
+                    .iter()
+                    .filter_map(|p| {
+                        let text = super::read_prompt(&p.path).ok()?;
+                        Some(ctx.loaded.tok.prompt(&text, &ctx.prompt).ok()?.ids.len())
+                    })
+                    .max()
+                    .unwrap_or(0);
+                if let Some(n) = ctx
+                    .profile
+                    .as_ref()
+                    .and_then(|p| crate::profile::lengths::length_notice(p, longest))
+                {
+                    eprintln!("kvscope: notice: compresskv: {n}");
+                }
                 sweep::run(
                     ctx,
                     &sweep::SweepSpec {
@@ -214,6 +267,7 @@ pub fn run(cmd: &EvalCommand) -> Result<()> {
                         resume: c.resume,
                         fresh: c.fresh,
                         quiet: c.quiet,
+                        shard,
                     },
                 )
             })

@@ -23,6 +23,14 @@ pub struct ProfileArgs {
 
 #[derive(Subcommand, Debug)]
 pub enum ProfileCommand {
+    /// Measure a whole profile (SRHs and layer errors) in one resumable run: fast shared
+    /// protocol by default, shardable over machines.
+    Make(super::profile_make::MakeArgs),
+    /// Combine the parts folders of `profile make --shard` runs into one profile.
+    Merge(super::profile_make::MergeArgs),
+    /// Make a profile from the reference implementation's head-ranking and layer-score
+    /// files.
+    Import(super::profile_make::ImportArgs),
     /// Measure SRH and retrieval-head scores on needle-in-a-haystack prompts.
     Srh(SrhArgs),
     /// Measure per-layer eviction errors and add them to an SRH profile.
@@ -123,6 +131,9 @@ pub struct CompareArgs {
 
 pub fn run(a: &ProfileArgs) -> Result<()> {
     match &a.command {
+        ProfileCommand::Make(a) => super::profile_make::run_make(a),
+        ProfileCommand::Merge(a) => super::profile_make::run_merge(a),
+        ProfileCommand::Import(a) => super::profile_make::run_import(a),
         ProfileCommand::Srh(a) => run_srh(a),
         ProfileCommand::Layers(a) => run_layers(a),
         ProfileCommand::Show(a) => run_show(a),
@@ -130,7 +141,7 @@ pub fn run(a: &ProfileArgs) -> Result<()> {
     }
 }
 
-fn parse_list<T: std::str::FromStr>(flag: &str, s: &str) -> Result<Vec<T>> {
+pub(super) fn parse_list<T: std::str::FromStr>(flag: &str, s: &str) -> Result<Vec<T>> {
     let v = s
         .split(',')
         .map(|x| {
@@ -147,11 +158,11 @@ fn parse_list<T: std::str::FromStr>(flag: &str, s: &str) -> Result<Vec<T>> {
 
 /// Haystack lengths: what `eval` accepts (64 tokens or more; shorter ones hold no
 /// haystack worth the name, and 0 never ends).
-fn parse_lengths(s: &str) -> Result<Vec<usize>> {
+pub(super) fn parse_lengths(s: &str) -> Result<Vec<usize>> {
     crate::eval::grid::parse_usizes(s, "--lengths", 64)
 }
 
-fn parse_depths(s: &str) -> Result<Vec<f64>> {
+pub(super) fn parse_depths(s: &str) -> Result<Vec<f64>> {
     let v: Vec<f64> = parse_list("--depths", s)?;
     if let Some(bad) = v.iter().find(|d| !(0.0..=100.0).contains(*d)) {
         bail!("--depths: {bad} is outside 0..100 (percent)");
@@ -160,7 +171,7 @@ fn parse_depths(s: &str) -> Result<Vec<f64>> {
 }
 
 /// The command line as typed, for provenance (arguments with spaces are quoted).
-fn command_line() -> String {
+pub(super) fn command_line() -> String {
     std::env::args()
         .enumerate()
         .map(|(i, a)| {
@@ -175,7 +186,7 @@ fn command_line() -> String {
         .join(" ")
 }
 
-fn default_out(model_path: &Path) -> Result<PathBuf> {
+pub(super) fn default_out(model_path: &Path) -> Result<PathBuf> {
     let stem = model_path
         .file_stem()
         .map(|s| s.to_string_lossy().into_owned())
@@ -185,7 +196,7 @@ fn default_out(model_path: &Path) -> Result<PathBuf> {
         .join(format!("{stem}.json")))
 }
 
-fn ensure_parent(path: &Path) -> Result<()> {
+pub(super) fn ensure_parent(path: &Path) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
             .with_context(|| format!("cannot create folder {}", dir.display()))?;

@@ -126,6 +126,12 @@ pub(super) fn prepare(a: &RunArgs) -> Result<Prepared> {
         "--max-new"
     };
     crate::session::check_fits_from(prompt.ids.len(), plan.max_new, cfg.context_length, from)?;
+    if let Some(n) = profile
+        .as_ref()
+        .and_then(|p| crate::profile::lengths::length_notice(p, prompt.ids.len()))
+    {
+        eprintln!("kvscope: notice: {n}");
+    }
     Ok(Prepared {
         plan,
         loaded,

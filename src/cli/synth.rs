@@ -10,10 +10,10 @@ use crate::model::quant::synth::{self, Mix};
 
 #[derive(Args, Debug)]
 pub struct SynthArgs {
-    /// Shape: llama-3.2-1b, llama-3.1-8b or qwen2.5-7b.
+    /// Shape: llama-3.2-1b, llama-3.1-8b, qwen2.5-7b or qwen2.5-0.5b.
     #[arg(long)]
     pub shape: String,
-    /// Weight formats: q4_k_m (Q4_K + Q6_K as llama.cpp mixes them) or one format (q8_0, ...).
+    /// Weight formats: q4_k_m (llama.cpp's Q4_K_M mix for the shape: Q4_K + Q6_K, and its 32-value fallbacks for rows that are not whole 256-blocks) or one format (q8_0, ...).
     #[arg(long, default_value = "q4_k_m")]
     pub mix: String,
     /// Output file (write it outside the repository).

@@ -7,6 +7,7 @@
 //! window still to run on it ([`run_item`]).
 
 pub mod grid;
+pub mod merge;
 pub mod niah;
 pub mod plot;
 pub mod progress;

@@ -21,6 +21,8 @@ pub struct NiahSpec {
     pub resume: bool,
     pub fresh: bool,
     pub quiet: bool,
+    /// Run only this shard's cells / prompts (and write `grid.json` for `eval merge`).
+    pub shard: Option<crate::shard::Shard>,
 }
 
 /// The needle and the first filler paragraph of a cell: fixed by the cell's place in the
@@ -122,6 +124,12 @@ pub fn run(ctx: &Ctx, spec: &NiahSpec) -> Result<()> {
     let mut work = Vec::new();
     for (li, &len) in spec.lengths.iter().enumerate() {
         for (di, &depth) in spec.depths.iter().enumerate() {
+            if spec
+                .shard
+                .is_some_and(|s| !s.owns(li * spec.depths.len() + di))
+            {
+                continue;
+            }
             let name = grid::cell_name(len, depth);
             let pending = grid::pending(&name, &spec.combos, &done);
             if !pending.is_empty() {
@@ -159,6 +167,9 @@ pub fn run(ctx: &Ctx, spec: &NiahSpec) -> Result<()> {
         fresh.extend(run_item(ctx, &item, pending, &mut writer, &mut bar)?);
     }
     bar.finish();
+    if let Some(shard) = spec.shard {
+        return super::merge::write_grid(&spec.out, &super::merge::Grid::niah(spec), shard);
+    }
     let mut all = old;
     all.extend(fresh);
     let recs = in_grid(all, &spec.lengths, &spec.depths, &spec.combos);
@@ -167,7 +178,8 @@ pub fn run(ctx: &Ctx, spec: &NiahSpec) -> Result<()> {
     Ok(())
 }
 
-fn report(spec: &NiahSpec, recs: &[Record]) -> Result<()> {
+/// The terminal report and the figures of a finished grid (also `eval merge`'s).
+pub fn report(spec: &NiahSpec, recs: &[Record]) -> Result<()> {
     let rows: Vec<String> = spec.lengths.iter().map(|l| l.to_string()).collect();
     let cols: Vec<String> = spec.depths.iter().map(|d| d.to_string()).collect();
     let colour = super::stdout_colour();

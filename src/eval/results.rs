@@ -98,7 +98,7 @@ fn scan(path: &Path) -> Result<(Vec<Record>, usize)> {
 pub const RUN_SETTINGS: &str = "run-settings.json";
 
 /// `key: old -> new` for every top-level key that differs.
-fn settings_diff(old: &serde_json::Value, new: &serde_json::Value) -> String {
+pub(crate) fn settings_diff(old: &serde_json::Value, new: &serde_json::Value) -> String {
     let empty = serde_json::Map::new();
     let (o, n) = (
         old.as_object().unwrap_or(&empty),

@@ -20,6 +20,8 @@ pub struct SweepSpec {
     pub resume: bool,
     pub fresh: bool,
     pub quiet: bool,
+    /// Run only this shard's cells / prompts (and write `grid.json` for `eval merge`).
+    pub shard: Option<crate::shard::Shard>,
 }
 
 /// One row of the sweep table: a combo's averages over the prompts.
@@ -176,7 +178,9 @@ pub fn run(ctx: &Ctx, spec: &SweepSpec) -> Result<()> {
     let work: Vec<(&EvalPrompt, Vec<&Combo>)> = spec
         .prompts
         .iter()
-        .map(|p| (p, grid::pending(&p.name, &spec.combos, &done)))
+        .enumerate()
+        .filter(|(i, _)| spec.shard.is_none_or(|s| s.owns(*i)))
+        .map(|(_, p)| (p, grid::pending(&p.name, &spec.combos, &done)))
         .filter(|(_, pend)| !pend.is_empty())
         .collect();
     let total: usize = work.iter().map(|w| w.1.len()).sum();
@@ -202,6 +206,9 @@ pub fn run(ctx: &Ctx, spec: &SweepSpec) -> Result<()> {
         all.extend(run_item(ctx, &item, pending, &mut writer, &mut bar)?);
     }
     bar.finish();
+    if let Some(shard) = spec.shard {
+        return super::merge::write_grid(&spec.out, &super::merge::Grid::sweep(spec), shard);
+    }
     let mut keys: HashSet<UnitKey> = HashSet::new();
     for p in &spec.prompts {
         for c in &spec.combos {
@@ -213,8 +220,14 @@ pub fn run(ctx: &Ctx, spec: &SweepSpec) -> Result<()> {
         .into_iter()
         .filter(|r| keys.contains(&r.key()) && seen.insert(r.key()))
         .collect();
-    results::write_tables(&spec.out, &recs)?;
-    let rows = rows(&recs, &spec.combos);
+    report(&spec.out, &spec.combos, &recs)
+}
+
+/// The tables, terminal report and figures of a finished sweep (also `eval merge`'s).
+pub fn report(out: &std::path::Path, combos: &[Combo], recs: &[Record]) -> Result<()> {
+    let spec_out = out;
+    results::write_tables(spec_out, recs)?;
+    let rows = rows(recs, combos);
     // Full-cache reference, once per prompt.
     let mut prompts_seen = HashSet::new();
     let full: Vec<&Record> = recs
@@ -235,7 +248,7 @@ pub fn run(ctx: &Ctx, spec: &SweepSpec) -> Result<()> {
             mean(&full, |r| r.full_rouge1),
             |r| r.rouge1,
         ),
-        &spec.out.join("sweep-rouge1"),
+        &spec_out.join("sweep-rouge1"),
     )?;
     let (f2, t2) = plot::write_lines(
         &figure(
@@ -244,10 +257,10 @@ pub fn run(ctx: &Ctx, spec: &SweepSpec) -> Result<()> {
             Some(1.0),
             |r| r.token_match,
         ),
-        &spec.out.join("sweep-agreement"),
+        &spec_out.join("sweep-agreement"),
     )?;
     files.extend(f2);
-    super::niah::note_files(&spec.out, &files, t1 && t2);
+    super::niah::note_files(spec_out, &files, t1 && t2);
     Ok(())
 }
 

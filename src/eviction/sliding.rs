@@ -7,7 +7,6 @@
 use super::registry::{Knob, KnobKind, KnobValue};
 use super::scores::ScoreTable;
 use super::{budget, Allocator, Selection, Settings};
-use crate::keepset::KeepSet;
 use crate::profile_format::Profile;
 use crate::trace::{Dims, LayerTrace, Trace, W_MAX};
 use anyhow::Result;
@@ -122,20 +121,8 @@ fn budgets_for(
     Ok(out)
 }
 
-/// The full cache: every prompt position of a global layer, the last `min(L, S)` of a
-/// sliding one.
-pub fn full_keep(trace: &Trace) -> KeepSet {
-    let mut keep = KeepSet::all(&trace.dims, trace.len);
-    for (l, layer) in keep.positions.iter_mut().enumerate() {
-        if trace.window(l).is_some() {
-            let first = trace.len - trace.full_entries(l);
-            for head in layer.iter_mut() {
-                head.drain(..first);
-            }
-        }
-    }
-    keep
-}
+/// The full cache (kept with the keep sets, which the model's replays also use).
+pub use crate::keepset::full_keep;
 
 /// Sets every sliding layer of `sel` to its full cache: the last `min(L, S)` prompt
 /// positions of each KV head, budget `min(L, S)`, no scores.

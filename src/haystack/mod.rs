@@ -21,6 +21,7 @@
 pub mod filler;
 pub mod needles;
 pub mod prompt;
+pub mod shared;
 
 use anyhow::Result;
 

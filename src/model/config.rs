@@ -1,11 +1,10 @@
-//! Model hyper-parameters and architecture facts read from GGUF metadata (by the
-//! architecture files in `arch/`).
+//! Model hyper-parameters and the architecture facts the layer body switches on. The
+//! architecture files in `arch/` fill them from GGUF metadata (read through
+//! `metadata.rs`); this file knows no architecture and no GGUF.
 
-use anyhow::{bail, Context, Result};
-use candle_core::quantized::gguf_file::{Content, Value};
+use anyhow::{bail, Result};
 use serde::Serialize;
 
-use super::arch::ArchOptions;
 use crate::trace::Dims;
 
 /// What differs between the layers of one model.
@@ -102,37 +101,59 @@ impl Config {
         }
         Ok(())
     }
+}
 
-    pub fn from_gguf(content: &Content) -> Result<Self> {
-        super::arch::read_config(&content.metadata)
+/// How the RoPE rotation pairs the dimensions of a head (llama.cpp's rope types).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum RopeStyle {
+    /// Adjacent pairs `(2i, 2i + 1)` (llama: the converter permuted Q and K to this).
+    Normal,
+    /// Halves `(i, i + n_rot / 2)` (GPT-NeoX layout: qwen2, gemma3).
+    Neox,
+}
+
+/// The gate activation of the MLP: `down(act(gate x) * up x)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Activation {
+    Silu,
+    /// GELU, tanh approximation.
+    GeluTanh,
+}
+
+/// The architecture facts the layer body switches on (defaults: llama).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ArchOptions {
+    /// Q, K and V projections have bias vectors (`attn_{q,k,v}.bias`).
+    pub qkv_bias: bool,
+    /// Per-head RMSNorm of Q and K before RoPE (`attn_q_norm`, `attn_k_norm`).
+    pub qk_norm: bool,
+    /// RMSNorm of the attention and MLP outputs before the residual add
+    /// (`post_attention_norm`, `post_ffw_norm`).
+    pub post_norms: bool,
+    pub rope_style: RopeStyle,
+    /// Dimensions of a head that RoPE rotates (the first `rope_dims`).
+    pub rope_dims: usize,
+    pub activation: Activation,
+    /// The token embedding is multiplied by this (Gemma: sqrt(d_model)).
+    pub embed_scale: f32,
+    /// Scores are `q . k * attn_scale`.
+    pub attn_scale: f32,
+    /// Final logits become `c * tanh(logits / c)` when set.
+    pub final_softcap: Option<f32>,
+}
+
+impl ArchOptions {
+    pub fn llama(head_dim: usize) -> Self {
+        ArchOptions {
+            qkv_bias: false,
+            qk_norm: false,
+            post_norms: false,
+            rope_style: RopeStyle::Normal,
+            rope_dims: head_dim,
+            activation: Activation::Silu,
+            embed_scale: 1.0,
+            attn_scale: 1.0 / (head_dim as f32).sqrt(),
+            final_softcap: None,
+        }
     }
-}
-
-pub(crate) fn get_str<'a>(
-    md: &'a std::collections::HashMap<String, Value>,
-    key: &str,
-) -> Result<&'a str> {
-    md.get(key)
-        .with_context(|| format!("GGUF metadata lacks '{key}'"))?
-        .to_string()
-        .map(|s| s.as_str())
-        .with_context(|| format!("GGUF metadata '{key}' is not a string"))
-}
-
-pub(crate) fn get_usize(md: &std::collections::HashMap<String, Value>, key: &str) -> Result<usize> {
-    let v = md
-        .get(key)
-        .with_context(|| format!("GGUF metadata lacks '{key}'"))?;
-    let n = match v {
-        Value::U8(x) => *x as u64,
-        Value::U16(x) => *x as u64,
-        Value::U32(x) => *x as u64,
-        Value::U64(x) => *x,
-        Value::I8(x) if *x >= 0 => *x as u64,
-        Value::I16(x) if *x >= 0 => *x as u64,
-        Value::I32(x) if *x >= 0 => *x as u64,
-        Value::I64(x) if *x >= 0 => *x as u64,
-        _ => bail!("GGUF metadata '{key}' is not a non-negative integer"),
-    };
-    Ok(n as usize)
 }

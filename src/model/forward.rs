@@ -10,7 +10,7 @@
 use anyhow::{bail, Result};
 use rayon::prelude::*;
 
-use super::arch::Activation;
+use super::config::Activation;
 use super::config::Config;
 use super::kernels::{self, matmul_ab, matmul_abt, rms_norm, silu, QVec};
 use super::kvcache::{combine, HeadCache, KvDtype, Partial, TILE};

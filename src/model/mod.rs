@@ -7,7 +7,9 @@ pub mod forward;
 pub mod gguf_check;
 pub mod kernels;
 pub mod kvcache;
+pub mod metadata;
 pub mod quant;
+pub mod replay;
 pub mod rope;
 pub mod team;
 pub mod template;
@@ -23,6 +25,9 @@ pub use forward::{DecodeState, Model, Precision, StepAttention};
 pub use template::TemplateChoice;
 pub use tokenizer::{Prompt, PromptInfo, PromptOptions, Tok};
 
+/// Prefill chunk size: large enough for efficient GEMMs, small enough for progress.
+pub const PREFILL_CHUNK: usize = 512;
+
 /// A model with its tokenizer, loaded from one GGUF file.
 pub struct Loaded {
     pub model: Model,
@@ -34,7 +39,8 @@ pub struct Loaded {
 /// tokenizer from its metadata and loads the weights.
 pub fn load(path: &Path) -> Result<Loaded> {
     let (content, mut r, file_bytes) = open_gguf(path)?;
-    let config = Config::from_gguf(&content).with_context(|| format!("{}", path.display()))?;
+    let config =
+        arch::read_config(&content.metadata).with_context(|| format!("{}", path.display()))?;
     let tok = Tok::from_gguf(&content).with_context(|| format!("{}", path.display()))?;
     let model = load_weights(path, &content, &mut r, config)?;
     Ok(Loaded {
@@ -47,7 +53,8 @@ pub fn load(path: &Path) -> Result<Loaded> {
 /// The model of a GGUF file without its tokenizer (for work on token ids).
 pub fn load_model(path: &Path) -> Result<Model> {
     let (content, mut r, _) = open_gguf(path)?;
-    let config = Config::from_gguf(&content).with_context(|| format!("{}", path.display()))?;
+    let config =
+        arch::read_config(&content.metadata).with_context(|| format!("{}", path.display()))?;
     load_weights(path, &content, &mut r, config)
 }
 

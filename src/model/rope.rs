@@ -2,8 +2,8 @@
 //! (a few hundred sin/cos per token and layer kind), so nothing is sized by the
 //! model's declared context length.
 
-use super::arch::RopeStyle;
 use super::config::Config;
+use super::config::RopeStyle;
 
 /// The frequencies of one RoPE variant (a base, a position scale, optional per-pair
 /// frequency factors) and how it pairs dimensions.

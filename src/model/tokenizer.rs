@@ -174,7 +174,7 @@ pub struct Prompt {
 impl Tok {
     pub fn from_gguf(content: &Content) -> Result<Self> {
         let md = &content.metadata;
-        let model = super::config::get_str(md, "tokenizer.ggml.model")?;
+        let model = super::metadata::get_str(md, "tokenizer.ggml.model")?;
         let tokens = string_array(md, "tokenizer.ggml.tokens")?;
         let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
             Some(Value::Array(a)) => a.iter().map(|v| v.to_i32().unwrap_or(1)).collect(),

@@ -10,8 +10,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::srh::Interrupted;
 use super::Profile;
 use crate::eviction::{self, Allocator, Method, Settings};
+use crate::model::PREFILL_CHUNK;
 use crate::model::{kernels, DecodeState, Model, Tok};
-use crate::session::PREFILL_CHUNK;
 
 /// The selection the errors are measured under: compresskv's one index set per layer
 /// from the profile's SRHs, with every layer at the same budget.
@@ -61,7 +61,7 @@ pub fn prompt_errors(
     let d = trace.dims;
     let shadow = eviction::select(&trace, settings, Some(profile))?.keep;
     // The full cache as decoding holds it (a sliding layer: its last min(L, S)).
-    let all = eviction::sliding::full_keep(&trace);
+    let all = crate::keepset::full_keep(&trace);
     let mut state = DecodeState::new(model, &trace, &all, max_new)?;
     let mut sums = vec![0.0f64; d.n_layers];
     let mut errs = Vec::with_capacity(d.n_layers);

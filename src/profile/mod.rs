@@ -6,7 +6,12 @@
 pub mod compare;
 pub mod credit;
 pub mod discover;
+pub mod import;
 pub mod layers;
+pub mod lengths;
+pub mod make;
+pub mod parts;
+pub mod shared;
 pub mod show;
 pub mod srh;
 

@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use super::credit::{retrieved, rouge1_recall, SrhTotals, TrialCredit};
 use crate::haystack::{needle_prompt, NeedlePrompt, NEEDLES};
 use crate::keepset::KeepSet;
+use crate::model::PREFILL_CHUNK;
 use crate::model::{kernels, DecodeState, Model, StepAttention, Tok};
-use crate::session::PREFILL_CHUNK;
 use crate::trace::Trace;
 
 /// What to measure on.

@@ -88,7 +88,7 @@ pub fn run(opts: Options) -> Result<()> {
         });
     let mut app = App::new(opts.settings.clone(), model_label, String::new());
     app.notice = opts.notice.clone();
-    app.prefer_compresskv = opts.prefer_compresskv;
+    app.ctl.prefer_compresskv = opts.prefer_compresskv;
     app.rescue_k = opts.rescue_k;
     if first.is_none() {
         app.picker = Some(picker());

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use crate::eviction::Settings;
+use crate::profile_format::Profile;
 use crate::session::Agreement;
-use crate::trace::BlockMap;
+use crate::trace::{BlockMap, Dims};
 
 /// Prompt-level data, computed once per prompt after prefill.
 #[derive(Debug, Clone)]
@@ -38,6 +39,9 @@ pub struct Snapshot {
     pub srh_ranking: Option<Vec<Vec<usize>>>,
     /// `[layer]`: classic retrieval-head ranking (best first) from the profile.
     pub retrieval_ranking: Option<Vec<Vec<usize>>>,
+    /// The session's profile, so the UI previews an edit's budgets from the inputs the
+    /// worker's selection reads ([`Snapshot::budgets`]).
+    pub profile: Option<Arc<Profile>>,
     /// `[layer][head]` block-averaged attention maps (moved out of the Trace: selection
     /// never reads them, so handing them over costs no copy).
     pub maps: Arc<Vec<Vec<BlockMap>>>,
@@ -45,6 +49,31 @@ pub struct Snapshot {
     pub decode_full_ms: f64,
     /// Chat template used and control tokens in the prompt text, for the status line.
     pub prompt_info: Option<crate::model::PromptInfo>,
+}
+
+impl Snapshot {
+    pub fn dims(&self) -> Dims {
+        Dims {
+            n_layers: self.n_layers,
+            n_heads: self.n_heads,
+            n_kv_heads: self.n_kv_heads,
+            head_dim: self.head_dim,
+        }
+    }
+
+    /// The per-layer budgets the worker's selection gives `settings` on this prompt: the
+    /// same allocation ([`crate::eviction::sliding`]) over the same inputs (dims, sliding
+    /// windows, prompt length, the session's profile). Fails only for an allocator that
+    /// measures the prefilled trace (cake), which stays on the worker.
+    pub fn budgets(&self, settings: &Settings) -> anyhow::Result<Vec<usize>> {
+        crate::eviction::sliding::budgets_with_windows(
+            settings,
+            &self.dims(),
+            self.prompt_tokens.len(),
+            &self.windows,
+            self.profile.as_deref(),
+        )
+    }
 }
 
 /// One recompute's outcome, tagged with the settings generation it was computed for.

@@ -222,7 +222,15 @@ impl Worker {
             let ours = crate::profile::discover::model_sha256(&path).ok();
             crate::report::check_same_run(sha.as_deref(), ours.as_deref(), ids, &prompt.ids)?;
         }
-        out(FromWorker::Notice(prompt.info.summary()));
+        // One notice: a later one would replace the prompt summary on the status line.
+        let mut notice = prompt.info.summary();
+        if let Some(n) = profile
+            .as_ref()
+            .and_then(|p| crate::profile::lengths::length_notice(p, prompt.ids.len()))
+        {
+            notice = format!("{notice}; {n}");
+        }
+        out(FromWorker::Notice(notice));
         let t0 = Instant::now();
         let mut progress = |done: usize, total: usize| {
             let el = t0.elapsed().as_secs_f64();
@@ -399,6 +407,7 @@ pub fn snapshot(
         srh_scores,
         srh_ranking,
         retrieval_ranking,
+        profile: s.profile.clone().map(Arc::new),
         maps,
         prefill_ms: s.timing.prefill,
         decode_full_ms: s.timing.decode_full,

@@ -13,8 +13,9 @@
 
 use anyhow::{bail, Result};
 
-use super::{f32_or, linear_rope_scale, Activation, Arch, Metadata, RopeStyle};
-use crate::model::config::{get_usize, Config};
+use super::Arch;
+use crate::model::config::{Activation, Config, RopeStyle};
+use crate::model::metadata::{f32_or, get_usize, linear_rope_scale, Metadata};
 
 pub const ARCH: Arch = Arch {
     name: "gemma3",

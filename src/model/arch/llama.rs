@@ -5,8 +5,9 @@
 
 use anyhow::Result;
 
-use super::{linear_rope_scale, Arch, Metadata};
+use super::Arch;
 use crate::model::config::Config;
+use crate::model::metadata::{linear_rope_scale, Metadata};
 
 pub const ARCH: Arch = Arch {
     name: "llama",

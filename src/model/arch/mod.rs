@@ -5,20 +5,19 @@
 //! Adding an architecture: one file here with a `pub const ARCH: Arch` whose `read`
 //! fills the options that differ from the llama defaults, and one line in [`REGISTRY`].
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::quantized::gguf_file::Value;
-use serde::Serialize;
-use std::collections::HashMap;
 
-use super::config::{get_str, get_usize, Config, LayerSpec};
+use super::config::{Config, LayerSpec};
+use super::metadata::{f32_or, get_str, get_usize};
+// The option types are the config's; re-exported for the files that name them here.
+pub use super::config::{Activation, ArchOptions, RopeStyle};
+use super::metadata::Metadata;
 
 pub mod gemma3;
 pub mod llama;
 pub mod qwen2;
 pub mod qwen3;
-
-/// GGUF metadata, key -> value.
-pub type Metadata = HashMap<String, Value>;
 
 /// One supported architecture.
 pub struct Arch {
@@ -31,61 +30,6 @@ pub struct Arch {
 
 /// Every architecture kvscope opens.
 pub const REGISTRY: &[Arch] = &[llama::ARCH, qwen2::ARCH, qwen3::ARCH, gemma3::ARCH];
-
-/// How the RoPE rotation pairs the dimensions of a head (llama.cpp's rope types).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum RopeStyle {
-    /// Adjacent pairs `(2i, 2i + 1)` (llama: the converter permuted Q and K to this).
-    Normal,
-    /// Halves `(i, i + n_rot / 2)` (GPT-NeoX layout: qwen2, gemma3).
-    Neox,
-}
-
-/// The gate activation of the MLP: `down(act(gate x) * up x)`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub enum Activation {
-    Silu,
-    /// GELU, tanh approximation.
-    GeluTanh,
-}
-
-/// The architecture facts the layer body switches on (defaults: llama).
-#[derive(Debug, Clone, PartialEq, Serialize)]
-pub struct ArchOptions {
-    /// Q, K and V projections have bias vectors (`attn_{q,k,v}.bias`).
-    pub qkv_bias: bool,
-    /// Per-head RMSNorm of Q and K before RoPE (`attn_q_norm`, `attn_k_norm`).
-    pub qk_norm: bool,
-    /// RMSNorm of the attention and MLP outputs before the residual add
-    /// (`post_attention_norm`, `post_ffw_norm`).
-    pub post_norms: bool,
-    pub rope_style: RopeStyle,
-    /// Dimensions of a head that RoPE rotates (the first `rope_dims`).
-    pub rope_dims: usize,
-    pub activation: Activation,
-    /// The token embedding is multiplied by this (Gemma: sqrt(d_model)).
-    pub embed_scale: f32,
-    /// Scores are `q . k * attn_scale`.
-    pub attn_scale: f32,
-    /// Final logits become `c * tanh(logits / c)` when set.
-    pub final_softcap: Option<f32>,
-}
-
-impl ArchOptions {
-    pub fn llama(head_dim: usize) -> Self {
-        ArchOptions {
-            qkv_bias: false,
-            qk_norm: false,
-            post_norms: false,
-            rope_style: RopeStyle::Normal,
-            rope_dims: head_dim,
-            activation: Activation::Silu,
-            embed_scale: 1.0,
-            attn_scale: 1.0 / (head_dim as f32).sqrt(),
-            final_softcap: None,
-        }
-    }
-}
 
 /// Reads a GGUF's hyper-parameters and architecture facts; refuses an architecture
 /// outside [`REGISTRY`] naming the one found.
@@ -170,36 +114,4 @@ fn common(md: &Metadata, arch: &str) -> Result<Config> {
         ],
         opts,
     })
-}
-
-/// A float metadata value, or `default` when the key is absent.
-pub fn f32_or(md: &Metadata, key: &str, default: f32) -> Result<f32> {
-    match md.get(key) {
-        None => Ok(default),
-        Some(v) => v
-            .to_f32()
-            .or_else(|_| v.to_f64().map(|x| x as f32))
-            .ok()
-            .with_context(|| format!("GGUF metadata '{key}' is not a float")),
-    }
-}
-
-/// Linear RoPE scaling (`rope.scaling.type = linear`, `rope.scaling.factor = f`):
-/// positions are multiplied by `1 / f`. Returns 1 when the file asks for none; refuses
-/// scaling kinds kvscope does not implement.
-pub fn linear_rope_scale(md: &Metadata, arch: &str) -> Result<f32> {
-    let kind = match md.get(&format!("{arch}.rope.scaling.type")) {
-        Some(v) => v.to_string().map(|s| s.as_str()).unwrap_or("?"),
-        None => "none",
-    };
-    let factor = f32_or(md, &format!("{arch}.rope.scaling.factor"), 1.0)?;
-    match kind {
-        // Llama 3.x: the converter wrote the scaled frequencies as the `rope_freqs`
-        // tensor, which the weights loader reads.
-        "none" | "llama3" => Ok(1.0),
-        "linear" if factor > 0.0 => Ok(1.0 / factor),
-        other => bail!(
-            "RoPE scaling '{other}' (factor {factor}) is not supported by kvscope (supported: none, linear, and Llama 3's rope_freqs tensor)"
-        ),
-    }
 }

@@ -3,8 +3,10 @@
 
 use anyhow::Result;
 
-use super::{linear_rope_scale, Arch, Metadata, RopeStyle};
+use super::Arch;
 use crate::model::config::Config;
+use crate::model::config::RopeStyle;
+use crate::model::metadata::{linear_rope_scale, Metadata};
 
 pub const ARCH: Arch = Arch {
     name: "qwen2",

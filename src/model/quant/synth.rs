@@ -28,6 +28,10 @@ pub struct Shape {
     pub rope_base: f32,
     pub rms_eps: f32,
     pub context_length: usize,
+    /// Rows of the embedding (and output) matrix: `None` takes the tokenizer's token
+    /// count; `Some(n)` pads the tokenizer with unused `[PAD<i>]` tokens up to `n`, as
+    /// llama.cpp's converter pads a vocabulary to the embedding's rows.
+    pub vocab: Option<usize>,
 }
 
 /// The shapes of the models CompressKV and its users study (vocabulary: the tokenizer's).
@@ -46,6 +50,7 @@ pub fn shapes() -> Vec<Shape> {
         rope_base: 500_000.0,
         rms_eps: 1e-5,
         context_length: 8192,
+        vocab: None,
     };
     vec![
         Shape {
@@ -77,6 +82,27 @@ pub fn shapes() -> Vec<Shape> {
             qkv_bias: true,
             rope_base: 1_000_000.0,
             rms_eps: 1e-6,
+            ..base.clone()
+        },
+        // Qwen2.5-0.5B(-Instruct) as its GGUF files lay it out: hidden 896 (not a multiple
+        // of 256, so llama.cpp's K-quant mixes fall back to 32-value formats for every
+        // matrix whose rows are 896 long), its 151,936-row vocabulary, and a separate
+        // output matrix (the files carry `output.weight` although the checkpoint ties it:
+        // Q4_K_M's 170 matrices, Q5_0 x133 / Q8_0 x13 / Q6_K x12 / Q4_K x12, count both).
+        Shape {
+            name: "qwen2.5-0.5b",
+            arch: "qwen2",
+            n_layers: 24,
+            d_model: 896,
+            n_heads: 14,
+            n_kv_heads: 2,
+            head_dim: 64,
+            d_ff: 4864,
+            qkv_bias: true,
+            rope_base: 1_000_000.0,
+            rms_eps: 1e-6,
+            context_length: 32768,
+            vocab: Some(151_936),
             ..base
         },
     ]
@@ -85,9 +111,10 @@ pub fn shapes() -> Vec<Shape> {
 /// How the matrices are stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mix {
-    /// As llama.cpp's Q4_K_M: Q4_K, with Q6_K for the output matrix and for attn_v and
-    /// ffn_down of the first and last eighth of the layers and every third one between.
-    /// Rows that are not whole 256-blocks fall back to Q8_0.
+    /// As llama.cpp's Q4_K_M: Q4_K, with Q6_K for the output matrix (the embedding when
+    /// it doubles as the output) and for attn_v and ffn_down of the first and last eighth
+    /// of the layers and every third one between. Rows that are not whole 256-blocks
+    /// fall back as llama.cpp's quantizer does: Q4_K to Q5_0, Q6_K to Q8_0.
     Q4KM,
     /// Every matrix in one format.
     All(Format),
@@ -110,7 +137,16 @@ impl Mix {
         )
     }
 
-    fn format(self, tensor: &str, layer: Option<usize>, n_layers: usize, cols: usize) -> Format {
+    /// The format of matrix `tensor` (its kind: "output", "attn_v", ...) with rows of
+    /// `cols` values; `tied`: the embedding is also the output matrix.
+    fn format(
+        self,
+        tensor: &str,
+        layer: Option<usize>,
+        n_layers: usize,
+        cols: usize,
+        tied: bool,
+    ) -> Format {
         let f = match self {
             Mix::All(f) => f,
             Mix::Q4KM => {
@@ -118,6 +154,7 @@ impl Mix {
                     i < n_layers / 8 || i >= 7 * n_layers / 8 || (i - n_layers / 8) % 3 == 2
                 };
                 let six = tensor == "output"
+                    || (tied && tensor == "token_embd")
                     || ((tensor == "attn_v" || tensor == "ffn_down")
                         && layer.is_some_and(more_bits));
                 if six {
@@ -128,9 +165,19 @@ impl Mix {
             }
         };
         if cols.is_multiple_of(f.block()) {
-            f
+            return f;
+        }
+        // llama.cpp's fallbacks for rows that are not whole blocks of the chosen format,
+        // and F16 where even those do not fit.
+        let fallback = match f {
+            Format::Q4K => Format::Q5_0,
+            Format::Q5K => Format::Q5_1,
+            _ => Format::Q8_0,
+        };
+        if cols.is_multiple_of(fallback.block()) {
+            fallback
         } else {
-            Format::Q8_0
+            Format::F16
         }
     }
 }
@@ -292,7 +339,7 @@ fn plan(s: &Shape, mix: Mix, vocab: usize) -> Vec<Planned> {
             (Format::F32, 0.0)
         } else {
             (
-                mix.format(kind, layer, s.n_layers, cols),
+                mix.format(kind, layer, s.n_layers, cols, s.tied),
                 1.0 / (cols as f32).sqrt(),
             )
         };
@@ -329,6 +376,39 @@ fn plan(s: &Shape, mix: Mix, vocab: usize) -> Vec<Planned> {
     v
 }
 
+/// Pads the tokenizer's per-token arrays (`tokenizer.ggml.tokens`, `token_type`,
+/// `scores`) from their length to `vocab` entries: tokens `[PAD<i>]` of type unused (5),
+/// score 0, as llama.cpp's converter pads a vocabulary smaller than the embedding. The
+/// padding tokens are never produced (no merge leads to them), so the text of a prompt
+/// tokenizes as before.
+fn pad_tokenizer(tok: &mut [(String, Value)], vocab: usize) -> Result<()> {
+    const UNUSED: i32 = 5;
+    let n = match tok.iter().find(|(k, _)| k == "tokenizer.ggml.tokens") {
+        Some((_, Value::Array(t))) => t.len(),
+        _ => bail!("the tokenizer source has no tokenizer.ggml.tokens"),
+    };
+    if n > vocab {
+        bail!("the tokenizer has {n} tokens, more than this shape's vocabulary of {vocab}: pass --tokenizer-from with a smaller one");
+    }
+    for (k, v) in tok.iter_mut() {
+        let Value::Array(items) = v else { continue };
+        if items.len() != n {
+            continue;
+        }
+        // Each padded entry in the array's own element type (GGUF arrays hold one type).
+        let pad = |i: usize| match (k.as_str(), items.first()) {
+            ("tokenizer.ggml.tokens", _) => Some(Value::String(format!("[PAD{i}]"))),
+            ("tokenizer.ggml.token_type", Some(Value::U32(_))) => Some(Value::U32(UNUSED as u32)),
+            ("tokenizer.ggml.token_type", _) => Some(Value::I32(UNUSED)),
+            ("tokenizer.ggml.scores", _) => Some(Value::F32(0.0)),
+            _ => None,
+        };
+        let padding: Vec<Value> = (n..vocab).map_while(pad).collect();
+        items.extend(padding);
+    }
+    Ok(())
+}
+
 const ALIGN: u64 = 32;
 
 /// Writes a GGUF of shape `s` with random weights in `mix` and the `tokenizer.*`
@@ -341,10 +421,11 @@ pub fn write(
     seed: u64,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<u64> {
-    let vocab = match tokenizer_from.metadata.get("tokenizer.ggml.tokens") {
+    let n_tokens = match tokenizer_from.metadata.get("tokenizer.ggml.tokens") {
         Some(Value::Array(t)) if !t.is_empty() => t.len(),
         _ => bail!("the tokenizer source has no tokenizer.ggml.tokens"),
     };
+    let vocab = s.vocab.unwrap_or(n_tokens);
     let a = s.arch;
     let u = |x: usize| Value::U32(x as u32);
     let mut md: Vec<(String, Value)> = vec![
@@ -376,6 +457,7 @@ pub fn write(
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
     tok.sort_by(|x, y| x.0.cmp(&y.0));
+    pad_tokenizer(&mut tok, vocab)?;
     md.extend(tok);
 
     let tensors = plan(s, mix, vocab);
@@ -460,5 +542,136 @@ fn ggml_type_id(f: Format) -> u32 {
         Format::Q5K => 13,
         Format::Q6K => 14,
         Format::BF16 => 30,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(name: &str) -> Shape {
+        shapes().into_iter().find(|s| s.name == name).unwrap()
+    }
+
+    fn count(plan: &[Planned], f: Format) -> usize {
+        plan.iter().filter(|t| t.fmt == f).count()
+    }
+
+    fn fmt_of(plan: &[Planned], name: &str) -> Format {
+        plan.iter().find(|t| t.name == name).unwrap().fmt
+    }
+
+    /// The Qwen2.5-0.5B shape's Q4_K_M plan has llama.cpp's type counts for that file
+    /// (Q5_0 x133, Q8_0 x13, Q6_K x12, Q4_K x12), each on the tensors llama.cpp's rules
+    /// give it: rows of 896 values cannot be K-quants.
+    #[test]
+    fn qwen05_q4_k_m_is_llamacpps_mix() {
+        let s = shape("qwen2.5-0.5b");
+        let p = plan(&s, Mix::Q4KM, s.vocab.unwrap());
+        assert_eq!(count(&p, Format::Q5_0), 133);
+        assert_eq!(count(&p, Format::Q8_0), 13);
+        assert_eq!(count(&p, Format::Q6K), 12);
+        assert_eq!(count(&p, Format::Q4K), 12);
+        // Norms and Q/K/V biases stay f32: 24 x (2 norms + 3 biases) + the output norm.
+        assert_eq!(count(&p, Format::F32), 24 * 5 + 1);
+        assert_eq!(p.len(), 133 + 13 + 12 + 12 + 121);
+
+        // The output matrix (Q6_K wanted, 896-value rows) is Q8_0; the separate
+        // embedding (Q4_K wanted) is Q5_0.
+        assert_eq!(fmt_of(&p, "output.weight"), Format::Q8_0);
+        assert_eq!(fmt_of(&p, "token_embd.weight"), Format::Q5_0);
+        let emb = p.iter().find(|t| t.name == "token_embd.weight").unwrap();
+        assert_eq!((emb.rows, emb.cols), (151_936, 896));
+        // More bits (first and last 3 of 24 layers, every third between: 5, 8, ..., 20):
+        // attn_v Q6_K -> Q8_0, ffn_down (rows of 4864 = 19 x 256) Q6_K; else Q5_0 / Q4_K.
+        let more = [0, 1, 2, 5, 8, 11, 14, 17, 20, 21, 22, 23];
+        for i in 0..24 {
+            let m = more.contains(&i);
+            let v = fmt_of(&p, &format!("blk.{i}.attn_v.weight"));
+            let down = fmt_of(&p, &format!("blk.{i}.ffn_down.weight"));
+            assert_eq!(v, if m { Format::Q8_0 } else { Format::Q5_0 }, "layer {i}");
+            assert_eq!(down, if m { Format::Q6K } else { Format::Q4K }, "layer {i}");
+            for n in ["attn_q", "attn_k", "attn_output", "ffn_gate", "ffn_up"] {
+                assert_eq!(fmt_of(&p, &format!("blk.{i}.{n}.weight")), Format::Q5_0);
+            }
+            for n in ["attn_q", "attn_k", "attn_v"] {
+                assert_eq!(fmt_of(&p, &format!("blk.{i}.{n}.bias")), Format::F32);
+            }
+        }
+        let q = p.iter().find(|t| t.name == "blk.0.attn_q.weight").unwrap();
+        let k = p.iter().find(|t| t.name == "blk.0.attn_k.weight").unwrap();
+        assert_eq!((q.rows, q.cols, k.rows, k.cols), (896, 896, 128, 896));
+    }
+
+    /// A tied embedding is the output matrix, so Q4_K_M stores it as llama.cpp stores the
+    /// output (Q6_K); the untied shapes keep a Q4_K embedding.
+    #[test]
+    fn tied_embedding_gets_the_output_format() {
+        let s = shape("llama-3.2-1b");
+        let p = plan(&s, Mix::Q4KM, 1000);
+        assert!(p.iter().all(|t| t.name != "output.weight"));
+        assert_eq!(fmt_of(&p, "token_embd.weight"), Format::Q6K);
+        let s = shape("llama-3.1-8b");
+        let p = plan(&s, Mix::Q4KM, 1000);
+        assert_eq!(fmt_of(&p, "token_embd.weight"), Format::Q4K);
+        assert_eq!(fmt_of(&p, "output.weight"), Format::Q6K);
+    }
+
+    #[test]
+    fn fallbacks_follow_llamacpp() {
+        let m = Mix::Q4KM;
+        assert_eq!(m.format("attn_q", Some(3), 24, 896, false), Format::Q5_0);
+        assert_eq!(m.format("output", None, 24, 896, false), Format::Q8_0);
+        assert_eq!(m.format("attn_q", Some(3), 24, 1024, false), Format::Q4K);
+        assert_eq!(
+            Mix::All(Format::Q5K).format("x", None, 24, 896, false),
+            Format::Q5_1
+        );
+        // Rows that not even a 32-value block divides: F16.
+        assert_eq!(m.format("attn_q", Some(3), 24, 100, false), Format::F16);
+    }
+
+    #[test]
+    fn tokenizer_padded_to_the_shapes_vocabulary() {
+        let mut tok = vec![
+            (
+                "tokenizer.ggml.merges".to_string(),
+                Value::Array(vec![Value::String("a b".into())]),
+            ),
+            (
+                "tokenizer.ggml.model".to_string(),
+                Value::String("gpt2".into()),
+            ),
+            (
+                "tokenizer.ggml.token_type".to_string(),
+                Value::Array(vec![Value::I32(1), Value::I32(3)]),
+            ),
+            (
+                "tokenizer.ggml.tokens".to_string(),
+                Value::Array(vec![Value::String("a".into()), Value::String("b".into())]),
+            ),
+        ];
+        pad_tokenizer(&mut tok, 5).unwrap();
+        let arr = |k: &str| match &tok.iter().find(|(n, _)| n == k).unwrap().1 {
+            Value::Array(a) => a.clone(),
+            _ => panic!("{k} is not an array"),
+        };
+        let tokens: Vec<String> = arr("tokenizer.ggml.tokens")
+            .iter()
+            .map(|v| v.to_string().unwrap().clone())
+            .collect();
+        assert_eq!(tokens, ["a", "b", "[PAD2]", "[PAD3]", "[PAD4]"]);
+        let types: Vec<i32> = arr("tokenizer.ggml.token_type")
+            .iter()
+            .map(|v| v.to_i32().unwrap())
+            .collect();
+        assert_eq!(types, [1, 3, 5, 5, 5]);
+        assert_eq!(arr("tokenizer.ggml.merges").len(), 1);
+        // A tokenizer larger than the shape's vocabulary is refused.
+        let err = pad_tokenizer(&mut tok, 3).unwrap_err().to_string();
+        assert!(
+            err.contains("more than this shape's vocabulary of 3"),
+            "{err}"
+        );
     }
 }

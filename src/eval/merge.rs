@@ -1,0 +1,238 @@
+//! `eval niah|sweep --shard K/N` and `eval merge`: a grid split over machines and put
+//! back together.
+//!
+//! A shard runs the items (NIAH cells, sweep prompts) it owns, appends their records to
+//! its `results.jsonl` as usual, and writes `grid.json`: the whole grid (items in order,
+//! combos) and its shard. `eval merge` checks that the folders are the shards of one
+//! run (same grid, same run settings, every shard once), orders the records as the
+//! unsharded run writes them, and writes the same tables and figures.
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use super::grid::{self, Budget, Combo, UnitKey};
+use super::results::{self, Record, RUN_SETTINGS};
+use crate::eviction::Method;
+use crate::shard::Shard;
+
+const GRID: &str = "grid.json";
+
+/// The whole grid a shard belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Grid {
+    /// `niah` or `sweep`.
+    pub kind: String,
+    /// Item names in the unsharded run's order.
+    pub items: Vec<String>,
+    pub lengths: Vec<usize>,
+    pub depths: Vec<usize>,
+    /// `(method, budget, window)` in order.
+    pub combos: Vec<(String, String, usize)>,
+}
+
+fn combo_list(combos: &[Combo]) -> Vec<(String, String, usize)> {
+    combos
+        .iter()
+        .map(|c| (c.method.name().to_string(), c.budget.to_string(), c.window))
+        .collect()
+}
+
+impl Grid {
+    pub fn niah(spec: &super::niah::NiahSpec) -> Grid {
+        let mut items = Vec::new();
+        for &l in &spec.lengths {
+            for &d in &spec.depths {
+                items.push(grid::cell_name(l, d));
+            }
+        }
+        Grid {
+            kind: "niah".into(),
+            items,
+            lengths: spec.lengths.clone(),
+            depths: spec.depths.clone(),
+            combos: combo_list(&spec.combos),
+        }
+    }
+
+    pub fn sweep(spec: &super::sweep::SweepSpec) -> Grid {
+        Grid {
+            kind: "sweep".into(),
+            items: spec.prompts.iter().map(|p| p.name.clone()).collect(),
+            lengths: Vec::new(),
+            depths: Vec::new(),
+            combos: combo_list(&spec.combos),
+        }
+    }
+
+    fn combos(&self) -> Result<Vec<Combo>> {
+        self.combos
+            .iter()
+            .map(|(m, b, w)| {
+                Ok(Combo {
+                    method: Method::named(m)
+                        .with_context(|| format!("{GRID} names an unknown method {m}"))?,
+                    budget: Budget::parse(b)?,
+                    window: *w,
+                })
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ShardFile {
+    grid: Grid,
+    shard: (usize, usize),
+}
+
+/// Written by a shard when its items are done.
+pub fn write_grid(out: &Path, grid: &Grid, shard: Shard) -> Result<()> {
+    let path = out.join(GRID);
+    let f = ShardFile {
+        grid: grid.clone(),
+        shard: (shard.index, shard.count),
+    };
+    std::fs::write(&path, serde_json::to_string_pretty(&f)? + "\n")
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    eprintln!(
+        "kvscope: shard {}/{} done; its results are in {} (combine the shards with `kvscope eval merge`)",
+        shard.index,
+        shard.count,
+        out.display()
+    );
+    Ok(())
+}
+
+fn read_shard(dir: &Path) -> Result<(ShardFile, serde_json::Value, Vec<Record>)> {
+    let gp = dir.join(GRID);
+    let bytes =
+        crate::input::read_bounded(&gp, "shard grid file", crate::input::MAX_SMALL_FILE_BYTES)
+            .with_context(|| {
+                format!(
+                    "{} is not a finished `eval --shard` folder (no {GRID})",
+                    dir.display()
+                )
+            })?;
+    let sf: ShardFile =
+        serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", gp.display()))?;
+    let sp = dir.join(RUN_SETTINGS);
+    let settings: serde_json::Value =
+        crate::input::read_bounded(&sp, "run settings file", crate::input::MAX_SMALL_FILE_BYTES)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .with_context(|| format!("{} has no readable {RUN_SETTINGS}", dir.display()))?;
+    let recs = results::read_records(&dir.join("results.jsonl"))?;
+    Ok((sf, settings, recs))
+}
+
+/// Combines shard folders into `out` (a new or empty folder).
+pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<()> {
+    let mut shards = Vec::new();
+    for d in dirs {
+        shards.push((d, read_shard(d)?));
+    }
+    let (d0, (first, settings0, _)) = &shards[0];
+    let n = first.shard.1;
+    let mut seen = vec![None::<&PathBuf>; n];
+    for (d, (sf, settings, _)) in &shards {
+        if sf.grid != first.grid {
+            bail!(
+                "{} and {} are shards of different grids (items, lengths, depths or combos differ); merge only the shards of one run",
+                d0.display(),
+                d.display()
+            );
+        }
+        if settings != settings0 {
+            bail!(
+                "{} and {} were run with different settings ({}); merge only the shards of one run",
+                d0.display(),
+                d.display(),
+                results::settings_diff(settings0, settings)
+            );
+        }
+        let (k, count) = sf.shard;
+        if count != n || k >= n {
+            bail!(
+                "{} is shard {k}/{count}, {} is shard {}/{n}: the shards of one run share N",
+                d.display(),
+                d0.display(),
+                first.shard.0
+            );
+        }
+        if let Some(other) = seen[k] {
+            bail!(
+                "{} and {} are both shard {k}/{n}",
+                other.display(),
+                d.display()
+            );
+        }
+        seen[k] = Some(d);
+    }
+    if let Some(k) = seen.iter().position(Option::is_none) {
+        bail!("shard {k}/{n} is missing: give every shard's folder");
+    }
+    let grid = &first.grid;
+    let combos = grid.combos()?;
+    let mut by_key: HashMap<UnitKey, Record> = HashMap::new();
+    for (_, (_, _, recs)) in &shards {
+        for r in recs {
+            by_key.entry(r.key()).or_insert_with(|| r.clone());
+        }
+    }
+    let mut recs = Vec::with_capacity(grid.items.len() * combos.len());
+    for item in &grid.items {
+        for c in &combos {
+            let r = by_key.get(&c.key(item)).with_context(|| {
+                format!(
+                    "no shard has the result of {item} with {} {} window {}: was a shard stopped early? rerun it with --resume",
+                    c.method.name(),
+                    c.budget,
+                    c.window
+                )
+            })?;
+            recs.push(r.clone());
+        }
+    }
+    if let Ok(m) = std::fs::symlink_metadata(out) {
+        let empty = m.is_dir()
+            && std::fs::read_dir(out)
+                .map(|mut r| r.next().is_none())
+                .unwrap_or(false);
+        if !empty {
+            bail!(
+                "--out {} exists and is not an empty folder; choose a new one",
+                out.display()
+            );
+        }
+    }
+    std::fs::create_dir_all(out).with_context(|| format!("cannot create {}", out.display()))?;
+    let mut lines = String::new();
+    for r in &recs {
+        lines.push_str(&serde_json::to_string(r)?);
+        lines.push('\n');
+    }
+    let rp = out.join("results.jsonl");
+    std::fs::write(&rp, lines).with_context(|| format!("cannot write {}", rp.display()))?;
+    let sp = out.join(RUN_SETTINGS);
+    std::fs::write(&sp, serde_json::to_string_pretty(settings0)? + "\n")
+        .with_context(|| format!("cannot write {}", sp.display()))?;
+    match grid.kind.as_str() {
+        "niah" => {
+            let spec = super::niah::NiahSpec {
+                lengths: grid.lengths.clone(),
+                depths: grid.depths.clone(),
+                combos,
+                out: out.to_path_buf(),
+                resume: false,
+                fresh: false,
+                quiet: true,
+                shard: None,
+            };
+            results::write_tables(out, &recs)?;
+            super::niah::report(&spec, &recs)
+        }
+        _ => super::sweep::report(out, &combos, &recs),
+    }
+}

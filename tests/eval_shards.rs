@@ -1,0 +1,149 @@
+//! `eval niah --shard K/N` on three "machines" and `eval merge`: the merged folder holds
+//! the unsharded run's records (decode times aside: they are measured, not computed),
+//! and the same tables and figures, byte for byte. A missing shard is one error line and nothing is written.
+
+use kvscope::testing::{self, GgufSpec};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Env {
+    dir: PathBuf,
+    gguf: PathBuf,
+}
+
+impl Env {
+    fn new(tag: &str) -> Env {
+        let dir = testing::temp_dir(tag);
+        let gguf = dir.join("tiny.gguf");
+        let spec = GgufSpec {
+            context_length: 2048,
+            ..GgufSpec::default()
+        };
+        testing::write_tiny_gguf(&gguf, &spec).unwrap();
+        Env { dir, gguf }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_kvscope"))
+            .args(args)
+            .env("KVSCOPE_HOME", self.dir.join("home"))
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("SLURM_ARRAY_TASK_ID")
+            .env_remove("JOB_COMPLETION_INDEX")
+            .output()
+            .unwrap()
+    }
+
+    fn niah(&self, out: &Path, shard: Option<&str>) -> Output {
+        let mut a = vec![
+            "eval",
+            "niah",
+            "--lengths",
+            "300,700",
+            "--depths",
+            "0,100",
+            "--budgets",
+            "16,10%",
+            "--windows",
+            "8",
+            "--methods",
+            "snapkv,h2o",
+            "--max-new",
+            "3",
+            "--quiet",
+            "--model",
+            self.gguf.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ];
+        if let Some(s) = shard {
+            a.extend(["--shard", s]);
+        }
+        self.run(&a)
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn ok(o: &Output) {
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+/// The records without their measured decode times.
+fn records(dir: &Path) -> Vec<Value> {
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("results.json")).unwrap()).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r["decode_ms"] = Value::Null;
+            r
+        })
+        .collect()
+}
+
+#[test]
+fn merged_shards_equal_the_unsharded_run() {
+    let env = Env::new("eval-shards");
+    let whole = env.dir.join("whole");
+    ok(&env.niah(&whole, None));
+    let mut dirs = Vec::new();
+    for k in 0..3 {
+        let d = env.dir.join(format!("s{k}"));
+        let o = env.niah(&d, Some(&format!("{k}/3")));
+        ok(&o);
+        // A shard writes its records and grid, no tables or figures.
+        assert!(d.join("grid.json").is_file());
+        assert!(!d.join("results.csv").exists());
+        dirs.push(d);
+    }
+    // 4 cells over 3 shards: 2, 1 and 1 cells of 4 units each.
+    let n = |d: &Path| {
+        std::fs::read_to_string(d.join("results.jsonl"))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    assert_eq!((n(&dirs[0]), n(&dirs[1]), n(&dirs[2])), (8, 4, 4));
+
+    let merged = env.dir.join("merged");
+    // Without shard 2: one line, nothing written.
+    let o = env.run(&[
+        "eval",
+        "merge",
+        dirs[0].to_str().unwrap(),
+        dirs[1].to_str().unwrap(),
+        "--out",
+        merged.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("shard 2/3 is missing"), "{err}");
+    assert!(!merged.exists());
+
+    let mut args = vec!["eval", "merge"];
+    args.extend(dirs.iter().map(|d| d.to_str().unwrap()));
+    args.extend(["--out", merged.to_str().unwrap()]);
+    ok(&env.run(&args));
+    assert_eq!(records(&merged), records(&whole));
+    for f in [
+        "results.csv",
+        "niah-w8.svg",
+        "niah-w8.png",
+        "run-settings.json",
+    ] {
+        assert_eq!(
+            std::fs::read(merged.join(f)).unwrap(),
+            std::fs::read(whole.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+}

@@ -1,0 +1,270 @@
+//! `kvscope profile make | merge | import` on bad input: one `kvscope: error:` line,
+//! nothing written. And a good import on a tiny GGUF.
+
+use kvscope::testing::{self, GgufSpec};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+struct Env {
+    dir: PathBuf,
+    model: PathBuf,
+}
+
+impl Env {
+    fn new(tag: &str) -> Env {
+        let dir = testing::temp_dir(tag);
+        std::fs::create_dir_all(dir.join("home")).unwrap();
+        let model = dir.join("tiny.gguf");
+        testing::write_tiny_gguf(&model, &GgufSpec::default()).unwrap();
+        Env { dir, model }
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_kvscope"))
+            .args(args)
+            .env("KVSCOPE_HOME", self.dir.join("home"))
+            .env_remove("RUST_BACKTRACE")
+            .env_remove("SLURM_ARRAY_TASK_ID")
+            .env_remove("JOB_COMPLETION_INDEX")
+            .output()
+            .unwrap()
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn model(&self) -> &str {
+        self.model.to_str().unwrap()
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Non-zero exit and exactly one `kvscope: error:` line containing `needle`.
+fn one_error(out: &Output, needle: &str) {
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "expected failure: {err}");
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.starts_with("kvscope: ") || l.starts_with("kvscope: error"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].starts_with("kvscope: error: ") && lines[0].contains(needle),
+        "{err}"
+    );
+}
+
+fn nothing_at(p: &Path) {
+    assert!(!p.exists(), "{} was written", p.display());
+    let mut parts = p.as_os_str().to_os_string();
+    parts.push(".parts");
+    assert!(!Path::new(&parts).exists(), "{parts:?} was written");
+}
+
+#[test]
+fn make_refuses_lengths_outside_the_model_and_bad_shards() {
+    let env = Env::new("make-cli");
+    let out = env.path("p.json");
+    let o = out.to_str().unwrap();
+    // The tiny model's context is 256 tokens.
+    let r = env.run(&[
+        "profile",
+        "make",
+        "--model",
+        env.model(),
+        "--lengths",
+        "4096",
+        "--out",
+        o,
+    ]);
+    one_error(
+        &r,
+        "--lengths: 4096 is beyond this model's context of 256 tokens",
+    );
+    nothing_at(&out);
+    let r = env.run(&[
+        "profile",
+        "make",
+        "--model",
+        env.model(),
+        "--lengths",
+        "32",
+        "--out",
+        o,
+    ]);
+    one_error(
+        &r,
+        "--lengths: 32 is below the shortest profiling length, 64",
+    );
+    nothing_at(&out);
+    let shard_dir = env.path("shard");
+    for spec in ["3/2", "0/0", "auto/2"] {
+        let r = env.run(&[
+            "profile",
+            "make",
+            "--model",
+            env.model(),
+            "--lengths",
+            "128",
+            "--shard",
+            spec,
+            "--out",
+            shard_dir.to_str().unwrap(),
+        ]);
+        one_error(&r, "--shard");
+        assert!(!shard_dir.exists());
+    }
+}
+
+#[test]
+fn merge_refuses_shards_of_different_settings() {
+    let env = Env::new("merge-cli");
+    for (name, lengths) in [("a", "[1024]"), ("b", "[2048]")] {
+        let d = env.path(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(
+            d.join("settings.json"),
+            format!("{{\"lengths\": {lengths}}}"),
+        )
+        .unwrap();
+    }
+    let out = env.path("merged.json");
+    let r = env.run(&[
+        "profile",
+        "merge",
+        env.path("a").to_str().unwrap(),
+        env.path("b").to_str().unwrap(),
+        "--model",
+        env.model(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    one_error(
+        &r,
+        "were measured with different settings (lengths: [1024] and [2048])",
+    );
+    nothing_at(&out);
+}
+
+#[test]
+fn import_checks_the_shape_and_writes_a_valid_profile() {
+    let env = Env::new("import-cli");
+    // The tiny model: 2 layers, 4 query heads.
+    let heads = env.path("heads.json");
+    let scores = env.path("scores.jsonl");
+    std::fs::write(&scores, "{\"qasper\": [1, 2], \"avg_score\": [1.0, 3.0]}\n").unwrap();
+    let out = env.path("imported.json");
+    let args = |h: &Path| {
+        vec![
+            "profile".to_string(),
+            "import".into(),
+            "--heads".into(),
+            h.display().to_string(),
+            "--layer-scores".into(),
+            scores.display().to_string(),
+            "--model".into(),
+            env.model().into(),
+            "--out".into(),
+            out.display().to_string(),
+        ]
+    };
+    let run = |h: &Path| {
+        let a = args(h);
+        env.run(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    std::fs::write(&heads, r#"{"0": [3, 1, 0, 2]}"#).unwrap();
+    one_error(
+        &run(&heads),
+        "the head file has no layer 1 (the model has 2 layers)",
+    );
+    nothing_at(&out);
+    std::fs::write(&heads, r#"{"0": [3, 1, 0, 2, 5, 4], "1": [0, 1, 2, 3]}"#).unwrap();
+    one_error(
+        &run(&heads),
+        "layer 0 lists 6 heads, not each of the model's 4 query heads once",
+    );
+    nothing_at(&out);
+    std::fs::write(&heads, r#"{"0": [3, 1, 0, 2], "1": [0, 1, 2, 3]}"#).unwrap();
+    let r = run(&heads);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let p = kvscope::profile::Profile::load(&out).unwrap();
+    assert_eq!(p.srh_ranking[0], vec![3, 1, 0, 2]);
+    assert_eq!(p.layer_errors, Some(vec![0.25, 0.75]));
+    assert_eq!(
+        p.provenance.settings["imported"]["source"]["heads"],
+        heads.display().to_string()
+    );
+}
+
+/// `kvscope run` (and so `explain`, which prepares the same way) says when the prompt
+/// is more than twice the longest length the profile was measured at, and not otherwise.
+#[test]
+fn run_notices_a_prompt_far_longer_than_the_profiled_lengths() {
+    let env = Env::new("length-notice");
+    let cfg = kvscope::model::load(&env.model).unwrap().model.config;
+    let sha = kvscope::profile::discover::model_sha256(&env.model).unwrap();
+    let d = cfg.dims();
+    let scores: Vec<Vec<f64>> = (0..d.n_layers)
+        .map(|l| (0..d.n_heads).map(|h| ((h + l) % 3) as f64).collect())
+        .collect();
+    let profile_at = |longest: usize| {
+        let p = kvscope::profile::Profile {
+            format_version: kvscope::profile::FORMAT_VERSION,
+            model: kvscope::profile::discover::fingerprint(&cfg, &sha),
+            srh_ranking: scores
+                .iter()
+                .map(|s| kvscope::profile::rank_best_first(s))
+                .collect(),
+            retrieval_scores: scores.clone(),
+            srh_scores: scores.clone(),
+            layer_errors: Some(vec![0.5, 0.5]),
+            provenance: kvscope::profile::Provenance {
+                command: "test".into(),
+                settings: serde_json::json!({"srh": {"lengths": [longest / 2, longest]}}),
+                trials_counted: 1,
+                kvscope_version: "test".into(),
+            },
+        };
+        let path = env.path(&format!("p{longest}.json"));
+        p.save(&path).unwrap();
+        path
+    };
+    let prompt = env.path("prompt.txt");
+    std::fs::write(
+        &prompt,
+        "the cat sat in the sun and the dog came in. ".repeat(3),
+    )
+    .unwrap();
+    let run = |profile: &Path| {
+        let o = env.run(&[
+            "run",
+            prompt.to_str().unwrap(),
+            "--model",
+            env.model(),
+            "--method",
+            "compresskv",
+            "--budget",
+            "32",
+            "--max-new",
+            "2",
+            "--profile",
+            profile.to_str().unwrap(),
+        ]);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    // The prompt is over 64 tokens (byte-level vocabulary): > 2 x 32, <= 2 x 4096.
+    let err = run(&profile_at(32));
+    assert!(
+        err.contains("notice: the profile was measured on prompts of up to 32 tokens"),
+        "{err}"
+    );
+    let err = run(&profile_at(4096));
+    assert!(!err.contains("measured on prompts of up to"), "{err}");
+}
