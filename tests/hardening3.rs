@@ -107,8 +107,8 @@ fn non_finite_and_huge_knobs_name_the_limit() {
             &["headkv-beta", "finite"],
         ),
         (
-            &["--method", "snapkv", "--headkv-temp", "-inf"],
-            &["headkv-temp"],
+            &["--method", "snapkv", "--headkv-temp", "1e999"],
+            &["headkv-temp", "finite"],
         ),
         (
             &[
