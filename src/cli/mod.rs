@@ -441,6 +441,64 @@ fn negative_value_line(e: &clap::Error) -> Option<String> {
     Some(format!("{flag} must be 0 or more; got {value}"))
 }
 
+fn usage_error(e: clap::Error) -> i32 {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        let _ = e.print();
+        return e.exit_code();
+    }
+    if let Some(line) = negative_value_line(&e) {
+        eprintln!("kvscope: error: {line}; see --help");
+        return e.exit_code();
+    }
+    let text = e.render().to_string();
+    let first = text
+        .lines()
+        .find(|l| !l.trim().is_empty())
+        .unwrap_or("invalid command line");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    let hint = text
+        .lines()
+        .map(str::trim)
+        // clap's "use '-- -1'" does not work for a flag's value; leave it out.
+        .find(|l| l.starts_with("tip:") && !l.contains("'-- "))
+        .map_or(String::new(), |t| format!(" ({t})"));
+    eprintln!("kvscope: error: {first}{hint}; see --help");
+    e.exit_code()
+}
+
+/// Entry point of the binary; returns the process exit code.
+pub fn main() -> i32 {
+    crate::signals::default_sigpipe();
+    let cli = match parse_args(std::env::args_os()) {
+        Ok(cli) => cli,
+        Err(e) => return usage_error(e),
+    };
+    let result = match cli.command {
+        Some(Command::Run(a)) => run::run(&a),
+        Some(Command::Explain(a)) => explain::run(&a),
+        Some(Command::Models) => models::run(),
+        Some(Command::Bench(a)) => bench::run(&a),
+        Some(Command::Tui(a)) => tui::run(&a),
+        Some(Command::Eval(c)) => eval::run(&c),
+        Some(Command::Profile(a)) => profile::run(&a),
+        Some(Command::Synth(a)) => synth::run(&a),
+        None => tui::run(&cli.tui),
+    };
+    match result {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("kvscope: error: {e:#}");
+            1
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -498,63 +556,5 @@ mod tests {
         ]);
         assert_eq!(got, ["--method", "--budget", "--cake-gamma"]);
         assert!(overridden_in(["kvscope", "run", "p.txt", "--from-report", "r.json"]).is_empty());
-    }
-}
-
-fn usage_error(e: clap::Error) -> i32 {
-    use clap::error::ErrorKind;
-    if matches!(
-        e.kind(),
-        ErrorKind::DisplayHelp
-            | ErrorKind::DisplayVersion
-            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
-    ) {
-        let _ = e.print();
-        return e.exit_code();
-    }
-    if let Some(line) = negative_value_line(&e) {
-        eprintln!("kvscope: error: {line}; see --help");
-        return e.exit_code();
-    }
-    let text = e.render().to_string();
-    let first = text
-        .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("invalid command line");
-    let first = first.strip_prefix("error: ").unwrap_or(first);
-    let hint = text
-        .lines()
-        .map(str::trim)
-        // clap's "use '-- -1'" does not work for a flag's value; leave it out.
-        .find(|l| l.starts_with("tip:") && !l.contains("'-- "))
-        .map_or(String::new(), |t| format!(" ({t})"));
-    eprintln!("kvscope: error: {first}{hint}; see --help");
-    e.exit_code()
-}
-
-/// Entry point of the binary; returns the process exit code.
-pub fn main() -> i32 {
-    crate::signals::default_sigpipe();
-    let cli = match parse_args(std::env::args_os()) {
-        Ok(cli) => cli,
-        Err(e) => return usage_error(e),
-    };
-    let result = match cli.command {
-        Some(Command::Run(a)) => run::run(&a),
-        Some(Command::Explain(a)) => explain::run(&a),
-        Some(Command::Models) => models::run(),
-        Some(Command::Bench(a)) => bench::run(&a),
-        Some(Command::Tui(a)) => tui::run(&a),
-        Some(Command::Eval(c)) => eval::run(&c),
-        Some(Command::Profile(a)) => profile::run(&a),
-        Some(Command::Synth(a)) => synth::run(&a),
-        None => tui::run(&cli.tui),
-    };
-    match result {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("kvscope: error: {e:#}");
-            1
-        }
     }
 }
