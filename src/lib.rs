@@ -13,6 +13,7 @@ pub mod haystack;
 pub mod input;
 pub mod keepset;
 pub mod model;
+pub mod output;
 pub mod profile;
 pub mod profile_format;
 pub mod report;

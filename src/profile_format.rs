@@ -78,26 +78,13 @@ impl Profile {
         Ok(profile)
     }
 
-    /// Writes the profile as pretty JSON. It goes to a temporary file beside `path`
-    /// first and is then renamed over it, so a crash never leaves a half-written profile.
+    /// Writes the profile as pretty JSON through [`crate::output::write_atomic`]: a crash
+    /// never leaves a half-written profile, and a target that is not a regular file (a
+    /// device, a FIFO) is refused, never replaced.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
         let path = path.as_ref();
         let json = serde_json::to_string_pretty(self).context("cannot encode profile")?;
-        let file_name = path
-            .file_name()
-            .with_context(|| format!("profile path {} has no file name", path.display()))?;
-        let mut tmp_name = std::ffi::OsString::from(".");
-        tmp_name.push(file_name);
-        tmp_name.push(format!(".{}.tmp", std::process::id()));
-        let tmp = path.with_file_name(tmp_name);
-        std::fs::write(&tmp, json + "\n")
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        if let Err(e) = std::fs::rename(&tmp, path) {
-            // Leave nothing behind; the old profile, if any, is untouched.
-            let _ = std::fs::remove_file(&tmp);
-            return Err(e)
-                .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()));
-        }
+        crate::output::write_atomic(path, "profile", (json + "\n").as_bytes())?;
         Ok(())
     }
 

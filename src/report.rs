@@ -177,8 +177,9 @@ impl SettingsPart {
             pooling: self.pooling.parse()?,
             first_k: self.first_k,
             layer_budgets: self.manual_budgets.clone(),
-            pin_keep: self.pin_keep.clone(),
-            pin_evict: self.pin_evict.clone(),
+            // A hand-edited report may list pins in any order, twice: the same set.
+            pin_keep: crate::eviction::pins::normalize(self.pin_keep.clone()),
+            pin_evict: crate::eviction::pins::normalize(self.pin_evict.clone()),
             ..Settings::default()
         };
         // Leave the allocator unset when it is the method's own, as the user left it.

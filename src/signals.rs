@@ -2,7 +2,7 @@
 //!
 //! kvscope keeps the default action of every signal (the process ends) but two things
 //! must happen first: a terminal in raw mode on the alternate screen is restored, and
-//! temporary folders of an interrupted fetch are removed. A watcher thread, started
+//! temporary folders of an interrupted fetch (and temporary files of outputs being written) are removed. A watcher thread, started
 //! the first time either is registered, receives the signal, does both, and then ends
 //! the process with the signal's own default action, so the shell sees the usual
 //! status (130 for SIGINT, 143 for SIGTERM, 129 for SIGHUP).
@@ -45,8 +45,8 @@ pub fn terminal() -> MutexGuard<'static, Cleanup> {
     lock()
 }
 
-/// Removes `dir` (and stops nothing else) if a signal ends the process while the
-/// returned guard lives. Dropping the guard forgets the registration; it does not
+/// Removes `dir` (a folder, or a file such as an output's temporary file) if a signal
+/// ends the process while the returned guard lives. Dropping the guard forgets the registration; it does not
 /// remove the folder (its owner does that).
 pub fn remove_on_signal(dir: PathBuf) -> Registration {
     watch();
@@ -136,7 +136,12 @@ fn ending(sig: i32) -> ! {
         }
     }
     for (_, d) in &c.dirs {
-        let _ = std::fs::remove_dir_all(d);
+        // Folders of a fetch, or the temporary file of an output being written.
+        if std::fs::symlink_metadata(d).is_ok_and(|m| m.is_dir()) {
+            let _ = std::fs::remove_dir_all(d);
+        } else {
+            let _ = std::fs::remove_file(d);
+        }
     }
     let _ = signal_hook::low_level::emulate_default_handler(sig);
     // Only reached if the default action could not be restored.

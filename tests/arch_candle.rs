@@ -16,7 +16,7 @@
 use candle_core::quantized::gguf_file;
 use candle_core::{DType, Device, Tensor};
 use kvscope::keepset::KeepSet;
-use kvscope::model::{self, Model, Precision};
+use kvscope::model::{self, Model, Observer, Precision};
 use kvscope::testing::arch::{write_arch_gguf, ArchSpec};
 use kvscope::testing::{random_ids, temp_dir};
 use std::collections::HashMap;
@@ -307,9 +307,9 @@ fn sliding_window_masks_prefill_and_decode_alike() {
     .expect("select");
     assert_eq!(sel.keep.positions[0][0], (l - 5..l).collect::<Vec<_>>());
     let mut a = kvscope::model::DecodeState::new(&m, &trace, &all, 2).expect("state");
-    let la = a.step(tok, None).expect("step").to_vec();
+    let la = a.step(tok, Observer::none()).expect("step").to_vec();
     let mut b = kvscope::model::DecodeState::new(&m, &trace, &sel.keep, 2).expect("state");
-    let lb = b.step(tok, None).expect("step").to_vec();
+    let lb = b.step(tok, Observer::none()).expect("step").to_vec();
     let mut longer = prompt.clone();
     longer.push(tok);
     let t2 = m.prefill(&longer, 7, &mut |_, _| {}).expect("prefill");
@@ -350,7 +350,8 @@ fn sliding_window_scores_are_the_models_attention_and_evict_sliding_decodes() {
     let all = KeepSet::all(&short.dims, short.len);
     let mut st = kvscope::model::DecodeState::new(&m, &short, &all, 2).expect("state");
     let mut rows = Vec::new();
-    st.step(prompt[PROMPT - 1], Some(&mut rows)).expect("step");
+    st.step(prompt[PROMPT - 1], Observer::attention(&mut rows))
+        .expect("step");
     let step = &rows[0].probs;
     for layer in [0usize, 5] {
         assert_eq!(trace.window(layer).is_some(), layer == 0);
@@ -395,7 +396,9 @@ fn sliding_window_scores_are_the_models_attention_and_evict_sliding_decodes() {
         }
     }
     let mut d = kvscope::model::DecodeState::new(&m, &trace, &sel.keep, 2).expect("state");
-    let logits = d.step(argmax(&trace.last_logits), None).expect("step");
+    let logits = d
+        .step(argmax(&trace.last_logits), Observer::none())
+        .expect("step");
     assert!(logits.iter().all(|x| x.is_finite()));
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -3,7 +3,7 @@
 //! f64 re-implementation, decoding over a compressed cache, and attention capture.
 
 use kvscope::keepset::KeepSet;
-use kvscope::model::{self, DecodeState, Model, Precision};
+use kvscope::model::{self, DecodeState, Model, Observer, Precision};
 use kvscope::testing::{self, GgufSpec};
 use kvscope::trace::Trace;
 
@@ -142,7 +142,7 @@ fn full_cache_decode_equals_plain_forward() {
     let mut seq = prompt.clone();
     for (j, &want) in ids.iter().enumerate().skip(1) {
         seq.push(tok);
-        let step = state.step(tok, None).expect("step").to_vec();
+        let step = state.step(tok, Observer::none()).expect("step").to_vec();
         let plain = prefill(&m, &seq, 5);
         assert_close(&format!("step {j} logits"), &step, &plain.last_logits, 1e-4);
         let next = argmax(&step);
@@ -345,7 +345,7 @@ fn compressed_decode_holds_only_the_kept_entries() {
             assert_eq!(hc.positions, keep.positions[l][g]);
         }
     }
-    state.step(ids[0], None).expect("step");
+    state.step(ids[0], Observer::none()).expect("step");
     assert_eq!(state.entries(), kept + dims.n_layers * dims.n_kv_heads);
     let all = KeepSet::all(&dims, len);
     assert_eq!(
@@ -461,7 +461,7 @@ fn step_shadow_refuses_bad_input_without_touching_the_state() {
     let mut compressed = DecodeState::new(&m, &trace, &keep, 4).expect("state");
     let before = (compressed.pos, compressed.entries());
     let err = compressed
-        .step_shadow(ids[0], &keep, &mut errors)
+        .step(ids[0], Observer::shadow(&keep, &mut errors))
         .expect_err("a compressed cache is refused")
         .to_string();
     assert!(err.contains("full cache"), "{err}");
@@ -470,14 +470,16 @@ fn step_shadow_refuses_bad_input_without_touching_the_state() {
     let all = KeepSet::all(&dims, trace.len);
     let mut full = DecodeState::new(&m, &trace, &all, 4).expect("state");
     let wrong_shape = KeepSet { positions: vec![] };
-    assert!(full.step_shadow(ids[0], &wrong_shape, &mut errors).is_err());
+    assert!(full
+        .step(ids[0], Observer::shadow(&wrong_shape, &mut errors))
+        .is_err());
     assert_eq!(
         (full.pos, full.entries()),
         (trace.len, dims.n_layers * dims.n_kv_heads * trace.len)
     );
     assert!(errors.is_empty());
     // And a good call still works afterwards, one error per layer.
-    full.step_shadow(ids[0], &keep, &mut errors)
+    full.step(ids[0], Observer::shadow(&keep, &mut errors))
         .expect("shadow step");
     assert_eq!(errors.len(), dims.n_layers);
 }

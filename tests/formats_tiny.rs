@@ -7,7 +7,7 @@
 use candle_core::quantized::GgmlDType;
 use kvscope::keepset::KeepSet;
 use kvscope::model::quant::{Format, ALL};
-use kvscope::model::{self, DecodeState, Model, Precision};
+use kvscope::model::{self, DecodeState, Model, Observer, Precision};
 use kvscope::testing::{self, GgufSpec};
 use kvscope::testing_formats::write_tiny_gguf_as;
 
@@ -91,8 +91,8 @@ fn quantised_decode_stays_close_to_f32() {
         let mut db = DecodeState::new(&reference, &tb, &all, 8).expect("decode");
         let mut worst = 0f32;
         for &t in &next {
-            let la = da.step(t, None).expect("step").to_vec();
-            let lb = db.step(t, None).expect("step").to_vec();
+            let la = da.step(t, Observer::none()).expect("step").to_vec();
+            let lb = db.step(t, Observer::none()).expect("step").to_vec();
             worst = worst.max(max_rel(&la, &lb));
         }
         assert!(

@@ -192,3 +192,111 @@ proptest! {
         let _ = kvscope::cli::parse_count(&text);
     }
 }
+
+/// Template fragments a fuzzed chat template is built from: loops, big repeats,
+/// recursion, the user's text, and broken syntax.
+const TEMPLATE_PARTS: [&str; 14] = [
+    "{% for i in range(100000) %}",
+    "{% endfor %}",
+    "{{ messages[0].content }}",
+    r#"{{ "x" * 5000000 }}"#,
+    "{% if true %}",
+    "{% endif %}",
+    "{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}",
+    "{{ bos_token }}",
+    "{% for m in messages %}{{ m.role }}{% endfor %}",
+    "{{ raise_exception('x') }}",
+    "{{ ",
+    " }}",
+    "{% set ns = namespace(v=1) %}{{ ns.v }}",
+    "plain text ",
+];
+
+proptest! {
+    #![proptest_config(cases(60))]
+
+    /// Random templates end in a prompt within the output limit or a one-line error,
+    /// never a hang or an allocation past the limit (issue 22.6).
+    #[test]
+    fn chat_templates_render_bounded(parts in proptest::collection::vec(0..TEMPLATE_PARTS.len(), 0..12)) {
+        use kvscope::model::template::{render, Vars, MAX_TEMPLATE_EXTRA_BYTES};
+        let src: String = parts.iter().map(|&i| TEMPLATE_PARTS[i]).collect();
+        let vars = Vars { bos_token: "<s>", eos_token: "</s>" };
+        match render(&src, "hello", &vars) {
+            Ok(s) => prop_assert!(s.len() <= 10 + MAX_TEMPLATE_EXTRA_BYTES),
+            Err(e) => prop_assert!(!e.contains('\n'), "{e}"),
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(cases(300))]
+
+    /// Pin lists of digits, commas, dashes and spaces: sorted unique positions within
+    /// the limit, or a one-line error (issue 22.7).
+    #[test]
+    fn pin_lists_parse_bounded(s in "[0-9,\\- ]{0,60}") {
+        use kvscope::eviction::pins::{parse_list, MAX_PIN_POSITION};
+        match parse_list(&s) {
+            Ok(v) => {
+                prop_assert!(v.windows(2).all(|w| w[0] < w[1]));
+                prop_assert!(v.last().is_none_or(|&p| p <= MAX_PIN_POSITION));
+            }
+            Err(e) => { let m = format!("{:#}", e); prop_assert!(!m.contains('\n'), "{}", m) },
+        }
+    }
+
+    /// Ranges of any size and count: parsing never expands past the limit.
+    #[test]
+    fn pin_ranges_merge(ranges in proptest::collection::vec((0usize..20_000_000, 0usize..2_000_000), 0..40)) {
+        use kvscope::eviction::pins::{parse_list, MAX_PIN_POSITION};
+        let s: String = ranges.iter().map(|(a, n)| format!("{a}-{}", a + n)).collect::<Vec<_>>().join(",");
+        match parse_list(&s) {
+            Ok(v) => {
+                prop_assert!(v.len() <= MAX_PIN_POSITION + 1);
+                prop_assert!(v.windows(2).all(|w| w[0] < w[1]));
+            }
+            Err(e) => { let m = format!("{:#}", e); prop_assert!(m.contains("past any prompt"), "{}", m) },
+        }
+    }
+}
+
+/// A report `kvscope run --json` wrote for the tiny model's shape: its settings part is
+/// what the fuzzed report edits.
+fn report_with(pin_keep: &serde_json::Value, pin_evict: &serde_json::Value, name: &str) -> PathBuf {
+    let settings = serde_json::json!({
+        "method": "snapkv", "budget": 8, "window": 2, "kernel": 7, "pooling": "max",
+        "first_k": 0, "allocator": "uniform", "layer_budgets": [10, 10],
+        "max_new": 4, "pin_keep": pin_keep, "pin_evict": pin_evict, "model_sha256": "00",
+    });
+    let p = scratch(name);
+    std::fs::write(&p, serde_json::json!({"settings": settings}).to_string()).expect("write");
+    p
+}
+
+proptest! {
+    #![proptest_config(cases(100))]
+
+    /// Reports whose pins are large, repeated, unsorted or of the wrong type load as the
+    /// same sorted set or fail with one line, and validate in O(n log n) (issue 22.7).
+    #[test]
+    fn report_pins_load_and_validate(
+        keep in proptest::collection::vec(0usize..5000, 0..3000),
+        evict in proptest::collection::vec(5000usize..10000, 0..3000),
+        wrong in any::<bool>(),
+    ) {
+        let k = if wrong { serde_json::json!("1,2") } else { serde_json::json!(keep) };
+        let p = report_with(&k, &serde_json::json!(evict), "report-pins.json");
+        match kvscope::report::SavedReport::load(&p) {
+            Ok(r) => match r.settings.to_settings() {
+                Ok(s) => {
+                    prop_assert!(s.pin_keep.windows(2).all(|w| w[0] < w[1]));
+                    prop_assert!(s.pin_evict.windows(2).all(|w| w[0] < w[1]));
+                    prop_assert!(kvscope::eviction::pins::validate(&s.pin_keep, &s.pin_evict, 10_000).is_ok());
+                }
+                Err(e) => { let m = format!("{:#}", e); prop_assert!(!m.contains('\n'), "{}", m) },
+            },
+            Err(e) => { let m = format!("{:#}", e); prop_assert!(!m.contains('\n'), "{}", m) },
+        }
+    }
+}

@@ -6,7 +6,7 @@ use std::sync::atomic::AtomicBool;
 
 use kvscope::haystack::{needle_prompt, NEEDLES};
 use kvscope::keepset::KeepSet;
-use kvscope::model::{self, DecodeState, Loaded, Precision};
+use kvscope::model::{self, DecodeState, Loaded, Observer, Precision};
 use kvscope::profile::srh::{self, SrhConfig, TrialSpec};
 use kvscope::profile::{discover, l1_normalise, layers, rank_best_first, Profile};
 use kvscope::testing::{temp_dir, tiny_model, write_tiny_gguf, GgufSpec};
@@ -60,7 +60,7 @@ fn last_prompt_row_equals_the_decode_attention_of_that_position() {
     let all = KeepSet::all(&head.dims, head.len);
     let mut st = DecodeState::new(&m, &head, &all, 4).unwrap();
     let mut cap = Vec::new();
-    st.step(ids[39], Some(&mut cap)).unwrap();
+    st.step(ids[39], Observer::attention(&mut cap)).unwrap();
     let step = &cap[0].probs;
     for l in 0..2 {
         for h in 0..4 {

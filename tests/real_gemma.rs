@@ -7,7 +7,7 @@ mod common;
 
 use kvscope::eviction::{self, Method, Settings};
 use kvscope::keepset::KeepSet;
-use kvscope::model::{self, fetch, Model, Precision};
+use kvscope::model::{self, fetch, Model, Observer, Precision};
 use kvscope::session::PREFILL_CHUNK;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -122,7 +122,7 @@ fn gemma_follows_llamacpp_on_short_prompts() {
             let mut st = model::DecodeState::new(m, &trace, &keep, want.len()).expect("state");
             let mut exact = 1;
             for i in 1..want.len() {
-                let l = st.step(want[i - 1], None).expect("step");
+                let l = st.step(want[i - 1], Observer::none()).expect("step");
                 let max = l.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
                 let theirs = l[want[i] as usize];
                 assert!(

@@ -7,7 +7,7 @@ pub use super::bench_args::BenchArgs;
 use super::bench_args::{filler_ids, median};
 use crate::eviction::{self, Method, Settings};
 use crate::keepset::KeepSet;
-use crate::model::{DecodeState, Loaded};
+use crate::model::{DecodeState, Loaded, Observer};
 
 pub fn run(a: &BenchArgs) -> Result<()> {
     super::init_threads(a.model.threads)?;
@@ -191,7 +191,7 @@ fn decode_tps(
         let mut tok = crate::model::kernels::argmax(&trace.last_logits) as u32;
         let t = Instant::now();
         for _ in 0..steps {
-            let logits = st.step(tok, None)?;
+            let logits = st.step(tok, Observer::none())?;
             tok = crate::model::kernels::argmax(logits) as u32;
         }
         tps.push(steps as f64 / t.elapsed().as_secs_f64());

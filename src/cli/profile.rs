@@ -196,6 +196,13 @@ pub(super) fn default_out(model_path: &Path) -> Result<PathBuf> {
         .join(format!("{stem}.json")))
 }
 
+/// Checks `--out` before any measuring (a refusal after an hour of trials would waste
+/// it): an existing target must be a regular file, and never one of the command's inputs.
+pub(super) fn check_out(out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
+    crate::output::check_target(out, "--out")?;
+    crate::output::refuse_input_as_output(out, "--out", inputs)
+}
+
 pub(super) fn ensure_parent(path: &Path) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
@@ -229,6 +236,7 @@ fn run_srh(a: &SrhArgs) -> Result<()> {
         Some(p) => p.clone(),
         None => default_out(&model_path)?,
     };
+    check_out(&out, &[("--model", &model_path)])?;
     let loaded = crate::model::load(&model_path)?;
     let sha = discover::model_sha256(&model_path)?;
     let stop = stop_flag();
@@ -326,6 +334,12 @@ fn run_layers(a: &LayersArgs) -> Result<()> {
     let settings = layers::srh_uniform_settings(a.budget, a.window, a.first_k);
     settings.validate(&cfg.dims())?;
     let files = layers::calibration_files(&a.calibration)?;
+    // The profile itself may be the output (that is the default: the layer errors are
+    // added to it, and it is rewritten whole through a temporary file).
+    let out = a.out.clone().unwrap_or_else(|| profile_path.clone());
+    let mut inputs: Vec<(&str, &Path)> = vec![("--model", &model_path)];
+    inputs.extend(files.iter().map(|f| ("calibration prompt", f.as_path())));
+    check_out(&out, &inputs)?;
     let mut prompts = Vec::new();
     for f in &files {
         let text = super::read_prompt(f)?;
@@ -398,7 +412,6 @@ fn run_layers(a: &LayersArgs) -> Result<()> {
             }),
         );
     }
-    let out = a.out.clone().unwrap_or(profile_path);
     ensure_parent(&out)?;
     profile.save(&out)?;
     eprintln!(

@@ -180,25 +180,15 @@ fn calibration(dir: &Path, loaded: &Loaded, max_new: usize) -> Result<Vec<(Strin
     Ok(v)
 }
 
-/// The target must be a regular file or absent: never a folder, FIFO or device.
+/// The target must be a regular file or absent: never a folder, FIFO or device (the
+/// shared output rules, [`crate::output`]).
 fn check_out_file(out: &Path) -> Result<()> {
-    if let Ok(m) = std::fs::metadata(out) {
-        if !m.is_file() {
-            bail!(
-                "--out {} exists and is not a regular file; choose another path",
-                out.display()
-            );
-        }
-    }
-    Ok(())
+    crate::output::check_target(out, "--out").map(|_| ())
 }
 
-/// Whether two paths name one existing file.
+/// Whether two paths name one existing file (device and inode).
 fn same_file(a: &Path, b: &Path) -> bool {
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
-        (Ok(x), Ok(y)) => x == y,
-        _ => false,
-    }
+    crate::output::same_file(a, b)
 }
 
 fn parts_dir(out: &Path) -> PathBuf {

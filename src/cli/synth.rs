@@ -39,7 +39,19 @@ pub fn run(a: &SynthArgs) -> Result<()> {
         );
     };
     let mix = Mix::parse(&a.mix)?;
-    let src = super::resolve_model_path(a.tokenizer_from.as_deref())?;
+    // An existing path must be a regular file (a FIFO would block the open forever); a
+    // missing one may still be a known model name, which resolving fetches.
+    let src = match a.tokenizer_from.as_deref() {
+        Some(p) if std::fs::symlink_metadata(p).is_ok() => {
+            crate::input::regular_file(p, "--tokenizer-from file")?;
+            p.to_path_buf()
+        }
+        other => super::resolve_model_path(other)?,
+    };
+    // Writing over the tokenizer source would replace the user's model with random
+    // weights; refused before anything is written.
+    crate::output::check_target(&a.out, "--out")?;
+    crate::output::refuse_input_as_output(&a.out, "--out", &[("--tokenizer-from", &src)])?;
     let mut f = std::fs::File::open(&src)
         .with_context(|| format!("cannot open tokenizer source {}", src.display()))?;
     let content = Content::read(&mut f).map_err(|e| {

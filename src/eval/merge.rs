@@ -94,8 +94,11 @@ pub fn write_grid(out: &Path, grid: &Grid, shard: Shard) -> Result<()> {
         grid: grid.clone(),
         shard: (shard.index, shard.count),
     };
-    std::fs::write(&path, serde_json::to_string_pretty(&f)? + "\n")
-        .with_context(|| format!("cannot write {}", path.display()))?;
+    crate::output::write_atomic(
+        &path,
+        "shard grid file",
+        (serde_json::to_string_pretty(&f)? + "\n").as_bytes(),
+    )?;
     eprintln!(
         "kvscope: shard {}/{} done; its results are in {} (combine the shards with `kvscope eval merge`)",
         shard.index,
@@ -214,10 +217,13 @@ pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<()> {
         lines.push('\n');
     }
     let rp = out.join("results.jsonl");
-    std::fs::write(&rp, lines).with_context(|| format!("cannot write {}", rp.display()))?;
+    crate::output::write_atomic(&rp, "results file", lines.as_bytes())?;
     let sp = out.join(RUN_SETTINGS);
-    std::fs::write(&sp, serde_json::to_string_pretty(settings0)? + "\n")
-        .with_context(|| format!("cannot write {}", sp.display()))?;
+    crate::output::write_atomic(
+        &sp,
+        "run settings file",
+        (serde_json::to_string_pretty(settings0)? + "\n").as_bytes(),
+    )?;
     match grid.kind.as_str() {
         "niah" => {
             let spec = super::niah::NiahSpec {

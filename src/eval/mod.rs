@@ -40,6 +40,17 @@ pub struct Ctx<'a> {
     pub prov: crate::report::Provenance,
 }
 
+/// sha256 of `parts` (each length-prefixed, so no two lists hash alike), as hex.
+pub fn digest(parts: &[&[u8]]) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update((p.len() as u64).to_le_bytes());
+        h.update(p);
+    }
+    h.finalize().iter().map(|x| format!("{x:02x}")).collect()
+}
+
 impl Ctx<'_> {
     /// Everything a unit's result depends on besides its key (item, method, budget,
     /// window): stored with the results so `--resume` never mixes settings.
@@ -64,7 +75,13 @@ impl Ctx<'_> {
             "pyramid_beta": b.pyramid_beta,
             "allocator": b.allocator.map(|a| a.name()),
             "layer_budgets": b.layer_budgets,
-            "model": {"name": cfg.name, "file_bytes": self.loaded.file_bytes},
+            // The sha256 pins the file: two models of one name and size never share a
+            // results table.
+            "model": {
+                "name": cfg.name,
+                "file_bytes": self.loaded.file_bytes,
+                "sha256": self.prov.model_sha256,
+            },
             "profile_sha256": profile,
         });
         // Recorded only when not the default, so runs from before these flags resume.

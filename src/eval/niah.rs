@@ -111,14 +111,34 @@ pub fn in_grid(
         .collect()
 }
 
+/// A digest of what niah's prompts are built from (the filler document, notes and
+/// needles), stored in the run settings: a kvscope whose haystack changed does not resume
+/// a table built from the old one.
+pub fn prompt_set_digest() -> String {
+    let mut parts: Vec<&[u8]> = vec![b"niah".as_slice(), haystack::filler::DOCUMENT.as_bytes()];
+    parts.extend(haystack::filler::NOTES.iter().map(|n| n.as_bytes()));
+    for m in &MAGIC {
+        parts.extend([
+            m.fact.as_bytes(),
+            m.question.as_bytes(),
+            m.answer.as_bytes(),
+        ]);
+    }
+    super::digest(&parts)
+}
+
 pub fn run(ctx: &Ctx, spec: &NiahSpec) -> Result<()> {
     std::fs::create_dir_all(&spec.out)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", spec.out.display()))?;
+    // One writer per results folder; released when this run ends in any way.
+    let _lock = crate::output::FolderLock::take(&spec.out, "eval results")?;
+    let mut settings = ctx.run_settings();
+    settings["prompt_set_sha256"] = prompt_set_digest().into();
     let (mut writer, old) = Writer::open_run(
         &spec.out.join("results.jsonl"),
         spec.resume,
         spec.fresh,
-        &ctx.run_settings(),
+        &settings,
     )?;
     let done = results::done_keys(&old);
     let mut work = Vec::new();

@@ -257,16 +257,16 @@ fn draw_heat<DB: DrawingBackend>(
 pub fn write_heatmap(fig: &HeatFigure, stem: &Path) -> Result<(Vec<PathBuf>, bool)> {
     let size = fig.size();
     let svg = stem.with_extension("svg");
-    {
-        let root = SVGBackend::new(&svg, size).into_drawing_area();
-        draw_heat(&root, fig, true).map_err(err(&svg))?;
-    }
+    crate::output::write_with(&svg, "figure", |tmp| {
+        let root = SVGBackend::new(tmp, size).into_drawing_area();
+        draw_heat(&root, fig, true).map_err(err(&svg))
+    })?;
     let png = stem.with_extension("png");
     let text = font_available();
-    {
-        let root = BitMapBackend::new(&png, size).into_drawing_area();
-        draw_heat(&root, fig, text).map_err(err(&png))?;
-    }
+    crate::output::write_with(&png, "figure", |tmp| {
+        let root = BitMapBackend::new(tmp, size).into_drawing_area();
+        draw_heat(&root, fig, text).map_err(err(&png))
+    })?;
     Ok((vec![svg, png], text))
 }
 
@@ -480,16 +480,16 @@ fn draw_lines<DB: DrawingBackend>(
 pub fn write_lines(fig: &LineFigure, stem: &Path) -> Result<(Vec<PathBuf>, bool)> {
     let size = fig.size();
     let svg = stem.with_extension("svg");
-    {
-        let root = SVGBackend::new(&svg, size).into_drawing_area();
-        draw_lines(&root, fig, true).map_err(err(&svg))?;
-    }
+    crate::output::write_with(&svg, "figure", |tmp| {
+        let root = SVGBackend::new(tmp, size).into_drawing_area();
+        draw_lines(&root, fig, true).map_err(err(&svg))
+    })?;
     let png = stem.with_extension("png");
     let text = font_available();
-    {
-        let root = BitMapBackend::new(&png, size).into_drawing_area();
-        draw_lines(&root, fig, text).map_err(err(&png))?;
-    }
+    crate::output::write_with(&png, "figure", |tmp| {
+        let root = BitMapBackend::new(tmp, size).into_drawing_area();
+        draw_lines(&root, fig, text).map_err(err(&png))
+    })?;
     Ok((vec![svg, png], text))
 }
 

@@ -139,6 +139,7 @@ impl Writer {
     /// would cost minutes to hours of compute.
     pub fn open(path: &Path, resume: bool, fresh: bool) -> Result<(Writer, Vec<Record>)> {
         let mut records = Vec::new();
+        crate::output::check_target(path, "results file")?;
         if path.exists() {
             if fresh {
                 std::fs::remove_file(path)
@@ -209,6 +210,24 @@ impl Writer {
             .ok()
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
             match old {
+                Some(old) if old.get("prompt_set_sha256").is_none()
+                    || old.pointer("/model/sha256").is_none_or(|v| v.is_null()) =>
+                {
+                    bail!(
+                        "--resume: {} was written by an older kvscope that did not record the model's sha256 and the prompt set, so this run cannot be checked against it; start a new --out (or pass --fresh)",
+                        path.display()
+                    )
+                }
+                Some(old) if old.pointer("/model/sha256") != settings.pointer("/model/sha256") => bail!(
+                    "--resume: {} was run on another model file (sha256 {} then, {} now); pass the same --model, --fresh to start over, or another --out",
+                    path.display(),
+                    old.pointer("/model/sha256").unwrap_or(&serde_json::Value::Null),
+                    settings.pointer("/model/sha256").unwrap_or(&serde_json::Value::Null)
+                ),
+                Some(old) if old.get("prompt_set_sha256") != settings.get("prompt_set_sha256") => bail!(
+                    "--resume: {} was run on another prompt set (prompt files edited, added or removed since); pass the same prompts, --fresh to start over, or another --out",
+                    path.display()
+                ),
                 None => bail!(
                     "--resume: {} has no readable {RUN_SETTINGS} beside it, so its settings cannot be checked against this run's; pass --fresh to start over, or another --out",
                     path.display()
@@ -223,8 +242,7 @@ impl Writer {
         }
         let opened = Writer::open(path, resume, fresh)?;
         let text = serde_json::to_string_pretty(settings)?;
-        std::fs::write(&sp, text + "\n")
-            .with_context(|| format!("cannot write {}", sp.display()))?;
+        crate::output::write_atomic(&sp, "run settings file", (text + "\n").as_bytes())?;
         Ok(opened)
     }
 
@@ -289,12 +307,16 @@ pub fn to_csv(records: &[Record]) -> String {
 
 /// Writes `results.csv` and `results.json` (all records) beside the JSONL file.
 pub fn write_tables(dir: &Path, records: &[Record]) -> Result<()> {
-    let csv = dir.join("results.csv");
-    std::fs::write(&csv, to_csv(records))
-        .with_context(|| format!("cannot write {}", csv.display()))?;
-    let json = dir.join("results.json");
-    std::fs::write(&json, serde_json::to_string_pretty(records)?)
-        .with_context(|| format!("cannot write {}", json.display()))?;
+    crate::output::write_atomic(
+        &dir.join("results.csv"),
+        "results table",
+        to_csv(records).as_bytes(),
+    )?;
+    crate::output::write_atomic(
+        &dir.join("results.json"),
+        "results table",
+        serde_json::to_string_pretty(records)?.as_bytes(),
+    )?;
     Ok(())
 }
 

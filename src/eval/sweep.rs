@@ -165,14 +165,34 @@ pub fn figure(
     }
 }
 
+/// A digest of the prompt set (each prompt's name, text and expected answer), stored in
+/// the run settings: `--resume` with edited, added or removed prompts is refused rather
+/// than mixing rows of two prompt sets under the same names.
+pub fn prompt_set_digest(prompts: &[EvalPrompt]) -> Result<String> {
+    let mut parts: Vec<Vec<u8>> = Vec::new();
+    for p in prompts {
+        parts.push(p.name.as_bytes().to_vec());
+        parts.push(crate::input::read_prompt(&p.path)?.into_bytes());
+        parts.push(p.sidecar.answer.as_bytes().to_vec());
+        parts.push(p.sidecar.kind.as_bytes().to_vec());
+        parts.push(p.sidecar.must_include.join("\u{1f}").into_bytes());
+    }
+    let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+    Ok(super::digest(&refs))
+}
+
 pub fn run(ctx: &Ctx, spec: &SweepSpec) -> Result<()> {
     std::fs::create_dir_all(&spec.out)
         .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", spec.out.display()))?;
+    // One writer per results folder; released when this run ends in any way.
+    let _lock = crate::output::FolderLock::take(&spec.out, "eval results")?;
+    let mut settings = ctx.run_settings();
+    settings["prompt_set_sha256"] = prompt_set_digest(&spec.prompts)?.into();
     let (mut writer, old) = Writer::open_run(
         &spec.out.join("results.jsonl"),
         spec.resume,
         spec.fresh,
-        &ctx.run_settings(),
+        &settings,
     )?;
     let done = results::done_keys(&old);
     let work: Vec<(&EvalPrompt, Vec<&Combo>)> = spec

@@ -14,9 +14,16 @@ use super::scores::rank_order;
 use super::LayerChoice;
 use anyhow::{bail, Context, Result};
 
+/// Positions past this are refused while parsing, before anything is expanded: no prompt
+/// kvscope reads can be longer (the prompt file cap is 8 MiB of text, at least one byte a
+/// token), and expanding at most this many positions costs at most 64 MB.
+pub const MAX_PIN_POSITION: usize = crate::input::MAX_PROMPT_BYTES as usize;
+
 /// Parses `a,b,c-d` (positions and inclusive ranges) into sorted, unique positions.
+/// Ranges are merged before they are expanded, so a list of a thousand copies of one
+/// range costs one range, and positions past [`MAX_PIN_POSITION`] are refused unexpanded.
 pub fn parse_list(s: &str) -> Result<Vec<usize>> {
-    let mut out = Vec::new();
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let num = |x: &str| {
             x.trim().parse::<usize>().with_context(|| {
@@ -25,26 +32,55 @@ pub fn parse_list(s: &str) -> Result<Vec<usize>> {
                 )
             })
         };
-        match part.split_once('-') {
+        let (a, b) = match part.split_once('-') {
             Some((a, b)) => {
                 let (a, b) = (num(a)?, num(b)?);
                 if a > b {
                     bail!("pin list: range '{part}' runs backwards; write it low-high");
                 }
-                if b - a > 1_000_000 {
-                    bail!("pin list: range '{part}' is longer than any prompt");
-                }
-                out.extend(a..=b);
+                (a, b)
             }
-            None => out.push(num(part)?),
+            None => {
+                let p = num(part)?;
+                (p, p)
+            }
+        };
+        if b > MAX_PIN_POSITION {
+            bail!(
+                "pin list: '{part}' reaches position {b}, past any prompt kvscope can read (at most {MAX_PIN_POSITION})"
+            );
+        }
+        ranges.push((a, b));
+    }
+    Ok(expand(merge(ranges)))
+}
+
+/// Sorts inclusive ranges and merges those that overlap or touch: O(n log n).
+pub fn merge(mut ranges: Vec<(usize, usize)>) -> Vec<(usize, usize)> {
+    ranges.sort_unstable();
+    let mut out: Vec<(usize, usize)> = Vec::with_capacity(ranges.len());
+    for (a, b) in ranges {
+        match out.last_mut() {
+            Some(last) if a <= last.1.saturating_add(1) => last.1 = last.1.max(b),
+            _ => out.push((a, b)),
         }
     }
-    out.sort_unstable();
-    out.dedup();
-    Ok(out)
+    out
+}
+
+fn expand(ranges: Vec<(usize, usize)>) -> Vec<usize> {
+    ranges.into_iter().flat_map(|(a, b)| a..=b).collect()
+}
+
+/// Pins in any order, possibly repeated (a hand-edited report), as sorted unique positions.
+pub fn normalize(mut v: Vec<usize>) -> Vec<usize> {
+    v.sort_unstable();
+    v.dedup();
+    v
 }
 
 /// Checks pins against a prompt of `len` tokens: in range and not both kept and evicted.
+/// O(n log n) in the number of pins, in any order.
 pub fn validate(keep: &[usize], evict: &[usize], len: usize) -> Result<()> {
     if let Some(&p) = keep.iter().chain(evict).find(|&&p| p >= len) {
         bail!(
@@ -52,8 +88,26 @@ pub fn validate(keep: &[usize], evict: &[usize], len: usize) -> Result<()> {
             len.saturating_sub(1)
         );
     }
-    if let Some(p) = keep.iter().find(|p| evict.contains(p)) {
-        bail!("position {p} is pinned both to keep and to evict; choose one");
+    fn sorted(v: &[usize]) -> std::borrow::Cow<'_, [usize]> {
+        if v.windows(2).all(|w| w[0] < w[1]) {
+            std::borrow::Cow::Borrowed(v)
+        } else {
+            std::borrow::Cow::Owned(normalize(v.to_vec()))
+        }
+    }
+    let (keep, evict) = (sorted(keep), sorted(evict));
+    let (mut i, mut j) = (0, 0);
+    while i < keep.len() && j < evict.len() {
+        match keep[i].cmp(&evict[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                bail!(
+                    "position {} is pinned both to keep and to evict; choose one",
+                    keep[i]
+                )
+            }
+        }
     }
     Ok(())
 }
@@ -117,6 +171,30 @@ mod tests {
             .to_string()
             .contains("backwards"));
         assert!(parse_list("1-x").is_err());
+        // A thousand copies of one long range cost one range.
+        let many = vec!["0-1000000"; 1000].join(",");
+        assert_eq!(parse_list(&many).unwrap().len(), 1_000_001);
+        assert_eq!(
+            parse_list("5-9,1-3,4,8-12").unwrap(),
+            (1..=12).collect::<Vec<_>>()
+        );
+        let e = parse_list("0-18446744073709551615")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("past any prompt"), "{e}");
+    }
+
+    #[test]
+    fn validation_is_fast_on_huge_unsorted_pin_sets() {
+        // 10^6 each, unsorted and repeated: O(n log n), not O(keep x evict).
+        let keep: Vec<usize> = (0..1_000_000).rev().map(|p| p * 2).collect();
+        let evict: Vec<usize> = (0..1_000_000).map(|p| p * 2 + 1).collect();
+        validate(&keep, &evict, 2_000_000).unwrap();
+        let mut both = evict.clone();
+        both.push(1_999_998);
+        let e = validate(&keep, &both, 2_000_000).unwrap_err().to_string();
+        assert!(e.contains("position 1999998 is pinned both"), "{e}");
+        assert_eq!(normalize(vec![3, 1, 3, 2, 1]), vec![1, 2, 3]);
     }
 
     #[test]

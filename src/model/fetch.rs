@@ -141,6 +141,8 @@ pub fn resolve(spec: Option<&Path>, say: &mut dyn FnMut(&str)) -> Result<PathBuf
 
 /// Streaming sha256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String> {
+    // A FIFO would block the open forever; a device never ends.
+    crate::input::regular_file(path, "model file")?;
     let mut f =
         std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
     let mut h = Sha256::new();

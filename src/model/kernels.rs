@@ -695,10 +695,10 @@ fn check_row(q: &[u8], packed: bool, d: &[f16], m: &[f16], x: &QVec) -> usize {
     bytes_per_block
 }
 
-/// Sum of the eight lanes of an AVX register.
+/// Sum of the eight lanes of an AVX register (the one copy; `quant/avx2.rs` uses it too).
 #[cfg(all(target_arch = "x86_64", target_feature = "avx"))]
 #[inline(always)]
-unsafe fn hsum256(acc: std::arch::x86_64::__m256) -> f32 {
+pub(crate) unsafe fn hsum256(acc: std::arch::x86_64::__m256) -> f32 {
     use std::arch::x86_64::*;
     let s4 = _mm_add_ps(_mm256_castps256_ps128(acc), _mm256_extractf128_ps(acc, 1));
     let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));

@@ -7,7 +7,7 @@
 
 use anyhow::{bail, Result};
 
-use super::forward::{DecodeState, Model};
+use super::forward::{DecodeState, Model, Observer};
 use super::kernels;
 use crate::keepset::KeepSet;
 use crate::trace::Trace;
@@ -55,11 +55,17 @@ impl FullPass {
             let lg = match (shadow, errors.as_mut()) {
                 (Some(keep), Some(errs)) => {
                     let mut e = Vec::with_capacity(dims.n_layers);
-                    let lg = state.step_shadow_capture(tok, keep, &mut e, &mut cap)?;
+                    let lg = state.step(
+                        tok,
+                        Observer {
+                            attention: Some(&mut cap),
+                            shadow: Some((keep, &mut e)),
+                        },
+                    )?;
                     errs.push(e);
                     lg
                 }
-                _ => state.step(tok, Some(&mut cap))?,
+                _ => state.step(tok, Observer::attention(&mut cap))?,
             };
             logits.push(lg.to_vec());
             let Some(step) = cap.pop() else {
@@ -139,7 +145,7 @@ pub fn attn_errors(
     let mut out = Vec::with_capacity(steps);
     for &tok in &ids[..steps] {
         let mut e = Vec::new();
-        state.step_shadow(tok, keep, &mut e)?;
+        state.step(tok, Observer::shadow(keep, &mut e))?;
         out.push(e);
     }
     Ok(out)
@@ -156,7 +162,7 @@ pub fn forced_logits(
     let mut state = DecodeState::new(model, trace, keep, steps)?;
     ids[..steps]
         .iter()
-        .map(|&tok| state.step(tok, None).map(<[f32]>::to_vec))
+        .map(|&tok| state.step(tok, Observer::none()).map(<[f32]>::to_vec))
         .collect()
 }
 
@@ -199,7 +205,7 @@ pub fn decode_both(
             if joined && tok != full_ids[forced.len()] {
                 fork = Some(state.clone());
             }
-            let logits = state.step(tok, None)?;
+            let logits = state.step(tok, Observer::none())?;
             if fork.is_none() && forced.len() < steps {
                 forced.push(logits.to_vec());
             }
@@ -212,7 +218,7 @@ pub fn decode_both(
     // stopped first, on the full generation's tokens) from where it stopped.
     let mut st = fork.unwrap_or(state);
     for &tok in &full_ids[shared..steps] {
-        forced.push(st.step(tok, None)?.to_vec());
+        forced.push(st.step(tok, Observer::none())?.to_vec());
     }
     Ok(Decoded {
         ids,

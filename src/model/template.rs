@@ -142,10 +142,46 @@ struct Message<'a> {
     content: &'a str,
 }
 
+/// Steps a template may take to render one user turn (minijinja's fuel: about one per
+/// instruction). Real chat templates take a few thousand; nested loops over
+/// `range(100000)` would take 10^10 and more, so they stop here instead of hanging.
+pub const MAX_TEMPLATE_STEPS: u64 = 10_000_000;
+
+/// Most bytes a rendered prompt may have beyond twice the user's text: the prompt cap
+/// (8 MiB). Checked while rendering, so a template that would write gigabytes stops at
+/// this size instead of filling memory.
+pub const MAX_TEMPLATE_EXTRA_BYTES: usize = crate::input::MAX_PROMPT_BYTES as usize;
+
+/// A `fmt::Write` sink that refuses to grow past a limit.
+struct Bounded {
+    out: String,
+    limit: usize,
+    over: bool,
+}
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + buf.len() > self.limit {
+            self.over = true;
+            return Err(std::io::Error::other("output limit"));
+        }
+        // minijinja writes whole UTF-8 strings, so every chunk is valid UTF-8.
+        let s = std::str::from_utf8(buf).map_err(std::io::Error::other)?;
+        self.out.push_str(s);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 /// Renders `source` for one user message `user` with the generation prompt. The error is
-/// one line (minijinja's message and where).
+/// one line (minijinja's message and where). Rendering is bounded: at most
+/// [`MAX_TEMPLATE_STEPS`] steps and `2 * user.len() + MAX_TEMPLATE_EXTRA_BYTES` bytes.
 pub fn render(source: &str, user: &str, vars: &Vars) -> Result<String, String> {
     let mut env = Environment::new();
+    env.set_fuel(Some(MAX_TEMPLATE_STEPS));
     // As Hugging Face renders chat templates (jinja2 with trim_blocks and lstrip_blocks).
     env.set_trim_blocks(true);
     env.set_lstrip_blocks(true);
@@ -158,13 +194,34 @@ pub fn render(source: &str, user: &str, vars: &Vars) -> Result<String, String> {
     env.add_template("chat_template", source)
         .map_err(one_line)?;
     let t = env.get_template("chat_template").map_err(one_line)?;
-    t.render(minijinja::context! {
-        messages => vec![Message { role: "user", content: user }],
-        add_generation_prompt => true,
-        bos_token => vars.bos_token,
-        eos_token => vars.eos_token,
-    })
-    .map_err(one_line)
+    let limit = user
+        .len()
+        .saturating_mul(2)
+        .saturating_add(MAX_TEMPLATE_EXTRA_BYTES);
+    let mut sink = Bounded {
+        out: String::new(),
+        limit,
+        over: false,
+    };
+    let r = t.render_captured_to(
+        minijinja::context! {
+            messages => vec![Message { role: "user", content: user }],
+            add_generation_prompt => true,
+            bos_token => vars.bos_token,
+            eos_token => vars.eos_token,
+        },
+        &mut sink,
+    );
+    match r {
+        Ok(_) => Ok(sink.out),
+        Err(_) if sink.over => Err(format!(
+            "it renders more than {limit} bytes for this prompt (stopped there)"
+        )),
+        Err(e) if e.kind() == ErrorKind::OutOfFuel => Err(format!(
+            "it takes more than {MAX_TEMPLATE_STEPS} steps to render one message (stopped there)"
+        )),
+        Err(e) => Err(one_line(e)),
+    }
 }
 
 fn one_line(e: Error) -> String {
@@ -185,6 +242,23 @@ mod tests {
         bos_token: "<s>",
         eos_token: "</s>",
     };
+
+    #[test]
+    fn hostile_templates_stop_with_one_line() {
+        // Three nested range(100000) loops: 10^15 steps.
+        let slow = "{% for a in range(100000) %}{% for b in range(100000) %}{% for c in range(100000) %}x{% endfor %}{% endfor %}{% endfor %}";
+        let e = render(slow, "hi", &VARS).unwrap_err();
+        assert!(e.contains("steps"), "{e}");
+        // 100 x 10 MB = 1 GB of output: stopped at the byte limit, long before 1 GB.
+        let big = r#"{% for i in range(100) %}{{ "x" * 10000000 }}{% endfor %}"#;
+        let e = render(big, "hi", &VARS).unwrap_err();
+        assert!(e.contains("renders more than"), "{e}");
+        assert!(!e.contains('\n'));
+        // Real templates are far inside both limits.
+        for b in BUILTINS {
+            render(b.source(), &"word ".repeat(100_000), &VARS).expect("renders");
+        }
+    }
 
     #[test]
     fn builtins_render_one_user_turn() {

@@ -11,7 +11,7 @@ use super::srh::Interrupted;
 use super::Profile;
 use crate::eviction::{self, Allocator, Method, Settings};
 use crate::model::PREFILL_CHUNK;
-use crate::model::{kernels, DecodeState, Model, Tok};
+use crate::model::{kernels, DecodeState, Model, Observer, Tok};
 
 /// The selection the errors are measured under: compresskv's one index set per layer
 /// from the profile's SRHs, with every layer at the same budget.
@@ -71,7 +71,7 @@ pub fn prompt_errors(
     // after it is a decode step whose errors count.
     while n < max_new && !tok.stop_ids.contains(&tok_id) {
         errs.clear();
-        let logits = state.step_shadow(tok_id, &shadow, &mut errs)?;
+        let logits = state.step(tok_id, Observer::shadow(&shadow, &mut errs))?;
         accumulate(&mut sums, &errs);
         tok_id = kernels::argmax(logits) as u32;
         n += 1;

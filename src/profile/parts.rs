@@ -167,22 +167,11 @@ fn short(v: Option<&Value>) -> String {
     }
 }
 
-/// Writes `value` to a temporary file beside `path` and renames it over `path`.
+/// Writes `value` through [`crate::output::write_atomic`] (temporary file, rename onto
+/// a regular file or nothing).
 fn write_atomic(path: &Path, value: &Value) -> Result<()> {
-    let name = path
-        .file_name()
-        .with_context(|| format!("{} has no file name", path.display()))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = path.with_file_name(tmp_name);
     let text = serde_json::to_string(value).context("cannot encode a profile unit")?;
-    std::fs::write(&tmp, text).with_context(|| format!("cannot write {}", tmp.display()))?;
-    if let Err(e) = std::fs::rename(&tmp, path) {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e)
-            .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()));
-    }
+    crate::output::write_atomic(path, "profile unit", text.as_bytes())?;
     Ok(())
 }
 

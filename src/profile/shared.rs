@@ -8,7 +8,7 @@ use super::credit::{retrieved, TrialCredit};
 use crate::haystack::shared::SharedHaystack;
 use crate::keepset::KeepSet;
 use crate::model::PREFILL_CHUNK;
-use crate::model::{kernels, DecodeState, Model, StepAttention, Tok};
+use crate::model::{kernels, DecodeState, Model, Observer, StepAttention, Tok};
 
 /// What one question of a shared haystack gave.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,14 +44,14 @@ pub fn run_haystack(
             .split_last()
             .expect("a question's tail is never empty");
         for &t in feed {
-            state.step(t, None)?;
+            state.step(t, Observer::none())?;
         }
         let mut credit = TrialCredit::new(d.n_layers, d.n_heads);
         let mut generated = Vec::with_capacity(max_new);
         let mut fed = *last;
         while generated.len() < max_new {
             rows.clear();
-            let logits = state.step(fed, Some(&mut rows))?;
+            let logits = state.step(fed, Observer::attention(&mut rows))?;
             let next = kernels::argmax(logits) as u32;
             if let Some(r) = rows.first() {
                 credit.add_token(&r.probs, &ids, &q.span, next);

@@ -10,7 +10,7 @@ use super::credit::{retrieved, rouge1_recall, SrhTotals, TrialCredit};
 use crate::haystack::{needle_prompt, NeedlePrompt, NEEDLES};
 use crate::keepset::KeepSet;
 use crate::model::PREFILL_CHUNK;
-use crate::model::{kernels, DecodeState, Model, StepAttention, Tok};
+use crate::model::{kernels, DecodeState, Model, Observer, StepAttention, Tok};
 use crate::trace::Trace;
 
 /// What to measure on.
@@ -130,7 +130,7 @@ pub fn run_trial(
         let mut rows: Vec<StepAttention> = Vec::with_capacity(1);
         while generated.len() < max_new && !tok.stop_ids.contains(&tok_id) {
             rows.clear();
-            let logits = state.step(tok_id, Some(&mut rows))?;
+            let logits = state.step(tok_id, Observer::attention(&mut rows))?;
             tok_id = kernels::argmax(logits) as u32;
             if let Some(r) = rows.first() {
                 credit.add_token(&r.probs, &prompt.ids, &prompt.span, tok_id);

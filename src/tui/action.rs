@@ -112,6 +112,13 @@ pub enum Action {
     LoadStart,
     /// Open the list of exported reports, to load one's settings.
     ReportStart,
+    /// Token pane: open the search prompt (`/`).
+    SearchStart,
+    /// Token pane: the next (true) or previous match of the last search (`n` / `N`).
+    SearchNext(bool),
+    /// Token pane: the next (true) or previous evicted token by attention lost over the
+    /// divergence analysis' steps (`j` / `J`).
+    JumpLost(bool),
     /// Typing into the name prompt.
     Char(char),
     Backspace,

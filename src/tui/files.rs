@@ -37,8 +37,12 @@ pub fn push_recent(path: &Path, prompt: &Path) -> Result<()> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    std::fs::write(path, serde_json::to_string_pretty(&list)?)
-        .with_context(|| format!("cannot write {}", path.display()))
+    crate::output::write_atomic(
+        path,
+        "recent list",
+        serde_json::to_string_pretty(&list)?.as_bytes(),
+    )?;
+    Ok(())
 }
 
 /// `*.txt` files in `dir`, sorted by name (empty when the folder does not exist).
@@ -107,6 +111,8 @@ pub fn save_budgets_keeping(
     check_name(name)?;
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join(format!("{name}.json"));
+    // Before the backup rename: a FIFO or device under that name is refused, not moved.
+    crate::output::check_target(&path, "budget file")?;
     let text = serde_json::to_string(budgets)?;
     // Saving the same budgets again changes nothing and needs no backup.
     let old = std::fs::read(&path).ok();
@@ -128,7 +134,7 @@ pub fn save_budgets_keeping(
         }
         _ => None,
     };
-    std::fs::write(&path, text).with_context(|| format!("cannot write {}", path.display()))?;
+    crate::output::write_atomic(&path, "budget file", text.as_bytes())?;
     Ok((path, backup))
 }
 

@@ -68,6 +68,10 @@ pub const HELP: &[(&str, &str)] = &[
         "A  C",
         "freeze the current result as A / clear A (A/B compare)",
     ),
+    (
+        "/  n N  j J",
+        "tokens: find text, next/prev match, evicted by lost mass",
+    ),
     ("S", "save the per-layer budgets under a name"),
     ("L", "load saved budgets"),
     ("Enter  Esc", "confirm / close a popup"),
@@ -83,7 +87,7 @@ pub fn map_key(app: &App, k: KeyEvent) -> Option<Action> {
         return Some(Action::Quit);
     }
     // Typing a name: letters are text, not commands.
-    if let Some(Popup::SaveName(_)) = app.popup {
+    if let Some(Popup::SaveName(_) | Popup::Search(_)) = app.popup {
         return match k.code {
             KeyCode::Enter => Some(Action::Confirm),
             KeyCode::Esc => Some(Action::Close),
@@ -116,7 +120,13 @@ pub fn map_key(app: &App, k: KeyEvent) -> Option<Action> {
             '+' | '=' => Action::LayerBudget(LAYER_STEP),
             '-' | '_' => Action::LayerBudget(-LAYER_STEP),
             '*' => Action::Scale(true),
+            // In the token pane `/` searches the prompt text (and `*` still scales).
+            '/' if app.focus == Pane::Tokens => Action::SearchStart,
             '/' => Action::Scale(false),
+            'n' if app.focus == Pane::Tokens => Action::SearchNext(true),
+            'N' if app.focus == Pane::Tokens => Action::SearchNext(false),
+            'j' if app.focus == Pane::Tokens => Action::JumpLost(true),
+            'J' if app.focus == Pane::Tokens => Action::JumpLost(false),
             'b' => Action::BaseBudget(-16),
             'B' => Action::BaseBudget(16),
             'a' => Action::CycleAllocator,

@@ -93,8 +93,8 @@ fn run(job: Job, out: &Outbox, rx: Receiver<ToWorker>) {
                 }
                 ToWorker::Export { path } => {
                     let msg = match w.export(path) {
-                        Ok(()) => {
-                            FromWorker::Notice(format!("exported report to {}", path.display()))
+                        Ok(written) => {
+                            FromWorker::Notice(format!("exported report to {}", written.display()))
                         }
                         Err(e) => FromWorker::Error(format!("export failed: {e:#}")),
                     };
@@ -341,7 +341,9 @@ impl Worker {
         }
     }
 
-    fn export(&self, path: &std::path::Path) -> Result<()> {
+    /// Writes the report as `path`, or under a fresh name beside it (`NAME-1.json`, ...)
+    /// when that is taken: an export never replaces another. Returns the path written.
+    fn export(&self, path: &std::path::Path) -> Result<std::path::PathBuf> {
         let s = &self.session;
         let cfg = &self.loaded.model.config;
         let prov = Provenance::new(
@@ -363,7 +365,14 @@ impl Worker {
         let fallback = SettingsPart::new(&full, vec![s.trace.len; cfg.n_layers], s.max_new, &prov);
         let report = Report::new(cfg, s, &prov, fallback);
         let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d,
+            _ => std::path::Path::new("."),
+        };
+        let stem = path.file_stem().map_or("kvscope-report".into(), |s| {
+            s.to_string_lossy().into_owned()
+        });
+        crate::output::write_unique(dir, &stem, "json", text.as_bytes())
     }
 }
 

@@ -1,5 +1,5 @@
 //! Architectures: what distinguishes one GGUF model family from another, read from the
-//! file's metadata into a [`Config`]. The layer body in `forward.rs` is written once
+//! file's metadata into a [`Config`]. The layer body in `forward/layer.rs` is written once
 //! against these facts; nothing else in kvscope looks at an architecture name.
 //!
 //! Adding an architecture: one file here with a `pub const ARCH: Arch` whose `read`

@@ -8,20 +8,12 @@ use half::f16;
 use std::arch::x86_64::*;
 
 use super::Format;
-use crate::model::kernels::{QVec, QK};
+use crate::model::kernels::{hsum256 as hsum, QVec, QK};
 
 /// The f16 at `p` (two readable bytes of a block).
 #[inline(always)]
 unsafe fn h(p: *const u8) -> f32 {
     f16::from_bits(u16::from_le_bytes([*p, *p.add(1)])).to_f32()
-}
-
-#[inline(always)]
-unsafe fn hsum(v: __m256) -> f32 {
-    let s4 = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    let s2 = _mm_add_ps(s4, _mm_movehl_ps(s4, s4));
-    let s1 = _mm_add_ss(s2, _mm_shuffle_ps(s2, s2, 1));
-    _mm_cvtss_f32(s1)
 }
 
 /// Eight i32 sums of 32 unsigned codes times 32 signed activations.

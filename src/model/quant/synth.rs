@@ -3,7 +3,7 @@
 //! model writes is meaningless; its memory and speed are those of the real shape. Written
 //! tensor by tensor, so a file far larger than memory streams to disk.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::quantized::gguf_file::{Content, Value};
 use half::{bf16, f16};
 use std::io::Write;
@@ -496,9 +496,10 @@ pub fn write(
         (h.len() as u64).div_ceil(ALIGN) as usize * ALIGN as usize,
         0,
     );
-    let file =
-        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut w = std::io::BufWriter::with_capacity(1 << 20, file);
+    // Through a temporary file beside `path`: an error, Ctrl-C or SIGTERM leaves nothing
+    // at `path` (and removes the temporary file), never a truncated model.
+    let mut out = crate::output::AtomicFile::create(path, "--out")?;
+    let mut w = std::io::BufWriter::with_capacity(1 << 20, out.file());
     w.write_all(&h)?;
     let mut written = 0u64;
     let mut rng = Rng(seed);
@@ -526,7 +527,8 @@ pub fn write(
     }
     w.flush()?;
     drop(w);
-    Ok(std::fs::metadata(path)?.len())
+    let written = out.commit()?;
+    Ok(std::fs::metadata(written)?.len())
 }
 
 fn ggml_type_id(f: Format) -> u32 {

@@ -15,6 +15,7 @@
 
 mod budgets;
 mod compare;
+mod find;
 mod knobs;
 mod pins;
 mod popups;
@@ -30,6 +31,7 @@ use crate::eviction::{registry, Settings};
 use crate::trace::Dims;
 
 pub use budgets::{LAYER_STEP, SCALE};
+pub use find::{lost_order, matches, Search};
 
 /// Culprits one rescue key pins unless the user picks another number (`--rescue K`,
 /// `,` / `.`).
@@ -74,6 +76,8 @@ pub enum Popup {
         names: Vec<String>,
         sel: usize,
     },
+    /// Typing a search over the prompt text (token pane, `/`).
+    Search(String),
 }
 
 /// The start screen when no prompt file was given.
@@ -120,6 +124,10 @@ pub struct App {
     pub show_divergence: bool,
     /// Culprits `R` pins (1 to [`super::msg::CULPRITS_PER_STEP`]).
     pub rescue_k: usize,
+    /// The last search over the prompt text and where `n` / `N` stand in it.
+    pub search: Option<find::Search>,
+    /// Index into the evicted tokens by attention lost that `j` / `J` last jumped to.
+    pub lost_at: Option<usize>,
     /// The loop ends after this update.
     pub quit: bool,
     /// What only `update` reads.
@@ -180,6 +188,8 @@ impl App {
             sel_step: None,
             show_divergence: false,
             rescue_k: RESCUE_K,
+            search: None,
+            lost_at: None,
             quit: false,
         }
     }
@@ -362,6 +372,9 @@ pub fn update(app: &mut App, a: Action) -> Vec<Cmd> {
         | Action::ClearPins
         | Action::RescueK(_)
         | Action::Rescue) => pins::on_key(app, a),
+        a @ (Action::SearchStart | Action::SearchNext(_) | Action::JumpLost(_)) => {
+            find::on_key(app, a)
+        }
         a @ (Action::MeasureErrors | Action::FreezeA | Action::ClearA) => compare::on_key(app, a),
         a @ (Action::ToggleHelp
         | Action::Export

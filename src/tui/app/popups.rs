@@ -66,6 +66,22 @@ pub(super) fn on_popup(app: &mut App, popup: Popup, a: Action) -> Vec<Cmd> {
             app.popup = Some(Popup::SaveName(s));
             Vec::new()
         }
+        (Popup::Search(mut s), Action::Char(c)) => {
+            if s.len() < 200 {
+                s.push(c);
+            }
+            app.popup = Some(Popup::Search(s));
+            Vec::new()
+        }
+        (Popup::Search(mut s), Action::Backspace) => {
+            s.pop();
+            app.popup = Some(Popup::Search(s));
+            Vec::new()
+        }
+        (Popup::Search(q), Action::Confirm) => {
+            super::find::run(app, q);
+            Vec::new()
+        }
         (Popup::SaveName(name), Action::Confirm) => vec![Cmd::SaveBudgets {
             name: name.trim().to_string(),
             budgets: app.budgets(),

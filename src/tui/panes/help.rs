@@ -39,6 +39,22 @@ pub fn draw(f: &mut Frame, area: Rect, popup: &Popup) {
                 r,
             );
         }
+        Popup::Search(q) => {
+            let r = centered(area, 60, 4);
+            f.render_widget(Clear, r);
+            f.render_widget(
+                Paragraph::new(vec![
+                    Line::from(format!("/{q}▏")),
+                    Line::from("Enter finds (case-insensitive), n / N step, Esc cancels"),
+                ])
+                .block(
+                    Block::default()
+                        .borders(Borders::ALL)
+                        .title(" search the prompt "),
+                ),
+                r,
+            );
+        }
         Popup::SaveName(name) => {
             let r = centered(area, 60, 4);
             f.render_widget(Clear, r);

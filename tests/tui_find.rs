@@ -1,0 +1,113 @@
+//! Finding your way in the prompt (issue 24 item 3): `/` search with `n` / `N`, and `j` /
+//! `J` through the evicted tokens by attention lost, through the real key handling.
+
+mod common;
+
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use kvscope::tui::action::{Action, Pane};
+use kvscope::tui::app::{lost_order, matches, update, App, Cmd};
+use kvscope::tui::keys::map_key;
+use kvscope::tui::msg::FromWorker;
+
+fn key(app: &mut App, code: KeyCode) -> Vec<Cmd> {
+    match map_key(app, KeyEvent::new(code, KeyModifiers::NONE)) {
+        Some(a) => update(app, a),
+        None => Vec::new(),
+    }
+}
+
+fn type_text(app: &mut App, s: &str) {
+    for c in s.chars() {
+        key(app, KeyCode::Char(c));
+    }
+}
+
+#[test]
+fn matches_cross_token_boundaries_and_ignore_case() {
+    let toks: Vec<String> = ["The", " co", "de is", " 74", "21.", " Code"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    assert_eq!(matches(&toks, "code"), vec![1, 5]);
+    assert_eq!(matches(&toks, "7421"), vec![3]);
+    assert_eq!(matches(&toks, "e"), vec![0, 2, 5], "one hit per token");
+    assert!(matches(&toks, "lamp").is_empty());
+    assert!(matches(&toks, "").is_empty());
+}
+
+#[test]
+fn slash_searches_the_prompt_and_n_steps_through_the_matches() {
+    let mut fx = common::fixture();
+    let mut app = common::ready_app(&mut fx);
+    // Outside the token pane `/` still scales the budgets.
+    let b = app.settings.budget;
+    key(&mut app, KeyCode::Char('/'));
+    assert!(app.settings.budget < b);
+    update(&mut app, Action::Show(Pane::Tokens));
+    app.sel_token = 0;
+    key(&mut app, KeyCode::Char('/'));
+    // Letters are text in the prompt (`n`, `q`, `j` included).
+    type_text(&mut app, "code");
+    key(&mut app, KeyCode::Enter);
+    assert!(app.popup.is_none());
+    let s = app.search.clone().expect("a search");
+    let toks = &app.snapshot.as_ref().unwrap().prompt_tokens;
+    assert_eq!(s.hits, matches(toks, "code"));
+    assert_eq!(s.hits.len(), 3, "the prompt says code three times");
+    assert_eq!(app.sel_token, s.hits[0]);
+    assert!(app.notice.as_deref().unwrap().contains("match 1 of 3"));
+    key(&mut app, KeyCode::Char('n'));
+    assert_eq!(app.sel_token, s.hits[1]);
+    assert!(app.notice.as_deref().unwrap().contains("match 2 of 3"));
+    key(&mut app, KeyCode::Char('N'));
+    key(&mut app, KeyCode::Char('N'));
+    assert_eq!(app.sel_token, s.hits[2], "N wraps to the last match");
+    // A search that finds nothing says so and leaves the cursor.
+    key(&mut app, KeyCode::Char('/'));
+    for _ in 0..4 {
+        key(&mut app, KeyCode::Backspace);
+    }
+    type_text(&mut app, "zebra");
+    key(&mut app, KeyCode::Enter);
+    assert_eq!(app.sel_token, s.hits[2]);
+    assert!(app.notice.as_deref().unwrap().contains("not in the prompt"));
+}
+
+#[test]
+fn j_steps_through_the_evicted_tokens_by_attention_lost() {
+    let mut fx = common::fixture();
+    let mut app = common::ready_app(&mut fx);
+    update(&mut app, Action::Show(Pane::Tokens));
+    key(&mut app, KeyCode::Char('j'));
+    assert!(
+        app.notice.as_deref().unwrap().contains("no evicted token"),
+        "before the analysis arrives"
+    );
+    let o = app.result.clone().expect("first result");
+    let view = fx.divergence(&o);
+    let order = lost_order(&view);
+    assert!(
+        order.len() >= 2,
+        "the tiny prompt loses attention: {order:?}"
+    );
+    assert!(order.windows(2).all(|w| w[0].1 >= w[1].1));
+    update(
+        &mut app,
+        Action::Worker(FromWorker::Divergence { gen: o.gen, view }),
+    );
+    // The map zoomed in: a jump centres its key range on the token.
+    update(&mut app, Action::ZoomIn);
+    key(&mut app, KeyCode::Char('j'));
+    assert_eq!(app.sel_token, order[0].0);
+    let keep = &o.keep;
+    assert!(
+        keep.iter().flatten().any(|h| !h.contains(&order[0].0)),
+        "the token is evicted somewhere"
+    );
+    assert!(app.view_start <= order[0].0 && order[0].0 < app.view_start + app.view_len);
+    key(&mut app, KeyCode::Char('j'));
+    assert_eq!(app.sel_token, order[1].0);
+    key(&mut app, KeyCode::Char('J'));
+    key(&mut app, KeyCode::Char('J'));
+    assert_eq!(app.sel_token, order[order.len() - 1].0, "J wraps");
+}
