@@ -132,8 +132,8 @@ impl Profile {
         for (l, ranking) in self.srh_ranking.iter().enumerate() {
             if !is_permutation(ranking, dims.n_heads) {
                 bail!(
-                    "profile srh_ranking for layer {l} is not an ordering of the heads 0..{}: {ranking:?}",
-                    dims.n_heads
+                    "profile srh_ranking for layer {l} is not an ordering of the heads 0-{}: {ranking:?}",
+                    dims.n_heads.saturating_sub(1)
                 );
             }
         }
@@ -145,6 +145,14 @@ impl Profile {
                     dims.n_layers
                 );
             }
+        }
+        self.check_layer_errors()
+    }
+
+    /// The layer errors' own rules (finite, >= 0, summing to 1), which need no model:
+    /// `run` refuses a profile that breaks them, `profile show` warns.
+    pub fn check_layer_errors(&self) -> Result<()> {
+        if let Some(errors) = &self.layer_errors {
             if let Some((l, e)) = errors
                 .iter()
                 .enumerate()

@@ -222,13 +222,127 @@ impl SavedReport {
     pub fn load(path: &std::path::Path) -> anyhow::Result<SavedReport> {
         use anyhow::Context;
         let text = crate::input::read_text(path, "report", MAX_REPORT_BYTES)?;
-        serde_json::from_str(&text).with_context(|| {
+        let not_report = || {
             format!(
                 "{} is not a kvscope report (make one with `kvscope run --json` or `e` in the inspector)",
                 path.display()
             )
-        })
+        };
+        let value: serde_json::Value = serde_json::from_str(&text).with_context(not_report)?;
+        // Field by field first, so a value of the wrong type is named by its key.
+        if let Some(settings) = value.get("settings") {
+            check_settings_fields(settings)
+                .with_context(|| format!("report {}", path.display()))?;
+        }
+        let r: SavedReport = serde_json::from_value(value).with_context(not_report)?;
+        if r.settings.model_sha256.is_none() {
+            anyhow::bail!(
+                "report {} has no settings.model_sha256, so the model it was made on cannot be \
+                 checked; rerun it with `kvscope run --json` on that model to get one",
+                path.display()
+            );
+        }
+        Ok(r)
     }
+}
+
+/// The JSON type each own field of [`SettingsPart`] must have.
+#[derive(Clone, Copy)]
+enum FieldType {
+    Count,
+    Text,
+    TextOrNull,
+    Flag,
+    Counts,
+    CountsOrNull,
+}
+
+const SETTINGS_FIELDS: [(&str, FieldType); 18] = [
+    ("method", FieldType::Text),
+    ("budget", FieldType::Count),
+    ("window", FieldType::Count),
+    ("kernel", FieldType::Count),
+    ("pooling", FieldType::Text),
+    ("first_k", FieldType::Count),
+    ("allocator", FieldType::Text),
+    ("layer_budgets", FieldType::Counts),
+    ("manual_budgets", FieldType::CountsOrNull),
+    ("profile", FieldType::TextOrNull),
+    ("max_new", FieldType::Count),
+    ("raw", FieldType::Flag),
+    ("template", FieldType::TextOrNull),
+    ("allow_control_tokens", FieldType::Flag),
+    ("model_sha256", FieldType::TextOrNull),
+    ("kvscope_version", FieldType::Text),
+    ("pin_keep", FieldType::Counts),
+    ("pin_evict", FieldType::Counts),
+];
+
+/// A JSON value in words, for messages.
+fn json_described(v: &serde_json::Value) -> String {
+    use serde_json::Value as J;
+    match v {
+        J::Null => "null".into(),
+        J::Bool(b) => b.to_string(),
+        J::Number(n) => n.to_string(),
+        J::String(s) => format!("the text {s:?}"),
+        J::Array(_) => "a list".into(),
+        J::Object(_) => "an object".into(),
+    }
+}
+
+/// Checks the type of every field of a report's `settings` (own fields and knobs),
+/// naming the key: `settings.adakv_floor must be a number between 0 and 1; got the
+/// text "0.2"`.
+fn check_settings_fields(v: &serde_json::Value) -> anyhow::Result<()> {
+    use serde_json::Value as J;
+    let Some(obj) = v.as_object() else {
+        anyhow::bail!("settings must be an object; got {}", json_described(v));
+    };
+    let count = |x: &J| x.as_u64().is_some_and(|n| usize::try_from(n).is_ok());
+    for (key, value) in obj {
+        let label = format!("settings.{key}");
+        if let Some((_, t)) = SETTINGS_FIELDS.iter().find(|(k, _)| k == key) {
+            let (ok, want) = match t {
+                FieldType::Count => (count(value), "a whole number, 0 or more"),
+                FieldType::Text => (value.is_string(), "text"),
+                FieldType::TextOrNull => (value.is_string() || value.is_null(), "text or null"),
+                FieldType::Flag => (value.is_boolean(), "true or false"),
+                FieldType::Counts => (
+                    value.as_array().is_some_and(|a| a.iter().all(count)),
+                    "a list of whole numbers, 0 or more",
+                ),
+                FieldType::CountsOrNull => (
+                    value.is_null() || value.as_array().is_some_and(|a| a.iter().all(count)),
+                    "a list of whole numbers, 0 or more, or null",
+                ),
+            };
+            if !ok {
+                anyhow::bail!("{label} must be {want}; got {}", json_described(value));
+            }
+        } else if let Some(k) = registry::knob(key) {
+            let kv = match value {
+                J::Bool(b) => KnobValue::Bool(*b),
+                J::Number(n) => match n.as_i64() {
+                    Some(i) => KnobValue::Int(i),
+                    None => KnobValue::Float(n.as_f64().unwrap_or(f64::NAN)),
+                },
+                J::String(s) => KnobValue::Text(s.clone()),
+                J::Array(a) if a.iter().all(count) => KnobValue::List(
+                    a.iter()
+                        .filter_map(|x| x.as_u64().map(|n| n as usize))
+                        .collect(),
+                ),
+                // null (what JSON makes of inf / NaN), objects, mixed lists.
+                _ => {
+                    let want = k.wanted();
+                    anyhow::bail!("{label} must be {want}; got {}", json_described(value));
+                }
+            };
+            k.coerce_named(&kv, &label)?;
+        }
+    }
+    Ok(())
 }
 
 /// Refuses to rerun a report on another model file (its sha256, when both are known)

@@ -61,9 +61,15 @@ pub fn kv_bytes(keep: &KeepSet, head_dim: usize, elem_bytes: usize) -> usize {
 /// Refuses a prompt of `n_prompt` tokens that, with `max_new` tokens to generate, does
 /// not fit a context of `context` tokens.
 pub fn check_fits(n_prompt: usize, max_new: usize, context: usize) -> Result<()> {
+    check_fits_from(n_prompt, max_new, context, "--max-new")
+}
+
+/// [`check_fits`] naming where `max_new` came from (`--max-new`, or a report's
+/// `settings.max_new` when the user never passed the flag).
+pub fn check_fits_from(n_prompt: usize, max_new: usize, context: usize, from: &str) -> Result<()> {
     if n_prompt.saturating_add(max_new) > context {
         anyhow::bail!(
-            "the prompt has {n_prompt} tokens; with --max-new {max_new} that exceeds the model's context of {context} tokens"
+            "the prompt has {n_prompt} tokens; with {from} {max_new} that exceeds the model's context of {context} tokens"
         );
     }
     Ok(())

@@ -14,6 +14,9 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     if a.prefill.contains(&0) {
         bail!("--prefill lengths must be at least 1 token; got 0");
     }
+    if a.steps == 0 {
+        bail!("--steps must be at least 1 (decode speed is steps over time)");
+    }
     let loaded = super::load_model(a.model.model.as_deref())?;
     let m = &loaded.model;
     let ctx_len = m.config.context_length;

@@ -19,7 +19,7 @@ pub struct ExplainArgs {
     pub run: RunArgs,
     /// Teacher-forced step to explain (1-based; default: the first whose top-1
     /// disagrees, else the one of largest KL).
-    #[arg(long, conflicts_with = "answer")]
+    #[arg(long, conflicts_with = "answer", value_parser = super::parse_count)]
     pub step: Option<usize>,
     /// Explain the step that writes the start of TEXT in the full generation (the first
     /// full-cache token covering its first character; case-insensitive): where a
@@ -27,10 +27,12 @@ pub struct ExplainArgs {
     #[arg(long, value_name = "TEXT")]
     pub answer: Option<String>,
     /// Culprits to list.
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, value_parser = super::parse_count)]
     pub top: usize,
-    /// Pin the top K culprits, select again, regenerate and compare with the full cache.
-    #[arg(long, value_name = "K")]
+    /// Pin the top K culprits (1..=16, as `R` in the inspector), select again, regenerate
+    /// and compare with the full cache.
+    #[arg(long, value_name = "K",
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16))]
     pub rescue: Option<usize>,
 }
 
@@ -151,7 +153,8 @@ pub fn explain(
     };
     let t2 = Instant::now();
     let steps = divergence::steps(full, comp_logits, Some(errors.as_slice()), keep);
-    let chosen = divergence::chosen_step(&steps, step)?;
+    let ended_early = session.full.ids.len() < session.max_new;
+    let chosen = divergence::chosen_step(&steps, step, ended_early)?;
     let masses = chosen.map_or_else(Vec::new, |t| divergence::culprits_at(full, keep, t));
     let window = comp.settings.window;
     let culprits = chosen

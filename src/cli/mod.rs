@@ -325,6 +325,122 @@ pub use crate::input::read_prompt;
 /// A command line clap refused: `--help` and `--version` print as usual; a mistake
 /// becomes one line `kvscope: error: ...` (clap's own first line, which names the flag
 /// and the value) with the pointer to `--help`, like every other kvscope error.
+/// The command line, with every value-taking flag reading `-1` as its value (so the
+/// flag's own check names the limit) instead of as an unknown flag `-1`.
+pub fn command() -> clap::Command {
+    fn negatives(cmd: clap::Command) -> clap::Command {
+        cmd.mut_args(|a| {
+            if a.get_action().takes_values() {
+                a.allow_negative_numbers(true)
+            } else {
+                a
+            }
+        })
+        .mut_subcommands(negatives)
+    }
+    use clap::CommandFactory;
+    negatives(Cli::command())
+}
+
+/// The flags a `--from-report` replaces with the report's values (an explicit
+/// `--profile` is not among them: it wins over the report's path).
+fn report_replaces(long: &str) -> bool {
+    const FIXED: [&str; 11] = [
+        "method",
+        "budget",
+        "window",
+        "allocator",
+        "layer-budgets",
+        "pin-keep",
+        "pin-evict",
+        "max-new",
+        "raw",
+        "template",
+        "allow-control-tokens",
+    ];
+    FIXED.contains(&long) || registry::all_knobs().iter().any(|k| k.flag == long)
+}
+
+/// The flags typed on this process's command line that `--from-report` overrides,
+/// as `--name`, in command-line order of definition; empty when none (or when the
+/// command line cannot be read again).
+pub fn flags_overridden_by_report() -> Vec<String> {
+    overridden_in(std::env::args_os())
+}
+
+fn overridden_in<I, T>(args: I) -> Vec<String>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let mut cmd = command();
+    let Ok(m) = cmd.try_get_matches_from_mut(args) else {
+        return Vec::new();
+    };
+    let (sub, m) = match m.subcommand() {
+        Some((name, sm)) => match cmd.find_subcommand(name) {
+            Some(c) => (c.clone(), sm.clone()),
+            None => return Vec::new(),
+        },
+        None => (cmd.clone(), m.clone()),
+    };
+    sub.get_arguments()
+        .filter_map(|a| {
+            let long = a.get_long()?;
+            let typed =
+                m.value_source(a.get_id().as_str()) == Some(clap::parser::ValueSource::CommandLine);
+            (typed && report_replaces(long)).then(|| format!("--{long}"))
+        })
+        .collect()
+}
+
+/// One line naming the flags a `--from-report FILE` overrode, if any.
+pub fn report_override_notice(path: &std::path::Path) -> Option<String> {
+    let flags = flags_overridden_by_report();
+    (!flags.is_empty()).then(|| {
+        format!(
+            "{} ignored: --from-report {} sets {} from the report",
+            flags.join(", "),
+            path.display(),
+            if flags.len() == 1 { "it" } else { "them" }
+        )
+    })
+}
+
+/// Parses `args` (the program name first) with [`command`].
+pub fn parse_args<I, T>(args: I) -> std::result::Result<Cli, clap::Error>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    use clap::FromArgMatches;
+    let mut cmd = command();
+    let m = cmd.try_get_matches_from_mut(args)?;
+    Cli::from_arg_matches(&m).map_err(|e| e.format(&mut cmd))
+}
+
+/// A negative number given to a flag that counts: one line naming the flag and the limit,
+/// whatever parser the flag has (clap's own says "invalid digit found in string").
+fn negative_value_line(e: &clap::Error) -> Option<String> {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if e.kind() != ErrorKind::ValueValidation {
+        return None;
+    }
+    let value = match e.get(ContextKind::InvalidValue)? {
+        ContextValue::String(s) => s.clone(),
+        _ => return None,
+    };
+    let digits = value.trim().strip_prefix('-')?;
+    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return None;
+    }
+    let flag = match e.get(ContextKind::InvalidArg)? {
+        ContextValue::String(s) => s.split_whitespace().next().unwrap_or(s).to_string(),
+        _ => return None,
+    };
+    Some(format!("{flag} must be 0 or more; got {value}"))
+}
+
 fn usage_error(e: clap::Error) -> i32 {
     use clap::error::ErrorKind;
     if matches!(
@@ -334,6 +450,10 @@ fn usage_error(e: clap::Error) -> i32 {
             | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
     ) {
         let _ = e.print();
+        return e.exit_code();
+    }
+    if let Some(line) = negative_value_line(&e) {
+        eprintln!("kvscope: error: {line}; see --help");
         return e.exit_code();
     }
     let text = e.render().to_string();
@@ -355,7 +475,7 @@ fn usage_error(e: clap::Error) -> i32 {
 /// Entry point of the binary; returns the process exit code.
 pub fn main() -> i32 {
     crate::signals::default_sigpipe();
-    let cli = match Cli::try_parse() {
+    let cli = match parse_args(std::env::args_os()) {
         Ok(cli) => cli,
         Err(e) => return usage_error(e),
     };
@@ -376,5 +496,65 @@ pub fn main() -> i32 {
             eprintln!("kvscope: error: {e:#}");
             1
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every flag that takes a value reads `-1` as its value, so its own check (not
+    /// clap's "unexpected argument '-1'") answers.
+    #[test]
+    fn every_value_flag_reads_negative_numbers() {
+        fn walk(cmd: &clap::Command, path: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+            for a in cmd.get_arguments() {
+                if let (Some(long), true) = (a.get_long(), a.get_action().takes_values()) {
+                    let mut args = vec!["kvscope".to_string()];
+                    args.extend(path.iter().cloned());
+                    args.push(format!("--{long}"));
+                    args.push("-1".into());
+                    out.push(args);
+                }
+            }
+            for sc in cmd.get_subcommands() {
+                path.push(sc.get_name().to_string());
+                walk(sc, path, out);
+                path.pop();
+            }
+        }
+        let mut cases = Vec::new();
+        walk(&command(), &mut Vec::new(), &mut cases);
+        assert!(cases.len() > 40, "only {} flags found", cases.len());
+        for args in cases {
+            if let Err(e) = parse_args(&args) {
+                let text = e.render().to_string();
+                assert!(
+                    !text.contains("unexpected argument '-1'"),
+                    "{args:?}: {text}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn report_notice_names_only_typed_flags_it_replaces() {
+        let got = overridden_in([
+            "kvscope",
+            "run",
+            "p.txt",
+            "--from-report",
+            "r.json",
+            "--method",
+            "h2o",
+            "--budget",
+            "64",
+            "--cake-gamma",
+            "2",
+            "--profile",
+            "x.json",
+        ]);
+        assert_eq!(got, ["--method", "--budget", "--cake-gamma"]);
+        assert!(overridden_in(["kvscope", "run", "p.txt", "--from-report", "r.json"]).is_empty());
     }
 }

@@ -156,6 +156,12 @@ pub(super) fn parse_list<T: std::str::FromStr>(flag: &str, s: &str) -> Result<Ve
     Ok(v)
 }
 
+/// Haystack lengths: what `eval` accepts (64 tokens or more; shorter ones hold no
+/// haystack worth the name, and 0 never ends).
+pub(super) fn parse_lengths(s: &str) -> Result<Vec<usize>> {
+    crate::eval::grid::parse_usizes(s, "--lengths", 64)
+}
+
 pub(super) fn parse_depths(s: &str) -> Result<Vec<f64>> {
     let v: Vec<f64> = parse_list("--depths", s)?;
     if let Some(bad) = v.iter().find(|d| !(0.0..=100.0).contains(*d)) {
@@ -207,7 +213,7 @@ pub(super) fn ensure_parent(path: &Path) -> Result<()> {
 
 fn run_srh(a: &SrhArgs) -> Result<()> {
     super::init_threads(a.model.threads)?;
-    let lengths: Vec<usize> = parse_list("--lengths", &a.lengths)?;
+    let lengths = parse_lengths(&a.lengths)?;
     let depths = parse_depths(&a.depths)?;
     if a.needles == 0 || a.needles > NEEDLES.len() {
         bail!(
@@ -312,6 +318,9 @@ fn run_srh(a: &SrhArgs) -> Result<()> {
 
 fn run_layers(a: &LayersArgs) -> Result<()> {
     super::init_threads(a.model.threads)?;
+    if a.max_new == 0 {
+        bail!("--max-new must be at least 1 (the layer error compares generated tokens)");
+    }
     let model_path = super::resolve_model_path(a.model.model.as_deref())?;
     let loaded = crate::model::load(&model_path)?;
     let cfg = &loaded.model.config;
@@ -424,6 +433,12 @@ fn run_show(a: &ShowArgs) -> Result<()> {
             )?,
     };
     println!("profile: {}", path.display());
+    if let Err(e) = profile.check_layer_errors() {
+        // Shown anyway (it is for looking at), but said: `run` refuses this file.
+        let line = format!("warning: {e:#}; `kvscope run` refuses this profile");
+        eprintln!("kvscope: {line}");
+        println!("{line}");
+    }
     print!("{}", show::render(&profile, a.first_k));
     Ok(())
 }
@@ -438,6 +453,10 @@ fn find_by_sha(dir: &Path, sha: &str) -> Option<(PathBuf, Profile)> {
 
 fn run_compare(a: &CompareArgs) -> Result<()> {
     super::init_threads(a.model.threads)?;
+    if a.max_new == 0 {
+        bail!("--max-new must be at least 1 (the answer is read from the generated text)");
+    }
+    parse_lengths(&a.lengths)?;
     let model_path = super::resolve_model_path(a.model.model.as_deref())?;
     let loaded = crate::model::load(&model_path)?;
     let cfg = &loaded.model.config;
@@ -452,7 +471,7 @@ fn run_compare(a: &CompareArgs) -> Result<()> {
     }
     let plan = compare::Plan {
         needles,
-        lengths: parse_list("--lengths", &a.lengths)?,
+        lengths: parse_lengths(&a.lengths)?,
         depths: parse_depths(&a.depths)?,
         budgets: parse_list("--budgets", &a.budgets)?,
         windows: parse_list("--windows", &a.windows)?,

@@ -6,7 +6,7 @@ use clap::Args;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-use super::profile::{command_line, default_out, ensure_parent, parse_depths, parse_list};
+use super::profile::{command_line, default_out, ensure_parent, parse_depths};
 use super::progress::{fmt_duration, stop_flag, Progress};
 use super::ModelArgs;
 use crate::haystack::{NEEDLES, PROFILE_NEEDLES};
@@ -199,7 +199,7 @@ fn parts_dir(out: &Path) -> PathBuf {
 
 pub fn run_make(a: &MakeArgs) -> Result<()> {
     super::init_threads(a.model.threads)?;
-    let lengths: Vec<usize> = parse_list("--lengths", &a.lengths)?;
+    let lengths = super::profile::parse_lengths(&a.lengths)?;
     if a.needles == 0 || a.needles > NEEDLES.len() {
         bail!(
             "--needles must be 1..={} (got {})",

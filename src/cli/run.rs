@@ -58,6 +58,9 @@ pub(super) fn plan(a: &RunArgs) -> Result<Plan> {
         });
     };
     let r = crate::report::SavedReport::load(path)?;
+    if let Some(notice) = super::report_override_notice(path) {
+        eprintln!("kvscope: {notice}");
+    }
     let settings = r
         .settings
         .to_settings()
@@ -117,7 +120,12 @@ pub(super) fn prepare(a: &RunArgs) -> Result<Prepared> {
     if let Some((sha, want_ids)) = &plan.expect {
         crate::report::check_same_run(sha.as_deref(), model_sha.as_deref(), want_ids, &prompt.ids)?;
     }
-    crate::session::check_fits(prompt.ids.len(), plan.max_new, cfg.context_length)?;
+    let from = if plan.expect.is_some() {
+        "the report's settings.max_new"
+    } else {
+        "--max-new"
+    };
+    crate::session::check_fits_from(prompt.ids.len(), plan.max_new, cfg.context_length, from)?;
     if let Some(n) = profile
         .as_ref()
         .and_then(|p| crate::profile::lengths::length_notice(p, prompt.ids.len()))

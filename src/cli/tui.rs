@@ -110,7 +110,10 @@ pub fn options(a: &TuiArgs) -> Result<crate::tui::Options> {
         max_new: r.settings.max_new,
         settings,
         expect: Some((r.settings.model_sha256.clone(), r.prompt.ids)),
-        notice: Some(format!("settings from report {}", path.display())),
+        notice: Some(match super::report_override_notice(path) {
+            Some(n) => format!("settings from report {}; {n}", path.display()),
+            None => format!("settings from report {}", path.display()),
+        }),
         prefer_compresskv: false,
         rescue_k: a.rescue,
     })

@@ -81,11 +81,22 @@ pub fn steps(
 
 /// The step to explain: `requested` (1-based, checked), else the default (the first top-1
 /// disagreement, else the largest KL). `None` when the generation has no steps.
-pub fn chosen_step(steps: &[Step], requested: Option<usize>) -> Result<Option<usize>> {
+/// `ended_early`: the full generation stopped at an end-of-text token before --max-new,
+/// so a larger --max-new would not give more steps.
+pub fn chosen_step(
+    steps: &[Step],
+    requested: Option<usize>,
+    ended_early: bool,
+) -> Result<Option<usize>> {
     if let Some(t) = requested {
         if t == 0 || t > steps.len() {
+            let advice = if ended_early {
+                "the full-cache generation ended at an end-of-text token there; pick another step"
+            } else {
+                "raise --max-new or pick another step"
+            };
             bail!(
-                "--step {t} is outside the generation's teacher-forced steps (1-{}); raise --max-new or pick another step",
+                "--step {t} is outside the generation's teacher-forced steps (1-{}); {advice}",
                 steps.len()
             );
         }

@@ -46,8 +46,17 @@ impl Knob {
     pub fn parse(&self, text: &str) -> Result<KnobValue> {
         let t = text.trim();
         let v = match self.kind {
-            KnobKind::Int { .. } => match t.parse::<i64>() {
+            KnobKind::Int { min, max } => match t.parse::<i64>() {
                 Ok(i) => KnobValue::Int(i),
+                // A whole number past i64 is still a whole number: name the knob's range.
+                Err(_) if is_whole_number(t) => {
+                    let limit = if t.starts_with('-') {
+                        format!("at least {min}")
+                    } else {
+                        format!("at most {max}")
+                    };
+                    bail!("--{} must be {limit}; got {t}", self.flag)
+                }
                 Err(_) => bail!("--{} expects a whole number; got '{text}'", self.flag),
             },
             KnobKind::Float { .. } => match t.parse::<f64>() {
@@ -85,42 +94,50 @@ impl Knob {
     /// `v` in this knob's kind (an integer where a number is wanted becomes a number),
     /// or one line saying what is wrong.
     pub fn coerce(&self, v: &KnobValue) -> Result<KnobValue> {
-        let flag = self.flag;
+        self.coerce_named(v, self.flag)
+    }
+
+    /// [`Knob::coerce`] with the knob called `label` in the message (a report names
+    /// its key, `settings.adakv_floor`, not a flag the user never passed). A value of
+    /// the wrong type is named by its type (`the text "0.2"`), not printed as if it
+    /// were a number.
+    pub fn coerce_named(&self, v: &KnobValue, label: &str) -> Result<KnobValue> {
+        let flag = label;
+        let got = v.described();
         match self.kind {
             KnobKind::Int { min, max } => {
-                let range = if max == i64::MAX {
-                    format!("at least {min}")
-                } else {
-                    format!("between {min} and {max}")
-                };
+                let range = int_range_words(self.kind);
                 match v.as_i64() {
                     Some(i) if (min..=max).contains(&i) => Ok(KnobValue::Int(i)),
                     Some(_) => bail!("{flag} must be {range}; got {v}"),
-                    None => bail!("{flag} must be a whole number {range}; got {v}"),
+                    None => bail!("{flag} must be a whole number {range}; got {got}"),
                 }
             }
             KnobKind::Float { min, max, open_min } => {
-                let ok =
-                    |x: f64| (if open_min { x > min } else { x >= min }) && x <= max && !x.is_nan();
+                // Non-finite values are refused even where the range is open above: a
+                // report cannot hold them (JSON writes null) and no method means them.
+                let ok = |x: f64| {
+                    (if open_min { x > min } else { x >= min }) && x <= max && x.is_finite()
+                };
                 let range = match (open_min, max.is_infinite()) {
-                    (true, true) => format!("greater than {min}"),
-                    (false, true) => format!("at least {min}"),
+                    (true, true) => format!("a finite number greater than {min}"),
+                    (false, true) => format!("a finite number at least {min}"),
                     (true, false) => format!("greater than {min} and at most {max}"),
                     (false, false) => format!("between {min} and {max}"),
                 };
                 match v.as_f64() {
                     Some(x) if ok(x) => Ok(KnobValue::Float(x)),
                     Some(x) => bail!("{flag} must be {range}; got {x}"),
-                    None => bail!("{flag} must be a number {range}; got {v}"),
+                    None => bail!("{flag} must be a number ({range}); got {got}"),
                 }
             }
             KnobKind::Bool => match v.as_bool() {
                 Some(b) => Ok(KnobValue::Bool(b)),
-                None => bail!("{flag} must be true or false; got {v}"),
+                None => bail!("{flag} must be true or false; got {got}"),
             },
             KnobKind::Choice(names) => match v.as_str() {
                 Some(s) if names.contains(&s) => Ok(v.clone()),
-                _ => bail!("{flag} must be one of: {}; got {v}", names.join(", ")),
+                _ => bail!("{flag} must be one of: {}; got {got}", names.join(", ")),
             },
             KnobKind::Layers => match v {
                 KnobValue::List(l) => {
@@ -129,8 +146,24 @@ impl Knob {
                     l.dedup();
                     Ok(KnobValue::List(l))
                 }
-                _ => bail!("{flag} must be a list of layer numbers; got {v}"),
+                _ => bail!("{flag} must be a list of layer numbers; got {got}"),
             },
+        }
+    }
+
+    /// What a value of this knob must be, in words ("a number between 0 and 1").
+    pub fn wanted(&self) -> String {
+        match self.kind {
+            KnobKind::Int { .. } => format!("a whole number {}", int_range_words(self.kind)),
+            KnobKind::Float { min, max, open_min } => match (open_min, max.is_infinite()) {
+                (true, true) => format!("a finite number greater than {min}"),
+                (false, true) => format!("a finite number at least {min}"),
+                (true, false) => format!("a number greater than {min} and at most {max}"),
+                (false, false) => format!("a number between {min} and {max}"),
+            },
+            KnobKind::Bool => "true or false".into(),
+            KnobKind::Choice(names) => format!("one of: {}", names.join(", ")),
+            KnobKind::Layers => "a list of layer numbers".into(),
         }
     }
 
@@ -212,4 +245,19 @@ impl Knob {
 /// Kernel and pooling as knobs over the typed settings fields.
 pub fn pooling_value(p: Pooling) -> KnobValue {
     KnobValue::Text(p.name().to_string())
+}
+
+/// `t` is a whole number in decimal (maybe negative), whatever its size.
+fn is_whole_number(t: &str) -> bool {
+    let d = t.strip_prefix('-').unwrap_or(t);
+    !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// An integer knob's range in words ("between 1 and 64", "at least 0").
+fn int_range_words(kind: KnobKind) -> String {
+    match kind {
+        KnobKind::Int { min, max } if max == i64::MAX => format!("at least {min}"),
+        KnobKind::Int { min, max } => format!("between {min} and {max}"),
+        _ => String::new(),
+    }
 }

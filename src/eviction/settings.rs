@@ -92,6 +92,23 @@ impl Settings {
         for k in registry::all_knobs() {
             k.validate(self, dims)?;
         }
+        // A method that sets per-head budgets from its own pool reads no layer budgets:
+        // an allocator or explicit budgets would be ignored while the report named them.
+        let def = self.method.def();
+        if def.keeps == registry::Keeps::OwnHeads
+            && (self.allocator.is_some() || self.layer_budgets.is_some())
+        {
+            let what = if self.layer_budgets.is_some() {
+                "--layer-budgets"
+            } else {
+                "--allocator"
+            };
+            bail!(
+                "{} sets per-head budgets from its own pool and uses no layer allocator; \
+                 drop {what} (or pick another method)",
+                def.name
+            );
+        }
         match (self.allocator, &self.layer_budgets) {
             (Some(a), None) if a == Allocator::Manual => bail!(
                 "the manual allocator needs explicit layer budgets (--layer-budgets a,b,c,...), \

@@ -396,6 +396,19 @@ impl std::fmt::Display for KnobValue {
     }
 }
 
+impl KnobValue {
+    /// The value with its type, for messages about a value of the wrong type.
+    pub fn described(&self) -> String {
+        match self {
+            KnobValue::Bool(b) => format!("{b}"),
+            KnobValue::Int(i) => format!("{i}"),
+            KnobValue::Float(x) => format!("{x}"),
+            KnobValue::Text(s) => format!("the text {s:?}"),
+            KnobValue::List(l) => format!("the list {l:?}"),
+        }
+    }
+}
+
 /// A knob's type and valid range.
 #[derive(Debug, Clone, Copy)]
 pub enum KnobKind {

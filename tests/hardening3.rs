@@ -1,0 +1,319 @@
+//! Regression tests of issue 22 (hardening round 3), items 9-21: non-finite knobs, report
+//! fields by type and provenance, headkv and allocators, explain's rescue and steps,
+//! profile lengths, bench steps, negative and oversized numbers, the notice naming flags
+//! a `--from-report` overrode. Each runs the real binary on a tiny GGUF and checks the
+//! one line a user sees.
+
+use kvscope::testing::{self, GgufSpec};
+use serde_json::Value as Json;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+struct Env {
+    dir: PathBuf,
+    home: PathBuf,
+}
+
+impl Env {
+    fn new(tag: &str) -> Env {
+        let dir = testing::temp_dir(tag);
+        let home = dir.join("home");
+        std::fs::create_dir_all(&home).expect("create home");
+        Env { dir, home }
+    }
+
+    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
+        let p = self.dir.join(name);
+        std::fs::write(&p, bytes).expect("write test file");
+        p
+    }
+
+    fn prompt(&self) -> PathBuf {
+        self.file(
+            "prompt.txt",
+            "The cat sat in the sun, then the dog came in. Where did the cat sit?".as_bytes(),
+        )
+    }
+
+    fn gguf(&self) -> PathBuf {
+        let p = self.dir.join("tiny.gguf");
+        if !p.exists() {
+            testing::write_tiny_gguf(&p, &GgufSpec::default()).expect("write tiny gguf");
+        }
+        p
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        Command::new(env!("CARGO_BIN_EXE_kvscope"))
+            .args(args)
+            .env("KVSCOPE_HOME", &self.home)
+            .env("KVSCOPE_CONFIG", self.dir.join("config"))
+            .env_remove("RUST_BACKTRACE")
+            .stdin(Stdio::null())
+            .output()
+            .expect("run kvscope")
+    }
+}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// Non-zero exit, no panic, one line `kvscope: error: ...` holding every needle
+/// (case-insensitive) and none of the `absent` texts.
+fn assert_error(out: &Output, needles: &[&str], absent: &[&str]) -> String {
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!out.status.success(), "expected failure; stderr: {err}");
+    assert!(!err.contains("panicked"), "panic: {err}");
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "stderr should be one line, got: {err}");
+    assert!(lines[0].starts_with("kvscope: error:"), "{err}");
+    let lower = lines[0].to_lowercase();
+    for n in needles {
+        assert!(lower.contains(&n.to_lowercase()), "no '{n}' in: {err}");
+    }
+    for n in absent {
+        assert!(!lower.contains(&n.to_lowercase()), "'{n}' in: {err}");
+    }
+    err
+}
+
+fn run_args<'a>(p: &'a Path, m: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["run", s(p), "--model", s(m), "--max-new", "2"];
+    v.extend_from_slice(extra);
+    v
+}
+
+/// Item 10 and 19: non-finite knob values and whole numbers past i64 are refused at
+/// the flag, naming the real limit.
+#[test]
+fn non_finite_and_huge_knobs_name_the_limit() {
+    let e = Env::new("h3-knobs");
+    let (m, p) = (e.gguf(), e.prompt());
+    let cases: &[(&[&str], &[&str])] = &[
+        (
+            &["--method", "cake", "--cake-gamma", "inf"],
+            &["cake-gamma", "finite"],
+        ),
+        (&["--method", "cake", "--cake-tau1", "NaN"], &["cake-tau1"]),
+        (
+            &["--method", "snapkv", "--headkv-beta", "inf"],
+            &["headkv-beta", "finite"],
+        ),
+        (
+            &["--method", "snapkv", "--headkv-temp", "1e999"],
+            &["headkv-temp", "finite"],
+        ),
+        (
+            &[
+                "--method",
+                "random",
+                "--random-seed",
+                "18446744073709551615",
+            ],
+            &["random-seed", "at most"],
+        ),
+        (
+            &[
+                "--method",
+                "pyramidkv",
+                "--pyramid-beta",
+                "18446744073709551615",
+            ],
+            &["pyramid-beta", "at most"],
+        ),
+        (
+            &["--method", "snapkv", "--kernel", "18446744073709551615"],
+            &["kernel", "at most"],
+        ),
+    ];
+    for (flags, needles) in cases {
+        let out = e.run(&run_args(&p, &m, flags));
+        assert_error(&out, needles, &["expects a whole number"]);
+    }
+}
+
+/// Item 19: a negative number reaches the flag's own check instead of clap's
+/// "unexpected argument '-1'".
+#[test]
+fn negative_values_are_read_as_values() {
+    let e = Env::new("h3-neg");
+    let (m, p) = (e.gguf(), e.prompt());
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["explain", "--step", "-1"], &["--step", "0 or more"]),
+        (&["explain", "--top", "-3"], &["--top", "0 or more"]),
+        (&["run", "--pin-keep", "-5"], &["-5"]),
+        (&["explain", "--rescue", "100000"], &["--rescue", "16"]),
+        (&["explain", "--rescue", "0"], &["--rescue", "16"]),
+    ];
+    for (flags, needles) in cases {
+        let mut args = vec![flags[0], s(&p), "--model", s(&m), "--method", "snapkv"];
+        args.extend_from_slice(&flags[1..]);
+        let out = e.run(&args);
+        assert_error(&out, needles, &["unexpected argument"]);
+    }
+}
+
+/// Items 14, 15, 20: lengths below 64, zero steps and zero tokens are refused up front.
+#[test]
+fn unusable_lengths_and_counts_are_refused() {
+    let e = Env::new("h3-lengths");
+    let m = e.gguf();
+    let cases: &[(&[&str], &[&str])] = &[
+        (&["profile", "srh", "--lengths", "0"], &["--lengths", "64"]),
+        (
+            &["profile", "srh", "--lengths", "10,1024"],
+            &["--lengths", "64"],
+        ),
+        (
+            &["profile", "compare", "--lengths", "10"],
+            &["--lengths", "64"],
+        ),
+        (
+            &["profile", "layers", "--max-new", "0"],
+            &["--max-new", "at least 1"],
+        ),
+        (
+            &["profile", "compare", "--max-new", "0"],
+            &["--max-new", "at least 1"],
+        ),
+        (&["bench", "--steps", "0"], &["--steps", "at least 1"]),
+    ];
+    for (flags, needles) in cases {
+        let mut args = flags.to_vec();
+        args.extend_from_slice(&["--model", s(&m)]);
+        let out = e.run(&args);
+        assert_error(&out, needles, &["prompt"]);
+    }
+}
+
+/// Item 12: headkv takes no layer allocator; asking for one is refused, not ignored.
+#[test]
+fn headkv_refuses_allocators() {
+    let e = Env::new("h3-headkv");
+    let (m, p) = (e.gguf(), e.prompt());
+    for flags in [
+        &["--method", "headkv", "--allocator", "pyramid"][..],
+        &["--method", "headkv", "--layer-budgets", "16,16"][..],
+    ] {
+        let out = e.run(&run_args(&p, &m, flags));
+        assert_error(&out, &["headkv", flags[2]], &[]);
+    }
+}
+
+/// A report of `run --json` with snapkv on the tiny model.
+fn saved_report(e: &Env, m: &Path, p: &Path) -> Json {
+    let out = e.run(&run_args(
+        p,
+        m,
+        &["--method", "snapkv", "--budget", "16", "--json"],
+    ));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("report JSON")
+}
+
+/// Items 10, 11, 18: a report's fields are checked by type and named by key; one
+/// without model_sha256 is refused; max_new past the context names the report's field.
+#[test]
+fn report_fields_are_named_by_key() {
+    let e = Env::new("h3-report");
+    let (m, p) = (e.gguf(), e.prompt());
+    let base = saved_report(&e, &m, &p);
+    type Edit = fn(&mut Json);
+    let cases: &[(Edit, &[&str], &[&str])] = &[
+        (
+            |r| r["settings"]["adakv_floor"] = Json::from("0.2"),
+            &["settings.adakv_floor", "the text \"0.2\""],
+            &["got 0.2;"],
+        ),
+        (
+            |r| r["settings"]["cake_gamma"] = Json::Null,
+            &["settings.cake_gamma", "finite", "null"],
+            &["untagged"],
+        ),
+        (
+            |r| r["settings"]["budget"] = Json::from("lots"),
+            &["settings.budget", "whole number"],
+            &[],
+        ),
+        (
+            |r| r["settings"]["raw"] = Json::from(1),
+            &["settings.raw", "true or false"],
+            &[],
+        ),
+        (
+            |r| {
+                r["settings"]
+                    .as_object_mut()
+                    .expect("settings")
+                    .remove("model_sha256");
+            },
+            &["model_sha256"],
+            &[],
+        ),
+        (
+            |r| r["settings"]["model_sha256"] = Json::Null,
+            &["model_sha256"],
+            &[],
+        ),
+        (
+            |r| r["settings"]["max_new"] = Json::from(u64::MAX),
+            &["settings.max_new", "context"],
+            &["--max-new"],
+        ),
+    ];
+    for (i, (edit, needles, absent)) in cases.iter().enumerate() {
+        let mut r = base.clone();
+        edit(&mut r);
+        let f = e.file(&format!("r{i}.json"), r.to_string().as_bytes());
+        let out = e.run(&["run", s(&p), "--model", s(&m), "--from-report", s(&f)]);
+        assert_error(&out, needles, absent);
+    }
+}
+
+/// Item 21: flags a --from-report replaces are named in one notice; the rerun uses the
+/// report's settings.
+#[test]
+fn from_report_names_the_flags_it_overrode() {
+    let e = Env::new("h3-notice");
+    let (m, p) = (e.gguf(), e.prompt());
+    let f = e.file("r.json", saved_report(&e, &m, &p).to_string().as_bytes());
+    let out = e.run(&[
+        "run",
+        s(&p),
+        "--model",
+        s(&m),
+        "--from-report",
+        s(&f),
+        "--method",
+        "h2o",
+        "--budget",
+        "64",
+        "--json",
+    ]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    let notices: Vec<&str> = err.lines().filter(|l| l.contains("ignored")).collect();
+    assert_eq!(notices.len(), 1, "{err}");
+    assert!(
+        notices[0].contains("--method") && notices[0].contains("--budget"),
+        "{err}"
+    );
+    let r: Json = serde_json::from_slice(&out.stdout).expect("report");
+    assert_eq!(r["settings"]["method"], "snapkv");
+    // Without explicit flags: no notice.
+    let out = e.run(&["run", s(&p), "--model", s(&m), "--from-report", s(&f)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.contains("ignored"), "{err}");
+}
