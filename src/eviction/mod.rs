@@ -649,12 +649,18 @@ mod tests {
                         first_k: 1 + (seed as usize % dims.n_heads),
                         adakv_floor: floor,
                         pyramid_beta: 1 + (seed as usize % 30),
-                        allocator: [
-                            None,
-                            Some(Allocator::Uniform),
-                            Some(Allocator::Pyramid),
-                            Some(Allocator::ErrorAware),
-                        ][alloc],
+                        // A method with per-head budgets of its own takes no allocator
+                        // (Settings::validate refuses one).
+                        allocator: if method.def().keeps == registry::Keeps::OwnHeads {
+                            None
+                        } else {
+                            [
+                                None,
+                                Some(Allocator::Uniform),
+                                Some(Allocator::Pyramid),
+                                Some(Allocator::ErrorAware),
+                            ][alloc]
+                        },
                         layer_budgets: None,
                         ..Settings::default()
                     };
