@@ -100,7 +100,7 @@ fn make_refuses_lengths_outside_the_model_and_bad_shards() {
     ]);
     one_error(
         &r,
-        "--lengths: 32 is below the shortest profiling length, 64",
+        "--lengths: 32 is below the minimum of 64",
     );
     nothing_at(&out);
     let shard_dir = env.path("shard");
