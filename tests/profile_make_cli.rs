@@ -98,10 +98,7 @@ fn make_refuses_lengths_outside_the_model_and_bad_shards() {
         "--out",
         o,
     ]);
-    one_error(
-        &r,
-        "--lengths: 32 is below the minimum of 64",
-    );
+    one_error(&r, "--lengths: 32 is below the minimum of 64");
     nothing_at(&out);
     let shard_dir = env.path("shard");
     for spec in ["3/2", "0/0", "auto/2"] {
