@@ -7,13 +7,11 @@ use std::path::{Path, PathBuf};
 
 use super::progress::{fmt_duration, stop_flag, Progress};
 use super::ModelArgs;
-use crate::haystack::{NEEDLES, PROFILE_NEEDLES};
+use crate::haystack::needles::{NEEDLES, PROFILE_NEEDLES};
 use crate::model::fetch::{self, DEFAULT_MODEL};
 use crate::profile::srh::{self, SrhConfig};
-use crate::profile::{
-    compare, discover, l1_normalise, layers, rank_best_first, show, Profile, Provenance,
-    FORMAT_VERSION,
-};
+use crate::profile::{compare, discover, layers, show};
+use crate::profile_format::{l1_normalise, rank_best_first, Profile, Provenance, FORMAT_VERSION};
 
 #[derive(Args, Debug)]
 pub struct ProfileArgs {
@@ -342,7 +340,7 @@ fn run_layers(a: &LayersArgs) -> Result<()> {
     check_out(&out, &inputs)?;
     let mut prompts = Vec::new();
     for f in &files {
-        let text = super::read_prompt(f)?;
+        let text = crate::input::read_prompt(f)?;
         let ids = loaded
             .tok
             .encode(&loaded.tok.apply_template(&text, false))?;

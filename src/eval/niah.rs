@@ -10,7 +10,8 @@ use super::plot::{self, HeatFigure, HeatPanel};
 use super::progress::Progress;
 use super::results::{self, Record, Writer};
 use super::{run_item, Ctx, Item};
-use crate::haystack::{self, Kind, Placement, MAGIC};
+use crate::haystack::needles::MAGIC;
+use crate::haystack::{self, Kind, Placement};
 use crate::model::{PromptOptions, Tok};
 
 pub struct NiahSpec {
