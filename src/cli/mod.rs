@@ -7,6 +7,7 @@ pub mod eval;
 pub mod explain;
 pub mod models;
 pub mod profile;
+mod profile_common;
 pub mod profile_make;
 pub mod progress;
 pub mod run;

@@ -6,7 +6,9 @@ use clap::Args;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-use super::profile::{command_line, default_out, ensure_parent, parse_depths};
+use super::profile_common::{
+    command_line, default_out, ensure_parent, parse_depths, parse_lengths,
+};
 use super::progress::{fmt_duration, stop_flag, Progress};
 use super::ModelArgs;
 use crate::haystack::needles::{NEEDLES, PROFILE_NEEDLES};
@@ -200,7 +202,7 @@ fn parts_dir(out: &Path) -> PathBuf {
 
 pub fn run_make(a: &MakeArgs) -> Result<()> {
     super::init_threads(a.model.threads)?;
-    let lengths = super::profile::parse_lengths(&a.lengths)?;
+    let lengths = parse_lengths(&a.lengths)?;
     if a.needles == 0 || a.needles > NEEDLES.len() {
         bail!(
             "--needles must be 1..={} (got {})",

@@ -13,6 +13,7 @@ pub mod plot;
 pub mod progress;
 pub mod prompts;
 pub mod results;
+pub mod shards;
 pub mod sweep;
 
 use anyhow::{Context, Result};

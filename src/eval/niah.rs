@@ -189,7 +189,11 @@ pub fn run(ctx: &Ctx, spec: &NiahSpec) -> Result<()> {
     }
     bar.finish();
     if let Some(shard) = spec.shard {
-        return super::merge::write_grid(&spec.out, &super::merge::Grid::niah(spec), shard);
+        return super::shards::write_grid(
+            &spec.out,
+            &super::shards::Grid::niah(&spec.lengths, &spec.depths, &spec.combos),
+            shard,
+        );
     }
     let mut all = old;
     all.extend(fresh);
