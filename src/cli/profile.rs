@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use super::progress::{fmt_duration, stop_flag, Progress};
 use super::ModelArgs;
 use crate::haystack::{NEEDLES, PROFILE_NEEDLES};
-use crate::model::fetch::{self, DEFAULT_MODEL};
+use crate::model::fetch::DEFAULT_MODEL;
 use crate::profile::srh::{self, SrhConfig};
 use crate::profile::{
     compare, discover, l1_normalise, layers, rank_best_first, show, Profile, Provenance,
@@ -187,13 +187,7 @@ pub(super) fn command_line() -> String {
 }
 
 pub(super) fn default_out(model_path: &Path) -> Result<PathBuf> {
-    let stem = model_path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    Ok(fetch::cache_dir()?
-        .join("profiles")
-        .join(format!("{stem}.json")))
+    crate::profile::auto::default_out(model_path)
 }
 
 /// Checks `--out` before any measuring (a refusal after an hour of trials would waste
