@@ -173,6 +173,10 @@ pub enum Phase {
     Stopped,
 }
 
+/// Sends one message to the UI; false when the UI has gone (the worker then stops).
+/// Shared by the worker and the background profile run.
+pub type Outbox = Arc<dyn Fn(FromWorker) -> bool + Send + Sync>;
+
 /// Worker -> UI.
 #[derive(Debug, Clone)]
 pub enum FromWorker {

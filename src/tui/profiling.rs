@@ -11,8 +11,7 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::msg::{FromWorker, ProfileProgress};
-use super::worker::Outbox;
+use super::msg::{FromWorker, Outbox, ProfileProgress};
 use crate::model::Loaded;
 use crate::profile::make::{self, MakeConfig};
 use crate::profile::parts::Parts;

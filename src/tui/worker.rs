@@ -34,9 +34,7 @@ pub struct Job {
     pub make: super::profiling::MakeOptions,
 }
 
-/// Sends one message to the UI; false when the UI has gone (the worker then stops).
-/// Shared with the background profile run.
-pub type Outbox = Arc<dyn Fn(FromWorker) -> bool + Send + Sync>;
+pub use super::msg::Outbox;
 
 /// Starts the worker thread.
 pub fn spawn(job: Job, out: Outbox, rx: Receiver<ToWorker>) -> std::io::Result<()> {
