@@ -7,7 +7,7 @@ use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
 use super::make::{MakeConfig, Protocol, MIN_LENGTH};
-use crate::haystack::PROFILE_NEEDLES;
+use crate::haystack::needles::PROFILE_NEEDLES;
 use crate::model::{fetch, Tok};
 
 /// `profile make`'s defaults (the command line's flags say the same numbers).
