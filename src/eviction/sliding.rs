@@ -6,7 +6,7 @@
 
 use super::budget;
 use super::types::{
-    Allocator, Knob, KnobKind, KnobValue, Request, ScoreTable, Selection, Settings,
+    Allocator, Keeps, Knob, KnobKind, KnobValue, Request, ScoreTable, Selection, Settings,
 };
 use crate::profile_format::Profile;
 use crate::trace::{Dims, LayerTrace, Trace, W_MAX};
@@ -199,9 +199,17 @@ pub fn evict_in_windows(
                 .map(|&p| p - from)
                 .collect()
         };
+        // A method that sets per-head budgets from its own pool (headkv) reads no layer
+        // budgets: it gets the per-layer budget `min(B, S)` and pools within the tail.
+        let own_heads = settings.method.def().keeps == Keeps::OwnHeads;
         let sub_settings = Settings {
             allocator: None,
-            layer_budgets: Some(budgets),
+            budget: if own_heads {
+                settings.budget.clamp(settings.window, s)
+            } else {
+                settings.budget
+            },
+            layer_budgets: (!own_heads).then_some(budgets),
             pin_keep: shift(&settings.pin_keep),
             pin_evict: shift(&settings.pin_evict),
             knobs: settings
@@ -415,6 +423,33 @@ mod tests {
         };
         let sel = super::super::select(&super::super::Request::new(&t, &off)).expect("select");
         assert_eq!(sel.keep.positions[0][0], (24..40).collect::<Vec<_>>());
+    }
+
+    /// headkv pools per-head budgets itself and reads no layer budgets: inside a sliding
+    /// window it gets `min(B, S)` per layer, and keeps only entries the layer can see.
+    /// (It used to fail validation there: `eval --methods headkv --evict-sliding true`.)
+    #[test]
+    fn evict_sliding_works_for_methods_with_their_own_head_budgets() {
+        let t = gemma_like(40);
+        let profile = super::super::testutil::random_profile(t.dims, 5);
+        for method in ["headkv", "compresskv"] {
+            let s = evicting(method, 12, 4);
+            let sel =
+                super::super::select(&super::super::Request::new(&t, &s).profile(Some(&profile)))
+                    .unwrap_or_else(|e| panic!("{method}: {e:#}"));
+            for l in [0, 1, 3, 4] {
+                for kept in &sel.keep.positions[l] {
+                    // headkv's pool may give one head its whole window; compresskv keeps B.
+                    let most = if method == "headkv" { 16 } else { 12 };
+                    assert!(kept.len() <= most, "{method} layer {l}: {kept:?}");
+                    assert!(
+                        kept.iter().all(|&p| (24..40).contains(&p)),
+                        "{method} {kept:?}"
+                    );
+                    assert!((36..40).all(|p| kept.contains(&p)), "{method} {kept:?}");
+                }
+            }
+        }
     }
 
     /// snapkv in a sliding layer keeps the window plus the top scores of the whole
