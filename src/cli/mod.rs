@@ -151,7 +151,10 @@ impl Args for KnobArgs {
                     .long(k.flag)
                     .value_name("VALUE")
                     .help(registry::knob_help(k))
-                    .allow_negative_numbers(true),
+                    // Every spelling of a value reaches the knob's own check, which
+                    // names the flag: `-1`, and `-inf` / `-NaN` too (not numbers to
+                    // clap's negative-number test, so "unexpected argument" before).
+                    .allow_hyphen_values(true),
             )
         })
     }
