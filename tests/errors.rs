@@ -204,18 +204,17 @@ fn run_json_report_on_a_tiny_gguf() {
     let m = e.gguf_with("tiny.gguf", &cfg_spec);
     let cfg = testing::tiny_gguf_config(&cfg_spec);
     let p = short_prompt(&e);
-    let out = e.run(
-        &[
-            "run",
-            s(&p),
-            "--model",
-            s(&m),
-            "--method",
-            "snapkv",
-            "--budget",
-            "16",
-            "--json",
-        ]);
+    let out = e.run(&[
+        "run",
+        s(&p),
+        "--model",
+        s(&m),
+        "--method",
+        "snapkv",
+        "--budget",
+        "16",
+        "--json",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "kvscope run failed: {err}");
     let r: Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");

@@ -6,8 +6,8 @@
 
 mod common;
 
-use common::cli::*;
 use candle_core::quantized::gguf_file::Value;
+use common::cli::*;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -74,20 +74,19 @@ fn huge_budgets_keep_everything() {
         "9223372036854775808",
     ] {
         for method in ["snapkv", "pyramidkv", "adakv", "h2o", "streamingllm"] {
-            let out = e.run(
-                &[
-                    "run",
-                    s(&p),
-                    "--model",
-                    s(&m),
-                    "--method",
-                    method,
-                    "--budget",
-                    budget,
-                    "--max-new",
-                    "2",
-                    "--json",
-                ]);
+            let out = e.run(&[
+                "run",
+                s(&p),
+                "--model",
+                s(&m),
+                "--method",
+                method,
+                "--budget",
+                budget,
+                "--max-new",
+                "2",
+                "--json",
+            ]);
             let r = report(&out);
             let c = &r["compressed"];
             assert_eq!(
@@ -310,19 +309,18 @@ fn threads_far_above_the_cores_are_capped_with_a_notice() {
     let e = Env::new("threads");
     let m = e.gguf();
     let p = e.prompt();
-    let out = e.run(
-        &[
-            "run",
-            s(&p),
-            "--model",
-            s(&m),
-            "--method",
-            "snapkv",
-            "--threads",
-            "1000",
-            "--max-new",
-            "2",
-        ]);
+    let out = e.run(&[
+        "run",
+        s(&p),
+        "--model",
+        s(&m),
+        "--method",
+        "snapkv",
+        "--threads",
+        "1000",
+        "--max-new",
+        "2",
+    ]);
     let err = ok(&out);
     assert!(err.contains("--threads 1000 is more than"), "{err}");
     assert!(!err.contains("error"), "{err}");
@@ -345,19 +343,18 @@ fn error_aware_without_layer_errors_is_refused() {
     let e = Env::new("srh-only");
     let m = e.gguf();
     let p = e.prompt();
-    let out = e.run(
-        &[
-            "run",
-            s(&p),
-            "--model",
-            s(&m),
-            "--method",
-            "snapkv",
-            "--allocator",
-            "error-aware",
-            "--budget",
-            "16",
-        ]);
+    let out = e.run(&[
+        "run",
+        s(&p),
+        "--model",
+        s(&m),
+        "--method",
+        "snapkv",
+        "--allocator",
+        "error-aware",
+        "--budget",
+        "16",
+    ]);
     assert_error(&out, &["error-aware", "layer errors"]);
 }
 

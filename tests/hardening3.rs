@@ -9,7 +9,6 @@ mod common;
 use common::cli::*;
 use serde_json::Value as Json;
 use std::path::Path;
-use std::process::Output;
 
 fn run_args<'a>(p: &'a Path, m: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec!["run", s(p), "--model", s(m), "--max-new", "2"];

@@ -102,7 +102,7 @@ fn ctrl_z_then_fg_restores_the_terminal_and_redraws() {
         "-c",
         dir.to_str().unwrap(),
         "env",
-        "PS1=$ ",
+        "PS1=kv$ ",
         &format!("KVSCOPE_HOME={}", dir.join("home").display()),
         &format!("KVSCOPE_CONFIG={}", dir.join("config").display()),
         "bash",
@@ -112,9 +112,9 @@ fn ctrl_z_then_fg_restores_the_terminal_and_redraws() {
     ])
     .expect("tmux new-session");
     let s = Session(name, dir.clone());
-    s.wait("the shell prompt", 20, |p| p.contains("$ "));
+    s.wait("the shell prompt", 20, |p| p.contains("kv$"));
     let line = format!(
-        "'{}' '{}' --model '{}' --max-new 8; echo KVSCOPE_EXITED $?",
+        "'{}' '{}' --model '{}' --max-new 8",
         env!("CARGO_BIN_EXE_kvscope"),
         prompt.display(),
         model.display()
@@ -140,7 +140,9 @@ fn ctrl_z_then_fg_restores_the_terminal_and_redraws() {
     });
     // The terminal is cooked again: a typed command runs.
     s.keys(&["echo SHELL_$((6*7))", "Enter"]);
-    s.wait("the shell running a command", 20, |p| p.contains("SHELL_42"));
+    s.wait("the shell running a command", 20, |p| {
+        p.contains("SHELL_42")
+    });
     let _ = stopped;
 
     // fg: raw mode, alternate screen and a full redraw.
@@ -153,8 +155,11 @@ fn ctrl_z_then_fg_restores_the_terminal_and_redraws() {
         p.contains("Esc") && p.contains("confirm / close a popup")
     });
     s.keys(&["Escape", "q"]);
-    let last = s.wait("the shell after quitting", 20, |p| {
-        p.contains("KVSCOPE_EXITED")
+    s.wait("the shell after quitting", 20, |p| {
+        !p.contains("1 Head map") && p.trim_end().ends_with("kv$")
     });
-    assert!(last.contains("KVSCOPE_EXITED 0"), "{last}");
+    // The status of the resumed job, which ended normally.
+    s.keys(&["echo KVSCOPE_EXITED_$?", "Enter"]);
+    let last = s.wait("the exit status", 20, |p| p.contains("KVSCOPE_EXITED_"));
+    assert!(last.contains("KVSCOPE_EXITED_0"), "{last}");
 }

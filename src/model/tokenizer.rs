@@ -471,12 +471,16 @@ impl Tok {
         // Where the user's text sits: render again with a marker in its place; the text
         // before and after the marker must be what surrounds the real text.
         let marker = "\u{E000}kvscope-user-text\u{E001}";
-        let range = template::render_named(&source, marker, &vars, &name).ok().and_then(|m| {
-            let at = m.find(marker)?;
-            let (pre, post) = (&m[..at], &m[at + marker.len()..]);
-            (body.len() >= pre.len() + post.len() && body.starts_with(pre) && body.ends_with(post))
+        let range = template::render_named(&source, marker, &vars, &name)
+            .ok()
+            .and_then(|m| {
+                let at = m.find(marker)?;
+                let (pre, post) = (&m[..at], &m[at + marker.len()..]);
+                (body.len() >= pre.len() + post.len()
+                    && body.starts_with(pre)
+                    && body.ends_with(post))
                 .then(|| pre.len()..body.len() - post.len())
-        });
+            });
         let (text, shift) = self.with_bos_eos(body);
         Ok((text, range.map(|r| r.start + shift..r.end + shift), label))
     }

@@ -391,7 +391,8 @@ fn give_up() {
 /// Ctrl-Z: in raw mode the terminal sends it as a key instead of stopping the process.
 fn is_ctrl_z(k: &crossterm::event::KeyEvent) -> bool {
     k.kind == crossterm::event::KeyEventKind::Press
-        && k.modifiers.contains(crossterm::event::KeyModifiers::CONTROL)
+        && k.modifiers
+            .contains(crossterm::event::KeyModifiers::CONTROL)
         && matches!(k.code, crossterm::event::KeyCode::Char('z' | 'Z'))
 }
 

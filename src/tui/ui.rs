@@ -40,8 +40,7 @@ pub fn draw(f: &mut Frame, app: &App) {
         return;
     }
     let bar_h = status::height(app, area.width);
-    let [main, bar] =
-        Layout::vertical([Constraint::Min(1), Constraint::Length(bar_h)]).areas(area);
+    let [main, bar] = Layout::vertical([Constraint::Min(1), Constraint::Length(bar_h)]).areas(area);
     status::draw(f, bar, app);
     if app.snapshot.is_none() {
         status::draw_loading(f, main, app);

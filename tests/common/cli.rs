@@ -213,8 +213,7 @@ pub fn edited_gguf(
         })
         .collect();
     let dst = e.path(name);
-    let md_refs: Vec<(&str, &gguf_file::Value)> =
-        md.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let md_refs: Vec<(&str, &gguf_file::Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let t_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     let mut w = std::fs::File::create(&dst).expect("create");
     gguf_file::write(&mut w, &md_refs, &t_refs).expect("write gguf");

@@ -76,8 +76,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let mut first = line(app);
     if area.height > 1 {
         // The message wraps in the rows below the status line.
-        let [top, rest] =
-            Layout::vertical([Constraint::Length(1), Constraint::Min(1)]).areas(area);
+        let [top, rest] = Layout::vertical([Constraint::Length(1), Constraint::Min(1)]).areas(area);
         first.push_span(help);
         f.render_widget(Paragraph::new(first), top);
         if let Some((text, style)) = message(app) {
