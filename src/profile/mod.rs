@@ -3,6 +3,7 @@
 //! model, and printing one. This is an analysis (it drives sessions and the model); the
 //! file format itself lives below, in [`crate::profile_format`], because eviction reads it.
 
+pub mod auto;
 pub mod compare;
 pub mod credit;
 pub mod discover;
@@ -14,7 +15,3 @@ pub mod parts;
 pub mod shared;
 pub mod show;
 pub mod srh;
-
-pub use crate::profile_format::{
-    l1_normalise, rank_best_first, Fingerprint, Profile, Provenance, FORMAT_VERSION,
-};
