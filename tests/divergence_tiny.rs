@@ -436,7 +436,7 @@ fn oracle_follows_the_sliding_layer_rules() {
     let m = Model::new(cfg, w).expect("model");
     let ids = testing::random_ids(LEN, VOCAB, 3);
     let trace = m.prefill(&ids, 16, &mut |_, _| {}).expect("prefill");
-    let windowed = eviction::sliding::full_keep(&trace);
+    let windowed = kvscope::keepset::full_keep(&trace);
     let gen = m
         .generate(&trace, &windowed, NEW, &[], None)
         .expect("generate");
