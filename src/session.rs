@@ -6,17 +6,14 @@ use anyhow::Result;
 use serde::Serialize;
 use std::time::Instant;
 
-use crate::eviction::oracle::FutureAttention;
+use crate::eviction::types::FutureAttention;
 use crate::eviction::{self, ScoreTable, Selection, Settings};
 use crate::keepset::KeepSet;
 use crate::model::replay::{self, FullPass};
-use crate::model::{Loaded, Model, Prompt, PromptInfo, Tok};
+use crate::model::{Loaded, Model, Prompt, PromptInfo, Tok, PREFILL_CHUNK};
 use crate::prefill_cache::{self, PrefillCache};
 use crate::profile_format::Profile;
 use crate::trace::Trace;
-
-/// The model's prefill chunk size, re-exported for callers that name it here.
-pub use crate::model::PREFILL_CHUNK;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Generation {

@@ -12,7 +12,7 @@ use candle_core::quantized::{GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use std::path::Path;
 
-use crate::model::arch::ArchOptions;
+use crate::model::config::ArchOptions;
 use crate::model::config::LayerSpec;
 use crate::model::weights::{LayerExtras, LayerWeights, Linear, Weights};
 use crate::model::{Config, Model};

@@ -19,7 +19,7 @@ pub fn format_config(spec: &GgufSpec, fmt: Format) -> Config {
         c.d_model = 256;
         c.d_ff = 512;
         c.head_dim = 64;
-        c.opts = crate::model::arch::ArchOptions::llama(64);
+        c.opts = crate::model::config::ArchOptions::llama(64);
     }
     c
 }

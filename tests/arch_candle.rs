@@ -381,7 +381,7 @@ fn sliding_window_scores_are_the_models_attention_and_evict_sliding_decodes() {
     };
     s.knobs.insert(
         "evict_sliding".into(),
-        kvscope::eviction::registry::KnobValue::Bool(true),
+        kvscope::eviction::types::KnobValue::Bool(true),
     );
     let sel =
         kvscope::eviction::select(&kvscope::eviction::Request::new(&trace, &s)).expect("select");

@@ -37,15 +37,7 @@ const FLOORS: &[(&str, u8)] = &[
 /// Known problems being fixed in other steps of the same refloor (issue 23), each to
 /// be removed here when its fix lands: the test fails on any problem not listed, and on
 /// a listed one that is gone.
-const PENDING: &[&str] = &[
-    // Issue 20's new files: profile_make.rs reads cli/profile.rs's helpers while
-    // profile.rs dispatches to it; merge.rs builds grids from niah/sweep specs while
-    // niah.rs writes through merge.rs.
-    "files import in a circle: cli::profile -> cli::profile_make -> cli::profile",
-    "files import in a circle: eval::merge -> eval::niah -> eval::merge",
-    // forward/ split (issue 23 item 2): decode.rs and observe.rs import each other.
-    "files import in a circle: model::forward::decode -> model::forward::observe -> model::forward::decode",
-];
+const PENDING: &[&str] = &[];
 
 /// Inside every folder the files must not import each other in a circle. A folder's
 /// `mod.rs` is its front door (it declares, re-exports and dispatches to its files), so

@@ -4,9 +4,10 @@
 mod common;
 
 use kvscope::cli::explain;
-use kvscope::divergence::{self, metrics, FullPass};
+use kvscope::divergence::{self, metrics};
 use kvscope::eviction::{self, Method, Settings};
 use kvscope::keepset::KeepSet;
+use kvscope::model::replay::{self, FullPass};
 use kvscope::model::Model;
 use kvscope::testing;
 use kvscope::trace::Trace;
@@ -31,7 +32,7 @@ fn keeping_everything_gives_zero_kl_no_lost_mass_and_agreement() {
     let all = KeepSet::all(&trace.dims, trace.len);
     let (full, errors) = FullPass::compute(&m, &trace, &gen, Some(&all)).expect("full pass");
     assert_eq!(full.steps(), NEW - 1);
-    let comp = divergence::forced_logits(&m, &trace, &all, &gen).expect("forced");
+    let comp = replay::forced_logits(&m, &trace, &all, &gen).expect("forced");
     let steps = divergence::steps(&full, &comp, errors.as_deref(), &all);
     assert_eq!(steps.len(), NEW - 1);
     for s in &steps {
@@ -63,7 +64,7 @@ fn evicting_what_a_head_attends_to_loses_exactly_that_mass() {
     let gone: Vec<usize> = order[..5].to_vec();
     let mut keep = all.clone();
     keep.positions[l][g].retain(|p| !gone.contains(p));
-    let comp = divergence::forced_logits(&m, &trace, &keep, &gen).expect("forced");
+    let comp = replay::forced_logits(&m, &trace, &keep, &gen).expect("forced");
     let steps = divergence::steps(&full, &comp, None, &keep);
     for (i, s) in steps.iter().enumerate() {
         for (ll, heads) in s.lost_mass.iter().enumerate() {
@@ -259,9 +260,9 @@ fn one_decode_gives_the_generation_and_the_teacher_forced_logits() {
         let keep = eviction::select(&eviction::Request::new(&trace, &s))
             .expect("select")
             .keep;
-        let d = divergence::decode_both(&m, &trace, &keep, &gen, NEW, &[]).expect("decode");
+        let d = replay::decode_both(&m, &trace, &keep, &gen, NEW, &[]).expect("decode");
         let ids = m.generate(&trace, &keep, NEW, &[], None).expect("generate");
-        let forced = divergence::forced_logits(&m, &trace, &keep, &gen).expect("forced");
+        let forced = replay::forced_logits(&m, &trace, &keep, &gen).expect("forced");
         assert_eq!(d.ids, ids, "B={budget}");
         assert_eq!(d.forced.len(), forced.len());
         for (a, b) in d.forced.iter().zip(&forced) {
@@ -287,7 +288,7 @@ fn one_decode_gives_the_generation_and_the_teacher_forced_logits() {
     );
     // A stop token ends the free-running decode early; the forced steps still run.
     let stop = [gen[2]];
-    let d = divergence::decode_both(
+    let d = replay::decode_both(
         &m,
         &trace,
         &KeepSet::all(&trace.dims, LEN),
@@ -315,7 +316,7 @@ fn sliding_layers_map_cache_entries_to_prompt_positions() {
     let ids = testing::random_ids(LEN, VOCAB, 3);
     let trace = m.prefill(&ids, 16, &mut |_, _| {}).expect("prefill");
     assert_eq!(trace.window(0), Some(S));
-    let windowed = eviction::sliding::full_keep(&trace);
+    let windowed = kvscope::keepset::full_keep(&trace);
     let gen = m
         .generate(&trace, &windowed, NEW, &[], None)
         .expect("generate");
@@ -357,7 +358,7 @@ fn sliding_layers_map_cache_entries_to_prompt_positions() {
             }
         }
     }
-    let comp = divergence::forced_logits(&m, &trace, &keep, &gen).expect("forced");
+    let comp = replay::forced_logits(&m, &trace, &keep, &gen).expect("forced");
     let steps = divergence::steps(&full, &comp, Some(&errors), &keep);
     for st in &steps {
         assert!(

@@ -119,7 +119,7 @@ fn shipped_profile() -> &'static str {
 fn load_profile(bytes: &[u8]) {
     let p = scratch("profile.json");
     std::fs::write(&p, bytes).expect("write");
-    if let Ok(pr) = kvscope::profile::Profile::load(&p) {
+    if let Ok(pr) = kvscope::profile_format::Profile::load(&p) {
         let dims = kvscope::trace::Dims {
             n_layers: pr.model.n_layers.min(64),
             n_heads: pr.model.n_heads.clamp(1, 64),

@@ -190,7 +190,7 @@ fn import_checks_the_shape_and_writes_a_valid_profile() {
     std::fs::write(&heads, r#"{"0": [3, 1, 0, 2], "1": [0, 1, 2, 3]}"#).unwrap();
     let r = run(&heads);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-    let p = kvscope::profile::Profile::load(&out).unwrap();
+    let p = kvscope::profile_format::Profile::load(&out).unwrap();
     assert_eq!(p.srh_ranking[0], vec![3, 1, 0, 2]);
     assert_eq!(p.layer_errors, Some(vec![0.25, 0.75]));
     assert_eq!(
@@ -211,17 +211,17 @@ fn run_notices_a_prompt_far_longer_than_the_profiled_lengths() {
         .map(|l| (0..d.n_heads).map(|h| ((h + l) % 3) as f64).collect())
         .collect();
     let profile_at = |longest: usize| {
-        let p = kvscope::profile::Profile {
-            format_version: kvscope::profile::FORMAT_VERSION,
+        let p = kvscope::profile_format::Profile {
+            format_version: kvscope::profile_format::FORMAT_VERSION,
             model: kvscope::profile::discover::fingerprint(&cfg, &sha),
             srh_ranking: scores
                 .iter()
-                .map(|s| kvscope::profile::rank_best_first(s))
+                .map(|s| kvscope::profile_format::rank_best_first(s))
                 .collect(),
             retrieval_scores: scores.clone(),
             srh_scores: scores.clone(),
             layer_errors: Some(vec![0.5, 0.5]),
-            provenance: kvscope::profile::Provenance {
+            provenance: kvscope::profile_format::Provenance {
                 command: "test".into(),
                 settings: serde_json::json!({"srh": {"lengths": [longest / 2, longest]}}),
                 trials_counted: 1,

@@ -8,12 +8,13 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use kvscope::haystack::needles::NEEDLES;
 use kvscope::haystack::shared::shared_haystack;
-use kvscope::haystack::NEEDLES;
 use kvscope::model::{self, Loaded};
-use kvscope::profile::make::{make, MakeConfig, Protocol, Shard};
+use kvscope::profile::make::{make, MakeConfig, Protocol};
 use kvscope::profile::parts::Parts;
-use kvscope::profile::Profile;
+use kvscope::profile_format::Profile;
+use kvscope::shard::Shard;
 use kvscope::testing::{temp_dir, write_tiny_gguf, GgufSpec};
 
 fn tiny_loaded(tag: &str) -> Loaded {

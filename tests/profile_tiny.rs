@@ -4,11 +4,13 @@
 
 use std::sync::atomic::AtomicBool;
 
-use kvscope::haystack::{needle_prompt, NEEDLES};
+use kvscope::haystack::needles::NEEDLES;
+use kvscope::haystack::prompt::needle_prompt;
 use kvscope::keepset::KeepSet;
 use kvscope::model::{self, DecodeState, Loaded, Observer, Precision};
 use kvscope::profile::srh::{self, SrhConfig, TrialSpec};
-use kvscope::profile::{discover, l1_normalise, layers, rank_best_first, Profile};
+use kvscope::profile::{discover, layers};
+use kvscope::profile_format::{l1_normalise, rank_best_first, Profile};
 use kvscope::testing::{temp_dir, tiny_model, write_tiny_gguf, GgufSpec};
 
 fn tiny_loaded(tag: &str) -> (Loaded, std::path::PathBuf) {
@@ -161,13 +163,13 @@ fn tiny_profile(loaded: &Loaded, sha: &str) -> Profile {
         .map(|l| (0..d.n_heads).map(|h| ((h + l) % 3) as f64).collect())
         .collect();
     Profile {
-        format_version: kvscope::profile::FORMAT_VERSION,
+        format_version: kvscope::profile_format::FORMAT_VERSION,
         model: discover::fingerprint(&loaded.model.config, sha),
         srh_ranking: scores.iter().map(|s| rank_best_first(s)).collect(),
         retrieval_scores: scores.clone(),
         srh_scores: scores,
         layer_errors: None,
-        provenance: kvscope::profile::Provenance {
+        provenance: kvscope::profile_format::Provenance {
             command: "test".into(),
             settings: serde_json::json!({}),
             trials_counted: 1,

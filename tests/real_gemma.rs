@@ -7,8 +7,8 @@ mod common;
 
 use kvscope::eviction::{self, Settings};
 use kvscope::keepset::KeepSet;
+use kvscope::model::PREFILL_CHUNK;
 use kvscope::model::{self, fetch, Model, Observer, Precision};
-use kvscope::session::PREFILL_CHUNK;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::sync::OnceLock;

@@ -2,8 +2,8 @@
 //! budgets: the compressed cache holds exactly what the keep set says, memory is counted
 //! from it, and keeping everything reproduces the full-cache generation.
 
-use kvscope::eviction::registry::Keeps;
 use kvscope::eviction::testutil::random_profile;
+use kvscope::eviction::types::Keeps;
 use kvscope::eviction::{Allocator, Method, Settings};
 use kvscope::model::{self, fetch};
 use kvscope::session::{kv_bytes, Session};

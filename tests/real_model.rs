@@ -3,8 +3,8 @@
 //! cache dir, fetched with pip on first use), against llama.cpp's reference ids.
 
 use kvscope::keepset::KeepSet;
+use kvscope::model::PREFILL_CHUNK;
 use kvscope::model::{self, fetch, Loaded};
-use kvscope::session::PREFILL_CHUNK;
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;

@@ -3,8 +3,7 @@
 use anyhow::{bail, Result};
 use std::time::Instant;
 
-pub use super::bench_args::BenchArgs;
-use super::bench_args::{filler_ids, median};
+use super::bench_args::{filler_ids, median, BenchArgs};
 use crate::eviction::{self, Settings};
 use crate::keepset::KeepSet;
 use crate::model::{DecodeState, Loaded, Observer};

@@ -8,8 +8,9 @@ use anyhow::{bail, Result};
 use std::time::Instant;
 
 use super::bench_args::{filler_ids, median, BenchArgs};
-use crate::divergence::{self, FullPass};
+use crate::divergence;
 use crate::eviction::{self, Settings};
+use crate::model::replay::{self, FullPass};
 use crate::model::Loaded;
 
 pub fn run(loaded: &Loaded, a: &BenchArgs, n: usize, reps: usize) -> Result<()> {
@@ -36,7 +37,7 @@ pub fn run(loaded: &Loaded, a: &BenchArgs, n: usize, reps: usize) -> Result<()> 
     let trace = m.prefill(&ids, crate::model::PREFILL_CHUNK, &mut |_, _| {})?;
     let prefill = ms(t);
     let t = Instant::now();
-    let full_keep = eviction::sliding::full_keep(&trace);
+    let full_keep = crate::keepset::full_keep(&trace);
     let full_ids = m.generate(&trace, &full_keep, new, stop, None)?;
     let full_decode = ms(t);
     let t = Instant::now();
@@ -60,11 +61,11 @@ pub fn run(loaded: &Loaded, a: &BenchArgs, n: usize, reps: usize) -> Result<()> 
         // Before: a free-running decode, then a teacher-forced one from the prompt.
         let t = Instant::now();
         let gen = m.generate(&trace, keep, new, stop, None)?;
-        let forced = divergence::forced_logits(m, &trace, keep, &full_ids)?;
+        let forced = replay::forced_logits(m, &trace, keep, &full_ids)?;
         two.push(ms(t));
         // Now: one decode, forked at the first divergence.
         let t = Instant::now();
-        let d = divergence::decode_both(m, &trace, keep, &full_ids, new, stop)?;
+        let d = replay::decode_both(m, &trace, keep, &full_ids, new, stop)?;
         both.push(ms(t));
         if d.ids != gen || d.forced.len() != forced.len() {
             bail!("the shared decode disagrees with the two separate decodes");

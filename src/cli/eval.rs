@@ -250,7 +250,7 @@ pub fn run(cmd: &EvalCommand) -> Result<()> {
                 let longest = prompts
                     .iter()
                     .filter_map(|p| {
-                        let text = super::read_prompt(&p.path).ok()?;
+                        let text = crate::input::read_prompt(&p.path).ok()?;
                         Some(ctx.loaded.tok.prompt(&text, &ctx.prompt).ok()?.ids.len())
                     })
                     .max()

@@ -7,8 +7,9 @@ use clap::Args;
 use std::time::Instant;
 
 use super::run::RunArgs;
-use crate::divergence::{self, report as dr, FullPass};
+use crate::divergence::{self, report as dr};
 use crate::eviction;
+use crate::model::replay::{self, FullPass};
 use crate::model::Loaded;
 use crate::report::{Provenance, Report, SettingsPart};
 use crate::session::{self, Session};
@@ -130,7 +131,7 @@ pub fn explain(
         };
         let keep = &comp.selection.keep;
         match &session.full_pass {
-            Some(_) => divergence::attn_errors(model, &session.trace, &session.full.ids, keep)?,
+            Some(_) => replay::attn_errors(model, &session.trace, &session.full.ids, keep)?,
             None => {
                 let (fp, errors) =
                     FullPass::compute(model, &session.trace, &session.full.ids, Some(keep))?;
@@ -156,7 +157,7 @@ pub fn explain(
     let comp_logits = match &comp.forced {
         Some(l) => l,
         None => {
-            computed = divergence::forced_logits(model, trace, keep, ids)?;
+            computed = replay::forced_logits(model, trace, keep, ids)?;
             &computed
         }
     };

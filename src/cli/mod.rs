@@ -8,6 +8,7 @@ pub mod eval;
 pub mod explain;
 pub mod models;
 pub mod profile;
+mod profile_common;
 pub mod profile_make;
 pub mod progress;
 pub mod run;
@@ -48,7 +49,7 @@ pub enum Command {
     /// The prefill cache: list its entries or clear it.
     Cache(cache::CacheCmd),
     /// Measure prefill and decode speed on the model (Trace capture on).
-    Bench(bench::BenchArgs),
+    Bench(bench_args::BenchArgs),
     /// The inspector (also the default command): `kvscope tui [PROMPT_FILE]`.
     Tui(tui::TuiArgs),
     /// Evaluation grids: needle in a haystack, and method-by-budget sweeps.
@@ -353,9 +354,6 @@ pub fn resolve_model_path(path: Option<&Path>) -> Result<PathBuf> {
 pub fn load_model(path: Option<&Path>) -> Result<Loaded> {
     model::load(&resolve_model_path(path)?)
 }
-
-/// Prompt reading lives below the command line (eval and the inspector use it too).
-pub use crate::input::read_prompt;
 
 /// A command line clap refused: `--help` and `--version` print as usual; a mistake
 /// becomes one line `kvscope: error: ...` (clap's own first line, which names the flag

@@ -5,15 +5,16 @@ use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use std::path::{Path, PathBuf};
 
+use super::profile_common::{
+    check_out, command_line, default_out, ensure_parent, parse_depths, parse_lengths, parse_list,
+};
 use super::progress::{fmt_duration, stop_flag, Progress};
 use super::ModelArgs;
-use crate::haystack::{NEEDLES, PROFILE_NEEDLES};
-use crate::model::fetch::{self, DEFAULT_MODEL};
+use crate::haystack::needles::{NEEDLES, PROFILE_NEEDLES};
+use crate::model::fetch::DEFAULT_MODEL;
 use crate::profile::srh::{self, SrhConfig};
-use crate::profile::{
-    compare, discover, l1_normalise, layers, rank_best_first, show, Profile, Provenance,
-    FORMAT_VERSION,
-};
+use crate::profile::{compare, discover, layers, show};
+use crate::profile_format::{l1_normalise, rank_best_first, Profile, Provenance, FORMAT_VERSION};
 
 #[derive(Args, Debug)]
 pub struct ProfileArgs {
@@ -139,76 +140,6 @@ pub fn run(a: &ProfileArgs) -> Result<()> {
         ProfileCommand::Show(a) => run_show(a),
         ProfileCommand::Compare(a) => run_compare(a),
     }
-}
-
-pub(super) fn parse_list<T: std::str::FromStr>(flag: &str, s: &str) -> Result<Vec<T>> {
-    let v = s
-        .split(',')
-        .map(|x| {
-            x.trim()
-                .parse::<T>()
-                .map_err(|_| anyhow::anyhow!("{flag}: '{}' is not a valid number", x.trim()))
-        })
-        .collect::<Result<Vec<T>>>()?;
-    if v.is_empty() {
-        bail!("{flag} is empty");
-    }
-    Ok(v)
-}
-
-/// Haystack lengths: what `eval` accepts (64 tokens or more; shorter ones hold no
-/// haystack worth the name, and 0 never ends).
-pub(super) fn parse_lengths(s: &str) -> Result<Vec<usize>> {
-    crate::eval::grid::parse_usizes(s, "--lengths", 64)
-}
-
-pub(super) fn parse_depths(s: &str) -> Result<Vec<f64>> {
-    let v: Vec<f64> = parse_list("--depths", s)?;
-    if let Some(bad) = v.iter().find(|d| !(0.0..=100.0).contains(*d)) {
-        bail!("--depths: {bad} is outside 0..100 (percent)");
-    }
-    Ok(v.into_iter().map(|d| d / 100.0).collect())
-}
-
-/// The command line as typed, for provenance (arguments with spaces are quoted).
-pub(super) fn command_line() -> String {
-    std::env::args()
-        .enumerate()
-        .map(|(i, a)| {
-            let a = if i == 0 { "kvscope".to_string() } else { a };
-            if a.contains(char::is_whitespace) {
-                format!("'{a}'")
-            } else {
-                a
-            }
-        })
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-pub(super) fn default_out(model_path: &Path) -> Result<PathBuf> {
-    let stem = model_path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    Ok(fetch::cache_dir()?
-        .join("profiles")
-        .join(format!("{stem}.json")))
-}
-
-/// Checks `--out` before any measuring (a refusal after an hour of trials would waste
-/// it): an existing target must be a regular file, and never one of the command's inputs.
-pub(super) fn check_out(out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
-    crate::output::check_target(out, "--out")?;
-    crate::output::refuse_input_as_output(out, "--out", inputs)
-}
-
-pub(super) fn ensure_parent(path: &Path) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create folder {}", dir.display()))?;
-    }
-    Ok(())
 }
 
 fn run_srh(a: &SrhArgs) -> Result<()> {
@@ -342,7 +273,7 @@ fn run_layers(a: &LayersArgs) -> Result<()> {
     check_out(&out, &inputs)?;
     let mut prompts = Vec::new();
     for f in &files {
-        let text = super::read_prompt(f)?;
+        let text = crate::input::read_prompt(f)?;
         let ids = loaded
             .tok
             .encode(&loaded.tok.apply_template(&text, false))?;

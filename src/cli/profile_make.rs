@@ -6,15 +6,18 @@ use clap::Args;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 
-use super::profile::{command_line, default_out, ensure_parent, parse_depths};
+use super::profile_common::{
+    command_line, default_out, ensure_parent, parse_depths, parse_lengths,
+};
 use super::progress::{fmt_duration, stop_flag, Progress};
 use super::ModelArgs;
-use crate::haystack::{NEEDLES, PROFILE_NEEDLES};
+use crate::haystack::needles::{NEEDLES, PROFILE_NEEDLES};
 use crate::model::Loaded;
-use crate::profile::make::{self, MakeConfig, Protocol, Shard, MIN_LENGTH};
+use crate::profile::make::{self, MakeConfig, Protocol, MIN_LENGTH};
 use crate::profile::parts::{check_same, check_shards_same, Parts};
 use crate::profile::srh::Interrupted;
 use crate::profile::{discover, layers};
+use crate::shard::Shard;
 
 #[derive(Args, Debug)]
 pub struct MakeArgs {
@@ -164,7 +167,7 @@ pub fn check_lengths(lengths: &[usize], context: usize, max_new: usize) -> Resul
 fn calibration(dir: &Path, loaded: &Loaded, max_new: usize) -> Result<Vec<(String, Vec<u32>)>> {
     let mut v = Vec::new();
     for f in layers::calibration_files(dir)? {
-        let text = super::read_prompt(&f)?;
+        let text = crate::input::read_prompt(&f)?;
         let ids = loaded
             .tok
             .encode(&loaded.tok.apply_template(&text, false))?;
@@ -199,7 +202,7 @@ fn parts_dir(out: &Path) -> PathBuf {
 
 pub fn run_make(a: &MakeArgs) -> Result<()> {
     super::init_threads(a.model.threads)?;
-    let lengths = super::profile::parse_lengths(&a.lengths)?;
+    let lengths = parse_lengths(&a.lengths)?;
     if a.needles == 0 || a.needles > NEEDLES.len() {
         bail!(
             "--needles must be 1..={} (got {})",
@@ -372,7 +375,7 @@ fn config_from_settings(v: &Value, loaded: &Loaded) -> Result<MakeConfig> {
         .collect::<Result<_>>()?;
     let mut calibration = Vec::new();
     for n in names {
-        let text = super::read_prompt(Path::new(&n))
+        let text = crate::input::read_prompt(Path::new(&n))
             .with_context(|| format!("the layer step reads the calibration prompt {n}"))?;
         let ids = loaded
             .tok

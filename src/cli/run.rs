@@ -90,7 +90,7 @@ pub(super) struct Prepared {
     pub loaded: crate::model::Loaded,
     pub load_ms: f64,
     pub profile_path: Option<String>,
-    pub profile: Option<crate::profile::Profile>,
+    pub profile: Option<crate::profile_format::Profile>,
     pub model_sha: Option<String>,
     pub prompt: crate::model::tokenizer::Prompt,
     pub cache: Option<crate::prefill_cache::PrefillCache>,
@@ -99,7 +99,7 @@ pub(super) struct Prepared {
 pub(super) fn prepare(a: &RunArgs) -> Result<Prepared> {
     super::init_threads(a.model.threads)?;
     let plan = plan(a)?;
-    let text = super::read_prompt(&a.prompt)?;
+    let text = crate::input::read_prompt(&a.prompt)?;
     let t = Instant::now();
     let model_path = super::resolve_model_path(a.model.model.as_deref())?;
     let loaded = crate::model::load(&model_path)?;

@@ -16,12 +16,10 @@ pub mod report;
 
 use anyhow::{bail, Result};
 
-// The replays are the model's; re-exported so analyses and callers name them here.
-pub use crate::model::replay::{attn_errors, decode_both, forced_logits, Decoded, FullPass};
-
-use crate::eviction::oracle::FutureAttention;
+use crate::eviction::types::FutureAttention;
 use crate::eviction::Settings;
 use crate::keepset::KeepSet;
+use crate::model::replay::FullPass;
 use crate::trace::Trace;
 use metrics::{Compare, CulpritMass};
 

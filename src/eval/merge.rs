@@ -8,127 +8,12 @@
 //! unsharded run writes them, and writes the same tables and figures.
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use super::grid::{self, Budget, Combo, UnitKey};
+use super::grid::UnitKey;
 use super::results::{self, Record, RUN_SETTINGS};
-use crate::eviction::Method;
-use crate::shard::Shard;
-
-const GRID: &str = "grid.json";
-
-/// The whole grid a shard belongs to.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Grid {
-    /// `niah` or `sweep`.
-    pub kind: String,
-    /// Item names in the unsharded run's order.
-    pub items: Vec<String>,
-    pub lengths: Vec<usize>,
-    pub depths: Vec<usize>,
-    /// `(method, budget, window)` in order.
-    pub combos: Vec<(String, String, usize)>,
-}
-
-fn combo_list(combos: &[Combo]) -> Vec<(String, String, usize)> {
-    combos
-        .iter()
-        .map(|c| (c.method.name().to_string(), c.budget.to_string(), c.window))
-        .collect()
-}
-
-impl Grid {
-    pub fn niah(spec: &super::niah::NiahSpec) -> Grid {
-        let mut items = Vec::new();
-        for &l in &spec.lengths {
-            for &d in &spec.depths {
-                items.push(grid::cell_name(l, d));
-            }
-        }
-        Grid {
-            kind: "niah".into(),
-            items,
-            lengths: spec.lengths.clone(),
-            depths: spec.depths.clone(),
-            combos: combo_list(&spec.combos),
-        }
-    }
-
-    pub fn sweep(spec: &super::sweep::SweepSpec) -> Grid {
-        Grid {
-            kind: "sweep".into(),
-            items: spec.prompts.iter().map(|p| p.name.clone()).collect(),
-            lengths: Vec::new(),
-            depths: Vec::new(),
-            combos: combo_list(&spec.combos),
-        }
-    }
-
-    fn combos(&self) -> Result<Vec<Combo>> {
-        self.combos
-            .iter()
-            .map(|(m, b, w)| {
-                Ok(Combo {
-                    method: Method::named(m)
-                        .with_context(|| format!("{GRID} names an unknown method {m}"))?,
-                    budget: Budget::parse(b)?,
-                    window: *w,
-                })
-            })
-            .collect()
-    }
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct ShardFile {
-    grid: Grid,
-    shard: (usize, usize),
-}
-
-/// Written by a shard when its items are done.
-pub fn write_grid(out: &Path, grid: &Grid, shard: Shard) -> Result<()> {
-    let path = out.join(GRID);
-    let f = ShardFile {
-        grid: grid.clone(),
-        shard: (shard.index, shard.count),
-    };
-    crate::output::write_atomic(
-        &path,
-        "shard grid file",
-        (serde_json::to_string_pretty(&f)? + "\n").as_bytes(),
-    )?;
-    eprintln!(
-        "kvscope: shard {}/{} done; its results are in {} (combine the shards with `kvscope eval merge`)",
-        shard.index,
-        shard.count,
-        out.display()
-    );
-    Ok(())
-}
-
-fn read_shard(dir: &Path) -> Result<(ShardFile, serde_json::Value, Vec<Record>)> {
-    let gp = dir.join(GRID);
-    let bytes =
-        crate::input::read_bounded(&gp, "shard grid file", crate::input::MAX_SMALL_FILE_BYTES)
-            .with_context(|| {
-                format!(
-                    "{} is not a finished `eval --shard` folder (no {GRID})",
-                    dir.display()
-                )
-            })?;
-    let sf: ShardFile =
-        serde_json::from_slice(&bytes).with_context(|| format!("{} is damaged", gp.display()))?;
-    let sp = dir.join(RUN_SETTINGS);
-    let settings: serde_json::Value =
-        crate::input::read_bounded(&sp, "run settings file", crate::input::MAX_SMALL_FILE_BYTES)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .with_context(|| format!("{} has no readable {RUN_SETTINGS}", dir.display()))?;
-    let recs = results::read_records(&dir.join("results.jsonl"))?;
-    Ok((sf, settings, recs))
-}
+use super::shards::read_shard;
 
 /// Combines shard folders into `out` (a new or empty folder).
 pub fn merge(dirs: &[PathBuf], out: &Path) -> Result<()> {

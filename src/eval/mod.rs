@@ -13,15 +13,15 @@ pub mod plot;
 pub mod progress;
 pub mod prompts;
 pub mod results;
-/// The scorer lives at the crate root (profiles score trials with it too).
-pub use crate::score;
+pub mod shards;
 pub mod sweep;
 
 use anyhow::{Context, Result};
 
 use crate::eviction::Settings;
 use crate::model::{Loaded, PromptOptions};
-use crate::profile::Profile;
+use crate::profile_format::Profile;
+use crate::score;
 use crate::session::Session;
 use grid::Combo;
 use progress::Progress;

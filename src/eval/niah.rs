@@ -10,7 +10,8 @@ use super::plot::{self, HeatFigure, HeatPanel};
 use super::progress::Progress;
 use super::results::{self, Record, Writer};
 use super::{run_item, Ctx, Item};
-use crate::haystack::{self, Kind, Placement, MAGIC};
+use crate::haystack::needles::MAGIC;
+use crate::haystack::{self, Kind, Placement};
 use crate::model::{PromptOptions, Tok};
 
 pub struct NiahSpec {
@@ -188,7 +189,11 @@ pub fn run(ctx: &Ctx, spec: &NiahSpec) -> Result<()> {
     }
     bar.finish();
     if let Some(shard) = spec.shard {
-        return super::merge::write_grid(&spec.out, &super::merge::Grid::niah(spec), shard);
+        return super::shards::write_grid(
+            &spec.out,
+            &super::shards::Grid::niah(&spec.lengths, &spec.depths, &spec.combos),
+            shard,
+        );
     }
     let mut all = old;
     all.extend(fresh);

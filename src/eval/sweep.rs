@@ -227,7 +227,11 @@ pub fn run(ctx: &Ctx, spec: &SweepSpec) -> Result<()> {
     }
     bar.finish();
     if let Some(shard) = spec.shard {
-        return super::merge::write_grid(&spec.out, &super::merge::Grid::sweep(spec), shard);
+        return super::shards::write_grid(
+            &spec.out,
+            &super::shards::Grid::sweep(spec.prompts.iter().map(|p| p.name.clone()), &spec.combos),
+            shard,
+        );
     }
     let mut keys: HashSet<UnitKey> = HashSet::new();
     for p in &spec.prompts {

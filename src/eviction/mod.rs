@@ -478,7 +478,7 @@ mod tests {
                         adakv_floor: floor,
                         pyramid_beta: 1 + (seed as usize % 30),
                         // headkv takes no layer allocator (validation refuses one).
-                        allocator: if method.def().keeps == registry::Keeps::OwnHeads {
+                        allocator: if method.def().keeps == types::Keeps::OwnHeads {
                             None
                         } else {
                             [
@@ -515,14 +515,14 @@ mod tests {
                 prop_assert!(b >= w.min(len));
                 let total: usize = heads.iter().map(Vec::len).sum();
                 // headkv's layer budget is nominal (the mean of its heads' caps).
-                if len <= b && def.keeps != registry::Keeps::OwnHeads {
+                if len <= b && def.keeps != types::Keeps::OwnHeads {
                     for h in heads {
                         prop_assert_eq!(h, &(0..len).collect::<Vec<_>>());
                     }
                     prop_assert!(sel.scores[l].is_empty());
                     continue;
                 }
-                if len <= settings.budget && def.keeps == registry::Keeps::OwnHeads {
+                if len <= settings.budget && def.keeps == types::Keeps::OwnHeads {
                     // headkv evicts nothing while the prompt fits the budget.
                     for h in heads {
                         prop_assert_eq!(h, &(0..len).collect::<Vec<_>>());
@@ -534,21 +534,21 @@ mod tests {
                     prop_assert!(h.iter().all(|&p| p < len));
                     prop_assert_eq!(&h[h.len() - w..], &(len - w..len).collect::<Vec<_>>()[..]);
                     match def.keeps {
-                        registry::Keeps::EveryHead => prop_assert_eq!(h.len(), b),
+                        types::Keeps::EveryHead => prop_assert_eq!(h.len(), b),
                         _ => prop_assert!(h.len() >= w),
                     }
                 }
                 match def.keeps {
-                    registry::Keeps::EveryHead | registry::Keeps::LayerTotal => {
+                    types::Keeps::EveryHead | types::Keeps::LayerTotal => {
                         prop_assert_eq!(total, dims.n_kv_heads * b)
                     }
-                    registry::Keeps::OwnHeads => {
+                    types::Keeps::OwnHeads => {
                         let caps = headkv::head_caps(&profile, &settings, &dims);
                         for (h, c) in heads.iter().zip(&caps[l]) {
                             prop_assert_eq!(h.len(), w + (*c).min(len - w));
                         }
                     }
-                    registry::Keeps::All => prop_assert!(false, "full evicted"),
+                    types::Keeps::All => prop_assert!(false, "full evicted"),
                 }
                 if def.shared_positions {
                     prop_assert!(heads.iter().all(|h| h == &heads[0]));

@@ -9,8 +9,7 @@
 use anyhow::{bail, Result};
 
 use super::layer::{per_head_top, per_layer};
-pub use super::types::FutureAttention;
-use super::types::{Allocator, Input, LayerChoice, Method, MethodDef, Picked};
+use super::types::{Allocator, FutureAttention, Input, LayerChoice, Method, MethodDef, Picked};
 use crate::trace::Dims;
 
 /// Registry entry.

@@ -10,13 +10,7 @@
 
 use std::fmt::Write as _;
 
-pub use super::knob::pooling_value;
-pub use super::layer::per_layer;
-pub use super::types::{
-    AllocInput, AllocatorDef, Field, Input, Keeps, Knob, KnobCheck, KnobKind, KnobValue, MethodDef,
-    Picked,
-};
-use super::types::{Allocator, Method, Settings};
+use super::types::{Allocator, AllocatorDef, Knob, Method, MethodDef, Settings};
 
 /// Every selection method, in the order the inspector cycles through them and `--help`
 /// lists them. One line per method.
@@ -221,7 +215,10 @@ mod tests {
     #[test]
     fn knob_parsing_and_ranges_have_one_line_errors() {
         let floor = knob("adakv_floor").unwrap();
-        assert_eq!(floor.parse("0.5").unwrap(), KnobValue::Float(0.5));
+        assert_eq!(
+            floor.parse("0.5").unwrap(),
+            crate::eviction::KnobValue::Float(0.5)
+        );
         let e = floor.parse("1.5").unwrap_err().to_string();
         assert!(
             e.contains("between 0 and 1") && e.contains("got 1.5"),

@@ -95,7 +95,7 @@ impl Settings {
         // A method that sets per-head budgets from its own pool reads no layer budgets:
         // an allocator or explicit budgets would be ignored while the report named them.
         let def = self.method.def();
-        if def.keeps == registry::Keeps::OwnHeads
+        if def.keeps == super::types::Keeps::OwnHeads
             && (self.allocator.is_some() || self.layer_budgets.is_some())
         {
             let what = if self.layer_budgets.is_some() {

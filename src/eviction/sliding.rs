@@ -119,9 +119,6 @@ fn budgets_for(
     Ok(out)
 }
 
-/// The full cache (kept with the keep sets, which the model's replays also use).
-pub use crate::keepset::full_keep;
-
 /// Sets every sliding layer of `sel` to its full cache: the last `min(L, S)` prompt
 /// positions of each KV head, budget `min(L, S)`, no scores.
 pub fn keep_window(trace: &Trace, sel: &mut Selection) {

@@ -148,7 +148,7 @@ pub fn random_profile(dims: Dims, seed: u64) -> Profile {
 
 /// The oracle's future attention for a prompt of `len` tokens with random (coarse, so
 /// ties happen) sums.
-pub fn random_future(dims: Dims, len: usize, seed: u64) -> super::oracle::FutureAttention {
+pub fn random_future(dims: Dims, len: usize, seed: u64) -> super::types::FutureAttention {
     let mut rng = Rng::new(seed);
     let sums = (0..dims.n_layers)
         .map(|_| {
@@ -157,7 +157,7 @@ pub fn random_future(dims: Dims, len: usize, seed: u64) -> super::oracle::Future
                 .collect()
         })
         .collect();
-    super::oracle::FutureAttention {
+    super::types::FutureAttention {
         len,
         steps: 1,
         sums,

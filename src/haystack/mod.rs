@@ -25,9 +25,6 @@ pub mod shared;
 
 use anyhow::Result;
 
-pub use needles::{MAGIC, NEEDLES, PROFILE_NEEDLES};
-pub use prompt::{needle_prompt, NeedlePrompt};
-
 /// One needle: a fact sentence, a question whose answer is in it, and the answer text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Needle {
@@ -237,6 +234,7 @@ fn assemble(kind: &Kind, needle: &Needle, units: &[(&str, bool)], at: usize) -> 
 
 #[cfg(test)]
 mod tests {
+    use super::needles::{MAGIC, NEEDLES};
     use super::*;
 
     #[test]

@@ -201,7 +201,7 @@ fn assemble(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::haystack::NEEDLES;
+    use crate::haystack::needles::NEEDLES;
 
     #[test]
     fn facts_go_at_their_boundaries_in_their_own_paragraphs() {

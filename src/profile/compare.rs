@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::credit::retrieved;
 use super::srh::{trial_prompt, Interrupted, TrialSpec};
-use super::Profile;
 use crate::eviction::{Allocator, Settings};
 use crate::model::Loaded;
+use crate::profile_format::Profile;
 use crate::session::Session;
 
 /// What to run.
@@ -260,7 +260,7 @@ pub fn markdown(o: &Outcome) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::{Fingerprint, Provenance, FORMAT_VERSION};
+    use crate::profile_format::{Fingerprint, Provenance, FORMAT_VERSION};
 
     #[test]
     fn shuffled_rankings_are_permutations_and_seeded() {

@@ -87,8 +87,7 @@ fn argmax(p: &[f32]) -> Option<usize> {
     best.map(|(j, _)| j)
 }
 
-/// ROUGE-1 recall: the crate's one scorer ([`crate::score`]).
-pub use crate::score::rouge1_recall;
+use crate::score::rouge1_recall;
 
 /// A trial counts towards the SRH scores only if it retrieved the answer.
 pub fn retrieved(answer: &str, generated: &str) -> bool {

@@ -10,9 +10,9 @@
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
-use super::{Fingerprint, Profile};
 use crate::model::fetch;
 use crate::model::Config;
+use crate::profile_format::{Fingerprint, Profile};
 
 /// sha256 of a model file: the real hash of its bytes. A file is hashed again only when
 /// its size, mtime, ctime or inode changed since the last hash (a stamp remembers; see
@@ -162,7 +162,7 @@ fn refused_match(dirs: &[PathBuf], fp: &Fingerprint) -> Option<(PathBuf, anyhow:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::{Provenance, FORMAT_VERSION};
+    use crate::profile_format::{Provenance, FORMAT_VERSION};
 
     fn profile(sha: &str) -> Profile {
         Profile {

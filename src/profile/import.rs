@@ -11,8 +11,8 @@
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 
-use super::{l1_normalise, Fingerprint, Profile, Provenance, FORMAT_VERSION};
 use crate::profile_format::is_permutation;
+use crate::profile_format::{l1_normalise, Fingerprint, Profile, Provenance, FORMAT_VERSION};
 use crate::trace::Dims;
 
 /// The head file's rankings, checked against the model's shape.
@@ -173,7 +173,7 @@ mod tests {
         assert_eq!(p.srh_ranking, vec![vec![2, 0, 1], vec![1, 2, 0]]);
         // Ranking the derived scores gives the file's order back.
         for (s, r) in p.srh_scores.iter().zip(&p.srh_ranking) {
-            assert_eq!(&super::super::rank_best_first(s), r);
+            assert_eq!(&crate::profile_format::rank_best_first(s), r);
         }
         assert_eq!(p.layer_errors, Some(vec![0.25, 0.75]));
         assert!(p.provenance.settings["imported"].is_object());

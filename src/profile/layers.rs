@@ -8,10 +8,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::srh::Interrupted;
-use super::Profile;
 use crate::eviction::{self, Allocator, Settings};
 use crate::model::PREFILL_CHUNK;
 use crate::model::{kernels, DecodeState, Model, Observer, Tok};
+use crate::profile_format::Profile;
 
 /// The selection the errors are measured under: compresskv's one index set per layer
 /// from the profile's SRHs, with every layer at the same budget.
@@ -122,7 +122,7 @@ mod tests {
         accumulate(&mut s, &[0.5, 1.0, 0.5]);
         accumulate(&mut s, &[0.5, 1.0, 1.5]);
         assert_eq!(s, vec![1.0, 2.0, 2.0]);
-        let n = super::super::l1_normalise(&s).unwrap();
+        let n = crate::profile_format::l1_normalise(&s).unwrap();
         assert_eq!(n, vec![0.2, 0.4, 0.4]);
         assert!((n.iter().sum::<f64>() - 1.0).abs() < 1e-12);
     }

@@ -2,7 +2,7 @@
 //! than any of them (METHOD-MORE.md: a profile measured at 1K says little about a 14K
 //! prompt).
 
-use super::Profile;
+use crate::profile_format::Profile;
 
 /// A prompt longer than this many times the longest profiled length gets a notice.
 pub const NOTICE_FACTOR: usize = 2;
@@ -30,7 +30,7 @@ pub fn length_notice(p: &Profile, prompt_len: usize) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::{Fingerprint, Provenance, FORMAT_VERSION};
+    use crate::profile_format::{Fingerprint, Provenance, FORMAT_VERSION};
 
     fn with_settings(settings: serde_json::Value) -> Profile {
         Profile {

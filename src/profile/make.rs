@@ -12,14 +12,15 @@ use serde_json::{json, Value};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::credit::{retrieved, SrhTotals, TrialCredit};
+use super::discover;
 use super::layers::{prompt_errors, srh_uniform_settings};
 use super::parts::Parts;
 use super::srh::{run_trial, trial_prompt, Interrupted, TrialSpec};
-use super::{discover, l1_normalise, rank_best_first, Profile, Provenance, FORMAT_VERSION};
+use crate::haystack::needles::NEEDLES;
 use crate::haystack::shared::shared_haystack;
-use crate::haystack::NEEDLES;
 use crate::model::{Model, Tok};
-pub use crate::shard::Shard;
+use crate::profile_format::{l1_normalise, rank_best_first, Profile, Provenance, FORMAT_VERSION};
+use crate::shard::Shard;
 
 /// The shortest profiling length (below it a haystack is mostly template).
 pub const MIN_LENGTH: usize = 64;

@@ -14,7 +14,3 @@ pub mod parts;
 pub mod shared;
 pub mod show;
 pub mod srh;
-
-pub use crate::profile_format::{
-    l1_normalise, rank_best_first, Fingerprint, Profile, Provenance, FORMAT_VERSION,
-};

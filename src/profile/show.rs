@@ -3,7 +3,7 @@
 
 use std::fmt::Write;
 
-use super::{rank_best_first, Profile};
+use crate::profile_format::{rank_best_first, Profile};
 
 /// Full blocks of the widest layer-error bar.
 const BAR_WIDTH: usize = 40;
@@ -100,7 +100,7 @@ fn bar(v: f64, max: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::profile::{Fingerprint, Provenance, FORMAT_VERSION};
+    use crate::profile_format::{Fingerprint, Provenance, FORMAT_VERSION};
 
     #[test]
     fn shows_srhs_overlap_and_bars() {

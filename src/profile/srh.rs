@@ -6,11 +6,13 @@ use anyhow::{bail, Result};
 use std::ops::Range;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use super::credit::{retrieved, rouge1_recall, SrhTotals, TrialCredit};
-use crate::haystack::{needle_prompt, NeedlePrompt, NEEDLES};
+use super::credit::{retrieved, SrhTotals, TrialCredit};
+use crate::haystack::needles::NEEDLES;
+use crate::haystack::prompt::{needle_prompt, NeedlePrompt};
 use crate::keepset::KeepSet;
 use crate::model::PREFILL_CHUNK;
 use crate::model::{kernels, DecodeState, Model, Observer, StepAttention, Tok};
+use crate::score::rouge1_recall;
 use crate::trace::Trace;
 
 /// What to measure on.

@@ -8,8 +8,8 @@ use candle_core::quantized::GgmlDType;
 use std::path::Path;
 
 use super::{hyper_metadata, random_weights, tiny_config, tiny_vocab, write_gguf, Rng};
-use crate::model::arch::{Activation, ArchOptions, RopeStyle};
 use crate::model::config::LayerSpec;
+use crate::model::config::{Activation, ArchOptions, RopeStyle};
 use crate::model::weights::Weights;
 use crate::model::Config;
 

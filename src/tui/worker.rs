@@ -10,11 +10,12 @@ use std::time::Instant;
 
 use super::msg::{DivView, FromWorker, Outcome, Phase, Snapshot, ToWorker, CULPRITS_PER_STEP};
 use super::stats;
-use crate::divergence::{self, FullPass};
+use crate::divergence;
 use crate::eviction::{Allocator, ScoreTable, Settings};
 use crate::keepset::KeepSet;
+use crate::model::replay::{self, FullPass};
 use crate::model::{self, fetch, Loaded};
-use crate::profile::Profile;
+use crate::profile_format::Profile;
 use crate::report::{Provenance, Report, SettingsPart};
 use crate::session::Session;
 
@@ -344,7 +345,7 @@ impl Worker {
         let Some(c) = &s.compressed else {
             anyhow::bail!("no result yet");
         };
-        divergence::attn_errors(&self.loaded.model, &s.trace, &s.full.ids, &c.selection.keep)
+        replay::attn_errors(&self.loaded.model, &s.trace, &s.full.ids, &c.selection.keep)
     }
 
     fn scores_for(&mut self, s: &Settings) -> ScoreTable {
@@ -409,7 +410,7 @@ pub fn snapshot(
             Some(
                 p.retrieval_scores
                     .iter()
-                    .map(|l| crate::profile::rank_best_first(l))
+                    .map(|l| crate::profile_format::rank_best_first(l))
                     .collect(),
             ),
         ),
@@ -458,7 +459,7 @@ pub fn divergence_view(
     let logits = match s.compressed.as_ref().and_then(|c| c.forced.as_ref()) {
         Some(l) => l,
         None => {
-            computed = divergence::forced_logits(&loaded.model, &s.trace, keep, &full.ids)?;
+            computed = replay::forced_logits(&loaded.model, &s.trace, keep, &full.ids)?;
             &computed
         }
     };

@@ -36,8 +36,10 @@ pub fn settings() -> Settings {
 
 /// A hand-made profile for the tiny model (2 layers x 4 heads): SRH and retrieval
 /// rankings that differ, and layer errors that favour layer 1.
-pub fn tiny_profile() -> kvscope::profile::Profile {
-    use kvscope::profile::{rank_best_first, Fingerprint, Profile, Provenance, FORMAT_VERSION};
+pub fn tiny_profile() -> kvscope::profile_format::Profile {
+    use kvscope::profile_format::{
+        rank_best_first, Fingerprint, Profile, Provenance, FORMAT_VERSION,
+    };
     let srh = vec![vec![0.9, 0.1, 0.5, 0.2], vec![0.05, 0.3, 0.2, 0.8]];
     let retrieval = vec![vec![0.1, 0.9, 0.6, 0.0], vec![0.4, 0.3, 0.1, 0.7]];
     Profile {
@@ -67,7 +69,7 @@ pub fn fixture() -> Fixture {
     fixture_with(None)
 }
 
-pub fn fixture_with(profile: Option<kvscope::profile::Profile>) -> Fixture {
+pub fn fixture_with(profile: Option<kvscope::profile_format::Profile>) -> Fixture {
     let dir = testing::temp_dir("tui");
     let path = dir.join("tiny.gguf");
     let spec = GgufSpec {
@@ -102,9 +104,13 @@ impl Fixture {
     /// The divergence analysis the worker sends after `o` (same functions).
     pub fn divergence(&self, o: &Outcome) -> Arc<kvscope::tui::msg::DivView> {
         let s = &self.session;
-        let (full, _) =
-            kvscope::divergence::FullPass::compute(&self.loaded.model, &s.trace, &s.full.ids, None)
-                .expect("full replay");
+        let (full, _) = kvscope::model::replay::FullPass::compute(
+            &self.loaded.model,
+            &s.trace,
+            &s.full.ids,
+            None,
+        )
+        .expect("full replay");
         let keep = kvscope::keepset::KeepSet {
             positions: o.keep.clone(),
         };
@@ -118,7 +124,7 @@ impl Fixture {
         let keep = kvscope::keepset::KeepSet {
             positions: o.keep.clone(),
         };
-        kvscope::divergence::attn_errors(&self.loaded.model, &s.trace, &s.full.ids, &keep)
+        kvscope::model::replay::attn_errors(&self.loaded.model, &s.trace, &s.full.ids, &keep)
             .expect("errors")
     }
 }

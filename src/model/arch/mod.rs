@@ -8,11 +8,9 @@
 use anyhow::{bail, Result};
 use candle_core::quantized::gguf_file::Value;
 
-use super::config::{Config, LayerSpec};
-use super::metadata::{f32_or, get_str, get_usize};
-// The option types are the config's; re-exported for the files that name them here.
-pub use super::config::{Activation, ArchOptions, RopeStyle};
+use super::config::{ArchOptions, Config, LayerSpec};
 use super::metadata::Metadata;
+use super::metadata::{f32_or, get_str, get_usize};
 
 pub mod gemma3;
 pub mod llama;

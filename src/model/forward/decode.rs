@@ -5,7 +5,7 @@
 use anyhow::{bail, Result};
 
 use super::layer::{layer, Pass, Scratch};
-use super::observe::{Observer, ShadowMasks, StepAttention};
+use super::observe::{shadow_masks, Observer, ShadowMasks, StepAttention};
 use super::{Model, Precision};
 use crate::keepset::KeepSet;
 use crate::model::kernels::{rms_norm, QVec};
@@ -100,7 +100,12 @@ impl<'m> DecodeState<'m> {
     pub fn step(&mut self, token: u32, obs: Observer<'_>) -> Result<&[f32]> {
         let Observer { attention, shadow } = obs;
         let masks = match &shadow {
-            Some((keep, _)) => Some(self.shadow_masks(keep)?),
+            Some((keep, _)) => Some(shadow_masks(
+                self.model,
+                &self.cache,
+                self.prompt_len,
+                keep,
+            )?),
             None => None,
         };
         let shadow = match (masks.as_ref(), shadow) {

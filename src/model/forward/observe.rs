@@ -4,7 +4,7 @@
 
 use anyhow::{bail, Result};
 
-use super::decode::DecodeState;
+use super::Model;
 use crate::keepset::KeepSet;
 use crate::model::kernels::QVec;
 use crate::model::kvcache::HeadCache;
@@ -62,45 +62,47 @@ pub struct StepAttention {
 /// `[layer][kv_head][prompt position]`: whether a shadow eviction keeps the entry.
 pub(super) type ShadowMasks = Vec<Vec<Vec<bool>>>;
 
-impl DecodeState<'_> {
-    /// The shadow keep set as masks, checked (with the cache being full) before anything
-    /// is pushed, so a refused call leaves the state as it was. Full: every head holds
-    /// every prompt position its layer can see (all of them, or a sliding layer's last
-    /// min(L, S)), in order.
-    pub(super) fn shadow_masks(&self, shadow: &KeepSet) -> Result<ShadowMasks> {
-        let len = self.prompt_len;
-        shadow.validate(&self.model.dims(), len)?;
-        let windows = self.model.config.windows();
-        let full = len > 0
-            && self.cache.iter().zip(&windows).all(|(layer, w)| {
-                let first = w.map_or(0, |s| len.saturating_sub(s));
-                layer.iter().all(|hc| {
-                    hc.positions.first() == Some(&first)
-                        && hc.positions.get(len - 1 - first) == Some(&(len - 1))
-                })
-            });
-        if !full {
-            bail!("shadow eviction error needs a full cache");
-        }
-        Ok(shadow
-            .positions
-            .iter()
-            .map(|heads| {
-                heads
-                    .iter()
-                    .map(|pos| {
-                        let mut m = vec![false; len];
-                        for &p in pos {
-                            if p < m.len() {
-                                m[p] = true;
-                            }
-                        }
-                        m
-                    })
-                    .collect()
+/// The shadow keep set as masks, checked (with the cache being full) before anything is
+/// pushed, so a refused call leaves the decode state as it was. Full: every head holds
+/// every prompt position its layer can see (all of them, or a sliding layer's last
+/// min(L, S)), in order.
+pub(super) fn shadow_masks(
+    model: &Model,
+    cache: &[Vec<HeadCache>],
+    len: usize,
+    shadow: &KeepSet,
+) -> Result<ShadowMasks> {
+    shadow.validate(&model.dims(), len)?;
+    let windows = model.config.windows();
+    let full = len > 0
+        && cache.iter().zip(&windows).all(|(layer, w)| {
+            let first = w.map_or(0, |s| len.saturating_sub(s));
+            layer.iter().all(|hc| {
+                hc.positions.first() == Some(&first)
+                    && hc.positions.get(len - 1 - first) == Some(&(len - 1))
             })
-            .collect())
+        });
+    if !full {
+        bail!("shadow eviction error needs a full cache");
     }
+    Ok(shadow
+        .positions
+        .iter()
+        .map(|heads| {
+            heads
+                .iter()
+                .map(|pos| {
+                    let mut m = vec![false; len];
+                    for &p in pos {
+                        if p < m.len() {
+                            m[p] = true;
+                        }
+                    }
+                    m
+                })
+                .collect()
+        })
+        .collect())
 }
 
 /// Relative error of one layer's attention output when each KV head attends only to the

@@ -2,12 +2,12 @@
 //! keys (`o`, `<` / `>`) and reset.
 
 use super::{App, Cmd};
-use crate::eviction::{registry, Method, Pooling, Settings};
+use crate::eviction::{Method, Pooling, Settings};
 use crate::trace::W_MAX;
 use crate::tui::action::Action;
 
 /// "name = value (range): help" for the status line.
-fn knob_line(k: &registry::Knob, s: &Settings) -> String {
+fn knob_line(k: &crate::eviction::Knob, s: &Settings) -> String {
     format!("{} = {} ({}): {}", k.name, k.get(s), k.range(), k.help)
 }
 

@@ -210,7 +210,7 @@ impl App {
     /// The knobs `o` and `<` / `>` cycle through and step: the method's and the
     /// allocator's, and on a model with sliding-window layers also `evict_sliding`
     /// (whether the method selects inside those layers' windows too).
-    pub fn knobs(&self) -> Vec<&'static registry::Knob> {
+    pub fn knobs(&self) -> Vec<&'static crate::eviction::Knob> {
         let mut knobs = registry::knobs_in_force(&self.settings);
         if self.windows().iter().any(Option::is_some) {
             knobs.push(&crate::eviction::sliding::EVICT_SLIDING);
