@@ -5,8 +5,6 @@
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
-use crate::model::fetch;
-
 pub(super) fn parse_list<T: std::str::FromStr>(flag: &str, s: &str) -> Result<Vec<T>> {
     let v = s
         .split(',')
@@ -53,13 +51,7 @@ pub(super) fn command_line() -> String {
 }
 
 pub(super) fn default_out(model_path: &Path) -> Result<PathBuf> {
-    let stem = model_path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    Ok(fetch::cache_dir()?
-        .join("profiles")
-        .join(format!("{stem}.json")))
+    crate::profile::auto::default_out(model_path)
 }
 
 /// Checks `--out` before any measuring (a refusal after an hour of trials would waste

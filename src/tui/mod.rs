@@ -17,6 +17,7 @@ pub mod files;
 pub mod keys;
 pub mod msg;
 pub mod panes;
+pub mod profiling;
 pub mod stats;
 pub mod ui;
 pub mod worker;
@@ -32,8 +33,9 @@ use ratatui::Terminal;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::eviction::Settings;
@@ -74,6 +76,8 @@ pub struct Options {
 enum Event {
     Input(CEvent),
     Worker(FromWorker),
+    /// Back from Ctrl-Z: the terminal was raw again; the screen needs a full redraw.
+    Resumed,
 }
 
 pub fn run(opts: Options) -> Result<()> {
@@ -100,7 +104,17 @@ pub fn run(opts: Options) -> Result<()> {
     let mut term = Term::enter()?;
     let (tx, rx) = mpsc::channel::<Event>();
     spawn_input(tx.clone())?;
+    let resumed = std::sync::Mutex::new(tx.clone());
+    crate::signals::terminal().resume_terminal = Some(Box::new(move || {
+        reenter();
+        if let Ok(tx) = resumed.lock() {
+            let _ = tx.send(Event::Resumed);
+        }
+    }));
+    crate::signals::suspend_with_terminal();
     let mut worker: Option<Sender<ToWorker>> = None;
+    // The stop flag of the background profile make (`P`), set by the loop on cancel.
+    let mut profile_stop: Option<Arc<AtomicBool>> = None;
     if let Some((path, text)) = first {
         start_worker(&mut app, &opts, &path, text, &tx, &mut worker)?;
     }
@@ -135,6 +149,17 @@ pub fn run(opts: Options) -> Result<()> {
         let mut cmds = VecDeque::new();
         for e in events {
             let a = match e {
+                Event::Input(CEvent::Key(k)) if is_ctrl_z(&k) => {
+                    crate::signals::suspend();
+                    None
+                }
+                Event::Resumed => {
+                    // What the shell printed meanwhile is on the main screen; the
+                    // alternate one is redrawn from scratch.
+                    let _guard = crate::signals::terminal();
+                    term.t.clear()?;
+                    Some(Action::Redraw)
+                }
                 Event::Input(CEvent::Key(k)) => keys::map_key(&app, k),
                 Event::Input(CEvent::Resize(..)) => Some(Action::Redraw),
                 Event::Input(_) => None,
@@ -207,6 +232,23 @@ pub fn run(opts: Options) -> Result<()> {
                         let _ = w.send(ToWorker::LoadReport { path });
                     }
                 }
+                Cmd::StartProfile => {
+                    let stop = Arc::new(AtomicBool::new(false));
+                    profile_stop = Some(stop.clone());
+                    if let Some(w) = &worker {
+                        let _ = w.send(ToWorker::MakeProfile { stop });
+                    }
+                }
+                Cmd::CancelProfile => {
+                    if let Some(stop) = &profile_stop {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                }
+                Cmd::UseProfile { profile, path } => {
+                    if let Some(w) = &worker {
+                        let _ = w.send(ToWorker::UseProfile { profile, path });
+                    }
+                }
                 Cmd::ExportReport => {
                     let secs = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
@@ -263,7 +305,7 @@ fn start_worker(
     );
     let (wtx, wrx) = mpsc::channel();
     let out_tx = tx.clone();
-    let out: worker::Outbox = Box::new(move |m| out_tx.send(Event::Worker(m)).is_ok());
+    let out: worker::Outbox = std::sync::Arc::new(move |m| out_tx.send(Event::Worker(m)).is_ok());
     let job = worker::Job {
         model: opts.model.clone(),
         profile: opts.profile.clone(),
@@ -276,6 +318,7 @@ fn start_worker(
             .expect
             .clone()
             .filter(|_| opts.prompt.as_deref() == Some(path)),
+        make: profiling::MakeOptions::default(),
     };
     worker::spawn(job, out, wrx).context("cannot start the worker thread")?;
     *worker = Some(wtx);
@@ -362,8 +405,26 @@ impl Drop for Term {
 
 /// Restores the terminal and tells the signal watcher there is nothing left to restore.
 fn give_up() {
-    crate::signals::terminal().restore_terminal = None;
+    {
+        let mut c = crate::signals::terminal();
+        c.restore_terminal = None;
+        c.resume_terminal = None;
+    }
     restore();
+}
+
+/// Ctrl-Z: in raw mode the terminal sends it as a key instead of stopping the process.
+fn is_ctrl_z(k: &crossterm::event::KeyEvent) -> bool {
+    k.kind == crossterm::event::KeyEventKind::Press
+        && k.modifiers
+            .contains(crossterm::event::KeyModifiers::CONTROL)
+        && matches!(k.code, crossterm::event::KeyCode::Char('z' | 'Z'))
+}
+
+/// The terminal as [`Term::enter`] leaves it, again after `fg`.
+fn reenter() {
+    let _ = enable_raw_mode();
+    let _ = execute!(std::io::stdout(), EnterAlternateScreen);
 }
 
 fn restore() {
