@@ -66,6 +66,10 @@ pub struct MakeArgs {
     /// SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX; combine with `profile merge`.
     #[arg(long, value_name = "K/N")]
     pub shard: Option<String>,
+    /// Count every question, answered right or not (a random tiny model answers none).
+    /// Only for tests of the command itself; recorded in the profile's settings.
+    #[arg(long = "count-every-trial", hide = true)]
+    pub count_every_trial: bool,
 }
 
 #[derive(Args, Debug)]
@@ -245,7 +249,7 @@ pub fn run_make(a: &MakeArgs) -> Result<()> {
         first_k: a.first_k,
         layer_max_new: a.layer_max_new,
         calibration: calibration(&a.calibration, &loaded, a.layer_max_new)?,
-        count_every_trial: false,
+        count_every_trial: a.count_every_trial,
     };
     let sha = discover::model_sha256(&model_path)?;
     let (out, parts_at) = match (&a.out, shard) {
