@@ -5,7 +5,7 @@
 use anyhow::{bail, Context, Result};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Child, Command, Stdio};
 
 use super::*;
 
@@ -74,25 +74,9 @@ pub(super) fn fetch(
     ));
     sweep_stale_fetches(dir);
     let tmp = TempDir::new(dir)?;
-    let child = Command::new(python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary=:all:",
-            "--disable-pip-version-check",
-            "-q",
-        ])
-        .args(&reqs)
-        .arg("-d")
-        .arg(&tmp.0)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        // pip's own messages (a traceback on a full disk) are condensed into one line.
-        .stderr(std::process::Stdio::piped())
-        .spawn();
-    let output = match child {
+    let mut args = vec!["--only-binary=:all:"];
+    args.extend(reqs.iter().map(String::as_str));
+    let output = match pip_download(python, &args, &tmp.0) {
         Err(e) => bail!(
             "cannot run `{python} -m pip` ({e}): install Python 3 with pip, or {}",
             manual_hint(m, dest)
@@ -158,23 +142,7 @@ pub(super) fn fetch_llama_vocabs(
         "fetching llama.cpp's tokenizer test files once with `{python} -m pip download {no_binary} {req}` into {}",
         dest.display()
     ));
-    let child = Command::new(python)
-        .args([
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            &no_binary,
-            "--disable-pip-version-check",
-            "-q",
-            &req,
-        ])
-        .arg("-d")
-        .arg(&tmp.0)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
+    let child = pip_download(python, &[&no_binary, &req], &tmp.0)
         .with_context(|| format!("cannot run `{python} -m pip`: install Python 3 with pip"))?;
     let output = {
         let _stop = crate::signals::stop_child_on_signal(child.id());
@@ -321,6 +289,28 @@ pub(super) fn pip_cause(stderr: &str, dir: &Path) -> String {
         .find(|l| l.starts_with("ERROR:"))
         .or(lines.last())
         .map_or_else(|| "pip printed nothing".to_string(), |l| l.to_string())
+}
+
+/// Starts `python -m pip download --no-deps` of `args` (packages and their options)
+/// into `into`, quietly: pip's own messages (a traceback on a full disk) come back on
+/// stderr, which the caller condenses into one line.
+fn pip_download(python: &str, args: &[&str], into: &Path) -> std::io::Result<Child> {
+    Command::new(python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+        ])
+        .args(args)
+        .arg("-d")
+        .arg(into)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
 }
 
 /// Removes `.fetch-PID` folders of fetches whose process is gone (killed before it could
