@@ -6,8 +6,6 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use std::path::{Path, PathBuf};
 
-use crate::model::fetch;
-
 /// The layer-error step's settings (`profile layers`, and `profile make`'s second step).
 #[derive(Args, Debug)]
 pub struct LayerStepArgs {
@@ -72,13 +70,7 @@ pub(super) fn command_line() -> String {
 }
 
 pub(super) fn default_out(model_path: &Path) -> Result<PathBuf> {
-    let stem = model_path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "model".into());
-    Ok(fetch::cache_dir()?
-        .join("profiles")
-        .join(format!("{stem}.json")))
+    crate::profile::auto::default_out(model_path)
 }
 
 /// Checks `--out` before any measuring (a refusal after an hour of trials would waste

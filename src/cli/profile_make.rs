@@ -159,22 +159,12 @@ pub fn check_lengths(lengths: &[usize], context: usize, max_new: usize) -> Resul
 }
 
 fn calibration(dir: &Path, loaded: &Loaded, max_new: usize) -> Result<Vec<(String, Vec<u32>)>> {
-    let mut v = Vec::new();
-    for f in layers::calibration_files(dir)? {
-        let text = crate::input::read_prompt(&f)?;
-        let ids = loaded
-            .tok
-            .encode(&loaded.tok.apply_template(&text, false))?;
-        if ids.len().saturating_add(max_new) > loaded.model.config.context_length {
-            bail!(
-                "calibration prompt {} has {} tokens, too long for the model's context",
-                f.display(),
-                ids.len()
-            );
-        }
-        v.push((f.display().to_string(), ids));
-    }
-    Ok(v)
+    crate::profile::auto::calibration_prompts(
+        dir,
+        &loaded.tok,
+        loaded.model.config.context_length,
+        max_new,
+    )
 }
 
 /// The target must be a regular file or absent: never a folder, FIFO or device (the
@@ -189,9 +179,7 @@ fn same_file(a: &Path, b: &Path) -> bool {
 }
 
 fn parts_dir(out: &Path) -> PathBuf {
-    let mut s = out.as_os_str().to_os_string();
-    s.push(".parts");
-    PathBuf::from(s)
+    crate::profile::auto::parts_dir(out)
 }
 
 pub fn run_make(a: &MakeArgs) -> Result<()> {

@@ -3,6 +3,7 @@
 //! model, and printing one. This is an analysis (it drives sessions and the model); the
 //! file format itself lives below, in [`crate::profile_format`], because eviction reads it.
 
+pub mod auto;
 pub mod compare;
 pub mod credit;
 pub mod discover;

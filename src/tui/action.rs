@@ -119,6 +119,9 @@ pub enum Action {
     /// Token pane: the next (true) or previous evicted token by attention lost over the
     /// divergence analysis' steps (`j` / `J`).
     JumpLost(bool),
+    /// Start `profile make` for this model in the background when it has no profile;
+    /// again while it runs: cancel it (`P`).
+    ProfileMake,
     /// Typing into the name prompt.
     Char(char),
     Backspace,

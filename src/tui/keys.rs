@@ -72,6 +72,10 @@ pub const HELP: &[(&str, &str)] = &[
         "/  n N  j J",
         "tokens: find text, next/prev match, evicted by lost mass",
     ),
+    (
+        "P",
+        "no profile: make one in the background (again: cancel)",
+    ),
     ("S", "save the per-layer budgets under a name"),
     ("L", "load saved budgets"),
     ("Enter  Esc", "confirm / close a popup"),
@@ -162,6 +166,7 @@ pub fn map_key(app: &App, k: KeyEvent) -> Option<Action> {
             'S' => Action::SaveStart,
             'L' => Action::LoadStart,
             'I' => Action::ReportStart,
+            'P' => Action::ProfileMake,
             _ => return None,
         },
         _ => return None,

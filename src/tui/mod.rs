@@ -17,6 +17,7 @@ pub mod files;
 pub mod keys;
 pub mod msg;
 pub mod panes;
+pub mod profiling;
 pub mod stats;
 pub mod ui;
 pub mod worker;
@@ -32,8 +33,9 @@ use ratatui::Terminal;
 use std::collections::VecDeque;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::eviction::Settings;
@@ -99,6 +101,8 @@ pub fn run(opts: Options) -> Result<()> {
     let (tx, rx) = mpsc::channel::<Event>();
     spawn_input(tx.clone())?;
     let mut worker: Option<Sender<ToWorker>> = None;
+    // The stop flag of the background profile make (`P`), set by the loop on cancel.
+    let mut profile_stop: Option<Arc<AtomicBool>> = None;
     if let Some((path, text)) = first {
         start_worker(&mut app, &opts, &path, text, &tx, &mut worker)?;
     }
@@ -205,6 +209,23 @@ pub fn run(opts: Options) -> Result<()> {
                         let _ = w.send(ToWorker::LoadReport { path });
                     }
                 }
+                Cmd::StartProfile => {
+                    let stop = Arc::new(AtomicBool::new(false));
+                    profile_stop = Some(stop.clone());
+                    if let Some(w) = &worker {
+                        let _ = w.send(ToWorker::MakeProfile { stop });
+                    }
+                }
+                Cmd::CancelProfile => {
+                    if let Some(stop) = &profile_stop {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                }
+                Cmd::UseProfile { profile, path } => {
+                    if let Some(w) = &worker {
+                        let _ = w.send(ToWorker::UseProfile { profile, path });
+                    }
+                }
                 Cmd::ExportReport => {
                     let secs = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
@@ -261,7 +282,7 @@ fn start_worker(
     );
     let (wtx, wrx) = mpsc::channel();
     let out_tx = tx.clone();
-    let out: worker::Outbox = Box::new(move |m| out_tx.send(Event::Worker(m)).is_ok());
+    let out: worker::Outbox = std::sync::Arc::new(move |m| out_tx.send(Event::Worker(m)).is_ok());
     let job = worker::Job {
         model: opts.model.clone(),
         profile: opts.profile.clone(),
@@ -273,6 +294,7 @@ fn start_worker(
             .expect
             .clone()
             .filter(|_| opts.prompt.as_deref() == Some(path)),
+        make: profiling::MakeOptions::default(),
     };
     worker::spawn(job, out, wrx).context("cannot start the worker thread")?;
     *worker = Some(wtx);

@@ -1,6 +1,8 @@
 //! What the worker tells the UI. Everything here is plain data, computed on the worker:
 //! the UI thread only stores it and draws it (DESIGN.md: data flows one way).
 
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use crate::eviction::Settings;
@@ -74,6 +76,31 @@ impl Snapshot {
             self.profile.as_deref(),
         )
     }
+
+    /// Installs `p` as the prompt's profile: the head map's SRH and retrieval marks and
+    /// the budget preview read it from here.
+    pub fn set_profile(&mut self, p: Arc<Profile>) {
+        self.srh_scores = Some(p.srh_scores.clone());
+        self.srh_ranking = Some(p.srh_ranking.clone());
+        self.retrieval_ranking = Some(
+            p.retrieval_scores
+                .iter()
+                .map(|l| crate::profile_format::rank_best_first(l))
+                .collect(),
+        );
+        self.profile = Some(p);
+    }
+}
+
+/// Progress of a background `profile make` (`P`), in the units' weights (prefill
+/// tokens, decode steps weighing more), as the command's progress bar.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ProfileProgress {
+    pub done: f64,
+    pub total: f64,
+    pub eta_s: Option<f64>,
+    /// Which unit, and how many questions were answered right so far.
+    pub note: String,
 }
 
 /// One recompute's outcome, tagged with the settings generation it was computed for.
@@ -146,6 +173,10 @@ pub enum Phase {
     Stopped,
 }
 
+/// Sends one message to the UI; false when the UI has gone (the worker then stops).
+/// Shared by the worker and the background profile run.
+pub type Outbox = Arc<dyn Fn(FromWorker) -> bool + Send + Sync>;
+
 /// Worker -> UI.
 #[derive(Debug, Clone)]
 pub enum FromWorker {
@@ -179,6 +210,21 @@ pub enum FromWorker {
     },
     /// Loading or prefill failed; nothing more will come.
     Fatal(String),
+    /// The background `profile make` finished a unit.
+    ProfileProgress(ProfileProgress),
+    /// The background `profile make` wrote `path`; the UI hands `profile` back to the
+    /// worker ([`ToWorker::UseProfile`]) and shows its marks.
+    ProfileMade {
+        profile: Arc<Profile>,
+        path: PathBuf,
+        note: String,
+    },
+    /// The background `profile make` ended without a profile: cancelled (`error` false)
+    /// or failed; one line.
+    ProfileStopped {
+        line: String,
+        error: bool,
+    },
 }
 
 /// UI -> worker. `Apply`, holding whole settings, is the message nearly every edit
@@ -203,5 +249,15 @@ pub enum ToWorker {
     /// or why they do not belong to this model and prompt.
     LoadReport {
         path: std::path::PathBuf,
+    },
+    /// Start `profile make` for this model on a thread of its own, at lengths from the
+    /// prompt's; it stops between units once `stop` is set (the loop sets it on `P`).
+    MakeProfile {
+        stop: Arc<AtomicBool>,
+    },
+    /// Use `profile` (written at `path`) from now on.
+    UseProfile {
+        profile: Arc<Profile>,
+        path: PathBuf,
     },
 }

@@ -31,10 +31,11 @@ pub struct Job {
     /// `--from-report`: the report's model sha256 and prompt ids, checked before the
     /// prefill.
     pub expect: Option<(Option<String>, Vec<u32>)>,
+    /// How `P` runs `profile make` (the command's defaults unless a test says else).
+    pub make: super::profiling::MakeOptions,
 }
 
-/// Sends one message to the UI; false when the UI has gone (the worker then stops).
-pub type Outbox = Box<dyn Fn(FromWorker) -> bool + Send>;
+pub use super::msg::Outbox;
 
 /// Starts the worker thread.
 pub fn spawn(job: Job, out: Outbox, rx: Receiver<ToWorker>) -> std::io::Result<()> {
@@ -103,6 +104,18 @@ fn run(job: Job, out: &Outbox, rx: Receiver<ToWorker>) {
                         return;
                     }
                 }
+                ToWorker::MakeProfile { stop } => super::profiling::start(
+                    w.loaded.clone(),
+                    &w.model_path,
+                    w.session.trace.len,
+                    &job.make,
+                    stop.clone(),
+                    out.clone(),
+                ),
+                ToWorker::UseProfile { profile, path } => {
+                    w.session.profile = Some((**profile).clone());
+                    w.profile_path = Some(path.display().to_string());
+                }
                 ToWorker::LoadReport { path } => {
                     let sha = crate::profile::discover::model_sha256(&w.model_path).ok();
                     let dims = w.loaded.model.config.dims();
@@ -159,7 +172,8 @@ pub fn report_settings(
 }
 
 struct Worker {
-    loaded: Loaded,
+    /// Shared with a background profile run (`P`).
+    loaded: Arc<Loaded>,
     session: Session,
     profile_path: Option<String>,
     /// For the report's provenance.
@@ -253,7 +267,7 @@ impl Worker {
             .map(|l| std::mem::take(&mut l.maps))
             .collect();
         Ok(Worker {
-            loaded,
+            loaded: Arc::new(loaded),
             session,
             profile_path: profile_path.as_ref().map(|p| p.display().to_string()),
             model_path: path,
@@ -385,20 +399,7 @@ pub fn snapshot(
 ) -> Snapshot {
     let cfg = &loaded.model.config;
     let tok = &loaded.tok;
-    let (srh_scores, srh_ranking, retrieval_ranking) = match &s.profile {
-        Some(p) => (
-            Some(p.srh_scores.clone()),
-            Some(p.srh_ranking.clone()),
-            Some(
-                p.retrieval_scores
-                    .iter()
-                    .map(|l| crate::profile_format::rank_best_first(l))
-                    .collect(),
-            ),
-        ),
-        None => (None, None, None),
-    };
-    Snapshot {
+    let mut snap = Snapshot {
         model_name: cfg.name.clone(),
         n_layers: cfg.n_layers,
         n_heads: cfg.n_heads,
@@ -414,15 +415,19 @@ pub fn snapshot(
         full_kv_bytes: s.full.kv_bytes,
         kv_dtype: loaded.model.kv_dtype().name(),
         stats: stats::head_stats(&s.trace),
-        srh_scores,
-        srh_ranking,
-        retrieval_ranking,
-        profile: s.profile.clone().map(Arc::new),
+        srh_scores: None,
+        srh_ranking: None,
+        retrieval_ranking: None,
+        profile: None,
         maps,
         prefill_ms: s.timing.prefill,
         decode_full_ms: s.timing.decode_full,
         prompt_info: s.prompt_info.clone(),
+    };
+    if let Some(p) = &s.profile {
+        snap.set_profile(Arc::new(p.clone()));
     }
+    snap
 }
 
 /// The Divergence pane's data for `keep`: teacher-forced KL curve, lost mass per step,

@@ -19,13 +19,14 @@ mod find;
 mod knobs;
 mod pins;
 mod popups;
+mod profile;
 mod view;
 mod worker;
 
 use std::path::PathBuf;
 
 use super::action::{Action, Pane};
-use super::msg::{Outcome, Phase, Snapshot, ToWorker};
+use super::msg::{Outcome, Phase, ProfileProgress, Snapshot, ToWorker};
 use super::stats::Stat;
 use crate::eviction::{registry, Settings};
 use crate::trace::Dims;
@@ -59,6 +60,15 @@ pub enum Cmd {
     ListReports,
     /// Ask the worker for this report's settings.
     LoadReport(PathBuf),
+    /// Start `profile make` in the background (a fresh stop flag, sent to the worker).
+    StartProfile,
+    /// Set the running profile make's stop flag.
+    CancelProfile,
+    /// Hand the new profile to the worker.
+    UseProfile {
+        profile: std::sync::Arc<crate::profile_format::Profile>,
+        path: PathBuf,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -128,6 +138,8 @@ pub struct App {
     pub search: Option<find::Search>,
     /// Index into the evicted tokens by attention lost that `j` / `J` last jumped to.
     pub lost_at: Option<usize>,
+    /// A background `profile make` (`P`): `Some` from the key until it ends.
+    pub profiling: Option<ProfileProgress>,
     /// The loop ends after this update.
     pub quit: bool,
     /// What only `update` reads.
@@ -190,6 +202,7 @@ impl App {
             rescue_k: RESCUE_K,
             search: None,
             lost_at: None,
+            profiling: None,
             quit: false,
         }
     }
@@ -376,6 +389,7 @@ pub fn update(app: &mut App, a: Action) -> Vec<Cmd> {
             find::on_key(app, a)
         }
         a @ (Action::MeasureErrors | Action::FreezeA | Action::ClearA) => compare::on_key(app, a),
+        Action::ProfileMake => profile::on_key(app),
         a @ (Action::ToggleHelp
         | Action::Export
         | Action::SaveStart

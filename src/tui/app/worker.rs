@@ -98,6 +98,9 @@ pub(super) fn on_worker(app: &mut App, m: FromWorker) -> Vec<Cmd> {
             }
             cmds
         }
+        m @ (FromWorker::ProfileProgress(_)
+        | FromWorker::ProfileMade { .. }
+        | FromWorker::ProfileStopped { .. }) => super::profile::on_worker(app, m),
         FromWorker::Fatal(e) => {
             app.error = Some(e);
             app.phase = Phase::Stopped;

@@ -114,3 +114,13 @@ pub fn centered(r: Rect, w: u16, h: u16) -> Rect {
     let h = h.min(r.height);
     Rect::new(r.x + (r.width - w) / 2, r.y + (r.height - h) / 2, w, h)
 }
+
+/// Seconds as `42 s`, `3 min 20 s` or `1 h 05 min`, for an ETA.
+pub fn fmt_secs(s: f64) -> String {
+    let s = s.max(0.0).round() as u64;
+    match s {
+        0..=59 => format!("{s} s"),
+        60..=3599 => format!("{} min {:02} s", s / 60, s % 60),
+        _ => format!("{} h {:02} min", s / 3600, s % 3600 / 60),
+    }
+}

@@ -8,7 +8,7 @@ use ratatui::Frame;
 
 use super::centered;
 use crate::tui::app::App;
-use crate::tui::msg::Phase;
+use crate::tui::msg::{Phase, ProfileProgress};
 
 /// The worker's state in a few words.
 pub fn phase_text(p: &Phase) -> String {
@@ -22,6 +22,24 @@ pub fn phase_text(p: &Phase) -> String {
         Phase::Recomputing(_) => "decoding".into(),
         Phase::Stopped => "stopped".into(),
     }
+}
+
+/// The background profile make's progress: how far (of the units' weights), which
+/// unit, the time left and how to cancel.
+pub fn profiling_text(p: &ProfileProgress) -> String {
+    if p.total <= 0.0 {
+        return "profile make: planning · P cancels".into();
+    }
+    let pct = (p.done / p.total * 100.0).clamp(0.0, 100.0);
+    let mut s = format!("profile make {pct:.0}%");
+    if !p.note.is_empty() {
+        s.push_str(&format!(" ({})", p.note));
+    }
+    if let Some(e) = p.eta_s {
+        s.push_str(&format!(" · ETA {}", crate::tui::panes::fmt_secs(e)));
+    }
+    s.push_str(" · P cancels");
+    s
 }
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App) {
@@ -71,6 +89,17 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
                 Style::default().fg(Color::Black).bg(Color::Yellow),
             ));
         }
+    }
+    if let Some(p) = &app.profiling {
+        spans.push(Span::styled(
+            format!(" {} ", profiling_text(p)),
+            Style::default().fg(Color::Black).bg(Color::Cyan),
+        ));
+    } else if app.snapshot.is_some() && !app.ctl.has_profile {
+        spans.push(Span::styled(
+            " no profile: P makes one ",
+            Style::default().fg(Color::Black).bg(Color::Yellow),
+        ));
     }
     if let Some(e) = &app.error {
         spans.push(Span::styled(
