@@ -3,124 +3,92 @@
 //! computed), and the same tables and figures, byte for byte. A missing shard is one
 //! error line and nothing is written.
 
-use kvscope::testing::{self, GgufSpec};
+mod common;
+
+use common::cli::*;
+use kvscope::testing::GgufSpec;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
-struct Env {
-    dir: PathBuf,
-    gguf: PathBuf,
+/// `eval niah` on the 2048-token tiny GGUF, a small grid, optionally one shard.
+fn niah(env: &Env, out: &Path, shard: Option<&str>) -> Output {
+    let model = env.path("tiny.gguf");
+    let mut a = vec![
+        "eval",
+        "niah",
+        "--lengths",
+        "300,700",
+        "--depths",
+        "0,100",
+        "--budgets",
+        "16,10%",
+        "--windows",
+        "8",
+        "--methods",
+        "snapkv,h2o",
+        "--max-new",
+        "3",
+        "--quiet",
+        "--model",
+        s(&model),
+        "--out",
+        s(out),
+    ];
+    if let Some(k) = shard {
+        a.extend(["--shard", k]);
+    }
+    env.run(&a)
 }
 
-impl Env {
-    fn new(tag: &str) -> Env {
-        let dir = testing::temp_dir(tag);
-        let gguf = dir.join("tiny.gguf");
-        let spec = GgufSpec {
-            context_length: 2048,
-            ..GgufSpec::default()
-        };
-        testing::write_tiny_gguf(&gguf, &spec).unwrap();
-        Env { dir, gguf }
+/// Three prompts with answers: a sweep of three items.
+fn prompts(env: &Env) -> std::path::PathBuf {
+    let p = env.path("prompts");
+    std::fs::create_dir_all(&p).unwrap();
+    for (name, text, answer) in [
+        (
+            "a",
+            "The key is under the blue pot by the door. Where is the key?",
+            "under the blue pot",
+        ),
+        ("b", "Count: one two three four five six.", "seven"),
+        (
+            "c",
+            "The ship sails at noon from the north pier. When does it sail?",
+            "at noon",
+        ),
+    ] {
+        std::fs::write(p.join(format!("{name}.txt")), text).unwrap();
+        std::fs::write(p.join(format!("{name}.answer")), answer).unwrap();
     }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_kvscope"))
-            .args(args)
-            .env("KVSCOPE_HOME", self.dir.join("home"))
-            .env_remove("RUST_BACKTRACE")
-            .env_remove("SLURM_ARRAY_TASK_ID")
-            .env_remove("JOB_COMPLETION_INDEX")
-            .output()
-            .unwrap()
-    }
-
-    fn niah(&self, out: &Path, shard: Option<&str>) -> Output {
-        let mut a = vec![
-            "eval",
-            "niah",
-            "--lengths",
-            "300,700",
-            "--depths",
-            "0,100",
-            "--budgets",
-            "16,10%",
-            "--windows",
-            "8",
-            "--methods",
-            "snapkv,h2o",
-            "--max-new",
-            "3",
-            "--quiet",
-            "--model",
-            self.gguf.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        if let Some(s) = shard {
-            a.extend(["--shard", s]);
-        }
-        self.run(&a)
-    }
-
-    /// Three prompts with answers: a sweep of three items.
-    fn prompts(&self) -> PathBuf {
-        let p = self.dir.join("prompts");
-        std::fs::create_dir_all(&p).unwrap();
-        for (name, text, answer) in [
-            (
-                "a",
-                "The key is under the blue pot by the door. Where is the key?",
-                "under the blue pot",
-            ),
-            ("b", "Count: one two three four five six.", "seven"),
-            (
-                "c",
-                "The ship sails at noon from the north pier. When does it sail?",
-                "at noon",
-            ),
-        ] {
-            std::fs::write(p.join(format!("{name}.txt")), text).unwrap();
-            std::fs::write(p.join(format!("{name}.answer")), answer).unwrap();
-        }
-        p
-    }
-
-    fn sweep(&self, prompts: &Path, out: &Path, shard: Option<&str>) -> Output {
-        let mut a = vec![
-            "eval",
-            "sweep",
-            prompts.to_str().unwrap(),
-            "--budgets",
-            "10%,50%",
-            "--windows",
-            "4",
-            "--methods",
-            "snapkv,streamingllm",
-            "--max-new",
-            "3",
-            "--quiet",
-            "--model",
-            self.gguf.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        if let Some(s) = shard {
-            a.extend(["--shard", s]);
-        }
-        self.run(&a)
-    }
+    p
 }
 
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
+/// `eval sweep` of `prompts` on the tiny GGUF, optionally one shard.
+fn sweep(env: &Env, prompts: &Path, out: &Path, shard: Option<&str>) -> Output {
+    let model = env.path("tiny.gguf");
+    let mut a = vec![
+        "eval",
+        "sweep",
+        s(prompts),
+        "--budgets",
+        "10%,50%",
+        "--windows",
+        "4",
+        "--methods",
+        "snapkv,streamingllm",
+        "--max-new",
+        "3",
+        "--quiet",
+        "--model",
+        s(&model),
+        "--out",
+        s(out),
+    ];
+    if let Some(k) = shard {
+        a.extend(["--shard", k]);
     }
-}
-
-fn ok(o: &Output) {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    env.run(&a)
 }
 
 /// The records without their measured decode times.
@@ -141,12 +109,19 @@ fn records(dir: &Path) -> Vec<Value> {
 #[test]
 fn merged_shards_equal_the_unsharded_run() {
     let env = Env::new("eval-shards");
+    env.gguf_with(
+        "tiny.gguf",
+        &GgufSpec {
+            context_length: 2048,
+            ..GgufSpec::default()
+        },
+    );
     let whole = env.dir.join("whole");
-    ok(&env.niah(&whole, None));
+    ok(&niah(&env, &whole, None));
     let mut dirs = Vec::new();
     for k in 0..3 {
         let d = env.dir.join(format!("s{k}"));
-        let o = env.niah(&d, Some(&format!("{k}/3")));
+        let o = niah(&env, &d, Some(&format!("{k}/3")));
         ok(&o);
         // A shard writes its records and grid, no tables or figures.
         assert!(d.join("grid.json").is_file());
@@ -200,13 +175,20 @@ fn merged_shards_equal_the_unsharded_run() {
 #[test]
 fn merged_sweep_shards_equal_the_unsharded_sweep() {
     let env = Env::new("sweep-shards");
-    let prompts = env.prompts();
+    env.gguf_with(
+        "tiny.gguf",
+        &GgufSpec {
+            context_length: 2048,
+            ..GgufSpec::default()
+        },
+    );
+    let prompts = prompts(&env);
     let whole = env.dir.join("whole");
-    ok(&env.sweep(&prompts, &whole, None));
+    ok(&sweep(&env, &prompts, &whole, None));
     let mut dirs = Vec::new();
     for k in 0..2 {
         let d = env.dir.join(format!("s{k}"));
-        ok(&env.sweep(&prompts, &d, Some(&format!("{k}/2"))));
+        ok(&sweep(&env, &prompts, &d, Some(&format!("{k}/2"))));
         assert!(d.join("grid.json").is_file());
         assert!(!d.join("results.csv").exists());
         dirs.push(d);
