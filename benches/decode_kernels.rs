@@ -8,7 +8,7 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::f16;
-use kvscope::model::kernels::{matvec_q_rows, matvec_q_rows_one, QMat, QVec, QK};
+use kvscope::model::quant::{matvec_q_rows, matvec_q_rows_one, QMat, QVec, QK};
 
 fn lcg(s: &mut u64) -> u64 {
     *s = s

@@ -96,7 +96,17 @@ pub fn window_rows(
     let k0 = kv_head * len * hd;
     let keys = &trace.layers[layer].k[k0..k0 + len * hd];
     let mut logits = vec![0f32; window * len];
-    crate::model::kernels::matmul_abt(queries, hd, keys, hd, &mut logits, len, window, hd, len);
+    crate::model::kernels::matmul_strided(
+        queries,
+        hd,
+        keys,
+        crate::model::kernels::BLayout::JRows(hd),
+        &mut logits,
+        len,
+        window,
+        hd,
+        len,
+    );
     // A sliding-window layer's row at position p sees only (p - S, p] (METHOD.md,
     // "Sliding-window layers"): the keys before that get probability 0, and the softmax
     // runs over the visible ones, as prefill computed it.

@@ -11,8 +11,8 @@ use rayon::prelude::*;
 use std::io::Read;
 
 use super::config::Config;
-use super::kernels::{self, QMat, QVec, QK};
-use super::quant::{self, packed, Format};
+use super::kernels;
+use super::quant::{self, packed, Format, QMat, QVec, QK};
 
 /// A linear layer `y = W x`, `W` is `[rows = out][cols = in]`.
 #[derive(Debug, Clone)]
@@ -174,25 +174,17 @@ impl Linear {
                 // out holds t rows of `rows` and this task writes only columns
                 // r0..r0 + n of each, which no other task writes.
                 unsafe {
-                    gemm::gemm(
+                    kernels::gemm_f32(
                         t,
                         n,
                         cols,
                         dst.at(r0),
-                        1,
-                        rows as isize,
-                        false,
+                        rows,
                         x.as_ptr(),
-                        1,
-                        cols as isize,
+                        cols,
                         buf.as_ptr(),
-                        cols as isize,
                         1,
-                        0.0f32,
-                        1.0f32,
-                        false,
-                        false,
-                        false,
+                        cols,
                         gemm::Parallelism::None,
                     )
                 }
@@ -317,7 +309,7 @@ impl Linear {
         let c = self.cols;
         match &self.store {
             Store::F32(w) => kernels::matvec_f32_rows(w, x, r0, out),
-            Store::Affine(qm) if quant => kernels::matvec_q_rows(qm, qx, r0, out),
+            Store::Affine(qm) if quant => quant::matvec_q_rows(qm, qx, r0, out),
             Store::Affine(qm) => {
                 let mut buf = vec![0f32; c];
                 for (i, v) in out.iter_mut().enumerate() {
@@ -697,7 +689,7 @@ fn q8_0_to_qmat(raw: &[u8], rows: usize, cols: usize) -> Result<QMat> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::kernels::lcg;
+    use crate::model::kernels::{lcg, lcg_vec};
     use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
 
@@ -709,7 +701,7 @@ mod tests {
         let (rows, cols, t) = (37, 512, 11);
         let mut s = 4;
         for fmt in quant::ALL.into_iter().filter(|f| f.is_block()) {
-            let w: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut s)).collect();
+            let w: Vec<f32> = lcg_vec(&mut s, rows * cols);
             let q = QTensor::quantize(
                 &Tensor::from_slice(&w, (rows, cols), &Device::Cpu).unwrap(),
                 fmt.ggml(),
@@ -772,7 +764,7 @@ mod tests {
             quant::dequant_row(Format::Q8_0, &raw[r * rb..(r + 1) * rb], &mut e);
             assert_eq!(a, e, "row {r}");
         }
-        let x: Vec<f32> = (0..cols).map(|_| kernels::lcg(&mut seed)).collect();
+        let x: Vec<f32> = lcg_vec(&mut seed, cols);
         let mut qx = QVec::default();
         qx.quantize_into(&x);
         let mut fast = vec![0f32; rows];

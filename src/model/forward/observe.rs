@@ -6,8 +6,8 @@ use anyhow::{bail, Result};
 
 use super::Model;
 use crate::keepset::KeepSet;
-use crate::model::kernels::QVec;
 use crate::model::kvcache::HeadCache;
+use crate::model::quant::QVec;
 use crate::model::weights::Linear;
 
 /// What a decode step collects besides its logits. The default asks for nothing, and

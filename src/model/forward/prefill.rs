@@ -7,7 +7,8 @@ use rayon::prelude::*;
 
 use super::layer::{first_visible, layer, Pass, Scratch};
 use super::{Model, Precision};
-use crate::model::kernels::{self, matmul_ab, matmul_abt, QVec};
+use crate::model::kernels::{self, matmul_strided, BLayout};
+use crate::model::quant::QVec;
 use crate::model::weights::Linear;
 use crate::trace::{BlockMap, LayerTrace, Trace, W_MAX};
 
@@ -225,7 +226,7 @@ impl Pass for PrefillPass<'_> {
                 let kh = &kc[(kvh * len + k0) * hd..(kvh * len + nk) * hd];
                 let vh = &vc[(kvh * len + k0) * hd..(kvh * len + nk) * hd];
                 s.resize(t * w, 0.0);
-                matmul_abt(&q[h * hd..], qd, kh, hd, s, w, t, hd, w);
+                matmul_strided(&q[h * hd..], qd, kh, BLayout::JRows(hd), s, w, t, hd, w);
                 for r in 0..t {
                     let pos = c0 + r;
                     let lo = first_visible(pos, window);
@@ -248,7 +249,7 @@ impl Pass for PrefillPass<'_> {
                             row[a - k0..b - k0].iter().map(|&p| p as f64).sum::<f64>();
                     }
                 }
-                matmul_ab(s, w, vh, hd, out, hd, t, w, hd);
+                matmul_strided(s, w, vh, BLayout::KRows(hd), out, hd, t, w, hd);
             });
         for h in 0..nh {
             for r in 0..t {

@@ -8,22 +8,22 @@
 //! offset. That description is the portable reference; the SIMD kernels in `avx2` are
 //! tested against it, and it is tested against candle's dequantisation.
 
+pub mod affine;
 pub mod packed;
 pub mod portable;
+pub mod qvec;
 pub mod synth;
 
-#[cfg(all(
-    target_arch = "x86_64",
-    target_feature = "avx2",
-    target_feature = "fma",
-    target_feature = "f16c"
-))]
+#[cfg(kv_avx2)]
 mod avx2;
+#[cfg(kv_vnni)]
+mod vnni;
 
 use anyhow::{bail, Result};
 use candle_core::quantized::GgmlDType;
 
-use super::kernels::{QMat, QVec, QK};
+pub use affine::{matvec_q_rows, matvec_q_rows_one, QMat};
+pub use qvec::{QVec, QK, QK8K};
 
 /// A weight format kvscope reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -209,12 +209,7 @@ pub fn dot_q8_streaming(fmt: Format, row: &[u8], x: &QVec, large: bool) -> f32 {
             && x.s.len() >= nb
             && x.sum.len() >= nb
     );
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
+    #[cfg(kv_avx2)]
     {
         // SAFETY: the features are enabled at compile time and the lengths are checked
         // above (the kernels read `row` and `nb` blocks of activations through pointers).
@@ -241,12 +236,7 @@ fn dot_q8k(fmt: Format, row: &[u8], x: &QVec, large: bool) -> f32 {
             && x.kbsum.len() >= nb * 16,
         "K-quant row without Q8_K activations"
     );
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
+    #[cfg(kv_avx2)]
     {
         // SAFETY: features enabled at compile time; lengths checked above.
         unsafe {
@@ -280,12 +270,7 @@ pub fn dot_q8_xn<const N: usize>(fmt: Format, row: &[u8], xs: &[&QVec; N]) -> [f
                 x.q.len() >= n && x.s.len() >= n / QK && x.sum.len() >= n / QK
             })
     );
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
+    #[cfg(kv_avx2)]
     {
         // SAFETY: features enabled at compile time; lengths checked above.
         unsafe {
@@ -317,12 +302,7 @@ pub fn dot_affine_xn<const N: usize>(w: &QMat, r: usize, xs: &[&QVec; N]) -> [f3
                 .iter()
                 .all(|x| x.q.len() >= nb * QK && x.s.len() >= nb && x.sum.len() >= nb)
     );
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
+    #[cfg(kv_avx2)]
     {
         // SAFETY: features enabled at compile time; lengths checked above.
         return unsafe { avx2::dot_affine_n::<N>(q, w.packed, d, m, xs) };
@@ -330,7 +310,7 @@ pub fn dot_affine_xn<const N: usize>(w: &QMat, r: usize, xs: &[&QVec; N]) -> [f3
     #[allow(unreachable_code)]
     xs.map(|x| {
         let mut o = [0f32];
-        super::kernels::matvec_q_rows(w, x, r, &mut o);
+        matvec_q_rows(w, x, r, &mut o);
         o[0]
     })
 }
@@ -339,12 +319,7 @@ pub fn dot_affine_xn<const N: usize>(w: &QMat, r: usize, xs: &[&QVec; N]) -> [f3
 #[inline]
 pub fn dot_f32(fmt: Format, row: &[u8], x: &[f32]) -> f32 {
     assert_eq!(row.len(), fmt.row_bytes(x.len()));
-    #[cfg(all(
-        target_arch = "x86_64",
-        target_feature = "avx2",
-        target_feature = "fma",
-        target_feature = "f16c"
-    ))]
+    #[cfg(kv_avx2)]
     {
         if fmt == Format::F16 {
             // SAFETY: features enabled at compile time; length checked above.
@@ -357,7 +332,7 @@ pub fn dot_f32(fmt: Format, row: &[u8], x: &[f32]) -> f32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::kernels::lcg;
+    use crate::model::kernels::{lcg, lcg_vec};
     use candle_core::quantized::QTensor;
     use candle_core::{Device, Tensor};
 
@@ -365,7 +340,7 @@ mod tests {
     /// candle's dequantisation).
     fn candle_blocks(fmt: Format, rows: usize, cols: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
         let mut s = seed;
-        let w: Vec<f32> = (0..rows * cols).map(|_| lcg(&mut s)).collect();
+        let w: Vec<f32> = lcg_vec(&mut s, rows * cols);
         let t = Tensor::from_slice(&w, (rows, cols), &Device::Cpu).unwrap();
         let q = QTensor::quantize(&t, fmt.ggml()).unwrap();
         let bytes = q.data().unwrap().to_vec();

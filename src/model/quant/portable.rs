@@ -3,8 +3,9 @@
 
 use half::{bf16, f16};
 
+use super::affine::{block_offset, QMat};
+use super::qvec::{QVec, QK};
 use super::{Format, QK_K};
-use crate::model::kernels::{QVec, QK};
 
 /// One block of a block format, described uniformly: element `i` is
 /// `scale[i / 16] * code[i] + offset[i / 32]`. Formats with one scale per 32 elements
@@ -254,6 +255,31 @@ pub fn dot_q8k(fmt: Format, row: &[u8], x: &QVec) -> f32 {
             }
             _ => unreachable!("not a K-quant"),
         }
+    }
+    acc
+}
+
+/// One row of the affine store (`QMat`) against 8-bit activations: the reference of the
+/// SIMD row kernels, and the kernel of CPUs without them.
+pub fn affine_dot(w: &QMat, r: usize, x: &QVec) -> f32 {
+    let (q, d, m) = w.row(r);
+    let mut acc = 0f32;
+    for b in 0..d.len() {
+        let mut s = 0i32;
+        for j in 0..QK {
+            let code = if w.packed {
+                let byte = q[b * QK / 2 + j % (QK / 2)];
+                if j < QK / 2 {
+                    byte & 0x0f
+                } else {
+                    byte >> 4
+                }
+            } else {
+                q[b * QK + j]
+            };
+            s += code as i32 * x.q[b * QK + j] as i32;
+        }
+        acc += d[b].to_f32() * x.s[b] * s as f32 + block_offset(m, d, b) * x.sum[b];
     }
     acc
 }

@@ -1,0 +1,369 @@
+//! The rearranged affine store of GGUF Q4_1 and Q8_0 (`QMat`: codes apart from their
+//! f16 scales and offsets) and the dispatch of its decode row kernels: AVX-512 VNNI
+//! (`vnni.rs`), AVX2 (`avx2/affine.rs`), or the portable reference
+//! (`portable::affine_dot`).
+
+use half::f16;
+
+use super::qvec::{QVec, QK};
+
+/// A weight matrix in affine blocks: element `w[r][c] = d[r][b] * q[r][c] + m[r][b]` with
+/// `b = c / QK` and `q` unsigned. GGUF Q4_1 keeps its 4-bit codes packed as in the file
+/// (half the memory traffic of bytes, which is what bounds decode speed); Q8_0 becomes
+/// bytes `q + 128` with `m = -128 d`; other formats are quantised to 8 bits at load time.
+#[derive(Debug, Clone)]
+pub struct QMat {
+    pub rows: usize,
+    pub cols: usize,
+    /// 4-bit codes, 16 bytes per block (low nibbles: elements 0..16, high: 16..32).
+    pub packed: bool,
+    pub q: Vec<u8>,
+    /// Per-block scale and offset in f16, as GGUF stores them (half the bytes of f32;
+    /// decode reads every weight byte once per token). An empty `m` means every offset
+    /// is `-128 d` (GGUF Q8_0, whose signed codes are held as `q + 128`): not storing it
+    /// keeps the 34 bytes per block of the file instead of 36, and `-128 d` is exact in
+    /// f16 and f32 (a power-of-two multiple), so every kernel computes the same offsets.
+    pub d: Vec<f16>,
+    pub m: Vec<f16>,
+}
+
+/// The offset of a block with scale `d` and stored offsets `m` (empty: symmetric codes).
+#[inline(always)]
+pub(crate) fn block_offset(m: &[f16], d: &[f16], b: usize) -> f32 {
+    if m.is_empty() {
+        -128.0 * d[b].to_f32()
+    } else {
+        m[b].to_f32()
+    }
+}
+
+impl QMat {
+    pub fn blocks(&self) -> usize {
+        self.cols / QK
+    }
+
+    /// Codes, scales and offsets of row `r`.
+    #[inline(always)]
+    pub fn row(&self, r: usize) -> (&[u8], &[f16], &[f16]) {
+        let (nb, rb) = (self.blocks(), self.row_bytes());
+        (
+            &self.q[r * rb..(r + 1) * rb],
+            &self.d[r * nb..(r + 1) * nb],
+            if self.m.is_empty() {
+                &[]
+            } else {
+                &self.m[r * nb..(r + 1) * nb]
+            },
+        )
+    }
+
+    fn row_bytes(&self) -> usize {
+        if self.packed {
+            self.cols / 2
+        } else {
+            self.cols
+        }
+    }
+
+    /// Quantises an f32 matrix (`cols` must be a multiple of QK) per block with the
+    /// block's min and max, 8 bits.
+    pub fn from_f32(w: &[f32], rows: usize, cols: usize) -> Self {
+        assert_eq!(cols % QK, 0);
+        let nb = cols / QK;
+        let mut q = vec![0u8; rows * cols];
+        let mut d = vec![f16::ZERO; rows * nb];
+        let mut m = vec![f16::ZERO; rows * nb];
+        for (bi, (blk, qb)) in w.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).enumerate() {
+            let lo = blk.iter().cloned().fold(f32::INFINITY, f32::min);
+            let hi = blk.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let scale = (hi - lo) / 255.0;
+            let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+            for (o, &x) in qb.iter_mut().zip(blk) {
+                *o = ((x - lo) * inv).round().clamp(0.0, 255.0) as u8;
+            }
+            d[bi] = f16::from_f32(scale);
+            m[bi] = f16::from_f32(lo);
+        }
+        QMat {
+            rows,
+            cols,
+            packed: false,
+            q,
+            d,
+            m,
+        }
+    }
+
+    /// Code of element `c` of row `r`.
+    pub fn code(&self, r: usize, c: usize) -> u8 {
+        if self.packed {
+            let (b, j) = (c / QK, c % QK);
+            let byte = self.q[r * self.row_bytes() + b * (QK / 2) + j % (QK / 2)];
+            if j < QK / 2 {
+                byte & 0x0f
+            } else {
+                byte >> 4
+            }
+        } else {
+            self.q[r * self.cols + c]
+        }
+    }
+
+    /// Row `r` as f32 (written so the compiler vectorises it: prefill dequantises every
+    /// row once per chunk).
+    pub fn dequant_row(&self, r: usize, out: &mut [f32]) {
+        let (q, d, m) = self.row(r);
+        if m.is_empty() {
+            // Byte codes without stored offsets (Q8_0): each is -128 d. A loop of its
+            // own: a per-block choice of offset inside the loop below made this
+            // function (prefill's last-token logits) ~2x slower.
+            for (b, o) in out.chunks_exact_mut(QK).enumerate() {
+                let s = d[b].to_f32();
+                let off = -128.0 * s;
+                for (v, &code) in o.iter_mut().zip(&q[b * QK..(b + 1) * QK]) {
+                    *v = s * code as f32 + off;
+                }
+            }
+            return;
+        }
+        for (b, o) in out.chunks_exact_mut(QK).enumerate() {
+            let (s, off) = (d[b].to_f32(), m[b].to_f32());
+            if self.packed {
+                let (lo, hi) = o.split_at_mut(QK / 2);
+                for ((l, h), &byte) in lo.iter_mut().zip(hi).zip(&q[b * QK / 2..(b + 1) * QK / 2]) {
+                    *l = s * (byte & 0x0f) as f32 + off;
+                    *h = s * (byte >> 4) as f32 + off;
+                }
+            } else {
+                for (v, &code) in o.iter_mut().zip(&q[b * QK..(b + 1) * QK]) {
+                    *v = s * code as f32 + off;
+                }
+            }
+        }
+    }
+
+    pub fn dequantize(&self) -> Vec<f32> {
+        let nb = self.blocks();
+        let mut out = vec![0f32; self.rows * self.cols];
+        for r in 0..self.rows {
+            for c in 0..self.cols {
+                let b = r * nb + c / QK;
+                out[r * self.cols + c] =
+                    self.d[b].to_f32() * self.code(r, c) as f32 + block_offset(&self.m, &self.d, b);
+            }
+        }
+        out
+    }
+}
+
+/// Checks that one row's codes, scales and offsets and the activations hold the same
+/// number of blocks (the SIMD kernels read through raw pointers); returns the bytes of
+/// codes per block.
+#[cfg_attr(not(kv_avx2), allow(dead_code))]
+pub(crate) fn check_row(q: &[u8], packed: bool, d: &[f16], m: &[f16], x: &QVec) -> usize {
+    let nb = d.len();
+    let bytes_per_block = if packed { QK / 2 } else { QK };
+    assert!(
+        (m.len() == nb || m.is_empty())
+            && q.len() >= nb * bytes_per_block
+            && x.q.len() >= nb * QK
+            && x.s.len() >= nb
+            && x.sum.len() >= nb
+    );
+    bytes_per_block
+}
+
+/// One output element: `sum_b d_b * s_b * (q_b . x_b) + m_b * sum(x_b)`. AVX-512 VNNI
+/// where the build has it, else AVX2, else the portable reference.
+#[inline(always)]
+fn qrow_dot(w: &QMat, r: usize, x: &QVec) -> f32 {
+    #[cfg(kv_vnni)]
+    {
+        let (q, d, m) = w.row(r);
+        // SAFETY: the target features are enabled at compile time; the slices hold
+        // exactly nb blocks of weights and activations (checked in `row_dot`).
+        unsafe { super::vnni::row_dot(q, w.packed, d, m, x) }
+    }
+    #[cfg(all(kv_avx2, not(kv_vnni)))]
+    {
+        let (q, d, m) = w.row(r);
+        // SAFETY: as above, for AVX2.
+        unsafe { super::avx2::row_dot(q, w.packed, d, m, x) }
+    }
+    #[cfg(not(kv_avx2))]
+    {
+        super::portable::affine_dot(w, r, x)
+    }
+}
+
+/// Rows `r0..r0 + out.len()` of `w . x` over 8-bit weights and activations, on the
+/// calling thread (the decode team splits rows itself).
+pub fn matvec_q_rows(w: &QMat, x: &QVec, r0: usize, out: &mut [f32]) {
+    assert!(r0 + out.len() <= w.rows);
+    #[cfg(all(kv_avx2, not(kv_vnni)))]
+    {
+        let mut pairs = out.chunks_exact_mut(2);
+        let mut r = r0;
+        for o in &mut pairs {
+            // SAFETY: AVX2, FMA and F16C are enabled at compile time; `rows_dot` checks
+            // the lengths of both rows against the activations.
+            let v = unsafe { super::avx2::rows_dot2([w.row(r), w.row(r + 1)], w.packed, x) };
+            o.copy_from_slice(&v);
+            r += 2;
+        }
+        for o in pairs.into_remainder() {
+            // SAFETY: as above.
+            *o = unsafe { super::avx2::rows_dot2([w.row(r), w.row(r)], w.packed, x) }[0];
+        }
+        return;
+    }
+    #[allow(unreachable_code)]
+    matvec_q_rows_one(w, x, r0, out)
+}
+
+/// [`matvec_q_rows`] one row at a time with the single-row kernel (the AVX2 widening one
+/// on AVX2 builds); kept for `cargo bench --bench decode_kernels`.
+#[doc(hidden)]
+pub fn matvec_q_rows_one(w: &QMat, x: &QVec, r0: usize, out: &mut [f32]) {
+    assert!(r0 + out.len() <= w.rows);
+    for (i, v) in out.iter_mut().enumerate() {
+        *v = qrow_dot(w, r0 + i, x);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::kernels::{lcg, lcg_vec, matvec_f32};
+
+    #[test]
+    fn quantised_matvec_close_to_f32() {
+        let (rows, cols) = (70, 96);
+        let mut s = 7;
+        let w: Vec<f32> = lcg_vec(&mut s, rows * cols);
+        let x: Vec<f32> = lcg_vec(&mut s, cols);
+        let qm = QMat::from_f32(&w, rows, cols);
+        let mut qx = QVec::default();
+        qx.quantize_into(&x);
+        let mut a = vec![0.0; rows];
+        let mut b = vec![0.0; rows];
+        matvec_q_rows(&qm, &qx, 0, &mut a);
+        matvec_f32(&w, &x, &mut b);
+        let norm = b.iter().map(|v| v * v).sum::<f32>().sqrt();
+        let err = a
+            .iter()
+            .zip(&b)
+            .map(|(p, q)| (p - q) * (p - q))
+            .sum::<f32>()
+            .sqrt();
+        assert!(err / norm < 0.02, "relative error {}", err / norm);
+    }
+
+    /// The SIMD row kernel (when this CPU has it) equals the portable one, for packed
+    /// 4-bit and byte rows, row lengths with segment and block tails.
+    #[test]
+    fn row_kernel_equals_the_portable_one() {
+        let mut s = 11;
+        for cols in [32, 96, 576, 32 * 300] {
+            let rows = 3;
+            let w: Vec<f32> = lcg_vec(&mut s, rows * cols);
+            let x: Vec<f32> = (0..cols).map(|_| lcg(&mut s) * 3.0).collect();
+            let bytes = QMat::from_f32(&w, rows, cols);
+            // A 4-bit matrix from the byte codes' high nibbles.
+            let mut packed = bytes.clone();
+            packed.packed = true;
+            packed.q = (0..rows * cols / 2)
+                .map(|i| {
+                    let (r, rest) = (i / (cols / 2), i % (cols / 2));
+                    let (b, j) = (rest / 16, rest % 16);
+                    let at = |k: usize| bytes.q[r * cols + b * QK + k] >> 4;
+                    at(j) | (at(j + 16) << 4)
+                })
+                .collect();
+            // Byte codes without stored offsets (-128 d), as GGUF Q8_0 is held.
+            let mut sym = bytes.clone();
+            sym.m.clear();
+            let mut qx = QVec::default();
+            qx.quantize_into(&x);
+            for qm in [&bytes, &packed, &sym] {
+                let mut fast = vec![0.0; rows];
+                matvec_q_rows(qm, &qx, 0, &mut fast);
+                for (r, &f) in fast.iter().enumerate() {
+                    let e = super::super::portable::affine_dot(qm, r, &qx);
+                    assert!(
+                        (f - e).abs() <= 1e-4 * e.abs().max(1.0),
+                        "cols {cols} packed {} row {r}: {f} vs {e}",
+                        qm.packed
+                    );
+                    // The AVX2 kernel too, wherever it is compiled (also AVX-512 builds).
+                    #[cfg(kv_avx2)]
+                    {
+                        let (q, d, m) = qm.row(r);
+                        let a = unsafe { super::super::avx2::row_dot(q, qm.packed, d, m, &qx) };
+                        assert!(
+                            (a - e).abs() <= 1e-4 * e.abs().max(1.0),
+                            "avx2: cols {cols} packed {} row {r}: {a} vs {e}",
+                            qm.packed
+                        );
+                    }
+                    // And the two-row AVX2 kernel, paired with every row.
+                    #[cfg(kv_avx2)]
+                    for other in 0..rows {
+                        let [a, b] = unsafe {
+                            super::super::avx2::rows_dot2(
+                                [qm.row(r), qm.row(other)],
+                                qm.packed,
+                                &qx,
+                            )
+                        };
+                        let eo = super::super::portable::affine_dot(qm, other, &qx);
+                        assert!(
+                            (a - e).abs() <= 1e-4 * e.abs().max(1.0)
+                                && (b - eo).abs() <= 1e-4 * eo.abs().max(1.0),
+                            "avx2x2: cols {cols} packed {} rows {r},{other}: {a} vs {e}, {b} vs {eo}",
+                            qm.packed
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// The largest codes against the largest activations of either sign: VPMADDUBSW
+    /// would saturate 16 bits on whole byte codes; the kernels' block sums stay exact.
+    #[test]
+    fn extreme_codes_do_not_saturate() {
+        let cols = 32 * 19;
+        for (packed, code) in [(false, 255u8), (true, 15u8)] {
+            let rows = 3;
+            let nb = rows * cols / QK;
+            let qm = QMat {
+                rows,
+                cols,
+                packed,
+                q: if packed {
+                    vec![code | (code << 4); rows * cols / 2]
+                } else {
+                    vec![code; rows * cols]
+                },
+                d: vec![f16::ONE; nb],
+                m: vec![f16::ZERO; nb],
+            };
+            for sign in [1.0f32, -1.0] {
+                let x: Vec<f32> = vec![sign; cols];
+                let mut qx = QVec::default();
+                qx.quantize_into(&x);
+                let mut out = vec![0.0; rows];
+                matvec_q_rows(&qm, &qx, 0, &mut out);
+                // Every activation is +-127 at a scale of f16(1/127).
+                let exact = sign * (code as f32) * 127.0 * cols as f32 * qx.s[0];
+                for (r, &v) in out.iter().enumerate() {
+                    assert!(
+                        (v - exact).abs() <= 1e-5 * exact.abs(),
+                        "packed {packed} sign {sign} row {r}: {v} vs {exact}"
+                    );
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,258 @@
+//! The AVX2 row kernels of the rearranged affine store (`QMat`: Q4_1 packed nibbles,
+//! Q8_0 as bytes `code + 128`), one row and two rows at a time.
+
+use half::f16;
+use std::arch::x86_64::*;
+
+use super::hsum;
+use crate::model::quant::affine::{block_offset, check_row};
+use crate::model::quant::qvec::{QVec, QK};
+
+// One row: the kernel for AVX2 CPUs without 8-bit VNNI (Zen 2/3, older Intel): codes and
+// activations widened to 16 bits and multiplied with VPMADDWD, whose 16-bit products
+// cannot saturate (VPMADDUBSW could, for byte codes up to 255). Compiled in every AVX2
+// build so the AVX-512 machines that run CI test it too.
+
+/// One block of one row, widened to 16 bits.
+#[inline(always)]
+unsafe fn block_widened(
+    q: *const u8,
+    packed: bool,
+    b: usize,
+    xq: *const i8,
+    mask: __m128i,
+) -> __m256 {
+    let (lo, hi) = if packed {
+        let v = _mm_loadu_si128(q.add(b * QK / 2) as *const __m128i);
+        (
+            _mm_and_si128(v, mask),
+            _mm_and_si128(_mm_srli_epi16(v, 4), mask),
+        )
+    } else {
+        (
+            _mm_loadu_si128(q.add(b * QK) as *const __m128i),
+            _mm_loadu_si128(q.add(b * QK + 16) as *const __m128i),
+        )
+    };
+    let x0 = _mm_loadu_si128(xq.add(b * QK) as *const __m128i);
+    let x1 = _mm_loadu_si128(xq.add(b * QK + 16) as *const __m128i);
+    let p0 = _mm256_madd_epi16(_mm256_cvtepu8_epi16(lo), _mm256_cvtepi8_epi16(x0));
+    let p1 = _mm256_madd_epi16(_mm256_cvtepu8_epi16(hi), _mm256_cvtepi8_epi16(x1));
+    _mm256_cvtepi32_ps(_mm256_add_epi32(p0, p1))
+}
+
+/// One row against the activations (a scalar offset term).
+#[inline(always)]
+pub unsafe fn row_dot(q: &[u8], packed: bool, d: &[f16], m: &[f16], x: &QVec) -> f32 {
+    let nb = d.len();
+    check_row(q, packed, d, m, x);
+    let mask = _mm_set1_epi8(0x0f);
+    let (qp, xp) = (q.as_ptr(), x.q.as_ptr());
+    // Two accumulators so consecutive blocks do not wait on each other's FMA.
+    let mut a0 = _mm256_setzero_ps();
+    let mut a1 = _mm256_setzero_ps();
+    let mut off = 0f32;
+    let mut b = 0;
+    while b + 2 <= nb {
+        let s0 = d[b].to_f32() * x.s[b];
+        let s1 = d[b + 1].to_f32() * x.s[b + 1];
+        a0 = _mm256_fmadd_ps(
+            block_widened(qp, packed, b, xp, mask),
+            _mm256_set1_ps(s0),
+            a0,
+        );
+        a1 = _mm256_fmadd_ps(
+            block_widened(qp, packed, b + 1, xp, mask),
+            _mm256_set1_ps(s1),
+            a1,
+        );
+        off += block_offset(m, d, b) * x.sum[b] + block_offset(m, d, b + 1) * x.sum[b + 1];
+        b += 2;
+    }
+    if b < nb {
+        let s0 = d[b].to_f32() * x.s[b];
+        a0 = _mm256_fmadd_ps(
+            block_widened(qp, packed, b, xp, mask),
+            _mm256_set1_ps(s0),
+            a0,
+        );
+        off += block_offset(m, d, b) * x.sum[b];
+    }
+    let acc = _mm256_add_ps(a0, a1);
+    hsum(acc) + off
+}
+
+// Two rows: the row kernel for AVX2 CPUs without VNNI, two rows at a time (Zen 2/3, older
+// Intel). Each block's integer dot product comes from VPMADDUBSW (unsigned codes x
+// signed activations, pairs summed to 16 bits) and VPMADDWD against ones (to 32 bits):
+// a 4-bit code times an activation of at most 127 cannot saturate 16 bits; byte codes
+// (up to 255) are split into their low 7 bits and their top bit, each of which cannot
+// either, so every block's integer sum is exact, as in the widening kernel. The f16
+// scales and offsets are widened 8 blocks at a time (with `x.s` and `x.sum`) and the
+// offset term summed in a vector; two rows share every activation load. Compared with
+// [`row_dot`] only the order of the float additions differs.
+
+/// Constants of the block kernel, built once per call.
+#[derive(Clone, Copy)]
+struct K {
+    nib: __m256i,
+    low7: __m256i,
+    top: __m256i,
+    ones: __m256i,
+}
+
+/// The 32-bit lane sums of block `b` of one row (codes at `q`) times activations `xv`.
+#[inline(always)]
+unsafe fn block(q: *const u8, packed: bool, b: usize, xv: __m256i, k: K) -> __m256i {
+    if packed {
+        let v = _mm_loadu_si128(q.add(b * QK / 2) as *const __m128i);
+        // Low nibbles are elements 0..16, high nibbles 16..32: one 256-bit register
+        // of the 32 codes in order.
+        let w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), k.nib);
+        _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), k.ones)
+    } else {
+        let w = _mm256_loadu_si256(q.add(b * QK) as *const __m256i);
+        let lo = _mm256_maddubs_epi16(_mm256_and_si256(w, k.low7), xv);
+        let hi = _mm256_maddubs_epi16(_mm256_and_si256(w, k.top), xv);
+        _mm256_add_epi32(_mm256_madd_epi16(lo, k.ones), _mm256_madd_epi16(hi, k.ones))
+    }
+}
+
+/// How many rows ahead the codes are prefetched (measured on Zen 3 with 576- and
+/// 640-column Q8_0 matrices: 4 rows ahead gained less, 16 no more).
+const PF_ROWS: usize = 8;
+
+/// One row: `(codes, scales, offsets)`.
+pub type Row<'a> = (&'a [u8], &'a [f16], &'a [f16]);
+
+/// Two rows against the same activations (pass one row twice for an odd last row).
+pub unsafe fn rows_dot2(rows: [Row; 2], packed: bool, x: &QVec) -> [f32; 2] {
+    let sym = rows[0].2.is_empty();
+    match (packed, sym) {
+        (true, false) => rows_dot2_fmt::<true, false>(rows, x),
+        (true, true) => rows_dot2_fmt::<true, true>(rows, x),
+        (false, false) => rows_dot2_fmt::<false, false>(rows, x),
+        (false, true) => rows_dot2_fmt::<false, true>(rows, x),
+    }
+}
+
+/// `SYM`: both rows without stored offsets (`-128 d`).
+#[inline(always)]
+unsafe fn rows_dot2_fmt<const PACKED: bool, const SYM: bool>(rows: [Row; 2], x: &QVec) -> [f32; 2] {
+    let nb = rows[0].1.len();
+    let mut bpb = 0;
+    for &(q, d, m) in &rows {
+        assert!(d.len() == nb && m.is_empty() == SYM);
+        bpb = check_row(q, PACKED, d, m, x);
+    }
+    let k = K {
+        nib: _mm256_set1_epi8(0x0f),
+        low7: _mm256_set1_epi8(0x7f),
+        top: _mm256_set1_epi8(-128),
+        ones: _mm256_set1_epi16(1),
+    };
+    let xp = x.q.as_ptr();
+    let (q0, q1) = (rows[0].0.as_ptr(), rows[1].0.as_ptr());
+    // Row 0 in a*, row 1 in c*; two chains each so consecutive blocks do not wait
+    // on each other's FMA.
+    let (mut a0, mut a1, mut c0, mut c1) = (
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+        _mm256_setzero_ps(),
+    );
+    let (mut off0, mut off1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let (d0, d1) = (rows[0].1.as_ptr(), rows[1].1.as_ptr());
+    let (m0, m1) = (rows[0].2.as_ptr(), rows[1].2.as_ptr());
+    let ones = _mm256_set1_epi32(1);
+    let row_bytes = nb * bpb;
+    // Ask for the codes of the rows a few pairs ahead (rows lie one after another):
+    // the hardware prefetcher alone leaves these loads waiting on memory. Wrapping
+    // arithmetic: past the end of the matrix the address is never dereferenced (a
+    // prefetch does not fault), but `add` beyond the allocation would be UB.
+    let ahead = q0.wrapping_add(PF_ROWS * row_bytes);
+    let mut l = 0;
+    while l < 2 * row_bytes {
+        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(l) as *const i8);
+        l += 64;
+    }
+    let mut b0 = 0;
+    // Segments of 8 blocks: scales and offsets 8 at a time, each block's scale
+    // broadcast from its lane (held in a register: a store and 4-byte reloads would
+    // wait on store forwarding).
+    while b0 + 8 <= nb {
+        let xs = _mm256_loadu_ps(x.s.as_ptr().add(b0));
+        let xsum = _mm256_loadu_ps(x.sum.as_ptr().add(b0));
+        let f16x8 = |p: *const f16| _mm256_cvtph_ps(_mm_loadu_si128(p.add(b0) as *const __m128i));
+        let sc0 = _mm256_mul_ps(f16x8(d0), xs);
+        let sc1 = _mm256_mul_ps(f16x8(d1), xs);
+        let (o0, o1) = if SYM {
+            let k128 = _mm256_set1_ps(-128.0);
+            (
+                _mm256_mul_ps(f16x8(d0), k128),
+                _mm256_mul_ps(f16x8(d1), k128),
+            )
+        } else {
+            (f16x8(m0), f16x8(m1))
+        };
+        off0 = _mm256_fmadd_ps(o0, xsum, off0);
+        off1 = _mm256_fmadd_ps(o1, xsum, off1);
+        let mut idx = _mm256_setzero_si256();
+        for j in (0..8).step_by(2) {
+            let b = b0 + j;
+            let idx1 = _mm256_add_epi32(idx, ones);
+            let x0 = _mm256_loadu_si256(xp.add(b * QK) as *const __m256i);
+            let x1 = _mm256_loadu_si256(xp.add((b + 1) * QK) as *const __m256i);
+            let p = block(q0, PACKED, b, x0, k);
+            a0 = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(p),
+                _mm256_permutevar8x32_ps(sc0, idx),
+                a0,
+            );
+            let p = block(q1, PACKED, b, x0, k);
+            c0 = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(p),
+                _mm256_permutevar8x32_ps(sc1, idx),
+                c0,
+            );
+            let p = block(q0, PACKED, b + 1, x1, k);
+            a1 = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(p),
+                _mm256_permutevar8x32_ps(sc0, idx1),
+                a1,
+            );
+            let p = block(q1, PACKED, b + 1, x1, k);
+            c1 = _mm256_fmadd_ps(
+                _mm256_cvtepi32_ps(p),
+                _mm256_permutevar8x32_ps(sc1, idx1),
+                c1,
+            );
+            idx = _mm256_add_epi32(idx1, ones);
+        }
+        b0 += 8;
+    }
+    // The last nb % 8 blocks one at a time.
+    let (mut t0, mut t1) = (0f32, 0f32);
+    for b in b0..nb {
+        let x0 = _mm256_loadu_si256(xp.add(b * QK) as *const __m256i);
+        let (xs, xsum) = (*x.s.get_unchecked(b), *x.sum.get_unchecked(b));
+        let p = block(q0, PACKED, b, x0, k);
+        a0 = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(p),
+            _mm256_set1_ps((*d0.add(b)).to_f32() * xs),
+            a0,
+        );
+        let p = block(q1, PACKED, b, x0, k);
+        c0 = _mm256_fmadd_ps(
+            _mm256_cvtepi32_ps(p),
+            _mm256_set1_ps((*d1.add(b)).to_f32() * xs),
+            c0,
+        );
+        t0 += block_offset(rows[0].2, rows[0].1, b) * xsum;
+        t1 += block_offset(rows[1].2, rows[1].1, b) * xsum;
+    }
+    [
+        hsum(_mm256_add_ps(a0, a1)) + (hsum(off0) + t0),
+        hsum(_mm256_add_ps(c0, c1)) + (hsum(off1) + t1),
+    ]
+}
