@@ -125,7 +125,11 @@ fn app() -> App {
         ranks: vec![vec![(1..=LEN as u32).collect(); KV]; LAYERS],
         strips: Arc::new(
             (0..LAYERS)
-                .map(|l| (0..HEADS).map(|h| per_pos((l * HEADS + h) as u64)).collect())
+                .map(|l| {
+                    (0..HEADS)
+                        .map(|h| per_pos((l * HEADS + h) as u64))
+                        .collect()
+                })
                 .collect(),
         ),
         select_ms: 1.0,
