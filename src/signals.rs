@@ -19,6 +19,9 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 pub struct Cleanup {
     /// Restores the terminal; set while the inspector owns it.
     pub restore_terminal: Option<fn()>,
+    /// Takes the terminal back after `fg` (raw mode, alternate screen) and asks for a
+    /// full redraw; set while the inspector owns it.
+    pub resume_terminal: Option<Box<dyn Fn() + Send>>,
     /// Folders to remove, with the id of their registration.
     dirs: Vec<(u64, PathBuf)>,
     /// Child processes to stop, with the id of their registration.
@@ -28,6 +31,7 @@ pub struct Cleanup {
 
 static CLEANUP: Mutex<Cleanup> = Mutex::new(Cleanup {
     restore_terminal: None,
+    resume_terminal: None,
     dirs: Vec::new(),
     children: Vec::new(),
     next_id: 0,
@@ -92,6 +96,54 @@ pub fn default_sigpipe() {
     }
 }
 
+/// Ctrl-Z (SIGTSTP, from the terminal or `kill -TSTP`) while the inspector owns the
+/// terminal: restore it, stop the process as the default action does, and after `fg`
+/// (SIGCONT) take it back and redraw ([`Cleanup::resume_terminal`]). Without a terminal
+/// to restore the process just stops. Call once the terminal is in raw mode; a failure
+/// to install leaves SIGTSTP's default action (stopping without a restore).
+pub fn suspend_with_terminal() {
+    static STARTED: OnceLock<()> = OnceLock::new();
+    STARTED.get_or_init(|| {
+        #[cfg(unix)]
+        {
+            use signal_hook::consts::SIGTSTP;
+            let Ok(mut signals) = signal_hook::iterator::Signals::new([SIGTSTP]) else {
+                return;
+            };
+            let handle = signals.handle();
+            let spawned = std::thread::Builder::new()
+                .name("kvscope-suspend".into())
+                .spawn(move || {
+                    for _ in signals.forever() {
+                        // Held while stopped and until the terminal is back: no frame is
+                        // drawn on a restored terminal.
+                        let c = lock();
+                        if let Some(restore) = c.restore_terminal {
+                            restore();
+                        }
+                        let _ = signal_hook::low_level::emulate_default_handler(SIGTSTP);
+                        if let Some(resume) = &c.resume_terminal {
+                            resume();
+                        }
+                    }
+                });
+            if spawned.is_err() {
+                handle.close();
+            }
+        }
+    });
+}
+
+/// Stops the process as Ctrl-Z does in a shell (the inspector reads Ctrl-Z as a key in
+/// raw mode, so it raises the signal itself; [`suspend_with_terminal`] handles it).
+pub fn suspend() {
+    #[cfg(unix)]
+    // SAFETY: kill has no memory-safety requirements.
+    unsafe {
+        libc::kill(libc::getpid(), libc::SIGTSTP);
+    }
+}
+
 /// Starts the watcher thread once. A failure to install (no threads left) leaves the
 /// default actions in place: the process still ends on the signal, without cleanup.
 fn watch() {
@@ -120,13 +172,33 @@ fn watch() {
     });
 }
 
+/// Ends the process with `kvscope: error: MSG` and status 1 after the same cleanup a
+/// signal gets (terminal, children, temporary files): for a failure that cannot be
+/// returned as an error, such as a chat template whose rendering outgrows its memory
+/// bound on another thread.
+pub fn fail(msg: &str) -> ! {
+    let c = lock();
+    cleanup(&c);
+    eprintln!("kvscope: error: {msg}");
+    std::process::exit(1);
+}
+
 #[cfg(unix)]
 fn ending(sig: i32) -> ! {
     // Held until the process ends: no frame is drawn after the terminal is restored.
     let c = lock();
+    cleanup(&c);
+    let _ = signal_hook::low_level::emulate_default_handler(sig);
+    // Only reached if the default action could not be restored.
+    std::process::exit(128 + sig);
+}
+
+/// Restores the terminal, stops the children and removes the temporary files.
+fn cleanup(c: &Cleanup) {
     if let Some(restore) = c.restore_terminal {
         restore();
     }
+    #[cfg(unix)]
     for &(_, pid) in &c.children {
         if let Ok(pid) = libc::pid_t::try_from(pid) {
             // SAFETY: kill has no memory-safety requirements.
@@ -143,9 +215,6 @@ fn ending(sig: i32) -> ! {
             let _ = std::fs::remove_file(d);
         }
     }
-    let _ = signal_hook::low_level::emulate_default_handler(sig);
-    // Only reached if the default action could not be restored.
-    std::process::exit(128 + sig);
 }
 
 /// Whether process `pid` exists (for sweeping the folders of fetches that were killed

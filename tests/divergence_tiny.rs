@@ -420,3 +420,64 @@ fn oracle_runs_through_a_session_and_explain_rescues_it() {
     assert_eq!(r.oracle_gap.kept_overlap_with_oracle, 1.0);
     assert!(r.rescue.is_some());
 }
+
+/// Issue 22 item 9: on a model with a sliding-window layer the oracle follows the same
+/// sliding-layer rules as the method it is compared with. Without `evict_sliding` the
+/// sliding layer keeps its window (both ways); with it, the registry's `oracle` selects
+/// inside the window (no "oracle needs the full-cache generation's attention" from the
+/// window's sub-selection), and `oracle_keep` at a method's budgets chooses the same
+/// way, inside the window, at that budget.
+#[test]
+fn oracle_follows_the_sliding_layer_rules() {
+    const S: usize = 16;
+    let mut cfg = testing::tiny_config(VOCAB, 256);
+    cfg.layers[0].window = Some(S);
+    let w = testing::random_weights(&cfg, 7);
+    let m = Model::new(cfg, w).expect("model");
+    let ids = testing::random_ids(LEN, VOCAB, 3);
+    let trace = m.prefill(&ids, 16, &mut |_, _| {}).expect("prefill");
+    let windowed = kvscope::keepset::full_keep(&trace);
+    let gen = m
+        .generate(&trace, &windowed, NEW, &[], None)
+        .expect("generate");
+    let (full, _) = FullPass::compute(&m, &trace, &gen, None).expect("full pass");
+    let future = full.future(&trace.dims);
+    for evict_sliding in [false, true] {
+        let mut s = Settings {
+            method: Method::named("oracle").expect("oracle is registered"),
+            budget: 8,
+            window: 4,
+            ..Settings::default()
+        };
+        s.knobs.insert(
+            "evict_sliding".into(),
+            eviction::KnobValue::Bool(evict_sliding),
+        );
+        let sel = eviction::select(&eviction::Request::new(&trace, &s).future(Some(&future)))
+            .expect("oracle selects on a model with a sliding layer");
+        let sliding = &sel.keep.positions[0];
+        if evict_sliding {
+            for head in sliding {
+                assert_eq!(head.len(), 8, "budget 8 inside the window: {head:?}");
+                assert!(head.iter().all(|&p| p >= LEN - S), "{head:?}");
+            }
+        } else {
+            assert_eq!(sliding, &windowed.positions[0]);
+        }
+        // The analysis' oracle at these budgets is the registry's choice.
+        let oracle = divergence::oracle_keep(&full, &trace, &sel.layer_budgets, s.window);
+        assert_eq!(oracle, sel.keep, "evict_sliding {evict_sliding}");
+
+        // Against snapkv with the same rules: the oracle's sliding layer is cut to the
+        // method's budget too, so overlap compares like with like.
+        let snap = Settings {
+            method: kvscope::eviction::snapkv::METHOD,
+            ..s.clone()
+        };
+        let ssel = eviction::select(&eviction::Request::new(&trace, &snap)).expect("snapkv");
+        let o = divergence::oracle_keep(&full, &trace, &ssel.layer_budgets, snap.window);
+        for (oh, sh) in o.positions[0].iter().zip(&ssel.keep.positions[0]) {
+            assert_eq!(oh.len(), sh.len(), "same sliding-layer budget");
+        }
+    }
+}

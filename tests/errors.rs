@@ -2,134 +2,58 @@
 //! `kvscope: error: ...` line naming the problem, never a panic. Plus one happy-path run
 //! of `kvscope run --json` on a tiny GGUF, checking the report's contract (DESIGN.md).
 
+mod common;
+
+use common::cli::*;
 use kvscope::testing::{self, GgufSpec};
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
-/// A fresh KVSCOPE_HOME and a folder for the test's files.
-struct Env {
-    dir: PathBuf,
-    home: PathBuf,
-}
-
-impl Env {
-    fn new(tag: &str) -> Env {
-        let dir = testing::temp_dir(tag);
-        let home = dir.join("home");
-        std::fs::create_dir_all(&home).expect("create home");
-        Env { dir, home }
-    }
-
-    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let p = self.dir.join(name);
-        std::fs::write(&p, bytes).expect("write test file");
-        p
-    }
-
-    fn prompt(&self) -> PathBuf {
-        self.file(
-            "prompt.txt",
-            "The cat sat in the sun, then the dog came in.".as_bytes(),
-        )
-    }
-
-    fn gguf(&self, name: &str, spec: &GgufSpec) -> PathBuf {
-        let p = self.dir.join(name);
-        testing::write_tiny_gguf(&p, spec).expect("write tiny gguf");
-        p
-    }
-
-    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_kvscope"));
-        c.args(args)
-            .env("KVSCOPE_HOME", &self.home)
-            .env_remove("RUST_BACKTRACE")
-            .env_remove("KVSCOPE_PYTHON");
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        c.output().expect("run the kvscope binary")
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// Non-zero exit, no panic, and stderr is exactly one line `kvscope: error: ...` that
-/// contains every needle (case-insensitive).
-fn assert_error(out: &Output, needles: &[&str]) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        !out.status.success(),
-        "expected failure, got success; stderr: {err}"
-    );
-    assert!(!err.contains("panicked"), "panic: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "stderr should be one line, got: {err}");
-    check_error_line(lines[0], needles);
-    err
-}
-
-fn check_error_line(line: &str, needles: &[&str]) {
-    assert!(
-        line.starts_with("kvscope: error:"),
-        "error line has the wrong prefix: {line}"
-    );
-    let lower = line.to_lowercase();
-    for n in needles {
-        assert!(
-            lower.contains(&n.to_lowercase()),
-            "error line does not mention '{n}': {line}"
-        );
-    }
+/// The prompt these tests were written with (token counts below depend on it).
+fn short_prompt(e: &Env) -> std::path::PathBuf {
+    e.file(
+        "prompt.txt",
+        "The cat sat in the sun, then the dog came in.".as_bytes(),
+    )
 }
 
 #[test]
 fn missing_model_file() {
     let e = Env::new("missing-model");
-    let p = e.prompt();
-    let out = e.run(&["run", s(&p), "--model", "/nonexistent.gguf"], &[]);
+    let p = short_prompt(&e);
+    let out = e.run(&["run", s(&p), "--model", "/nonexistent.gguf"]);
     assert_error(&out, &["/nonexistent.gguf", "not found"]);
 }
 
 #[test]
 fn model_is_a_folder() {
     let e = Env::new("model-folder");
-    let p = e.prompt();
-    let out = e.run(&["run", s(&p), "--model", s(&e.dir)], &[]);
+    let p = short_prompt(&e);
+    let out = e.run(&["run", s(&p), "--model", s(&e.dir)]);
     assert_error(&out, &["folder"]);
 }
 
 #[test]
 fn not_a_gguf_file() {
     let e = Env::new("not-gguf");
-    let p = e.prompt();
+    let p = short_prompt(&e);
     let m = e.file("model.gguf", b"this is plain text, not a model\n");
-    let out = e.run(&["run", s(&p), "--model", s(&m)], &[]);
+    let out = e.run(&["run", s(&p), "--model", s(&m)]);
     assert_error(&out, &[s(&m), "not a GGUF"]);
     let empty = e.file("empty.gguf", b"");
-    let out = e.run(&["run", s(&p), "--model", s(&empty)], &[]);
+    let out = e.run(&["run", s(&p), "--model", s(&empty)]);
     assert_error(&out, &["not a GGUF"]);
 }
 
 #[test]
 fn truncated_gguf() {
     let e = Env::new("truncated");
-    let p = e.prompt();
-    let full = std::fs::read(e.gguf("full.gguf", &GgufSpec::default())).expect("read");
+    let p = short_prompt(&e);
+    let full = std::fs::read(e.gguf_with("full.gguf", &GgufSpec::default())).expect("read");
     let n = full.len();
     // In the magic, the header counts, the metadata, the tensor infos, the tensor data.
     for cut in [2, 8, 20, 600, 5_000, n / 2, n - 1] {
         let m = e.file(&format!("cut{cut}.gguf"), &full[..cut]);
-        let out = e.run(&["run", s(&p), "--model", s(&m)], &[]);
+        let out = e.run(&["run", s(&p), "--model", s(&m)]);
         let err = assert_error(&out, &[s(&m)]);
         let l = err.to_lowercase();
         assert!(
@@ -145,11 +69,11 @@ fn truncated_gguf() {
 #[test]
 fn truncated_gguf_error_is_one_line_with_rust_backtrace_set() {
     let e = Env::new("truncated-bt");
-    let p = e.prompt();
-    let full = std::fs::read(e.gguf("full.gguf", &GgufSpec::default())).expect("read");
+    let p = short_prompt(&e);
+    let full = std::fs::read(e.gguf_with("full.gguf", &GgufSpec::default())).expect("read");
     for cut in [600, full.len() / 2] {
         let m = e.file(&format!("cut{cut}.gguf"), &full[..cut]);
-        let out = e.run(
+        let out = e.run_with(
             &["run", s(&p), "--model", s(&m)],
             &[("RUST_BACKTRACE", "1")],
         );
@@ -160,13 +84,13 @@ fn truncated_gguf_error_is_one_line_with_rust_backtrace_set() {
 #[test]
 fn gguf_of_another_architecture() {
     let e = Env::new("gpt2-arch");
-    let p = e.prompt();
+    let p = short_prompt(&e);
     let spec = GgufSpec {
         arch: "gpt2".into(),
         ..GgufSpec::default()
     };
-    let m = e.gguf("gpt2.gguf", &spec);
-    let out = e.run(&["run", s(&p), "--model", s(&m)], &[]);
+    let m = e.gguf_with("gpt2.gguf", &spec);
+    let out = e.run(&["run", s(&p), "--model", s(&m)]);
     assert_error(&out, &["unsupported architecture", "gpt2", "llama"]);
 }
 
@@ -177,41 +101,41 @@ fn prompt_longer_than_the_context() {
         context_length: 64,
         ..GgufSpec::default()
     };
-    let m = e.gguf("ctx64.gguf", &spec);
+    let m = e.gguf_with("ctx64.gguf", &spec);
     let long = "a b c d e f g h i j k l m n o p ".repeat(8);
     let p = e.file("long.txt", long.as_bytes());
     for max_new in ["1", "32"] {
-        let out = e.run(&["run", s(&p), "--model", s(&m), "--max-new", max_new], &[]);
+        let out = e.run(&["run", s(&p), "--model", s(&m), "--max-new", max_new]);
         assert_error(&out, &["context", "64 tokens"]);
     }
     // The prompt alone fits but not with the tokens to generate.
     let p = e.file("short.txt", "a b c d e f g h i j".as_bytes());
-    let out = e.run(&["run", s(&p), "--model", s(&m), "--max-new", "60"], &[]);
+    let out = e.run(&["run", s(&p), "--model", s(&m), "--max-new", "60"]);
     assert_error(&out, &["context", "--max-new"]);
 }
 
 #[test]
 fn unreadable_prompt_file() {
     let e = Env::new("prompt-file");
-    let m = e.gguf("tiny.gguf", &GgufSpec::default());
+    let m = e.gguf_with("tiny.gguf", &GgufSpec::default());
     let missing = e.dir.join("no-such-prompt.txt");
-    let out = e.run(&["run", s(&missing), "--model", s(&m)], &[]);
+    let out = e.run(&["run", s(&missing), "--model", s(&m)]);
     assert_error(&out, &["prompt file", s(&missing)]);
-    let out = e.run(&["run", s(&e.dir), "--model", s(&m)], &[]);
+    let out = e.run(&["run", s(&e.dir), "--model", s(&m)]);
     assert_error(&out, &["prompt file", s(&e.dir)]);
     let empty = e.file("empty.txt", b" \n");
-    let out = e.run(&["run", s(&empty), "--model", s(&m)], &[]);
+    let out = e.run(&["run", s(&empty), "--model", s(&m)]);
     assert_error(&out, &["empty"]);
     let binary = e.file("binary.txt", &[0xff, 0xfe, 0x00, 0x80]);
-    let out = e.run(&["run", s(&binary), "--model", s(&m)], &[]);
+    let out = e.run(&["run", s(&binary), "--model", s(&m)]);
     assert_error(&out, &["UTF-8"]);
 }
 
 #[test]
 fn no_pip_for_the_default_model() {
     let e = Env::new("no-pip");
-    let p = e.prompt();
-    let out = e.run(
+    let p = short_prompt(&e);
+    let out = e.run_with(
         &["run", s(&p)],
         &[("KVSCOPE_PYTHON", "/nonexistent/python3")],
     );
@@ -238,8 +162,8 @@ fn no_pip_for_the_default_model() {
 #[test]
 fn bad_eviction_settings() {
     let e = Env::new("bad-settings");
-    let p = e.prompt();
-    let m = e.gguf("tiny.gguf", &GgufSpec::default());
+    let p = short_prompt(&e);
+    let m = e.gguf_with("tiny.gguf", &GgufSpec::default());
     let cases: [(&[&str], &[&str]); 5] = [
         (&["--budget", "0"], &["budget", "got 0"]),
         (&["--window", "65"], &["window", "64", "65"]),
@@ -256,7 +180,7 @@ fn bad_eviction_settings() {
             args.extend_from_slice(&["--method", "snapkv"]);
         }
         args.extend_from_slice(flags);
-        let out = e.run(&args, &[]);
+        let out = e.run(&args);
         assert_error(&out, needles);
     }
 }
@@ -277,23 +201,20 @@ fn ids(v: &Value) -> Vec<u64> {
 fn run_json_report_on_a_tiny_gguf() {
     let e = Env::new("happy");
     let cfg_spec = GgufSpec::default();
-    let m = e.gguf("tiny.gguf", &cfg_spec);
+    let m = e.gguf_with("tiny.gguf", &cfg_spec);
     let cfg = testing::tiny_gguf_config(&cfg_spec);
-    let p = e.prompt();
-    let out = e.run(
-        &[
-            "run",
-            s(&p),
-            "--model",
-            s(&m),
-            "--method",
-            "snapkv",
-            "--budget",
-            "16",
-            "--json",
-        ],
-        &[],
-    );
+    let p = short_prompt(&e);
+    let out = e.run(&[
+        "run",
+        s(&p),
+        "--model",
+        s(&m),
+        "--method",
+        "snapkv",
+        "--budget",
+        "16",
+        "--json",
+    ]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "kvscope run failed: {err}");
     let r: Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
@@ -415,15 +336,15 @@ fn run_json_report_on_a_tiny_gguf() {
 #[test]
 fn layer_budgets_from_a_saved_budget_file() {
     let env = Env::new("budget-file");
-    let model = env.gguf("tiny.gguf", &GgufSpec::default());
-    let prompt = env.prompt();
+    let model = env.gguf_with("tiny.gguf", &GgufSpec::default());
+    let prompt = short_prompt(&env);
     // A budget saved from the inspector lives in $KVSCOPE_CONFIG/budgets/NAME.json.
     let config = env.dir.join("config");
     let saved = kvscope::tui::files::save_budgets(&config.join("budgets"), "tuned", &[8, 12])
         .expect("save budgets");
     let cfg = config.to_str().expect("utf-8 path");
     for reference in ["@tuned".to_string(), format!("@{}", s(&saved))] {
-        let out = env.run(
+        let out = env.run_with(
             &[
                 "run",
                 s(&prompt),
@@ -448,7 +369,7 @@ fn layer_budgets_from_a_saved_budget_file() {
         assert_eq!(r["settings"]["layer_budgets"], serde_json::json!([8, 12]));
         assert_eq!(r["settings"]["allocator"], "manual");
     }
-    let out = env.run(
+    let out = env.run_with(
         &[
             "run",
             s(&prompt),

@@ -2,76 +2,42 @@
 //! the unsharded run's records (decode times aside: they are measured, not computed),
 //! and the same tables and figures, byte for byte. A missing shard is one error line and nothing is written.
 
-use kvscope::testing::{self, GgufSpec};
+mod common;
+
+use common::cli::*;
+use kvscope::testing::GgufSpec;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::Output;
 
-struct Env {
-    dir: PathBuf,
-    gguf: PathBuf,
-}
-
-impl Env {
-    fn new(tag: &str) -> Env {
-        let dir = testing::temp_dir(tag);
-        let gguf = dir.join("tiny.gguf");
-        let spec = GgufSpec {
-            context_length: 2048,
-            ..GgufSpec::default()
-        };
-        testing::write_tiny_gguf(&gguf, &spec).unwrap();
-        Env { dir, gguf }
+/// `eval niah` on the 2048-token tiny GGUF, a small grid, optionally one shard.
+fn niah(env: &Env, out: &Path, shard: Option<&str>) -> Output {
+    let model = env.path("tiny.gguf");
+    let mut a = vec![
+        "eval",
+        "niah",
+        "--lengths",
+        "300,700",
+        "--depths",
+        "0,100",
+        "--budgets",
+        "16,10%",
+        "--windows",
+        "8",
+        "--methods",
+        "snapkv,h2o",
+        "--max-new",
+        "3",
+        "--quiet",
+        "--model",
+        s(&model),
+        "--out",
+        s(out),
+    ];
+    if let Some(k) = shard {
+        a.extend(["--shard", k]);
     }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_kvscope"))
-            .args(args)
-            .env("KVSCOPE_HOME", self.dir.join("home"))
-            .env_remove("RUST_BACKTRACE")
-            .env_remove("SLURM_ARRAY_TASK_ID")
-            .env_remove("JOB_COMPLETION_INDEX")
-            .output()
-            .unwrap()
-    }
-
-    fn niah(&self, out: &Path, shard: Option<&str>) -> Output {
-        let mut a = vec![
-            "eval",
-            "niah",
-            "--lengths",
-            "300,700",
-            "--depths",
-            "0,100",
-            "--budgets",
-            "16,10%",
-            "--windows",
-            "8",
-            "--methods",
-            "snapkv,h2o",
-            "--max-new",
-            "3",
-            "--quiet",
-            "--model",
-            self.gguf.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ];
-        if let Some(s) = shard {
-            a.extend(["--shard", s]);
-        }
-        self.run(&a)
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn ok(o: &Output) {
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    env.run(&a)
 }
 
 /// The records without their measured decode times.
@@ -92,12 +58,19 @@ fn records(dir: &Path) -> Vec<Value> {
 #[test]
 fn merged_shards_equal_the_unsharded_run() {
     let env = Env::new("eval-shards");
+    env.gguf_with(
+        "tiny.gguf",
+        &GgufSpec {
+            context_length: 2048,
+            ..GgufSpec::default()
+        },
+    );
     let whole = env.dir.join("whole");
-    ok(&env.niah(&whole, None));
+    ok(&niah(&env, &whole, None));
     let mut dirs = Vec::new();
     for k in 0..3 {
         let d = env.dir.join(format!("s{k}"));
-        let o = env.niah(&d, Some(&format!("{k}/3")));
+        let o = niah(&env, &d, Some(&format!("{k}/3")));
         ok(&o);
         // A shard writes its records and grid, no tables or figures.
         assert!(d.join("grid.json").is_file());

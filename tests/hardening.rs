@@ -4,135 +4,13 @@
 //! binary on a tiny GGUF (or no model at all) and checks what a user sees: one line of
 //! error naming the cause, no panic, no hang, nothing left behind.
 
-use candle_core::quantized::gguf_file::{self, Value};
-use kvscope::testing::{self, GgufSpec};
-use serde_json::Value as Json;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod common;
+
+use candle_core::quantized::gguf_file::Value;
+use common::cli::*;
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-/// A fresh KVSCOPE_HOME / KVSCOPE_CONFIG and a folder for the test's files.
-struct Env {
-    dir: PathBuf,
-    home: PathBuf,
-}
-
-impl Env {
-    fn new(tag: &str) -> Env {
-        let dir = testing::temp_dir(tag);
-        let home = dir.join("home");
-        std::fs::create_dir_all(&home).expect("create home");
-        Env { dir, home }
-    }
-
-    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let p = self.dir.join(name);
-        std::fs::write(&p, bytes).expect("write test file");
-        p
-    }
-
-    fn prompt(&self) -> PathBuf {
-        self.file(
-            "prompt.txt",
-            "The cat sat in the sun, then the dog came in. Where did the cat sit?".as_bytes(),
-        )
-    }
-
-    fn gguf(&self) -> PathBuf {
-        let p = self.dir.join("tiny.gguf");
-        if !p.exists() {
-            testing::write_tiny_gguf(&p, &GgufSpec::default()).expect("write tiny gguf");
-        }
-        p
-    }
-
-    fn command(&self, args: &[&str], env: &[(&str, &str)]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_kvscope"));
-        c.args(args)
-            .env("KVSCOPE_HOME", &self.home)
-            .env("KVSCOPE_CONFIG", self.dir.join("config"))
-            .env_remove("RUST_BACKTRACE")
-            .env_remove("KVSCOPE_PYTHON")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        for (k, v) in env {
-            c.env(k, v);
-        }
-        c
-    }
-
-    /// Runs to the end, failing the test (and killing the process) after 60 s: a hang
-    /// is a bug here.
-    fn run(&self, args: &[&str], env: &[(&str, &str)]) -> Output {
-        let child = self.command(args, env).spawn().expect("run kvscope");
-        finish(child, 60, args)
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn finish(mut child: Child, secs: u64, what: &[&str]) -> Output {
-    let t = Instant::now();
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if t.elapsed() > Duration::from_secs(secs) {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "kvscope {what:?} hung for {secs} s; stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// Non-zero exit, no panic, and stderr is one line `kvscope: error: ...` holding every
-/// needle (case-insensitive).
-fn assert_error(out: &Output, needles: &[&str]) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "expected failure; stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "stderr should be one line, got: {err}");
-    assert!(lines[0].starts_with("kvscope: error:"), "{err}");
-    let lower = lines[0].to_lowercase();
-    for n in needles {
-        assert!(
-            lower.contains(&n.to_lowercase()),
-            "error line does not mention '{n}': {err}"
-        );
-    }
-    err
-}
-
-fn ok(out: &Output) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "kvscope failed: {err}");
-    err
-}
-
-fn report(out: &Output) -> Json {
-    ok(out);
-    serde_json::from_slice(&out.stdout).expect("stdout is one JSON report")
-}
-
-#[cfg(unix)]
-fn mkfifo(p: &Path) {
-    let st = Command::new("mkfifo").arg(p).status().expect("mkfifo");
-    assert!(st.success());
-}
 
 // ---------------------------------------------------------------- 2. broken pipes
 
@@ -166,7 +44,7 @@ fn closed_stdout_ends_quietly() {
         // A pipe whose reading end is closed before kvscope writes anything.
         let (reader, writer) = std::io::pipe().expect("pipe");
         drop(reader);
-        let mut c = e.command(args, &[]);
+        let mut c = e.command(args);
         c.stdout(writer);
         let out = finish(c.spawn().expect("spawn"), 60, args);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -196,22 +74,19 @@ fn huge_budgets_keep_everything() {
         "9223372036854775808",
     ] {
         for method in ["snapkv", "pyramidkv", "adakv", "h2o", "streamingllm"] {
-            let out = e.run(
-                &[
-                    "run",
-                    s(&p),
-                    "--model",
-                    s(&m),
-                    "--method",
-                    method,
-                    "--budget",
-                    budget,
-                    "--max-new",
-                    "2",
-                    "--json",
-                ],
-                &[],
-            );
+            let out = e.run(&[
+                "run",
+                s(&p),
+                "--model",
+                s(&m),
+                "--method",
+                method,
+                "--budget",
+                budget,
+                "--max-new",
+                "2",
+                "--json",
+            ]);
             let r = report(&out);
             let c = &r["compressed"];
             assert_eq!(
@@ -248,7 +123,7 @@ fn negative_and_oversized_numbers_name_the_problem() {
     for (flags, needles) in cases {
         let mut args = vec!["run", s(&p), "--model", s(&m), "--method", "snapkv"];
         args.extend_from_slice(flags);
-        let out = e.run(&args, &[]);
+        let out = e.run(&args);
         let err = assert_error(&out, needles);
         assert!(!err.contains("-- -1"), "misleading advice: {err}");
     }
@@ -328,7 +203,7 @@ fn devices_and_fifos_are_refused_at_once() {
         ),
     ];
     for (args, needles) in cases {
-        let out = e.run(&args, &[]);
+        let out = e.run(&args);
         let err = assert_error(&out, needles);
         assert!(!err.contains("delete it"), "bad advice for a device: {err}");
     }
@@ -342,39 +217,11 @@ fn oversized_prompt_is_refused_before_reading_it_all() {
     let f = std::fs::File::create(&big).expect("create");
     // Sparse: 1 GiB on the file system costs nothing.
     f.set_len(1 << 30).expect("set_len");
-    let out = e.run(&["run", s(&big), "--model", s(&m)], &[]);
+    let out = e.run(&["run", s(&big), "--model", s(&m)]);
     assert_error(&out, &["prompt file", "at most"]);
 }
 
 // ---------------------------------------------------------------- GGUF metadata
-
-/// The tiny GGUF with its metadata edited by `edit`, written to `name`.
-fn edited_gguf(e: &Env, name: &str, edit: impl FnOnce(&mut Vec<(String, Value)>)) -> PathBuf {
-    let src = e.gguf();
-    let mut f = std::fs::File::open(&src).expect("open");
-    let content = gguf_file::Content::read(&mut f).expect("read tiny gguf");
-    let mut md: Vec<(String, Value)> = content.metadata.clone().into_iter().collect();
-    md.sort_by(|a, b| a.0.cmp(&b.0));
-    edit(&mut md);
-    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
-    names.sort();
-    let tensors: Vec<(String, candle_core::quantized::QTensor)> = names
-        .iter()
-        .map(|n| {
-            let t = content
-                .tensor(&mut f, n, &candle_core::Device::Cpu)
-                .expect("tensor");
-            (n.to_string(), t)
-        })
-        .collect();
-    let dst = e.dir.join(name);
-    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let t_refs: Vec<(&str, &candle_core::quantized::QTensor)> =
-        tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut w = std::fs::File::create(&dst).expect("create");
-    gguf_file::write(&mut w, &md_refs, &t_refs).expect("write gguf");
-    dst
-}
 
 /// An edit of a GGUF's metadata.
 type Edit = Box<dyn FnOnce(&mut Vec<(String, Value)>)>;
@@ -423,7 +270,7 @@ fn absurd_gguf_metadata_is_refused_by_name() {
     ];
     for (name, edit, needles) in cases {
         let m = edited_gguf(&e, name, edit);
-        let out = e.run(&["run", s(&p), "--model", s(&m)], &[]);
+        let out = e.run(&["run", s(&p), "--model", s(&m)]);
         assert_error(&out, &needles);
     }
 }
@@ -451,7 +298,7 @@ fn a_tensor_whose_type_does_not_match_its_bytes_is_refused() {
     assert_eq!(bytes[at..at + 4], 0u32.to_le_bytes());
     bytes[at..at + 4].copy_from_slice(&1u32.to_le_bytes());
     let m = e.file("dtype.gguf", &bytes);
-    let out = e.run(&["run", s(&p), "--model", s(&m)], &[]);
+    let out = e.run(&["run", s(&p), "--model", s(&m)]);
     assert_error(&out, &["blk.0.attn_q.weight", "does not match"]);
 }
 
@@ -462,21 +309,18 @@ fn threads_far_above_the_cores_are_capped_with_a_notice() {
     let e = Env::new("threads");
     let m = e.gguf();
     let p = e.prompt();
-    let out = e.run(
-        &[
-            "run",
-            s(&p),
-            "--model",
-            s(&m),
-            "--method",
-            "snapkv",
-            "--threads",
-            "1000",
-            "--max-new",
-            "2",
-        ],
-        &[],
-    );
+    let out = e.run(&[
+        "run",
+        s(&p),
+        "--model",
+        s(&m),
+        "--method",
+        "snapkv",
+        "--threads",
+        "1000",
+        "--max-new",
+        "2",
+    ]);
     let err = ok(&out);
     assert!(err.contains("--threads 1000 is more than"), "{err}");
     assert!(!err.contains("error"), "{err}");
@@ -488,7 +332,7 @@ fn threads_far_above_the_cores_are_capped_with_a_notice() {
 fn bench_prefill_zero_names_the_flag() {
     let e = Env::new("bench0");
     let m = e.gguf();
-    let out = e.run(&["bench", "--model", s(&m), "--prefill", "0"], &[]);
+    let out = e.run(&["bench", "--model", s(&m), "--prefill", "0"]);
     assert_error(&out, &["--prefill", "at least 1"]);
 }
 
@@ -499,21 +343,18 @@ fn error_aware_without_layer_errors_is_refused() {
     let e = Env::new("srh-only");
     let m = e.gguf();
     let p = e.prompt();
-    let out = e.run(
-        &[
-            "run",
-            s(&p),
-            "--model",
-            s(&m),
-            "--method",
-            "snapkv",
-            "--allocator",
-            "error-aware",
-            "--budget",
-            "16",
-        ],
-        &[],
-    );
+    let out = e.run(&[
+        "run",
+        s(&p),
+        "--model",
+        s(&m),
+        "--method",
+        "snapkv",
+        "--allocator",
+        "error-aware",
+        "--budget",
+        "16",
+    ]);
     assert_error(&out, &["error-aware", "layer errors"]);
 }
 
@@ -542,7 +383,7 @@ fn full_disk_during_the_fetch_is_one_line_naming_the_disk() {
          echo 'OSError: [Errno 28] No space left on device' >&2\n\
          echo 'ERROR: Could not install packages due to an OSError' >&2\nexit 1",
     );
-    let out = e.run(&["run", s(&p)], &[("KVSCOPE_PYTHON", s(&py))]);
+    let out = e.run_with(&["run", s(&p)], &[("KVSCOPE_PYTHON", s(&py))]);
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success());
     let errors: Vec<&str> = err.lines().filter(|l| l.contains("error")).collect();
@@ -563,7 +404,7 @@ fn stale_fetch_folders_are_swept() {
     std::fs::create_dir_all(&stale).expect("mkdir");
     std::fs::write(stale.join("part.whl"), vec![0u8; 1000]).expect("write");
     let py = fake_python(&e, "exit 1");
-    let out = e.run(&["run", s(&p)], &[("KVSCOPE_PYTHON", s(&py))]);
+    let out = e.run_with(&["run", s(&p)], &[("KVSCOPE_PYTHON", s(&py))]);
     assert!(!out.status.success());
     assert!(!stale.exists(), "the stale fetch folder is still there");
 }
@@ -589,7 +430,7 @@ fn interrupted_fetch_leaves_nothing_behind() {
         );
         let py = fake_python(&e, &body);
         let child = e
-            .command(&["run", s(&p)], &[("KVSCOPE_PYTHON", s(&py))])
+            .command_with(&["run", s(&p)], &[("KVSCOPE_PYTHON", s(&py))])
             .spawn()
             .expect("spawn");
         let models = e.home.join("models");
@@ -634,7 +475,7 @@ fn cached_model_with_other_bytes_is_fetched_again() {
         .expect("set_len");
     drop(f);
     let py = fake_python(&e, "exit 1");
-    let out = e.run(&["run", s(&p)], &[("KVSCOPE_PYTHON", s(&py))]);
+    let out = e.run_with(&["run", s(&p)], &[("KVSCOPE_PYTHON", s(&py))]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("is damaged (sha256"), "{err}");
@@ -671,16 +512,16 @@ fn eval_resume_with_other_settings_is_refused() {
         s(&out_dir),
     ];
     let first: Vec<&str> = base.iter().copied().chain(["--max-new", "2"]).collect();
-    ok(&e.run(&first, &[]));
+    ok(&e.run(&first));
     // The same settings resume (nothing left to run).
     let same: Vec<&str> = first.iter().copied().chain(["--resume"]).collect();
-    ok(&e.run(&same, &[]));
+    ok(&e.run(&same));
     let other: Vec<&str> = base
         .iter()
         .copied()
         .chain(["--max-new", "3", "--resume"])
         .collect();
-    let out = e.run(&other, &[]);
+    let out = e.run(&other);
     assert_error(&out, &["--resume", "max_new: 2 then, 3 now", "--fresh"]);
 }
 

@@ -4,85 +4,11 @@
 //! a `--from-report` overrode. Each runs the real binary on a tiny GGUF and checks the
 //! one line a user sees.
 
-use kvscope::testing::{self, GgufSpec};
+mod common;
+
+use common::cli::*;
 use serde_json::Value as Json;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
-struct Env {
-    dir: PathBuf,
-    home: PathBuf,
-}
-
-impl Env {
-    fn new(tag: &str) -> Env {
-        let dir = testing::temp_dir(tag);
-        let home = dir.join("home");
-        std::fs::create_dir_all(&home).expect("create home");
-        Env { dir, home }
-    }
-
-    fn file(&self, name: &str, bytes: &[u8]) -> PathBuf {
-        let p = self.dir.join(name);
-        std::fs::write(&p, bytes).expect("write test file");
-        p
-    }
-
-    fn prompt(&self) -> PathBuf {
-        self.file(
-            "prompt.txt",
-            "The cat sat in the sun, then the dog came in. Where did the cat sit?".as_bytes(),
-        )
-    }
-
-    fn gguf(&self) -> PathBuf {
-        let p = self.dir.join("tiny.gguf");
-        if !p.exists() {
-            testing::write_tiny_gguf(&p, &GgufSpec::default()).expect("write tiny gguf");
-        }
-        p
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_kvscope"))
-            .args(args)
-            .env("KVSCOPE_HOME", &self.home)
-            .env("KVSCOPE_CONFIG", self.dir.join("config"))
-            .env_remove("RUST_BACKTRACE")
-            .stdin(Stdio::null())
-            .output()
-            .expect("run kvscope")
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// Non-zero exit, no panic, one line `kvscope: error: ...` holding every needle
-/// (case-insensitive) and none of the `absent` texts.
-fn assert_error(out: &Output, needles: &[&str], absent: &[&str]) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "expected failure; stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "stderr should be one line, got: {err}");
-    assert!(lines[0].starts_with("kvscope: error:"), "{err}");
-    let lower = lines[0].to_lowercase();
-    for n in needles {
-        assert!(lower.contains(&n.to_lowercase()), "no '{n}' in: {err}");
-    }
-    for n in absent {
-        assert!(!lower.contains(&n.to_lowercase()), "'{n}' in: {err}");
-    }
-    err
-}
+use std::path::Path;
 
 fn run_args<'a>(p: &'a Path, m: &'a Path, extra: &[&'a str]) -> Vec<&'a str> {
     let mut v = vec!["run", s(p), "--model", s(m), "--max-new", "2"];
@@ -135,7 +61,7 @@ fn non_finite_and_huge_knobs_name_the_limit() {
     ];
     for (flags, needles) in cases {
         let out = e.run(&run_args(&p, &m, flags));
-        assert_error(&out, needles, &["expects a whole number"]);
+        assert_error_without(&out, needles, &["expects a whole number"]);
     }
 }
 
@@ -156,7 +82,7 @@ fn negative_values_are_read_as_values() {
         let mut args = vec![flags[0], s(&p), "--model", s(&m), "--method", "snapkv"];
         args.extend_from_slice(&flags[1..]);
         let out = e.run(&args);
-        assert_error(&out, needles, &["unexpected argument"]);
+        assert_error_without(&out, needles, &["unexpected argument"]);
     }
 }
 
@@ -189,7 +115,7 @@ fn unusable_lengths_and_counts_are_refused() {
         let mut args = flags.to_vec();
         args.extend_from_slice(&["--model", s(&m)]);
         let out = e.run(&args);
-        assert_error(&out, needles, &["prompt"]);
+        assert_error_without(&out, needles, &["prompt"]);
     }
 }
 
@@ -203,7 +129,7 @@ fn headkv_refuses_allocators() {
         &["--method", "headkv", "--layer-budgets", "16,16"][..],
     ] {
         let out = e.run(&run_args(&p, &m, flags));
-        assert_error(&out, &["headkv", flags[2]], &[]);
+        assert_error_without(&out, &["headkv", flags[2]], &[]);
     }
 }
 
@@ -277,7 +203,7 @@ fn report_fields_are_named_by_key() {
         edit(&mut r);
         let f = e.file(&format!("r{i}.json"), r.to_string().as_bytes());
         let out = e.run(&["run", s(&p), "--model", s(&m), "--from-report", s(&f)]);
-        assert_error(&out, needles, absent);
+        assert_error_without(&out, needles, absent);
     }
 }
 

@@ -4,128 +4,45 @@
 //! real binary on a tiny GGUF and checks what a user sees (one error line) and that
 //! nothing was destroyed.
 
-use kvscope::testing::{self, GgufSpec};
+mod common;
+
+use common::cli::*;
+use kvscope::testing::GgufSpec;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::Output;
 use std::time::{Duration, Instant};
 
-struct Env {
-    dir: PathBuf,
+/// The tiny GGUF with `template` as its chat template.
+fn with_template(e: &Env, name: &str, template: &str) -> PathBuf {
+    with_chat_template(
+        e,
+        name,
+        candle_core::quantized::gguf_file::Value::String(template.into()),
+    )
 }
 
-impl Env {
-    fn new(tag: &str) -> Env {
-        let dir = testing::temp_dir(tag);
-        std::fs::create_dir_all(dir.join("home")).expect("create home");
-        Env { dir }
-    }
-
-    fn gguf(&self, name: &str, seed: u64) -> PathBuf {
-        let p = self.dir.join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).expect("mkdir");
-        let spec = GgufSpec {
+/// A tiny GGUF at `name` with weights from `seed`.
+fn seeded(e: &Env, name: &str, seed: u64) -> PathBuf {
+    e.gguf_with(
+        name,
+        &GgufSpec {
             seed,
             ..GgufSpec::default()
-        };
-        testing::write_tiny_gguf(&p, &spec).expect("write tiny gguf");
-        p
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_kvscope"));
-        c.args(args)
-            .env("KVSCOPE_HOME", self.dir.join("home"))
-            .env("KVSCOPE_CONFIG", self.dir.join("config"))
-            .env_remove("RUST_BACKTRACE")
-            .env_remove("KVSCOPE_PYTHON")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let child = self.command(args).spawn().expect("run kvscope");
-        finish(child, 60, args)
-    }
-
-    fn prompts(&self) -> PathBuf {
-        let p = self.dir.join("prompts");
-        std::fs::create_dir_all(&p).expect("mkdir");
-        std::fs::write(
-            p.join("cat.txt"),
-            "The cat sat on the mat. Where did the cat sit?",
-        )
-        .expect("write");
-        std::fs::write(p.join("cat.answer"), "mat").expect("write");
-        p
-    }
+        },
+    )
 }
 
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn finish(mut child: Child, secs: u64, what: &[&str]) -> Output {
-    let t = Instant::now();
-    loop {
-        if child.try_wait().expect("wait").is_some() {
-            return child.wait_with_output().expect("output");
-        }
-        if t.elapsed() > Duration::from_secs(secs) {
-            let _ = child.kill();
-            let out = child.wait_with_output().expect("output");
-            panic!(
-                "kvscope {what:?} hung for {secs} s; stderr: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
-}
-
-/// Non-zero exit, no panic, one line `kvscope: error: ...` holding every needle.
-fn assert_error(out: &Output, needles: &[&str]) -> String {
-    let err = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(!out.status.success(), "expected failure; stderr: {err}");
-    assert!(!err.contains("panicked"), "panic: {err}");
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "stderr should be one line, got: {err}");
-    assert!(lines[0].starts_with("kvscope: error:"), "{err}");
-    let lower = lines[0].to_lowercase();
-    for n in needles {
-        assert!(
-            lower.contains(&n.to_lowercase()),
-            "error line does not mention '{n}': {err}"
-        );
-    }
-    err
-}
-
-fn ok(out: &Output) {
-    assert!(
-        out.status.success(),
-        "kvscope failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-#[cfg(unix)]
-fn mkfifo(p: &Path) {
-    let st = Command::new("mkfifo").arg(p).status().expect("mkfifo");
-    assert!(st.success());
-}
-
-#[cfg(unix)]
-fn is_fifo(p: &Path) -> bool {
-    use std::os::unix::fs::FileTypeExt;
-    std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_fifo())
+/// A prompt folder with one prompt and its answer.
+fn prompts(e: &Env) -> PathBuf {
+    let p = e.path("prompts");
+    std::fs::create_dir_all(&p).expect("mkdir");
+    std::fs::write(
+        p.join("cat.txt"),
+        "The cat sat on the mat. Where did the cat sit?",
+    )
+    .expect("write");
+    std::fs::write(p.join("cat.answer"), "mat").expect("write");
+    p
 }
 
 fn eval_args<'a>(prompts: &'a Path, model: &'a Path, out: &'a Path) -> Vec<&'a str> {
@@ -154,7 +71,7 @@ fn eval_args<'a>(prompts: &'a Path, model: &'a Path, out: &'a Path) -> Vec<&'a s
 #[test]
 fn outputs_that_are_devices_or_fifos_are_refused_and_kept() {
     let e = Env::new("out-fifo");
-    let m = e.gguf("tiny.gguf", 7);
+    let m = seeded(&e, "tiny.gguf", 7);
     let fifo = e.dir.join("fifo");
     mkfifo(&fifo);
     for out in [Path::new("/dev/null"), fifo.as_path()] {
@@ -177,7 +94,7 @@ fn outputs_that_are_devices_or_fifos_are_refused_and_kept() {
     assert!(is_fifo(&fifo), "the FIFO was replaced");
     assert!(!std::fs::metadata("/dev/null").unwrap().is_file());
     // eval: results.jsonl in --out is a FIFO.
-    let prompts = e.prompts();
+    let prompts = prompts(&e);
     let out_dir = e.dir.join("out");
     std::fs::create_dir_all(&out_dir).unwrap();
     mkfifo(&out_dir.join("results.jsonl"));
@@ -192,7 +109,7 @@ fn outputs_that_are_devices_or_fifos_are_refused_and_kept() {
 #[test]
 fn synth_never_writes_over_its_tokenizer_source() {
     let e = Env::new("synth-same");
-    let m = e.gguf("tiny.gguf", 7);
+    let m = seeded(&e, "tiny.gguf", 7);
     let before = std::fs::read(&m).unwrap();
     let link = e.dir.join("link.gguf");
     std::fs::hard_link(&m, &link).unwrap();
@@ -217,7 +134,7 @@ fn synth_never_writes_over_its_tokenizer_source() {
 #[test]
 fn synth_interrupted_leaves_nothing() {
     let e = Env::new("synth-term");
-    let m = e.gguf("tiny.gguf", 7);
+    let m = seeded(&e, "tiny.gguf", 7);
     let outdir = e.dir.join("o");
     std::fs::create_dir_all(&outdir).unwrap();
     let out = outdir.join("big.gguf");
@@ -275,13 +192,13 @@ fn synth_tokenizer_from_a_fifo_is_refused_at_once() {
 #[test]
 fn eval_resume_on_another_model_or_prompt_set_is_refused() {
     let e = Env::new("resume-model");
-    let m1 = e.gguf("a/tiny.gguf", 7);
-    let m2 = e.gguf("b/tiny.gguf", 8);
+    let m1 = seeded(&e, "a/tiny.gguf", 7);
+    let m2 = seeded(&e, "b/tiny.gguf", 8);
     assert_eq!(
         std::fs::metadata(&m1).unwrap().len(),
         std::fs::metadata(&m2).unwrap().len()
     );
-    let prompts = e.prompts();
+    let prompts = prompts(&e);
     let out_dir = e.dir.join("out");
     ok(&e.run(&eval_args(&prompts, &m1, &out_dir)));
     let resume = |m: &Path| -> Output {
@@ -312,8 +229,8 @@ fn eval_resume_on_another_model_or_prompt_set_is_refused() {
 #[test]
 fn a_second_eval_on_one_folder_is_refused() {
     let e = Env::new("eval-lock");
-    let m = e.gguf("tiny.gguf", 7);
-    let prompts = e.prompts();
+    let m = seeded(&e, "tiny.gguf", 7);
+    let prompts = prompts(&e);
     let out_dir = e.dir.join("out");
     let held = kvscope::output::FolderLock::take(&out_dir, "eval results").unwrap();
     let out = e.run(&eval_args(&prompts, &m, &out_dir));
@@ -324,38 +241,6 @@ fn a_second_eval_on_one_folder_is_refused() {
     assert!(!out_dir.join("results.jsonl").exists());
     drop(held);
     ok(&e.run(&eval_args(&prompts, &m, &out_dir)));
-}
-
-/// The tiny GGUF with `tokenizer.chat_template` set to `template`.
-fn with_template(e: &Env, name: &str, template: &str) -> PathBuf {
-    use candle_core::quantized::gguf_file::{self, Value};
-    let src = e.gguf("plain.gguf", 7);
-    let mut f = std::fs::File::open(&src).expect("open");
-    let content = gguf_file::Content::read(&mut f).expect("read tiny gguf");
-    let mut md: Vec<(String, Value)> = content.metadata.clone().into_iter().collect();
-    md.retain(|(k, _)| k != "tokenizer.chat_template");
-    md.push((
-        "tokenizer.chat_template".into(),
-        Value::String(template.into()),
-    ));
-    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
-    names.sort();
-    let tensors: Vec<(String, candle_core::quantized::QTensor)> = names
-        .iter()
-        .map(|n| {
-            let t = content
-                .tensor(&mut f, n, &candle_core::Device::Cpu)
-                .expect("tensor");
-            (n.to_string(), t)
-        })
-        .collect();
-    let dst = e.dir.join(name);
-    let md_refs: Vec<(&str, &Value)> = md.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let t_refs: Vec<(&str, &candle_core::quantized::QTensor)> =
-        tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-    let mut w = std::fs::File::create(&dst).expect("create");
-    gguf_file::write(&mut w, &md_refs, &t_refs).expect("write gguf");
-    dst
 }
 
 /// Issue 22.6: a model file's own chat template that would hang (nested
@@ -390,7 +275,7 @@ fn hostile_chat_templates_stop_with_one_line() {
 #[test]
 fn huge_and_repeated_pins_are_handled() {
     let e = Env::new("pins");
-    let m = e.gguf("tiny.gguf", 7);
+    let m = seeded(&e, "tiny.gguf", 7);
     let prompt = e.dir.join("p.txt");
     std::fs::write(&prompt, "The cat sat on the mat. Where did the cat sit?").unwrap();
     let many = vec!["0-1000000"; 1000].join(",");

@@ -1,49 +1,11 @@
 //! `kvscope profile make | merge | import` on bad input: one `kvscope: error:` line,
 //! nothing written. And a good import on a tiny GGUF.
 
-use kvscope::testing::{self, GgufSpec};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
-struct Env {
-    dir: PathBuf,
-    model: PathBuf,
-}
-
-impl Env {
-    fn new(tag: &str) -> Env {
-        let dir = testing::temp_dir(tag);
-        std::fs::create_dir_all(dir.join("home")).unwrap();
-        let model = dir.join("tiny.gguf");
-        testing::write_tiny_gguf(&model, &GgufSpec::default()).unwrap();
-        Env { dir, model }
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(env!("CARGO_BIN_EXE_kvscope"))
-            .args(args)
-            .env("KVSCOPE_HOME", self.dir.join("home"))
-            .env_remove("RUST_BACKTRACE")
-            .env_remove("SLURM_ARRAY_TASK_ID")
-            .env_remove("JOB_COMPLETION_INDEX")
-            .output()
-            .unwrap()
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.join(name)
-    }
-
-    fn model(&self) -> &str {
-        self.model.to_str().unwrap()
-    }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
+use common::cli::*;
+use std::path::Path;
+use std::process::Output;
 
 /// Non-zero exit and exactly one `kvscope: error:` line containing `needle`.
 fn one_error(out: &Output, needle: &str) {
@@ -77,7 +39,7 @@ fn make_refuses_lengths_outside_the_model_and_bad_shards() {
         "profile",
         "make",
         "--model",
-        env.model(),
+        s(&env.gguf()),
         "--lengths",
         "4096",
         "--out",
@@ -92,7 +54,7 @@ fn make_refuses_lengths_outside_the_model_and_bad_shards() {
         "profile",
         "make",
         "--model",
-        env.model(),
+        s(&env.gguf()),
         "--lengths",
         "32",
         "--out",
@@ -106,7 +68,7 @@ fn make_refuses_lengths_outside_the_model_and_bad_shards() {
             "profile",
             "make",
             "--model",
-            env.model(),
+            s(&env.gguf()),
             "--lengths",
             "128",
             "--shard",
@@ -138,7 +100,7 @@ fn merge_refuses_shards_of_different_settings() {
         env.path("a").to_str().unwrap(),
         env.path("b").to_str().unwrap(),
         "--model",
-        env.model(),
+        s(&env.gguf()),
         "--out",
         out.to_str().unwrap(),
     ]);
@@ -166,7 +128,7 @@ fn import_checks_the_shape_and_writes_a_valid_profile() {
             "--layer-scores".into(),
             scores.display().to_string(),
             "--model".into(),
-            env.model().into(),
+            s(&env.gguf()).into(),
             "--out".into(),
             out.display().to_string(),
         ]
@@ -204,8 +166,8 @@ fn import_checks_the_shape_and_writes_a_valid_profile() {
 #[test]
 fn run_notices_a_prompt_far_longer_than_the_profiled_lengths() {
     let env = Env::new("length-notice");
-    let cfg = kvscope::model::load(&env.model).unwrap().model.config;
-    let sha = kvscope::profile::discover::model_sha256(&env.model).unwrap();
+    let cfg = kvscope::model::load(&env.gguf()).unwrap().model.config;
+    let sha = kvscope::profile::discover::model_sha256(&env.gguf()).unwrap();
     let d = cfg.dims();
     let scores: Vec<Vec<f64>> = (0..d.n_layers)
         .map(|l| (0..d.n_heads).map(|h| ((h + l) % 3) as f64).collect())
@@ -243,7 +205,7 @@ fn run_notices_a_prompt_far_longer_than_the_profiled_lengths() {
             "run",
             prompt.to_str().unwrap(),
             "--model",
-            env.model(),
+            s(&env.gguf()),
             "--method",
             "compresskv",
             "--budget",

@@ -203,3 +203,40 @@ fn from_report_opens_the_inspector_with_the_reports_settings() {
         .unwrap_err();
     assert!(err.to_string().contains("needs the prompt file"), "{err}");
 }
+
+/// Issue 22 item 17: a long reason (a bad report loaded with `I`) is wrapped below the
+/// status line, readable whole at 80 columns instead of cut mid-word.
+#[test]
+fn a_long_reason_is_readable_at_80_columns() {
+    let mut fx = common::fixture();
+    let mut app = common::ready_app(&mut fx);
+    let junk = kvscope::testing::temp_dir("tui-long-reason").join("kvscope-report-9.json");
+    std::fs::write(&junk, "{\"x\": 1}").unwrap();
+    let dims = fx.loaded.model.config.dims();
+    let msg = format!(
+        "{:#}",
+        worker::report_settings(&junk, Some(SHA), &fx.session, &dims)
+            .map(|_| ())
+            .unwrap_err()
+    );
+    assert!(msg.len() > 80, "{msg}");
+    update(&mut app, Action::Worker(FromWorker::Error(msg.clone())));
+    for (w, h) in [(80u16, 24u16), (160, 45)] {
+        let mut t = ratatui::Terminal::new(ratatui::backend::TestBackend::new(w, h)).unwrap();
+        t.draw(|f| kvscope::tui::ui::draw(f, &app)).unwrap();
+        let buf = t.backend().buffer().clone();
+        let rows: Vec<String> = (0..h)
+            .map(|y| (0..w).map(|x| buf[(x, y)].symbol().to_string()).collect())
+            .collect();
+        // Every character of the reason is on screen, in order, across the wrapped
+        // rows (a path longer than a row is broken inside it; spaces aside).
+        let squeeze = |t: &str| t.split_whitespace().collect::<String>();
+        let found = squeeze(&rows.concat()).contains(&squeeze(&msg));
+        assert!(
+            found,
+            "reason not readable whole at {w}x{h}:\n{}",
+            rows.join("\n")
+        );
+    }
+    let _ = std::fs::remove_dir_all(junk.parent().unwrap());
+}

@@ -118,8 +118,16 @@ impl KnobArgs {
     pub fn apply(&self, mut base: Settings) -> Result<Settings> {
         for (name, text) in &self.given {
             if let Some(k) = registry::knob(name) {
-                let v = k.parse(text)?;
-                k.set(&mut base, v)?;
+                // Named as the user typed it: `--headkv-temp must be ...`.
+                let flagged = |e: anyhow::Error| {
+                    let msg = format!("{e:#}");
+                    match msg.strip_prefix(k.flag) {
+                        Some(rest) => anyhow::anyhow!("--{}{rest}", k.flag),
+                        None => anyhow::anyhow!("--{}: {msg}", k.flag),
+                    }
+                };
+                let v = k.parse(text).map_err(flagged)?;
+                k.set(&mut base, v).map_err(flagged)?;
             }
         }
         Ok(base)
@@ -152,7 +160,10 @@ impl Args for KnobArgs {
                     .long(k.flag)
                     .value_name("VALUE")
                     .help(registry::knob_help(k))
-                    .allow_negative_numbers(true),
+                    // Every spelling of a value reaches the knob's own check, which
+                    // names the flag: `-1`, and `-inf` / `-NaN` too (not numbers to
+                    // clap's negative-number test, so "unexpected argument" before).
+                    .allow_hyphen_values(true),
             )
         })
     }
@@ -326,9 +337,27 @@ pub fn load_model(path: Option<&Path>) -> Result<Loaded> {
 /// The command line, with every value-taking flag reading `-1` as its value (so the
 /// flag's own check names the limit) instead of as an unknown flag `-1`.
 pub fn command() -> clap::Command {
+    // Numbers (and shard specs) take any value that starts with `-`, so `-inf` or
+    // `-1/3` reaches the flag's own check instead of "unexpected argument '-i'".
+    fn numeric(a: &clap::Arg) -> bool {
+        use std::any::TypeId;
+        let t = a.get_value_parser().type_id();
+        let numbers = [
+            TypeId::of::<usize>(),
+            TypeId::of::<u64>(),
+            TypeId::of::<u32>(),
+            TypeId::of::<u16>(),
+            TypeId::of::<i64>(),
+            TypeId::of::<f64>(),
+            TypeId::of::<f32>(),
+        ];
+        numbers.iter().any(|id| t == *id) || a.get_long() == Some("shard")
+    }
     fn negatives(cmd: clap::Command) -> clap::Command {
         cmd.mut_args(|a| {
-            if a.get_action().takes_values() {
+            if a.get_action().takes_values() && numeric(&a) {
+                a.allow_hyphen_values(true)
+            } else if a.get_action().takes_values() {
                 a.allow_negative_numbers(true)
             } else {
                 a

@@ -46,7 +46,13 @@ pub fn run(a: &SynthArgs) -> Result<()> {
             crate::input::regular_file(p, "--tokenizer-from file")?;
             p.to_path_buf()
         }
-        other => super::resolve_model_path(other)?,
+        // The resolver's messages speak of --model; here the flag is --tokenizer-from.
+        other => super::resolve_model_path(other).map_err(|e| {
+            anyhow::anyhow!(
+                "{}",
+                format!("{e:#}").replace("--model", "--tokenizer-from")
+            )
+        })?,
     };
     // Writing over the tokenizer source would replace the user's model with random
     // weights; refused before anything is written.

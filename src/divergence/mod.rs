@@ -140,8 +140,9 @@ pub fn rescue_settings(
 }
 
 /// The oracle's keep set (the registry's `oracle`, [`crate::eviction::oracle`]) at the
-/// per-layer budgets `budgets` and window `window`; sliding layers keep their window, as
-/// every method's do.
+/// per-layer budgets `budgets` (the compared method's) and window `window`; a sliding
+/// layer keeps its window where the method did, and evicts inside it where the method
+/// did (`--evict-sliding`), so both follow the same sliding-layer rules.
 pub fn oracle_keep(full: &FullPass, trace: &Trace, budgets: &[usize], window: usize) -> KeepSet {
     let future = FutureAttention::from_attn(&full.attn, &trace.dims, full.prompt_len);
     let windowed = crate::keepset::full_keep(trace);
@@ -149,8 +150,20 @@ pub fn oracle_keep(full: &FullPass, trace: &Trace, budgets: &[usize], window: us
         .iter()
         .enumerate()
         .map(|(l, &b)| {
-            if trace.window(l).is_some() {
-                windowed.positions[l].clone()
+            if let Some(s) = trace.window(l) {
+                // A sliding layer follows the compared method's rule: its whole window
+                // when the method kept it (budget min(L, S)), else the oracle's choice
+                // inside the window at the same budget (`--evict-sliding`).
+                let from = trace.len.saturating_sub(s);
+                if b >= trace.len - from || s <= window {
+                    windowed.positions[l].clone()
+                } else {
+                    crate::eviction::oracle::choose(&future.tail(from), l, b, window)
+                        .keep
+                        .into_iter()
+                        .map(|h| h.into_iter().map(|p| p + from).collect())
+                        .collect()
+                }
             } else {
                 crate::eviction::oracle::choose(&future, l, b, window).keep
             }

@@ -40,6 +40,21 @@ pub struct Ctx<'a> {
     pub prov: crate::report::Provenance,
 }
 
+/// Creates the results folder `--out`; a path that exists and is not a folder (a file,
+/// a FIFO, a device, a link to one) is refused naming the flag, not with the OS's
+/// "File exists".
+pub fn create_out_folder(out: &std::path::Path) -> Result<()> {
+    let dangling = out.symlink_metadata().is_ok() && !out.exists();
+    if (out.exists() && !out.is_dir()) || dangling {
+        anyhow::bail!(
+            "--out {} exists and is not a folder; --out names the folder for results.jsonl and the tables: choose a folder",
+            out.display()
+        );
+    }
+    std::fs::create_dir_all(out)
+        .map_err(|e| anyhow::anyhow!("cannot create the --out folder {}: {e}", out.display()))
+}
+
 /// sha256 of `parts` (each length-prefixed, so no two lists hash alike), as hex.
 pub fn digest(parts: &[&[u8]]) -> String {
     use sha2::{Digest, Sha256};

@@ -182,8 +182,7 @@ pub fn prompt_set_digest(prompts: &[EvalPrompt]) -> Result<String> {
 }
 
 pub fn run(ctx: &Ctx, spec: &SweepSpec) -> Result<()> {
-    std::fs::create_dir_all(&spec.out)
-        .map_err(|e| anyhow::anyhow!("cannot create {}: {e}", spec.out.display()))?;
+    super::create_out_folder(&spec.out)?;
     // One writer per results folder; released when this run ends in any way.
     let _lock = crate::output::FolderLock::take(&spec.out, "eval results")?;
     let mut settings = ctx.run_settings();

@@ -49,6 +49,22 @@ impl FutureAttention {
         }
     }
 
+    /// The attention of the prompt's tail `[from, len)` as if it were the whole prompt
+    /// (what a sliding layer evicting inside its window chooses from, so the oracle
+    /// follows the same sliding-layer rules as the method it is compared with).
+    pub fn tail(&self, from: usize) -> Self {
+        let from = from.min(self.len);
+        FutureAttention {
+            len: self.len - from,
+            steps: self.steps,
+            sums: self
+                .sums
+                .iter()
+                .map(|l| l.iter().map(|h| h[from.min(h.len())..].to_vec()).collect())
+                .collect(),
+        }
+    }
+
     /// Whether it was measured on a prompt of this shape.
     pub fn check(&self, dims: &Dims, len: usize) -> Result<()> {
         let shape_ok = self.len == len

@@ -212,10 +212,13 @@ pub fn evict_in_windows(
                 .collect(),
             ..settings.clone()
         };
+        // The oracle chooses inside the window from the same tail of its future.
+        let future = r.future.map(|f| f.tail(from));
         let mut sub_sel = select(
             &Request::new(&sub, &sub_settings)
                 .profile(profile)
-                .table(Some(&table)),
+                .table(Some(&table))
+                .future(future.as_ref()),
         )?;
         for &l in &layers {
             sel.keep.positions[l] = sub_sel.keep.positions[l]

@@ -176,10 +176,70 @@ impl std::io::Write for Bounded {
     }
 }
 
+/// Most memory (resident, in bytes) rendering one message may add. Strings a template
+/// builds without writing them (a `namespace` value doubled in a loop, a macro recursing
+/// on a growing argument) are not seen by the output bound or the step count: a real
+/// chat template needs a few MiB at most.
+pub const MAX_TEMPLATE_MEMORY: u64 = 256 << 20;
+
+/// [`render_named`] for "the chat template".
+pub fn render(source: &str, user: &str, vars: &Vars) -> Result<String, String> {
+    render_named(source, user, vars, "the chat template")
+}
+
 /// Renders `source` for one user message `user` with the generation prompt. The error is
 /// one line (minijinja's message and where). Rendering is bounded: at most
-/// [`MAX_TEMPLATE_STEPS`] steps and `2 * user.len() + MAX_TEMPLATE_EXTRA_BYTES` bytes.
-pub fn render(source: &str, user: &str, vars: &Vars) -> Result<String, String> {
+/// [`MAX_TEMPLATE_STEPS`] steps and `2 * user.len() + MAX_TEMPLATE_EXTRA_BYTES` bytes of
+/// output, returned as errors; and at most [`MAX_TEMPLATE_MEMORY`] more resident memory,
+/// watched from this thread while another renders: minijinja cannot stop inside one
+/// concatenation, so past that bound the process ends with one line naming `name`
+/// (after restoring the terminal, as a signal does).
+pub fn render_named(source: &str, user: &str, vars: &Vars, name: &str) -> Result<String, String> {
+    let Some(start) = resident_bytes() else {
+        return render_unwatched(source, user, vars);
+    };
+    std::thread::scope(|scope| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let spawned = std::thread::Builder::new()
+            .name("kvscope-template".into())
+            .stack_size(8 << 20)
+            .spawn_scoped(scope, move || {
+                let _ = tx.send(render_unwatched(source, user, vars));
+            });
+        if spawned.is_err() {
+            return render_unwatched(source, user, vars);
+        }
+        loop {
+            match rx.recv_timeout(std::time::Duration::from_millis(1)) {
+                Ok(r) => return r,
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err("the renderer stopped without a result".into())
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if resident_bytes().is_some_and(|now| now.saturating_sub(start) > MAX_TEMPLATE_MEMORY) {
+                crate::signals::fail(&format!(
+                    "{name} cannot be rendered: it takes more than {} MiB of memory for one message (stopped there); use --template chatml|llama3|gemma|mistral or --raw",
+                    MAX_TEMPLATE_MEMORY >> 20
+                ));
+            }
+        }
+    })
+}
+
+/// Resident memory of this process (None without procfs).
+fn resident_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = s.split_whitespace().nth(1)?.parse().ok()?;
+    #[cfg(unix)]
+    // SAFETY: sysconf has no memory-safety requirements.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(0);
+    #[cfg(not(unix))]
+    let page = 0;
+    Some(pages * if page > 0 { page } else { 4096 })
+}
+
+fn render_unwatched(source: &str, user: &str, vars: &Vars) -> Result<String, String> {
     let mut env = Environment::new();
     env.set_fuel(Some(MAX_TEMPLATE_STEPS));
     // As Hugging Face renders chat templates (jinja2 with trim_blocks and lstrip_blocks).

@@ -112,6 +112,9 @@ pub struct Tok {
     eos_text: String,
     /// The file's own chat template (`tokenizer.chat_template`).
     pub chat_template: Option<String>,
+    /// `tokenizer.chat_template` when it is there but not text (its type): refused
+    /// wherever the file's template would be used, instead of "has no chat template".
+    bad_chat_template: Option<String>,
     /// Ids of control tokens.
     control: HashSet<u32>,
 }
@@ -269,8 +272,11 @@ impl Tok {
         }
         let chatml =
             tokens.iter().any(|t| t == "<|im_start|>") && tokens.iter().any(|t| t == "<|im_end|>");
-        let chat_template = md
-            .get("tokenizer.chat_template")
+        let raw_template = md.get("tokenizer.chat_template");
+        let bad_chat_template = raw_template
+            .filter(|v| v.to_string().is_err())
+            .map(|v| format!("{:?}", v.value_type()).to_lowercase());
+        let chat_template = raw_template
             .and_then(|v| v.to_string().ok().cloned())
             .filter(|t| !t.trim().is_empty());
         Ok(Tok {
@@ -284,6 +290,7 @@ impl Tok {
             bos_text: text_of(bos_id).unwrap_or_default(),
             eos_text: text_of(eos_id).unwrap_or_default(),
             chat_template,
+            bad_chat_template,
             control,
         })
     }
@@ -385,6 +392,15 @@ impl Tok {
         }
         let file = self.chat_template.as_deref();
         let own = || label("file", "the model file's own template");
+        let wants_file = matches!(
+            opts.template.unwrap_or_default(),
+            TemplateChoice::Auto | TemplateChoice::File
+        );
+        if let (true, Some(ty)) = (wants_file, &self.bad_chat_template) {
+            bail!(
+                "the model file's chat template (tokenizer.chat_template) is a value of type {ty}, not text; use --template chatml|llama3|gemma|mistral or --raw"
+            );
+        }
         match opts.template.unwrap_or_default() {
             TemplateChoice::Auto => match file {
                 None => Ok((
@@ -448,22 +464,23 @@ impl Tok {
             bos_token: &self.bos_text,
             eos_token: &self.eos_text,
         };
-        let body = template::render(&source, user, &vars).map_err(|e| {
-            anyhow!(
-                "the chat template ({}: {}) cannot be rendered: {e}; use --template chatml|llama3|gemma|mistral or --raw",
-                label.name,
-                label.note
-            )
+        let name = format!("the chat template ({}: {})", label.name, label.note);
+        let body = template::render_named(&source, user, &vars, &name).map_err(|e| {
+            anyhow!("{name} cannot be rendered: {e}; use --template chatml|llama3|gemma|mistral or --raw")
         })?;
         // Where the user's text sits: render again with a marker in its place; the text
         // before and after the marker must be what surrounds the real text.
         let marker = "\u{E000}kvscope-user-text\u{E001}";
-        let range = template::render(&source, marker, &vars).ok().and_then(|m| {
-            let at = m.find(marker)?;
-            let (pre, post) = (&m[..at], &m[at + marker.len()..]);
-            (body.len() >= pre.len() + post.len() && body.starts_with(pre) && body.ends_with(post))
+        let range = template::render_named(&source, marker, &vars, &name)
+            .ok()
+            .and_then(|m| {
+                let at = m.find(marker)?;
+                let (pre, post) = (&m[..at], &m[at + marker.len()..]);
+                (body.len() >= pre.len() + post.len()
+                    && body.starts_with(pre)
+                    && body.ends_with(post))
                 .then(|| pre.len()..body.len() - post.len())
-        });
+            });
         let (text, shift) = self.with_bos_eos(body);
         Ok((text, range.map(|r| r.start + shift..r.end + shift), label))
     }

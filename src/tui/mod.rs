@@ -74,6 +74,8 @@ pub struct Options {
 enum Event {
     Input(CEvent),
     Worker(FromWorker),
+    /// Back from Ctrl-Z: the terminal was raw again; the screen needs a full redraw.
+    Resumed,
 }
 
 pub fn run(opts: Options) -> Result<()> {
@@ -100,6 +102,14 @@ pub fn run(opts: Options) -> Result<()> {
     let mut term = Term::enter()?;
     let (tx, rx) = mpsc::channel::<Event>();
     spawn_input(tx.clone())?;
+    let resumed = std::sync::Mutex::new(tx.clone());
+    crate::signals::terminal().resume_terminal = Some(Box::new(move || {
+        reenter();
+        if let Ok(tx) = resumed.lock() {
+            let _ = tx.send(Event::Resumed);
+        }
+    }));
+    crate::signals::suspend_with_terminal();
     let mut worker: Option<Sender<ToWorker>> = None;
     // The stop flag of the background profile make (`P`), set by the loop on cancel.
     let mut profile_stop: Option<Arc<AtomicBool>> = None;
@@ -137,6 +147,17 @@ pub fn run(opts: Options) -> Result<()> {
         let mut cmds = VecDeque::new();
         for e in events {
             let a = match e {
+                Event::Input(CEvent::Key(k)) if is_ctrl_z(&k) => {
+                    crate::signals::suspend();
+                    None
+                }
+                Event::Resumed => {
+                    // What the shell printed meanwhile is on the main screen; the
+                    // alternate one is redrawn from scratch.
+                    let _guard = crate::signals::terminal();
+                    term.t.clear()?;
+                    Some(Action::Redraw)
+                }
                 Event::Input(CEvent::Key(k)) => keys::map_key(&app, k),
                 Event::Input(CEvent::Resize(..)) => Some(Action::Redraw),
                 Event::Input(_) => None,
@@ -381,8 +402,26 @@ impl Drop for Term {
 
 /// Restores the terminal and tells the signal watcher there is nothing left to restore.
 fn give_up() {
-    crate::signals::terminal().restore_terminal = None;
+    {
+        let mut c = crate::signals::terminal();
+        c.restore_terminal = None;
+        c.resume_terminal = None;
+    }
     restore();
+}
+
+/// Ctrl-Z: in raw mode the terminal sends it as a key instead of stopping the process.
+fn is_ctrl_z(k: &crossterm::event::KeyEvent) -> bool {
+    k.kind == crossterm::event::KeyEventKind::Press
+        && k.modifiers
+            .contains(crossterm::event::KeyModifiers::CONTROL)
+        && matches!(k.code, crossterm::event::KeyCode::Char('z' | 'Z'))
+}
+
+/// The terminal as [`Term::enter`] leaves it, again after `fg`.
+fn reenter() {
+    let _ = enable_raw_mode();
+    let _ = execute!(std::io::stdout(), EnterAlternateScreen);
 }
 
 fn restore() {

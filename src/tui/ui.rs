@@ -39,7 +39,8 @@ pub fn draw(f: &mut Frame, app: &App) {
         panes::picker::draw(f, area, app);
         return;
     }
-    let [main, bar] = Layout::vertical([Constraint::Min(1), Constraint::Length(1)]).areas(area);
+    let bar_h = status::height(app, area.width);
+    let [main, bar] = Layout::vertical([Constraint::Min(1), Constraint::Length(bar_h)]).areas(area);
     status::draw(f, bar, app);
     if app.snapshot.is_none() {
         status::draw_loading(f, main, app);

@@ -164,7 +164,7 @@ pub fn report_settings(
     let mut note = format!("loaded the settings of {name}");
     if r.settings.max_new != session.max_new {
         note.push_str(&format!(
-            "; it generated {} tokens, this inspector {} (start with --from-report to match)",
+            "; its max_new (most tokens generated) is {}, this inspector's {}: start with --from-report to use the report's",
             r.settings.max_new, session.max_new
         ));
     }

@@ -2,6 +2,8 @@
 //! functions the real worker calls, run in the test.
 #![allow(dead_code)]
 
+pub mod cli;
+
 use std::sync::Arc;
 
 use kvscope::eviction::{ScoreTable, Settings};

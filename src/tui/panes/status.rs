@@ -24,6 +24,53 @@ pub fn phase_text(p: &Phase) -> String {
     }
 }
 
+/// Most rows a long message (an error or notice) may take below the status line.
+const MAX_MESSAGE_ROWS: u16 = 6;
+
+/// Rows the status area needs at width `width`: the status line, plus the rows of an
+/// error or notice too long to share it, wrapped (a bad report's reason must be readable
+/// at 80 columns, not cut mid-word).
+pub fn height(app: &App, width: u16) -> u16 {
+    let Some((text, _)) = message(app) else {
+        return 1;
+    };
+    let w = usize::from(width.max(1));
+    // As one line: " text " and " ? help " after the status.
+    if line(app).width() + text.chars().count() + 2 + 8 <= w {
+        return 1;
+    }
+    1 + (wrapped_rows(&text, w) as u16).clamp(1, MAX_MESSAGE_ROWS)
+}
+
+/// Rows `text` takes when wrapped at word boundaries to `w` columns.
+fn wrapped_rows(text: &str, w: usize) -> usize {
+    let (mut rows, mut col) = (1, 0);
+    for word in text.split(' ').map(|x| x.chars().count()) {
+        let need = if col == 0 { word } else { col + 1 + word };
+        if need <= w {
+            col = need;
+        } else if word <= w {
+            rows += 1;
+            col = word;
+        } else {
+            rows += usize::from(col > 0) + (word - 1) / w;
+            col = (word - 1) % w + 1;
+        }
+    }
+    rows
+}
+
+/// The error (red) or else the notice (yellow) to show.
+fn message(app: &App) -> Option<(String, Style)> {
+    if let Some(e) = &app.error {
+        Some((e.clone(), Style::default().fg(Color::White).bg(Color::Red)))
+    } else {
+        app.notice
+            .as_ref()
+            .map(|n| (n.clone(), Style::default().fg(Color::Yellow)))
+    }
+}
+
 /// The background profile make's progress: how far (of the units' weights), which
 /// unit, the time left and how to cancel.
 pub fn profiling_text(p: &ProfileProgress) -> String {
@@ -43,6 +90,30 @@ pub fn profiling_text(p: &ProfileProgress) -> String {
 }
 
 pub fn draw(f: &mut Frame, area: Rect, app: &App) {
+    let help = Span::styled(" ? help ", Style::default().add_modifier(Modifier::DIM));
+    let mut first = line(app);
+    if area.height > 1 {
+        // The message wraps in the rows below the status line.
+        let [top, rest] = Layout::vertical([Constraint::Length(1), Constraint::Min(1)]).areas(area);
+        first.push_span(help);
+        f.render_widget(Paragraph::new(first), top);
+        if let Some((text, style)) = message(app) {
+            f.render_widget(
+                Paragraph::new(Line::styled(text, style)).wrap(Wrap { trim: true }),
+                rest,
+            );
+        }
+        return;
+    }
+    if let Some((text, style)) = message(app) {
+        first.push_span(Span::styled(format!(" {text} "), style));
+    }
+    first.push_span(help);
+    f.render_widget(Paragraph::new(first), area);
+}
+
+/// The status line without its message and help hint.
+fn line(app: &App) -> Line<'static> {
     let st = &app.settings;
     let prompt = match &app.snapshot {
         Some(s) => format!("{} tok", s.prompt_tokens.len()),
@@ -101,22 +172,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
             Style::default().fg(Color::Black).bg(Color::Yellow),
         ));
     }
-    if let Some(e) = &app.error {
-        spans.push(Span::styled(
-            format!(" {e} "),
-            Style::default().fg(Color::White).bg(Color::Red),
-        ));
-    } else if let Some(n) = &app.notice {
-        spans.push(Span::styled(
-            format!(" {n} "),
-            Style::default().fg(Color::Yellow),
-        ));
-    }
-    spans.push(Span::styled(
-        " ? help ",
-        Style::default().add_modifier(Modifier::DIM),
-    ));
-    f.render_widget(Paragraph::new(Line::from(spans)), area);
+    Line::from(spans)
 }
 
 /// Shown until the prompt's Snapshot arrives: what the worker is doing, a progress bar
