@@ -478,3 +478,31 @@ fn oracle_follows_the_sliding_layer_rules() {
         }
     }
 }
+
+/// Issue 22 item 20: a step past a generation that ended at an end-of-text token does not
+/// advise raising --max-new (more tokens would not come); past a generation cut by
+/// --max-new it does.
+#[test]
+fn a_step_past_an_early_end_names_the_end_of_text() {
+    let (m, trace, gen) = setup();
+    let all = KeepSet::all(&trace.dims, trace.len);
+    let (full, errors) = FullPass::compute(&m, &trace, &gen, Some(&all)).expect("full pass");
+    let comp = replay::forced_logits(&m, &trace, &all, &gen).expect("forced");
+    let steps = divergence::steps(&full, &comp, errors.as_deref(), &all);
+    let past = steps.len() + 1;
+    let early = divergence::chosen_step(&steps, Some(past), true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        early.contains("end-of-text") && !early.contains("--max-new"),
+        "{early}"
+    );
+    let cut = divergence::chosen_step(&steps, Some(past), false)
+        .unwrap_err()
+        .to_string();
+    assert!(cut.contains("raise --max-new"), "{cut}");
+    assert_eq!(
+        divergence::chosen_step(&steps, Some(1), true).unwrap(),
+        Some(1)
+    );
+}

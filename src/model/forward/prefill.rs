@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use super::layer::{first_visible, layer, Pass, Scratch};
 use super::{Model, Precision};
 use crate::model::kernels::{self, matmul_strided, BLayout};
-use crate::model::quant::QVec;
+use crate::model::quant::{tile32, QVec};
 use crate::model::weights::Linear;
 use crate::trace::{BlockMap, LayerTrace, Trace, W_MAX};
 
@@ -170,11 +170,16 @@ impl Pass for PrefillPass<'_> {
         // quantised once for all of `ws` (they share the input), as decode and llama.cpp
         // do; F32 keeps the f32 GEMM on dequantised panels (the exact reference).
         let int8 = self.model.precision == Precision::Q8;
-        // Only the K-quants: their integer sums run over 256 values per float step and
-        // beat the f32 GEMM (benches/matmul.rs, one thread, 1024 x 2048 x 64: Q4_K 4.5
-        // vs 4.9 ms, Q6_K 4.2 vs 5.4 ms); the 32-value formats (Q4_0, Q4_1, Q5_0, Q8_0)
-        // need a float step every 32 values and stay faster in f32 (Q5_0 9.3 vs 7.6 ms).
-        let kinds: Vec<Option<bool>> = ws.iter().map(|w| w.q8_kind().filter(|&k| k)).collect();
+        // The K-quants always (their integer sums run over 256 values per float step
+        // and beat the f32 GEMM); the 32-value formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)
+        // where their eight-row packed kernel takes the product (`quant::tile32`: one
+        // float step per 32 values serves eight rows). Row by row, with a float step
+        // per 32 values and row, they were slower than the f32 GEMM.
+        let t = x.len() / ws[0].cols.max(1);
+        let kinds: Vec<Option<bool>> = ws
+            .iter()
+            .map(|w| w.q8_kind().filter(|&k| k || tile32::applies(t)))
+            .collect();
         let qs = if int8 && kinds.iter().any(Option::is_some) {
             let cols = ws[0].cols;
             let (k, b32) = (kinds.contains(&Some(true)), kinds.contains(&Some(false)));
