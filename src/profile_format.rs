@@ -348,6 +348,10 @@ mod tests {
         let mut p = valid();
         p.layer_errors = Some(vec![1.0]);
         rejects(p, "layer_errors has 1 entries");
+        // Issue 22 item 20: the real head range (3 heads: 0-2), not one past it.
+        let mut p = valid();
+        p.srh_ranking[0] = vec![0, 1, 3];
+        rejects(p, "not an ordering of the heads 0-2");
     }
 
     #[test]

@@ -449,10 +449,7 @@ fn oracle_follows_the_sliding_layer_rules() {
             window: 4,
             ..Settings::default()
         };
-        s.knobs.insert(
-            "evict_sliding".into(),
-            eviction::KnobValue::Bool(evict_sliding),
-        );
+        s.evict_sliding = Some(evict_sliding);
         let sel = eviction::select(&eviction::Request::new(&trace, &s).future(Some(&future)))
             .expect("oracle selects on a model with a sliding layer");
         let sliding = &sel.keep.positions[0];
@@ -480,4 +477,32 @@ fn oracle_follows_the_sliding_layer_rules() {
             assert_eq!(oh.len(), sh.len(), "same sliding-layer budget");
         }
     }
+}
+
+/// Issue 22 item 20: a step past a generation that ended at an end-of-text token does not
+/// advise raising --max-new (more tokens would not come); past a generation cut by
+/// --max-new it does.
+#[test]
+fn a_step_past_an_early_end_names_the_end_of_text() {
+    let (m, trace, gen) = setup();
+    let all = KeepSet::all(&trace.dims, trace.len);
+    let (full, errors) = FullPass::compute(&m, &trace, &gen, Some(&all)).expect("full pass");
+    let comp = replay::forced_logits(&m, &trace, &all, &gen).expect("forced");
+    let steps = divergence::steps(&full, &comp, errors.as_deref(), &all);
+    let past = steps.len() + 1;
+    let early = divergence::chosen_step(&steps, Some(past), true)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        early.contains("end-of-text") && !early.contains("--max-new"),
+        "{early}"
+    );
+    let cut = divergence::chosen_step(&steps, Some(past), false)
+        .unwrap_err()
+        .to_string();
+    assert!(cut.contains("raise --max-new"), "{cut}");
+    assert_eq!(
+        divergence::chosen_step(&steps, Some(1), true).unwrap(),
+        Some(1)
+    );
 }

@@ -243,3 +243,71 @@ fn from_report_names_the_flags_it_overrode() {
     assert!(out.status.success(), "{err}");
     assert!(!err.contains("ignored"), "{err}");
 }
+
+/// Item 9: on a gemma3-shaped model (sliding layers with a 16-token window, shorter than
+/// the prompt) with `--evict-sliding true`, oracle runs in `run`, `explain` compares
+/// against it, and `eval --methods oracle,snapkv` writes rows for both.
+#[test]
+fn oracle_runs_with_evict_sliding_on_a_gemma3_shape() {
+    let e = Env::new("oracle-sliding");
+    let m = e.path("gemma3.gguf");
+    let mut spec = kvscope::testing::arch::ArchSpec::new("gemma3");
+    spec.sliding_window = 16;
+    kvscope::testing::arch::write_arch_gguf(&m, &spec).expect("write tiny gemma3");
+    let text = "The keeper wrote the code 7421 in the log while waves hit the rocks all night. What code did the keeper write in the log?";
+    let p = e.file("prompt.txt", text.as_bytes());
+    let common = ["--budget", "8", "--window", "4", "--evict-sliding", "true"];
+    let mut a = run_args(&p, &m, &["--method", "oracle"]);
+    a.extend(common);
+    let out = e.run(&a);
+    let err = ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("--- oracle"), "{stdout}{err}");
+
+    let mut a = vec![
+        "explain",
+        s(&p),
+        "--model",
+        s(&m),
+        "--method",
+        "snapkv",
+        "--max-new",
+        "4",
+    ];
+    a.extend(common);
+    let out = e.run(&a);
+    ok(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("of the oracle's choices"), "{stdout}");
+
+    let prompts = e.path("prompts");
+    std::fs::create_dir_all(&prompts).unwrap();
+    std::fs::write(prompts.join("keeper.txt"), text).unwrap();
+    std::fs::write(prompts.join("keeper.answer"), "7421").unwrap();
+    let outdir = e.path("ev");
+    let out = e.run(&[
+        "eval",
+        "sweep",
+        s(&prompts),
+        "--model",
+        s(&m),
+        "--methods",
+        "oracle,snapkv",
+        "--budgets",
+        "8",
+        "--windows",
+        "4",
+        "--max-new",
+        "4",
+        "--evict-sliding",
+        "true",
+        "--quiet",
+        "--out",
+        s(&outdir),
+    ]);
+    ok(&out);
+    let rows = std::fs::read_to_string(outdir.join("results.jsonl")).unwrap();
+    for method in ["\"oracle\"", "\"snapkv\""] {
+        assert!(rows.contains(method), "no {method} rows: {rows}");
+    }
+}

@@ -16,6 +16,7 @@ mod affine;
 mod blocks;
 mod kquant;
 pub(crate) mod packed;
+pub(crate) mod tile32;
 
 #[cfg_attr(kv_vnni, allow(unused_imports))]
 pub use affine::{row_dot, rows_dot2};
