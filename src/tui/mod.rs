@@ -297,6 +297,7 @@ fn start_worker(
         let _ = files::push_recent(&r, path);
     }
     app.picker = None;
+    app.answer = files::answer_sidecar(path);
     app.prompt_label = path.file_name().map_or_else(
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),

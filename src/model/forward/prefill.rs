@@ -25,6 +25,29 @@ impl Model {
         chunk: usize,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Trace> {
+        self.prefill_capturing(ids, chunk, true, progress)
+    }
+
+    /// [`Model::prefill`] without the attention summaries, which only the inspector's
+    /// views and h2o read: the column sums stay zero and there are no block maps. What
+    /// selection by the observation window and decoding read (keys, values, the last
+    /// window's queries, the last logits) is the same. Profiling prefills this way.
+    pub fn prefill_without_summaries(
+        &self,
+        ids: &[u32],
+        chunk: usize,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Trace> {
+        self.prefill_capturing(ids, chunk, false, progress)
+    }
+
+    fn prefill_capturing(
+        &self,
+        ids: &[u32],
+        chunk: usize,
+        summaries: bool,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Trace> {
         let cfg = &self.config;
         let len = ids.len();
         if len == 0 {
@@ -79,6 +102,7 @@ impl Model {
                 w_max,
                 bs,
                 nb,
+                summaries,
             };
             for li in 0..cfg.n_layers {
                 layer(self, li, &mut pass, &mut x, &mut scratch);
@@ -94,7 +118,7 @@ impl Model {
         }
 
         // By value: each layer's f64 sums are freed as soon as its maps exist (peak memory).
-        for (lt, bsum) in layers.iter_mut().zip(block_sums) {
+        for (lt, bsum) in layers.iter_mut().zip(block_sums).filter(|_| summaries) {
             lt.maps = (0..nh)
                 .map(|h| {
                     let mut map = BlockMap {
@@ -136,6 +160,8 @@ struct PrefillPass<'a> {
     w_max: usize,
     bs: usize,
     nb: usize,
+    /// Whether to sum the column sums and block maps (see `prefill_without_summaries`).
+    summaries: bool,
 }
 
 impl Pass for PrefillPass<'_> {
@@ -220,6 +246,7 @@ impl Pass for PrefillPass<'_> {
         let k0 = first_visible(c0, window);
         let w = nk - k0;
         let (kc, vc) = (&lt.k, &lt.v);
+        let summaries = self.summaries;
         let mut head_out = vec![0.0f32; nh * t * hd];
         lt.col_sums
             .par_chunks_mut(len)
@@ -244,6 +271,9 @@ impl Pass for PrefillPass<'_> {
                     kernels::softmax(live);
                     row[..llo].fill(0.0);
                     row[lpos + 1..].fill(0.0);
+                    if !summaries {
+                        continue;
+                    }
                     for (c, &p) in cs[lo..=pos].iter_mut().zip(&row[llo..=lpos]) {
                         *c += p;
                     }
