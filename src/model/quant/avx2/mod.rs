@@ -73,6 +73,18 @@ unsafe fn fifth_bits(p: *const u8) -> __m256i {
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
 }
 
+/// Four bytes at `p` in every 32-bit lane (the packed tiles broadcast activations so).
+#[inline(always)]
+unsafe fn bcast4(p: *const i8) -> __m256i {
+    _mm256_set1_epi32((p as *const i32).read_unaligned())
+}
+
+/// 32 bytes at `p`.
+#[inline(always)]
+unsafe fn ld(p: *const u8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
+}
+
 /// Sum of the eight lanes of an AVX register (the one copy).
 #[inline(always)]
 pub unsafe fn hsum(acc: __m256) -> f32 {

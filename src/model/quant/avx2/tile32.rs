@@ -3,19 +3,9 @@
 
 use std::arch::x86_64::*;
 
+use super::{bcast4, ld};
 use crate::model::quant::qvec::{QVec, QK};
 use crate::model::quant::tile32::{BYTES, CODES};
-
-/// Four activation bytes at `p` in every 32-bit lane.
-#[inline(always)]
-unsafe fn bcast4(p: *const i8) -> __m256i {
-    _mm256_set1_epi32((p as *const i32).read_unaligned())
-}
-
-#[inline(always)]
-unsafe fn ld(p: *const u8) -> __m256i {
-    _mm256_loadu_si256(p as *const __m256i)
-}
 
 /// Eight packed rows (`nb` blocks at `pk`) against `T` tokens: `out[t][r]` is row `r`
 /// times token `t`. `SIGNED`: Q8_0's signed codes without offset; else unsigned codes
