@@ -379,10 +379,7 @@ fn sliding_window_scores_are_the_models_attention_and_evict_sliding_decodes() {
         window: 4,
         ..Default::default()
     };
-    s.knobs.insert(
-        "evict_sliding".into(),
-        kvscope::eviction::types::KnobValue::Bool(true),
-    );
+    s.evict_sliding = Some(true);
     let sel =
         kvscope::eviction::select(&kvscope::eviction::Request::new(&trace, &s)).expect("select");
     for l in 0..cfg.n_layers {

@@ -20,6 +20,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("model", 1),
     ("eviction", 2),
     ("profile_format", 2),
+    ("prefill_cache", 2),
     ("session", 3),
     // The analysis wing.
     ("profile", 4),
@@ -64,6 +65,7 @@ fn module_of(rel: &str) -> Vec<String> {
 
 fn sources_in(root: &Path) -> Vec<Source> {
     let mut out = Vec::new();
+    let mut raw: Vec<(String, String)> = Vec::new();
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let mut entries: Vec<PathBuf> = std::fs::read_dir(&dir)
@@ -85,8 +87,27 @@ fn sources_in(root: &Path) -> Vec<Source> {
                     continue;
                 }
                 let text = std::fs::read_to_string(&p).expect("readable source");
-                out.push(source(&rel, &text));
+                raw.push((rel, text));
             }
+        }
+    }
+    // A file holding a test module (`#[cfg(test)] mod tests;` in its parent) is test
+    // code, left aside like the `#[cfg(test)]` items inside a file.
+    let modules: BTreeMap<Vec<String>, &str> = raw
+        .iter()
+        .map(|(rel, text)| (module_of(rel), text.as_str()))
+        .collect();
+    for (rel, text) in &raw {
+        let module = module_of(rel);
+        let test_only = module.split_last().is_some_and(|(name, parent)| {
+            modules.get(parent).is_some_and(|p| {
+                p.split("#[cfg(test)]")
+                    .skip(1)
+                    .any(|after| after.trim_start().starts_with(&format!("mod {name};")))
+            })
+        });
+        if !test_only {
+            out.push(source(rel, text));
         }
     }
     out

@@ -449,10 +449,7 @@ fn oracle_follows_the_sliding_layer_rules() {
             window: 4,
             ..Settings::default()
         };
-        s.knobs.insert(
-            "evict_sliding".into(),
-            eviction::KnobValue::Bool(evict_sliding),
-        );
+        s.evict_sliding = Some(evict_sliding);
         let sel = eviction::select(&eviction::Request::new(&trace, &s).future(Some(&future)))
             .expect("oracle selects on a model with a sliding layer");
         let sliding = &sel.keep.positions[0];

@@ -1,6 +1,7 @@
-//! `eval niah --shard K/N` on three "machines" and `eval merge`: the merged folder holds
-//! the unsharded run's records (decode times aside: they are measured, not computed),
-//! and the same tables and figures, byte for byte. A missing shard is one error line and nothing is written.
+//! `eval niah|sweep --shard K/N` on several "machines" and `eval merge`: the merged
+//! folder holds the unsharded run's records (decode times aside: they are measured, not
+//! computed), and the same tables and figures, byte for byte. A missing shard is one
+//! error line and nothing is written.
 
 mod common;
 
@@ -26,6 +27,56 @@ fn niah(env: &Env, out: &Path, shard: Option<&str>) -> Output {
         "8",
         "--methods",
         "snapkv,h2o",
+        "--max-new",
+        "3",
+        "--quiet",
+        "--model",
+        s(&model),
+        "--out",
+        s(out),
+    ];
+    if let Some(k) = shard {
+        a.extend(["--shard", k]);
+    }
+    env.run(&a)
+}
+
+/// Three prompts with answers: a sweep of three items.
+fn prompts(env: &Env) -> std::path::PathBuf {
+    let p = env.path("prompts");
+    std::fs::create_dir_all(&p).unwrap();
+    for (name, text, answer) in [
+        (
+            "a",
+            "The key is under the blue pot by the door. Where is the key?",
+            "under the blue pot",
+        ),
+        ("b", "Count: one two three four five six.", "seven"),
+        (
+            "c",
+            "The ship sails at noon from the north pier. When does it sail?",
+            "at noon",
+        ),
+    ] {
+        std::fs::write(p.join(format!("{name}.txt")), text).unwrap();
+        std::fs::write(p.join(format!("{name}.answer")), answer).unwrap();
+    }
+    p
+}
+
+/// `eval sweep` of `prompts` on the tiny GGUF, optionally one shard.
+fn sweep(env: &Env, prompts: &Path, out: &Path, shard: Option<&str>) -> Output {
+    let model = env.path("tiny.gguf");
+    let mut a = vec![
+        "eval",
+        "sweep",
+        s(prompts),
+        "--budgets",
+        "10%,50%",
+        "--windows",
+        "4",
+        "--methods",
+        "snapkv,streamingllm",
         "--max-new",
         "3",
         "--quiet",
@@ -111,6 +162,58 @@ fn merged_shards_equal_the_unsharded_run() {
         "results.csv",
         "niah-w8.svg",
         "niah-w8.png",
+        "run-settings.json",
+    ] {
+        assert_eq!(
+            std::fs::read(merged.join(f)).unwrap(),
+            std::fs::read(whole.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+}
+
+#[test]
+fn merged_sweep_shards_equal_the_unsharded_sweep() {
+    let env = Env::new("sweep-shards");
+    env.gguf_with(
+        "tiny.gguf",
+        &GgufSpec {
+            context_length: 2048,
+            ..GgufSpec::default()
+        },
+    );
+    let prompts = prompts(&env);
+    let whole = env.dir.join("whole");
+    ok(&sweep(&env, &prompts, &whole, None));
+    let mut dirs = Vec::new();
+    for k in 0..2 {
+        let d = env.dir.join(format!("s{k}"));
+        ok(&sweep(&env, &prompts, &d, Some(&format!("{k}/2"))));
+        assert!(d.join("grid.json").is_file());
+        assert!(!d.join("results.csv").exists());
+        dirs.push(d);
+    }
+    // 3 prompts over 2 shards: 2 and 1 prompts of 4 units (2 methods x 2 budgets) each.
+    let n = |d: &Path| {
+        std::fs::read_to_string(d.join("results.jsonl"))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    assert_eq!((n(&dirs[0]), n(&dirs[1])), (8, 4));
+
+    let merged = env.dir.join("merged");
+    let mut args = vec!["eval", "merge"];
+    args.extend(dirs.iter().map(|d| d.to_str().unwrap()));
+    args.extend(["--out", merged.to_str().unwrap()]);
+    ok(&env.run(&args));
+    assert_eq!(records(&merged), records(&whole));
+    for f in [
+        "results.csv",
+        "sweep-rouge1.svg",
+        "sweep-rouge1.png",
+        "sweep-agreement.svg",
+        "sweep-agreement.png",
         "run-settings.json",
     ] {
         assert_eq!(

@@ -227,3 +227,123 @@ fn run_notices_a_prompt_far_longer_than_the_profiled_lengths() {
     let err = run(&profile_at(4096));
     assert!(!err.contains("measured on prompts of up to"), "{err}");
 }
+
+/// Finished units in a parts folder (`settings.json` and temp files aside).
+fn units_in(parts: &Path) -> usize {
+    std::fs::read_dir(parts).map_or(0, |r| {
+        r.filter_map(|e| e.ok())
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.ends_with(".json") && n != "settings.json" && !n.starts_with('.')
+            })
+            .count()
+    })
+}
+
+#[test]
+fn a_run_killed_mid_way_continues_to_the_uninterrupted_profile() {
+    let env = Env::new("make-kill");
+    // A tiny model with room for several lengths, and short calibration prompts.
+    let model = env.gguf_with(
+        "tiny.gguf",
+        &kvscope::testing::GgufSpec {
+            context_length: 2048,
+            ..Default::default()
+        },
+    );
+    let cal = env.path("calibration");
+    std::fs::create_dir_all(&cal).unwrap();
+    for (n, t) in [
+        (
+            "a",
+            "The river runs past the mill and under the old stone bridge.",
+        ),
+        (
+            "b",
+            "Counting sheep: one, two, three, four, five, six, seven, eight.",
+        ),
+    ] {
+        std::fs::write(cal.join(format!("{n}.txt")), t).unwrap();
+    }
+    let args = |out: &Path| -> Vec<String> {
+        [
+            "profile",
+            "make",
+            "--model",
+            s(&model),
+            "--lengths",
+            "300,420,560,700,840,980",
+            "--needles",
+            "8",
+            "--per-haystack",
+            "2",
+            "--max-new",
+            "3",
+            "--budget",
+            "32",
+            "--first-k",
+            "2",
+            "--layer-max-new",
+            "3",
+            "--calibration",
+            cal.to_str().unwrap(),
+            "--count-every-trial",
+            "--out",
+            out.to_str().unwrap(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let whole = env.path("whole.json");
+    let r = env.run(&args(&whole).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+
+    // The same run, killed with SIGKILL (no handler runs) once its first unit is on disk.
+    let killed = env.path("killed.json");
+    let parts = env.path("killed.json.parts");
+    let killed_args = args(&killed);
+    let mut child = env
+        .command(&killed_args.iter().map(String::as_str).collect::<Vec<_>>())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    while units_in(&parts) == 0 {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "profile make ended before writing a unit"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // Killed mid-way: no profile, some but not all units kept.
+    assert!(!killed.exists(), "the run finished before the kill");
+    let kept = units_in(&parts);
+    assert!(kept >= 1);
+
+    let r = env.run(&args(&killed).iter().map(String::as_str).collect::<Vec<_>>());
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(r.status.success(), "{err}");
+    assert!(err.contains("continuing"), "{err}");
+    assert!(
+        !parts.exists(),
+        "the parts folder is removed once the profile is written"
+    );
+    let a = kvscope::profile_format::Profile::load(&whole).unwrap();
+    let b = kvscope::profile_format::Profile::load(&killed).unwrap();
+    assert_eq!(a.model, b.model);
+    assert_eq!(a.srh_scores, b.srh_scores);
+    assert_eq!(a.srh_ranking, b.srh_ranking);
+    assert_eq!(a.retrieval_scores, b.retrieval_scores);
+    assert_eq!(a.layer_errors, b.layer_errors);
+    assert_eq!(a.provenance.trials_counted, b.provenance.trials_counted);
+    // The settings agree but for the measured time.
+    let strip = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        v["seconds"] = serde_json::Value::Null;
+        v
+    };
+    assert_eq!(strip(&a.provenance.settings), strip(&b.provenance.settings));
+}

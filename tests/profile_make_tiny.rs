@@ -183,3 +183,29 @@ fn shards_merged_give_the_unsharded_profile() {
     let from_shards = run(&loaded, &cfg, &merged, None, None).unwrap().unwrap();
     same_profile(&from_shards, &reference);
 }
+
+#[test]
+fn profiling_prefill_skips_only_the_attention_summaries() {
+    let loaded = tiny_loaded("lean-prefill");
+    let text: String = kvscope::haystack::filler::DOCUMENT
+        .chars()
+        .take(900)
+        .collect();
+    let ids = loaded.tok.encode(&text).unwrap();
+    let whole = loaded.model.prefill(&ids, 64, &mut |_, _| {}).unwrap();
+    let lean = loaded
+        .model
+        .prefill_without_summaries(&ids, 64, &mut |_, _| {})
+        .unwrap();
+    assert_eq!(whole.last_logits, lean.last_logits);
+    for (a, b) in whole.layers.iter().zip(&lean.layers) {
+        assert_eq!(a.k, b.k);
+        assert_eq!(a.v, b.v);
+        assert_eq!(a.q_last, b.q_last);
+        assert!(a.col_sums.iter().any(|&c| c > 0.0));
+        assert!(!a.maps.is_empty());
+        assert_eq!(b.col_sums.len(), a.col_sums.len());
+        assert!(b.col_sums.iter().all(|&c| c == 0.0));
+        assert!(b.maps.is_empty());
+    }
+}

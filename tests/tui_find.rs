@@ -111,3 +111,81 @@ fn j_steps_through_the_evicted_tokens_by_attention_lost() {
     key(&mut app, KeyCode::Char('J'));
     assert_eq!(app.sel_token, order[order.len() - 1].0, "J wraps");
 }
+
+#[test]
+fn the_answer_sidecar_is_read_from_the_json_or_the_answer_file() {
+    let dir = kvscope::testing::temp_dir("answer-sidecar");
+    let p = dir.join("a.txt");
+    std::fs::write(&p, "prompt").unwrap();
+    assert!(kvscope::tui::files::answer_sidecar(&p).is_none());
+    std::fs::write(dir.join("a.answer"), "48217\nmore\n").unwrap();
+    let (a, from) = kvscope::tui::files::answer_sidecar(&p).unwrap();
+    assert_eq!((a.as_str(), from), ("48217", dir.join("a.answer")));
+    // The JSON sidecar wins; one without an answer falls back to the .answer file.
+    std::fs::write(dir.join("a.json"), r#"{"kind": "needle"}"#).unwrap();
+    assert_eq!(kvscope::tui::files::answer_sidecar(&p).unwrap().0, "48217");
+    std::fs::write(dir.join("a.json"), r#"{"answer": " 7421 "}"#).unwrap();
+    let (a, from) = kvscope::tui::files::answer_sidecar(&p).unwrap();
+    assert_eq!((a.as_str(), from), ("7421", dir.join("a.json")));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn g_jumps_to_the_answer_span_and_to_a_span_marked_with_capital_g() {
+    let mut fx = common::fixture();
+    let mut app = common::ready_app(&mut fx);
+    key(&mut app, KeyCode::Char('6'));
+    // No sidecar, no mark: g says how to get one and moves nothing.
+    let before = app.sel_token;
+    key(&mut app, KeyCode::Char('g'));
+    assert_eq!(app.sel_token, before);
+    assert!(app.notice.as_deref().unwrap().contains("G marks one"));
+    app.answer = Some(("7421".into(), "tiny.json".into()));
+    let spans = kvscope::tui::app::match_spans(&fx.snapshot.prompt_tokens, "7421");
+    assert_eq!(spans.len(), 1);
+    let (a, b) = spans[0];
+    let text: String = fx.snapshot.prompt_tokens[a..=b].concat();
+    assert!(text.contains("7421"), "{text:?}");
+    app.sel_token = 0;
+    key(&mut app, KeyCode::Char('g'));
+    assert_eq!(app.sel_token, a);
+    // G at two tokens marks a span (either order); g then visits it after the answer.
+    app.sel_token = 20;
+    key(&mut app, KeyCode::Char('G'));
+    app.sel_token = 12;
+    key(&mut app, KeyCode::Char('G'));
+    assert_eq!(app.span, Some((12, 20)));
+    key(&mut app, KeyCode::Char('g'));
+    assert_eq!(app.sel_token, a);
+    key(&mut app, KeyCode::Char('g'));
+    assert_eq!(app.sel_token, 12);
+    assert!(app.notice.as_deref().unwrap().contains("marked span"));
+    key(&mut app, KeyCode::Char('g'));
+    assert_eq!(app.sel_token, a, "wraps");
+}
+
+#[test]
+fn t_zooms_the_map_to_one_token_per_cell_at_the_cursor_and_back() {
+    let mut fx = common::fixture();
+    let mut app = common::ready_app(&mut fx);
+    let len = app.prompt_len();
+    assert!(
+        len > 64,
+        "the fixture prompt must be longer than the token zoom"
+    );
+    app.sel_token = 100;
+    key(&mut app, KeyCode::Char('T'));
+    assert_eq!(app.view_len, 64);
+    assert!(app.view_start <= 100 && 100 < app.view_start + 64);
+    // A jump while token-zoomed keeps the cursor in view.
+    app.answer = Some(("7421".into(), "tiny.json".into()));
+    key(&mut app, KeyCode::Char('6'));
+    key(&mut app, KeyCode::Char('g'));
+    assert!(app.view_start <= app.sel_token && app.sel_token < app.view_start + 64);
+    key(&mut app, KeyCode::Char('T'));
+    assert_eq!(
+        (app.view_start, app.view_len),
+        (0, 0),
+        "back to the whole prompt"
+    );
+}

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use super::profile_common::{
     check_out, command_line, default_out, ensure_parent, parse_depths, parse_lengths, parse_list,
+    LayerStepArgs,
 };
 use super::progress::{fmt_duration, stop_flag, Progress};
 use super::ModelArgs;
@@ -76,17 +77,8 @@ pub struct LayersArgs {
     /// Default: the profile found for the model.
     #[arg(long, value_name = "FILE")]
     pub profile: Option<PathBuf>,
-    /// Uniform budget: prompt tokens kept per layer.
-    #[arg(long, default_value_t = 64)]
-    pub budget: usize,
-    #[arg(long, default_value_t = 8)]
-    pub window: usize,
-    /// SRHs per layer.
-    #[arg(long = "first-k", default_value_t = 4)]
-    pub first_k: usize,
-    /// Folder of calibration prompts (*.txt), kept apart from evaluation prompts.
-    #[arg(long, default_value = "sample-prompts/calibration")]
-    pub calibration: PathBuf,
+    #[command(flatten)]
+    pub layer: LayerStepArgs,
     /// Decode steps per prompt.
     #[arg(long = "max-new", default_value_t = 32)]
     pub max_new: usize,
@@ -262,9 +254,9 @@ fn run_layers(a: &LayersArgs) -> Result<()> {
                 model_path.display()
             )
         })?;
-    let settings = layers::srh_uniform_settings(a.budget, a.window, a.first_k);
+    let settings = layers::srh_uniform_settings(a.layer.budget, a.layer.window, a.layer.first_k);
     settings.validate(&cfg.dims())?;
-    let files = layers::calibration_files(&a.calibration)?;
+    let files = layers::calibration_files(&a.layer.calibration)?;
     // The profile itself may be the output (that is the default: the layer errors are
     // added to it, and it is rewritten whole through a temporary file).
     let out = a.out.clone().unwrap_or_else(|| profile_path.clone());
@@ -299,7 +291,7 @@ fn run_layers(a: &LayersArgs) -> Result<()> {
             .map(|p| p.len().to_string())
             .collect::<Vec<_>>()
             .join(", "),
-        a.budget,
+        a.layer.budget,
         profile_path.display()
     );
     let stop = stop_flag();
@@ -331,9 +323,9 @@ fn run_layers(a: &LayersArgs) -> Result<()> {
         obj.insert(
             "layers".into(),
             serde_json::json!({
-                "budget": a.budget,
-                "window": a.window,
-                "first_k": a.first_k,
+                "budget": a.layer.budget,
+                "window": a.layer.window,
+                "first_k": a.layer.first_k,
                 "allocator": "uniform",
                 "max_new": a.max_new,
                 "calibration": files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>(),

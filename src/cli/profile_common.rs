@@ -3,7 +3,26 @@
 //! parsing, the default `--out`, the output checks, the command line for provenance.
 
 use anyhow::{bail, Context, Result};
+use clap::Args;
 use std::path::{Path, PathBuf};
+
+/// The layer-error step's settings (`profile layers`, and `profile make`'s second step).
+#[derive(Args, Debug)]
+pub struct LayerStepArgs {
+    /// Layer step: uniform budget (prompt tokens kept per layer).
+    #[arg(long, default_value_t = 64)]
+    pub budget: usize,
+    /// Layer step: observation window.
+    #[arg(long, default_value_t = 8)]
+    pub window: usize,
+    /// Layer step: SRHs per layer.
+    #[arg(long = "first-k", default_value_t = 4)]
+    pub first_k: usize,
+    /// Layer step: folder of calibration prompts (*.txt), kept apart from evaluation
+    /// prompts.
+    #[arg(long, default_value = "sample-prompts/calibration")]
+    pub calibration: PathBuf,
+}
 
 pub(super) fn parse_list<T: std::str::FromStr>(flag: &str, s: &str) -> Result<Vec<T>> {
     let v = s

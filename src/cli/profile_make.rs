@@ -7,7 +7,7 @@ use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 use super::profile_common::{
-    command_line, default_out, ensure_parent, parse_depths, parse_lengths,
+    command_line, default_out, ensure_parent, parse_depths, parse_lengths, LayerStepArgs,
 };
 use super::progress::{fmt_duration, stop_flag, Progress};
 use super::ModelArgs;
@@ -42,18 +42,8 @@ pub struct MakeArgs {
     /// Tokens to generate per question.
     #[arg(long = "max-new", default_value_t = 24)]
     pub max_new: usize,
-    /// Layer step: uniform budget (prompt tokens kept per layer).
-    #[arg(long, default_value_t = 64)]
-    pub budget: usize,
-    /// Layer step: observation window.
-    #[arg(long, default_value_t = 8)]
-    pub window: usize,
-    /// Layer step: SRHs per layer.
-    #[arg(long = "first-k", default_value_t = 4)]
-    pub first_k: usize,
-    /// Layer step: folder of calibration prompts (*.txt).
-    #[arg(long, default_value = "sample-prompts/calibration")]
-    pub calibration: PathBuf,
+    #[command(flatten)]
+    pub layer: LayerStepArgs,
     /// Layer step: decode steps per calibration prompt.
     #[arg(long = "layer-max-new", default_value_t = 32)]
     pub layer_max_new: usize,
@@ -66,6 +56,10 @@ pub struct MakeArgs {
     /// SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX; combine with `profile merge`.
     #[arg(long, value_name = "K/N")]
     pub shard: Option<String>,
+    /// Count every question, answered right or not (a random tiny model answers none).
+    /// Only for tests of the command itself; recorded in the profile's settings.
+    #[arg(long = "count-every-trial", hide = true)]
+    pub count_every_trial: bool,
 }
 
 #[derive(Args, Debug)]
@@ -219,7 +213,7 @@ pub fn run_make(a: &MakeArgs) -> Result<()> {
     let loaded = crate::model::load(&model_path)?;
     let mcfg = &loaded.model.config;
     check_lengths(&lengths, mcfg.context_length, a.max_new)?;
-    let settings = layers::srh_uniform_settings(a.budget, a.window, a.first_k);
+    let settings = layers::srh_uniform_settings(a.layer.budget, a.layer.window, a.layer.first_k);
     settings.validate(&mcfg.dims())?;
     let cfg = MakeConfig {
         protocol,
@@ -228,12 +222,12 @@ pub fn run_make(a: &MakeArgs) -> Result<()> {
         per_haystack: a.per_haystack,
         depths,
         max_new: a.max_new,
-        budget: a.budget,
-        window: a.window,
-        first_k: a.first_k,
+        budget: a.layer.budget,
+        window: a.layer.window,
+        first_k: a.layer.first_k,
         layer_max_new: a.layer_max_new,
-        calibration: calibration(&a.calibration, &loaded, a.layer_max_new)?,
-        count_every_trial: false,
+        calibration: calibration(&a.layer.calibration, &loaded, a.layer_max_new)?,
+        count_every_trial: a.count_every_trial,
     };
     let sha = discover::model_sha256(&model_path)?;
     let (out, parts_at) = match (&a.out, shard) {

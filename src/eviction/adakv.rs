@@ -13,9 +13,10 @@
 use super::layer::{per_layer, with_window};
 use super::scores::{rank_order, top_k, KERNEL, POOLING};
 use super::snapkv;
+use super::types::field;
 use super::types::{
-    Allocator, Field, Input, Keeps, Knob, KnobKind, KnobValue, LayerChoice, Method, MethodDef,
-    Picked, Scorer, Settings,
+    Allocator, Input, Keeps, Knob, KnobKind, KnobValue, LayerChoice, Method, MethodDef, Picked,
+    Scorer, Settings,
 };
 use anyhow::Result;
 
@@ -43,11 +44,8 @@ pub const FLOOR: Knob = Knob::new(
         open_min: false,
     },
     |_| KnobValue::Float(0.2),
+    field!(adakv_floor),
 )
-.typed(Field {
-    get: |s| KnobValue::Float(f64::from(s.adakv_floor)),
-    set: |s, v| s.adakv_floor = v.as_f64().unwrap_or(0.2) as f32,
-})
 .stepping(0.05);
 
 fn pick(i: &Input) -> Result<Picked> {

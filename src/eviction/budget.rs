@@ -4,9 +4,8 @@
 //! keeps everything; only the pyramid's clamp gives `L < w` budgets, for prompts
 //! shorter than the window).
 
-use super::types::{
-    AllocInput, Allocator, AllocatorDef, Field, Knob, KnobKind, KnobValue, Settings,
-};
+use super::types::field;
+use super::types::{AllocInput, Allocator, AllocatorDef, Knob, KnobKind, KnobValue, Settings};
 use crate::profile_format::Profile;
 use crate::trace::{Dims, Trace};
 use anyhow::Result;
@@ -46,11 +45,8 @@ pub const PYRAMID_BETA: Knob = Knob::new(
         max: i64::MAX,
     },
     |_| KnobValue::Int(20),
-)
-.typed(Field {
-    get: |s| KnobValue::Int(s.pyramid_beta as i64),
-    set: |s, v| s.pyramid_beta = v.as_i64().unwrap_or(0).max(0) as usize,
-});
+    field!(pyramid_beta),
+);
 
 /// Registry entry: CompressKV's split by the profile's layer errors. Without them (no
 /// profile, or an SRH-only profile) every layer gets `B`, as METHOD.md says.

@@ -14,6 +14,7 @@ use rayon::prelude::*;
 
 use super::layer::{per_head_top, per_layer};
 use super::scores::{pool, window_rows, KERNEL, POOLING};
+use super::types::field;
 use super::types::{
     AllocInput, Allocator, AllocatorDef, Input, Knob, KnobKind, KnobValue, LayerChoice, Method,
     MethodDef, Picked, Settings,
@@ -57,6 +58,7 @@ pub const GAMMA: Knob = Knob::new(
         open_min: false,
     },
     |_| KnobValue::Float(200.0),
+    field!(cake_gamma),
 )
 .stepping(10.0);
 
@@ -71,6 +73,7 @@ pub const TAU1: Knob = Knob::new(
         open_min: true,
     },
     |_| KnobValue::Float(1.6),
+    field!(cake_tau1),
 )
 .stepping(0.1);
 
@@ -86,6 +89,7 @@ pub const TAU2: Knob = Knob::new(
         open_min: true,
     },
     |s| KnobValue::Float(if s.budget < 512 { 0.6 } else { 0.4 }),
+    field!(cake_tau2),
 )
 .stepping(0.1);
 
@@ -96,6 +100,7 @@ pub const CASCADE: Knob = Knob::new(
     "cake allocator: reproduce the layer-by-layer cascade (false: last stage only).",
     KnobKind::Bool,
     |_| KnobValue::Bool(true),
+    field!(cake_cascade),
 );
 
 /// `ln(a + EPS)` in the entropy, as the reference.

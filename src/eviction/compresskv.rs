@@ -5,8 +5,9 @@
 
 use super::layer::{per_layer, with_window};
 use super::scores::{mean_head_scores, top_k, KERNEL, POOLING};
+use super::types::field;
 use super::types::{
-    Allocator, Field, Input, Knob, KnobKind, KnobValue, LayerChoice, Method, MethodDef, Picked,
+    Allocator, Input, Knob, KnobKind, KnobValue, LayerChoice, Method, MethodDef, Picked,
     ScoreTable, Settings,
 };
 use crate::trace::Dims;
@@ -40,11 +41,8 @@ pub const FIRST_K: Knob = Knob::new(
         max: i64::MAX,
     },
     |_| KnobValue::Int(4),
+    field!(first_k),
 )
-.typed(Field {
-    get: |s| KnobValue::Int(s.first_k as i64),
-    set: |s, v| s.first_k = v.as_i64().unwrap_or(0).max(0) as usize,
-})
 .checked(check_first_k);
 
 /// Only compresskv reads first-k, so only it is held to the model's head count: the

@@ -15,6 +15,7 @@ use anyhow::Result;
 use super::layer::{per_layer, with_window};
 use super::scores::{top_k, KERNEL, POOLING};
 use super::snapkv;
+use super::types::field;
 use super::types::{
     Allocator, Input, Keeps, Knob, KnobKind, KnobValue, LayerChoice, Method, MethodDef, Picked,
     Scorer, Settings,
@@ -50,6 +51,7 @@ pub const BETA: Knob = Knob::new(
         open_min: false,
     },
     |_| KnobValue::Float(1.01),
+    field!(headkv_beta),
 )
 .stepping(0.01);
 
@@ -64,6 +66,7 @@ pub const TEMP: Knob = Knob::new(
         open_min: true,
     },
     |_| KnobValue::Float(1.0),
+    field!(headkv_temp),
 )
 .stepping(0.1);
 
@@ -74,6 +77,7 @@ pub const SOURCE: Knob = Knob::new(
     "headkv: head scores from the profile's retrieval (HeadKV-R) or srh scores.",
     KnobKind::Choice(&["retrieval", "srh"]),
     |_| KnobValue::Text("retrieval".into()),
+    field!(headkv_source),
 );
 
 /// KV-head capacities `ck[l][g]` (non-window slots) for per-query-head scores `r[l][h]`.

@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 
-use super::types::{Knob, KnobKind, KnobValue, Pooling, Settings};
+use super::types::{Knob, KnobKind, KnobValue, Settings};
 use crate::trace::Dims;
 
 impl Knob {
@@ -19,26 +19,14 @@ impl Knob {
 
     /// The value in force: the setting, or the default when unset.
     pub fn get(&self, s: &Settings) -> KnobValue {
-        match &self.field {
-            Some(f) => (f.get)(s),
-            None => s
-                .knobs
-                .get(self.name)
-                .cloned()
-                .unwrap_or_else(|| (self.default)(s)),
-        }
+        (self.field.get)(s).unwrap_or_else(|| (self.default)(s))
     }
 
     /// Sets the knob after checking the value's kind and range (not the model-dependent
     /// check, which needs dims).
     pub fn set(&self, s: &mut Settings, v: KnobValue) -> Result<()> {
         let v = self.coerce(&v)?;
-        match &self.field {
-            Some(f) => (f.set)(s, &v),
-            None => {
-                s.knobs.insert(self.name.to_string(), v);
-            }
-        }
+        (self.field.set)(s, &v);
         Ok(())
     }
 
@@ -240,11 +228,6 @@ impl Knob {
             KnobKind::Layers => None,
         }
     }
-}
-
-/// Kernel and pooling as knobs over the typed settings fields.
-pub fn pooling_value(p: Pooling) -> KnobValue {
-    KnobValue::Text(p.name().to_string())
 }
 
 /// `t` is a whole number in decimal (maybe negative), whatever its size.

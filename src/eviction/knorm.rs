@@ -6,6 +6,7 @@
 //! listed in `knorm_skip_layers` keep everything (l2compress skips layers 0 and 1).
 
 use super::layer::{per_head_top, per_layer};
+use super::types::field;
 use super::types::{
     Allocator, Input, Knob, KnobKind, KnobValue, LayerChoice, Method, MethodDef, Picked,
 };
@@ -31,6 +32,7 @@ pub const SKIP_LAYERS: Knob = Knob::new(
     "knorm: layers that keep every token (a,b,...; l2compress skips 0,1).",
     KnobKind::Layers,
     |_| KnobValue::List(Vec::new()),
+    field!(knorm_skip_layers),
 )
 .stepping(0.0);
 

@@ -4,6 +4,7 @@
 //! same seed gives the same choice on every run and nested choices as the budget grows.
 
 use super::layer::{per_head_top, per_layer};
+use super::types::field;
 use super::types::{
     Allocator, Input, Knob, KnobKind, KnobValue, LayerChoice, Method, MethodDef, Picked,
 };
@@ -32,6 +33,7 @@ pub const SEED: Knob = Knob::new(
         max: i64::MAX,
     },
     |_| KnobValue::Int(0),
+    field!(random_seed),
 );
 
 fn pick(i: &Input) -> Result<Picked> {

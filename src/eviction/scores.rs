@@ -1,8 +1,8 @@
 //! The observation-window score of the SnapKV family (METHOD.md, "The observation-window
 //! score") and top-k selection.
 
-use super::knob::pooling_value;
-use super::types::{Field, Knob, KnobKind, KnobValue, Pooling, ScoreTable, Settings};
+use super::types::field;
+use super::types::{Knob, KnobKind, KnobValue, Pooling, ScoreTable, Settings};
 use crate::trace::{Dims, Trace};
 use rayon::prelude::*;
 use std::cmp::Ordering;
@@ -18,11 +18,8 @@ pub const KERNEL: Knob = Knob::new(
         max: i64::MAX,
     },
     |_| KnobValue::Int(5),
+    field!(kernel),
 )
-.typed(Field {
-    get: |s| KnobValue::Int(s.kernel as i64),
-    set: |s, v| s.kernel = v.as_i64().unwrap_or(0).max(0) as usize,
-})
 .checked(check_kernel)
 .stepping(2.0);
 
@@ -44,16 +41,8 @@ pub const POOLING: Knob = Knob::new(
     "Pooling of the observation-window score.",
     KnobKind::Choice(&["avg", "max"]),
     |_| KnobValue::Text("avg".into()),
-)
-.typed(Field {
-    get: |s| pooling_value(s.pooling),
-    set: |s, v| {
-        s.pooling = match v.as_str() {
-            Some("max") => Pooling::Max,
-            _ => Pooling::Avg,
-        }
-    },
-});
+    field!(pooling),
+);
 
 /// Steps 1-3: attention the last `window` prompt rows of query head `head` put on each
 /// position of `[0, L - window)`, summed over the rows.

@@ -6,7 +6,6 @@ use super::registry;
 use super::types::{Allocator, KnobValue, Pooling, Settings};
 use crate::trace::{Dims, W_MAX};
 use anyhow::{bail, Result};
-use std::collections::BTreeMap;
 
 impl Default for Settings {
     fn default() -> Self {
@@ -23,7 +22,16 @@ impl Default for Settings {
             layer_budgets: None,
             pin_keep: Vec::new(),
             pin_evict: Vec::new(),
-            knobs: BTreeMap::new(),
+            cake_cascade: None,
+            cake_gamma: None,
+            cake_tau1: None,
+            cake_tau2: None,
+            evict_sliding: None,
+            headkv_beta: None,
+            headkv_source: None,
+            headkv_temp: None,
+            knorm_skip_layers: None,
+            random_seed: None,
         }
     }
 }
@@ -75,19 +83,6 @@ impl Settings {
                 "budget must be at least the window ({w} tokens), which is always kept; got {}",
                 self.budget
             );
-        }
-        for name in self.knobs.keys() {
-            match registry::knob(name) {
-                Some(k) if k.field.is_none() && k.name == name => {}
-                _ => bail!(
-                    "unknown setting '{name}'; knobs: {}",
-                    registry::all_knobs()
-                        .iter()
-                        .map(|k| k.name)
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            }
         }
         for k in registry::all_knobs() {
             k.validate(self, dims)?;

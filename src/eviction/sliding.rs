@@ -5,6 +5,7 @@
 //! window, with budget `min(B_l, S)`.
 
 use super::budget;
+use super::types::field;
 use super::types::{
     Allocator, Keeps, Knob, KnobKind, KnobValue, Request, ScoreTable, Selection, Settings,
 };
@@ -20,6 +21,7 @@ pub const EVICT_SLIDING: Knob = Knob::new(
            min(B_l, S) over their last min(L, S) entries (false: keep the window as is).",
     KnobKind::Bool,
     |_| KnobValue::Bool(false),
+    field!(evict_sliding),
 );
 
 /// Per-layer budgets with sliding layers left out of the allocation: global layers get
@@ -212,12 +214,7 @@ pub fn evict_in_windows(
             layer_budgets: (!own_heads).then_some(budgets),
             pin_keep: shift(&settings.pin_keep),
             pin_evict: shift(&settings.pin_evict),
-            knobs: settings
-                .knobs
-                .iter()
-                .filter(|(k, _)| k.as_str() != EVICT_SLIDING.name)
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            evict_sliding: None,
             ..settings.clone()
         };
         // The oracle chooses inside the window from the same tail of its future.
@@ -375,8 +372,7 @@ mod tests {
             window,
             ..Settings::default()
         };
-        s.knobs
-            .insert(EVICT_SLIDING.name.into(), KnobValue::Bool(true));
+        s.evict_sliding = Some(true);
         s
     }
 
@@ -511,7 +507,7 @@ mod tests {
         let b = layer_budgets(&on, &t, None).expect("budgets");
         assert_eq!(b, vec![16, 16, 24, 16, 16, 24]);
         let off = Settings {
-            knobs: Default::default(),
+            evict_sliding: None,
             ..on
         };
         let b = layer_budgets(&off, &t, None).expect("budgets");

@@ -7,7 +7,6 @@
 
 use anyhow::Result;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use crate::keepset::KeepSet;
@@ -135,10 +134,39 @@ pub struct Settings {
     pub pin_keep: Vec<usize>,
     /// Prompt positions removed from the candidates (never from the window).
     pub pin_evict: Vec<usize>,
-    /// Every other registry knob (`registry::Knob` with no typed field) that was set, by
-    /// name; an unset knob has its default. In JSON they sit beside the fields above.
-    #[serde(flatten)]
-    pub knobs: BTreeMap<String, KnobValue>,
+    // The knobs whose default depends on nothing a user sets or that only one method
+    // or allocator reads: `None` until set (the knob's default applies), and absent
+    // from JSON until then. In name order, as they appear in JSON.
+    /// cake: the layer-by-layer cascade (`cake::CASCADE`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cake_cascade: Option<bool>,
+    /// cake: weight of the variance in the eviction indicator (`cake::GAMMA`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cake_gamma: Option<f64>,
+    /// cake allocator: tau1 of the layer preference (`cake::TAU1`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cake_tau1: Option<f64>,
+    /// cake allocator: tau2 of the layer preference; its default depends on the budget.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cake_tau2: Option<f64>,
+    /// Sliding-window layers: select inside their window too (`sliding::EVICT_SLIDING`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub evict_sliding: Option<bool>,
+    /// headkv: each head keeps `c - floor(c / beta)` at least (`headkv::BETA`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headkv_beta: Option<f64>,
+    /// headkv: the profile scores heads are ranked by (`headkv::SOURCE`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headkv_source: Option<String>,
+    /// headkv: temperature of the normalised head scores (`headkv::TEMP`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub headkv_temp: Option<f64>,
+    /// knorm: layers that keep every token (`knorm::SKIP_LAYERS`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub knorm_skip_layers: Option<Vec<usize>>,
+    /// random: seed of the scores (`random::SEED`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub random_seed: Option<i64>,
 }
 
 /// Everything a selection reads: what [`super::select`] takes. Build it with
@@ -430,14 +458,110 @@ pub enum KnobKind {
     Layers,
 }
 
-/// Where a knob's value lives: a typed field of [`Settings`] (the knobs that predate the
-/// registry, read all over the code) or the settings' knob map (every other).
+/// Where a knob's value lives: its typed field of [`Settings`], read and written through
+/// these two adapters, which [`field!`] writes for any field type that is a
+/// [`KnobField`].
 #[derive(Clone, Copy)]
 pub struct Field {
-    pub get: fn(&Settings) -> KnobValue,
+    /// `None`: the knob is unset and its default applies.
+    pub get: fn(&Settings) -> Option<KnobValue>,
     /// Called with a value already checked against the knob's kind.
     pub set: fn(&mut Settings, &KnobValue),
 }
+
+/// A [`Settings`] field type that holds a knob's value: how it reads as a
+/// [`KnobValue`] and is set from one already checked against the knob's kind. `Option`
+/// fields are unset until set; the others always hold a value.
+pub trait KnobField {
+    fn knob_value(&self) -> Option<KnobValue>;
+    fn set_knob(&mut self, v: &KnobValue);
+}
+
+impl KnobField for usize {
+    fn knob_value(&self) -> Option<KnobValue> {
+        Some(KnobValue::Int(*self as i64))
+    }
+    fn set_knob(&mut self, v: &KnobValue) {
+        *self = v.as_i64().unwrap_or(0).max(0) as usize;
+    }
+}
+
+impl KnobField for f32 {
+    fn knob_value(&self) -> Option<KnobValue> {
+        Some(KnobValue::Float(f64::from(*self)))
+    }
+    fn set_knob(&mut self, v: &KnobValue) {
+        *self = v.as_f64().unwrap_or(0.0) as f32;
+    }
+}
+
+impl KnobField for Pooling {
+    fn knob_value(&self) -> Option<KnobValue> {
+        Some(KnobValue::Text(self.name().to_string()))
+    }
+    fn set_knob(&mut self, v: &KnobValue) {
+        *self = match v.as_str() {
+            Some("max") => Pooling::Max,
+            _ => Pooling::Avg,
+        }
+    }
+}
+
+impl KnobField for Option<bool> {
+    fn knob_value(&self) -> Option<KnobValue> {
+        self.map(KnobValue::Bool)
+    }
+    fn set_knob(&mut self, v: &KnobValue) {
+        *self = v.as_bool();
+    }
+}
+
+impl KnobField for Option<i64> {
+    fn knob_value(&self) -> Option<KnobValue> {
+        self.map(KnobValue::Int)
+    }
+    fn set_knob(&mut self, v: &KnobValue) {
+        *self = v.as_i64();
+    }
+}
+
+impl KnobField for Option<f64> {
+    fn knob_value(&self) -> Option<KnobValue> {
+        self.map(KnobValue::Float)
+    }
+    fn set_knob(&mut self, v: &KnobValue) {
+        *self = v.as_f64();
+    }
+}
+
+impl KnobField for Option<String> {
+    fn knob_value(&self) -> Option<KnobValue> {
+        self.clone().map(KnobValue::Text)
+    }
+    fn set_knob(&mut self, v: &KnobValue) {
+        *self = v.as_str().map(str::to_string);
+    }
+}
+
+impl KnobField for Option<Vec<usize>> {
+    fn knob_value(&self) -> Option<KnobValue> {
+        self.clone().map(KnobValue::List)
+    }
+    fn set_knob(&mut self, v: &KnobValue) {
+        *self = v.as_list().map(<[usize]>::to_vec);
+    }
+}
+
+/// The [`Field`] of the knob stored in `Settings::$name`.
+macro_rules! field {
+    ($name:ident) => {
+        $crate::eviction::types::Field {
+            get: |s| $crate::eviction::types::KnobField::knob_value(&s.$name),
+            set: |s, v| $crate::eviction::types::KnobField::set_knob(&mut s.$name, v),
+        }
+    };
+}
+pub(crate) use field;
 
 /// A knob's own check of its value in force, for a model of shape `dims`.
 pub type KnobCheck = fn(&Settings, &Dims, &KnobValue) -> Result<()>;
@@ -452,8 +576,8 @@ pub struct Knob {
     pub kind: KnobKind,
     /// The default, which may depend on other settings (cake's tau on the budget).
     pub default: fn(&Settings) -> KnobValue,
-    /// `None`: stored in `Settings::knobs`.
-    pub field: Option<Field>,
+    /// Its field of [`Settings`].
+    pub field: Field,
     /// A check beyond the kind's range (e.g. one that depends on the model).
     pub check: Option<KnobCheck>,
     /// Inspector step for `<` / `>` (numbers); booleans and choices cycle.
@@ -461,14 +585,15 @@ pub struct Knob {
 }
 
 impl Knob {
-    /// A knob stored in the settings' knob map, with no check beyond its kind and an
-    /// inspector step of 1; `typed`, `checked` and `stepping` change those.
+    /// A knob stored in `field` (write it with [`field!`]), with no check beyond its
+    /// kind and an inspector step of 1; `checked` and `stepping` change those.
     pub const fn new(
         name: &'static str,
         flag: &'static str,
         help: &'static str,
         kind: KnobKind,
         default: fn(&Settings) -> KnobValue,
+        field: Field,
     ) -> Knob {
         Knob {
             name,
@@ -476,17 +601,9 @@ impl Knob {
             help,
             kind,
             default,
-            field: None,
+            field,
             check: None,
             step: 1.0,
-        }
-    }
-
-    /// The value lives in a typed field of [`Settings`].
-    pub const fn typed(self, field: Field) -> Knob {
-        Knob {
-            field: Some(field),
-            ..self
         }
     }
 

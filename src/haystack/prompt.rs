@@ -29,6 +29,20 @@ pub struct NeedlePrompt {
     pub actual_depth: f64,
 }
 
+/// The haystack kind of the profiling prompts for this tokenizer. A model without a
+/// chat template (a base model such as Gemma 3 270M, or `--raw`) continues text rather
+/// than answering, so its question is followed by the start of an answer.
+pub fn profiling_kind(tok: &Tok) -> Result<Kind> {
+    Ok(if tok.templated(&PromptOptions::default())? {
+        Kind::DOCUMENT
+    } else {
+        Kind {
+            question_suffix: "\nAnswer:",
+            ..Kind::DOCUMENT
+        }
+    })
+}
+
 /// The profile's needle prompt ([`Kind::DOCUMENT`]) for `needle` at about `target_len`
 /// tokens (template included) with the fact at `depth` (0 = first thing in the document,
 /// 1 = last) of the filler's tokens. `variant` rotates the paragraph the haystack starts
@@ -43,17 +57,7 @@ pub fn needle_prompt(
     if !(0.0..=1.0).contains(&depth) {
         bail!("needle depth {depth} is outside 0..=1");
     }
-    // A model without a chat template (a base model such as Gemma 3 270M, or `--raw`)
-    // continues text rather than answering, so its question is followed by the start of
-    // an answer.
-    let kind = if tok.templated(&PromptOptions::default())? {
-        Kind::DOCUMENT
-    } else {
-        Kind {
-            question_suffix: "\nAnswer:",
-            ..Kind::DOCUMENT
-        }
-    };
+    let kind = profiling_kind(tok)?;
     let h = build(
         &kind,
         needle,

@@ -11,9 +11,9 @@
 use anyhow::{bail, Context, Result};
 use std::ops::Range;
 
-use super::prompt::answer_span;
+use super::prompt::{answer_span, profiling_kind};
 use super::{fill, place, Kind, Needle, Placement};
-use crate::model::{PromptOptions, Tok};
+use crate::model::Tok;
 
 /// One question of a shared haystack.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,14 +66,7 @@ pub fn shared_haystack(
     if let Some(d) = depths.iter().find(|d| !(0.0..=1.0).contains(*d)) {
         bail!("needle depth {d} is outside 0..=1");
     }
-    let kind = if tok.templated(&PromptOptions::default())? {
-        Kind::DOCUMENT
-    } else {
-        Kind {
-            question_suffix: "\nAnswer:",
-            ..Kind::DOCUMENT
-        }
-    };
+    let kind = profiling_kind(tok)?;
     let (units, firsts) = kind.units();
     // The frame: the text with every fact and the longest question but no filler.
     let longest = needles

@@ -12,6 +12,7 @@ use std::io::Read;
 
 use super::config::Config;
 use super::kernels;
+use super::quant::tile32::{self, Source};
 use super::quant::{self, packed, Format, QMat, QVec, QK};
 
 /// A linear layer `y = W x`, `W` is `[rows = out][cols = in]`.
@@ -192,6 +193,15 @@ impl Linear {
         );
     }
 
+    /// The rearranged affine store, if the matrix is held in it (tests of its kernels).
+    #[cfg(test)]
+    pub(crate) fn affine(&self) -> Option<&QMat> {
+        match &self.store {
+            Store::Affine(q) => Some(q),
+            _ => None,
+        }
+    }
+
     /// Which 8-bit activations a product with this matrix reads: `None` for a float
     /// format (it multiplies f32), else whether it needs Q8_K blocks (the K-quants) or
     /// blocks of 32.
@@ -228,7 +238,7 @@ impl Linear {
         };
         let mut band = rows.div_ceil(n_bands);
         // The packed kernels take rows eight at a time: bands of whole groups.
-        if packed_fmt.is_some() {
+        if packed_fmt.is_some() || (self.q8_kind() == Some(false) && tile32::applies(t)) {
             band = band.next_multiple_of(packed::ROWS);
         }
         let b32: Vec<Vec<i16>> = if packed_fmt == Some(Format::Q4K) {
@@ -248,18 +258,31 @@ impl Linear {
             // SAFETY (both arms): out holds t rows of `rows`; this task alone writes
             // columns r0..r1.
             match &self.store {
-                Store::Affine(qm) => tokens_by::<4>(
-                    xs,
-                    r0,
-                    r1,
-                    |r, g| quant::dot_affine_xn(qm, r, g),
-                    |i, r, v| unsafe { *dst.at(i * rows + r) = v },
-                ),
+                Store::Affine(qm) => {
+                    let put = |i: usize, r: usize, v: f32| unsafe { *dst.at(i * rows + r) = v };
+                    let r0 = tile32::band(&Source::Affine(qm), qm.blocks(), r0, r1, xs, put);
+                    tokens_by::<4>(
+                        xs,
+                        r0,
+                        r1,
+                        |r, g| quant::dot_affine_xn(qm, r, g),
+                        |i, r, v| unsafe { *dst.at(i * rows + r) = v },
+                    )
+                }
                 Store::Blocks { fmt, data } => {
                     let rb = fmt.row_bytes(self.cols);
                     let row = |r: usize| &data[r * rb..(r + 1) * rb];
                     let put = |i: usize, r: usize, v: f32| unsafe { *dst.at(i * rows + r) = v };
-                    let r0 = packed::band(*fmt, data, rb, r0, r1, xs, &b32, put);
+                    let r0 = if fmt.is_k_quant() {
+                        packed::band(*fmt, data, rb, r0, r1, xs, &b32, put)
+                    } else {
+                        let src = Source::Blocks {
+                            fmt: *fmt,
+                            data,
+                            rb,
+                        };
+                        tile32::band(&src, self.cols / QK, r0, r1, xs, put)
+                    };
                     // The K-quants keep eight tokens' sums in registers (their scales
                     // apply once per super-block); the 32-value formats four.
                     if fmt.is_k_quant() {

@@ -57,7 +57,7 @@ pub fn prompt_errors(
     settings: &Settings,
     max_new: usize,
 ) -> Result<Vec<f64>> {
-    let trace = model.prefill(ids, PREFILL_CHUNK, &mut |_, _| {})?;
+    let trace = model.prefill_without_summaries(ids, PREFILL_CHUNK, &mut |_, _| {})?;
     let d = trace.dims;
     let shadow =
         eviction::select(&eviction::Request::new(&trace, settings).profile(Some(profile)))?.keep;

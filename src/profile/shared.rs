@@ -28,7 +28,7 @@ pub fn run_haystack(
     h: &SharedHaystack,
     max_new: usize,
 ) -> Result<Vec<QuestionOutcome>> {
-    let trace = model.prefill(&h.prefix, PREFILL_CHUNK, &mut |_, _| {})?;
+    let trace = model.prefill_without_summaries(&h.prefix, PREFILL_CHUNK, &mut |_, _| {})?;
     let d = trace.dims;
     let longest_tail = h.questions.iter().map(|q| q.tail.len()).max().unwrap_or(0);
     let all = KeepSet::all(&d, trace.len);

@@ -119,7 +119,7 @@ pub fn run_trial(
     prompt: &NeedlePrompt,
     max_new: usize,
 ) -> Result<TrialOutcome> {
-    let trace = model.prefill(&prompt.ids, PREFILL_CHUNK, &mut |_, _| {})?;
+    let trace = model.prefill_without_summaries(&prompt.ids, PREFILL_CHUNK, &mut |_, _| {})?;
     let d = trace.dims;
     let mut credit = TrialCredit::new(d.n_layers, d.n_heads);
     let mut generated = Vec::with_capacity(max_new);

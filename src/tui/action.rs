@@ -119,6 +119,14 @@ pub enum Action {
     /// Token pane: the next (true) or previous evicted token by attention lost over the
     /// divergence analysis' steps (`j` / `J`).
     JumpLost(bool),
+    /// Token pane: the next answer span: the prompt's sidecar answer found in its text,
+    /// then the span marked with `G` (`g`).
+    JumpAnswer,
+    /// Token pane: mark the selected token as a span's start, again as its end (`G`).
+    MarkSpan,
+    /// Attention map: one token per cell around the token cursor; again: back to the
+    /// range shown before (`T`).
+    TokenZoom,
     /// Start `profile make` for this model in the background when it has no profile;
     /// again while it runs: cancel it (`P`).
     ProfileMake,

@@ -45,6 +45,34 @@ pub fn push_recent(path: &Path, prompt: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The expected answer stored beside a prompt file, and the file it came from: the
+/// `"answer"` string of `PROMPT.json` (the sample prompts' and eval's sidecar), else the
+/// first line of `PROMPT.answer`. None when neither holds one (a sidecar is optional).
+pub fn answer_sidecar(prompt: &Path) -> Option<(String, PathBuf)> {
+    let json = prompt.with_extension("json");
+    if json != prompt {
+        let v =
+            crate::input::read_bounded(&json, "answer sidecar", crate::input::MAX_SMALL_FILE_BYTES)
+                .ok()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok());
+        if let Some(a) = v.as_ref().and_then(|v| v["answer"].as_str()) {
+            if !a.trim().is_empty() {
+                return Some((a.trim().to_string(), json));
+            }
+        }
+    }
+    let plain = prompt.with_extension("answer");
+    let text =
+        crate::input::read_bounded(&plain, "answer sidecar", crate::input::MAX_SMALL_FILE_BYTES)
+            .ok()?;
+    let line = String::from_utf8_lossy(&text)
+        .lines()
+        .next()?
+        .trim()
+        .to_string();
+    (!line.is_empty()).then_some((line, plain))
+}
+
 /// `*.txt` files in `dir`, sorted by name (empty when the folder does not exist).
 pub fn sample_prompts(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)

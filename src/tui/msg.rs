@@ -227,7 +227,9 @@ pub enum FromWorker {
     },
 }
 
-/// UI -> worker.
+/// UI -> worker. `Apply`, holding whole settings, is the message nearly every edit
+/// sends; the others are rare, so their unused bytes cost nothing worth a box per edit.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum ToWorker {
     Apply {

@@ -8,7 +8,7 @@ use rayon::prelude::*;
 use super::layer::{first_visible, layer, Pass, Scratch};
 use super::{Model, Precision};
 use crate::model::kernels::{self, matmul_strided, BLayout};
-use crate::model::quant::QVec;
+use crate::model::quant::{tile32, QVec};
 use crate::model::weights::Linear;
 use crate::trace::{BlockMap, LayerTrace, Trace, W_MAX};
 
@@ -23,6 +23,29 @@ impl Model {
         &self,
         ids: &[u32],
         chunk: usize,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Trace> {
+        self.prefill_capturing(ids, chunk, true, progress)
+    }
+
+    /// [`Model::prefill`] without the attention summaries, which only the inspector's
+    /// views and h2o read: the column sums stay zero and there are no block maps. What
+    /// selection by the observation window and decoding read (keys, values, the last
+    /// window's queries, the last logits) is the same. Profiling prefills this way.
+    pub fn prefill_without_summaries(
+        &self,
+        ids: &[u32],
+        chunk: usize,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Trace> {
+        self.prefill_capturing(ids, chunk, false, progress)
+    }
+
+    fn prefill_capturing(
+        &self,
+        ids: &[u32],
+        chunk: usize,
+        summaries: bool,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Trace> {
         let cfg = &self.config;
@@ -79,6 +102,7 @@ impl Model {
                 w_max,
                 bs,
                 nb,
+                summaries,
             };
             for li in 0..cfg.n_layers {
                 layer(self, li, &mut pass, &mut x, &mut scratch);
@@ -94,7 +118,7 @@ impl Model {
         }
 
         // By value: each layer's f64 sums are freed as soon as its maps exist (peak memory).
-        for (lt, bsum) in layers.iter_mut().zip(block_sums) {
+        for (lt, bsum) in layers.iter_mut().zip(block_sums).filter(|_| summaries) {
             lt.maps = (0..nh)
                 .map(|h| {
                     let mut map = BlockMap {
@@ -136,6 +160,8 @@ struct PrefillPass<'a> {
     w_max: usize,
     bs: usize,
     nb: usize,
+    /// Whether to sum the column sums and block maps (see `prefill_without_summaries`).
+    summaries: bool,
 }
 
 impl Pass for PrefillPass<'_> {
@@ -144,11 +170,16 @@ impl Pass for PrefillPass<'_> {
         // quantised once for all of `ws` (they share the input), as decode and llama.cpp
         // do; F32 keeps the f32 GEMM on dequantised panels (the exact reference).
         let int8 = self.model.precision == Precision::Q8;
-        // Only the K-quants: their integer sums run over 256 values per float step and
-        // beat the f32 GEMM (benches/matmul.rs, one thread, 1024 x 2048 x 64: Q4_K 4.5
-        // vs 4.9 ms, Q6_K 4.2 vs 5.4 ms); the 32-value formats (Q4_0, Q4_1, Q5_0, Q8_0)
-        // need a float step every 32 values and stay faster in f32 (Q5_0 9.3 vs 7.6 ms).
-        let kinds: Vec<Option<bool>> = ws.iter().map(|w| w.q8_kind().filter(|&k| k)).collect();
+        // The K-quants always (their integer sums run over 256 values per float step
+        // and beat the f32 GEMM); the 32-value formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)
+        // where their eight-row packed kernel takes the product (`quant::tile32`: one
+        // float step per 32 values serves eight rows). Row by row, with a float step
+        // per 32 values and row, they were slower than the f32 GEMM.
+        let t = x.len() / ws[0].cols.max(1);
+        let kinds: Vec<Option<bool>> = ws
+            .iter()
+            .map(|w| w.q8_kind().filter(|&k| k || tile32::applies(t)))
+            .collect();
         let qs = if int8 && kinds.iter().any(Option::is_some) {
             let cols = ws[0].cols;
             let (k, b32) = (kinds.contains(&Some(true)), kinds.contains(&Some(false)));
@@ -215,6 +246,7 @@ impl Pass for PrefillPass<'_> {
         let k0 = first_visible(c0, window);
         let w = nk - k0;
         let (kc, vc) = (&lt.k, &lt.v);
+        let summaries = self.summaries;
         let mut head_out = vec![0.0f32; nh * t * hd];
         lt.col_sums
             .par_chunks_mut(len)
@@ -239,6 +271,9 @@ impl Pass for PrefillPass<'_> {
                     kernels::softmax(live);
                     row[..llo].fill(0.0);
                     row[lpos + 1..].fill(0.0);
+                    if !summaries {
+                        continue;
+                    }
                     for (c, &p) in cs[lo..=pos].iter_mut().zip(&row[llo..=lpos]) {
                         *c += p;
                     }

@@ -13,6 +13,7 @@ pub mod packed;
 pub mod portable;
 pub mod qvec;
 pub mod synth;
+pub mod tile32;
 
 #[cfg(kv_avx2)]
 mod avx2;

@@ -20,6 +20,15 @@ pub struct Search {
 /// Token positions where `query` starts in the prompt text `tokens` joined,
 /// case-insensitive; a match may run across token boundaries. Linear in the text.
 pub fn matches(tokens: &[String], query: &str) -> Vec<usize> {
+    match_spans(tokens, query)
+        .into_iter()
+        .map(|s| s.0)
+        .collect()
+}
+
+/// The token spans `(first, last)` (inclusive) of the matches of `query`, one per
+/// starting token, as [`matches`].
+pub fn match_spans(tokens: &[String], query: &str) -> Vec<(usize, usize)> {
     let q = query.to_lowercase();
     if q.is_empty() {
         return Vec::new();
@@ -31,13 +40,14 @@ pub fn matches(tokens: &[String], query: &str) -> Vec<usize> {
         starts.push(text.len());
         text.push_str(&t.to_lowercase());
     }
-    let mut hits: Vec<usize> = Vec::new();
+    let mut hits: Vec<(usize, usize)> = Vec::new();
+    let tok_at = |byte: usize| starts.partition_point(|&s| s <= byte).saturating_sub(1);
     let mut from = 0;
     while let Some(i) = text[from..].find(&q) {
         let at = from + i;
-        let tok = starts.partition_point(|&s| s <= at).saturating_sub(1);
-        if hits.last() != Some(&tok) {
-            hits.push(tok);
+        let tok = tok_at(at);
+        if hits.last().map(|h| h.0) != Some(tok) {
+            hits.push((tok, tok_at(at + q.len() - 1)));
         }
         // Next match starts after this one's first character.
         from = at + text[at..].chars().next().map_or(1, char::len_utf8);
@@ -110,9 +120,79 @@ pub(super) fn on_key(app: &mut App, a: Action) -> Vec<Cmd> {
             ));
             go_to(app, pos);
         }
+        Action::JumpAnswer => jump_answer(app),
+        Action::MarkSpan => mark_span(app),
         _ => {}
     }
     Vec::new()
+}
+
+/// The spans `g` visits: the sidecar answer's matches in the prompt, then the span
+/// marked with `G`.
+pub fn answer_targets(app: &App) -> Vec<(usize, usize)> {
+    let tokens = app
+        .snapshot
+        .as_ref()
+        .map_or(&[][..], |s| &s.prompt_tokens[..]);
+    let mut v = app
+        .answer
+        .as_ref()
+        .map(|a| match_spans(tokens, &a.0))
+        .unwrap_or_default();
+    v.extend(app.span);
+    v
+}
+
+/// `g`: the next answer span (sidecar matches, then the marked span), wrapping.
+fn jump_answer(app: &mut App) {
+    let targets = answer_targets(app);
+    if targets.is_empty() {
+        app.notice = Some(match &app.answer {
+            Some((a, from)) => format!(
+                "the answer \"{a}\" ({}) is not in the prompt text; G marks a span",
+                from.display()
+            ),
+            None => "no answer sidecar (PROMPT.json \"answer\" or PROMPT.answer) and no marked span: G marks one".into(),
+        });
+        return;
+    }
+    let n = targets.len();
+    let i = app.answer_at.map_or(0, |i| (i + 1) % n);
+    app.answer_at = Some(i);
+    let (a, b) = targets[i];
+    let what = if app.span.is_some() && i == n - 1 {
+        "marked span".to_string()
+    } else {
+        format!(
+            "answer \"{}\"",
+            app.answer.as_ref().map_or("", |x| x.0.as_str())
+        )
+    };
+    app.notice = Some(format!("{what}: tokens {a}..={b} ({} of {n})", i + 1));
+    go_to(app, a);
+}
+
+/// `G`: marks the selected token as a span's start; again, as its end (the span `g`
+/// jumps to).
+fn mark_span(app: &mut App) {
+    match app.span_mark.take() {
+        None => {
+            app.span_mark = Some(app.sel_token);
+            app.notice = Some(format!(
+                "span starts at token {}; G again at its last token",
+                app.sel_token
+            ));
+        }
+        Some(s) => {
+            let span = (s.min(app.sel_token), s.max(app.sel_token));
+            app.span = Some(span);
+            app.answer_at = None;
+            app.notice = Some(format!(
+                "marked tokens {}..={}: g jumps to it",
+                span.0, span.1
+            ));
+        }
+    }
 }
 
 /// Runs the search typed in the prompt and shows its first match at or after the cursor.
@@ -142,7 +222,7 @@ pub(super) fn run(app: &mut App, query: String) {
 }
 
 /// Selects token `pos` and, when the attention map is zoomed, centres its key range on it.
-fn go_to(app: &mut App, pos: usize) {
+pub(super) fn go_to(app: &mut App, pos: usize) {
     let len = app.prompt_len();
     if len == 0 {
         return;

@@ -32,7 +32,7 @@ use crate::eviction::{registry, Settings};
 use crate::trace::Dims;
 
 pub use budgets::{LAYER_STEP, SCALE};
-pub use find::{lost_order, matches, Search};
+pub use find::{answer_targets, lost_order, match_spans, matches, Search};
 
 /// Culprits one rescue key pins unless the user picks another number (`--rescue K`,
 /// `,` / `.`).
@@ -140,6 +140,16 @@ pub struct App {
     pub lost_at: Option<usize>,
     /// A background `profile make` (`P`): `Some` from the key until it ends.
     pub profiling: Option<ProfileProgress>,
+    /// The prompt's expected answer from its sidecar file, and that file.
+    pub answer: Option<(String, PathBuf)>,
+    /// The span marked with `G` (first and last token, inclusive).
+    pub span: Option<(usize, usize)>,
+    /// Start of a span being marked (`G` pressed once).
+    pub span_mark: Option<usize>,
+    /// Index into [`find::answer_targets`] that `g` last jumped to.
+    pub answer_at: Option<usize>,
+    /// The key range `T` replaced (start, length), to go back to.
+    pub zoom_back: Option<(usize, usize)>,
     /// The loop ends after this update.
     pub quit: bool,
     /// What only `update` reads.
@@ -203,6 +213,11 @@ impl App {
             search: None,
             lost_at: None,
             profiling: None,
+            answer: None,
+            span: None,
+            span_mark: None,
+            answer_at: None,
+            zoom_back: None,
             quit: false,
         }
     }
@@ -364,7 +379,8 @@ pub fn update(app: &mut App, a: Action) -> Vec<Cmd> {
         | Action::CycleStat
         | Action::ZoomIn
         | Action::ZoomOut
-        | Action::Pan(_)) => view::on_key(app, a),
+        | Action::Pan(_)
+        | Action::TokenZoom) => view::on_key(app, a),
         a @ (Action::CycleAllocator
         | Action::LayerBudget(_)
         | Action::Scale(_)
@@ -385,9 +401,11 @@ pub fn update(app: &mut App, a: Action) -> Vec<Cmd> {
         | Action::ClearPins
         | Action::RescueK(_)
         | Action::Rescue) => pins::on_key(app, a),
-        a @ (Action::SearchStart | Action::SearchNext(_) | Action::JumpLost(_)) => {
-            find::on_key(app, a)
-        }
+        a @ (Action::SearchStart
+        | Action::SearchNext(_)
+        | Action::JumpLost(_)
+        | Action::JumpAnswer
+        | Action::MarkSpan) => find::on_key(app, a),
         a @ (Action::MeasureErrors | Action::FreezeA | Action::ClearA) => compare::on_key(app, a),
         Action::ProfileMake => profile::on_key(app),
         a @ (Action::ToggleHelp

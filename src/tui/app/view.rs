@@ -29,6 +29,7 @@ pub(super) fn on_key(app: &mut App, a: Action) -> Vec<Cmd> {
         Action::ZoomIn => zoom(app, true),
         Action::ZoomOut => zoom(app, false),
         Action::Pan(n) => pan(app, n),
+        Action::TokenZoom => token_zoom(app),
         _ => {}
     }
     Vec::new()
@@ -110,6 +111,35 @@ fn zoom(app: &mut App, inward: bool) {
     } else {
         app.view_len = new;
         app.view_start = centre.saturating_sub(new / 2).min(len - new);
+    }
+}
+
+/// Tokens `T` shows: one per cell on a map at least this wide (the full layout's map
+/// is ~90 columns, the 80x24 tab's ~78).
+pub const TOKEN_ZOOM: usize = 64;
+
+/// `T`: the key range becomes [`TOKEN_ZOOM`] tokens centred on the token cursor; again
+/// goes back to the range shown before.
+fn token_zoom(app: &mut App) {
+    let len = app.prompt_len();
+    if len == 0 {
+        return;
+    }
+    if let Some((s, l)) = app.zoom_back.take() {
+        app.view_start = s;
+        app.view_len = l;
+        return;
+    }
+    app.zoom_back = Some((app.view_start, app.view_len));
+    if TOKEN_ZOOM >= len {
+        app.view_start = 0;
+        app.view_len = 0;
+    } else {
+        app.view_len = TOKEN_ZOOM;
+        app.view_start = app
+            .sel_token
+            .saturating_sub(TOKEN_ZOOM / 2)
+            .min(len - TOKEN_ZOOM);
     }
 }
 

@@ -75,8 +75,15 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let n_rep = (s.n_heads / s.n_kv_heads.max(1)).max(1);
     let g = app.sel_head / n_rep;
     let mut lines = Vec::new();
+    // Below a block's width the cells of one block repeat its mean; the marks and the
+    // p_h strip below are per token.
+    let per_cell = if ke - ks <= w {
+        "  1 token/cell (map: blocks)".to_string()
+    } else {
+        String::new()
+    };
     lines.push(Line::from(format!(
-        "L{} h{} (KV head {g})  keys {ks}..{ke} of {}  {} tok/block  z/Z zoom  [/] pan",
+        "L{} h{} (KV head {g})  keys {ks}..{ke} of {}  {} tok/block{per_cell}  z/Z zoom  [/] pan  T token zoom",
         app.sel_layer, app.sel_head, m.len, m.block_size
     )));
     // Column j covers keys [col(j), col(j+1)); half-row r covers query blocks likewise.

@@ -166,7 +166,8 @@ fn line(app: &App) -> Line<'static> {
             format!(" {} ", profiling_text(p)),
             Style::default().fg(Color::Black).bg(Color::Cyan),
         ));
-    } else if app.snapshot.is_some() && !app.ctl.has_profile {
+    } else if app.snapshot.is_some() && !app.ctl.has_profile && message(app).is_none() {
+        // Only while no message needs the room (a long one wraps below the line).
         spans.push(Span::styled(
             " no profile: P makes one ",
             Style::default().fg(Color::Black).bg(Color::Yellow),

@@ -16,6 +16,7 @@ mod affine;
 mod blocks;
 mod kquant;
 pub(crate) mod packed;
+pub(crate) mod tile32;
 
 #[cfg_attr(kv_vnni, allow(unused_imports))]
 pub use affine::{row_dot, rows_dot2};
@@ -70,6 +71,18 @@ unsafe fn fifth_bits(p: *const u8) -> __m256i {
     let bit = _mm256_set1_epi64x(0x8040_2010_0804_0201u64 as i64);
     let set = _mm256_cmpeq_epi8(_mm256_and_si256(spread, bit), bit);
     _mm256_and_si256(set, _mm256_set1_epi8(0x10))
+}
+
+/// Four bytes at `p` in every 32-bit lane (the packed tiles broadcast activations so).
+#[inline(always)]
+unsafe fn bcast4(p: *const i8) -> __m256i {
+    _mm256_set1_epi32((p as *const i32).read_unaligned())
+}
+
+/// 32 bytes at `p`.
+#[inline(always)]
+unsafe fn ld(p: *const u8) -> __m256i {
+    _mm256_loadu_si256(p as *const __m256i)
 }
 
 /// Sum of the eight lanes of an AVX register (the one copy).

@@ -3,20 +3,11 @@
 
 use std::arch::x86_64::*;
 
+use super::{bcast4, ld};
 use crate::model::quant::packed::{
     Q4K_BYTES, Q4K_MN, Q4K_QS, Q4K_SC, Q6K_BYTES, Q6K_CP, Q6K_QC, Q6K_SC,
 };
 use crate::model::quant::qvec::QVec;
-
-#[inline(always)]
-unsafe fn bcast4(p: *const i8) -> __m256i {
-    _mm256_set1_epi32((p as *const i32).read_unaligned())
-}
-
-#[inline(always)]
-unsafe fn ld(p: *const u8) -> __m256i {
-    _mm256_loadu_si256(p as *const __m256i)
-}
 
 /// Lane r: the sum over `k < K` of row r's i16 pair at `w + 32 k` times the i16 pair
 /// `v[2k], v[2k + 1]` (the mins or the Q6_K scales against a token's block sums).
