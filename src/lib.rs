@@ -14,6 +14,7 @@ pub mod input;
 pub mod keepset;
 pub mod model;
 pub mod output;
+pub mod prefill_cache;
 pub mod profile;
 pub mod profile_format;
 pub mod report;

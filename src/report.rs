@@ -398,6 +398,10 @@ pub struct Report {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agreement: Option<Agreement>,
     pub timing_ms: Timing,
+    /// What the prefill cache did: `hit`, `load_ms` or `store_ms`, the entry's `bytes`
+    /// and any `notice` (absent when the run used none, e.g. `--no-cache`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefill_cache: Option<crate::prefill_cache::Report>,
 }
 
 impl Report {
@@ -440,6 +444,7 @@ impl Report {
             compressed,
             agreement,
             timing_ms: session.timing,
+            prefill_cache: session.prefill_cache.clone(),
         }
     }
 }

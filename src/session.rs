@@ -11,6 +11,7 @@ use crate::eviction::{self, ScoreTable, Selection, Settings};
 use crate::keepset::KeepSet;
 use crate::model::replay::{self, FullPass};
 use crate::model::{Loaded, Model, Prompt, PromptInfo, Tok, PREFILL_CHUNK};
+use crate::prefill_cache::{self, PrefillCache};
 use crate::profile_format::Profile;
 use crate::trace::Trace;
 
@@ -99,6 +100,8 @@ pub struct Session {
     /// (the divergence analysis and the `oracle` method read it); computed once, on
     /// first use.
     pub full_pass: Option<FullPass>,
+    /// What the prefill cache did (`None`: the session was opened without one).
+    pub prefill_cache: Option<prefill_cache::Report>,
     future: Option<FutureAttention>,
 }
 
@@ -112,7 +115,8 @@ impl Session {
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Session> {
         let ids = loaded.tok.encode(&prompt_text)?;
-        Self::prefill_and_decode(loaded, prompt_text, ids, None, max_new, profile, progress)
+        let input = (prompt_text, ids, None);
+        Self::prefill_and_decode(loaded, None, input, max_new, profile, progress)
     }
 
     /// [`new`](Self::new) for a prompt built by [`Tok::prompt`] (its ids, with BOS and
@@ -124,15 +128,22 @@ impl Session {
         profile: Option<Profile>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Session> {
-        Self::prefill_and_decode(
-            loaded,
-            prompt.text,
-            prompt.ids,
-            Some(prompt.info),
-            max_new,
-            profile,
-            progress,
-        )
+        Self::from_prompt_cached(loaded, None, prompt, max_new, profile, progress)
+    }
+
+    /// [`from_prompt`](Self::from_prompt) reading and filling `cache`: a stored prefill of
+    /// the same model file, prompt ids and KV dtype replaces the prefill (and the
+    /// full-cache decode, when the stored generation answers `max_new`).
+    pub fn from_prompt_cached(
+        loaded: &Loaded,
+        cache: Option<&PrefillCache>,
+        prompt: Prompt,
+        max_new: usize,
+        profile: Option<Profile>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Session> {
+        let input = (prompt.text, prompt.ids, Some(prompt.info));
+        Self::prefill_and_decode(loaded, cache, input, max_new, profile, progress)
     }
 
     /// [`new`](Self::new) for a prompt already tokenized (`ids` are `prompt_text`'s).
@@ -144,30 +155,79 @@ impl Session {
         profile: Option<Profile>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Session> {
-        Self::prefill_and_decode(loaded, prompt_text, ids, None, max_new, profile, progress)
+        Self::from_ids_cached(loaded, None, prompt_text, ids, max_new, profile, progress)
+    }
+
+    /// [`from_ids`](Self::from_ids) reading and filling `cache`.
+    pub fn from_ids_cached(
+        loaded: &Loaded,
+        cache: Option<&PrefillCache>,
+        prompt_text: String,
+        ids: Vec<u32>,
+        max_new: usize,
+        profile: Option<Profile>,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Session> {
+        let input = (prompt_text, ids, None);
+        Self::prefill_and_decode(loaded, cache, input, max_new, profile, progress)
     }
 
     fn prefill_and_decode(
         loaded: &Loaded,
-        prompt_text: String,
-        ids: Vec<u32>,
-        prompt_info: Option<PromptInfo>,
+        cache: Option<&PrefillCache>,
+        (prompt_text, ids, prompt_info): (String, Vec<u32>, Option<PromptInfo>),
         max_new: usize,
         profile: Option<Profile>,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Session> {
         // Before the prefill, which takes minutes on a long prompt, not after it.
         check_fits(ids.len(), max_new, loaded.model.config.context_length)?;
+        let kv_name = loaded.model.kv_dtype().name();
+        let key = cache.map(|c| c.key(kv_name, &ids));
         let t = Instant::now();
-        let trace = loaded.model.prefill(&ids, PREFILL_CHUNK, progress)?;
+        let (trace, stored, mut report) = match cache.zip(key.as_ref()).map(|(c, k)| c.lookup(k)) {
+            Some(Ok(Some(hit))) => {
+                progress(hit.trace.len, hit.trace.len);
+                (hit.trace, Some(hit.full), Some(hit.report))
+            }
+            looked => {
+                let notice = match looked {
+                    Some(Err(n)) => Some(n),
+                    _ => None,
+                };
+                let trace = loaded.model.prefill(&ids, PREFILL_CHUNK, progress)?;
+                let report = cache.map(|_| prefill_cache::Report {
+                    notice,
+                    ..Default::default()
+                });
+                (trace, None, report)
+            }
+        };
         let prefill = ms(t);
         let t = Instant::now();
-        // Sliding-window layers hold only the entries they can still see.
-        let all = crate::keepset::full_keep(&trace);
-        let full_ids = loaded
-            .model
-            .generate(&trace, &all, max_new, &loaded.tok.stop_ids, None)?;
+        let full_ids = match stored.as_ref().and_then(|f| f.answer(max_new)) {
+            Some(ids) => ids,
+            None => {
+                // Sliding-window layers hold only the entries they can still see.
+                let all = crate::keepset::full_keep(&trace);
+                loaded
+                    .model
+                    .generate(&trace, &all, max_new, &loaded.tok.stop_ids, None)?
+            }
+        };
         let decode_full = ms(t);
+        if let (Some(c), Some(k), None) = (cache, &key, &stored) {
+            let full = prefill_cache::FullGen {
+                max_new,
+                ids: full_ids.clone(),
+            };
+            let wrote = c.store(k, &trace, &full);
+            // A bad entry's notice stays the one shown (the write replaced the entry).
+            if let Some(r) = report.as_mut() {
+                let notice = r.notice.take().or(wrote.notice.clone());
+                *r = prefill_cache::Report { notice, ..wrote };
+            }
+        }
         let full = Generation {
             text: loaded.tok.decode(&full_ids),
             ids: full_ids,
@@ -183,6 +243,7 @@ impl Session {
             profile,
             compressed: None,
             full_pass: None,
+            prefill_cache: report,
             future: None,
             timing: Timing {
                 prefill,

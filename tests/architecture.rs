@@ -20,6 +20,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("model", 1),
     ("eviction", 2),
     ("profile_format", 2),
+    ("prefill_cache", 2),
     ("session", 3),
     // The analysis wing.
     ("profile", 4),

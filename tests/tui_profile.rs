@@ -138,6 +138,8 @@ fn p_makes_a_profile_in_the_background_cancel_leaves_none_and_finishing_enables_
         prompt,
         prompt_opts: Default::default(),
         max_new: 8,
+        // The test's prompt is not worth storing in the user's prefill cache.
+        no_cache: true,
         expect: None,
         make: MakeOptions {
             calibration: Some(cal.clone()),

@@ -60,6 +60,8 @@ pub struct CommonArgs {
     pub profile: Option<PathBuf>,
     #[command(flatten)]
     pub prompt_opts: PromptArgs,
+    #[command(flatten)]
+    pub cache: super::CacheArgs,
     /// Continue the run whose results.jsonl is in --out: finished units are skipped.
     #[arg(long, conflicts_with = "fresh")]
     pub resume: bool,
@@ -188,8 +190,10 @@ fn run_with(
             .validate(&dims)?;
         }
     }
+    let cache = c.cache.open(&model_path, false);
     let ctx = Ctx {
         loaded: &loaded,
+        cache: cache.as_ref(),
         profile,
         base,
         max_new,

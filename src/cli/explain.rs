@@ -54,12 +54,21 @@ pub fn run(a: &ExplainArgs) -> Result<()> {
         profile,
         model_sha,
         prompt,
+        cache,
     } = super::run::prepare(r)?;
     let settings = plan.settings.clone();
     if plan.max_new < 2 {
         bail!("explain needs at least 2 generated tokens to compare (--max-new 2 or more)");
     }
-    let mut session = Session::from_prompt(&loaded, prompt, plan.max_new, profile, &mut |_, _| {})?;
+    let mut session = Session::from_prompt_cached(
+        &loaded,
+        cache.as_ref(),
+        prompt,
+        plan.max_new,
+        profile,
+        &mut |_, _| {},
+    )?;
+    super::cache_notice(&session);
     session.timing.load = (load_ms * 1000.0).round() / 1000.0;
     session.apply_with(&loaded.model, &loaded.tok, settings, None, true)?;
     let prov = Provenance::new(

@@ -3,6 +3,7 @@
 pub mod bench;
 mod bench_args;
 mod bench_explain;
+pub mod cache;
 pub mod eval;
 pub mod explain;
 pub mod models;
@@ -45,6 +46,8 @@ pub enum Command {
     Explain(explain::ExplainArgs),
     /// Where the model cache is and what it holds.
     Models,
+    /// The prefill cache: list its entries or clear it.
+    Cache(cache::CacheCmd),
     /// Measure prefill and decode speed on the model (Trace capture on).
     Bench(bench_args::BenchArgs),
     /// The inspector (also the default command): `kvscope tui [PROMPT_FILE]`.
@@ -69,6 +72,38 @@ pub struct ModelArgs {
     /// Worker threads for the forward pass (default: all cores).
     #[arg(long, value_name = "N", allow_negative_numbers = true, value_parser = parse_count)]
     pub threads: Option<usize>,
+}
+
+/// The prefill cache flag of the commands that prefill a prompt (run, explain, the
+/// inspector, eval, profile compare).
+#[derive(Args, Debug, Clone, Default)]
+pub struct CacheArgs {
+    /// Neither read nor fill the prefill cache ($KVSCOPE_HOME/prefill; see `kvscope cache`).
+    #[arg(long = "no-cache")]
+    pub no_cache: bool,
+}
+
+impl CacheArgs {
+    /// The prefill cache of `model_path`, unless `--no-cache`; a notice (one line on
+    /// stderr unless `quiet`) when it cannot be used.
+    pub fn open(
+        &self,
+        model_path: &Path,
+        quiet: bool,
+    ) -> Option<crate::prefill_cache::PrefillCache> {
+        let (cache, notice) = crate::prefill_cache::PrefillCache::open(model_path, self.no_cache);
+        if let (Some(n), false) = (notice, quiet) {
+            eprintln!("kvscope: notice: {n}");
+        }
+        cache
+    }
+}
+
+/// Prints the session's prefill cache notice, if any (one line on stderr).
+pub fn cache_notice(s: &crate::session::Session) {
+    if let Some(n) = s.prefill_cache.as_ref().and_then(|r| r.notice.as_ref()) {
+        eprintln!("kvscope: notice: {n}");
+    }
 }
 
 /// How the prompt file's text becomes the prompt (`run`, the inspector, the evaluations).
@@ -510,6 +545,7 @@ pub fn main() -> i32 {
         Some(Command::Run(a)) => run::run(&a),
         Some(Command::Explain(a)) => explain::run(&a),
         Some(Command::Models) => models::run(),
+        Some(Command::Cache(a)) => cache::run(&a),
         Some(Command::Bench(a)) => bench::run(&a),
         Some(Command::Tui(a)) => tui::run(&a),
         Some(Command::Eval(c)) => eval::run(&c),

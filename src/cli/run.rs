@@ -25,6 +25,8 @@ pub struct RunArgs {
     pub max_new: usize,
     #[command(flatten)]
     pub prompt_opts: PromptArgs,
+    #[command(flatten)]
+    pub cache: super::CacheArgs,
     /// Print the JSON report instead of text.
     #[arg(long)]
     pub json: bool,
@@ -91,6 +93,7 @@ pub(super) struct Prepared {
     pub profile: Option<crate::profile_format::Profile>,
     pub model_sha: Option<String>,
     pub prompt: crate::model::tokenizer::Prompt,
+    pub cache: Option<crate::prefill_cache::PrefillCache>,
 }
 
 pub(super) fn prepare(a: &RunArgs) -> Result<Prepared> {
@@ -116,6 +119,16 @@ pub(super) fn prepare(a: &RunArgs) -> Result<Prepared> {
         eprintln!("kvscope: profile {path}");
     }
     let model_sha = discover::model_sha256(&model_path).ok();
+    let cache = match (&model_sha, a.cache.no_cache) {
+        (Some(sha), false) => {
+            let (c, notice) = crate::prefill_cache::PrefillCache::for_model(&model_path, sha);
+            if let Some(n) = notice {
+                eprintln!("kvscope: notice: {n}");
+            }
+            c
+        }
+        _ => None,
+    };
     let prompt = loaded.tok.prompt(&text, &plan.prompt_opts)?;
     if let Some((sha, want_ids)) = &plan.expect {
         crate::report::check_same_run(sha.as_deref(), model_sha.as_deref(), want_ids, &prompt.ids)?;
@@ -140,6 +153,7 @@ pub(super) fn prepare(a: &RunArgs) -> Result<Prepared> {
         profile,
         model_sha,
         prompt,
+        cache,
     })
 }
 
@@ -152,6 +166,7 @@ pub fn run(a: &RunArgs) -> Result<()> {
         profile,
         model_sha,
         prompt,
+        cache,
     } = prepare(a)?;
     let settings = plan.settings.clone();
     let cfg = &loaded.model.config;
@@ -164,7 +179,15 @@ pub fn run(a: &RunArgs) -> Result<()> {
             last_pct = pct;
         }
     };
-    let mut session = Session::from_prompt(&loaded, prompt, plan.max_new, profile, &mut progress)?;
+    let mut session = Session::from_prompt_cached(
+        &loaded,
+        cache.as_ref(),
+        prompt,
+        plan.max_new,
+        profile,
+        &mut progress,
+    )?;
+    super::cache_notice(&session);
     session.timing.load = (load_ms * 1000.0).round() / 1000.0;
     let pinned = !settings.pin_keep.is_empty() || !settings.pin_evict.is_empty();
     if settings.method != crate::eviction::full::METHOD || pinned || a.json {

@@ -33,6 +33,8 @@ pub struct TuiArgs {
     pub max_new: usize,
     #[command(flatten)]
     pub prompt_opts: PromptArgs,
+    #[command(flatten)]
+    pub cache: super::CacheArgs,
     /// Culprits the Divergence pane's `R` pins (`,` / `.` change it).
     #[arg(long, value_name = "K", default_value_t = crate::tui::app::RESCUE_K,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=16))]
@@ -88,6 +90,7 @@ pub fn options(a: &TuiArgs) -> Result<crate::tui::Options> {
             notice,
             prefer_compresskv: a.method.is_none() && a.profile.is_none(),
             rescue_k: a.rescue,
+            no_cache: a.cache.no_cache,
         });
     };
     if a.prompt.is_none() {
@@ -116,5 +119,6 @@ pub fn options(a: &TuiArgs) -> Result<crate::tui::Options> {
         }),
         prefer_compresskv: false,
         rescue_k: a.rescue,
+        no_cache: a.cache.no_cache,
     })
 }

@@ -30,6 +30,8 @@ use results::{Record, Writer};
 /// What every unit of a run shares.
 pub struct Ctx<'a> {
     pub loaded: &'a Loaded,
+    /// The prefill cache (`None`: `--no-cache`, or none available).
+    pub cache: Option<&'a crate::prefill_cache::PrefillCache>,
     pub profile: Option<Profile>,
     /// Every knob but method, budget and window (those come from each [`Combo`]).
     pub base: Settings,
@@ -138,13 +140,21 @@ pub fn run_item(
     crate::session::check_fits(n, ctx.max_new, cfg.context_length)
         .with_context(|| item.name.clone())?;
     bar.status(&format!("{} ({n} tokens): prefill + full cache", item.name));
-    let mut session = Session::from_prompt(
+    let mut session = Session::from_prompt_cached(
         loaded,
+        ctx.cache,
         prompt,
         ctx.max_new,
         ctx.profile.clone(),
         &mut |_, _| {},
     )?;
+    if let Some(n) = session
+        .prefill_cache
+        .as_ref()
+        .and_then(|r| r.notice.as_ref())
+    {
+        bar.note(n);
+    }
     let full = score::score(&item.answer, &item.must_include, &session.full.text);
     let full_output = session.full.text.clone();
     let full_kv = session.full.kv_bytes;

@@ -69,6 +69,15 @@ impl Progress {
         self.draw(what, false);
     }
 
+    /// Prints one line of its own (a notice) above the bar, even when quiet.
+    pub fn note(&mut self, line: &str) {
+        let mut e = std::io::stderr().lock();
+        if self.tty && !self.quiet {
+            let _ = write!(e, "\r\x1b[2K");
+        }
+        let _ = writeln!(e, "kvscope: notice: {line}");
+    }
+
     /// Counts one finished unit.
     pub fn inc(&mut self, what: &str) {
         self.done += 1;

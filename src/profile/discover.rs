@@ -14,15 +14,12 @@ use crate::model::fetch;
 use crate::model::Config;
 use crate::profile_format::{Fingerprint, Profile};
 
-/// sha256 of a model file: the real hash of its bytes. A file in the model cache is
-/// hashed again only when its size, mtime or ctime changed since the last hash (a stamp
-/// beside it remembers; see [`fetch::verified_sha256`]), so a changed byte is always
-/// seen and an unchanged 100 MB model costs one stat per start.
+/// sha256 of a model file: the real hash of its bytes. A file is hashed again only when
+/// its size, mtime, ctime or inode changed since the last hash (a stamp remembers; see
+/// [`fetch::model_sha256`]), so a changed byte is always seen and an unchanged model
+/// costs one stat per start.
 pub fn model_sha256(path: &Path) -> Result<String> {
-    if fetch::in_model_cache(path) {
-        return fetch::verified_sha256(path);
-    }
-    fetch::sha256_file(path)
+    fetch::model_sha256(path)
 }
 
 /// The fingerprint a profile measured on this model carries.

@@ -68,6 +68,8 @@ pub struct Options {
     pub prefer_compresskv: bool,
     /// Culprits `R` pins at start.
     pub rescue_k: usize,
+    /// `--no-cache`: neither read nor fill the prefill cache.
+    pub no_cache: bool,
 }
 
 /// One queue for everything the loop reacts to (as gitui does).
@@ -311,6 +313,7 @@ fn start_worker(
         prompt: text,
         prompt_opts: opts.prompt_opts.clone(),
         max_new: opts.max_new,
+        no_cache: opts.no_cache,
         // A report belongs to the prompt it was opened with, not to one picked later.
         expect: opts
             .expect

@@ -28,6 +28,8 @@ pub struct Job {
     pub prompt: String,
     pub prompt_opts: crate::model::PromptOptions,
     pub max_new: usize,
+    /// `--no-cache`: neither read nor fill the prefill cache.
+    pub no_cache: bool,
     /// `--from-report`: the report's model sha256 and prompt ids, checked before the
     /// prefill.
     pub expect: Option<(Option<String>, Vec<u32>)>,
@@ -245,7 +247,7 @@ impl Worker {
         {
             notice = format!("{notice}; {n}");
         }
-        out(FromWorker::Notice(notice));
+        out(FromWorker::Notice(notice.clone()));
         let t0 = Instant::now();
         let mut progress = |done: usize, total: usize| {
             let el = t0.elapsed().as_secs_f64();
@@ -255,9 +257,25 @@ impl Worker {
                 out(FromWorker::Phase(Phase::DecodingFull));
             }
         };
-        let mut session =
-            Session::from_prompt(&loaded, prompt, job.max_new, profile, &mut progress)
-                .context("prefill failed")?;
+        let (cache, cache_notice) = crate::prefill_cache::PrefillCache::open(&path, job.no_cache);
+        let mut session = Session::from_prompt_cached(
+            &loaded,
+            cache.as_ref(),
+            prompt,
+            job.max_new,
+            profile,
+            &mut progress,
+        )
+        .context("prefill failed")?;
+        // The prompt summary again, with what the prefill cache did.
+        let cached = session.prefill_cache.as_ref().map(|r| r.summary());
+        if let Some(line) = cache_notice
+            .into_iter()
+            .chain(cached)
+            .reduce(|a, b| format!("{a}; {b}"))
+        {
+            out(FromWorker::Notice(format!("{notice}; {line}")));
+        }
         // The block maps exist for drawing; selection never reads them, so they move to
         // the UI instead of being copied (tens of MB on long prompts).
         let maps = session

@@ -201,10 +201,14 @@ struct Stamp {
     size: u64,
     mtime_ns: u128,
     ctime_ns: i128,
+    /// The inode (0 off Unix, or in a stamp older than the field): another file moved
+    /// onto the path is hashed again even if its times match.
+    #[serde(default)]
+    ino: u64,
     sha256: String,
 }
 
-fn file_state(meta: &std::fs::Metadata) -> (u64, u128, i128) {
+fn file_state(meta: &std::fs::Metadata) -> (u64, u128, i128, u64) {
     let mtime_ns = meta
         .modified()
         .ok()
@@ -217,7 +221,11 @@ fn file_state(meta: &std::fs::Metadata) -> (u64, u128, i128) {
     };
     #[cfg(not(unix))]
     let ctime_ns = 0;
-    (meta.len(), mtime_ns, ctime_ns)
+    #[cfg(unix)]
+    let ino = std::os::unix::fs::MetadataExt::ino(meta);
+    #[cfg(not(unix))]
+    let ino = 0;
+    (meta.len(), mtime_ns, ctime_ns, ino)
 }
 
 /// `.NAME.verified` beside the file.
@@ -230,19 +238,24 @@ fn stamp_path(path: &Path) -> PathBuf {
 
 /// Records that `path`, as it is now, has sha256 `sum` (best effort: without the stamp
 /// the next start hashes the file again).
-fn write_stamp(path: &Path, sum: &str) {
+fn write_stamp(path: &Path, stamp_at: &Path, sum: &str) {
     let Ok(meta) = std::fs::metadata(path) else {
         return;
     };
-    let (size, mtime_ns, ctime_ns) = file_state(&meta);
+    let (size, mtime_ns, ctime_ns, ino) = file_state(&meta);
     let stamp = Stamp {
         size,
         mtime_ns,
         ctime_ns,
+        ino,
         sha256: sum.to_string(),
     };
     if let Ok(text) = serde_json::to_string(&stamp) {
-        let _ = std::fs::write(stamp_path(path), text);
+        // Through a temp file: two processes stamping at once leave one whole stamp.
+        let tmp = stamp_at.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, text).is_ok() && std::fs::rename(&tmp, stamp_at).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
     }
 }
 
@@ -250,21 +263,48 @@ fn write_stamp(path: &Path, sum: &str) {
 /// changed since the last hash (the stamp `.NAME.verified` beside it remembers). A
 /// model of 100 MB hashes in about half a second; with the stamp a start costs one stat.
 pub fn verified_sha256(path: &Path) -> Result<String> {
+    stamped_sha256(path, &stamp_path(path))
+}
+
+/// [`verified_sha256`] with the stamp kept at `stamp_at`.
+fn stamped_sha256(path: &Path, stamp_at: &Path) -> Result<String> {
     let meta =
         std::fs::metadata(path).with_context(|| format!("cannot stat {}", path.display()))?;
-    let (size, mtime_ns, ctime_ns) = file_state(&meta);
-    let stamp = std::fs::read(stamp_path(path))
+    let now = file_state(&meta);
+    let stamp = std::fs::read(stamp_at)
         .ok()
         .filter(|b| b.len() < 4096)
         .and_then(|b| serde_json::from_slice::<Stamp>(&b).ok());
     if let Some(st) = stamp {
-        if (st.size, st.mtime_ns, st.ctime_ns) == (size, mtime_ns, ctime_ns) {
+        if (st.size, st.mtime_ns, st.ctime_ns, st.ino) == now {
             return Ok(st.sha256);
         }
     }
     let sum = sha256_file(path)?;
-    write_stamp(path, &sum);
+    write_stamp(path, stamp_at, &sum);
     Ok(sum)
+}
+
+/// sha256 of any model file, hashed again only when its size, mtime, ctime or inode
+/// changed: the stamp lies beside a file of the model cache, and for a file elsewhere
+/// (which kvscope must not write beside) in `$KVSCOPE_HOME/stamps/`, named by a hash
+/// of the file's absolute path. Without a writable cache folder every call hashes.
+pub fn model_sha256(path: &Path) -> Result<String> {
+    if in_model_cache(path) {
+        return verified_sha256(path);
+    }
+    crate::input::regular_file(path, "model file")?;
+    let stamps = cache_dir().map(|d| d.join("stamps"));
+    let abs = path.canonicalize();
+    match (stamps, abs) {
+        (Ok(dir), Ok(abs)) if std::fs::create_dir_all(&dir).is_ok() => {
+            let mut h = Sha256::new();
+            h.update(abs.as_os_str().as_encoded_bytes());
+            let name = hex(&h.finalize()[..16]);
+            stamped_sha256(path, &dir.join(format!("{name}.json")))
+        }
+        _ => sha256_file(path),
+    }
 }
 
 /// Whether `path` lies in the model cache (where stamps may be written).

@@ -113,7 +113,7 @@ pub(super) fn fetch(
     let sum = verify(m, &part).with_context(|| manual_hint(m, dest))?;
     std::fs::rename(&part, dest)
         .with_context(|| format!("cannot move the model into {}", dest.display()))?;
-    write_stamp(dest, &sum);
+    write_stamp(dest, &stamp_path(dest), &sum);
     say(&format!("model stored at {}", dest.display()));
     Ok(())
 }

@@ -1,0 +1,182 @@
+//! The folder of entries: writing one through a temp file and a rename, least-recently-
+//! used eviction under the cap, and the listing and clearing behind `kvscope cache`.
+
+use anyhow::{bail, Context, Result};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use super::entry::{self, Meta, EXT};
+use crate::trace::Trace;
+
+/// Temp files start with this; one left by a killed process is swept after an hour.
+const TMP_PREFIX: &str = ".tmp-";
+const STALE_TMP_SECS: u64 = 3600;
+
+/// Marks an entry as just used (its mtime is the LRU clock); best effort.
+pub fn touch(path: &Path) {
+    if let Ok(f) = File::options().write(true).open(path) {
+        let _ = f.set_modified(SystemTime::now());
+    }
+}
+
+fn is_entry(p: &Path) -> bool {
+    p.extension().is_some_and(|e| e == EXT)
+        && !p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
+
+/// Regular entry files in `dir` with size and mtime.
+fn entries(dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    rd.flatten()
+        .filter_map(|e| {
+            let p = e.path();
+            let md = std::fs::symlink_metadata(&p).ok()?;
+            (md.is_file() && is_entry(&p))
+                .then(|| (p, md.len(), md.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
+        })
+        .collect()
+}
+
+/// Removes temp files older than an hour (a process killed mid-write leaves one).
+fn sweep_stale_temps(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        let stale = std::fs::symlink_metadata(&p).ok().is_some_and(|md| {
+            md.is_file()
+                && md
+                    .modified()
+                    .ok()
+                    .and_then(|m| m.elapsed().ok())
+                    .is_some_and(|age| age.as_secs() > STALE_TMP_SECS)
+        });
+        if stale && e.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+/// Deletes the least recently used entries (not `keep`) until the folder's entries plus
+/// `incoming` bytes fit `cap`.
+pub fn evict(dir: &Path, cap: u64, incoming: u64, keep: &str) {
+    let mut es = entries(dir);
+    es.retain(|(p, _, _)| p.file_name().is_none_or(|n| n != keep));
+    es.sort_by_key(|e| e.2);
+    let mut total: u64 = es.iter().map(|e| e.1).sum();
+    for (p, bytes, _) in es {
+        if total.saturating_add(incoming) <= cap {
+            break;
+        }
+        if std::fs::remove_file(&p).is_ok() {
+            total -= bytes;
+        }
+    }
+}
+
+/// Writes the entry `name` in `dir` under `cap`: through a temp file of this process
+/// renamed into place, so concurrent writers of one entry leave one whole file.
+pub fn write(dir: &Path, cap: u64, name: &str, meta: &Meta, trace: &Trace) -> Result<u64> {
+    let json_len = serde_json::to_vec(meta)?.len();
+    let size = entry::file_bytes(json_len, meta).context("the Trace is too large to store")?;
+    if size > cap {
+        bail!(
+            "the entry ({}) is larger than the cache's cap ({}; set {} to raise it)",
+            super::human_bytes(size),
+            super::human_bytes(cap),
+            super::CAP_ENV
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    sweep_stale_temps(dir);
+    evict(dir, cap, size, name);
+    let dest = dir.join(name);
+    if let Ok(md) = std::fs::symlink_metadata(&dest) {
+        if !md.is_file() {
+            bail!("{} is not a regular file; left alone", dest.display());
+        }
+    }
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = dir.join(format!("{TMP_PREFIX}{}-{nanos}-{name}", std::process::id()));
+    let result = File::options()
+        .write(true)
+        .create_new(true)
+        .open(&tmp)
+        .with_context(|| format!("cannot write in {}", dir.display()))
+        .and_then(|f| {
+            entry::write(f, meta, trace).with_context(|| format!("writing {}", tmp.display()))
+        })
+        .and_then(|n| {
+            std::fs::rename(&tmp, &dest)
+                .with_context(|| format!("cannot rename into {}", dest.display()))?;
+            Ok(n)
+        });
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// One file of the folder as `kvscope cache ls` shows it.
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub path: PathBuf,
+    pub bytes: u64,
+    pub last_use: SystemTime,
+    /// The entry's header, or why it cannot be read.
+    pub meta: std::result::Result<Meta, String>,
+}
+
+/// Every entry file in `dir`, most recently used first.
+pub fn list(dir: &Path) -> Vec<Listed> {
+    let mut v: Vec<Listed> = entries(dir)
+        .into_iter()
+        .map(|(path, bytes, last_use)| {
+            let meta = File::open(&path)
+                .map_err(anyhow::Error::from)
+                .and_then(|mut f| entry::read_meta(&mut f, bytes))
+                .map(|(m, ..)| m)
+                .map_err(|e| format!("{e:#}"));
+            Listed {
+                path,
+                bytes,
+                last_use,
+                meta,
+            }
+        })
+        .collect();
+    v.sort_by_key(|l| std::cmp::Reverse(l.last_use));
+    v
+}
+
+/// Removes every entry and temp file in `dir` (other files are left alone); returns the
+/// files and bytes removed.
+pub fn clear(dir: &Path) -> Result<(usize, u64)> {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", dir.display())),
+    };
+    let (mut n, mut bytes) = (0, 0);
+    for e in rd.flatten() {
+        let p = e.path();
+        let Ok(md) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let ours = is_entry(&p) || e.file_name().to_string_lossy().starts_with(TMP_PREFIX);
+        if md.is_file() && ours {
+            std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
+            n += 1;
+            bytes += md.len();
+        }
+    }
+    Ok((n, bytes))
+}

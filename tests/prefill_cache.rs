@@ -1,0 +1,361 @@
+//! The prefill cache on the tiny model: an entry reads back bit for bit, its key misses
+//! on one token of difference, a damaged or foreign file is refused and replaced, the
+//! cap evicts the least recently used, concurrent writers leave one good file, and a
+//! cached `run --json` equals an uncached one but for the cache's own fields.
+
+use kvscope::model::Model;
+use kvscope::prefill_cache::{FullGen, PrefillCache};
+use kvscope::testing::{self, GgufSpec};
+use kvscope::trace::Trace;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn model() -> Model {
+    testing::tiny_model(64, 512, 7)
+}
+
+fn trace(m: &Model, ids: &[u32]) -> Trace {
+    m.prefill(ids, 16, &mut |_, _| {}).expect("prefill")
+}
+
+fn cache(dir: &Path, cap: u64) -> PrefillCache {
+    PrefillCache {
+        dir: dir.to_path_buf(),
+        cap,
+        model_sha256: "ab".repeat(32),
+        model_name: "tiny.gguf".into(),
+    }
+}
+
+fn full() -> FullGen {
+    FullGen {
+        max_new: 4,
+        ids: vec![1, 2, 3, 4],
+    }
+}
+
+/// Every array of two Traces, bit for bit.
+fn same(a: &Trace, b: &Trace) -> bool {
+    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    a.dims == b.dims
+        && a.len == b.len
+        && a.w_max == b.w_max
+        && a.ids == b.ids
+        && a.windows == b.windows
+        && bits(&a.last_logits) == bits(&b.last_logits)
+        && a.layers.iter().zip(&b.layers).all(|(x, y)| {
+            bits(&x.k) == bits(&y.k)
+                && bits(&x.v) == bits(&y.v)
+                && bits(&x.q_last) == bits(&y.q_last)
+                && bits(&x.col_sums) == bits(&y.col_sums)
+                && x.maps == y.maps
+        })
+        && a.layers.len() == b.layers.len()
+}
+
+fn entry_path(c: &PrefillCache, ids: &[u32]) -> PathBuf {
+    c.dir.join(c.key("f32", ids).file_name())
+}
+
+#[test]
+fn an_entry_reads_back_bit_for_bit_and_one_token_misses() {
+    let dir = testing::temp_dir("pfc-key");
+    let (m, c) = (model(), cache(&dir, 1 << 30));
+    let ids = testing::random_ids(90, 64, 1);
+    let t = trace(&m, &ids);
+    let key = c.key("f32", &ids);
+    assert!(c.lookup(&key).unwrap().is_none(), "empty cache misses");
+    let r = c.store(&key, &t, &full());
+    assert!(r.notice.is_none(), "{r:?}");
+    assert!(r.bytes > 0 && r.store_ms.is_some());
+    let hit = c.lookup(&key).unwrap().expect("hit");
+    assert!(hit.report.hit);
+    assert!(same(&hit.trace, &t), "the stored Trace differs");
+    assert_eq!(hit.full, full());
+    // One token different, another dtype, another model file: all miss.
+    let mut other = ids.clone();
+    other[40] = (other[40] + 1) % 64;
+    assert!(c.lookup(&c.key("f32", &other)).unwrap().is_none());
+    assert!(c.lookup(&c.key("f16", &ids)).unwrap().is_none());
+    let mut c2 = c.clone();
+    c2.model_sha256 = "cd".repeat(32);
+    assert!(c2.lookup(&c2.key("f32", &ids)).unwrap().is_none());
+    // A hit the cache gives is the prefill the model gives.
+    assert!(same(&trace(&m, &ids), &hit.trace));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn damaged_truncated_foreign_and_garbage_files_are_refused_and_removed() {
+    let dir = testing::temp_dir("pfc-bad");
+    let (m, c) = (model(), cache(&dir, 1 << 30));
+    let ids = testing::random_ids(70, 64, 2);
+    let t = trace(&m, &ids);
+    let key = c.key("f32", &ids);
+    let path = entry_path(&c, &ids);
+    let good = |c: &PrefillCache| {
+        c.store(&key, &t, &full());
+        std::fs::read(&path).unwrap()
+    };
+    let bytes = good(&c);
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("checksum", {
+            let mut b = bytes.clone();
+            let n = b.len();
+            b[n - 7] ^= 0x10;
+            b
+        }),
+        ("truncated", bytes[..bytes.len() - 100].to_vec()),
+        ("truncated", bytes[..10].to_vec()),
+        (
+            "not a kvscope",
+            b"garbage garbage garbage garbage garbage".to_vec(),
+        ),
+        ("version", {
+            let mut b = bytes.clone();
+            b[12] ^= 0x7f;
+            b
+        }),
+    ];
+    for (what, b) in cases {
+        std::fs::write(&path, &b).unwrap();
+        let err = match c.lookup(&key) {
+            Err(e) => e,
+            Ok(h) => panic!("{what}: a bad file was trusted (hit: {})", h.is_some()),
+        };
+        assert!(err.contains(what), "{what}: {err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+        assert!(!path.exists(), "{what}: the bad file stays");
+    }
+    // A whole entry of another prompt copied under this key's name: foreign.
+    let other = testing::random_ids(70, 64, 3);
+    c.store(&c.key("f32", &other), &trace(&m, &other), &full());
+    std::fs::copy(entry_path(&c, &other), &path).unwrap();
+    let err = c.lookup(&key).err().expect("foreign file refused");
+    assert!(err.contains("foreign"), "{err}");
+    // The next store replaces it and reads back.
+    good(&c);
+    assert!(same(&c.lookup(&key).unwrap().unwrap().trace, &t));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn the_cap_evicts_the_least_recently_used_and_refuses_what_cannot_fit() {
+    let dir = testing::temp_dir("pfc-lru");
+    let m = model();
+    let idss: Vec<Vec<u32>> = (0..4)
+        .map(|s| testing::random_ids(80, 64, 10 + s))
+        .collect();
+    let traces: Vec<Trace> = idss.iter().map(|i| trace(&m, i)).collect();
+    let probe = cache(&dir, u64::MAX);
+    let one = probe
+        .store(&probe.key("f32", &idss[0]), &traces[0], &full())
+        .bytes;
+    // Room for three entries of this size.
+    let c = cache(&dir, one * 3 + one / 2);
+    for i in 1..3 {
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        assert!(c
+            .store(&c.key("f32", &idss[i]), &traces[i], &full())
+            .notice
+            .is_none());
+    }
+    // Entry 0 is the oldest write but is used now, so entry 1 is the least recent.
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    assert!(c.lookup(&c.key("f32", &idss[0])).unwrap().is_some());
+    std::thread::sleep(std::time::Duration::from_millis(30));
+    c.store(&c.key("f32", &idss[3]), &traces[3], &full());
+    let present: Vec<bool> = idss.iter().map(|i| entry_path(&c, i).exists()).collect();
+    assert_eq!(present, vec![true, false, true, true]);
+    let listed = kvscope::prefill_cache::list(&dir);
+    assert_eq!(listed.len(), 3);
+    assert!(listed.iter().map(|l| l.bytes).sum::<u64>() <= c.cap);
+    assert!(listed
+        .iter()
+        .all(|l| l.meta.as_ref().is_ok_and(|m| m.len == 80)));
+    // An entry larger than the whole cap is not stored, with a notice.
+    let small = cache(&dir, one / 2);
+    let r = small.store(&small.key("f32", &idss[1]), &traces[1], &full());
+    assert!(
+        r.notice.as_deref().is_some_and(|n| n.contains("cap")),
+        "{r:?}"
+    );
+    // Garbage files in the folder: listed as unreadable, cleared, others left alone.
+    std::fs::write(dir.join("junk.kvp"), b"junk").unwrap();
+    std::fs::write(dir.join("notes.txt"), b"mine").unwrap();
+    assert!(kvscope::prefill_cache::list(&dir)
+        .iter()
+        .any(|l| l.meta.is_err()));
+    let (n, _) = kvscope::prefill_cache::clear(&dir).unwrap();
+    assert_eq!(n, 4);
+    assert!(dir.join("notes.txt").exists());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn concurrent_writers_of_one_entry_leave_one_good_file() {
+    let dir = testing::temp_dir("pfc-race");
+    let m = model();
+    let ids = testing::random_ids(100, 64, 4);
+    let t = trace(&m, &ids);
+    let c = cache(&dir, 1 << 30);
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                for _ in 0..3 {
+                    let r = c.store(&c.key("f32", &ids), &t, &full());
+                    assert!(r.notice.is_none(), "{r:?}");
+                }
+            });
+        }
+    });
+    let files: Vec<_> = std::fs::read_dir(&dir).unwrap().flatten().collect();
+    assert_eq!(files.len(), 1, "temp files left: {files:?}");
+    assert!(same(
+        &c.lookup(&c.key("f32", &ids)).unwrap().unwrap().trace,
+        &t
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_folder_that_cannot_be_written_is_a_notice() {
+    let dir = testing::temp_dir("pfc-ro");
+    let m = model();
+    let ids = testing::random_ids(50, 64, 5);
+    let t = trace(&m, &ids);
+    // The cache folder's path is taken by a file (root ignores permission bits, so
+    // this is how a test makes a folder unwritable for everyone).
+    let blocked = dir.join("file");
+    std::fs::write(&blocked, b"x").unwrap();
+    let c = cache(&blocked.join("prefill"), 1 << 30);
+    let r = c.store(&c.key("f32", &ids), &t, &full());
+    let n = r.notice.expect("a notice");
+    assert!(n.contains("cannot create") && !n.contains('\n'), "{n}");
+    assert!(c.lookup(&c.key("f32", &ids)).unwrap().is_none());
+    // The entry's name taken by a folder: left alone, with a notice.
+    let c = cache(&dir.join("p"), 1 << 30);
+    std::fs::create_dir_all(entry_path(&c, &ids)).unwrap();
+    let r = c.store(&c.key("f32", &ids), &t, &full());
+    assert!(r.notice.is_some_and(|n| n.contains("not a regular file")));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+struct Env {
+    dir: PathBuf,
+    model: PathBuf,
+}
+
+impl Env {
+    fn new(tag: &str) -> Env {
+        let dir = testing::temp_dir(tag);
+        let model = dir.join("tiny.gguf");
+        let spec = GgufSpec {
+            context_length: 512,
+            ..GgufSpec::default()
+        };
+        testing::write_tiny_gguf(&model, &spec).expect("write tiny gguf");
+        Env { dir, model }
+    }
+
+    fn run(&self, prompt: &str, args: &[&str]) -> Output {
+        let p = self.dir.join("prompt.txt");
+        std::fs::write(&p, prompt).unwrap();
+        Command::new(env!("CARGO_BIN_EXE_kvscope"))
+            .arg("run")
+            .arg(&p)
+            .arg("--model")
+            .arg(&self.model)
+            .args(["--method", "snapkv", "--budget", "24", "--window", "4"])
+            .arg("--json")
+            .args(args)
+            .env("KVSCOPE_HOME", self.dir.join("home"))
+            .output()
+            .expect("run kvscope")
+    }
+
+    /// `run --json` with `--max-new 6` unless `args` sets it.
+    fn report(&self, prompt: &str, args: &[&str]) -> (Value, String) {
+        let mut a = args.to_vec();
+        if !a.contains(&"--max-new") {
+            a.extend(["--max-new", "6"]);
+        }
+        let out = self.run(prompt, &a);
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "kvscope run failed: {err}");
+        (serde_json::from_slice(&out.stdout).expect("JSON"), err)
+    }
+}
+
+/// The report without the fields that differ between runs by design.
+fn stable(mut v: Value) -> Value {
+    let o = v.as_object_mut().unwrap();
+    o.remove("timing_ms");
+    o.remove("prefill_cache");
+    v
+}
+
+const PROMPT: &str = "The keeper wrote the code 7421 in the log while the waves hit \
+    the rocks all night. Question: what is the code?";
+
+#[test]
+fn a_cached_run_reports_the_same_as_an_uncached_one() {
+    let env = Env::new("pfc-cli");
+    let (first, _) = env.report(PROMPT, &[]);
+    assert_eq!(first["prefill_cache"]["hit"], false);
+    assert!(
+        first["prefill_cache"]["store_ms"].is_number(),
+        "{}",
+        first["prefill_cache"]
+    );
+    let (second, _) = env.report(PROMPT, &[]);
+    assert_eq!(second["prefill_cache"]["hit"], true);
+    assert!(second["prefill_cache"]["load_ms"].is_number());
+    let (off, _) = env.report(PROMPT, &["--no-cache"]);
+    assert!(off.get("prefill_cache").is_none());
+    let bytes = |v: Value| serde_json::to_vec(&stable(v)).unwrap();
+    assert_eq!(bytes(second.clone()), bytes(off.clone()));
+    assert_eq!(bytes(first), bytes(off));
+    // A shorter generation is answered from the stored one, a longer one decodes.
+    let (short, _) = env.report(PROMPT, &["--max-new", "3"]);
+    let (short_off, _) = env.report(PROMPT, &["--max-new", "3", "--no-cache"]);
+    assert_eq!(short["prefill_cache"]["hit"], true);
+    assert_eq!(bytes(short), bytes(short_off));
+    // One more word is another prompt: a miss.
+    let (other, _) = env.report(&format!("{PROMPT} Now."), &[]);
+    assert_eq!(other["prefill_cache"]["hit"], false);
+    // A damaged entry: one notice line, then the right answer, stored again.
+    let pdir = env.dir.join("home").join("prefill");
+    for e in std::fs::read_dir(&pdir).unwrap().flatten() {
+        let mut b = std::fs::read(e.path()).unwrap();
+        let n = b.len();
+        b[n / 2] ^= 0xff;
+        std::fs::write(e.path(), b).unwrap();
+    }
+    let (again, err) = env.report(PROMPT, &[]);
+    assert_eq!(again["prefill_cache"]["hit"], false);
+    let notices: Vec<&str> = err.lines().filter(|l| l.contains("unusable")).collect();
+    assert_eq!(notices.len(), 1, "{err}");
+    assert!(again["prefill_cache"]["notice"].is_string());
+    assert_eq!(bytes(again), bytes(second));
+    let (fixed, _) = env.report(PROMPT, &[]);
+    assert_eq!(fixed["prefill_cache"]["hit"], true);
+    // `cache ls` names the entries; `cache clear` empties the folder.
+    let ls = Command::new(env!("CARGO_BIN_EXE_kvscope"))
+        .args(["cache", "ls"])
+        .env("KVSCOPE_HOME", env.dir.join("home"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&ls.stdout);
+    assert!(ls.status.success());
+    assert_eq!(text.matches("tiny.gguf").count(), 2, "{text}");
+    let clear = Command::new(env!("CARGO_BIN_EXE_kvscope"))
+        .args(["cache", "clear"])
+        .env("KVSCOPE_HOME", env.dir.join("home"))
+        .output()
+        .unwrap();
+    assert!(clear.status.success());
+    assert!(kvscope::prefill_cache::list(&pdir).is_empty());
+    let _ = std::fs::remove_dir_all(&env.dir);
+}
