@@ -228,6 +228,8 @@ pub fn dot_q8_streaming(fmt: Format, row: &[u8], x: &QVec, large: bool) -> f32 {
 
 /// A K-quant row against Q8_K activations.
 #[inline]
+// `large` only steers the SIMD kernels' prefetching.
+#[cfg_attr(not(kv_avx2), allow(unused_variables))]
 fn dot_q8k(fmt: Format, row: &[u8], x: &QVec, large: bool) -> f32 {
     let nb = row.len() / fmt.block_bytes();
     assert!(
