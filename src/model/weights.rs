@@ -239,7 +239,7 @@ impl Linear {
         let mut band = rows.div_ceil(n_bands);
         // The packed kernels take rows eight at a time: bands of whole groups.
         if packed_fmt.is_some() || (self.q8_kind() == Some(false) && tile32::applies(t)) {
-            band = band.next_multiple_of(packed::ROWS);
+            band = band.next_multiple_of(quant::layout::ROWS);
         }
         let b32: Vec<Vec<i16>> = if packed_fmt == Some(Format::Q4K) {
             xs.iter()

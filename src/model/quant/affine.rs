@@ -5,6 +5,7 @@
 
 use half::f16;
 
+use super::portable::block_offset;
 use super::qvec::{QVec, QK};
 
 /// A weight matrix in affine blocks: element `w[r][c] = d[r][b] * q[r][c] + m[r][b]` with
@@ -25,16 +26,6 @@ pub struct QMat {
     /// f16 and f32 (a power-of-two multiple), so every kernel computes the same offsets.
     pub d: Vec<f16>,
     pub m: Vec<f16>,
-}
-
-/// The offset of a block with scale `d` and stored offsets `m` (empty: symmetric codes).
-#[inline(always)]
-pub(crate) fn block_offset(m: &[f16], d: &[f16], b: usize) -> f32 {
-    if m.is_empty() {
-        -128.0 * d[b].to_f32()
-    } else {
-        m[b].to_f32()
-    }
 }
 
 impl QMat {
@@ -156,23 +147,6 @@ impl QMat {
     }
 }
 
-/// Checks that one row's codes, scales and offsets and the activations hold the same
-/// number of blocks (the SIMD kernels read through raw pointers); returns the bytes of
-/// codes per block.
-#[cfg_attr(not(kv_avx2), allow(dead_code))]
-pub(crate) fn check_row(q: &[u8], packed: bool, d: &[f16], m: &[f16], x: &QVec) -> usize {
-    let nb = d.len();
-    let bytes_per_block = if packed { QK / 2 } else { QK };
-    assert!(
-        (m.len() == nb || m.is_empty())
-            && q.len() >= nb * bytes_per_block
-            && x.q.len() >= nb * QK
-            && x.s.len() >= nb
-            && x.sum.len() >= nb
-    );
-    bytes_per_block
-}
-
 /// One output element: `sum_b d_b * s_b * (q_b . x_b) + m_b * sum(x_b)`. AVX-512 VNNI
 /// where the build has it, else AVX2, else the portable reference.
 #[inline(always)]
@@ -192,7 +166,8 @@ fn qrow_dot(w: &QMat, r: usize, x: &QVec) -> f32 {
     }
     #[cfg(not(kv_avx2))]
     {
-        super::portable::affine_dot(w, r, x)
+        let (q, d, m) = w.row(r);
+        super::portable::affine_dot(q, w.packed, d, m, x)
     }
 }
 
@@ -289,7 +264,10 @@ mod tests {
                 let mut fast = vec![0.0; rows];
                 matvec_q_rows(qm, &qx, 0, &mut fast);
                 for (r, &f) in fast.iter().enumerate() {
-                    let e = super::super::portable::affine_dot(qm, r, &qx);
+                    let e = {
+                        let (q, d, m) = qm.row(r);
+                        super::super::portable::affine_dot(q, qm.packed, d, m, &qx)
+                    };
                     assert!(
                         (f - e).abs() <= 1e-4 * e.abs().max(1.0),
                         "cols {cols} packed {} row {r}: {f} vs {e}",
@@ -316,7 +294,10 @@ mod tests {
                                 &qx,
                             )
                         };
-                        let eo = super::super::portable::affine_dot(qm, other, &qx);
+                        let eo = {
+                            let (q, d, m) = qm.row(other);
+                            super::super::portable::affine_dot(q, qm.packed, d, m, &qx)
+                        };
                         assert!(
                             (a - e).abs() <= 1e-4 * e.abs().max(1.0)
                                 && (b - eo).abs() <= 1e-4 * eo.abs().max(1.0),

@@ -9,6 +9,7 @@
 //! tested against it, and it is tested against candle's dequantisation.
 
 pub mod affine;
+pub mod layout;
 pub mod packed;
 pub mod portable;
 pub mod qvec;

@@ -3,7 +3,6 @@
 
 use half::{bf16, f16};
 
-use super::affine::{block_offset, QMat};
 use super::qvec::{QVec, QK};
 use super::{Format, QK_K};
 
@@ -259,15 +258,15 @@ pub fn dot_q8k(fmt: Format, row: &[u8], x: &QVec) -> f32 {
     acc
 }
 
-/// One row of the affine store (`QMat`) against 8-bit activations: the reference of the
-/// SIMD row kernels, and the kernel of CPUs without them.
-pub fn affine_dot(w: &QMat, r: usize, x: &QVec) -> f32 {
-    let (q, d, m) = w.row(r);
+/// One row of the affine store (`QMat::row`: codes, scales, offsets) against 8-bit
+/// activations: the reference of the SIMD row kernels, and the kernel of CPUs without
+/// them. `packed`: two 4-bit codes per byte.
+pub fn affine_dot(q: &[u8], packed: bool, d: &[f16], m: &[f16], x: &QVec) -> f32 {
     let mut acc = 0f32;
     for b in 0..d.len() {
         let mut s = 0i32;
         for j in 0..QK {
-            let code = if w.packed {
+            let code = if packed {
                 let byte = q[b * QK / 2 + j % (QK / 2)];
                 if j < QK / 2 {
                     byte & 0x0f
@@ -282,4 +281,31 @@ pub fn affine_dot(w: &QMat, r: usize, x: &QVec) -> f32 {
         acc += d[b].to_f32() * x.s[b] * s as f32 + block_offset(m, d, b) * x.sum[b];
     }
     acc
+}
+
+/// The offset of a block with scale `d` and stored offsets `m` (empty: symmetric codes).
+#[inline(always)]
+pub(crate) fn block_offset(m: &[f16], d: &[f16], b: usize) -> f32 {
+    if m.is_empty() {
+        -128.0 * d[b].to_f32()
+    } else {
+        m[b].to_f32()
+    }
+}
+
+/// Checks that one row's codes, scales and offsets and the activations hold the same
+/// number of blocks (the SIMD kernels read through raw pointers); returns the bytes of
+/// codes per block.
+#[cfg_attr(not(kv_avx2), allow(dead_code))]
+pub(crate) fn check_row(q: &[u8], packed: bool, d: &[f16], m: &[f16], x: &QVec) -> usize {
+    let nb = d.len();
+    let bytes_per_block = if packed { QK / 2 } else { QK };
+    assert!(
+        (m.len() == nb || m.is_empty())
+            && q.len() >= nb * bytes_per_block
+            && x.q.len() >= nb * QK
+            && x.s.len() >= nb
+            && x.sum.len() >= nb
+    );
+    bytes_per_block
 }

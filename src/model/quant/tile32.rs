@@ -24,14 +24,9 @@
 //! product, then two fused multiply-adds per block); the SIMD kernel equals it bit for bit.
 
 use super::affine::QMat;
-use super::packed::ROWS;
+use super::layout::{ROWS, T32_BYTES as BYTES, T32_CODES as CODES};
 use super::qvec::{QVec, QK};
 use super::Format;
-
-/// Bytes of one packed block of eight rows: d (8 f32), m (8 f32), then the codes as
-/// eight 4-byte columns of eight rows (8 x 32 bytes).
-pub const BYTES: usize = 64 + 8 * 32;
-pub(crate) const CODES: usize = 64;
 
 /// Fewest tokens for which packing a band pays (below it the row kernels are used).
 pub const MIN_TOKENS: usize = 8;

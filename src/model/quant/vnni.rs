@@ -1,7 +1,7 @@
 //! The affine row kernel for CPUs with AVX-512 VNNI: unsigned weight codes times signed
 //! activations in one VPDPBUSD per block.
-use super::affine::check_row;
 use super::avx2::hsum;
+use super::portable::check_row;
 use super::qvec::{QVec, QK};
 use half::f16;
 use std::arch::x86_64::*;

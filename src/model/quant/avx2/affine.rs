@@ -5,7 +5,7 @@ use half::f16;
 use std::arch::x86_64::*;
 
 use super::hsum;
-use crate::model::quant::affine::{block_offset, check_row};
+use crate::model::quant::portable::{block_offset, check_row};
 use crate::model::quant::qvec::{QVec, QK};
 
 // One row: the kernel for AVX2 CPUs without 8-bit VNNI (Zen 2/3, older Intel): codes and

@@ -4,7 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::{bcast4, ld};
-use crate::model::quant::packed::{
+use crate::model::quant::layout::{
     Q4K_BYTES, Q4K_MN, Q4K_QS, Q4K_SC, Q6K_BYTES, Q6K_CP, Q6K_QC, Q6K_SC,
 };
 use crate::model::quant::qvec::QVec;

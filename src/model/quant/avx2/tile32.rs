@@ -4,8 +4,8 @@
 use std::arch::x86_64::*;
 
 use super::{bcast4, ld};
+use crate::model::quant::layout::{T32_BYTES as BYTES, T32_CODES as CODES};
 use crate::model::quant::qvec::{QVec, QK};
-use crate::model::quant::tile32::{BYTES, CODES};
 
 /// Eight packed rows (`nb` blocks at `pk`) against `T` tokens: `out[t][r]` is row `r`
 /// times token `t`. `SIGNED`: Q8_0's signed codes without offset; else unsigned codes
