@@ -59,7 +59,44 @@ pub fn lengths_for_prompt(prompt_len: usize, context: usize, max_new: usize) -> 
     Ok(v)
 }
 
-/// The calibration prompts of `dir` (`*.txt`, name order), templated and encoded;
+/// The default calibration prompts, built into the binary: `profile make` (and the
+/// inspector's `P`) run from any folder, not only from a checkout of this repository.
+const BUILT_IN_CALIBRATION: [(&str, &str); 4] = [
+    (
+        "01-council-minutes.txt",
+        include_str!("../../sample-prompts/calibration/01-council-minutes.txt"),
+    ),
+    (
+        "02-water-treatment.txt",
+        include_str!("../../sample-prompts/calibration/02-water-treatment.txt"),
+    ),
+    (
+        "03-clockmaker-story.txt",
+        include_str!("../../sample-prompts/calibration/03-clockmaker-story.txt"),
+    ),
+    (
+        "04-canal-history.txt",
+        include_str!("../../sample-prompts/calibration/04-canal-history.txt"),
+    ),
+];
+
+/// The calibration texts of `dir` (`*.txt`, name order) as (name, text). The default
+/// folder, when it does not exist (a run outside the repository), is the built-in copy
+/// of the same prompts; any other folder must exist.
+pub fn calibration_texts(dir: &Path) -> Result<Vec<(String, String)>> {
+    if dir.ends_with(CALIBRATION_DIR) && !dir.exists() {
+        return Ok(BUILT_IN_CALIBRATION
+            .iter()
+            .map(|(name, text)| (format!("built-in {name}"), text.to_string()))
+            .collect());
+    }
+    super::layers::calibration_files(dir)?
+        .into_iter()
+        .map(|f| Ok((f.display().to_string(), crate::input::read_prompt(&f)?)))
+        .collect()
+}
+
+/// The calibration prompts of `dir` ([`calibration_texts`]), templated and encoded;
 /// one too long for the model's context is refused.
 pub fn calibration_prompts(
     dir: &Path,
@@ -68,17 +105,15 @@ pub fn calibration_prompts(
     max_new: usize,
 ) -> Result<Vec<(String, Vec<u32>)>> {
     let mut v = Vec::new();
-    for f in super::layers::calibration_files(dir)? {
-        let text = crate::input::read_prompt(&f)?;
+    for (name, text) in calibration_texts(dir)? {
         let ids = tok.encode(&tok.apply_template(&text, false))?;
         if ids.len().saturating_add(max_new) > context {
             bail!(
-                "calibration prompt {} has {} tokens, too long for the model's context",
-                f.display(),
+                "calibration prompt {name} has {} tokens, too long for the model's context",
                 ids.len()
             );
         }
-        v.push((f.display().to_string(), ids));
+        v.push((name, ids));
     }
     Ok(v)
 }
@@ -103,6 +138,24 @@ pub fn standard_config(lengths: Vec<usize>, calibration: Vec<(String, Vec<u32>)>
 
 #[cfg(test)]
 mod tests {
+    /// Outside the repository the default folder is missing: the built-in prompts are
+    /// the same texts as the repository's files, in the same order; another missing
+    /// folder is still an error naming it.
+    #[test]
+    fn default_calibration_falls_back_to_the_built_in_prompts() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join(CALIBRATION_DIR);
+        let on_disk = calibration_texts(&repo).expect("repository prompts");
+        let missing = Path::new("/nonexistent-kvscope-test").join(CALIBRATION_DIR);
+        let built_in = calibration_texts(&missing).expect("built-in prompts");
+        assert_eq!(on_disk.len(), built_in.len());
+        for ((_, a), (name, b)) in on_disk.iter().zip(&built_in) {
+            assert_eq!(a, b, "{name}");
+        }
+        let err = calibration_texts(Path::new("/nonexistent-kvscope-test/other"))
+            .expect_err("a missing folder that is not the default");
+        assert!(format!("{err:#}").contains("/nonexistent-kvscope-test/other"));
+    }
+
     use super::*;
 
     #[test]
