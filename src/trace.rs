@@ -2,7 +2,9 @@
 //! prompt. Computed once per prompt; every eviction method and every attention view reads
 //! from it, none of them runs the model again.
 
+use half::f16;
 use serde::Serialize;
+use std::borrow::Cow;
 
 /// Number of query rows at the end of the prompt the Trace keeps per head, so the
 /// observation window can be changed without re-running prefill.
@@ -61,13 +63,77 @@ impl BlockMap {
     }
 }
 
+/// Keys or values of one layer. Prefill computes them in f32; the Trace keeps them in
+/// the decode cache's storage type ([`crate::model::Model::kv_dtype`]): f16 on the fast
+/// path, which the decode cache rounds them to anyway, so the largest buffer of a long
+/// prompt takes half the memory and decoding reads the same values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KvStore {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl KvStore {
+    /// `xs` stored as f16 when `half` is set, else as is.
+    pub fn from_f32(xs: Vec<f32>, half: bool) -> KvStore {
+        if half {
+            KvStore::F16(xs.iter().map(|&x| f16::from_f32(x)).collect())
+        } else {
+            KvStore::F32(xs)
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        match self {
+            KvStore::F32(v) => v.len(),
+            KvStore::F16(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match self {
+            KvStore::F32(v) => v.len() * 4,
+            KvStore::F16(v) => v.len() * 2,
+        }
+    }
+
+    /// `n` values from `at` as f32: borrowed when stored as f32, converted otherwise.
+    pub fn f32s(&self, at: usize, n: usize) -> Cow<'_, [f32]> {
+        match self {
+            KvStore::F32(v) => Cow::Borrowed(&v[at..at + n]),
+            KvStore::F16(v) => {
+                use half::slice::HalfFloatSliceExt;
+                Cow::Owned(v[at..at + n].to_f32_vec())
+            }
+        }
+    }
+
+    /// Every value as f32 (for tests and exports; hot readers take a head's block).
+    pub fn to_f32(&self) -> Cow<'_, [f32]> {
+        self.f32s(0, self.len())
+    }
+
+    /// The values of `ranges`, concatenated, in the same storage type.
+    pub fn gather(&self, ranges: impl Iterator<Item = std::ops::Range<usize>>) -> KvStore {
+        match self {
+            KvStore::F32(v) => KvStore::F32(ranges.flat_map(|r| v[r].iter().copied()).collect()),
+            KvStore::F16(v) => KvStore::F16(ranges.flat_map(|r| v[r].iter().copied()).collect()),
+        }
+    }
+}
+
 /// What prefill recorded for one layer.
 #[derive(Debug, Clone)]
 pub struct LayerTrace {
     /// Post-RoPE keys, `[kv_head][position][head_dim]`.
-    pub k: Vec<f32>,
+    pub k: KvStore,
     /// Values, `[kv_head][position][head_dim]`.
-    pub v: Vec<f32>,
+    pub v: KvStore,
     /// Post-RoPE queries of the last `w_max` prompt positions, `[head][row][head_dim]`.
     pub q_last: Vec<f32>,
     /// Attention each key received, summed over all prompt query rows, `[head][position]`.
@@ -110,7 +176,9 @@ impl Trace {
         self.layers
             .iter()
             .map(|l| {
-                (l.k.len() + l.v.len() + l.q_last.len() + l.col_sums.len()) * f
+                l.k.bytes()
+                    + l.v.bytes()
+                    + (l.q_last.len() + l.col_sums.len()) * f
                     + maps_bytes(std::slice::from_ref(&l.maps))
             })
             .sum::<usize>()
@@ -120,14 +188,30 @@ impl Trace {
         (kv_head * self.len + pos) * self.dims.head_dim
     }
 
-    pub fn key(&self, layer: usize, kv_head: usize, pos: usize) -> &[f32] {
-        let o = self.kv_offset(kv_head, pos);
-        &self.layers[layer].k[o..o + self.dims.head_dim]
+    /// Every key of one KV head, `[position][head_dim]`, as f32: borrowed when stored
+    /// as f32, converted in one pass otherwise (readers that walk many keys take this
+    /// block once instead of converting key by key).
+    pub fn keys(&self, layer: usize, kv_head: usize) -> Cow<'_, [f32]> {
+        let o = self.kv_offset(kv_head, 0);
+        self.layers[layer].k.f32s(o, self.len * self.dims.head_dim)
     }
 
-    pub fn value(&self, layer: usize, kv_head: usize, pos: usize) -> &[f32] {
+    /// Every value of one KV head, as [`Trace::keys`].
+    pub fn values(&self, layer: usize, kv_head: usize) -> Cow<'_, [f32]> {
+        let o = self.kv_offset(kv_head, 0);
+        self.layers[layer].v.f32s(o, self.len * self.dims.head_dim)
+    }
+
+    /// One key as f32 (converted from the stored type where it is f16).
+    pub fn key(&self, layer: usize, kv_head: usize, pos: usize) -> Cow<'_, [f32]> {
         let o = self.kv_offset(kv_head, pos);
-        &self.layers[layer].v[o..o + self.dims.head_dim]
+        self.layers[layer].k.f32s(o, self.dims.head_dim)
+    }
+
+    /// One value as f32.
+    pub fn value(&self, layer: usize, kv_head: usize, pos: usize) -> Cow<'_, [f32]> {
+        let o = self.kv_offset(kv_head, pos);
+        self.layers[layer].v.f32s(o, self.dims.head_dim)
     }
 
     /// Query row `row` of the last `w_max` rows (row 0 is position `len - w_max`).

@@ -48,8 +48,18 @@ fn assert_same_trace(what: &str, t: &Trace, r: &Trace) {
     assert_eq!(t.ids, r.ids);
     assert_eq!(t.layers.len(), r.layers.len());
     for (l, (a, b)) in t.layers.iter().zip(&r.layers).enumerate() {
-        assert_close(&format!("{what} layer {l} K"), &a.k, &b.k, 1e-4);
-        assert_close(&format!("{what} layer {l} V"), &a.v, &b.v, 1e-4);
+        assert_close(
+            &format!("{what} layer {l} K"),
+            &a.k.to_f32(),
+            &b.k.to_f32(),
+            1e-4,
+        );
+        assert_close(
+            &format!("{what} layer {l} V"),
+            &a.v.to_f32(),
+            &b.v.to_f32(),
+            1e-4,
+        );
         assert_close(
             &format!("{what} layer {l} q_last"),
             &a.q_last,
@@ -263,7 +273,12 @@ fn attention_statistics_match_naive_attention() {
 
     let (probs, keys) = naive_layer0(&m, &ids);
     let k32: Vec<f32> = keys.iter().map(|&v| v as f32).collect();
-    assert_close("layer 0 post-RoPE K", &trace.layers[0].k, &k32, 1e-4);
+    assert_close(
+        "layer 0 post-RoPE K",
+        &trace.layers[0].k.to_f32(),
+        &k32,
+        1e-4,
+    );
     for (h, p) in probs.iter().enumerate() {
         let want: Vec<f32> = (0..len)
             .map(|j| p.iter().map(|row| row[j]).sum::<f64>() as f32)

@@ -53,8 +53,8 @@ fn quantised_prefill_equals_the_f32_path() {
                 fmt.name()
             );
             for (l, (x, y)) in a.layers.iter().zip(&b.layers).enumerate() {
-                let ek = max_rel(&x.k, &y.k);
-                let ev = max_rel(&x.v, &y.v);
+                let ek = max_rel(&x.k.to_f32(), &y.k.to_f32());
+                let ev = max_rel(&x.v.to_f32(), &y.v.to_f32());
                 assert!(
                     ek <= tol && ev <= tol,
                     "{} {precision:?} layer {l}: K {ek} V {ev}",

@@ -45,8 +45,8 @@ fn same(a: &Trace, b: &Trace) -> bool {
         && a.windows == b.windows
         && bits(&a.last_logits) == bits(&b.last_logits)
         && a.layers.iter().zip(&b.layers).all(|(x, y)| {
-            bits(&x.k) == bits(&y.k)
-                && bits(&x.v) == bits(&y.v)
+            x.k == y.k
+                && x.v == y.v
                 && bits(&x.q_last) == bits(&y.q_last)
                 && bits(&x.col_sums) == bits(&y.col_sums)
                 && x.maps == y.maps

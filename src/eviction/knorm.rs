@@ -77,9 +77,10 @@ pub fn scores(trace: &Trace, layer: usize, window: usize) -> Vec<Vec<f32>> {
     let prefix = trace.len - window;
     (0..trace.dims.n_kv_heads)
         .map(|g| {
-            (0..prefix)
-                .map(|j| {
-                    let k = trace.key(layer, g, j);
+            let keys = trace.keys(layer, g);
+            keys.chunks_exact(trace.dims.head_dim)
+                .take(prefix)
+                .map(|k| {
                     let sq: f64 = k.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
                     -(sq.sqrt() as f32)
                 })
@@ -93,7 +94,7 @@ mod tests {
     use super::super::testutil::*;
     use super::super::{select, Method, Request, Settings};
     use super::*;
-    use crate::trace::Dims;
+    use crate::trace::{Dims, KvStore};
 
     /// One KV head, head_dim 2, keys (3,4) (1,0) (0,2) (0,1) (9,9).
     fn trace(keys: &[[f32; 2]]) -> Trace {
@@ -104,7 +105,7 @@ mod tests {
             head_dim: 2,
         };
         let mut t = random_trace(dims, keys.len(), 1);
-        t.layers[0].k = keys.iter().flatten().copied().collect();
+        t.layers[0].k = KvStore::F32(keys.iter().flatten().copied().collect());
         t
     }
 

@@ -83,12 +83,12 @@ pub fn window_rows(
     let q0 = (head * trace.w_max + trace.w_max - window) * hd;
     let queries = &trace.layers[layer].q_last[q0..q0 + window * hd];
     let k0 = kv_head * len * hd;
-    let keys = &trace.layers[layer].k[k0..k0 + len * hd];
+    let keys = trace.layers[layer].k.f32s(k0, len * hd);
     let mut logits = vec![0f32; window * len];
     crate::model::kernels::matmul_strided(
         queries,
         hd,
-        keys,
+        &keys,
         crate::model::kernels::BLayout::JRows(hd),
         &mut logits,
         len,

@@ -10,7 +10,7 @@ use super::types::{
     Allocator, Keeps, Knob, KnobKind, KnobValue, Request, ScoreTable, Selection, Settings,
 };
 use crate::profile_format::Profile;
-use crate::trace::{Dims, LayerTrace, Trace, W_MAX};
+use crate::trace::{Dims, KvStore, LayerTrace, Trace, W_MAX};
 use anyhow::Result;
 
 /// `evict_sliding`: apply the method inside sliding layers' windows too.
@@ -270,14 +270,10 @@ pub fn tail(trace: &Trace, from: usize) -> Trace {
         .layers
         .iter()
         .map(|lt| {
-            let per_kv = |x: &[f32]| -> Vec<f32> {
-                (0..d.n_kv_heads)
-                    .flat_map(|g| {
-                        x[(g * l_all + l_all - len) * hd..(g + 1) * l_all * hd]
-                            .iter()
-                            .copied()
-                    })
-                    .collect()
+            let per_kv = |x: &KvStore| -> KvStore {
+                x.gather(
+                    (0..d.n_kv_heads).map(|g| (g * l_all + l_all - len) * hd..(g + 1) * l_all * hd),
+                )
             };
             LayerTrace {
                 k: per_kv(&lt.k),

@@ -1,6 +1,7 @@
 //! Hand-made and random Traces for the eviction tests (no model involved).
 
 use crate::profile_format::{Fingerprint, Profile, Provenance, FORMAT_VERSION};
+use crate::trace::KvStore;
 use crate::trace::{Dims, LayerTrace, Trace, W_MAX};
 
 /// One-layer trace whose attention is easy to work out by hand: KV head `g`'s key at
@@ -32,8 +33,8 @@ pub fn ratio_trace_dim(ratios: &[&[f32]], q: &[f32], head_dim: usize) -> Trace {
         .flat_map(|&x| std::iter::repeat_n(x, w_max * head_dim))
         .collect();
     let layer = LayerTrace {
-        v: vec![0.0; k.len()],
-        k,
+        v: KvStore::F32(vec![0.0; k.len()]),
+        k: KvStore::F32(k),
         q_last,
         col_sums: vec![0.0; dims.n_heads * len],
         maps: Vec::new(),
@@ -88,8 +89,8 @@ pub fn random_trace(dims: Dims, len: usize, seed: u64) -> Trace {
     };
     let layers = (0..dims.n_layers)
         .map(|_| LayerTrace {
-            k: vals(dims.n_kv_heads * len * dims.head_dim, 3.0),
-            v: vals(dims.n_kv_heads * len * dims.head_dim, 1.0),
+            k: KvStore::F32(vals(dims.n_kv_heads * len * dims.head_dim, 3.0)),
+            v: KvStore::F32(vals(dims.n_kv_heads * len * dims.head_dim, 1.0)),
             q_last: vals(dims.n_heads * w_max * dims.head_dim, 3.0),
             // Coarse values so ties happen.
             col_sums: vals(dims.n_heads * len, 2.0)

@@ -10,10 +10,10 @@ use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use super::{FullGen, Key};
-use crate::trace::{BlockMap, Dims, LayerTrace, Trace, W_MAX};
+use crate::trace::{BlockMap, Dims, KvStore, LayerTrace, Trace, W_MAX};
 
 /// Bumped whenever the layout or the Trace's contents change: older entries then miss.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Entry file extension.
 pub const EXT: &str = "kvp";
@@ -41,6 +41,8 @@ pub struct Meta {
     pub w_max: usize,
     pub windows: Vec<Option<usize>>,
     pub vocab: usize,
+    /// How the Trace stores K and V: "f16" or "f32".
+    pub kv_store: String,
     pub full: FullGen,
 }
 
@@ -60,6 +62,11 @@ impl Meta {
             w_max: trace.w_max,
             windows: trace.windows.clone(),
             vocab: trace.last_logits.len(),
+            kv_store: match trace.layers.first().map(|l| &l.k) {
+                Some(KvStore::F16(_)) => "f16",
+                _ => "f32",
+            }
+            .to_string(),
             full: full.clone(),
         }
     }
@@ -81,8 +88,9 @@ impl Meta {
     /// Payload bytes this shape takes, `None` when it overflows (a forged header).
     pub fn payload_bytes(&self) -> Option<u64> {
         let [kv, q, cs, map] = self.layer_counts()?;
+        let elem = if self.kv_store == "f16" { 2 } else { 4 };
         let per_layer = kv
-            .checked_mul(2 * KV_ELEM)?
+            .checked_mul(2 * elem)?
             .checked_add(q.checked_mul(4)?)?
             .checked_add(cs.checked_mul(4)?)?
             .checked_add(map.checked_mul(4)?.checked_mul(self.n_heads as u64)?)?;
@@ -103,6 +111,7 @@ impl Meta {
             && self.n_kv_heads > 0
             && self.n_heads.is_multiple_of(self.n_kv_heads)
             && (self.windows.is_empty() || self.windows.len() == self.n_layers)
+            && (self.kv_store == "f16" || self.kv_store == "f32")
             && self.full.ids.len() <= self.full.max_new;
         if !ok {
             bail!("its header describes an impossible shape");
@@ -110,9 +119,6 @@ impl Meta {
         Ok(())
     }
 }
-
-/// Bytes per stored K/V element (the Trace's type).
-const KV_ELEM: u64 = std::mem::size_of::<f32>() as u64;
 
 /// Total file size of an entry with `meta`.
 pub fn file_bytes(meta_json: usize, meta: &Meta) -> Option<u64> {
@@ -154,8 +160,12 @@ pub fn write(file: File, meta: &Meta, trace: &Trace) -> Result<u64> {
     cw.put(&json)?;
     cw.put(&trace.last_logits)?;
     for l in &trace.layers {
-        cw.put(&l.k)?;
-        cw.put(&l.v)?;
+        for kv in [&l.k, &l.v] {
+            match kv {
+                KvStore::F32(x) => cw.put(x)?,
+                KvStore::F16(x) => cw.put(x)?,
+            }
+        }
         cw.put(&l.q_last)?;
         cw.put(&l.col_sums)?;
         for m in &l.maps {
@@ -251,8 +261,15 @@ pub fn read(path: &Path, key: &Key) -> Result<Option<(Trace, FullGen, u64)>> {
     let (bs, nb) = BlockMap::geometry(meta.len);
     let mut layers = Vec::with_capacity(meta.n_layers);
     for _ in 0..meta.n_layers {
-        let k = take(&mut f, &mut crc, kv)?;
-        let v = take(&mut f, &mut crc, kv)?;
+        let mut store = |f: &mut File| -> Result<KvStore> {
+            Ok(if meta.kv_store == "f16" {
+                KvStore::F16(take(f, &mut crc, kv)?)
+            } else {
+                KvStore::F32(take(f, &mut crc, kv)?)
+            })
+        };
+        let k = store(&mut f)?;
+        let v = store(&mut f)?;
         let q_last = take(&mut f, &mut crc, q)?;
         let col_sums = take(&mut f, &mut crc, cs)?;
         let maps = (0..meta.n_heads)

@@ -99,8 +99,10 @@ pub fn last_prompt_row(trace: &Trace) -> Vec<Vec<Vec<f32>>> {
                     // positions before it get probability 0, as in decode.
                     let lo = trace.window(l).map_or(0, |s| trace.len.saturating_sub(s));
                     let mut p = vec![0.0f32; trace.len];
-                    for (j, x) in p.iter_mut().enumerate().skip(lo) {
-                        *x = kernels::dot(q, trace.key(l, g, j)) * scale;
+                    let keys = trace.keys(l, g);
+                    let rows = keys.chunks_exact(d.head_dim);
+                    for (x, k) in p.iter_mut().zip(rows).skip(lo) {
+                        *x = kernels::dot(q, k) * scale;
                     }
                     kernels::softmax(&mut p[lo..]);
                     p

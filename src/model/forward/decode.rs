@@ -67,8 +67,11 @@ impl<'m> DecodeState<'m> {
                     .enumerate()
                     .map(|(g, pos)| {
                         let mut hc = HeadCache::with_capacity(pos.len() + extra, hd, dtype);
+                        // The head's block in f32 once (the Trace may hold f16).
+                        let (ks, vs) = (trace.keys(l, g), trace.values(l, g));
                         for &p in pos {
-                            hc.push(p, trace.key(l, g, p), trace.value(l, g, p))?;
+                            let r = p * hd..(p + 1) * hd;
+                            hc.push(p, &ks[r.clone()], &vs[r])?;
                         }
                         Ok(hc)
                     })

@@ -8,8 +8,10 @@ use rayon::prelude::*;
 use super::layer::{first_visible, layer, Pass, Scratch};
 use super::{Model, Precision};
 use crate::model::kernels::{self, matmul_strided, BLayout};
+use crate::model::kvcache::KvDtype;
 use crate::model::quant::{tile32, QVec};
 use crate::model::weights::Linear;
+use crate::trace::KvStore;
 use crate::trace::{BlockMap, LayerTrace, Trace, W_MAX};
 
 impl Model {
@@ -72,12 +74,17 @@ impl Model {
 
         let mut layers: Vec<LayerTrace> = (0..cfg.n_layers)
             .map(|_| LayerTrace {
-                k: vec![0.0; nkv * len * hd],
-                v: vec![0.0; nkv * len * hd],
+                k: KvStore::F32(Vec::new()),
+                v: KvStore::F32(Vec::new()),
                 q_last: vec![0.0; nh * w_max * hd],
                 col_sums: vec![0.0; nh * len],
                 maps: Vec::new(),
             })
+            .collect();
+        // K and V in f32 while the prompt's later chunks attend to them; stored in the
+        // decode cache's type once the prefill is done (below).
+        let mut kv: Vec<[Vec<f32>; 2]> = (0..cfg.n_layers)
+            .map(|_| [vec![0.0; nkv * len * hd], vec![0.0; nkv * len * hd]])
             .collect();
         // Block sums in f64 so that chunking changes them only by f32 rounding of inputs.
         let mut block_sums: Vec<Vec<f64>> = vec![vec![0.0; nh * nb * nb]; cfg.n_layers];
@@ -96,6 +103,7 @@ impl Model {
             let mut pass = PrefillPass {
                 model: self,
                 layers: &mut layers,
+                kv: &mut kv,
                 block_sums: &mut block_sums,
                 c0,
                 len,
@@ -117,8 +125,15 @@ impl Model {
             progress(c0, len);
         }
 
-        // By value: each layer's f64 sums are freed as soon as its maps exist (peak memory).
-        for (lt, bsum) in layers.iter_mut().zip(block_sums).filter(|_| summaries) {
+        // By value: each layer's f64 sums and f32 K/V are freed as soon as its maps and
+        // stored K/V exist (peak memory).
+        let half = self.kv_dtype() == KvDtype::F16;
+        for ((lt, bsum), [k, v]) in layers.iter_mut().zip(block_sums).zip(kv) {
+            lt.k = KvStore::from_f32(k, half);
+            lt.v = KvStore::from_f32(v, half);
+            if !summaries {
+                continue;
+            }
             lt.maps = (0..nh)
                 .map(|h| {
                     let mut map = BlockMap {
@@ -154,6 +169,7 @@ impl Model {
 struct PrefillPass<'a> {
     model: &'a Model,
     layers: &'a mut [LayerTrace],
+    kv: &'a mut [[Vec<f32>; 2]],
     block_sums: &'a mut [Vec<f64>],
     c0: usize,
     len: usize,
@@ -220,13 +236,14 @@ impl Pass for PrefillPass<'_> {
         let scale = cfg.opts.attn_scale;
         let window = cfg.layers[li].window;
         let lt = &mut self.layers[li];
+        let [kc, vc] = &mut self.kv[li];
         for r in 0..t {
             let pos = c0 + r;
             for kvh in 0..nkv {
                 let src = r * kvd + kvh * hd;
                 let dst = (kvh * len + pos) * hd;
-                lt.k[dst..dst + hd].copy_from_slice(&k[src..src + hd]);
-                lt.v[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
+                kc[dst..dst + hd].copy_from_slice(&k[src..src + hd]);
+                vc[dst..dst + hd].copy_from_slice(&v[src..src + hd]);
             }
             if pos >= len - w_max {
                 let row = pos - (len - w_max);
@@ -245,7 +262,7 @@ impl Pass for PrefillPass<'_> {
         // the attention work of such a layer (all keys [k0, nk) in chunk-local columns).
         let k0 = first_visible(c0, window);
         let w = nk - k0;
-        let (kc, vc) = (&lt.k, &lt.v);
+        let (kc, vc) = (&*kc, &*vc);
         let summaries = self.summaries;
         let mut head_out = vec![0.0f32; nh * t * hd];
         lt.col_sums
