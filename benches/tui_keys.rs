@@ -72,6 +72,7 @@ fn app() -> App {
         model_file_bytes: 1 << 28,
         weights_bytes: 1 << 28,
         trace_bytes: 1 << 30,
+        memory: Default::default(),
         prompt_tokens,
         full_ids: (0..STEPS as u32).collect(),
         full_tokens: (0..STEPS).map(|i| format!(" t{i}")).collect(),
@@ -112,6 +113,7 @@ fn app() -> App {
         ids: (0..STEPS as u32).collect(),
         kv_bytes: 1 << 24,
         kv_fraction: 0.03,
+        decode_bytes: 0,
         agreement: Agreement {
             first_divergence: Some(3),
             token_match: 0.5,

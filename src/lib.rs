@@ -12,6 +12,7 @@ pub mod eviction;
 pub mod haystack;
 pub mod input;
 pub mod keepset;
+pub mod memory;
 pub mod model;
 pub mod output;
 pub mod prefill_cache;

@@ -402,6 +402,9 @@ pub struct Report {
     /// and any `notice` (absent when the run used none, e.g. `--no-cache`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub prefill_cache: Option<crate::prefill_cache::Report>,
+    /// Bytes per buffer held ([`crate::memory::Memory`]); `run --json` fills it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub memory: Option<crate::memory::Memory>,
 }
 
 impl Report {
@@ -445,6 +448,7 @@ impl Report {
             agreement,
             timing_ms: session.timing,
             prefill_cache: session.prefill_cache.clone(),
+            memory: None,
         }
     }
 }

@@ -9,6 +9,7 @@ use std::time::Instant;
 use crate::eviction::types::FutureAttention;
 use crate::eviction::{self, ScoreTable, Selection, Settings};
 use crate::keepset::KeepSet;
+use crate::model::forward::PrefillBuffers;
 use crate::model::replay::{self, FullPass};
 use crate::model::{Loaded, Model, Prompt, PromptInfo, Tok, PREFILL_CHUNK};
 use crate::prefill_cache::{self, PrefillCache};
@@ -82,6 +83,20 @@ pub struct Compressed {
     /// The compressed cache's next-token logits along the FULL generation (teacher
     /// forcing, [`crate::model::replay::decode_both`]); `None` unless asked for.
     pub forced: Option<Vec<Vec<f32>>>,
+    /// Bytes the decode's cache(s) held ([`Buffers::decode_compressed`]).
+    pub decode_bytes: usize,
+}
+
+/// Bytes of the buffers a session held only for a while (the memory breakdown,
+/// [`crate::memory::Memory`], reports them).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Buffers {
+    /// The prefill's working buffers (all 0 when the prefill cache answered).
+    pub prefill: PrefillBuffers,
+    /// The full-cache decode's cache (0 when the stored generation answered).
+    pub decode_full: usize,
+    /// The last compressed decode's cache(s).
+    pub decode_compressed: usize,
 }
 
 pub struct Session {
@@ -102,6 +117,8 @@ pub struct Session {
     pub full_pass: Option<FullPass>,
     /// What the prefill cache did (`None`: the session was opened without one).
     pub prefill_cache: Option<prefill_cache::Report>,
+    /// Transient buffers' sizes, for the memory breakdown.
+    pub buffers: Buffers,
     future: Option<FutureAttention>,
 }
 
@@ -185,6 +202,7 @@ impl Session {
         let kv_name = loaded.model.kv_dtype().name();
         let key = cache.map(|c| c.key(kv_name, &ids));
         let t = Instant::now();
+        let mut buffers = Buffers::default();
         let (trace, stored, mut report) = match cache.zip(key.as_ref()).map(|(c, k)| c.lookup(k)) {
             Some(Ok(Some(hit))) => {
                 progress(hit.trace.len, hit.trace.len);
@@ -195,7 +213,10 @@ impl Session {
                     Some(Err(n)) => Some(n),
                     _ => None,
                 };
-                let trace = loaded.model.prefill(&ids, PREFILL_CHUNK, progress)?;
+                let (trace, held) = loaded
+                    .model
+                    .prefill_measured(&ids, PREFILL_CHUNK, progress)?;
+                buffers.prefill = held;
                 let report = cache.map(|_| prefill_cache::Report {
                     notice,
                     ..Default::default()
@@ -210,9 +231,15 @@ impl Session {
             None => {
                 // Sliding-window layers hold only the entries they can still see.
                 let all = crate::keepset::full_keep(&trace);
-                loaded
-                    .model
-                    .generate(&trace, &all, max_new, &loaded.tok.stop_ids, None)?
+                let (ids, held) = loaded.model.generate_measured(
+                    &trace,
+                    &all,
+                    max_new,
+                    &loaded.tok.stop_ids,
+                    None,
+                )?;
+                buffers.decode_full = held;
+                ids
             }
         };
         let decode_full = ms(t);
@@ -244,6 +271,7 @@ impl Session {
             compressed: None,
             full_pass: None,
             prefill_cache: report,
+            buffers,
             future: None,
             timing: Timing {
                 prefill,
@@ -334,15 +362,17 @@ impl Session {
                 self.max_new,
                 &tok.stop_ids,
             )?;
+            self.buffers.decode_compressed = d.held_bytes;
             (d.ids, Some(d.forced))
         } else {
-            let ids = model.generate(
+            let (ids, held) = model.generate_measured(
                 &self.trace,
                 &selection.keep,
                 self.max_new,
                 &tok.stop_ids,
                 None,
             )?;
+            self.buffers.decode_compressed = held;
             (ids, None)
         };
         self.timing.decode_compressed = ms(t);
@@ -364,6 +394,7 @@ impl Session {
             generation,
             agreement,
             forced,
+            decode_bytes: self.buffers.decode_compressed,
         }))
     }
 }

@@ -22,6 +22,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("profile_format", 2),
     ("prefill_cache", 2),
     ("session", 3),
+    ("memory", 3),
     // The analysis wing.
     ("profile", 4),
     ("divergence", 4),

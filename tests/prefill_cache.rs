@@ -4,9 +4,9 @@
 //! cached `run --json` equals an uncached one but for the cache's own fields.
 
 use kvscope::model::Model;
-use kvscope::prefill_cache::{FullGen, PrefillCache};
+use kvscope::prefill_cache::{FullGen, Key, PrefillCache};
 use kvscope::testing::{self, GgufSpec};
-use kvscope::trace::Trace;
+use kvscope::trace::{KvStore, Trace};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -83,6 +83,41 @@ fn an_entry_reads_back_bit_for_bit_and_one_token_misses() {
     assert!(c2.lookup(&c2.key("f32", &ids)).unwrap().is_none());
     // A hit the cache gives is the prefill the model gives.
     assert!(same(&trace(&m, &ids), &hit.trace));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An entry an older kvscope stored (an earlier format version, so another file name)
+/// is not read: the lookup removes it and gives the notice, and the fresh prefill
+/// replaces it. The Trace holds K and V in the decode cache's type, f16 on the fast path,
+/// and reads back as it was stored.
+#[test]
+fn an_older_format_entry_is_removed_with_a_notice_and_f16_reads_back() {
+    let dir = testing::temp_dir("pfc-old");
+    let (m, c) = (model(), cache(&dir, 1 << 30));
+    let ids = testing::random_ids(80, 64, 4);
+    let t = trace(&m, &ids);
+    assert!(
+        matches!(t.layers[0].k, KvStore::F16(_)),
+        "fast path stores f16"
+    );
+    let key = c.key("f16", &ids);
+    let older = Key {
+        version: key.version - 1,
+        ..key.clone()
+    };
+    assert!(c.store(&older, &t, &full()).notice.is_none());
+    let old_path = c.dir.join(older.file_name());
+    assert!(old_path.is_file());
+    let notice = c.lookup(&key).err().expect("a notice");
+    assert!(
+        notice.contains("older format") && !notice.contains('\n'),
+        "{notice}"
+    );
+    assert!(!old_path.exists(), "the old entry is removed");
+    assert!(c.lookup(&key).unwrap().is_none(), "then a plain miss");
+    assert!(c.store(&key, &t, &full()).notice.is_none());
+    let hit = c.lookup(&key).unwrap().expect("hit");
+    assert!(same(&hit.trace, &t), "the stored f16 Trace differs");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
@@ -293,6 +328,15 @@ fn stable(mut v: Value) -> Value {
     let o = v.as_object_mut().unwrap();
     o.remove("timing_ms");
     o.remove("prefill_cache");
+    // A hit holds no prefill buffers and decodes nothing for the full generation (the
+    // test below checks those); the Trace's buffers are the same.
+    if let Some(m) = o.get_mut("memory").and_then(Value::as_object_mut) {
+        for k in ["prefill_kv_f32", "prefill_block_sums", "prefill_scratch"] {
+            m.remove(k);
+        }
+        m.remove("decode_full");
+        m.remove("peak_rss");
+    }
     v
 }
 
@@ -314,6 +358,14 @@ fn a_cached_run_reports_the_same_as_an_uncached_one() {
     assert!(second["prefill_cache"]["load_ms"].is_number());
     let (off, _) = env.report(PROMPT, &["--no-cache"]);
     assert!(off.get("prefill_cache").is_none());
+    // The memory breakdown: the miss and the uncached run held prefill's f32 K/V and
+    // decoded the full generation; the hit did neither.
+    for (v, held) in [(&first, true), (&second, false), (&off, true)] {
+        let m = &v["memory"];
+        assert_eq!(m["prefill_kv_f32"].as_u64().unwrap() > 0, held, "{m}");
+        assert_eq!(m["decode_full"].as_u64().unwrap() > 0, held, "{m}");
+        assert!(m["trace_kv"].as_u64().unwrap() > 0, "{m}");
+    }
     let bytes = |v: Value| serde_json::to_vec(&stable(v)).unwrap();
     assert_eq!(bytes(second.clone()), bytes(off.clone()));
     assert_eq!(bytes(first), bytes(off));

@@ -201,7 +201,8 @@ pub fn run(a: &RunArgs) -> Result<()> {
             session.prompt_info.as_ref(),
         );
         let fallback = SettingsPart::new(&settings, Vec::new(), session.max_new, &prov);
-        let report = Report::new(cfg, &session, &prov, fallback);
+        let mut report = Report::new(cfg, &session, &prov, fallback);
+        report.memory = Some(crate::memory::Memory::of(&loaded, &session, &[]));
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
@@ -248,6 +249,21 @@ fn print_human(loaded: &crate::model::Loaded, s: &Session) {
     } else {
         println!("\nmemory: KV cache {} bytes (full)", s.full.kv_bytes);
     }
+    let m = crate::memory::Memory::of(loaded, s, &[]);
+    let mib = |b: usize| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "held (MiB): weights {:.0}, Trace {:.0} (K/V {:.0} at {}, maps {:.0}), prefill buffers {:.0} (freed), decode caches full {:.0} / compressed {:.0}; peak RSS {}",
+        mib(m.weights),
+        mib(m.trace()),
+        mib(m.trace_kv),
+        m.trace_kv_dtype,
+        mib(m.maps),
+        mib(m.prefill()),
+        mib(m.decode_full),
+        mib(m.decode_compressed),
+        m.peak_rss
+            .map_or("n/a".to_string(), |b| format!("{:.0} MiB", mib(b as usize)))
+    );
     let t = &s.timing;
     println!(
         "timing: load {:.0} ms, prefill {:.0} ms, select {:.1} ms, decode full {:.0} ms, compressed {:.0} ms",

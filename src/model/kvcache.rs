@@ -130,6 +130,17 @@ impl HeadCache {
         self.len() * self.head_dim * 2 * self.dtype().bytes()
     }
 
+    /// Bytes this head's buffers hold as allocated (room for its whole capacity): what
+    /// the memory breakdown counts, since the cache is sized once for the generation.
+    pub fn held_bytes(&self) -> usize {
+        let e = self.dtype().bytes();
+        let kv = match &self.store {
+            Store::F32 { k, v } => k.len() + v.capacity(),
+            Store::F16 { k, v } => k.len() + v.capacity(),
+        };
+        kv * e + self.positions.capacity() * std::mem::size_of::<usize>()
+    }
+
     pub fn is_full(&self) -> bool {
         self.positions.len() >= self.cap
     }

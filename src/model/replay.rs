@@ -175,6 +175,8 @@ pub struct Decoded {
     pub forced: Vec<Vec<f32>>,
     /// Teacher-forced steps that came free from the free-running decode.
     pub shared: usize,
+    /// Bytes the decode caches held at most (two when the teacher-forced one forked).
+    pub held_bytes: usize,
 }
 
 /// Decodes the compressed cache `keep` free-running (up to `max_new` tokens or a stop
@@ -213,6 +215,7 @@ pub fn decode_both(
             ids.push(tok);
         }
     }
+    let held_bytes = state.held_bytes() * if fork.is_some() { 2 } else { 1 };
     let shared = forced.len();
     // The rest of the teacher-forced steps: from the fork, or (the free-running decode
     // stopped first, on the full generation's tokens) from where it stopped.
@@ -224,5 +227,6 @@ pub fn decode_both(
         ids,
         forced,
         shared,
+        held_bytes,
     })
 }

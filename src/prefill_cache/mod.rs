@@ -249,7 +249,7 @@ impl PrefillCache {
         let path = self.dir.join(key.file_name());
         let t = std::time::Instant::now();
         match entry::read(&path, key) {
-            Ok(None) => Ok(None),
+            Ok(None) => self.older_entry(key),
             Ok(Some((trace, full, bytes))) => {
                 store::touch(&path);
                 Ok(Some(Hit {
@@ -271,6 +271,28 @@ impl PrefillCache {
                 ))
             }
         }
+    }
+
+    /// A miss where an older kvscope stored the same prefill in an earlier format
+    /// (another file name, since the version is part of the key): that file is removed
+    /// and the notice says why the prompt is prefilled again.
+    fn older_entry(&self, key: &Key) -> Result<Option<Hit>, String> {
+        for version in 1..key.version {
+            let old = Key {
+                version,
+                ..key.clone()
+            };
+            let path = self.dir.join(old.file_name());
+            if path.is_file() {
+                let _ = std::fs::remove_file(&path);
+                return Err(format!(
+                    "prefill cache entry {} is in an older format ({version}, now {}); prefilling again",
+                    path.display(),
+                    key.version
+                ));
+            }
+        }
+        Ok(None)
     }
 
     /// Stores a finished prefill (best effort): the report of the write, with a notice

@@ -25,6 +25,9 @@ pub struct Snapshot {
     pub weights_bytes: usize,
     /// Bytes of this prompt's Trace, block maps included.
     pub trace_bytes: usize,
+    /// Every buffer's bytes after prefill and the full-cache decode (the compressed
+    /// cache's are in [`Outcome::decode_bytes`]).
+    pub memory: crate::memory::Memory,
     /// Text of each prompt token (for the token inspector).
     pub prompt_tokens: Vec<String>,
     /// Full-cache generation: ids, text of each token, whole text.
@@ -112,6 +115,8 @@ pub struct Outcome {
     pub ids: Vec<u32>,
     pub kv_bytes: usize,
     pub kv_fraction: f64,
+    /// Bytes the compressed decode's cache(s) held ([`crate::memory::Memory`]).
+    pub decode_bytes: usize,
     pub agreement: Agreement,
     /// `[layer][kv_head]` sorted kept positions.
     pub keep: Vec<Vec<Vec<usize>>>,

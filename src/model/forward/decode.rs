@@ -97,6 +97,11 @@ impl<'m> DecodeState<'m> {
         self.cache.iter().flatten().map(|h| h.bytes()).sum()
     }
 
+    /// Bytes the cache's buffers hold as allocated ([`HeadCache::held_bytes`]).
+    pub fn held_bytes(&self) -> usize {
+        self.cache.iter().flatten().map(|h| h.held_bytes()).sum()
+    }
+
     /// Feeds one token at the next position; returns the logits for the token after it.
     /// `obs` asks for what else the step reports (attention rows, the shadow-eviction
     /// error; [`Observer::none`] for nothing). A shadow keep set is checked before

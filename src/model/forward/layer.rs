@@ -48,6 +48,16 @@ impl Scratch {
         s
     }
 
+    /// Bytes of the activation buffers (the rope angles, a few KB, aside).
+    pub(super) fn bytes(&self) -> usize {
+        [
+            &self.hn, &self.qkv, &self.attn, &self.o, &self.gu, &self.act, &self.tmp,
+        ]
+        .iter()
+        .map(|v| v.len() * 4)
+        .sum()
+    }
+
     pub(super) fn resize(&mut self, cfg: &Config, t: usize) {
         let (d, qd, kvd, ff) = (cfg.d_model, cfg.q_dim(), cfg.kv_dim(), cfg.d_ff);
         self.hn.resize(t * d, 0.0);

@@ -28,6 +28,7 @@ use crate::trace::{Dims, Trace};
 
 pub use decode::DecodeState;
 pub use observe::{Observer, StepAttention};
+pub use prefill::PrefillBuffers;
 
 /// Which weights the decode path multiplies with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -120,11 +121,26 @@ impl Model {
         keep: &KeepSet,
         max_new: usize,
         stop_ids: &[u32],
-        mut capture: Option<&mut Vec<StepAttention>>,
+        capture: Option<&mut Vec<StepAttention>>,
     ) -> Result<Vec<u32>> {
+        Ok(self
+            .generate_measured(trace, keep, max_new, stop_ids, capture)?
+            .0)
+    }
+
+    /// [`Model::generate`], also giving the bytes its decode cache held
+    /// ([`DecodeState::held_bytes`]; 0 when nothing was decoded).
+    pub fn generate_measured(
+        &self,
+        trace: &Trace,
+        keep: &KeepSet,
+        max_new: usize,
+        stop_ids: &[u32],
+        mut capture: Option<&mut Vec<StepAttention>>,
+    ) -> Result<(Vec<u32>, usize)> {
         let mut out = Vec::with_capacity(max_new);
         if max_new == 0 {
-            return Ok(out);
+            return Ok((out, 0));
         }
         let mut tok = kernels::argmax(&trace.last_logits) as u32;
         out.push(tok);
@@ -138,7 +154,7 @@ impl Model {
             tok = kernels::argmax(logits) as u32;
             out.push(tok);
         }
-        Ok(out)
+        Ok((out, state.held_bytes()))
     }
 }
 

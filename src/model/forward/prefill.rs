@@ -27,6 +27,17 @@ impl Model {
         chunk: usize,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Trace> {
+        Ok(self.prefill_capturing(ids, chunk, true, progress)?.0)
+    }
+
+    /// [`Model::prefill`], also saying how many bytes its working buffers held (they are
+    /// freed when it returns; the memory breakdown counts them).
+    pub fn prefill_measured(
+        &self,
+        ids: &[u32],
+        chunk: usize,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<(Trace, PrefillBuffers)> {
         self.prefill_capturing(ids, chunk, true, progress)
     }
 
@@ -40,7 +51,7 @@ impl Model {
         chunk: usize,
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<Trace> {
-        self.prefill_capturing(ids, chunk, false, progress)
+        Ok(self.prefill_capturing(ids, chunk, false, progress)?.0)
     }
 
     fn prefill_capturing(
@@ -49,7 +60,7 @@ impl Model {
         chunk: usize,
         summaries: bool,
         progress: &mut dyn FnMut(usize, usize),
-    ) -> Result<Trace> {
+    ) -> Result<(Trace, PrefillBuffers)> {
         let cfg = &self.config;
         let len = ids.len();
         if len == 0 {
@@ -90,6 +101,13 @@ impl Model {
         let mut block_sums: Vec<Vec<f64>> = vec![vec![0.0; nh * nb * nb]; cfg.n_layers];
         let mut last_hidden = vec![0.0f32; d];
         let mut scratch = Scratch::new(cfg, chunk.min(len));
+        // What the working buffers hold, from their lengths (all are allocated by now
+        // but the per-chunk ones, added in the loop).
+        let mut held = PrefillBuffers {
+            kv_f32: kv.iter().flatten().map(|x| x.len() * 4).sum(),
+            block_sums: block_sums.iter().map(|b| b.len() * 8).sum(),
+            scratch: scratch.bytes(),
+        };
 
         let mut c0 = 0;
         progress(0, len);
@@ -97,6 +115,9 @@ impl Model {
             let c1 = (c0 + chunk).min(len);
             let t = c1 - c0;
             let mut x = vec![0.0f32; t * d];
+            // The chunk's input rows and its heads' attention outputs (`attend`).
+            let chunk_bytes = (x.len() + nh * t * hd) * 4;
+            held.scratch = held.scratch.max(scratch.bytes() + chunk_bytes);
             self.embed(&ids[c0..c1], &mut x);
             scratch.resize(cfg, t);
             self.angles(c0, t, &mut scratch.angles);
@@ -153,7 +174,7 @@ impl Model {
                 .collect();
         }
         let last_logits = self.logits_f32(&last_hidden);
-        Ok(Trace {
+        let trace = Trace {
             dims: self.dims(),
             len,
             w_max,
@@ -161,8 +182,19 @@ impl Model {
             layers,
             last_logits,
             windows: cfg.windows(),
-        })
+        };
+        Ok((trace, held))
     }
+}
+
+/// Bytes the working buffers of one prefill held (all freed when it returns): the keys
+/// and values in f32 while later chunks attend to them, the attention maps' f64 block
+/// sums, and the largest chunk's activations ([`Scratch`], input rows, head outputs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct PrefillBuffers {
+    pub kv_f32: usize,
+    pub block_sums: usize,
+    pub scratch: usize,
 }
 
 /// Prefill of one chunk: batched GEMMs, attention over the prompt so far, Trace capture.

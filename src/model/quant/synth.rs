@@ -49,7 +49,8 @@ pub fn shapes() -> Vec<Shape> {
         tied: false,
         rope_base: 500_000.0,
         rms_eps: 1e-5,
-        context_length: 8192,
+        // Llama 3.1 / 3.2's context (long-prompt measurements need more than 8K).
+        context_length: 131_072,
         vocab: None,
     };
     vec![
@@ -82,6 +83,7 @@ pub fn shapes() -> Vec<Shape> {
             qkv_bias: true,
             rope_base: 1_000_000.0,
             rms_eps: 1e-6,
+            context_length: 32768,
             ..base.clone()
         },
         // Qwen2.5-0.5B(-Instruct) as its GGUF files lay it out: hidden 896 (not a multiple

@@ -1,5 +1,6 @@
-//! Memory: full vs kept KV bytes, the fraction, and the process's resident memory
-//! broken down into weights, the Trace and the rest (caches, scratch, tokenizer).
+//! Memory: kept vs full KV bytes, then every buffer the session holds or held (the
+//! breakdown of [`crate::memory::Memory`]: weights, the Trace's K/V and the rest of it,
+//! the decode caches, prefill's freed working buffers) and the process's resident memory.
 
 use ratatui::layout::Rect;
 use ratatui::text::Line;
@@ -10,6 +11,11 @@ use super::{block, bytes, dim_if};
 use crate::tui::action::Pane;
 use crate::tui::app::App;
 
+/// `label` padded to the value column, then `n` bytes.
+fn row(label: &str, n: usize) -> String {
+    format!("{label:<9}{:>12}", bytes(n as u64))
+}
+
 pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let stale = app.stale();
     let b = block(app, Pane::Memory, stale);
@@ -18,57 +24,52 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let mut lines = Vec::new();
     let rss = app.rss_bytes.map_or_else(|| "n/a".to_string(), bytes);
     if let Some(s) = &app.snapshot {
-        lines.push(Line::from(format!(
-            "full KV   {:>11}",
-            bytes(s.full_kv_bytes as u64)
-        )));
+        let m = &s.memory;
         match &app.result {
-            Some(r) => {
-                lines.push(Line::styled(
-                    format!("kept KV   {:>11}", bytes(r.kv_bytes as u64)),
-                    dim_if(stale),
-                ));
-                lines.push(Line::styled(
-                    format!("fraction  {:>10.2}%", r.kv_fraction * 100.0),
-                    dim_if(stale),
-                ));
-                lines.push(Line::styled(
-                    format!(
-                        "saved     {:>11}",
-                        bytes(s.full_kv_bytes.saturating_sub(r.kv_bytes) as u64)
-                    ),
-                    dim_if(stale),
-                ));
-            }
+            Some(r) => lines.push(Line::styled(
+                format!(
+                    "{} {:>3.0}%",
+                    row("kept KV", r.kv_bytes),
+                    r.kv_fraction * 100.0
+                ),
+                dim_if(stale),
+            )),
             None => lines.push(Line::from("kept KV   (computing)")),
         }
         lines.push(Line::from(format!(
-            "model     {:>11}",
+            "{} {}",
+            row("full KV", s.full_kv_bytes),
+            s.kv_dtype
+        )));
+        lines.push(Line::from(format!(
+            "{:<9}{:>12}",
+            "model",
             bytes(s.model_file_bytes)
         )));
+        lines.push(Line::from(row("weights", m.weights)));
         lines.push(Line::from(format!(
-            "weights   {:>11}",
-            bytes(s.weights_bytes as u64)
+            "{} {}",
+            row("Trace K/V", m.trace_kv),
+            m.trace_kv_dtype
         )));
-        lines.push(Line::from(format!(
-            "Trace     {:>11}",
-            bytes(s.trace_bytes as u64)
-        )));
+        // Last queries, column sums, block maps, last logits.
+        lines.push(Line::from(row("Trace etc", m.trace() - m.trace_kv)));
+        // The decode caches exist only while a generation is decoded.
+        let caches = m.decode_full + app.result.as_ref().map_or(0, |r| r.decode_bytes);
+        lines.push(Line::styled(row("caches", caches), dim_if(stale)));
+        // Prefill's f32 K/V, f64 block sums and activations, freed when it ended.
+        lines.push(Line::from(format!("{} freed", row("prefill", m.prefill()))));
     }
-    lines.push(Line::from(format!("RSS       {rss:>11}")));
+    lines.push(Line::from(format!("{:<9}{rss:>12}", "RSS")));
     if let (Some(s), Some(r)) = (&app.snapshot, app.rss_bytes) {
-        // What the process holds beyond weights and Trace: decode caches, scratch
-        // buffers, the tokenizer, the UI.
-        let known = (s.weights_bytes + s.trace_bytes) as u64;
+        // What the process holds beyond weights and Trace: scratch buffers, the
+        // allocator's free pages, the tokenizer, the UI.
+        let known = s.memory.resident() as u64;
         lines.push(Line::from(format!(
-            "other     {:>11}",
+            "{:<9}{:>12}",
+            "other",
             bytes(r.saturating_sub(known))
         )));
     }
-    let dtype = app.snapshot.as_ref().map_or("?", |s| s.kv_dtype);
-    lines.push(Line::styled(
-        format!("KV at {dtype}, K+V, prompt only"),
-        dim_if(true),
-    ));
     f.render_widget(Paragraph::new(lines), inner);
 }
