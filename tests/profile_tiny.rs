@@ -254,12 +254,12 @@ fn compare_rows_equal_the_direct_selection_and_decode() {
         max_new: 6,
     };
     let stop = AtomicBool::new(false);
-    let err = compare::run(&loaded, &profile, &plan, &stop, &mut |_, _| {})
+    let err = compare::run(&loaded, &profile, &plan, None, &stop, &mut |_, _| {})
         .unwrap_err()
         .to_string();
     assert!(err.contains("no layer errors"), "{err}");
     profile.layer_errors = Some(l1_normalise(&[1.0, 3.0]).unwrap());
-    let out = compare::run(&loaded, &profile, &plan, &stop, &mut |_, _| {}).unwrap();
+    let out = compare::run(&loaded, &profile, &plan, None, &stop, &mut |_, _| {}).unwrap();
     assert_eq!(out.prompts, 1);
 
     let (model, tok) = (&loaded.model, &loaded.tok);
@@ -324,4 +324,69 @@ fn compare_rows_equal_the_direct_selection_and_decode() {
         );
         assert_eq!(row.agreement, agreement(&full, &ids).token_match, "{name}");
     }
+}
+
+/// `profile compare` reads and fills the prefill cache as `run` does: a second run of
+/// the same plan reads every prompt's prefill and full-cache generation from it, and
+/// its rows are those of the first run.
+#[test]
+fn a_second_compare_reads_every_prefill_from_the_cache() {
+    use kvscope::prefill_cache::PrefillCache;
+    use kvscope::profile::compare::{self, Plan};
+    let (loaded, path) = tiny_loaded("compare-cache");
+    let mut profile = tiny_profile(&loaded, &"0".repeat(64));
+    profile.layer_errors = Some(l1_normalise(&[1.0, 3.0]).unwrap());
+    let cache = PrefillCache {
+        dir: path.parent().unwrap().join("prefill"),
+        cap: 1 << 30,
+        model_sha256: "ab".repeat(32),
+        model_name: "tiny.gguf".into(),
+    };
+    let plan = Plan {
+        needles: vec![13],
+        lengths: vec![600],
+        depths: vec![0.0, 1.0],
+        budgets: vec![64],
+        windows: vec![8],
+        seeds: vec![1],
+        max_new: 6,
+    };
+    let stop = AtomicBool::new(false);
+    let first = compare::run(
+        &loaded,
+        &profile,
+        &plan,
+        Some(&cache),
+        &stop,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!((first.prompts, first.cache_hits), (2, 0));
+    assert!(first.cache_notices.is_empty(), "{:?}", first.cache_notices);
+    let entries = std::fs::read_dir(&cache.dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "kvp"))
+        })
+        .count();
+    assert_eq!(entries, 2, "one entry per prompt");
+    let second = compare::run(
+        &loaded,
+        &profile,
+        &plan,
+        Some(&cache),
+        &stop,
+        &mut |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(second.cache_hits, 2);
+    assert!(
+        second.cache_notices.is_empty(),
+        "{:?}",
+        second.cache_notices
+    );
+    assert_eq!(second.full_correct, first.full_correct);
+    assert_eq!(second.rows, first.rows);
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }
