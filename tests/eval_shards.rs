@@ -86,6 +86,14 @@ fn records(dir: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The units a shard folder's records hold.
+fn units(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .count()
+}
+
 /// `eval merge` of the shard folders `dirs` into `merged` (beside them): the records are
 /// those of the unsharded run in `whole`, and each of `files` is the same byte for byte.
 fn merge_equals(env: &Env, dirs: &[PathBuf], whole: &Path, files: &[&str]) {
@@ -120,13 +128,10 @@ fn merged_shards_equal_the_unsharded_run() {
         dirs.push(d);
     }
     // 4 cells over 3 shards: 2, 1 and 1 cells of 4 units each.
-    let n = |d: &Path| {
-        std::fs::read_to_string(d.join("results.jsonl"))
-            .unwrap()
-            .lines()
-            .count()
-    };
-    assert_eq!((n(&dirs[0]), n(&dirs[1]), n(&dirs[2])), (8, 4, 4));
+    assert_eq!(
+        (units(&dirs[0]), units(&dirs[1]), units(&dirs[2])),
+        (8, 4, 4)
+    );
 
     let merged = env.dir.join("merged");
     // Without shard 2: one line, nothing written.
@@ -172,13 +177,7 @@ fn merged_sweep_shards_equal_the_unsharded_sweep() {
         dirs.push(d);
     }
     // 3 prompts over 2 shards: 2 and 1 prompts of 4 units (2 methods x 2 budgets) each.
-    let n = |d: &Path| {
-        std::fs::read_to_string(d.join("results.jsonl"))
-            .unwrap()
-            .lines()
-            .count()
-    };
-    assert_eq!((n(&dirs[0]), n(&dirs[1])), (8, 4));
+    assert_eq!((units(&dirs[0]), units(&dirs[1])), (8, 4));
 
     merge_equals(
         &env,

@@ -7,25 +7,11 @@ use std::sync::atomic::AtomicBool;
 use kvscope::haystack::needles::NEEDLES;
 use kvscope::haystack::prompt::needle_prompt;
 use kvscope::keepset::KeepSet;
-use kvscope::model::{self, DecodeState, Loaded, Observer, Precision};
+use kvscope::model::{DecodeState, Loaded, Observer, Precision};
 use kvscope::profile::srh::{self, SrhConfig, TrialSpec};
 use kvscope::profile::{discover, layers};
 use kvscope::profile_format::{l1_normalise, rank_best_first, Profile};
-use kvscope::testing::{temp_dir, tiny_model, write_tiny_gguf, GgufSpec};
-
-fn tiny_loaded(tag: &str) -> (Loaded, std::path::PathBuf) {
-    let dir = temp_dir(tag);
-    let path = dir.join("tiny.gguf");
-    write_tiny_gguf(
-        &path,
-        &GgufSpec {
-            context_length: 2048,
-            ..GgufSpec::default()
-        },
-    )
-    .unwrap();
-    (model::load(&path).unwrap(), path)
-}
+use kvscope::testing::{tiny_loaded, tiny_model};
 
 #[test]
 fn needle_prompts_hold_the_answer_span_at_the_requested_depth() {
@@ -352,17 +338,21 @@ fn a_second_compare_reads_every_prefill_from_the_cache() {
         max_new: 6,
     };
     let stop = AtomicBool::new(false);
-    let first = compare::run(
-        &loaded,
-        &profile,
-        &plan,
-        Some(&cache),
-        &stop,
-        &mut |_, _| {},
-    )
-    .unwrap();
+    let run = || {
+        let out = compare::run(
+            &loaded,
+            &profile,
+            &plan,
+            Some(&cache),
+            &stop,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert!(out.cache_notices.is_empty(), "{:?}", out.cache_notices);
+        out
+    };
+    let first = run();
     assert_eq!((first.prompts, first.cache_hits), (2, 0));
-    assert!(first.cache_notices.is_empty(), "{:?}", first.cache_notices);
     let entries = std::fs::read_dir(&cache.dir)
         .unwrap()
         .filter(|e| {
@@ -371,15 +361,7 @@ fn a_second_compare_reads_every_prefill_from_the_cache() {
         })
         .count();
     assert_eq!(entries, 2, "one entry per prompt");
-    let second = compare::run(
-        &loaded,
-        &profile,
-        &plan,
-        Some(&cache),
-        &stop,
-        &mut |_, _| {},
-    )
-    .unwrap();
+    let second = run();
     assert_eq!(second.cache_hits, 2);
     assert!(
         second.cache_notices.is_empty(),
