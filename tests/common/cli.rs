@@ -107,6 +107,14 @@ impl Env {
     pub fn run(&self, args: &[&str]) -> Output {
         self.run_with(args, &[])
     }
+
+    /// `kvscope run` of [`Env::prompt`] on [`Env::gguf`], then `args`.
+    pub fn run_tiny(&self, args: &[&str]) -> Output {
+        let (p, m) = (self.prompt(), self.gguf());
+        let mut a = vec!["run", s(&p), "--model", s(&m)];
+        a.extend_from_slice(args);
+        self.run(&a)
+    }
 }
 
 impl Drop for Env {
