@@ -32,6 +32,8 @@ fn random_qmat(rows: usize, cols: usize, packed: bool, seed: u64) -> QMat {
         m: (0..nb)
             .map(|_| f16::from_f32(-((lcg(&mut s) % 1000) as f32) * 1e-4))
             .collect(),
+        hi: Vec::new(),
+        centre: -128.0,
     }
 }
 

@@ -6,7 +6,6 @@
 
 use anyhow::{bail, Context, Result};
 use candle_core::quantized::gguf_file::Content;
-use half::f16;
 use rayon::prelude::*;
 use std::io::Read;
 
@@ -88,12 +87,15 @@ impl Linear {
                 quant::dequant_row(fmt, &data, &mut w);
                 Store::F32(w)
             }
-            Format::Q4_1 => Store::Affine(q4_1_to_qmat(&data, rows, cols)?),
-            // Q8_0 too: its 34-byte blocks make every other 32-byte load of the raw
-            // layout straddle a cache line; split into aligned codes + scales (36 bytes
-            // per block, 6% more) the default model's Q8_0 output matrix decodes as fast
-            // as before (measured: the raw-block kernel cost ~15% of decode time).
-            Format::Q8_0 => Store::Affine(q8_0_to_qmat(&data, rows, cols)?),
+            // The 32-value formats in the rearranged affine store (`QMat::from_blocks`:
+            // the same bytes, codes apart from scales): Q8_0's 34-byte blocks made every
+            // other 32-byte load of the raw layout straddle a cache line, and the raw
+            // Q4_0 / Q5_0 / Q5_1 kernels paid a scalar f16 scale and offset per block
+            // (Q5_0 was the slowest decode kernel per value, and most of the bytes of
+            // llama.cpp's Q4_K_M mix for hidden sizes that are not a multiple of 256).
+            Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q5_1 | Format::Q8_0 => {
+                Store::Affine(QMat::from_blocks(fmt, &data, rows, cols)?)
+            }
             _ => Store::Blocks { fmt, data },
         };
         Ok(Linear { rows, cols, store })
@@ -103,8 +105,7 @@ impl Linear {
     pub fn format(&self) -> Format {
         match &self.store {
             Store::F32(_) => Format::F32,
-            Store::Affine(q) if q.packed => Format::Q4_1,
-            Store::Affine(_) => Format::Q8_0,
+            Store::Affine(q) => q.format(),
             Store::Blocks { fmt, .. } => *fmt,
         }
     }
@@ -113,7 +114,7 @@ impl Linear {
     pub fn bytes(&self) -> usize {
         match &self.store {
             Store::F32(w) => w.len() * 4,
-            Store::Affine(q) => q.q.len() + (q.d.len() + q.m.len()) * 2,
+            Store::Affine(q) => q.bytes(),
             Store::Blocks { data, .. } => data.len(),
         }
     }
@@ -617,36 +618,6 @@ fn linear<R: std::io::Read + std::io::Seek>(
     Linear::from_blocks(fmt, data, rows, cols).with_context(|| format!("tensor '{name}'"))
 }
 
-/// Q4_1 block: f16 d, f16 m, 16 bytes of nibbles (low nibbles = elements 0..16,
-/// high nibbles = 16..32); value = d * q + m. The nibbles are kept packed as they are.
-fn q4_1_to_qmat(raw: &[u8], rows: usize, cols: usize) -> Result<QMat> {
-    const BS: usize = 20;
-    let nblocks = rows * cols / QK;
-    if raw.len() != nblocks * BS {
-        bail!(
-            "Q4_1 data has {} bytes, expected {}",
-            raw.len(),
-            nblocks * BS
-        );
-    }
-    let mut q = Vec::with_capacity(rows * cols / 2);
-    let mut d = Vec::with_capacity(nblocks);
-    let mut m = Vec::with_capacity(nblocks);
-    for blk in raw.chunks_exact(BS) {
-        d.push(f16::from_le_bytes([blk[0], blk[1]]));
-        m.push(f16::from_le_bytes([blk[2], blk[3]]));
-        q.extend_from_slice(&blk[4..BS]);
-    }
-    Ok(QMat {
-        rows,
-        cols,
-        packed: true,
-        q,
-        d,
-        m,
-    })
-}
-
 impl Weights {
     /// The same weights with every matrix as f32 (the reference the stored formats are
     /// tested against).
@@ -675,38 +646,6 @@ impl Weights {
             rope_freqs: self.rope_freqs.clone(),
         }
     }
-}
-
-/// Q8_0 block: f16 d, 32 signed bytes; value = d * q. Stored as unsigned q + 128 with
-/// offset m = -128 d so it shares the affine kernels.
-fn q8_0_to_qmat(raw: &[u8], rows: usize, cols: usize) -> Result<QMat> {
-    const BS: usize = 34;
-    let nblocks = rows * cols / QK;
-    if raw.len() != nblocks * BS {
-        bail!(
-            "Q8_0 data has {} bytes, expected {}",
-            raw.len(),
-            nblocks * BS
-        );
-    }
-    let mut q = vec![0u8; rows * cols];
-    let mut d = Vec::with_capacity(nblocks);
-    for (blk, qb) in raw.chunks_exact(BS).zip(q.chunks_exact_mut(QK)) {
-        let s = f16::from_le_bytes([blk[0], blk[1]]);
-        d.push(s);
-        for (o, &c) in qb.iter_mut().zip(&blk[2..]) {
-            *o = (c as i8 as i16 + 128) as u8;
-        }
-    }
-    Ok(QMat {
-        rows,
-        cols,
-        packed: false,
-        q,
-        d,
-        // No stored offsets: each is -128 d (see `QMat::m`).
-        m: Vec::new(),
-    })
 }
 
 #[cfg(test)]
@@ -767,7 +706,7 @@ mod tests {
         let mut seed = 5u64;
         let mut raw = Vec::new();
         for b in 0..rows * cols / QK {
-            let d = f16::from_f32(0.001 + 0.0005 * (b % 7) as f32);
+            let d = half::f16::from_f32(0.001 + 0.0005 * (b % 7) as f32);
             raw.extend_from_slice(&d.to_le_bytes());
             for j in 0..QK {
                 let c = match j {

@@ -46,7 +46,7 @@ pub enum Source<'a> {
         data: &'a [u8],
         rb: usize,
     },
-    /// The rearranged affine store (Q4_1, Q8_0).
+    /// The rearranged affine store (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
     Affine(&'a QMat),
 }
 
@@ -73,22 +73,17 @@ impl Source<'_> {
                 (c, dec.scale[0], dec.offset[0])
             }
             Source::Affine(q) => {
-                let (codes, d, m) = q.row(r);
+                let row = q.row(r);
                 for (j, o) in c.iter_mut().enumerate() {
+                    // Q8_0 is held as code + 128: the signed code's bits, offset dropped.
                     *o = if q.packed {
-                        let byte = codes[b * QK / 2 + j % (QK / 2)];
-                        if j < QK / 2 {
-                            byte & 0x0f
-                        } else {
-                            byte >> 4
-                        }
+                        row.code(b, j)
                     } else {
-                        // Held as code + 128: the signed code's bits, offset dropped.
-                        codes[b * QK + j] ^ 0x80
+                        row.code(b, j) ^ 0x80
                     };
                 }
-                let off = if m.is_empty() { 0.0 } else { m[b].to_f32() };
-                (c, d[b].to_f32(), off)
+                let off = if q.packed { row.offset(b) } else { 0.0 };
+                (c, row.d[b].to_f32(), off)
             }
         }
     }
