@@ -94,7 +94,7 @@ impl Linear {
             // (Q5_0 was the slowest decode kernel per value, and most of the bytes of
             // llama.cpp's Q4_K_M mix for hidden sizes that are not a multiple of 256).
             Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q5_1 | Format::Q8_0 => {
-                Store::Affine(QMat::from_blocks(fmt, &data, rows, cols)?)
+                Store::Affine(QMat::from_blocks(fmt, data, rows, cols)?)
             }
             _ => Store::Blocks { fmt, data },
         };

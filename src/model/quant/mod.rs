@@ -483,7 +483,7 @@ mod tests {
             Format::Q8_0,
         ] {
             let (bytes, _) = candle_blocks(fmt, rows, cols, 31);
-            let qm = QMat::from_blocks(fmt, &bytes, rows, cols).unwrap();
+            let qm = QMat::from_blocks(fmt, bytes.clone(), rows, cols).unwrap();
             assert_eq!(qm.format(), fmt);
             assert_eq!(qm.bytes(), bytes.len(), "{}", fmt.name());
             let x: Vec<f32> = (0..cols).map(|_| lcg(&mut s) * 2.0).collect();

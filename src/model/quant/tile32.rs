@@ -270,6 +270,13 @@ mod tests {
                             continue;
                         }
                         let want = reference(&src, r, cols / QK, x);
+                        // The rearranged store gives the file's codes, scales, offsets.
+                        assert_eq!(
+                            want.to_bits(),
+                            reference(&blocks, r, cols / QK, x).to_bits(),
+                            "{} {what} reference",
+                            fmt.name()
+                        );
                         assert_eq!(
                             got.to_bits(),
                             want.to_bits(),
