@@ -110,13 +110,6 @@ unsafe fn row_dot_fmt<const FIFTH: bool, const CENTRED: bool>(row: &Row, x: &QVe
             }
             c += 16;
         }
-        macro_rules! blk {
-            ($b:expr, $si:expr, $acc:expr) => {
-                block::<FIFTH, CENTRED>(
-                    qp, packed, hp, $b, xp, lsum, centre, scale[$si], $acc, mask,
-                )
-            };
-        }
         let mut i = 0;
         while i + 4 <= n {
             let b = s0 + i;
@@ -127,30 +120,61 @@ unsafe fn row_dot_fmt<const FIFTH: bool, const CENTRED: bool>(row: &Row, x: &QVe
             let ahead = qp.wrapping_add(b * bytes_per_block + 1024);
             _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
             _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64) as *const i8);
-            if CENTRED {
-                // One accumulator, blocks in order: llama.cpp's AVX2 arithmetic for
-                // Q4_0 / Q5_0 / Q8_0 against Q8_0 (`acc = fma(d, lanes, acc)`, then
-                // the same horizontal sum), operation for operation.
-                a0 = blk!(b, i, a0);
-                a0 = blk!(b + 1, i + 1, a0);
-                a0 = blk!(b + 2, i + 2, a0);
-                a0 = blk!(b + 3, i + 3, a0);
-            } else {
-                a0 = blk!(b, i, a0);
-                a1 = blk!(b + 1, i + 1, a1);
-                a2 = blk!(b + 2, i + 2, a2);
-                a3 = blk!(b + 3, i + 3, a3);
-            }
+            a0 = block::<FIFTH, CENTRED>(qp, packed, hp, b, xp, lsum, centre, scale[i], a0, mask);
+            a1 = block::<FIFTH, CENTRED>(
+                qp,
+                packed,
+                hp,
+                b + 1,
+                xp,
+                lsum,
+                centre,
+                scale[i + 1],
+                a1,
+                mask,
+            );
+            a2 = block::<FIFTH, CENTRED>(
+                qp,
+                packed,
+                hp,
+                b + 2,
+                xp,
+                lsum,
+                centre,
+                scale[i + 2],
+                a2,
+                mask,
+            );
+            a3 = block::<FIFTH, CENTRED>(
+                qp,
+                packed,
+                hp,
+                b + 3,
+                xp,
+                lsum,
+                centre,
+                scale[i + 3],
+                a3,
+                mask,
+            );
             i += 4;
         }
         while i < n {
-            a0 = blk!(s0 + i, i, a0);
+            a0 = block::<FIFTH, CENTRED>(
+                qp,
+                packed,
+                hp,
+                s0 + i,
+                xp,
+                lsum,
+                centre,
+                scale[i],
+                a0,
+                mask,
+            );
             i += 1;
         }
         s0 += n;
-    }
-    if CENTRED {
-        return hsum(a0);
     }
     let acc = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
     hsum(acc) + _mm512_reduce_add_ps(off)
