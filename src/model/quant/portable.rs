@@ -262,22 +262,14 @@ pub fn dot_q8k(fmt: Format, row: &[u8], x: &QVec) -> f32 {
 /// One row of the affine store (`QMat::row`: codes, scales, offsets, fifth bits)
 /// against 8-bit activations: the reference of the SIMD row kernels, and the kernel of
 /// CPUs without them.
-///
-/// Rows without stored offsets (Q4_0, Q5_0, Q8_0) are multiplied with centred codes,
-/// `sum (code + centre) x` in integers, as llama.cpp does; rows with offsets (Q4_1,
-/// Q5_1) add `m * sum_x` per block.
 pub fn affine_dot(row: &Row, x: &QVec) -> f32 {
     let mut acc = 0f32;
-    let centre = row.m.is_empty().then_some(row.centre as i32);
     for b in 0..row.blocks() {
         let mut s = 0i32;
         for j in 0..QK {
-            s += (row.code(b, j) as i32 + centre.unwrap_or(0)) * x.q[b * QK + j] as i32;
+            s += row.code(b, j) as i32 * x.q[b * QK + j] as i32;
         }
-        acc += row.d[b].to_f32() * x.s[b] * s as f32;
-        if centre.is_none() {
-            acc += row.offset(b) * x.sum[b];
-        }
+        acc += row.d[b].to_f32() * x.s[b] * s as f32 + row.offset(b) * x.sum[b];
     }
     acc
 }
@@ -308,7 +300,6 @@ pub(crate) fn check_row(row: &Row, x: &QVec) -> usize {
             && x.q.len() >= nb * QK
             && x.s.len() >= nb
             && x.sum.len() >= nb
-            && x.lsum.len() >= nb * QK / 4
     );
     bytes_per_block
 }

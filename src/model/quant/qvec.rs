@@ -20,13 +20,6 @@ pub struct QVec {
     pub q: Vec<i8>,
     pub s: Vec<f32>,
     pub sum: Vec<f32>,
-    /// Integer sums of every four consecutive quants (eight per block of 32): the lanes
-    /// of VPDPBUSD / VPMADDUBSW+VPMADDWD. The decode kernels of the formats without
-    /// stored offsets (Q4_0, Q5_0, Q8_0 held unsigned) start each block's lanes at
-    /// `centre * lsum`, so the lanes hold llama.cpp's centred integer sums
-    /// (`sum (q - 16) x` for Q5_0) exactly instead of a large offset product that
-    /// cancels in floats.
-    pub lsum: Vec<i32>,
     /// Q8_K quants (empty until `quantize_k_into`).
     pub kq: Vec<i8>,
     /// Q8_K scale per 256 values (negative when the largest magnitude is negative, as
@@ -84,7 +77,6 @@ impl QVec {
         self.q.resize(x.len(), 0);
         self.s.resize(nb, 0.0);
         self.sum.resize(nb, 0.0);
-        self.lsum.resize(nb * QK / 4, 0);
         for (b, (blk, qb)) in x
             .chunks_exact(QK)
             .zip(self.q.chunks_exact_mut(QK))
@@ -105,12 +97,6 @@ impl QVec {
             }
             self.s[b] = s;
             self.sum[b] = s * isum as f32;
-            for (l, g) in self.lsum[b * QK / 4..(b + 1) * QK / 4]
-                .iter_mut()
-                .zip(qb.chunks_exact(4))
-            {
-                *l = g.iter().map(|&v| v as i32).sum();
-            }
         }
     }
 }

@@ -24,14 +24,12 @@ unsafe fn load_codes(q: *const u8, packed: bool, b: usize, mask: __m128i) -> __m
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn block<const FIFTH: bool, const CENTRED: bool>(
+unsafe fn block<const FIFTH: bool>(
     q: *const u8,
     packed: bool,
     hi: *const u32,
     b: usize,
     xq: *const i8,
-    lsum: *const i32,
-    centre: __m256i,
     scale: f32,
     acc: __m256,
     mask: __m128i,
@@ -42,16 +40,7 @@ unsafe fn block<const FIFTH: bool, const CENTRED: bool>(
         w = _mm256_mask_add_epi8(w, k, w, _mm256_set1_epi8(16));
     }
     let xv = _mm256_loadu_si256(xq.add(b * QK) as *const __m256i);
-    // Offset-free rows start from `centre * lsum`: the lanes end as the centred sums.
-    let init = if CENTRED {
-        _mm256_mullo_epi32(
-            _mm256_loadu_si256(lsum.add(b * QK / 4) as *const __m256i),
-            centre,
-        )
-    } else {
-        _mm256_setzero_si256()
-    };
-    let dotv = _mm256_dpbusd_epi32(init, w, xv);
+    let dotv = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, xv);
     _mm256_fmadd_ps(_mm256_cvtepi32_ps(dotv), _mm256_set1_ps(scale), acc)
 }
 
@@ -62,18 +51,15 @@ unsafe fn block<const FIFTH: bool, const CENTRED: bool>(
 /// latency every block).
 #[inline(always)]
 pub unsafe fn row_dot(row: &Row, x: &QVec) -> f32 {
-    match (row.hi.is_empty(), row.m.is_empty()) {
-        (true, true) => row_dot_fmt::<false, true>(row, x),
-        (true, false) => row_dot_fmt::<false, false>(row, x),
-        (false, true) => row_dot_fmt::<true, true>(row, x),
-        (false, false) => row_dot_fmt::<true, false>(row, x),
+    if row.hi.is_empty() {
+        row_dot_fmt::<false>(row, x)
+    } else {
+        row_dot_fmt::<true>(row, x)
     }
 }
 
 #[inline(always)]
-unsafe fn row_dot_fmt<const FIFTH: bool, const CENTRED: bool>(row: &Row, x: &QVec) -> f32 {
-    let lsum = x.lsum.as_ptr();
-    let centre = _mm256_set1_epi32(row.centre as i32);
+unsafe fn row_dot_fmt<const FIFTH: bool>(row: &Row, x: &QVec) -> f32 {
     let (q, packed, d, m) = (row.q, row.packed, row.d, row.m);
     let hp = row.hi.as_ptr();
     let nb = d.len();
@@ -98,16 +84,18 @@ unsafe fn row_dot_fmt<const FIFTH: bool, const CENTRED: bool>(row: &Row, x: &QVe
                 lanes,
                 d.as_ptr().add(at) as *const i16,
             ));
-            let xs = _mm512_maskz_loadu_ps(lanes, x.s.as_ptr().add(at));
-            _mm512_storeu_ps(scale.as_mut_ptr().add(c), _mm512_mul_ps(dv, xs));
-            if !CENTRED {
-                let mv = _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
+            let mv = if m.is_empty() {
+                _mm512_mul_ps(dv, _mm512_set1_ps(row.centre))
+            } else {
+                _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
                     lanes,
                     m.as_ptr().add(at) as *const i16,
-                ));
-                let xsum = _mm512_maskz_loadu_ps(lanes, x.sum.as_ptr().add(at));
-                off = _mm512_fmadd_ps(mv, xsum, off);
-            }
+                ))
+            };
+            let xs = _mm512_maskz_loadu_ps(lanes, x.s.as_ptr().add(at));
+            let xsum = _mm512_maskz_loadu_ps(lanes, x.sum.as_ptr().add(at));
+            _mm512_storeu_ps(scale.as_mut_ptr().add(c), _mm512_mul_ps(dv, xs));
+            off = _mm512_fmadd_ps(mv, xsum, off);
             c += 16;
         }
         let mut i = 0;
@@ -120,58 +108,14 @@ unsafe fn row_dot_fmt<const FIFTH: bool, const CENTRED: bool>(row: &Row, x: &QVe
             let ahead = qp.wrapping_add(b * bytes_per_block + 1024);
             _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
             _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64) as *const i8);
-            a0 = block::<FIFTH, CENTRED>(qp, packed, hp, b, xp, lsum, centre, scale[i], a0, mask);
-            a1 = block::<FIFTH, CENTRED>(
-                qp,
-                packed,
-                hp,
-                b + 1,
-                xp,
-                lsum,
-                centre,
-                scale[i + 1],
-                a1,
-                mask,
-            );
-            a2 = block::<FIFTH, CENTRED>(
-                qp,
-                packed,
-                hp,
-                b + 2,
-                xp,
-                lsum,
-                centre,
-                scale[i + 2],
-                a2,
-                mask,
-            );
-            a3 = block::<FIFTH, CENTRED>(
-                qp,
-                packed,
-                hp,
-                b + 3,
-                xp,
-                lsum,
-                centre,
-                scale[i + 3],
-                a3,
-                mask,
-            );
+            a0 = block::<FIFTH>(qp, packed, hp, b, xp, scale[i], a0, mask);
+            a1 = block::<FIFTH>(qp, packed, hp, b + 1, xp, scale[i + 1], a1, mask);
+            a2 = block::<FIFTH>(qp, packed, hp, b + 2, xp, scale[i + 2], a2, mask);
+            a3 = block::<FIFTH>(qp, packed, hp, b + 3, xp, scale[i + 3], a3, mask);
             i += 4;
         }
         while i < n {
-            a0 = block::<FIFTH, CENTRED>(
-                qp,
-                packed,
-                hp,
-                s0 + i,
-                xp,
-                lsum,
-                centre,
-                scale[i],
-                a0,
-                mask,
-            );
+            a0 = block::<FIFTH>(qp, packed, hp, s0 + i, xp, scale[i], a0, mask);
             i += 1;
         }
         s0 += n;

@@ -17,13 +17,7 @@ use crate::model::quant::qvec::{QVec, QK};
 
 /// One block of one row, widened to 16 bits.
 #[inline(always)]
-unsafe fn block_widened(
-    row: &Row,
-    b: usize,
-    xq: *const i8,
-    xl: *const i32,
-    mask: __m128i,
-) -> __m256 {
+unsafe fn block_widened(row: &Row, b: usize, xq: *const i8, mask: __m128i) -> __m256 {
     let q = row.q.as_ptr();
     let (lo, hi) = if row.packed {
         let v = _mm_loadu_si128(q.add(b * QK / 2) as *const __m128i);
@@ -47,25 +41,7 @@ unsafe fn block_widened(
     let x1 = _mm_loadu_si128(xq.add(b * QK + 16) as *const __m128i);
     let p0 = _mm256_madd_epi16(_mm256_cvtepu8_epi16(lo), _mm256_cvtepi8_epi16(x0));
     let p1 = _mm256_madd_epi16(_mm256_cvtepu8_epi16(hi), _mm256_cvtepi8_epi16(x1));
-    _mm256_cvtepi32_ps(_mm256_add_epi32(
-        _mm256_add_epi32(p0, p1),
-        centring(row, b, xl),
-    ))
-}
-
-/// For a row without stored offsets, `centre * sum_x` of block `b` in lane 0 (the
-/// lanes then sum to the centred `sum (code + centre) x`); zero otherwise.
-#[inline(always)]
-unsafe fn centring(row: &Row, b: usize, xl: *const i32) -> __m256i {
-    if !row.m.is_empty() {
-        return _mm256_setzero_si256();
-    }
-    let l = _mm256_loadu_si256(xl.add(b * QK / 4) as *const __m256i);
-    let s4 = _mm_add_epi32(_mm256_castsi256_si128(l), _mm256_extracti128_si256::<1>(l));
-    let s2 = _mm_add_epi32(s4, _mm_unpackhi_epi64(s4, s4));
-    let s1 = _mm_add_epi32(s2, _mm_shuffle_epi32::<1>(s2));
-    let c = _mm_cvtsi128_si32(s1) * row.centre as i32;
-    _mm256_setr_epi32(c, 0, 0, 0, 0, 0, 0, 0)
+    _mm256_cvtepi32_ps(_mm256_add_epi32(p0, p1))
 }
 
 /// One row against the activations (a scalar offset term).
@@ -75,9 +51,7 @@ pub unsafe fn row_dot(row: &Row, x: &QVec) -> f32 {
     let nb = d.len();
     check_row(row, x);
     let mask = _mm_set1_epi8(0x0f);
-    let (xp, xl) = (x.q.as_ptr(), x.lsum.as_ptr());
-    // Rows without stored offsets are centred in the integer sums (`centring`).
-    let offsets = !row.m.is_empty();
+    let xp = x.q.as_ptr();
     // Two accumulators so consecutive blocks do not wait on each other's FMA.
     let mut a0 = _mm256_setzero_ps();
     let mut a1 = _mm256_setzero_ps();
@@ -86,23 +60,27 @@ pub unsafe fn row_dot(row: &Row, x: &QVec) -> f32 {
     while b + 2 <= nb {
         let s0 = d[b].to_f32() * x.s[b];
         let s1 = d[b + 1].to_f32() * x.s[b + 1];
-        a0 = _mm256_fmadd_ps(block_widened(row, b, xp, xl, mask), _mm256_set1_ps(s0), a0);
+        a0 = _mm256_fmadd_ps(
+            block_widened(row, b, xp, mask),
+            _mm256_set1_ps(s0),
+            a0,
+        );
         a1 = _mm256_fmadd_ps(
-            block_widened(row, b + 1, xp, xl, mask),
+            block_widened(row, b + 1, xp, mask),
             _mm256_set1_ps(s1),
             a1,
         );
-        if offsets {
-            off += row.offset(b) * x.sum[b] + row.offset(b + 1) * x.sum[b + 1];
-        }
+        off += row.offset(b) * x.sum[b] + row.offset(b + 1) * x.sum[b + 1];
         b += 2;
     }
     if b < nb {
         let s0 = d[b].to_f32() * x.s[b];
-        a0 = _mm256_fmadd_ps(block_widened(row, b, xp, xl, mask), _mm256_set1_ps(s0), a0);
-        if offsets {
-            off += row.offset(b) * x.sum[b];
-        }
+        a0 = _mm256_fmadd_ps(
+            block_widened(row, b, xp, mask),
+            _mm256_set1_ps(s0),
+            a0,
+        );
+        off += row.offset(b) * x.sum[b];
     }
     let acc = _mm256_add_ps(a0, a1);
     hsum(acc) + off
@@ -194,20 +172,7 @@ unsafe fn rows_dot2_fmt<const PACKED: bool, const SYM: bool>(rows: [Row; 2], x: 
         }
     };
     let (h0, h1) = (hib(&rows[0]), hib(&rows[1]));
-    // Rows without stored offsets start each block's lanes at `centre * lsum` (the
-    // centred integer sums, as llama.cpp's signed codes give them).
-    let centre = _mm256_set1_epi32(rows[0].centre as i32);
-    let xl = x.lsum.as_ptr();
-    let cor = |b: usize| {
-        if SYM {
-            _mm256_mullo_epi32(
-                _mm256_loadu_si256(xl.add(b * QK / 4) as *const __m256i),
-                centre,
-            )
-        } else {
-            _mm256_setzero_si256()
-        }
-    };
+    let centre = rows[0].centre;
     let k = K {
         nib: _mm256_set1_epi8(0x0f),
         low7: _mm256_set1_epi8(0x7f),
@@ -249,36 +214,42 @@ unsafe fn rows_dot2_fmt<const PACKED: bool, const SYM: bool>(rows: [Row; 2], x: 
         let f16x8 = |p: *const f16| _mm256_cvtph_ps(_mm_loadu_si128(p.add(b0) as *const __m128i));
         let sc0 = _mm256_mul_ps(f16x8(d0), xs);
         let sc1 = _mm256_mul_ps(f16x8(d1), xs);
-        if !SYM {
-            off0 = _mm256_fmadd_ps(f16x8(m0), xsum, off0);
-            off1 = _mm256_fmadd_ps(f16x8(m1), xsum, off1);
-        }
+        let (o0, o1) = if SYM {
+            let k128 = _mm256_set1_ps(centre);
+            (
+                _mm256_mul_ps(f16x8(d0), k128),
+                _mm256_mul_ps(f16x8(d1), k128),
+            )
+        } else {
+            (f16x8(m0), f16x8(m1))
+        };
+        off0 = _mm256_fmadd_ps(o0, xsum, off0);
+        off1 = _mm256_fmadd_ps(o1, xsum, off1);
         let mut idx = _mm256_setzero_si256();
         for j in (0..8).step_by(2) {
             let b = b0 + j;
             let idx1 = _mm256_add_epi32(idx, ones);
             let x0 = _mm256_loadu_si256(xp.add(b * QK) as *const __m256i);
             let x1 = _mm256_loadu_si256(xp.add((b + 1) * QK) as *const __m256i);
-            let (e0, e1) = (cor(b), cor(b + 1));
-            let p = _mm256_add_epi32(block(q0, PACKED, h0, b, x0, k), e0);
+            let p = block(q0, PACKED, h0, b, x0, k);
             a0 = _mm256_fmadd_ps(
                 _mm256_cvtepi32_ps(p),
                 _mm256_permutevar8x32_ps(sc0, idx),
                 a0,
             );
-            let p = _mm256_add_epi32(block(q1, PACKED, h1, b, x0, k), e0);
+            let p = block(q1, PACKED, h1, b, x0, k);
             c0 = _mm256_fmadd_ps(
                 _mm256_cvtepi32_ps(p),
                 _mm256_permutevar8x32_ps(sc1, idx),
                 c0,
             );
-            let p = _mm256_add_epi32(block(q0, PACKED, h0, b + 1, x1, k), e1);
+            let p = block(q0, PACKED, h0, b + 1, x1, k);
             a1 = _mm256_fmadd_ps(
                 _mm256_cvtepi32_ps(p),
                 _mm256_permutevar8x32_ps(sc0, idx1),
                 a1,
             );
-            let p = _mm256_add_epi32(block(q1, PACKED, h1, b + 1, x1, k), e1);
+            let p = block(q1, PACKED, h1, b + 1, x1, k);
             c1 = _mm256_fmadd_ps(
                 _mm256_cvtepi32_ps(p),
                 _mm256_permutevar8x32_ps(sc1, idx1),
@@ -293,23 +264,20 @@ unsafe fn rows_dot2_fmt<const PACKED: bool, const SYM: bool>(rows: [Row; 2], x: 
     for b in b0..nb {
         let x0 = _mm256_loadu_si256(xp.add(b * QK) as *const __m256i);
         let (xs, xsum) = (*x.s.get_unchecked(b), *x.sum.get_unchecked(b));
-        let e = cor(b);
-        let p = _mm256_add_epi32(block(q0, PACKED, h0, b, x0, k), e);
+        let p = block(q0, PACKED, h0, b, x0, k);
         a0 = _mm256_fmadd_ps(
             _mm256_cvtepi32_ps(p),
             _mm256_set1_ps((*d0.add(b)).to_f32() * xs),
             a0,
         );
-        let p = _mm256_add_epi32(block(q1, PACKED, h1, b, x0, k), e);
+        let p = block(q1, PACKED, h1, b, x0, k);
         c0 = _mm256_fmadd_ps(
             _mm256_cvtepi32_ps(p),
             _mm256_set1_ps((*d1.add(b)).to_f32() * xs),
             c0,
         );
-        if !SYM {
-            t0 += rows[0].offset(b) * xsum;
-            t1 += rows[1].offset(b) * xsum;
-        }
+        t0 += rows[0].offset(b) * xsum;
+        t1 += rows[1].offset(b) * xsum;
     }
     [
         hsum(_mm256_add_ps(a0, a1)) + (hsum(off0) + t0),
