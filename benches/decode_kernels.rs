@@ -80,7 +80,11 @@ fn random_blocks(fmt: Format, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
     let mut data: Vec<u8> = (0..rows * fmt.row_bytes(cols))
         .map(|_| lcg(&mut s) as u8)
         .collect();
-    let halves = if matches!(fmt, Format::Q4_1 | Format::Q5_1) { 2 } else { 1 };
+    let halves = if matches!(fmt, Format::Q4_1 | Format::Q5_1) {
+        2
+    } else {
+        1
+    };
     for blk in data.chunks_exact_mut(bs) {
         for h in 0..halves {
             let v = f16::from_f32((lcg(&mut s) % 1000) as f32 * 1e-5).to_le_bytes();

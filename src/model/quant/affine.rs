@@ -326,6 +326,17 @@ fn qrow_dot(w: &QMat, r: usize, x: &QVec) -> f32 {
 /// calling thread (the decode team splits rows itself).
 pub fn matvec_q_rows(w: &QMat, x: &QVec, r0: usize, out: &mut [f32]) {
     assert!(r0 + out.len() <= w.rows);
+    // Q4_0 / Q5_0: the float order of their former file-block kernel (see
+    // `avx2::row_dot_x0`), on every AVX2 build.
+    #[cfg(kv_avx2)]
+    if w.packed && w.m.is_empty() {
+        for (i, o) in out.iter_mut().enumerate() {
+            // SAFETY: AVX2, FMA and F16C are enabled at compile time; `row_dot_x0`
+            // checks the row's lengths against the activations.
+            *o = unsafe { super::avx2::row_dot_x0(&w.row(r0 + i), x) };
+        }
+        return;
+    }
     #[cfg(all(kv_avx2, not(kv_vnni)))]
     {
         let mut pairs = out.chunks_exact_mut(2);

@@ -469,7 +469,8 @@ mod tests {
     /// Every 32-value format read into the rearranged affine store (`QMat::from_blocks`)
     /// holds the file's values (dequantised equal to the file's blocks, bit for bit) in
     /// as many bytes as the file, and its decode row kernel (SIMD where compiled) equals
-    /// the raw blocks' portable product to f32 summation order.
+    /// the raw blocks' portable product to f32 summation order (Q4_0 / Q5_0: the raw
+    /// blocks' SIMD kernel bit for bit).
     #[test]
     fn affine_store_holds_every_32_value_format() {
         let mut s = 17;
@@ -499,6 +500,16 @@ mod tests {
                 dequant_row(fmt, row, &mut e);
                 assert_eq!(a, e, "{} row {r}", fmt.name());
                 let reference = portable::dot_q8(fmt, row, &qx);
+                // Q4_0 / Q5_0 keep their file-block kernel's float order exactly.
+                if cfg!(kv_avx2) && matches!(fmt, Format::Q4_0 | Format::Q5_0) {
+                    let before = dot_q8(fmt, row, &qx);
+                    assert_eq!(
+                        fast[r].to_bits(),
+                        before.to_bits(),
+                        "{} row {r}",
+                        fmt.name()
+                    );
+                }
                 let scale = (cols as f32).sqrt();
                 assert!(
                     (fast[r] - reference).abs() <= 1e-5 * scale,

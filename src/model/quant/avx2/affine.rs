@@ -60,26 +60,14 @@ pub unsafe fn row_dot(row: &Row, x: &QVec) -> f32 {
     while b + 2 <= nb {
         let s0 = d[b].to_f32() * x.s[b];
         let s1 = d[b + 1].to_f32() * x.s[b + 1];
-        a0 = _mm256_fmadd_ps(
-            block_widened(row, b, xp, mask),
-            _mm256_set1_ps(s0),
-            a0,
-        );
-        a1 = _mm256_fmadd_ps(
-            block_widened(row, b + 1, xp, mask),
-            _mm256_set1_ps(s1),
-            a1,
-        );
+        a0 = _mm256_fmadd_ps(block_widened(row, b, xp, mask), _mm256_set1_ps(s0), a0);
+        a1 = _mm256_fmadd_ps(block_widened(row, b + 1, xp, mask), _mm256_set1_ps(s1), a1);
         off += row.offset(b) * x.sum[b] + row.offset(b + 1) * x.sum[b + 1];
         b += 2;
     }
     if b < nb {
         let s0 = d[b].to_f32() * x.s[b];
-        a0 = _mm256_fmadd_ps(
-            block_widened(row, b, xp, mask),
-            _mm256_set1_ps(s0),
-            a0,
-        );
+        a0 = _mm256_fmadd_ps(block_widened(row, b, xp, mask), _mm256_set1_ps(s0), a0);
         off += row.offset(b) * x.sum[b];
     }
     let acc = _mm256_add_ps(a0, a1);
@@ -283,4 +271,63 @@ unsafe fn rows_dot2_fmt<const PACKED: bool, const SYM: bool>(rows: [Row; 2], x: 
         hsum(_mm256_add_ps(a0, a1)) + (hsum(off0) + t0),
         hsum(_mm256_add_ps(c0, c1)) + (hsum(off1) + t1),
     ]
+}
+
+/// One Q4_0 or Q5_0 row of the store (packed codes, no stored offsets) with the float
+/// arithmetic of the file-block kernel these formats decoded with before
+/// (`blocks::dot_q4_0` / `dot_q5_0`), operation for operation: per block the lanes of
+/// VPMADDUBSW + VPMADDWD times `d * s_x` into two accumulators taken in turn, the offset
+/// `centre * d * sum_x` added in a scalar chain, then `hsum(a0 + a1) + off`. Real-model
+/// greedy ids pinned to llama.cpp's sit on near ties that a different float order flips
+/// (Gemma 3's Q5_0 layers: `tests/real_gemma.rs`), so only the layout changes: aligned
+/// codes, and the scales and offset products of eight blocks computed with one F16C
+/// conversion and two vector products (the same IEEE products as the scalar ones).
+pub unsafe fn row_dot_x0(row: &Row, x: &QVec) -> f32 {
+    check_row(row, x);
+    assert!(row.packed && row.m.is_empty());
+    let nb = row.d.len();
+    let (qp, xp, dp) = (row.q.as_ptr(), x.q.as_ptr(), row.d.as_ptr());
+    let fifth = !row.hi.is_empty();
+    let hp = row.hi.as_ptr();
+    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut off = 0f32;
+    let (mut sc, mut of) = ([0f32; 8], [0f32; 8]);
+    let centre = _mm256_set1_ps(row.centre);
+    let mut b0 = 0;
+    while b0 < nb {
+        let n = (nb - b0).min(8);
+        if n == 8 {
+            let dv = _mm256_cvtph_ps(_mm_loadu_si128(dp.add(b0) as *const __m128i));
+            let xs = _mm256_loadu_ps(x.s.as_ptr().add(b0));
+            let xsum = _mm256_loadu_ps(x.sum.as_ptr().add(b0));
+            _mm256_storeu_ps(sc.as_mut_ptr(), _mm256_mul_ps(dv, xs));
+            _mm256_storeu_ps(
+                of.as_mut_ptr(),
+                _mm256_mul_ps(_mm256_mul_ps(centre, dv), xsum),
+            );
+        } else {
+            for j in 0..n {
+                let d = (*dp.add(b0 + j)).to_f32();
+                sc[j] = d * x.s[b0 + j];
+                of[j] = row.centre * d * x.sum[b0 + j];
+            }
+        }
+        for j in 0..n {
+            let b = b0 + j;
+            let mut codes = super::nibbles_32(qp.add(b * QK / 2));
+            if fifth {
+                codes = _mm256_or_si256(codes, fifth_bits(hp.add(b) as *const u8));
+            }
+            let s = _mm256_cvtepi32_ps(super::dot_u8_i8(codes, xp.add(b * QK)));
+            let f = _mm256_set1_ps(sc[j]);
+            if b % 2 == 0 {
+                a0 = _mm256_fmadd_ps(s, f, a0);
+            } else {
+                a1 = _mm256_fmadd_ps(s, f, a1);
+            }
+            off += of[j];
+        }
+        b0 += n;
+    }
+    hsum(_mm256_add_ps(a0, a1)) + off
 }
