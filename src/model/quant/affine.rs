@@ -1,11 +1,10 @@
 //! The rearranged affine store of GGUF's 32-value formats (`QMat`: Q4_0, Q4_1, Q5_0,
-//! Q5_1 and Q8_0, codes apart from their f16 scales, offsets and fifth bits) and the dispatch of its decode row kernels: AVX-512 VNNI
-//! (`vnni.rs`), AVX2 (`avx2/affine.rs`), or the portable reference
-//! (`portable::affine_dot`).
-
-use half::f16;
+//! Q5_1 and Q8_0, codes apart from their f16 scales, offsets and fifth bits) and the
+//! dispatch of its decode row kernels: AVX-512 VNNI (`vnni.rs`), AVX2
+//! (`avx2/affine.rs`), or the portable reference (`portable::affine_dot`).
 
 use anyhow::{bail, Result};
+use half::f16;
 
 use super::portable::block_offset;
 use super::qvec::{QVec, QK};
