@@ -10,7 +10,8 @@
 //! each of eight rows, the activations' four matching values are broadcast to every lane,
 //! and the float step (`acc += sumi * (d_w * d_x) + m_w * sum_x`) serves eight rows at
 //! once, with no horizontal sum left. The packing is done per band into a per-thread
-//! buffer: the stored weights and the decode kernels keep their layout.
+//! buffer: the stored weights (the affine store, `QMat`) and the decode kernels keep
+//! their layout.
 //!
 //! Activations are llama.cpp's pairing: Q8_0 blocks (f16 scale) for every format, and the
 //! block sum for the formats with an offset. Unsigned codes (Q4_x, Q5_x: 0..=31) go
