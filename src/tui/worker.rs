@@ -95,6 +95,30 @@ fn run(job: Job, out: &Outbox, rx: Receiver<ToWorker>) {
                         }
                     }
                 }
+                // Only the last zoom of a batch is on screen.
+                ToWorker::ZoomRows { .. }
+                    if batch[i + 1..]
+                        .iter()
+                        .any(|m| matches!(m, ToWorker::ZoomRows { .. })) => {}
+                ToWorker::ZoomRows { layer, rows, keys } => {
+                    let t = Instant::now();
+                    let r = w.loaded.model.attention_rows(
+                        &w.session.trace,
+                        *layer,
+                        rows.clone(),
+                        keys.clone(),
+                    );
+                    let msg = match r {
+                        Ok(z) => FromWorker::ZoomRows {
+                            zoom: Arc::new(z),
+                            ms: t.elapsed().as_secs_f64() * 1000.0,
+                        },
+                        Err(e) => FromWorker::Error(format!("attention zoom failed: {e:#}")),
+                    };
+                    if !out(msg) {
+                        return;
+                    }
+                }
                 ToWorker::Export { path } => {
                     let msg = match w.export(path) {
                         Ok(written) => {
@@ -300,12 +324,15 @@ impl Worker {
         snapshot(&self.loaded, &self.session, self.maps.clone())
     }
 
-    /// Selects and decodes for `settings`; false when the UI has gone.
+    /// Selects and decodes for `settings`; false when the UI has gone. With
+    /// `KVSCOPE_TRACE_TIMING` set, appends where the edit's time went (`worker_edit`).
     fn apply(&mut self, gen: u64, settings: Settings, out: &Outbox) -> bool {
         if !out(FromWorker::Phase(Phase::Recomputing(gen))) {
             return false;
         }
+        let t0 = Instant::now();
         let table = self.scores_for(&settings);
+        let table_ms = ms_since(t0);
         let (msg, keep) = match outcome(&self.loaded, &mut self.session, gen, settings, &table) {
             Ok(o) => {
                 self.applied = Some(gen);
@@ -322,20 +349,34 @@ impl Worker {
                 None,
             ),
         };
+        let (select_ms, decode_ms) = (
+            self.session.timing.select,
+            self.session.timing.decode_compressed,
+        );
         if !out(msg) {
             return false;
         }
+        let result_ms = ms_since(t0);
         if let Some(keep) = keep {
-            let msg = match self.divergence(&keep) {
+            let t = Instant::now();
+            let replay = self.session.full_pass(&self.loaded.model).map(|_| ());
+            let replay_ms = ms_since(t);
+            let msg = match replay.and_then(|_| self.divergence(&keep)) {
                 Ok(view) => FromWorker::Divergence {
                     gen,
                     view: Arc::new(view),
                 },
                 Err(e) => FromWorker::Error(format!("divergence analysis failed: {e:#}")),
             };
+            let analysis_ms = ms_since(t) - replay_ms;
             if !out(msg) {
                 return false;
             }
+            timing_line(&format!(
+                "worker_edit gen {gen} scores_ms {table_ms:.1} select_ms {select_ms:.1} decode_ms {decode_ms:.1} pack_and_send_ms {:.1} to_result_ms {result_ms:.1} full_replay_ms {replay_ms:.1} analysis_ms {analysis_ms:.1} to_divergence_ms {:.1}",
+                result_ms - table_ms - select_ms - decode_ms,
+                ms_since(t0)
+            ));
         }
         out(FromWorker::Phase(Phase::Idle))
     }
@@ -446,6 +487,21 @@ pub fn snapshot(
         snap.set_profile(Arc::new(p.clone()));
     }
     snap
+}
+
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Appends one line to the `KVSCOPE_TRACE_TIMING` file, when it is set (the loop logs
+/// its frame and key times there too).
+fn timing_line(line: &str) {
+    use std::io::Write;
+    if let Some(p) = std::env::var_os("KVSCOPE_TRACE_TIMING") {
+        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(p) {
+            let _ = writeln!(f, "{line}");
+        }
+    }
 }
 
 /// The Divergence pane's data for `keep`: teacher-forced KL curve, lost mass per step,
