@@ -225,7 +225,7 @@ fn a_token_zoom_asks_for_and_shows_the_exact_rows() {
     assert_eq!(cmds, vec![want], "T asks once");
     assert!(key(&mut app, KeyCode::Char('6')).is_empty(), "same window: no new ask");
     key(&mut app, KeyCode::Char('2'));
-    assert!(screen(&app).contains("(exact rows: computing)"));
+    assert!(screen(&app).contains("(exact: computing)"));
     // What the worker runs for it.
     let z = fx
         .loaded
@@ -241,8 +241,7 @@ fn a_token_zoom_asks_for_and_shows_the_exact_rows() {
     );
     let s = screen(&app);
     assert!(
-        s.contains("exact attention, queries ")
-            && s.contains(&format!("..{ke} (recomputed, 12 ms)")),
+        s.contains("exact: queries ") && s.contains(&format!("..{ke}, 12 ms")),
         "{s}"
     );
     // A pan moves the keys: a new ask, block means until it comes.
@@ -251,5 +250,5 @@ fn a_token_zoom_asks_for_and_shows_the_exact_rows() {
         matches!(&cmds[..], [Cmd::ZoomRows { keys, .. }] if keys.start > ks),
         "{cmds:?}"
     );
-    assert!(screen(&app).contains("(exact rows: computing)"));
+    assert!(screen(&app).contains("(exact: computing)"));
 }

@@ -333,30 +333,45 @@ impl Worker {
         let t0 = Instant::now();
         let table = self.scores_for(&settings);
         let table_ms = ms_since(t0);
-        let (msg, keep) = match outcome(&self.loaded, &mut self.session, gen, settings, &table) {
-            Ok(o) => {
-                self.applied = Some(gen);
-                let keep = KeepSet {
-                    positions: o.keep.clone(),
-                };
-                (FromWorker::Result(Box::new(o)), Some(keep))
-            }
-            Err(e) => (
-                FromWorker::Failed {
-                    gen,
-                    error: format!("{e:#}"),
-                },
-                None,
-            ),
-        };
-        let (select_ms, decode_ms) = (
-            self.session.timing.select,
-            self.session.timing.decode_compressed,
+        // The generation goes to the UI as soon as it is decoded; the rest of the
+        // teacher-forced decode (the divergence analysis' input) runs after.
+        let (loaded, len) = (&self.loaded, self.session.trace.len);
+        let mut keep = None;
+        let mut alive = true;
+        let mut free_ms = (0.0, 0.0);
+        let mut result_ms = 0.0;
+        let r = self.session.apply_then(
+            &loaded.model,
+            &loaded.tok,
+            settings,
+            Some(&table),
+            true,
+            &mut |c, timing| {
+                free_ms = (timing.select, timing.decode_compressed);
+                keep = Some(c.selection.keep.clone());
+                let o = pack(loaded, len, gen, c, &table, timing);
+                alive = out(FromWorker::Result(Box::new(o)));
+                result_ms = ms_since(t0);
+                alive
+            },
         );
-        if !out(msg) {
+        if !alive {
             return false;
         }
-        let result_ms = ms_since(t0);
+        match r {
+            Ok(()) => self.applied = Some(gen),
+            Err(e) => {
+                keep = None;
+                if !out(FromWorker::Failed {
+                    gen,
+                    error: format!("{e:#}"),
+                }) {
+                    return false;
+                }
+            }
+        }
+        let (select_ms, decode_ms) = free_ms;
+        let forced_ms = self.session.timing.decode_compressed - decode_ms;
         if let Some(keep) = keep {
             let t = Instant::now();
             let replay = self.session.full_pass(&self.loaded.model).map(|_| ());
@@ -373,8 +388,7 @@ impl Worker {
                 return false;
             }
             timing_line(&format!(
-                "worker_edit gen {gen} scores_ms {table_ms:.1} select_ms {select_ms:.1} decode_ms {decode_ms:.1} pack_and_send_ms {:.1} to_result_ms {result_ms:.1} full_replay_ms {replay_ms:.1} analysis_ms {analysis_ms:.1} to_divergence_ms {:.1}",
-                result_ms - table_ms - select_ms - decode_ms,
+                "worker_edit gen {gen} scores_ms {table_ms:.1} select_ms {select_ms:.1} free_decode_ms {decode_ms:.1} to_result_ms {result_ms:.1} forced_rest_ms {forced_ms:.1} full_replay_ms {replay_ms:.1} analysis_ms {analysis_ms:.1} to_divergence_ms {:.1}",
                 ms_since(t0)
             ));
         }
@@ -526,10 +540,10 @@ pub fn divergence_view(
     };
     let steps = divergence::steps(full, logits, None, keep);
     let cmps: Vec<_> = steps.iter().map(|st| st.cmp).collect();
-    let culprits = (1..=steps.len())
-        .map(|t| {
-            divergence::culprits_at(full, keep, t)
-                .into_iter()
+    let culprits = divergence::culprits_all(full, keep, steps.len())
+        .into_iter()
+        .map(|cs| {
+            cs.into_iter()
                 .take(CULPRITS_PER_STEP)
                 .map(|c| (c.pos, c.mass))
                 .collect()
@@ -581,7 +595,7 @@ pub fn layers_keeping(keep: &[Vec<Vec<usize>>], len: usize) -> Vec<u16> {
     n
 }
 
-/// Runs `Session::apply` and packs what the UI shows.
+/// Runs `Session::apply` (with the teacher-forced logits) and packs what the UI shows.
 pub fn outcome(
     loaded: &Loaded,
     session: &mut Session,
@@ -590,14 +604,29 @@ pub fn outcome(
     table: &ScoreTable,
 ) -> Result<Outcome> {
     let len = session.trace.len;
-    let c = session.apply_with(&loaded.model, &loaded.tok, settings, Some(table), true)?;
+    session.apply_with(&loaded.model, &loaded.tok, settings, Some(table), true)?;
+    match &session.compressed {
+        Some(c) => Ok(pack(loaded, len, gen, c, table, &session.timing)),
+        None => anyhow::bail!("no compressed result"),
+    }
+}
+
+/// What the UI shows of the compressed result `c` (settings generation `gen`).
+pub fn pack(
+    loaded: &Loaded,
+    len: usize,
+    gen: u64,
+    c: &crate::session::Compressed,
+    table: &ScoreTable,
+    timing: &crate::session::Timing,
+) -> Outcome {
     let sel = &c.selection;
     let ranks = sel
         .scores
         .iter()
         .map(|layer| layer.iter().map(|h| ranks(h, len)).collect())
         .collect();
-    Ok(Outcome {
+    Outcome {
         gen,
         settings: c.settings.clone(),
         tokens: c
@@ -616,10 +645,10 @@ pub fn outcome(
         scores: sel.scores.clone(),
         ranks,
         strips: table.heads.clone(),
-        select_ms: session.timing.select,
-        decode_ms: session.timing.decode_compressed,
+        select_ms: timing.select,
+        decode_ms: timing.decode_compressed,
         divergence: None,
-    })
+    }
 }
 
 #[cfg(test)]

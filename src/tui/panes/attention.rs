@@ -65,7 +65,7 @@ fn exact_rows<'a>(
     if m.block_size == 1 && ke - ks <= crate::tui::app::TOKEN_ZOOM {
         let rows = ke.saturating_sub(halves)..ke;
         return Some(Exact {
-            label: format!("exact attention, queries {}..{ke}", rows.start),
+            label: format!("exact: queries {}..{ke}", rows.start),
             rows,
             value: Box::new(move |q, k| m.cell(q, k)),
         });
@@ -78,7 +78,7 @@ fn exact_rows<'a>(
     let h = app.sel_head;
     Some(Exact {
         label: format!(
-            "exact attention, queries {}..{} (recomputed, {ms:.0} ms)",
+            "exact: queries {}..{}, {ms:.0} ms",
             rows.start, rows.end
         ),
         rows,
@@ -125,7 +125,7 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let what = match &exact {
         Some(e) => e.label.clone(),
         None if ke - ks <= w && m.block_size > 1 => format!(
-            "block means of {} tokens (exact rows: computing)",
+            "block means of {} tok (exact: computing)",
             m.block_size
         ),
         None => format!("block means, {} tok/block", m.block_size),
