@@ -6,8 +6,8 @@
 use candle_core::quantized::QTensor;
 use candle_core::{Device, Tensor};
 use criterion::{criterion_group, criterion_main, Criterion};
+use kvscope::model::linear::Linear;
 use kvscope::model::quant::{Format, QVec};
-use kvscope::model::weights::Linear;
 
 fn matrix(fmt: Format, rows: usize, cols: usize) -> Linear {
     let mut s = 1u64;

@@ -14,7 +14,8 @@ use std::path::Path;
 
 use crate::model::config::ArchOptions;
 use crate::model::config::LayerSpec;
-use crate::model::weights::{LayerExtras, LayerWeights, Linear, Weights};
+use crate::model::linear::Linear;
+use crate::model::weights::{LayerExtras, LayerWeights, Weights};
 use crate::model::{Config, Model};
 
 /// SplitMix64: a small seeded generator, identical on every platform.

@@ -179,7 +179,7 @@ fn gemma3_matches_candle() {
     ts.insert("model.norm.weight".into(), t(&minus1(&w.out_norm), &[d]));
     for (i, l) in w.layers.iter().enumerate() {
         let p = |n: &str| format!("model.layers.{i}.{n}");
-        let lin = |x: &kvscope::model::weights::Linear| t(&x.to_f32(), &[x.rows, x.cols]);
+        let lin = |x: &kvscope::model::linear::Linear| t(&x.to_f32(), &[x.rows, x.cols]);
         let e = &l.extra;
         ts.insert(p("self_attn.q_proj.weight"), lin(&l.wq));
         ts.insert(p("self_attn.k_proj.weight"), lin(&l.wk));

@@ -527,75 +527,6 @@ fn eval_resume_with_other_settings_is_refused() {
 
 // ---------------------------------------------------------------- 1. signals and the TUI
 
-/// tmux on a server of the session's own (`-L NAME`), so tmux tests running at the
-/// same time elsewhere neither race to start one server nor see each other's sessions.
-fn tmux(server: &str, args: &[&str]) -> Result<String, String> {
-    let out = Command::new("tmux")
-        .args(["-L", server])
-        .args(args)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
-}
-
-/// One session on its own server; both end with the value.
-struct TmuxSession(String);
-
-impl Drop for TmuxSession {
-    fn drop(&mut self) {
-        let _ = tmux(&self.0, &["kill-server"]);
-    }
-}
-
-impl TmuxSession {
-    fn start(name: String, script: &str) -> TmuxSession {
-        let args = [
-            "new-session",
-            "-d",
-            "-s",
-            &name,
-            "-x",
-            "160",
-            "-y",
-            "45",
-            "bash",
-            "--norc",
-            "-c",
-            script,
-        ];
-        if let Err(e) = tmux(&name, &args) {
-            panic!("tmux new-session: {e}");
-        }
-        TmuxSession(name)
-    }
-
-    fn wait(&self, what: &str, secs: u64, ok: impl Fn(&str) -> bool) -> String {
-        let t = Instant::now();
-        loop {
-            let s = tmux(&self.0, &["capture-pane", "-p", "-t", &self.0]).unwrap_or_default();
-            if ok(&s) {
-                return s;
-            }
-            assert!(
-                t.elapsed() < Duration::from_secs(secs),
-                "timed out waiting for {what}; the pane shows:\n{s}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-
-    fn format(&self, f: &str) -> String {
-        tmux(&self.0, &["display-message", "-p", "-t", &self.0, f])
-            .unwrap_or_default()
-            .trim()
-            .to_string()
-    }
-}
-
 /// The child process of `parent` (the inspector under the pane's shell), from /proc.
 #[cfg(target_os = "linux")]
 fn child_of(parent: u32) -> Option<u32> {
@@ -623,7 +554,7 @@ fn child_of(parent: u32) -> Option<u32> {
 #[cfg(target_os = "linux")]
 #[test]
 fn signals_restore_the_terminal() {
-    if Command::new("tmux").arg("-V").output().is_err() {
+    if !common::tmux::installed() {
         println!("hardening: tmux is not installed; skipping the signal test");
         return;
     }
@@ -641,7 +572,7 @@ fn signals_restore_the_terminal() {
             s(&p),
             s(&m)
         );
-        let t = TmuxSession::start(name, &script);
+        let t = common::tmux::Tmux::bash(name, &script);
         t.wait("the ready status", 60, |s| s.contains("[ready]"));
         assert_eq!(
             t.format("#{alternate_on}"),

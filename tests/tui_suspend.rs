@@ -6,55 +6,11 @@
 //!
 //! Skipped, with a notice, where tmux is not installed (CI installs it).
 
+mod common;
+
+use common::tmux::{self, Tmux};
 use kvscope::testing::{self, GgufSpec};
-use std::process::Command;
 use std::time::{Duration, Instant};
-
-fn tmux(args: &[&str]) -> Option<String> {
-    let out = Command::new("tmux").args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Kills the tmux session and removes the folder however the test ends.
-struct Session(String, std::path::PathBuf);
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        let _ = tmux(&["kill-session", "-t", &self.0]);
-        let _ = std::fs::remove_dir_all(&self.1);
-    }
-}
-
-impl Session {
-    fn capture(&self) -> String {
-        tmux(&["capture-pane", "-p", "-t", &self.0]).unwrap_or_default()
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        for k in keys {
-            tmux(&["send-keys", "-t", &self.0, k]).expect("tmux send-keys");
-            std::thread::sleep(Duration::from_millis(40));
-        }
-    }
-
-    /// Polls the pane until `ok` holds; panics with the last capture after `secs` (a
-    /// hang guard, not a timing assertion).
-    fn wait(&self, what: &str, secs: u64, ok: impl Fn(&str) -> bool) -> String {
-        let t = Instant::now();
-        loop {
-            let s = self.capture();
-            if ok(&s) {
-                return s;
-            }
-            if t.elapsed() > Duration::from_secs(secs) {
-                panic!("timed out after {secs} s waiting for {what}; the pane shows:\n{s}");
-            }
-            std::thread::sleep(Duration::from_millis(200));
-        }
-    }
-}
 
 fn reports(dir: &std::path::Path) -> Vec<String> {
     let mut v: Vec<String> = std::fs::read_dir(dir)
@@ -71,7 +27,7 @@ fn reports(dir: &std::path::Path) -> Vec<String> {
 
 #[test]
 fn ctrl_z_then_fg_restores_the_terminal_and_redraws() {
-    if Command::new("tmux").arg("-V").output().is_err() {
+    if !tmux::installed() {
         println!("tui_suspend: tmux is not installed; skipping the real-terminal test");
         return;
     }
@@ -90,28 +46,24 @@ fn ctrl_z_then_fg_restores_the_terminal_and_redraws() {
     .unwrap();
     std::fs::create_dir_all(dir.join("home")).unwrap();
     let name = format!("kvscope-suspend-{}", std::process::id());
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &name,
-        "-x",
-        "160",
-        "-y",
-        "45",
-        "-c",
-        dir.to_str().unwrap(),
-        "env",
-        "PS1=kv$ ",
-        &format!("KVSCOPE_HOME={}", dir.join("home").display()),
-        &format!("KVSCOPE_CONFIG={}", dir.join("config").display()),
-        "bash",
-        "--norc",
-        "--noprofile",
-        "-i",
-    ])
-    .expect("tmux new-session");
-    let s = Session(name, dir.clone());
+    let home = format!("KVSCOPE_HOME={}", dir.join("home").display());
+    let config = format!("KVSCOPE_CONFIG={}", dir.join("config").display());
+    let s = Tmux::start(
+        name,
+        &[
+            "-c",
+            dir.to_str().unwrap(),
+            "env",
+            "PS1=kv$ ",
+            &home,
+            &config,
+            "bash",
+            "--norc",
+            "--noprofile",
+            "-i",
+        ],
+    )
+    .removing(dir.clone());
     s.wait("the shell prompt", 20, |p| p.contains("kv$"));
     let line = format!(
         "'{}' '{}' --model '{}' --max-new 8",

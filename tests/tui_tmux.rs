@@ -7,53 +7,9 @@
 //!
 //! Skipped, with a notice, where tmux is not installed (CI installs it).
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+mod common;
 
-fn tmux(args: &[&str]) -> Option<String> {
-    let out = Command::new("tmux").args(args).output().ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Kills the tmux session however the test ends.
-struct Session(String);
-
-impl Drop for Session {
-    fn drop(&mut self) {
-        let _ = tmux(&["kill-session", "-t", &self.0]);
-    }
-}
-
-impl Session {
-    fn capture(&self) -> String {
-        tmux(&["capture-pane", "-p", "-t", &self.0]).unwrap_or_default()
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        for k in keys {
-            tmux(&["send-keys", "-t", &self.0, k]).expect("tmux send-keys");
-            // One key at a time, as a person types: each is its own event.
-            std::thread::sleep(Duration::from_millis(40));
-        }
-    }
-
-    /// Polls the pane until `ok` holds; panics with the last capture after `secs`.
-    fn wait(&self, what: &str, secs: u64, ok: impl Fn(&str) -> bool) -> String {
-        let t = Instant::now();
-        loop {
-            let s = self.capture();
-            if ok(&s) {
-                return s;
-            }
-            if t.elapsed() > Duration::from_secs(secs) {
-                panic!("timed out after {secs} s waiting for {what}; the pane shows:\n{s}");
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
-    }
-}
+use common::tmux::{self, Tmux};
 
 /// The text after `label` on the first line holding it (e.g. "kept KV").
 fn field(screen: &str, label: &str) -> String {
@@ -81,7 +37,7 @@ fn ready(s: &str) -> bool {
 
 #[test]
 fn inspector_in_tmux_with_the_real_model() {
-    if Command::new("tmux").arg("-V").output().is_err() {
+    if !tmux::installed() {
         println!("tui_tmux: tmux is not installed; skipping the real-terminal test");
         return;
     }
@@ -95,22 +51,7 @@ fn inspector_in_tmux_with_the_real_model() {
     );
     let name = format!("kvscope-e2e-{}", std::process::id());
     let script = format!("'{bin}' '{prompt}'; echo KVSCOPE_EXITED $?; sleep 30");
-    tmux(&[
-        "new-session",
-        "-d",
-        "-s",
-        &name,
-        "-x",
-        "160",
-        "-y",
-        "45",
-        "bash",
-        "--norc",
-        "-c",
-        &script,
-    ])
-    .expect("tmux new-session");
-    let s = Session(name);
+    let s = Tmux::bash(name, &script);
 
     let first = s.wait("the ready status", 120, ready);
     assert!(

@@ -111,7 +111,6 @@ mod tests {
     use super::super::testutil::*;
     use super::super::{select, Request};
     use super::*;
-    use crate::trace::Dims;
 
     const SCORES: [[f32; 4]; 2] = [[0.9, 0.8, 0.7, 0.6], [0.1, 0.05, 0.2, 0.0]];
 
@@ -159,12 +158,7 @@ mod tests {
 
     #[test]
     fn layer_total_is_kept_through_select() {
-        let dims = Dims {
-            n_layers: 2,
-            n_heads: 4,
-            n_kv_heads: 2,
-            head_dim: 4,
-        };
+        let dims = dims(2, 4, 2, 4);
         let t = random_trace(dims, 30, 3);
         let s = Settings {
             method: crate::eviction::adakv::METHOD,

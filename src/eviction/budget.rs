@@ -307,6 +307,7 @@ fn repay(alloc: &mut [usize], e: &[f64], total: usize, floor: usize, cap: usize)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::eviction::testutil::dims;
     use crate::eviction::Method;
     use proptest::prelude::*;
 
@@ -414,12 +415,7 @@ mod tests {
 
     #[test]
     fn manual_and_dispatch() {
-        let dims = Dims {
-            n_layers: 3,
-            n_heads: 2,
-            n_kv_heads: 1,
-            head_dim: 4,
-        };
+        let dims = dims(3, 2, 1, 4);
         let s = Settings {
             method: crate::eviction::snapkv::METHOD,
             budget: 16,
@@ -467,12 +463,7 @@ mod tests {
             assert!(e.iter().all(|&x| x >= 32), "error-aware B={b}");
         }
         // Through the dispatcher: B >= L keeps everything in every allocator.
-        let dims = Dims {
-            n_layers: 4,
-            n_heads: 2,
-            n_kv_heads: 1,
-            head_dim: 4,
-        };
+        let dims = dims(4, 2, 1, 4);
         let profile = crate::eviction::testutil::random_profile(dims, 1);
         for method in Method::ALL {
             for b in [100, 101, 5000, usize::MAX] {

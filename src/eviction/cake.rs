@@ -351,7 +351,6 @@ mod tests {
     use super::super::testutil::*;
     use super::super::{select, Method, Request};
     use super::*;
-    use crate::trace::Dims;
 
     /// METHOD-MORE.md §1 example: prefix parts of the two window rows.
     const R0: [f32; 4] = [0.4, 0.1, 0.2, 0.1];
@@ -441,12 +440,7 @@ mod tests {
 
     #[test]
     fn through_select_budgets_sum_and_cap() {
-        let dims = Dims {
-            n_layers: 4,
-            n_heads: 4,
-            n_kv_heads: 2,
-            head_dim: 8,
-        };
+        let dims = dims(4, 4, 2, 8);
         let t = random_trace(dims, 40, 9);
         let s = Settings {
             method: Method::named("cake").unwrap(),
@@ -486,12 +480,7 @@ mod tests {
     #[test]
     fn window_stats_match_the_window_score() {
         // The mean times w is the snapkv window sum the other methods use.
-        let dims = Dims {
-            n_layers: 1,
-            n_heads: 2,
-            n_kv_heads: 1,
-            head_dim: 4,
-        };
+        let dims = dims(1, 2, 1, 4);
         let t = random_trace(dims, 30, 2);
         let st = layer_stats(&t, 0, 5);
         let sums = super::super::scores::window_attention(&t, 0, 1, 5);

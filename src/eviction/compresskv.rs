@@ -163,12 +163,7 @@ mod tests {
 
     #[test]
     fn budgets_come_from_the_profile_layer_errors() {
-        let dims = crate::trace::Dims {
-            n_layers: 3,
-            n_heads: 2,
-            n_kv_heads: 1,
-            head_dim: 4,
-        };
+        let dims = dims(3, 2, 1, 4);
         let t = random_trace(dims, 200, 5);
         let mut p = random_profile(dims, 2);
         // B=40, T=120, floor 32, rest 24: [44, 38, 38].

@@ -268,12 +268,7 @@ mod tests {
     /// gives, for every method and budget; a table for other settings is not used.
     #[test]
     fn score_table_selection_equals_computed_selection() {
-        let dims = Dims {
-            n_layers: 3,
-            n_heads: 4,
-            n_kv_heads: 2,
-            head_dim: 8,
-        };
+        let dims = dims(3, 4, 2, 8);
         let trace = random_trace(dims, 60, 5);
         let profile = random_profile(dims, 6);
         let future = random_future(dims, 60, 7);

@@ -76,15 +76,9 @@ pub fn score(seed: u64, layer: usize, kv_head: usize, pos: usize) -> f32 {
 mod tests {
     use super::super::testutil::*;
     use super::*;
-    use crate::trace::Dims;
 
     fn trace() -> Trace {
-        let dims = Dims {
-            n_layers: 2,
-            n_heads: 4,
-            n_kv_heads: 2,
-            head_dim: 4,
-        };
+        let dims = dims(2, 4, 2, 4);
         random_trace(dims, 200, 3)
     }
 

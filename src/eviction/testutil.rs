@@ -163,3 +163,13 @@ pub fn random_future(dims: Dims, len: usize, seed: u64) -> super::types::FutureA
         sums,
     }
 }
+
+/// `n_layers` layers of `n_heads` query heads over `n_kv_heads` KV heads of `head_dim`.
+pub fn dims(n_layers: usize, n_heads: usize, n_kv_heads: usize, head_dim: usize) -> Dims {
+    Dims {
+        n_layers,
+        n_heads,
+        n_kv_heads,
+        head_dim,
+    }
+}

@@ -68,7 +68,6 @@ mod tests {
     use super::super::testutil::*;
     use super::super::{select, Method, Request, Settings};
     use super::*;
-    use crate::trace::Dims;
 
     #[test]
     fn worked_example() {
@@ -123,12 +122,7 @@ mod tests {
 
     #[test]
     fn random_traces_keep_one_set() {
-        let dims = Dims {
-            n_layers: 2,
-            n_heads: 4,
-            n_kv_heads: 2,
-            head_dim: 4,
-        };
+        let dims = dims(2, 4, 2, 4);
         let t = random_trace(dims, 30, 11);
         let c = select_layer(&t, 1, 10, 3);
         assert!(c.keep.iter().all(|k| k == &c.keep[0]));

@@ -340,18 +340,27 @@ fn scores<E: Elem>(
 ) {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
     {
-        if std::any::TypeId::of::<E>() == std::any::TypeId::of::<f16>() {
-            // SAFETY: E is f16 (checked above), which is a u16 in memory; avx512f is
-            // enabled at compile time; indices stay inside the tiles below `b`.
-            let k16 = unsafe { std::slice::from_raw_parts(k.as_ptr() as *const u16, k.len()) };
+        if let Some(k16) = f16_bits(k) {
             for (hb, chunk) in probs.chunks_mut(4).enumerate() {
                 let q4 = scaled_queries(&qs[hb * 4..hb * 4 + chunk.len()], scale, hd);
+                // SAFETY: avx512f is enabled at compile time; indices stay inside the
+                // tiles below `b`.
                 unsafe { avx512::scores_f16(k16, hd, &q4, (a, b), chunk) };
             }
             return;
         }
     }
     scores_generic(k, hd, qs, scale, (a, b), probs);
+}
+
+/// `x` as the bits of its f16 values when the storage element is f16 (the AVX-512
+/// kernels convert them themselves), else `None`.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
+fn f16_bits<E: Elem>(x: &[E]) -> Option<&[u16]> {
+    (std::any::TypeId::of::<E>() == std::any::TypeId::of::<f16>()).then(|| {
+        // SAFETY: E is f16 (checked), which is a u16 in memory.
+        unsafe { std::slice::from_raw_parts(x.as_ptr() as *const u16, x.len()) }
+    })
 }
 
 /// Up to four query heads scaled by `scale`, padded with zero heads to four.
@@ -369,7 +378,7 @@ fn scaled_queries(qs: &[&[f32]], scale: f32, hd: usize) -> Vec<f32> {
     q4
 }
 
-pub(crate) fn scores_generic<E: Elem>(
+fn scores_generic<E: Elem>(
     k: &[E],
     hd: usize,
     qs: &[&[f32]],
@@ -404,11 +413,10 @@ pub(crate) fn scores_generic<E: Elem>(
 fn values<E: Elem>(v: &[E], hd: usize, probs: &[&[f32]], a: usize, acc: &mut [f32]) {
     #[cfg(all(target_arch = "x86_64", target_feature = "avx512f"))]
     {
-        if std::any::TypeId::of::<E>() == std::any::TypeId::of::<f16>() && hd.is_multiple_of(64) {
-            // SAFETY: as in `scores`; rows a..a+len exist because len <= cache length.
-            let v16 = unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u16, v.len()) };
+        if let Some(v16) = f16_bits(v).filter(|_| hd.is_multiple_of(64)) {
             for (hb, ps) in probs.chunks(4).enumerate() {
                 let out = &mut acc[hb * 4 * hd..(hb * 4 + ps.len()) * hd];
+                // SAFETY: as in `scores`; rows a..a+len exist because len <= cache length.
                 unsafe { avx512::values_f16(v16, hd, ps, a, out) };
             }
             return;
@@ -417,13 +425,7 @@ fn values<E: Elem>(v: &[E], hd: usize, probs: &[&[f32]], a: usize, acc: &mut [f3
     values_generic(v, hd, probs, a, acc);
 }
 
-pub(crate) fn values_generic<E: Elem>(
-    v: &[E],
-    hd: usize,
-    probs: &[&[f32]],
-    a: usize,
-    acc: &mut [f32],
-) {
+fn values_generic<E: Elem>(v: &[E], hd: usize, probs: &[&[f32]], a: usize, acc: &mut [f32]) {
     let n = probs.first().map_or(0, |p| p.len());
     let mut row = vec![0f32; hd];
     for j in 0..n {

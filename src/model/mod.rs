@@ -7,6 +7,7 @@ pub mod forward;
 pub mod gguf_check;
 pub mod kernels;
 pub mod kvcache;
+pub mod linear;
 pub mod metadata;
 pub mod quant;
 pub mod replay;

@@ -10,9 +10,9 @@ use super::{Model, Precision};
 use crate::keepset::KeepSet;
 use crate::model::kernels::rms_norm;
 use crate::model::kvcache::{HeadCache, Partial};
+use crate::model::linear::Linear;
 use crate::model::quant::QVec;
 use crate::model::team::{self, Member, Shared};
-use crate::model::weights::Linear;
 use crate::trace::Trace;
 
 /// Rows per unit of shared work in a decode matrix-vector product: big enough that

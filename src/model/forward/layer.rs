@@ -4,8 +4,8 @@
 use super::Model;
 use crate::model::config::{Activation, Config};
 use crate::model::kernels::{self, rms_norm, silu};
+use crate::model::linear::Linear;
 use crate::model::rope::Angles;
-use crate::model::weights::Linear;
 
 /// What a layer needs from the pass running it; everything else in [`layer`] is the
 /// same for prefill and decode.

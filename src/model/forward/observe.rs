@@ -7,8 +7,8 @@ use anyhow::{bail, Result};
 use super::Model;
 use crate::keepset::KeepSet;
 use crate::model::kvcache::HeadCache;
+use crate::model::linear::Linear;
 use crate::model::quant::QVec;
-use crate::model::weights::Linear;
 
 /// What a decode step collects besides its logits. The default asks for nothing, and
 /// the step then computes no attention rows at all (the plain path costs what it did).

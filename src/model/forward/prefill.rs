@@ -8,8 +8,8 @@ use rayon::prelude::*;
 use super::layer::{first_visible, layer, Pass, Scratch};
 use super::{Model, Precision};
 use crate::model::kernels::{self, matmul_strided, BLayout};
+use crate::model::linear::Linear;
 use crate::model::quant::{tile32, QVec};
-use crate::model::weights::Linear;
 use crate::trace::{BlockMap, LayerTrace, Trace, W_MAX};
 
 impl Model {

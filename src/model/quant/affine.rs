@@ -3,6 +3,7 @@
 //! (`vnni.rs`), AVX2 (`avx2/affine.rs`), or the portable reference
 //! (`portable::affine_dot`).
 
+use anyhow::{bail, Result};
 use half::f16;
 
 use super::portable::block_offset;
@@ -54,6 +55,69 @@ impl QMat {
         } else {
             self.cols
         }
+    }
+
+    /// A GGUF Q4_1 matrix. Q4_1 block: f16 d, f16 m, 16 bytes of nibbles (low nibbles =
+    /// elements 0..16, high nibbles = 16..32); value = d * q + m. The nibbles are kept
+    /// packed as they are.
+    pub fn from_q4_1(raw: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        const BS: usize = 20;
+        let nblocks = rows * cols / QK;
+        if raw.len() != nblocks * BS {
+            bail!(
+                "Q4_1 data has {} bytes, expected {}",
+                raw.len(),
+                nblocks * BS
+            );
+        }
+        let mut q = Vec::with_capacity(rows * cols / 2);
+        let mut d = Vec::with_capacity(nblocks);
+        let mut m = Vec::with_capacity(nblocks);
+        for blk in raw.chunks_exact(BS) {
+            d.push(f16::from_le_bytes([blk[0], blk[1]]));
+            m.push(f16::from_le_bytes([blk[2], blk[3]]));
+            q.extend_from_slice(&blk[4..BS]);
+        }
+        Ok(QMat {
+            rows,
+            cols,
+            packed: true,
+            q,
+            d,
+            m,
+        })
+    }
+
+    /// A GGUF Q8_0 matrix. Q8_0 block: f16 d, 32 signed bytes; value = d * q. Stored as
+    /// unsigned q + 128 with offset m = -128 d so it shares the affine kernels.
+    pub fn from_q8_0(raw: &[u8], rows: usize, cols: usize) -> Result<Self> {
+        const BS: usize = 34;
+        let nblocks = rows * cols / QK;
+        if raw.len() != nblocks * BS {
+            bail!(
+                "Q8_0 data has {} bytes, expected {}",
+                raw.len(),
+                nblocks * BS
+            );
+        }
+        let mut q = vec![0u8; rows * cols];
+        let mut d = Vec::with_capacity(nblocks);
+        for (blk, qb) in raw.chunks_exact(BS).zip(q.chunks_exact_mut(QK)) {
+            let s = f16::from_le_bytes([blk[0], blk[1]]);
+            d.push(s);
+            for (o, &c) in qb.iter_mut().zip(&blk[2..]) {
+                *o = (c as i8 as i16 + 128) as u8;
+            }
+        }
+        Ok(QMat {
+            rows,
+            cols,
+            packed: false,
+            q,
+            d,
+            // No stored offsets: each is -128 d (see `QMat::m`).
+            m: Vec::new(),
+        })
     }
 
     /// Quantises an f32 matrix (`cols` must be a multiple of QK) per block with the

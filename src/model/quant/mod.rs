@@ -14,6 +14,8 @@ pub mod packed;
 pub mod portable;
 pub mod qvec;
 pub mod synth;
+#[cfg(test)]
+pub(crate) mod test_blocks;
 pub mod tile32;
 
 #[cfg(kv_avx2)]
@@ -337,25 +339,13 @@ pub fn dot_f32(fmt: Format, row: &[u8], x: &[f32]) -> f32 {
 mod tests {
     use super::*;
     use crate::model::kernels::{lcg, lcg_vec};
-    use candle_core::quantized::QTensor;
-    use candle_core::{Device, Tensor};
 
     /// `rows x cols` random values quantised by candle to `fmt`: (the file bytes,
     /// candle's dequantisation).
     fn candle_blocks(fmt: Format, rows: usize, cols: usize, seed: u64) -> (Vec<u8>, Vec<f32>) {
         let mut s = seed;
         let w: Vec<f32> = lcg_vec(&mut s, rows * cols);
-        let t = Tensor::from_slice(&w, (rows, cols), &Device::Cpu).unwrap();
-        let q = QTensor::quantize(&t, fmt.ggml()).unwrap();
-        let bytes = q.data().unwrap().to_vec();
-        let deq = q
-            .dequantize(&Device::Cpu)
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .to_vec1::<f32>()
-            .unwrap();
-        (bytes, deq)
+        test_blocks::candle_blocks(fmt, &w, rows, cols)
     }
 
     /// Every format's portable row dequantiser gives candle's values (to the rounding

@@ -241,7 +241,7 @@ mod tests {
     use super::*;
     use crate::model::kernels::{lcg, lcg_vec};
     use crate::model::quant::QVec;
-    use crate::model::quant::{portable, Format};
+    use crate::model::quant::{portable, test_blocks, Format};
     use std::cell::RefCell;
 
     fn qvec(x: &[f32]) -> QVec {
@@ -287,13 +287,7 @@ mod tests {
         for fmt in [Format::Q4K, Format::Q6K] {
             let (rows, cols, t) = (21, 768, 13);
             let w: Vec<f32> = lcg_vec(&mut s, rows * cols);
-            let q = candle_core::quantized::QTensor::quantize(
-                &candle_core::Tensor::from_slice(&w, (rows, cols), &candle_core::Device::Cpu)
-                    .unwrap(),
-                fmt.ggml(),
-            )
-            .unwrap();
-            let data = q.data().unwrap().to_vec();
+            let (data, _) = test_blocks::candle_blocks(fmt, &w, rows, cols);
             let rb = fmt.row_bytes(cols);
             let xs: Vec<QVec> = (0..t)
                 .map(|_| qvec(&(0..cols).map(|_| lcg(&mut s) * 3.0).collect::<Vec<_>>()))
@@ -304,25 +298,14 @@ mod tests {
                 continue;
             }
             assert_eq!(done, 2 + 16, "{}: two whole groups", fmt.name());
-            for (i, x) in xs.iter().enumerate() {
-                for r in 0..rows {
-                    let got = out[i * rows + r];
-                    if !(2..18).contains(&r) {
-                        assert!(
-                            got.is_nan(),
-                            "{} row {r} written outside the groups",
-                            fmt.name()
-                        );
-                        continue;
-                    }
-                    let want = portable::dot_q8k(fmt, &data[r * rb..(r + 1) * rb], x);
-                    assert!(
-                        (got - want).abs() <= 1e-5 * want.abs().max(1.0),
-                        "{} token {i} row {r}: {got} vs {want}",
-                        fmt.name()
-                    );
-                }
-            }
+            test_blocks::check_written(&out, rows, 2..18, fmt.name(), |i, r, got| {
+                let want = portable::dot_q8k(fmt, &data[r * rb..(r + 1) * rb], &xs[i]);
+                assert!(
+                    (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+                    "{} token {i} row {r}: {got} vs {want}",
+                    fmt.name()
+                );
+            });
         }
     }
 
@@ -347,13 +330,8 @@ mod tests {
                     block[208..210].copy_from_slice(&one);
                 }
             }
-            let row: Vec<u8> = block
-                .iter()
-                .copied()
-                .cycle()
-                .take(fmt.row_bytes(cols))
-                .collect();
-            let data: Vec<u8> = row.iter().copied().cycle().take(8 * row.len()).collect();
+            let row = test_blocks::repeat(&block, fmt.row_bytes(cols));
+            let data = test_blocks::repeat(&row, 8 * row.len());
             for sign in [1.0f32, -1.0] {
                 let xs: Vec<QVec> = (0..MIN_TOKENS).map(|_| qvec(&vec![sign; cols])).collect();
                 assert!(xs[0].kq.iter().all(|&q| q.abs() == 127));

@@ -206,6 +206,7 @@ pub fn band(
 mod tests {
     use super::*;
     use crate::model::kernels::lcg_vec;
+    use crate::model::quant::test_blocks;
     use std::cell::RefCell;
 
     /// Random matrices of every 32-value format (bytes by candle; Q4_1 and Q8_0 also in
@@ -237,16 +238,10 @@ mod tests {
             Format::Q8_0,
         ] {
             let w = lcg_vec(&mut s, rows * cols);
-            let q = candle_core::quantized::QTensor::quantize(
-                &candle_core::Tensor::from_slice(&w, (rows, cols), &candle_core::Device::Cpu)
-                    .unwrap(),
-                fmt.ggml(),
-            )
-            .unwrap();
-            let data = q.data().unwrap().to_vec();
+            let (data, _) = test_blocks::candle_blocks(fmt, &w, rows, cols);
             let rb = fmt.row_bytes(cols);
             let lin =
-                crate::model::weights::Linear::from_blocks(fmt, data.clone(), rows, cols).unwrap();
+                crate::model::linear::Linear::from_blocks(fmt, data.clone(), rows, cols).unwrap();
             let blocks = Source::Blocks {
                 fmt,
                 data: &data,
@@ -267,28 +262,22 @@ mod tests {
                     continue;
                 }
                 assert_eq!(done, 18, "{} {what}: two whole groups", fmt.name());
-                for (i, x) in xs.iter().enumerate() {
-                    for r in 0..rows {
-                        let got = out[i * rows + r];
-                        if !(2..18).contains(&r) {
-                            assert!(got.is_nan(), "{} row {r} written", fmt.name());
-                            continue;
-                        }
-                        let want = reference(&src, r, cols / QK, x);
-                        assert_eq!(
-                            got.to_bits(),
-                            want.to_bits(),
-                            "{} {what} token {i} row {r}: {got} vs {want}",
-                            fmt.name()
-                        );
-                        let dec = super::super::dot_q8(fmt, &data[r * rb..(r + 1) * rb], x);
-                        assert!(
-                            (got - dec).abs() <= 1e-4 * dec.abs().max(1.0),
-                            "{} {what} token {i} row {r}: {got} vs decode {dec}",
-                            fmt.name()
-                        );
-                    }
-                }
+                test_blocks::check_written(&out, rows, 2..18, fmt.name(), |i, r, got| {
+                    let x = &xs[i];
+                    let want = reference(&src, r, cols / QK, x);
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "{} {what} token {i} row {r}: {got} vs {want}",
+                        fmt.name()
+                    );
+                    let dec = super::super::dot_q8(fmt, &data[r * rb..(r + 1) * rb], x);
+                    assert!(
+                        (got - dec).abs() <= 1e-4 * dec.abs().max(1.0),
+                        "{} {what} token {i} row {r}: {got} vs decode {dec}",
+                        fmt.name()
+                    );
+                });
             }
         }
     }
@@ -308,12 +297,7 @@ mod tests {
             } else {
                 block[4..].fill(0xff); // every fifth bit and nibble set: 31; m = 0
             }
-            let data: Vec<u8> = block
-                .iter()
-                .copied()
-                .cycle()
-                .take(8 * fmt.row_bytes(cols))
-                .collect();
+            let data = test_blocks::repeat(&block, 8 * fmt.row_bytes(cols));
             let src = Source::Blocks {
                 fmt,
                 data: &data,
