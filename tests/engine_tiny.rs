@@ -505,7 +505,10 @@ fn zoomed_rows_equal_the_attention_prefill_computed() {
             let z = m
                 .attention_rows(&t, layer, rows.clone(), keys.clone())
                 .expect("rows");
-            assert_eq!((z.layer, z.rows.clone(), z.keys.clone()), (layer, rows.clone(), keys.clone()));
+            assert_eq!(
+                (z.layer, z.rows.clone(), z.keys.clone()),
+                (layer, rows.clone(), keys.clone())
+            );
             for h in 0..4 {
                 let map = &t.layers[layer].maps[h];
                 for q in rows.clone() {

@@ -223,7 +223,10 @@ fn a_token_zoom_asks_for_and_shows_the_exact_rows() {
         keys: ks..ke,
     };
     assert_eq!(cmds, vec![want], "T asks once");
-    assert!(key(&mut app, KeyCode::Char('6')).is_empty(), "same window: no new ask");
+    assert!(
+        key(&mut app, KeyCode::Char('6')).is_empty(),
+        "same window: no new ask"
+    );
     key(&mut app, KeyCode::Char('2'));
     assert!(screen(&app).contains("(exact: computing)"));
     // What the worker runs for it.

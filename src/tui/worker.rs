@@ -512,7 +512,11 @@ fn ms_since(t: Instant) -> f64 {
 fn timing_line(line: &str) {
     use std::io::Write;
     if let Some(p) = std::env::var_os("KVSCOPE_TRACE_TIMING") {
-        if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(p) {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
             let _ = writeln!(f, "{line}");
         }
     }

@@ -15,7 +15,7 @@ use super::layer::{first_visible, layer, Pass, Scratch};
 use super::prefill::linear_rows;
 use super::Model;
 use crate::model::kernels::{self, matmul_strided, BLayout};
-use crate::model::weights::Linear;
+use crate::model::linear::Linear;
 use crate::trace::Trace;
 
 /// Attention probabilities of query rows `rows` on keys `keys` in one layer, every

@@ -77,10 +77,7 @@ fn exact_rows<'a>(
     let rows = z.rows.end.saturating_sub(halves).max(z.rows.start)..z.rows.end;
     let h = app.sel_head;
     Some(Exact {
-        label: format!(
-            "exact: queries {}..{}, {ms:.0} ms",
-            rows.start, rows.end
-        ),
+        label: format!("exact: queries {}..{}, {ms:.0} ms", rows.start, rows.end),
         rows,
         value: Box::new(move |q, k| z.row(h, q)[k - z.keys.start]),
     })
@@ -124,10 +121,9 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let exact = exact_rows(app, m, (ks, ke), halves);
     let what = match &exact {
         Some(e) => e.label.clone(),
-        None if ke - ks <= w && m.block_size > 1 => format!(
-            "block means of {} tok (exact: computing)",
-            m.block_size
-        ),
+        None if ke - ks <= w && m.block_size > 1 => {
+            format!("block means of {} tok (exact: computing)", m.block_size)
+        }
         None => format!("block means, {} tok/block", m.block_size),
     };
     lines.push(Line::from(format!(
