@@ -375,3 +375,15 @@ pub fn temp_dir(tag: &str) -> std::path::PathBuf {
     std::fs::create_dir_all(&p).expect("cannot create a temp folder");
     p
 }
+
+/// The tiny GGUF with a 2048-token context (room for the profile measurements' needle
+/// prompts) written into a fresh [`temp_dir`], loaded as a user's model is; and its path.
+pub fn tiny_loaded(tag: &str) -> (crate::model::Loaded, std::path::PathBuf) {
+    let path = temp_dir(tag).join("tiny.gguf");
+    let spec = GgufSpec {
+        context_length: 2048,
+        ..GgufSpec::default()
+    };
+    write_tiny_gguf(&path, &spec).expect("write tiny gguf");
+    (crate::model::load(&path).expect("load tiny gguf"), path)
+}

@@ -2,55 +2,33 @@
 //! after an interruption (only the missing units run), the sweep, compresskv skipped
 //! without a profile, and the figures being valid SVG/PNG of the size their layout says.
 
+mod common;
+
+use common::cli::{ok, s, Env, NIAH_GRID};
 use kvscope::eval::plot::{self, HeatFigure, HeatPanel, LineFigure, LinePanel, Series};
-use kvscope::testing::{self, GgufSpec};
+use kvscope::testing;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
-struct Env {
-    dir: PathBuf,
+/// The test's folder and the 2048-token tiny GGUF; `run` adds `--model`.
+struct Eval {
+    env: Env,
     gguf: PathBuf,
 }
 
-impl Env {
-    fn new(tag: &str) -> Env {
-        let dir = testing::temp_dir(tag);
-        let gguf = dir.join("tiny.gguf");
-        let spec = GgufSpec {
-            context_length: 2048,
-            ..GgufSpec::default()
-        };
-        testing::write_tiny_gguf(&gguf, &spec).expect("write tiny gguf");
-        Env { dir, gguf }
+impl Eval {
+    fn new(tag: &str) -> Eval {
+        let env = Env::new(tag);
+        let gguf = env.gguf_2048();
+        Eval { env, gguf }
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        let mut c = Command::new(env!("CARGO_BIN_EXE_kvscope"));
-        c.args(args)
-            .arg("--model")
-            .arg(&self.gguf)
-            .env("KVSCOPE_HOME", self.dir.join("home"))
-            .env_remove("RUST_BACKTRACE");
-        c.output().expect("run the kvscope binary")
+        let mut a = args.to_vec();
+        a.extend(["--model", s(&self.gguf)]);
+        self.env.run(&a)
     }
-}
-
-impl Drop for Env {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn ok(o: &Output) -> String {
-    let err = String::from_utf8_lossy(&o.stderr).into_owned();
-    assert!(
-        o.status.success(),
-        "exit {:?}\nstdout:\n{}\nstderr:\n{err}",
-        o.status,
-        String::from_utf8_lossy(&o.stdout)
-    );
-    err
 }
 
 fn lines(p: &Path) -> Vec<String> {
@@ -71,32 +49,13 @@ fn key(line: &str) -> (String, String, String, u64) {
     )
 }
 
-const NIAH: &[&str] = &[
-    "eval",
-    "niah",
-    "--lengths",
-    "300,700",
-    "--depths",
-    "0,100",
-    "--budgets",
-    "16,10%",
-    "--windows",
-    "8",
-    "--methods",
-    "snapkv,h2o",
-    "--max-new",
-    "3",
-    "--quiet",
-    "--out",
-];
-
 #[test]
 fn niah_writes_every_cell_then_resumes_only_the_missing_units() {
-    let env = Env::new("eval-niah");
-    let out = env.dir.join("niah");
+    let env = Eval::new("eval-niah");
+    let out = env.env.dir.join("niah");
     let out_s = out.to_str().unwrap();
-    let mut args = NIAH.to_vec();
-    args.push(out_s);
+    let mut args = NIAH_GRID.to_vec();
+    args.extend(["--out", out_s]);
     let o = env.run(&args);
     ok(&o);
     let stdout = String::from_utf8_lossy(&o.stdout);
@@ -166,8 +125,8 @@ fn niah_writes_every_cell_then_resumes_only_the_missing_units() {
 
 #[test]
 fn sweep_runs_prompts_with_sidecars_and_skips_compresskv_without_a_profile() {
-    let env = Env::new("eval-sweep");
-    let prompts = env.dir.join("prompts");
+    let env = Eval::new("eval-sweep");
+    let prompts = env.env.dir.join("prompts");
     std::fs::create_dir_all(&prompts).unwrap();
     std::fs::write(
         prompts.join("a.txt"),
@@ -182,7 +141,7 @@ fn sweep_runs_prompts_with_sidecars_and_skips_compresskv_without_a_profile() {
     std::fs::write(prompts.join("b.txt"), "Count: one two three four five six.").unwrap();
     std::fs::write(prompts.join("b.answer"), "seven").unwrap();
     std::fs::write(prompts.join("demo.txt"), "no sidecar here").unwrap();
-    let out = env.dir.join("sweep");
+    let out = env.env.dir.join("sweep");
     let o = env.run(&[
         "eval",
         "sweep",
@@ -223,7 +182,7 @@ fn sweep_runs_prompts_with_sidecars_and_skips_compresskv_without_a_profile() {
         "--methods",
         "compresskv",
         "--out",
-        env.dir.join("x").to_str().unwrap(),
+        env.env.dir.join("x").to_str().unwrap(),
     ]);
     assert!(!o.status.success());
     let err = String::from_utf8_lossy(&o.stderr);
@@ -237,7 +196,7 @@ fn sweep_runs_prompts_with_sidecars_and_skips_compresskv_without_a_profile() {
 
 #[test]
 fn bad_flags_fail_with_one_line_before_any_work() {
-    let env = Env::new("eval-flags");
+    let env = Eval::new("eval-flags");
     for (args, msg) in [
         (vec!["eval", "niah", "--budgets", "3x"], "budget '3x'"),
         (vec!["eval", "niah", "--depths", "120"], "between 0 and 100"),

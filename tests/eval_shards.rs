@@ -6,35 +6,15 @@
 mod common;
 
 use common::cli::*;
-use kvscope::testing::GgufSpec;
 use serde_json::Value;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
-/// `eval niah` on the 2048-token tiny GGUF, a small grid, optionally one shard.
+/// `eval niah` of [`NIAH_GRID`] on the 2048-token tiny GGUF, optionally one shard.
 fn niah(env: &Env, out: &Path, shard: Option<&str>) -> Output {
-    let model = env.path("tiny.gguf");
-    let mut a = vec![
-        "eval",
-        "niah",
-        "--lengths",
-        "300,700",
-        "--depths",
-        "0,100",
-        "--budgets",
-        "16,10%",
-        "--windows",
-        "8",
-        "--methods",
-        "snapkv,h2o",
-        "--max-new",
-        "3",
-        "--quiet",
-        "--model",
-        s(&model),
-        "--out",
-        s(out),
-    ];
+    let model = env.gguf_2048();
+    let mut a = NIAH_GRID.to_vec();
+    a.extend(["--model", s(&model), "--out", s(out)]);
     if let Some(k) = shard {
         a.extend(["--shard", k]);
     }
@@ -66,7 +46,7 @@ fn prompts(env: &Env) -> std::path::PathBuf {
 
 /// `eval sweep` of `prompts` on the tiny GGUF, optionally one shard.
 fn sweep(env: &Env, prompts: &Path, out: &Path, shard: Option<&str>) -> Output {
-    let model = env.path("tiny.gguf");
+    let model = env.gguf_2048();
     let mut a = vec![
         "eval",
         "sweep",
@@ -106,16 +86,35 @@ fn records(dir: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// The units a shard folder's records hold.
+fn units(dir: &Path) -> usize {
+    std::fs::read_to_string(dir.join("results.jsonl"))
+        .unwrap()
+        .lines()
+        .count()
+}
+
+/// `eval merge` of the shard folders `dirs` into `merged` (beside them): the records are
+/// those of the unsharded run in `whole`, and each of `files` is the same byte for byte.
+fn merge_equals(env: &Env, dirs: &[PathBuf], whole: &Path, files: &[&str]) {
+    let merged = env.dir.join("merged");
+    let mut args = vec!["eval", "merge"];
+    args.extend(dirs.iter().map(|d| s(d)));
+    args.extend(["--out", s(&merged)]);
+    ok(&env.run(&args));
+    assert_eq!(records(&merged), records(whole));
+    for f in files {
+        assert_eq!(
+            std::fs::read(merged.join(f)).unwrap(),
+            std::fs::read(whole.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+}
+
 #[test]
 fn merged_shards_equal_the_unsharded_run() {
     let env = Env::new("eval-shards");
-    env.gguf_with(
-        "tiny.gguf",
-        &GgufSpec {
-            context_length: 2048,
-            ..GgufSpec::default()
-        },
-    );
     let whole = env.dir.join("whole");
     ok(&niah(&env, &whole, None));
     let mut dirs = Vec::new();
@@ -129,13 +128,10 @@ fn merged_shards_equal_the_unsharded_run() {
         dirs.push(d);
     }
     // 4 cells over 3 shards: 2, 1 and 1 cells of 4 units each.
-    let n = |d: &Path| {
-        std::fs::read_to_string(d.join("results.jsonl"))
-            .unwrap()
-            .lines()
-            .count()
-    };
-    assert_eq!((n(&dirs[0]), n(&dirs[1]), n(&dirs[2])), (8, 4, 4));
+    assert_eq!(
+        (units(&dirs[0]), units(&dirs[1]), units(&dirs[2])),
+        (8, 4, 4)
+    );
 
     let merged = env.dir.join("merged");
     // Without shard 2: one line, nothing written.
@@ -153,35 +149,22 @@ fn merged_shards_equal_the_unsharded_run() {
     assert!(err.contains("shard 2/3 is missing"), "{err}");
     assert!(!merged.exists());
 
-    let mut args = vec!["eval", "merge"];
-    args.extend(dirs.iter().map(|d| d.to_str().unwrap()));
-    args.extend(["--out", merged.to_str().unwrap()]);
-    ok(&env.run(&args));
-    assert_eq!(records(&merged), records(&whole));
-    for f in [
-        "results.csv",
-        "niah-w8.svg",
-        "niah-w8.png",
-        "run-settings.json",
-    ] {
-        assert_eq!(
-            std::fs::read(merged.join(f)).unwrap(),
-            std::fs::read(whole.join(f)).unwrap(),
-            "{f}"
-        );
-    }
+    merge_equals(
+        &env,
+        &dirs,
+        &whole,
+        &[
+            "results.csv",
+            "niah-w8.svg",
+            "niah-w8.png",
+            "run-settings.json",
+        ],
+    );
 }
 
 #[test]
 fn merged_sweep_shards_equal_the_unsharded_sweep() {
     let env = Env::new("sweep-shards");
-    env.gguf_with(
-        "tiny.gguf",
-        &GgufSpec {
-            context_length: 2048,
-            ..GgufSpec::default()
-        },
-    );
     let prompts = prompts(&env);
     let whole = env.dir.join("whole");
     ok(&sweep(&env, &prompts, &whole, None));
@@ -194,32 +177,19 @@ fn merged_sweep_shards_equal_the_unsharded_sweep() {
         dirs.push(d);
     }
     // 3 prompts over 2 shards: 2 and 1 prompts of 4 units (2 methods x 2 budgets) each.
-    let n = |d: &Path| {
-        std::fs::read_to_string(d.join("results.jsonl"))
-            .unwrap()
-            .lines()
-            .count()
-    };
-    assert_eq!((n(&dirs[0]), n(&dirs[1])), (8, 4));
+    assert_eq!((units(&dirs[0]), units(&dirs[1])), (8, 4));
 
-    let merged = env.dir.join("merged");
-    let mut args = vec!["eval", "merge"];
-    args.extend(dirs.iter().map(|d| d.to_str().unwrap()));
-    args.extend(["--out", merged.to_str().unwrap()]);
-    ok(&env.run(&args));
-    assert_eq!(records(&merged), records(&whole));
-    for f in [
-        "results.csv",
-        "sweep-rouge1.svg",
-        "sweep-rouge1.png",
-        "sweep-agreement.svg",
-        "sweep-agreement.png",
-        "run-settings.json",
-    ] {
-        assert_eq!(
-            std::fs::read(merged.join(f)).unwrap(),
-            std::fs::read(whole.join(f)).unwrap(),
-            "{f}"
-        );
-    }
+    merge_equals(
+        &env,
+        &dirs,
+        &whole,
+        &[
+            "results.csv",
+            "sweep-rouge1.svg",
+            "sweep-rouge1.png",
+            "sweep-agreement.svg",
+            "sweep-agreement.png",
+            "run-settings.json",
+        ],
+    );
 }

@@ -307,20 +307,7 @@ fn a_tensor_whose_type_does_not_match_its_bytes_is_refused() {
 #[test]
 fn threads_far_above_the_cores_are_capped_with_a_notice() {
     let e = Env::new("threads");
-    let m = e.gguf();
-    let p = e.prompt();
-    let out = e.run(&[
-        "run",
-        s(&p),
-        "--model",
-        s(&m),
-        "--method",
-        "snapkv",
-        "--threads",
-        "1000",
-        "--max-new",
-        "2",
-    ]);
+    let out = e.run_tiny(&["--method", "snapkv", "--threads", "1000", "--max-new", "2"]);
     let err = ok(&out);
     assert!(err.contains("--threads 1000 is more than"), "{err}");
     assert!(!err.contains("error"), "{err}");
@@ -341,13 +328,7 @@ fn bench_prefill_zero_names_the_flag() {
 #[test]
 fn error_aware_without_layer_errors_is_refused() {
     let e = Env::new("srh-only");
-    let m = e.gguf();
-    let p = e.prompt();
-    let out = e.run(&[
-        "run",
-        s(&p),
-        "--model",
-        s(&m),
+    let out = e.run_tiny(&[
         "--method",
         "snapkv",
         "--allocator",

@@ -10,25 +10,15 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use kvscope::haystack::needles::NEEDLES;
 use kvscope::haystack::shared::shared_haystack;
-use kvscope::model::{self, Loaded};
+use kvscope::model::Loaded;
 use kvscope::profile::make::{make, MakeConfig, Protocol};
 use kvscope::profile::parts::Parts;
 use kvscope::profile_format::Profile;
 use kvscope::shard::Shard;
-use kvscope::testing::{temp_dir, write_tiny_gguf, GgufSpec};
+use kvscope::testing::temp_dir;
 
 fn tiny_loaded(tag: &str) -> Loaded {
-    let dir = temp_dir(tag);
-    let path = dir.join("tiny.gguf");
-    write_tiny_gguf(
-        &path,
-        &GgufSpec {
-            context_length: 2048,
-            ..GgufSpec::default()
-        },
-    )
-    .unwrap();
-    model::load(&path).unwrap()
+    kvscope::testing::tiny_loaded(tag).0
 }
 
 fn config(loaded: &Loaded, protocol: Protocol) -> MakeConfig {

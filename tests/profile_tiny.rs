@@ -7,25 +7,11 @@ use std::sync::atomic::AtomicBool;
 use kvscope::haystack::needles::NEEDLES;
 use kvscope::haystack::prompt::needle_prompt;
 use kvscope::keepset::KeepSet;
-use kvscope::model::{self, DecodeState, Loaded, Observer, Precision};
+use kvscope::model::{DecodeState, Loaded, Observer, Precision};
 use kvscope::profile::srh::{self, SrhConfig, TrialSpec};
 use kvscope::profile::{discover, layers};
 use kvscope::profile_format::{l1_normalise, rank_best_first, Profile};
-use kvscope::testing::{temp_dir, tiny_model, write_tiny_gguf, GgufSpec};
-
-fn tiny_loaded(tag: &str) -> (Loaded, std::path::PathBuf) {
-    let dir = temp_dir(tag);
-    let path = dir.join("tiny.gguf");
-    write_tiny_gguf(
-        &path,
-        &GgufSpec {
-            context_length: 2048,
-            ..GgufSpec::default()
-        },
-    )
-    .unwrap();
-    (model::load(&path).unwrap(), path)
-}
+use kvscope::testing::{tiny_loaded, tiny_model};
 
 #[test]
 fn needle_prompts_hold_the_answer_span_at_the_requested_depth() {
@@ -254,12 +240,12 @@ fn compare_rows_equal_the_direct_selection_and_decode() {
         max_new: 6,
     };
     let stop = AtomicBool::new(false);
-    let err = compare::run(&loaded, &profile, &plan, &stop, &mut |_, _| {})
+    let err = compare::run(&loaded, &profile, &plan, None, &stop, &mut |_, _| {})
         .unwrap_err()
         .to_string();
     assert!(err.contains("no layer errors"), "{err}");
     profile.layer_errors = Some(l1_normalise(&[1.0, 3.0]).unwrap());
-    let out = compare::run(&loaded, &profile, &plan, &stop, &mut |_, _| {}).unwrap();
+    let out = compare::run(&loaded, &profile, &plan, None, &stop, &mut |_, _| {}).unwrap();
     assert_eq!(out.prompts, 1);
 
     let (model, tok) = (&loaded.model, &loaded.tok);
@@ -324,4 +310,65 @@ fn compare_rows_equal_the_direct_selection_and_decode() {
         );
         assert_eq!(row.agreement, agreement(&full, &ids).token_match, "{name}");
     }
+}
+
+/// `profile compare` reads and fills the prefill cache as `run` does: a second run of
+/// the same plan reads every prompt's prefill and full-cache generation from it, and
+/// its rows are those of the first run.
+#[test]
+fn a_second_compare_reads_every_prefill_from_the_cache() {
+    use kvscope::prefill_cache::PrefillCache;
+    use kvscope::profile::compare::{self, Plan};
+    let (loaded, path) = tiny_loaded("compare-cache");
+    let mut profile = tiny_profile(&loaded, &"0".repeat(64));
+    profile.layer_errors = Some(l1_normalise(&[1.0, 3.0]).unwrap());
+    let cache = PrefillCache {
+        dir: path.parent().unwrap().join("prefill"),
+        cap: 1 << 30,
+        model_sha256: "ab".repeat(32),
+        model_name: "tiny.gguf".into(),
+    };
+    let plan = Plan {
+        needles: vec![13],
+        lengths: vec![600],
+        depths: vec![0.0, 1.0],
+        budgets: vec![64],
+        windows: vec![8],
+        seeds: vec![1],
+        max_new: 6,
+    };
+    let stop = AtomicBool::new(false);
+    let run = || {
+        let out = compare::run(
+            &loaded,
+            &profile,
+            &plan,
+            Some(&cache),
+            &stop,
+            &mut |_, _| {},
+        )
+        .unwrap();
+        assert!(out.cache_notices.is_empty(), "{:?}", out.cache_notices);
+        out
+    };
+    let first = run();
+    assert_eq!((first.prompts, first.cache_hits), (2, 0));
+    let entries = std::fs::read_dir(&cache.dir)
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "kvp"))
+        })
+        .count();
+    assert_eq!(entries, 2, "one entry per prompt");
+    let second = run();
+    assert_eq!(second.cache_hits, 2);
+    assert!(
+        second.cache_notices.is_empty(),
+        "{:?}",
+        second.cache_notices
+    );
+    assert_eq!(second.full_correct, first.full_correct);
+    assert_eq!(second.rows, first.rows);
+    let _ = std::fs::remove_dir_all(path.parent().unwrap());
 }

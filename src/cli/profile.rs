@@ -120,6 +120,8 @@ pub struct CompareArgs {
     pub random_seeds: String,
     #[arg(long = "max-new", default_value_t = 24)]
     pub max_new: usize,
+    #[command(flatten)]
+    pub cache: super::CacheArgs,
 }
 
 pub fn run(a: &ProfileArgs) -> Result<()> {
@@ -409,10 +411,27 @@ fn run_compare(a: &CompareArgs) -> Result<()> {
     let stop = stop_flag();
     let mut bar = Progress::new("compare", n as f64);
     bar.update(0.0, "");
-    let result = compare::run(&loaded, &profile, &plan, &stop, &mut |i, n| {
-        bar.update(i as f64, &format!("prompt {i}/{n}"));
-    })?;
+    let cache = a.cache.open(&model_path, false);
+    let result = compare::run(
+        &loaded,
+        &profile,
+        &plan,
+        cache.as_ref(),
+        &stop,
+        &mut |i, n| {
+            bar.update(i as f64, &format!("prompt {i}/{n}"));
+        },
+    )?;
     let took = bar.finish();
+    for n in &result.cache_notices {
+        eprintln!("kvscope: notice: {n}");
+    }
+    if cache.is_some() {
+        eprintln!(
+            "kvscope: prefill cache: {} of {n} prompts read from it",
+            result.cache_hits
+        );
+    }
     println!("{}", compare::markdown(&result));
     println!(
         "\n{} prompts, {} tokens each (approx.); took {}; command: `{}`",

@@ -12,6 +12,7 @@ use super::credit::retrieved;
 use super::srh::{trial_prompt, Interrupted, TrialSpec};
 use crate::eviction::{Allocator, Settings};
 use crate::model::Loaded;
+use crate::prefill_cache::PrefillCache;
 use crate::profile_format::Profile;
 use crate::session::Session;
 
@@ -63,6 +64,10 @@ pub struct Outcome {
     pub prompts: usize,
     pub full_correct: usize,
     pub rows: Vec<Row>,
+    /// Prompts whose prefill (and full-cache generation) the prefill cache gave.
+    pub cache_hits: usize,
+    /// The prefill cache's notices (a damaged entry, a folder that refused a write).
+    pub cache_notices: Vec<String>,
 }
 
 /// `profile` with every layer's SRH ranking shuffled (Fisher-Yates, seeded), keeping its
@@ -130,11 +135,14 @@ fn variants(profile: &Profile, budget: usize, window: usize, seeds: &[u64]) -> V
     v
 }
 
-/// Runs the plan. `progress(done, total)` after each prompt; `stop` between prompts.
+/// Runs the plan, each prompt's prefill read from and stored in `cache` when given (as
+/// `run` and `eval` do: the needle prompts are the same on every run of a plan).
+/// `progress(done, total)` after each prompt; `stop` between prompts.
 pub fn run(
     loaded: &Loaded,
     profile: &Profile,
     plan: &Plan,
+    cache: Option<&PrefillCache>,
     stop: &AtomicBool,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Outcome> {
@@ -152,19 +160,25 @@ pub fn run(
     }
     let mut rows: Vec<Row> = Vec::new();
     let mut full_correct = 0;
+    let (mut cache_hits, mut cache_notices) = (0, Vec::new());
     for (i, spec) in specs.iter().enumerate() {
         if stop.load(Ordering::SeqCst) {
             bail!(Interrupted);
         }
         let prompt = trial_prompt(tok, spec)?;
-        let mut session = Session::from_ids(
+        let mut session = Session::from_ids_cached(
             loaded,
+            cache,
             prompt.text,
             prompt.ids,
             plan.max_new,
             None,
             &mut |_, _| {},
         )?;
+        if let Some(r) = &session.prefill_cache {
+            cache_hits += r.hit as usize;
+            cache_notices.extend(r.notice.clone());
+        }
         full_correct += retrieved(prompt.answer, &session.full.text) as usize;
         for &budget in &plan.budgets {
             for &window in &plan.windows {
@@ -203,6 +217,8 @@ pub fn run(
         prompts: specs.len(),
         full_correct,
         rows,
+        cache_hits,
+        cache_notices,
     })
 }
 

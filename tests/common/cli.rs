@@ -52,6 +52,20 @@ impl Env {
         p
     }
 
+    /// The tiny llama GGUF with a 2048-token context, `tiny-2048.gguf` (written once):
+    /// room for the evaluations' 700-token needle prompts.
+    pub fn gguf_2048(&self) -> PathBuf {
+        let p = self.path("tiny-2048.gguf");
+        if !p.exists() {
+            let spec = GgufSpec {
+                context_length: 2048,
+                ..GgufSpec::default()
+            };
+            testing::write_tiny_gguf(&p, &spec).expect("write tiny gguf");
+        }
+        p
+    }
+
     /// A tiny GGUF of `spec` at `name` (folders created).
     pub fn gguf_with(&self, name: &str, spec: &GgufSpec) -> PathBuf {
         let p = self.path(name);
@@ -93,6 +107,14 @@ impl Env {
     pub fn run(&self, args: &[&str]) -> Output {
         self.run_with(args, &[])
     }
+
+    /// `kvscope run` of [`Env::prompt`] on [`Env::gguf`], then `args`.
+    pub fn run_tiny(&self, args: &[&str]) -> Output {
+        let (p, m) = (self.prompt(), self.gguf());
+        let mut a = vec!["run", s(&p), "--model", s(&m)];
+        a.extend_from_slice(args);
+        self.run(&a)
+    }
 }
 
 impl Drop for Env {
@@ -100,6 +122,26 @@ impl Drop for Env {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A small `eval niah` grid for the 2048-token tiny GGUF (2 lengths x 2 depths x 2
+/// methods x 2 budgets, one window): 16 units; `--model` and `--out` to be added.
+pub const NIAH_GRID: &[&str] = &[
+    "eval",
+    "niah",
+    "--lengths",
+    "300,700",
+    "--depths",
+    "0,100",
+    "--budgets",
+    "16,10%",
+    "--windows",
+    "8",
+    "--methods",
+    "snapkv,h2o",
+    "--max-new",
+    "3",
+    "--quiet",
+];
 
 /// Waits for `child`, killing it and failing the test after `secs` (a hang guard, not a
 /// timing assertion).
