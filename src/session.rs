@@ -338,6 +338,29 @@ impl Session {
         table: Option<&ScoreTable>,
         forced: bool,
     ) -> Result<&Compressed> {
+        self.apply_then(model, tok, settings, table, forced, &mut |_, _| true)?;
+        match &self.compressed {
+            Some(c) => Ok(c),
+            None => anyhow::bail!("no compressed result"),
+        }
+    }
+
+    /// [`apply_with`](Self::apply_with), calling `on_generation` with the result as
+    /// soon as the free-running generation is decoded: with `forced`, before the rest
+    /// of the teacher-forced steps ([`replay::FreeRun`]), whose logits then fill
+    /// [`Compressed::forced`] (so the inspector shows the generation while they run).
+    /// `timing.decode_compressed` is the free-running decode's when `on_generation`
+    /// sees it, both decodes' after. When `on_generation` returns false the
+    /// teacher-forced rest is skipped (`forced` stays `None`).
+    pub fn apply_then(
+        &mut self,
+        model: &Model,
+        tok: &Tok,
+        settings: Settings,
+        table: Option<&ScoreTable>,
+        forced: bool,
+        on_generation: &mut dyn FnMut(&Compressed, &Timing) -> bool,
+    ) -> Result<()> {
         self.check_layer_errors(&settings)?;
         if settings.method.def().needs_future && self.future.is_none() {
             let dims = self.trace.dims;
@@ -353,8 +376,8 @@ impl Session {
         )?;
         self.timing.select = ms(t);
         let t = Instant::now();
-        let (ids, forced) = if forced {
-            let d = replay::decode_both(
+        let (ids, free) = if forced {
+            let f = replay::decode_free(
                 model,
                 &self.trace,
                 &selection.keep,
@@ -362,8 +385,8 @@ impl Session {
                 self.max_new,
                 &tok.stop_ids,
             )?;
-            self.buffers.decode_compressed = d.held_bytes;
-            (d.ids, Some(d.forced))
+            self.buffers.decode_compressed = f.held_bytes;
+            (f.ids.clone(), Some(f))
         } else {
             let (ids, held) = model.generate_measured(
                 &self.trace,
@@ -387,15 +410,24 @@ impl Session {
             ids,
             kv_bytes: bytes,
         };
-        Ok(self.compressed.insert(Compressed {
+        let c = self.compressed.insert(Compressed {
             kv_fraction: bytes as f64 / self.full.kv_bytes.max(1) as f64,
             settings,
             selection,
             generation,
             agreement,
-            forced,
+            forced: None,
             decode_bytes: self.buffers.decode_compressed,
-        }))
+        });
+        if !on_generation(c, &self.timing) {
+            return Ok(());
+        }
+        if let Some(f) = free {
+            let t2 = Instant::now();
+            c.forced = Some(f.finish(&self.full.ids)?.forced);
+            self.timing.decode_compressed += ms(t2);
+        }
+        Ok(())
     }
 }
 

@@ -506,3 +506,36 @@ fn a_step_past_an_early_end_names_the_end_of_text() {
         Some(1)
     );
 }
+
+/// The inspector shows the generation before the rest of the teacher-forced decode:
+/// `apply_then` hands over the result with the generation and no teacher-forced logits
+/// yet, then fills them in, and ends where `apply_with` does (same ids, same logits),
+/// at budgets that diverge and that do not.
+#[test]
+fn the_generation_is_handed_over_before_the_teacher_forced_rest() {
+    let mut fx = common::fixture();
+    let (model, tok) = (&fx.loaded.model, &fx.loaded.tok);
+    for budget in [8, 12, 1000] {
+        let s = Settings {
+            method: kvscope::eviction::snapkv::METHOD,
+            budget,
+            window: 4,
+            ..Settings::default()
+        };
+        let c = fx
+            .session
+            .apply_with(model, tok, s.clone(), None, true)
+            .expect("apply");
+        let (ids, forced) = (c.generation.ids.clone(), c.forced.clone().expect("forced"));
+        let mut seen = None;
+        fx.session
+            .apply_then(model, tok, s, None, true, &mut |c, _| {
+                seen = Some((c.generation.ids.clone(), c.forced.is_none()));
+                true
+            })
+            .expect("apply_then");
+        assert_eq!(seen, Some((ids, true)), "B={budget}");
+        let c = fx.session.compressed.as_ref().expect("result");
+        assert_eq!(c.forced.as_ref(), Some(&forced), "B={budget}");
+    }
+}

@@ -507,3 +507,53 @@ fn step_shadow_refuses_bad_input_without_touching_the_state() {
         .expect("shadow step");
     assert_eq!(errors.len(), dims.n_layers);
 }
+
+/// The attention map's token zoom: rows replayed from the Trace ([`Model::attention_rows`])
+/// give the probabilities prefill computed for those query rows. At 200 tokens a block
+/// map has one token per block, so its cells are prefill's own per-token attention: the
+/// independent reference, in every layer (the upper one needs the replayed residual
+/// stream), with and without a sliding window below it.
+#[test]
+fn zoomed_rows_equal_the_attention_prefill_computed() {
+    for window in [None, Some(24)] {
+        let mut cfg = testing::tiny_config(VOCAB, 256);
+        cfg.layers[0].window = window;
+        let w = testing::random_weights(&cfg, 7);
+        let mut m = Model::new(cfg, w).expect("model");
+        m.precision = Precision::F32;
+        let ids = testing::random_ids(200, VOCAB, 5);
+        let t = prefill(&m, &ids, 64);
+        assert_eq!(t.layers[0].maps[0].block_size, 1);
+        let (rows, keys) = (100..140, 90..150);
+        for layer in 0..2 {
+            let z = m
+                .attention_rows(&t, layer, rows.clone(), keys.clone())
+                .expect("rows");
+            assert_eq!(
+                (z.layer, z.rows.clone(), z.keys.clone()),
+                (layer, rows.clone(), keys.clone())
+            );
+            for h in 0..4 {
+                let map = &t.layers[layer].maps[h];
+                for q in rows.clone() {
+                    let want: Vec<f32> = keys.clone().map(|k| map.cell(q, k)).collect();
+                    assert_close(
+                        &format!("window {window:?} layer {layer} head {h} row {q}"),
+                        z.row(h, q),
+                        &want,
+                        1e-5,
+                    );
+                    // Keys after the row are masked, and in view there are some.
+                    assert!(z.row(h, q)[q + 1 - keys.start..].iter().all(|&p| p == 0.0));
+                }
+            }
+        }
+    }
+    // Bad requests are errors, not panics.
+    let m = model(256);
+    let t = prefill(&m, &testing::random_ids(50, VOCAB, 1), 64);
+    assert!(m.attention_rows(&t, 2, 0..10, 0..10).is_err());
+    assert!(m.attention_rows(&t, 0, 40..60, 0..10).is_err());
+    assert!(m.attention_rows(&t, 0, 10..10, 0..10).is_err());
+    assert!(m.attention_rows(&t, 0, 0..10, 45..51).is_err());
+}

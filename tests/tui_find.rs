@@ -189,3 +189,69 @@ fn t_zooms_the_map_to_one_token_per_cell_at_the_cursor_and_back() {
         "back to the whole prompt"
     );
 }
+
+fn screen(app: &App) -> String {
+    let mut t = ratatui::Terminal::new(ratatui::backend::TestBackend::new(160, 45)).unwrap();
+    t.draw(|f| kvscope::tui::ui::draw(f, app)).unwrap();
+    let b = t.backend().buffer();
+    (0..b.area.height)
+        .map(|y| {
+            (0..b.area.width)
+                .map(|x| b[(x, y)].symbol())
+                .collect::<String>()
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Above 256 tokens a block holds several tokens: `T` asks the worker for the exact
+/// attention of the 64 query rows ending at the key range's end, draws block means
+/// (labelled) until it arrives and the exact rows after; a pan asks again.
+#[test]
+fn a_token_zoom_asks_for_and_shows_the_exact_rows() {
+    let mut fx = common::fixture_text(&common::PROMPT.repeat(3), None);
+    let mut app = common::ready_app(&mut fx);
+    let len = app.prompt_len();
+    assert!(len > 256, "prompt of {len} tokens");
+    key(&mut app, KeyCode::Char('6'));
+    app.sel_token = 200;
+    let cmds = key(&mut app, KeyCode::Char('T'));
+    let (ks, ke) = (app.view_start, app.view_start + app.view_len);
+    let want = Cmd::ZoomRows {
+        layer: 0,
+        rows: ke - 64..ke,
+        keys: ks..ke,
+    };
+    assert_eq!(cmds, vec![want], "T asks once");
+    assert!(
+        key(&mut app, KeyCode::Char('6')).is_empty(),
+        "same window: no new ask"
+    );
+    key(&mut app, KeyCode::Char('2'));
+    assert!(screen(&app).contains("(exact: computing)"));
+    // What the worker runs for it.
+    let z = fx
+        .loaded
+        .model
+        .attention_rows(&fx.session.trace, 0, ke - 64..ke, ks..ke)
+        .expect("rows");
+    update(
+        &mut app,
+        Action::Worker(FromWorker::ZoomRows {
+            zoom: std::sync::Arc::new(z),
+            ms: 12.0,
+        }),
+    );
+    let s = screen(&app);
+    assert!(
+        s.contains("exact: queries ") && s.contains(&format!("..{ke}, 12 ms")),
+        "{s}"
+    );
+    // A pan moves the keys: a new ask, block means until it comes.
+    let cmds = key(&mut app, KeyCode::Char(']'));
+    assert!(
+        matches!(&cmds[..], [Cmd::ZoomRows { keys, .. }] if keys.start > ks),
+        "{cmds:?}"
+    );
+    assert!(screen(&app).contains("(exact: computing)"));
+}

@@ -64,8 +64,12 @@ pub fn steps(
     errors: Option<&[Vec<f32>]>,
     keep: &KeepSet,
 ) -> Vec<Step> {
+    use rayon::prelude::*;
     let evicted = evicted(full, keep);
+    // Steps are independent (a softmax over the vocabulary and a pass over the prompt
+    // each): in parallel, in order.
     (0..full.steps().min(comp_logits.len()))
+        .into_par_iter()
         .map(|i| Step {
             t: i + 1,
             input_id: full.ids[i],
@@ -111,6 +115,20 @@ pub fn culprits_at(full: &FullPass, keep: &KeepSet, t: usize) -> Vec<CulpritMass
     };
     let evicted = evicted(full, keep);
     metrics::culprits(attn, &evicted, full.n_rep, full.prompt_len)
+}
+
+/// [`culprits_at`] of every step `1..=steps` (the masks built once, the steps in
+/// parallel).
+pub fn culprits_all(full: &FullPass, keep: &KeepSet, steps: usize) -> Vec<Vec<CulpritMass>> {
+    use rayon::prelude::*;
+    let evicted = evicted(full, keep);
+    (0..steps)
+        .into_par_iter()
+        .map(|i| match full.attn.get(i) {
+            Some(attn) => metrics::culprits(attn, &evicted, full.n_rep, full.prompt_len),
+            None => Vec::new(),
+        })
+        .collect()
 }
 
 /// The settings of a rescue: the user's pins plus the top `k` culprits (skipping any the

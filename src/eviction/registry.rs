@@ -152,12 +152,18 @@ pub fn knob_help(k: &Knob) -> String {
                 .map(|a| a.name),
         )
         .collect();
+    // A knob no method or allocator lists applies to every selection
+    // (`evict_sliding`: the sliding-window post-pass after any method).
+    let users = if users.is_empty() {
+        "every method".to_string()
+    } else {
+        users.join(", ")
+    };
     let default = (k.default)(&Settings::default());
     format!(
-        "{} [{}; used by: {}; default: {}]",
+        "{} [{}; used by: {users}; default: {}]",
         k.help,
         k.range(),
-        users.join(", "),
         default
     )
 }
@@ -210,6 +216,9 @@ mod tests {
             line.contains("adakv") && line.contains("default: 0.2"),
             "{line}"
         );
+        // A knob of the post-pass names no method: it says so instead of an empty list.
+        let line = knob_help(knob("evict-sliding").unwrap());
+        assert!(line.contains("used by: every method;"), "{line}");
     }
 
     #[test]

@@ -22,7 +22,7 @@ use candle_core::quantized::gguf_file::Content;
 use std::path::Path;
 
 pub use config::Config;
-pub use forward::{DecodeState, Model, Observer, Precision, StepAttention};
+pub use forward::{DecodeState, Model, Observer, Precision, RowAttention, StepAttention};
 pub use template::TemplateChoice;
 pub use tokenizer::{Prompt, PromptInfo, PromptOptions, Tok};
 

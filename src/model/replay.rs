@@ -175,8 +175,6 @@ pub struct Decoded {
     pub forced: Vec<Vec<f32>>,
     /// Teacher-forced steps that came free from the free-running decode.
     pub shared: usize,
-    /// Bytes the decode caches held at most (two when the teacher-forced one forked).
-    pub held_bytes: usize,
 }
 
 /// Decodes the compressed cache `keep` free-running (up to `max_new` tokens or a stop
@@ -193,6 +191,32 @@ pub fn decode_both(
     max_new: usize,
     stop_ids: &[u32],
 ) -> Result<Decoded> {
+    decode_free(model, trace, keep, full_ids, max_new, stop_ids)?.finish(full_ids)
+}
+
+/// The free-running half of [`decode_both`]: the generation is complete, the
+/// teacher-forced steps it shared are in, and the rest continue from `rest`
+/// ([`FreeRun::finish`]). The inspector shows the generation before finishing.
+pub struct FreeRun<'m> {
+    /// Exactly what [`Model::generate`] gives for this keep set.
+    pub ids: Vec<u32>,
+    forced: Vec<Vec<f32>>,
+    /// The fork (the state before the first token that differs from the full
+    /// generation), else the free-running state where it stopped.
+    rest: DecodeState<'m>,
+    /// Bytes the decode caches held at most (two when the teacher-forced one forked).
+    pub held_bytes: usize,
+}
+
+/// [`decode_both`] up to the end of the free-running decode.
+pub fn decode_free<'m>(
+    model: &'m Model,
+    trace: &Trace,
+    keep: &KeepSet,
+    full_ids: &[u32],
+    max_new: usize,
+    stop_ids: &[u32],
+) -> Result<FreeRun<'m>> {
     let steps = full_ids.len().saturating_sub(1);
     let mut ids = Vec::with_capacity(max_new);
     let mut forced = Vec::with_capacity(steps);
@@ -216,17 +240,34 @@ pub fn decode_both(
         }
     }
     let held_bytes = state.held_bytes() * if fork.is_some() { 2 } else { 1 };
-    let shared = forced.len();
-    // The rest of the teacher-forced steps: from the fork, or (the free-running decode
-    // stopped first, on the full generation's tokens) from where it stopped.
-    let mut st = fork.unwrap_or(state);
-    for &tok in &full_ids[shared..steps] {
-        forced.push(st.step(tok, Observer::none())?.to_vec());
-    }
-    Ok(Decoded {
+    Ok(FreeRun {
         ids,
         forced,
-        shared,
         held_bytes,
+        rest: fork.unwrap_or(state),
     })
+}
+
+impl FreeRun<'_> {
+    /// The rest of the teacher-forced steps on `full_ids` (the same ones given to
+    /// [`decode_free`]): from the fork, or (the free-running decode stopped first, on
+    /// the full generation's tokens) from where it stopped.
+    pub fn finish(self, full_ids: &[u32]) -> Result<Decoded> {
+        let steps = full_ids.len().saturating_sub(1);
+        let FreeRun {
+            ids,
+            mut forced,
+            rest: mut st,
+            ..
+        } = self;
+        let shared = forced.len();
+        for &tok in &full_ids[shared.min(steps)..steps] {
+            forced.push(st.step(tok, Observer::none())?.to_vec());
+        }
+        Ok(Decoded {
+            ids,
+            forced,
+            shared,
+        })
+    }
 }

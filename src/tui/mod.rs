@@ -217,6 +217,11 @@ pub fn run(opts: Options) -> Result<()> {
                     };
                     cmds.extend(update(&mut app, a));
                 }
+                Cmd::ZoomRows { layer, rows, keys } => {
+                    if let Some(w) = &worker {
+                        let _ = w.send(ToWorker::ZoomRows { layer, rows, keys });
+                    }
+                }
                 Cmd::MeasureErrors(gen) => {
                     if let Some(w) = &worker {
                         let _ = w.send(ToWorker::AttnErrors { gen });

@@ -207,6 +207,12 @@ pub enum FromWorker {
     Error(String),
     /// One line for the status line (fetch progress, export written, ...).
     Notice(String),
+    /// The exact attention of the rows the attention map's token zoom shows, and how
+    /// long the worker took to compute it.
+    ZoomRows {
+        zoom: Arc<crate::model::RowAttention>,
+        ms: f64,
+    },
     /// A saved report's settings, checked against this model and prompt; `note` says
     /// what was loaded.
     ReportLoaded {
@@ -249,6 +255,13 @@ pub enum ToWorker {
     /// Write the `kvscope run --json` report of the latest applied settings.
     Export {
         path: std::path::PathBuf,
+    },
+    /// Compute the exact attention of query rows `rows` on keys `keys` in `layer`
+    /// ([`FromWorker::ZoomRows`]), for the attention map's token zoom.
+    ZoomRows {
+        layer: usize,
+        rows: std::ops::Range<usize>,
+        keys: std::ops::Range<usize>,
     },
     /// Read a saved report and send back its settings ([`FromWorker::ReportLoaded`]),
     /// or why they do not belong to this model and prompt.

@@ -95,6 +95,30 @@ fn run(job: Job, out: &Outbox, rx: Receiver<ToWorker>) {
                         }
                     }
                 }
+                // Only the last zoom of a batch is on screen.
+                ToWorker::ZoomRows { .. }
+                    if batch[i + 1..]
+                        .iter()
+                        .any(|m| matches!(m, ToWorker::ZoomRows { .. })) => {}
+                ToWorker::ZoomRows { layer, rows, keys } => {
+                    let t = Instant::now();
+                    let r = w.loaded.model.attention_rows(
+                        &w.session.trace,
+                        *layer,
+                        rows.clone(),
+                        keys.clone(),
+                    );
+                    let msg = match r {
+                        Ok(z) => FromWorker::ZoomRows {
+                            zoom: Arc::new(z),
+                            ms: t.elapsed().as_secs_f64() * 1000.0,
+                        },
+                        Err(e) => FromWorker::Error(format!("attention zoom failed: {e:#}")),
+                    };
+                    if !out(msg) {
+                        return;
+                    }
+                }
                 ToWorker::Export { path } => {
                     let msg = match w.export(path) {
                         Ok(written) => {
@@ -300,42 +324,73 @@ impl Worker {
         snapshot(&self.loaded, &self.session, self.maps.clone())
     }
 
-    /// Selects and decodes for `settings`; false when the UI has gone.
+    /// Selects and decodes for `settings`; false when the UI has gone. With
+    /// `KVSCOPE_TRACE_TIMING` set, appends where the edit's time went (`worker_edit`).
     fn apply(&mut self, gen: u64, settings: Settings, out: &Outbox) -> bool {
         if !out(FromWorker::Phase(Phase::Recomputing(gen))) {
             return false;
         }
+        let t0 = Instant::now();
         let table = self.scores_for(&settings);
-        let (msg, keep) = match outcome(&self.loaded, &mut self.session, gen, settings, &table) {
-            Ok(o) => {
-                self.applied = Some(gen);
-                let keep = KeepSet {
-                    positions: o.keep.clone(),
-                };
-                (FromWorker::Result(Box::new(o)), Some(keep))
-            }
-            Err(e) => (
-                FromWorker::Failed {
-                    gen,
-                    error: format!("{e:#}"),
-                },
-                None,
-            ),
-        };
-        if !out(msg) {
+        let table_ms = ms_since(t0);
+        // The generation goes to the UI as soon as it is decoded; the rest of the
+        // teacher-forced decode (the divergence analysis' input) runs after.
+        let (loaded, len) = (&self.loaded, self.session.trace.len);
+        let mut keep = None;
+        let mut alive = true;
+        let mut free_ms = (0.0, 0.0);
+        let mut result_ms = 0.0;
+        let r = self.session.apply_then(
+            &loaded.model,
+            &loaded.tok,
+            settings,
+            Some(&table),
+            true,
+            &mut |c, timing| {
+                free_ms = (timing.select, timing.decode_compressed);
+                keep = Some(c.selection.keep.clone());
+                let o = pack(loaded, len, gen, c, &table, timing);
+                alive = out(FromWorker::Result(Box::new(o)));
+                result_ms = ms_since(t0);
+                alive
+            },
+        );
+        if !alive {
             return false;
         }
+        match r {
+            Ok(()) => self.applied = Some(gen),
+            Err(e) => {
+                keep = None;
+                if !out(FromWorker::Failed {
+                    gen,
+                    error: format!("{e:#}"),
+                }) {
+                    return false;
+                }
+            }
+        }
+        let (select_ms, decode_ms) = free_ms;
+        let forced_ms = self.session.timing.decode_compressed - decode_ms;
         if let Some(keep) = keep {
-            let msg = match self.divergence(&keep) {
+            let t = Instant::now();
+            let replay = self.session.full_pass(&self.loaded.model).map(|_| ());
+            let replay_ms = ms_since(t);
+            let msg = match replay.and_then(|_| self.divergence(&keep)) {
                 Ok(view) => FromWorker::Divergence {
                     gen,
                     view: Arc::new(view),
                 },
                 Err(e) => FromWorker::Error(format!("divergence analysis failed: {e:#}")),
             };
+            let analysis_ms = ms_since(t) - replay_ms;
             if !out(msg) {
                 return false;
             }
+            timing_line(&format!(
+                "worker_edit gen {gen} scores_ms {table_ms:.1} select_ms {select_ms:.1} free_decode_ms {decode_ms:.1} to_result_ms {result_ms:.1} forced_rest_ms {forced_ms:.1} full_replay_ms {replay_ms:.1} analysis_ms {analysis_ms:.1} to_divergence_ms {:.1}",
+                ms_since(t0)
+            ));
         }
         out(FromWorker::Phase(Phase::Idle))
     }
@@ -449,6 +504,25 @@ pub fn snapshot(
     snap
 }
 
+fn ms_since(t: Instant) -> f64 {
+    t.elapsed().as_secs_f64() * 1000.0
+}
+
+/// Appends one line to the `KVSCOPE_TRACE_TIMING` file, when it is set (the loop logs
+/// its frame and key times there too).
+fn timing_line(line: &str) {
+    use std::io::Write;
+    if let Some(p) = std::env::var_os("KVSCOPE_TRACE_TIMING") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(p)
+        {
+            let _ = writeln!(f, "{line}");
+        }
+    }
+}
+
 /// The Divergence pane's data for `keep`: teacher-forced KL curve, lost mass per step,
 /// layer and head, and the top culprits of every step (so selecting a step costs
 /// nothing). Attention-output errors are left to `kvscope explain` (they need another
@@ -471,10 +545,10 @@ pub fn divergence_view(
     };
     let steps = divergence::steps(full, logits, None, keep);
     let cmps: Vec<_> = steps.iter().map(|st| st.cmp).collect();
-    let culprits = (1..=steps.len())
-        .map(|t| {
-            divergence::culprits_at(full, keep, t)
-                .into_iter()
+    let culprits = divergence::culprits_all(full, keep, steps.len())
+        .into_iter()
+        .map(|cs| {
+            cs.into_iter()
                 .take(CULPRITS_PER_STEP)
                 .map(|c| (c.pos, c.mass))
                 .collect()
@@ -526,7 +600,7 @@ pub fn layers_keeping(keep: &[Vec<Vec<usize>>], len: usize) -> Vec<u16> {
     n
 }
 
-/// Runs `Session::apply` and packs what the UI shows.
+/// Runs `Session::apply` (with the teacher-forced logits) and packs what the UI shows.
 pub fn outcome(
     loaded: &Loaded,
     session: &mut Session,
@@ -535,14 +609,29 @@ pub fn outcome(
     table: &ScoreTable,
 ) -> Result<Outcome> {
     let len = session.trace.len;
-    let c = session.apply_with(&loaded.model, &loaded.tok, settings, Some(table), true)?;
+    session.apply_with(&loaded.model, &loaded.tok, settings, Some(table), true)?;
+    match &session.compressed {
+        Some(c) => Ok(pack(loaded, len, gen, c, table, &session.timing)),
+        None => anyhow::bail!("no compressed result"),
+    }
+}
+
+/// What the UI shows of the compressed result `c` (settings generation `gen`).
+pub fn pack(
+    loaded: &Loaded,
+    len: usize,
+    gen: u64,
+    c: &crate::session::Compressed,
+    table: &ScoreTable,
+    timing: &crate::session::Timing,
+) -> Outcome {
     let sel = &c.selection;
     let ranks = sel
         .scores
         .iter()
         .map(|layer| layer.iter().map(|h| ranks(h, len)).collect())
         .collect();
-    Ok(Outcome {
+    Outcome {
         gen,
         settings: c.settings.clone(),
         tokens: c
@@ -562,10 +651,10 @@ pub fn outcome(
         scores: sel.scores.clone(),
         ranks,
         strips: table.heads.clone(),
-        select_ms: session.timing.select,
-        decode_ms: session.timing.decode_compressed,
+        select_ms: timing.select,
+        decode_ms: timing.decode_compressed,
         divergence: None,
-    })
+    }
 }
 
 #[cfg(test)]

@@ -73,6 +73,11 @@ pub fn fixture() -> Fixture {
 }
 
 pub fn fixture_with(profile: Option<kvscope::profile_format::Profile>) -> Fixture {
+    fixture_text(PROMPT, profile)
+}
+
+/// The fixture on the prompt `text`.
+pub fn fixture_text(text: &str, profile: Option<kvscope::profile_format::Profile>) -> Fixture {
     let dir = testing::temp_dir("tui");
     let path = dir.join("tiny.gguf");
     let spec = GgufSpec {
@@ -81,7 +86,7 @@ pub fn fixture_with(profile: Option<kvscope::profile_format::Profile>) -> Fixtur
     };
     testing::write_tiny_gguf(&path, &spec).expect("write tiny gguf");
     let loaded = model::load(&path).expect("load tiny gguf");
-    let prompt = loaded.tok.apply_template(PROMPT, false);
+    let prompt = loaded.tok.apply_template(text, false);
     let mut session =
         Session::new(&loaded, prompt, 12, profile, &mut |_, _| {}).expect("tiny session");
     let maps = session

@@ -15,6 +15,7 @@ mod decode;
 mod layer;
 mod observe;
 mod prefill;
+mod rows;
 
 use anyhow::Result;
 
@@ -29,6 +30,7 @@ use crate::trace::{Dims, Trace};
 pub use decode::DecodeState;
 pub use observe::{Observer, StepAttention};
 pub use prefill::PrefillBuffers;
+pub use rows::{RowAttention, MAX_ROWS};
 
 /// Which weights the decode path multiplies with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

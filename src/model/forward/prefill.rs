@@ -214,48 +214,7 @@ struct PrefillPass<'a> {
 
 impl Pass for PrefillPass<'_> {
     fn linear(&mut self, ws: &[&Linear], x: &[f32], out: &mut [f32]) {
-        // In Precision::Q8 the K-quant matrices multiply 8-bit (Q8_K) activations,
-        // quantised once for all of `ws` (they share the input), as decode and llama.cpp
-        // do; F32 keeps the f32 GEMM on dequantised panels (the exact reference).
-        let int8 = self.model.precision == Precision::Q8;
-        // The K-quants always (their integer sums run over 256 values per float step
-        // and beat the f32 GEMM); the 32-value formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)
-        // where their eight-row packed kernel takes the product (`quant::tile32`: one
-        // float step per 32 values serves eight rows). Row by row, with a float step
-        // per 32 values and row, they were slower than the f32 GEMM.
-        let t = x.len() / ws[0].cols.max(1);
-        let kinds: Vec<Option<bool>> = ws
-            .iter()
-            .map(|w| w.q8_kind().filter(|&k| k || tile32::applies(t)))
-            .collect();
-        let qs = if int8 && kinds.iter().any(Option::is_some) {
-            let cols = ws[0].cols;
-            let (k, b32) = (kinds.contains(&Some(true)), kinds.contains(&Some(false)));
-            x.par_chunks(cols)
-                .map(|r| {
-                    let mut q = QVec::default();
-                    if b32 {
-                        q.quantize_into(r);
-                    }
-                    if k {
-                        q.quantize_k_into(r);
-                    }
-                    q
-                })
-                .collect()
-        } else {
-            Vec::new()
-        };
-        let mut off = 0;
-        for (w, kind) in ws.iter().zip(&kinds) {
-            let t = x.len() / w.cols;
-            if int8 && kind.is_some() {
-                w.matmul_q8(&qs, &mut out[off..off + t * w.rows]);
-            } else {
-                w.matmul(x, t, &mut out[off..off + t * w.rows]);
-            }
-            off += t * w.rows;
-        }
+        linear_rows(self.model, ws, x, out);
     }
 
     fn attend(&mut self, li: usize, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]) {
@@ -341,5 +300,52 @@ impl Pass for PrefillPass<'_> {
                     .copy_from_slice(&head_out[(h * t + r) * hd..(h * t + r + 1) * hd]);
             }
         }
+    }
+}
+
+/// The prefill's linear layers over a block of rows (also what the attention zoom's row
+/// replay multiplies with, so its queries are the ones prefill computed).
+pub(super) fn linear_rows(model: &Model, ws: &[&Linear], x: &[f32], out: &mut [f32]) {
+    // In Precision::Q8 the K-quant matrices multiply 8-bit (Q8_K) activations,
+    // quantised once for all of `ws` (they share the input), as decode and llama.cpp
+    // do; F32 keeps the f32 GEMM on dequantised panels (the exact reference).
+    let int8 = model.precision == Precision::Q8;
+    // The K-quants always (their integer sums run over 256 values per float step
+    // and beat the f32 GEMM); the 32-value formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0)
+    // where their eight-row packed kernel takes the product (`quant::tile32`: one
+    // float step per 32 values serves eight rows). Row by row, with a float step
+    // per 32 values and row, they were slower than the f32 GEMM.
+    let t = x.len() / ws[0].cols.max(1);
+    let kinds: Vec<Option<bool>> = ws
+        .iter()
+        .map(|w| w.q8_kind().filter(|&k| k || tile32::applies(t)))
+        .collect();
+    let qs = if int8 && kinds.iter().any(Option::is_some) {
+        let cols = ws[0].cols;
+        let (k, b32) = (kinds.contains(&Some(true)), kinds.contains(&Some(false)));
+        x.par_chunks(cols)
+            .map(|r| {
+                let mut q = QVec::default();
+                if b32 {
+                    q.quantize_into(r);
+                }
+                if k {
+                    q.quantize_k_into(r);
+                }
+                q
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let mut off = 0;
+    for (w, kind) in ws.iter().zip(&kinds) {
+        let t = x.len() / w.cols;
+        if int8 && kind.is_some() {
+            w.matmul_q8(&qs, &mut out[off..off + t * w.rows]);
+        } else {
+            w.matmul(x, t, &mut out[off..off + t * w.rows]);
+        }
+        off += t * w.rows;
     }
 }

@@ -33,6 +33,7 @@ use crate::trace::Dims;
 
 pub use budgets::{LAYER_STEP, SCALE};
 pub use find::{answer_targets, lost_order, match_spans, matches, Search};
+pub use view::{zoom_window, ZoomWindow, TOKEN_ZOOM};
 
 /// Culprits one rescue key pins unless the user picks another number (`--rescue K`,
 /// `,` / `.`).
@@ -54,6 +55,12 @@ pub enum Cmd {
     },
     LoadBudgets(String),
     ExportReport,
+    /// Ask the worker for the exact attention of the token zoom's rows.
+    ZoomRows {
+        layer: usize,
+        rows: std::ops::Range<usize>,
+        keys: std::ops::Range<usize>,
+    },
     /// Ask the worker for the attention-output errors of this settings generation.
     MeasureErrors(u64),
     /// List the reports in the folder `e` exports to.
@@ -150,6 +157,9 @@ pub struct App {
     pub answer_at: Option<usize>,
     /// The key range `T` replaced (start, length), to go back to.
     pub zoom_back: Option<(usize, usize)>,
+    /// The exact attention of the token zoom's rows (the last the worker sent) and the
+    /// milliseconds it took.
+    pub zoom_rows: Option<(std::sync::Arc<crate::model::RowAttention>, f64)>,
     /// The loop ends after this update.
     pub quit: bool,
     /// What only `update` reads.
@@ -173,6 +183,8 @@ pub struct Bookkeeping {
     pub rescue_pending: Option<(u64, Vec<usize>)>,
     /// Index of the selected knob among the method's and allocator's (`o`, `<`, `>`).
     pub knob_sel: usize,
+    /// The last token zoom asked of the worker (layer, rows, keys).
+    pub zoom_sent: Option<view::ZoomWindow>,
 }
 
 impl App {
@@ -193,6 +205,7 @@ impl App {
                 range_mark: None,
                 rescue_pending: None,
                 knob_sel: 0,
+                zoom_sent: None,
             },
             settings,
             gen: 0,
@@ -218,6 +231,7 @@ impl App {
             span_mark: None,
             answer_at: None,
             zoom_back: None,
+            zoom_rows: None,
             quit: false,
         }
     }
@@ -342,6 +356,24 @@ fn is_background(a: &Action) -> bool {
 /// Applies one action; returns what the loop must do. Routes to the module of the
 /// action's group.
 pub fn update(app: &mut App, a: Action) -> Vec<Cmd> {
+    let mut cmds = route(app, a);
+    // Whatever moved the map's key range or layer: ask for the exact rows of a token
+    // zoom once per window.
+    let want = view::zoom_window(app);
+    if want.is_some() && want != app.ctl.zoom_sent {
+        if let Some(z) = want.clone() {
+            cmds.push(Cmd::ZoomRows {
+                layer: z.layer,
+                rows: z.rows,
+                keys: z.keys,
+            });
+        }
+        app.ctl.zoom_sent = want;
+    }
+    cmds
+}
+
+fn route(app: &mut App, a: Action) -> Vec<Cmd> {
     if let Some(p) = app.picker.take() {
         return popups::on_picker(app, p, a);
     }

@@ -115,8 +115,39 @@ fn zoom(app: &mut App, inward: bool) {
 }
 
 /// Tokens `T` shows: one per cell on a map at least this wide (the full layout's map
-/// is ~90 columns, the 80x24 tab's ~78).
+/// is ~90 columns, the 80x24 tab's ~78). Also the query rows a token zoom asks the
+/// worker for.
 pub const TOKEN_ZOOM: usize = 64;
+
+/// A token zoom's window: the query rows whose exact attention on the key range in
+/// view the worker computes for the selected layer (every head of it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ZoomWindow {
+    pub layer: usize,
+    pub rows: std::ops::Range<usize>,
+    pub keys: std::ops::Range<usize>,
+}
+
+/// The exact rows the attention map needs now: when its key range is at most
+/// [`TOKEN_ZOOM`] tokens on a prompt whose block maps hold blocks of several tokens
+/// (above 256 tokens), the [`TOKEN_ZOOM`] query rows ending at the key range's end
+/// (the tokens at and after the range attending back over it, the diagonal included)
+/// on those keys, in the selected layer. `None` otherwise (block means suffice, or a
+/// map of one token per block is exact already).
+pub fn zoom_window(app: &App) -> Option<ZoomWindow> {
+    let s = app.snapshot.as_ref()?;
+    let len = app.prompt_len();
+    let bs = s.maps.get(app.sel_layer)?.first()?.block_size;
+    if bs <= 1 || app.view_len == 0 || app.view_len > TOKEN_ZOOM || app.view_len >= len {
+        return None;
+    }
+    let (ks, ke) = (app.view_start, (app.view_start + app.view_len).min(len));
+    Some(ZoomWindow {
+        layer: app.sel_layer,
+        rows: ke.saturating_sub(TOKEN_ZOOM)..ke,
+        keys: ks..ke,
+    })
+}
 
 /// `T`: the key range becomes [`TOKEN_ZOOM`] tokens centred on the token cursor; again
 /// goes back to the range shown before.

@@ -8,6 +8,10 @@ use crate::tui::stats::Stat;
 
 pub(super) fn on_worker(app: &mut App, m: FromWorker) -> Vec<Cmd> {
     match m {
+        FromWorker::ZoomRows { zoom, ms } => {
+            app.zoom_rows = Some((zoom, ms));
+            Vec::new()
+        }
         FromWorker::Phase(p) => {
             app.phase = p;
             Vec::new()
@@ -31,6 +35,8 @@ pub(super) fn on_worker(app: &mut App, m: FromWorker) -> Vec<Cmd> {
                 .len()
                 .saturating_sub(app.settings.window + 1);
             app.snapshot = Some(s);
+            app.zoom_rows = None;
+            app.ctl.zoom_sent = None;
             app.phase = Phase::Idle;
             // The worker has no settings yet; give it the current ones at once.
             vec![Cmd::FlushNow]

@@ -1,5 +1,6 @@
 //! Attention map of the selected head: its block-averaged map (queries down, keys
-//! across) on a log colour scale, kept/evicted marks along the key axis for the displayed
+//! across), or at a token zoom the exact per-token attention of the rows in view, on a
+//! log colour scale, kept/evicted marks along the key axis for the displayed
 //! outcome, the window-score strip `p_h`, and a colour bar.
 
 use ratatui::layout::Rect;
@@ -43,6 +44,45 @@ fn mean(m: &BlockMap, q: (usize, usize), k: (usize, usize)) -> f32 {
     }
 }
 
+/// Per-token attention for the map: query rows `rows` (one per half-row), a value for
+/// each (query, key) the model computed, and the header's words for it.
+struct Exact<'a> {
+    rows: std::ops::Range<usize>,
+    value: Box<dyn Fn(usize, usize) -> f32 + 'a>,
+    label: String,
+}
+
+/// The exact rows to draw for the key range `(ks, ke)`, when there are any: a map of one
+/// token per block is exact already (short prompts); otherwise the worker's rows for
+/// exactly this layer and key range (a token zoom, `zoom_window`). The rows are the
+/// last `halves` of them, ending at the key range's end.
+fn exact_rows<'a>(
+    app: &'a App,
+    m: &'a BlockMap,
+    (ks, ke): (usize, usize),
+    halves: usize,
+) -> Option<Exact<'a>> {
+    if m.block_size == 1 && ke - ks <= crate::tui::app::TOKEN_ZOOM {
+        let rows = ke.saturating_sub(halves)..ke;
+        return Some(Exact {
+            label: format!("exact: queries {}..{ke}", rows.start),
+            rows,
+            value: Box::new(move |q, k| m.cell(q, k)),
+        });
+    }
+    let (z, ms) = app.zoom_rows.as_ref()?;
+    if z.layer != app.sel_layer || z.keys != (ks..ke) || app.sel_head >= z.n_heads {
+        return None;
+    }
+    let rows = z.rows.end.saturating_sub(halves).max(z.rows.start)..z.rows.end;
+    let h = app.sel_head;
+    Some(Exact {
+        label: format!("exact: queries {}..{}, {ms:.0} ms", rows.start, rows.end),
+        rows,
+        value: Box::new(move |q, k| z.row(h, q)[k - z.keys.start]),
+    })
+}
+
 /// Colour of one cell value on a log scale whose top is `top_log` (log10).
 fn colour(v: f32, top_log: f32) -> Color {
     if v <= 0.0 || !v.is_finite() {
@@ -75,35 +115,53 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let n_rep = (s.n_heads / s.n_kv_heads.max(1)).max(1);
     let g = app.sel_head / n_rep;
     let mut lines = Vec::new();
-    // Below a block's width the cells of one block repeat its mean; the marks and the
-    // p_h strip below are per token.
-    let per_cell = if ke - ks <= w {
-        "  1 token/cell (map: blocks)".to_string()
-    } else {
-        String::new()
-    };
-    lines.push(Line::from(format!(
-        "L{} h{} (KV head {g})  keys {ks}..{ke} of {}  {} tok/block{per_cell}  z/Z zoom  [/] pan  T token zoom",
-        app.sel_layer, app.sel_head, m.len, m.block_size
-    )));
     // Column j covers keys [col(j), col(j+1)); half-row r covers query blocks likewise.
     let col = |j: usize| ks + (ke - ks) * j / w;
-    let kblocks = |j: usize| {
-        let a = col(j) / m.block_size;
-        let b = col(j + 1).div_ceil(m.block_size).max(a + 1);
-        (a, b)
-    };
     let halves = map_rows * 2;
-    let qblocks = |r: usize| {
-        let a = m.blocks * r / halves;
-        (a, (m.blocks * (r + 1) / halves).max(a + 1))
+    let exact = exact_rows(app, m, (ks, ke), halves);
+    let what = match &exact {
+        Some(e) => e.label.clone(),
+        None if ke - ks <= w && m.block_size > 1 => {
+            format!("block means of {} tok (exact: computing)", m.block_size)
+        }
+        None => format!("block means, {} tok/block", m.block_size),
     };
+    lines.push(Line::from(format!(
+        "L{} h{} (KV head {g})  keys {ks}..{ke} of {}  {what}  z/Z [/] T",
+        app.sel_layer, app.sel_head, m.len
+    )));
     let mut cells = vec![vec![0f32; w]; halves];
     let mut top = 0f32;
-    for (r, row) in cells.iter_mut().enumerate() {
-        for (j, c) in row.iter_mut().enumerate() {
-            *c = mean(m, qblocks(r), kblocks(j));
-            top = top.max(*c);
+    match &exact {
+        Some(e) => {
+            for (r, row) in cells.iter_mut().enumerate() {
+                let q = e.rows.start + r;
+                if q >= e.rows.end {
+                    continue;
+                }
+                for (j, c) in row.iter_mut().enumerate() {
+                    let (a, b) = (col(j), col(j + 1).max(col(j) + 1).min(ke));
+                    *c = (a..b).map(|k| (e.value)(q, k)).sum::<f32>() / (b - a).max(1) as f32;
+                    top = top.max(*c);
+                }
+            }
+        }
+        None => {
+            let kblocks = |j: usize| {
+                let a = col(j) / m.block_size;
+                let b = col(j + 1).div_ceil(m.block_size).max(a + 1);
+                (a, b)
+            };
+            let qblocks = |r: usize| {
+                let a = m.blocks * r / halves;
+                (a, (m.blocks * (r + 1) / halves).max(a + 1))
+            };
+            for (r, row) in cells.iter_mut().enumerate() {
+                for (j, c) in row.iter_mut().enumerate() {
+                    *c = mean(m, qblocks(r), kblocks(j));
+                    top = top.max(*c);
+                }
+            }
         }
     }
     let top_log = if top > 0.0 { top.log10() } else { 0.0 };

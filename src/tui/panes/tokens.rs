@@ -13,6 +13,34 @@ use crate::tui::action::Pane;
 use crate::tui::app::App;
 use crate::tui::msg::Outcome;
 
+/// The prompt laid out in rows of at most `width` characters (a token that does not
+/// fit starts a row, a token holding a newline ends one): the first token of each row,
+/// and the row holding token `sel`.
+pub fn line_starts(tokens: &[String], width: usize, sel: usize) -> (Vec<usize>, usize) {
+    let mut starts = vec![0];
+    let (mut used, mut sel_line) = (0, 0);
+    for (i, t) in tokens.iter().enumerate() {
+        let n = t.chars().count();
+        if used + n > width && used > 0 {
+            starts.push(i);
+            used = 0;
+        }
+        if i == sel {
+            sel_line = starts.len() - 1;
+        }
+        used += n;
+        if t.contains('\n') {
+            starts.push(i + 1);
+            used = 0;
+        }
+    }
+    // A row starting after the last token is empty.
+    if starts.last() == Some(&tokens.len()) {
+        starts.pop();
+    }
+    (starts, sel_line)
+}
+
 /// Background for a token kept by `n` of `total` layers: dark red (evicted everywhere)
 /// to dark green (kept everywhere).
 fn shade(n: u16, total: usize) -> Color {
@@ -68,48 +96,34 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         Layout::horizontal([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(inner);
     let keeping = app.result.as_ref().map(|r| &r.layers_keeping);
     // Lay the prompt out, remembering the row of the selected token to scroll to it.
+    // Only the rows on screen become spans: at 30K tokens styling every token took
+    // most of a frame.
     let width = text_area.width.max(1) as usize;
-    let mut lines: Vec<Line> = Vec::new();
-    let mut cur: Vec<Span> = Vec::new();
-    let mut used = 0;
-    let mut sel_line = 0;
-    for (i, t) in s.prompt_tokens.iter().enumerate() {
-        let mut st = match keeping.and_then(|k| k.get(i)) {
-            Some(&n) => dim_if(stale).bg(shade(n, s.n_layers)),
-            None => Style::default(),
-        };
-        if i == app.sel_token {
-            st = st.add_modifier(Modifier::REVERSED | Modifier::UNDERLINED);
-            sel_line = lines.len();
-        }
-        let newline = t.contains('\n');
-        let text = visible(t);
-        let n = text.chars().count();
-        if used + n > width && used > 0 {
-            lines.push(Line::from(std::mem::take(&mut cur)));
-            used = 0;
-            if i == app.sel_token {
-                sel_line = lines.len();
-            }
-        }
-        used += n;
-        cur.push(Span::styled(text, st));
-        if newline {
-            lines.push(Line::from(std::mem::take(&mut cur)));
-            used = 0;
-        }
-    }
-    if !cur.is_empty() {
-        lines.push(Line::from(cur));
-    }
+    let toks = &s.prompt_tokens;
+    let (starts, sel_line) = line_starts(toks, width, app.sel_token);
     let h = text_area.height as usize;
     let scroll = sel_line
         .saturating_sub(h / 2)
-        .min(lines.len().saturating_sub(h));
-    f.render_widget(
-        Paragraph::new(lines).scroll((scroll.min(u16::MAX as usize) as u16, 0)),
-        text_area,
-    );
+        .min(starts.len().saturating_sub(h));
+    let lines: Vec<Line> = (scroll..(scroll + h).min(starts.len()))
+        .map(|k| {
+            let end = starts.get(k + 1).copied().unwrap_or(toks.len());
+            let spans: Vec<Span> = (starts[k]..end)
+                .map(|i| {
+                    let mut st = match keeping.and_then(|k| k.get(i)) {
+                        Some(&n) => dim_if(stale).bg(shade(n, s.n_layers)),
+                        None => Style::default(),
+                    };
+                    if i == app.sel_token {
+                        st = st.add_modifier(Modifier::REVERSED | Modifier::UNDERLINED);
+                    }
+                    Span::styled(visible(&toks[i]), st)
+                })
+                .collect();
+            Line::from(spans)
+        })
+        .collect();
+    f.render_widget(Paragraph::new(lines), text_area);
 
     let n_rep = (s.n_heads / s.n_kv_heads.max(1)).max(1);
     let g = app.sel_head / n_rep;
@@ -148,4 +162,18 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         }
     }
     f.render_widget(Paragraph::new(out), list_area);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line_starts;
+
+    #[test]
+    fn rows_wrap_at_the_width_and_end_at_newlines() {
+        let t = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let toks = t(&["ab", "cd\n", "efg", "h", "ijklmnop", "q\n"]);
+        assert_eq!(line_starts(&toks, 4, 3), (vec![0, 1, 2, 4, 5], 2));
+        assert_eq!(line_starts(&toks, 4, 0).1, 0);
+        assert_eq!(line_starts(&[], 4, 0), (vec![], 0));
+    }
 }
