@@ -4,11 +4,16 @@
 //! matrix that stays in L2 and on one that streams from memory. Values are random; the
 //! work does not depend on them.
 //!
+//! Group `q32_file_vs_store`: each 32-value format on the Qwen2.5-0.5B shape's FFN
+//! matrices (4864 x 896, 896 x 4864), through the kernel of the file's raw blocks
+//! (`quant::dot_q8`, what Q4_0 / Q5_0 / Q5_1 decode used before they moved into the
+//! affine store) and through the affine store (`QMat::from_blocks`, `matvec_q_rows`).
+//!
 //! `cargo bench --bench decode_kernels`
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::f16;
-use kvscope::model::quant::{matvec_q_rows, matvec_q_rows_one, QMat, QVec, QK};
+use kvscope::model::quant::{self, matvec_q_rows, matvec_q_rows_one, Format, QMat, QVec, QK};
 
 fn lcg(s: &mut u64) -> u64 {
     *s = s
@@ -32,6 +37,8 @@ fn random_qmat(rows: usize, cols: usize, packed: bool, seed: u64) -> QMat {
         m: (0..nb)
             .map(|_| f16::from_f32(-((lcg(&mut s) % 1000) as f32) * 1e-4))
             .collect(),
+        hi: Vec::new(),
+        centre: -128.0,
     }
 }
 
@@ -66,5 +73,64 @@ fn kernels(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, kernels);
+/// Random blocks of `fmt` (scales and offsets small f16 values, codes random bytes).
+fn random_blocks(fmt: Format, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+    let mut s = seed;
+    let bs = fmt.block_bytes();
+    let mut data: Vec<u8> = (0..rows * fmt.row_bytes(cols))
+        .map(|_| lcg(&mut s) as u8)
+        .collect();
+    let halves = if matches!(fmt, Format::Q4_1 | Format::Q5_1) {
+        2
+    } else {
+        1
+    };
+    for blk in data.chunks_exact_mut(bs) {
+        for h in 0..halves {
+            let v = f16::from_f32((lcg(&mut s) % 1000) as f32 * 1e-5).to_le_bytes();
+            blk[2 * h..2 * h + 2].copy_from_slice(&v);
+        }
+    }
+    data
+}
+
+fn file_vs_store(c: &mut Criterion) {
+    let mut group = c.benchmark_group("q32_file_vs_store");
+    group.sample_size(20);
+    for fmt in [
+        Format::Q5_0,
+        Format::Q5_1,
+        Format::Q4_0,
+        Format::Q4_1,
+        Format::Q8_0,
+    ] {
+        for (rows, cols) in [(4864usize, 896usize), (896, 4864)] {
+            let data = random_blocks(fmt, rows, cols, 5);
+            let w = QMat::from_blocks(fmt, data.clone(), rows, cols).unwrap();
+            let mut s = 9u64;
+            let xf: Vec<f32> = (0..cols)
+                .map(|_| (lcg(&mut s) % 2000) as f32 / 1000.0 - 1.0)
+                .collect();
+            let mut x = QVec::default();
+            x.quantize_into(&xf);
+            let mut out = vec![0f32; rows];
+            let rb = fmt.row_bytes(cols);
+            let name = format!("{}_{rows}x{cols}", fmt.name());
+            group.throughput(Throughput::Bytes(data.len() as u64));
+            group.bench_function(BenchmarkId::new("file_blocks", &name), |b| {
+                b.iter(|| {
+                    for (r, o) in out.iter_mut().enumerate() {
+                        *o = quant::dot_q8(fmt, &data[r * rb..(r + 1) * rb], &x);
+                    }
+                })
+            });
+            group.bench_function(BenchmarkId::new("affine_store", &name), |b| {
+                b.iter(|| matvec_q_rows(&w, &x, 0, &mut out))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, kernels, file_vs_store);
 criterion_main!(benches);

@@ -85,12 +85,15 @@ impl Linear {
                 quant::dequant_row(fmt, &data, &mut w);
                 Store::F32(w)
             }
-            Format::Q4_1 => Store::Affine(QMat::from_q4_1(&data, rows, cols)?),
-            // Q8_0 too: its 34-byte blocks make every other 32-byte load of the raw
-            // layout straddle a cache line; split into aligned codes + scales (36 bytes
-            // per block, 6% more) the default model's Q8_0 output matrix decodes as fast
-            // as before (measured: the raw-block kernel cost ~15% of decode time).
-            Format::Q8_0 => Store::Affine(QMat::from_q8_0(&data, rows, cols)?),
+            // The 32-value formats in the rearranged affine store (`QMat::from_blocks`:
+            // the same bytes, codes apart from scales): Q8_0's 34-byte blocks made every
+            // other 32-byte load of the raw layout straddle a cache line, and the raw
+            // Q4_0 / Q5_0 / Q5_1 kernels paid a scalar f16 scale per block (Q5_0 was the
+            // slowest decode kernel per value, and most of the bytes of llama.cpp's
+            // Q4_K_M mix for hidden sizes that are not a multiple of 256).
+            Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q5_1 | Format::Q8_0 => {
+                Store::Affine(QMat::from_blocks(fmt, data, rows, cols)?)
+            }
             _ => Store::Blocks { fmt, data },
         };
         Ok(Linear { rows, cols, store })
@@ -100,8 +103,7 @@ impl Linear {
     pub fn format(&self) -> Format {
         match &self.store {
             Store::F32(_) => Format::F32,
-            Store::Affine(q) if q.packed => Format::Q4_1,
-            Store::Affine(_) => Format::Q8_0,
+            Store::Affine(q) => q.format(),
             Store::Blocks { fmt, .. } => *fmt,
         }
     }
@@ -110,7 +112,7 @@ impl Linear {
     pub fn bytes(&self) -> usize {
         match &self.store {
             Store::F32(w) => w.len() * 4,
-            Store::Affine(q) => q.q.len() + (q.d.len() + q.m.len()) * 2,
+            Store::Affine(q) => q.bytes(),
             Store::Blocks { data, .. } => data.len(),
         }
     }

@@ -1,13 +1,14 @@
-//! The rearranged affine store of GGUF Q4_1 and Q8_0 (`QMat`: codes apart from their
-//! f16 scales and offsets) and the dispatch of its decode row kernels: AVX-512 VNNI
-//! (`vnni.rs`), AVX2 (`avx2/affine.rs`), or the portable reference
-//! (`portable::affine_dot`).
+//! The rearranged affine store of GGUF's 32-value formats (`QMat`: Q4_0, Q4_1, Q5_0,
+//! Q5_1 and Q8_0, codes apart from their f16 scales, offsets and fifth bits) and the
+//! dispatch of its decode row kernels: AVX-512 VNNI (`vnni.rs`), AVX2
+//! (`avx2/affine.rs`), or the portable reference (`portable::affine_dot`).
 
 use anyhow::{bail, Result};
 use half::f16;
 
 use super::portable::block_offset;
 use super::qvec::{QVec, QK};
+use super::Format;
 
 /// A weight matrix in affine blocks: element `w[r][c] = d[r][b] * q[r][c] + m[r][b]` with
 /// `b = c / QK` and `q` unsigned. GGUF Q4_1 keeps its 4-bit codes packed as in the file
@@ -27,6 +28,55 @@ pub struct QMat {
     /// f16 and f32 (a power-of-two multiple), so every kernel computes the same offsets.
     pub d: Vec<f16>,
     pub m: Vec<f16>,
+    /// The fifth bit of every code of a block (bit `j` for element `j`), one u32 per
+    /// block, for Q5_0 / Q5_1 (packed nibbles); empty for the other formats.
+    pub hi: Vec<u32>,
+    /// The offset of every block, in units of its scale, when `m` is empty: -128 for
+    /// Q8_0's byte codes, -8 for Q4_0, -16 for Q5_0 (all exact in f32).
+    pub centre: f32,
+}
+
+/// One row of a [`QMat`], as the row kernels read it.
+#[derive(Clone, Copy)]
+pub struct Row<'a> {
+    /// Codes: 16 bytes of nibbles per block when `packed`, else 32 bytes.
+    pub q: &'a [u8],
+    pub d: &'a [f16],
+    /// Offsets (empty: `centre * d`).
+    pub m: &'a [f16],
+    /// Fifth bits (empty: none).
+    pub hi: &'a [u32],
+    pub packed: bool,
+    pub centre: f32,
+}
+
+impl Row<'_> {
+    pub fn blocks(&self) -> usize {
+        self.d.len()
+    }
+
+    /// Code `j` (0..32) of block `b`.
+    #[inline(always)]
+    pub fn code(&self, b: usize, j: usize) -> u8 {
+        if self.packed {
+            let byte = self.q[b * QK / 2 + j % (QK / 2)];
+            let nib = if j < QK / 2 { byte & 0x0f } else { byte >> 4 };
+            let fifth = if self.hi.is_empty() {
+                0
+            } else {
+                ((self.hi[b] >> j) & 1) as u8
+            };
+            nib | (fifth << 4)
+        } else {
+            self.q[b * QK + j]
+        }
+    }
+
+    /// The offset of block `b`.
+    #[inline(always)]
+    pub fn offset(&self, b: usize) -> f32 {
+        block_offset(self.m, self.d, self.centre, b)
+    }
 }
 
 impl QMat {
@@ -34,19 +84,124 @@ impl QMat {
         self.cols / QK
     }
 
-    /// Codes, scales and offsets of row `r`.
+    /// Codes, scales, offsets and fifth bits of row `r`.
     #[inline(always)]
-    pub fn row(&self, r: usize) -> (&[u8], &[f16], &[f16]) {
+    pub fn row(&self, r: usize) -> Row<'_> {
         let (nb, rb) = (self.blocks(), self.row_bytes());
-        (
-            &self.q[r * rb..(r + 1) * rb],
-            &self.d[r * nb..(r + 1) * nb],
-            if self.m.is_empty() {
+        Row {
+            q: &self.q[r * rb..(r + 1) * rb],
+            d: &self.d[r * nb..(r + 1) * nb],
+            m: if self.m.is_empty() {
                 &[]
             } else {
                 &self.m[r * nb..(r + 1) * nb]
             },
-        )
+            hi: if self.hi.is_empty() {
+                &[]
+            } else {
+                &self.hi[r * nb..(r + 1) * nb]
+            },
+            packed: self.packed,
+            centre: self.centre,
+        }
+    }
+
+    /// The GGUF format these codes came from (an 8-bit matrix built by `from_f32`
+    /// reports Q8_0).
+    pub fn format(&self) -> Format {
+        match (self.packed, self.m.is_empty(), self.hi.is_empty()) {
+            (false, _, _) => Format::Q8_0,
+            (true, false, true) => Format::Q4_1,
+            (true, true, true) => Format::Q4_0,
+            (true, true, false) => Format::Q5_0,
+            (true, false, false) => Format::Q5_1,
+        }
+    }
+
+    /// Bytes held (the file's bytes of these blocks, rearranged; Q8_0 the same).
+    pub fn bytes(&self) -> usize {
+        self.q.len() + (self.d.len() + self.m.len()) * 2 + self.hi.len() * 4
+    }
+
+    /// The blocks of a GGUF Q4_0, Q4_1, Q5_0, Q5_1 or Q8_0 tensor (`rows` x `cols`),
+    /// rearranged: the nibbles (or Q8_0's codes + 128) of each row together, the f16
+    /// scales, offsets and fifth bits in arrays of their own. The same bytes as the file,
+    /// so the kernels load codes 16- or 32-byte aligned and scales eight or sixteen at a
+    /// time at no cost in memory. The codes are moved to the front of `raw` in place
+    /// (only the scales, offsets and fifth bits get new memory): a second full-size
+    /// buffer per tensor left ~50 MB of freed heap behind after loading the 0.5B shape.
+    pub fn from_blocks(fmt: Format, mut raw: Vec<u8>, rows: usize, cols: usize) -> Result<QMat> {
+        let bs = fmt.block_bytes();
+        if !matches!(
+            fmt,
+            Format::Q4_0 | Format::Q4_1 | Format::Q5_0 | Format::Q5_1 | Format::Q8_0
+        ) || !cols.is_multiple_of(QK)
+        {
+            bail!("{} is not a 32-value format with whole blocks", fmt.name());
+        }
+        let nblocks = rows * cols / QK;
+        if raw.len() != nblocks * bs {
+            bail!(
+                "{} data has {} bytes, expected {}",
+                fmt.name(),
+                raw.len(),
+                nblocks * bs
+            );
+        }
+        let f = |b: &[u8], i: usize| f16::from_le_bytes([b[i], b[i + 1]]);
+        let (has_m, has_hi) = match fmt {
+            Format::Q4_1 => (true, false),
+            Format::Q5_0 => (false, true),
+            Format::Q5_1 => (true, true),
+            _ => (false, false),
+        };
+        let packed = fmt != Format::Q8_0;
+        let mut d = Vec::with_capacity(nblocks);
+        let mut m = Vec::with_capacity(if has_m { nblocks } else { 0 });
+        let mut hi = Vec::with_capacity(if has_hi { nblocks } else { 0 });
+        let head = 2 + 2 * has_m as usize + 4 * has_hi as usize;
+        for blk in raw.chunks_exact(bs) {
+            d.push(f(blk, 0));
+            if has_m {
+                m.push(f(blk, 2));
+            }
+            if has_hi {
+                let at = head - 4;
+                hi.push(u32::from_le_bytes([
+                    blk[at],
+                    blk[at + 1],
+                    blk[at + 2],
+                    blk[at + 3],
+                ]));
+            }
+        }
+        // Block b's codes move from b * bs + head to b * (bs - head): always leftwards,
+        // so block by block in order never overwrites codes not yet moved.
+        let cb = bs - head;
+        for b in 0..nblocks {
+            raw.copy_within(b * bs + head..(b + 1) * bs, b * cb);
+            if !packed {
+                for c in &mut raw[b * cb..(b + 1) * cb] {
+                    *c ^= 0x80;
+                }
+            }
+        }
+        raw.truncate(nblocks * cb);
+        raw.shrink_to_fit();
+        Ok(QMat {
+            rows,
+            cols,
+            packed,
+            q: raw,
+            d,
+            m,
+            hi,
+            centre: match fmt {
+                Format::Q4_0 => -8.0,
+                Format::Q5_0 => -16.0,
+                _ => -128.0,
+            },
+        })
     }
 
     fn row_bytes(&self) -> usize {
@@ -55,69 +210,6 @@ impl QMat {
         } else {
             self.cols
         }
-    }
-
-    /// A GGUF Q4_1 matrix. Q4_1 block: f16 d, f16 m, 16 bytes of nibbles (low nibbles =
-    /// elements 0..16, high nibbles = 16..32); value = d * q + m. The nibbles are kept
-    /// packed as they are.
-    pub fn from_q4_1(raw: &[u8], rows: usize, cols: usize) -> Result<Self> {
-        const BS: usize = 20;
-        let nblocks = rows * cols / QK;
-        if raw.len() != nblocks * BS {
-            bail!(
-                "Q4_1 data has {} bytes, expected {}",
-                raw.len(),
-                nblocks * BS
-            );
-        }
-        let mut q = Vec::with_capacity(rows * cols / 2);
-        let mut d = Vec::with_capacity(nblocks);
-        let mut m = Vec::with_capacity(nblocks);
-        for blk in raw.chunks_exact(BS) {
-            d.push(f16::from_le_bytes([blk[0], blk[1]]));
-            m.push(f16::from_le_bytes([blk[2], blk[3]]));
-            q.extend_from_slice(&blk[4..BS]);
-        }
-        Ok(QMat {
-            rows,
-            cols,
-            packed: true,
-            q,
-            d,
-            m,
-        })
-    }
-
-    /// A GGUF Q8_0 matrix. Q8_0 block: f16 d, 32 signed bytes; value = d * q. Stored as
-    /// unsigned q + 128 with offset m = -128 d so it shares the affine kernels.
-    pub fn from_q8_0(raw: &[u8], rows: usize, cols: usize) -> Result<Self> {
-        const BS: usize = 34;
-        let nblocks = rows * cols / QK;
-        if raw.len() != nblocks * BS {
-            bail!(
-                "Q8_0 data has {} bytes, expected {}",
-                raw.len(),
-                nblocks * BS
-            );
-        }
-        let mut q = vec![0u8; rows * cols];
-        let mut d = Vec::with_capacity(nblocks);
-        for (blk, qb) in raw.chunks_exact(BS).zip(q.chunks_exact_mut(QK)) {
-            let s = f16::from_le_bytes([blk[0], blk[1]]);
-            d.push(s);
-            for (o, &c) in qb.iter_mut().zip(&blk[2..]) {
-                *o = (c as i8 as i16 + 128) as u8;
-            }
-        }
-        Ok(QMat {
-            rows,
-            cols,
-            packed: false,
-            q,
-            d,
-            // No stored offsets: each is -128 d (see `QMat::m`).
-            m: Vec::new(),
-        })
     }
 
     /// Quantises an f32 matrix (`cols` must be a multiple of QK) per block with the
@@ -146,29 +238,22 @@ impl QMat {
             q,
             d,
             m,
+            hi: Vec::new(),
+            centre: -128.0,
         }
     }
 
     /// Code of element `c` of row `r`.
     pub fn code(&self, r: usize, c: usize) -> u8 {
-        if self.packed {
-            let (b, j) = (c / QK, c % QK);
-            let byte = self.q[r * self.row_bytes() + b * (QK / 2) + j % (QK / 2)];
-            if j < QK / 2 {
-                byte & 0x0f
-            } else {
-                byte >> 4
-            }
-        } else {
-            self.q[r * self.cols + c]
-        }
+        self.row(r).code(c / QK, c % QK)
     }
 
     /// Row `r` as f32 (written so the compiler vectorises it: prefill dequantises every
     /// row once per chunk).
     pub fn dequant_row(&self, r: usize, out: &mut [f32]) {
-        let (q, d, m) = self.row(r);
-        if m.is_empty() {
+        let row = self.row(r);
+        let (q, d, m) = (row.q, row.d, row.m);
+        if m.is_empty() && !self.packed {
             // Byte codes without stored offsets (Q8_0): each is -128 d. A loop of its
             // own: a per-block choice of offset inside the loop below made this
             // function (prefill's last-token logits) ~2x slower.
@@ -182,8 +267,12 @@ impl QMat {
             return;
         }
         for (b, o) in out.chunks_exact_mut(QK).enumerate() {
-            let (s, off) = (d[b].to_f32(), m[b].to_f32());
-            if self.packed {
+            let (s, off) = (d[b].to_f32(), row.offset(b));
+            if !row.hi.is_empty() {
+                for (j, v) in o.iter_mut().enumerate() {
+                    *v = s * row.code(b, j) as f32 + off;
+                }
+            } else if self.packed {
                 let (lo, hi) = o.split_at_mut(QK / 2);
                 for ((l, h), &byte) in lo.iter_mut().zip(hi).zip(&q[b * QK / 2..(b + 1) * QK / 2]) {
                     *l = s * (byte & 0x0f) as f32 + off;
@@ -203,8 +292,8 @@ impl QMat {
         for r in 0..self.rows {
             for c in 0..self.cols {
                 let b = r * nb + c / QK;
-                out[r * self.cols + c] =
-                    self.d[b].to_f32() * self.code(r, c) as f32 + block_offset(&self.m, &self.d, b);
+                out[r * self.cols + c] = self.d[b].to_f32() * self.code(r, c) as f32
+                    + block_offset(&self.m, &self.d, self.centre, b);
             }
         }
         out
@@ -217,21 +306,18 @@ impl QMat {
 fn qrow_dot(w: &QMat, r: usize, x: &QVec) -> f32 {
     #[cfg(kv_vnni)]
     {
-        let (q, d, m) = w.row(r);
         // SAFETY: the target features are enabled at compile time; the slices hold
         // exactly nb blocks of weights and activations (checked in `row_dot`).
-        unsafe { super::vnni::row_dot(q, w.packed, d, m, x) }
+        unsafe { super::vnni::row_dot(&w.row(r), x) }
     }
     #[cfg(all(kv_avx2, not(kv_vnni)))]
     {
-        let (q, d, m) = w.row(r);
         // SAFETY: as above, for AVX2.
-        unsafe { super::avx2::row_dot(q, w.packed, d, m, x) }
+        unsafe { super::avx2::row_dot(&w.row(r), x) }
     }
     #[cfg(not(kv_avx2))]
     {
-        let (q, d, m) = w.row(r);
-        super::portable::affine_dot(q, w.packed, d, m, x)
+        super::portable::affine_dot(&w.row(r), x)
     }
 }
 
@@ -239,6 +325,17 @@ fn qrow_dot(w: &QMat, r: usize, x: &QVec) -> f32 {
 /// calling thread (the decode team splits rows itself).
 pub fn matvec_q_rows(w: &QMat, x: &QVec, r0: usize, out: &mut [f32]) {
     assert!(r0 + out.len() <= w.rows);
+    // Q4_0 / Q5_0: the float order of their former file-block kernel (see
+    // `avx2::row_dot_x0`), on every AVX2 build.
+    #[cfg(kv_avx2)]
+    if w.packed && w.m.is_empty() {
+        for (i, o) in out.iter_mut().enumerate() {
+            // SAFETY: AVX2, FMA and F16C are enabled at compile time; `row_dot_x0`
+            // checks the row's lengths against the activations.
+            *o = unsafe { super::avx2::row_dot_x0(&w.row(r0 + i), x) };
+        }
+        return;
+    }
     #[cfg(all(kv_avx2, not(kv_vnni)))]
     {
         let mut pairs = out.chunks_exact_mut(2);
@@ -246,13 +343,13 @@ pub fn matvec_q_rows(w: &QMat, x: &QVec, r0: usize, out: &mut [f32]) {
         for o in &mut pairs {
             // SAFETY: AVX2, FMA and F16C are enabled at compile time; `rows_dot` checks
             // the lengths of both rows against the activations.
-            let v = unsafe { super::avx2::rows_dot2([w.row(r), w.row(r + 1)], w.packed, x) };
+            let v = unsafe { super::avx2::rows_dot2([w.row(r), w.row(r + 1)], x) };
             o.copy_from_slice(&v);
             r += 2;
         }
         for o in pairs.into_remainder() {
             // SAFETY: as above.
-            *o = unsafe { super::avx2::rows_dot2([w.row(r), w.row(r)], w.packed, x) }[0];
+            *o = unsafe { super::avx2::rows_dot2([w.row(r), w.row(r)], x) }[0];
         }
         return;
     }
@@ -322,16 +419,25 @@ mod tests {
             // Byte codes without stored offsets (-128 d), as GGUF Q8_0 is held.
             let mut sym = bytes.clone();
             sym.m.clear();
+            // Q4_0's shape: packed codes, offsets -8 d.
+            let mut q40 = packed.clone();
+            q40.m.clear();
+            q40.centre = -8.0;
+            // Q5_1's and Q5_0's: fifth bits on top (offsets stored, or -16 d).
+            let mut q51 = packed.clone();
+            q51.hi = (0..rows * cols / QK)
+                .map(|_| (lcg(&mut s).to_bits()).wrapping_mul(2654435761))
+                .collect();
+            let mut q50 = q51.clone();
+            q50.m.clear();
+            q50.centre = -16.0;
             let mut qx = QVec::default();
             qx.quantize_into(&x);
-            for qm in [&bytes, &packed, &sym] {
+            for qm in [&bytes, &packed, &sym, &q40, &q51, &q50] {
                 let mut fast = vec![0.0; rows];
                 matvec_q_rows(qm, &qx, 0, &mut fast);
                 for (r, &f) in fast.iter().enumerate() {
-                    let e = {
-                        let (q, d, m) = qm.row(r);
-                        super::super::portable::affine_dot(q, qm.packed, d, m, &qx)
-                    };
+                    let e = super::super::portable::affine_dot(&qm.row(r), &qx);
                     assert!(
                         (f - e).abs() <= 1e-4 * e.abs().max(1.0),
                         "cols {cols} packed {} row {r}: {f} vs {e}",
@@ -340,8 +446,7 @@ mod tests {
                     // The AVX2 kernel too, wherever it is compiled (also AVX-512 builds).
                     #[cfg(kv_avx2)]
                     {
-                        let (q, d, m) = qm.row(r);
-                        let a = unsafe { super::super::avx2::row_dot(q, qm.packed, d, m, &qx) };
+                        let a = unsafe { super::super::avx2::row_dot(&qm.row(r), &qx) };
                         assert!(
                             (a - e).abs() <= 1e-4 * e.abs().max(1.0),
                             "avx2: cols {cols} packed {} row {r}: {a} vs {e}",
@@ -352,16 +457,9 @@ mod tests {
                     #[cfg(kv_avx2)]
                     for other in 0..rows {
                         let [a, b] = unsafe {
-                            super::super::avx2::rows_dot2(
-                                [qm.row(r), qm.row(other)],
-                                qm.packed,
-                                &qx,
-                            )
+                            super::super::avx2::rows_dot2([qm.row(r), qm.row(other)], &qx)
                         };
-                        let eo = {
-                            let (q, d, m) = qm.row(other);
-                            super::super::portable::affine_dot(q, qm.packed, d, m, &qx)
-                        };
+                        let eo = super::super::portable::affine_dot(&qm.row(other), &qx);
                         assert!(
                             (a - e).abs() <= 1e-4 * e.abs().max(1.0)
                                 && (b - eo).abs() <= 1e-4 * eo.abs().max(1.0),
@@ -393,6 +491,8 @@ mod tests {
                 },
                 d: vec![f16::ONE; nb],
                 m: vec![f16::ZERO; nb],
+                hi: Vec::new(),
+                centre: -128.0,
             };
             for sign in [1.0f32, -1.0] {
                 let x: Vec<f32> = vec![sign; cols];

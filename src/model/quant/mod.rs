@@ -294,16 +294,17 @@ pub fn dot_q8_xn<const N: usize>(fmt: Format, row: &[u8], xs: &[&QVec; N]) -> [f
     xs.map(|x| dot_q8(fmt, row, x))
 }
 
-/// Row `r` of a rearranged affine matrix (Q4_1, Q8_0) against `N` tokens' 8-bit
-/// activations (blocks of 32).
+/// Row `r` of a rearranged affine matrix (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) against `N`
+/// tokens' 8-bit activations (blocks of 32).
 #[inline]
 pub fn dot_affine_xn<const N: usize>(w: &QMat, r: usize, xs: &[&QVec; N]) -> [f32; N] {
-    let (q, d, m) = w.row(r);
-    let nb = d.len();
-    // Q8_0 holds no offsets (each is -128 d; `dot_affine_n` drops them exactly).
+    let row = w.row(r);
+    let nb = row.d.len();
+    // Q8_0 and Q4_0 / Q5_0 hold no offsets (each is `centre * d`).
     assert!(
-        (m.len() == nb || (m.is_empty() && !w.packed))
-            && q.len() >= nb * if w.packed { QK / 2 } else { QK }
+        (row.m.len() == nb || row.m.is_empty())
+            && (row.hi.len() == nb || (row.hi.is_empty()))
+            && row.q.len() >= nb * if w.packed { QK / 2 } else { QK }
             && xs
                 .iter()
                 .all(|x| x.q.len() >= nb * QK && x.s.len() >= nb && x.sum.len() >= nb)
@@ -311,14 +312,10 @@ pub fn dot_affine_xn<const N: usize>(w: &QMat, r: usize, xs: &[&QVec; N]) -> [f3
     #[cfg(kv_avx2)]
     {
         // SAFETY: features enabled at compile time; lengths checked above.
-        return unsafe { avx2::dot_affine_n::<N>(q, w.packed, d, m, xs) };
+        return unsafe { avx2::dot_affine_n::<N>(&row, xs) };
     }
     #[allow(unreachable_code)]
-    xs.map(|x| {
-        let mut o = [0f32];
-        matvec_q_rows(w, x, r, &mut o);
-        o[0]
-    })
+    xs.map(|x| portable::affine_dot(&row, x))
 }
 
 /// The dot product of one stored row of a float format with f32 activations.
@@ -455,6 +452,61 @@ mod tests {
                 for (i, &k) in [0, 5, 5, 7].iter().enumerate() {
                     assert!((v4[i] - one[k]).abs() <= tol, "{} x4 {i}", fmt.name());
                 }
+            }
+        }
+    }
+
+    /// Every 32-value format read into the rearranged affine store (`QMat::from_blocks`)
+    /// holds the file's values (dequantised equal to the file's blocks, bit for bit) in
+    /// as many bytes as the file, and its decode row kernel (SIMD where compiled) equals
+    /// the raw blocks' portable product to f32 summation order (Q4_0 / Q5_0: the raw
+    /// blocks' SIMD kernel bit for bit).
+    #[test]
+    fn affine_store_holds_every_32_value_format() {
+        let mut s = 17;
+        let cols = 32 * 37;
+        let rows = 5;
+        for fmt in [
+            Format::Q4_0,
+            Format::Q4_1,
+            Format::Q5_0,
+            Format::Q5_1,
+            Format::Q8_0,
+        ] {
+            let (bytes, _) = candle_blocks(fmt, rows, cols, 31);
+            let qm = QMat::from_blocks(fmt, bytes.clone(), rows, cols).unwrap();
+            assert_eq!(qm.format(), fmt);
+            assert_eq!(qm.bytes(), bytes.len(), "{}", fmt.name());
+            let x: Vec<f32> = (0..cols).map(|_| lcg(&mut s) * 2.0).collect();
+            let mut qx = QVec::default();
+            qx.quantize_into(&x);
+            let mut fast = vec![0f32; rows];
+            matvec_q_rows(&qm, &qx, 0, &mut fast);
+            let rb = fmt.row_bytes(cols);
+            let (mut a, mut e) = (vec![0f32; cols], vec![0f32; cols]);
+            for r in 0..rows {
+                let row = &bytes[r * rb..(r + 1) * rb];
+                qm.dequant_row(r, &mut a);
+                dequant_row(fmt, row, &mut e);
+                assert_eq!(a, e, "{} row {r}", fmt.name());
+                let reference = portable::dot_q8(fmt, row, &qx);
+                // Q4_0 / Q5_0 keep their file-block kernel's float order exactly.
+                if cfg!(kv_avx2) && matches!(fmt, Format::Q4_0 | Format::Q5_0) {
+                    let before = dot_q8(fmt, row, &qx);
+                    assert_eq!(
+                        fast[r].to_bits(),
+                        before.to_bits(),
+                        "{} row {r}",
+                        fmt.name()
+                    );
+                }
+                let scale = (cols as f32).sqrt();
+                assert!(
+                    (fast[r] - reference).abs() <= 1e-5 * scale,
+                    "{} row {r}: {} vs {reference}",
+                    fmt.name(),
+                    fast[r]
+                );
             }
         }
     }

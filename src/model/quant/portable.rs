@@ -3,6 +3,7 @@
 
 use half::{bf16, f16};
 
+use super::affine::Row;
 use super::qvec::{QVec, QK};
 use super::{Format, QK_K};
 
@@ -258,51 +259,44 @@ pub fn dot_q8k(fmt: Format, row: &[u8], x: &QVec) -> f32 {
     acc
 }
 
-/// One row of the affine store (`QMat::row`: codes, scales, offsets) against 8-bit
-/// activations: the reference of the SIMD row kernels, and the kernel of CPUs without
-/// them. `packed`: two 4-bit codes per byte.
-pub fn affine_dot(q: &[u8], packed: bool, d: &[f16], m: &[f16], x: &QVec) -> f32 {
+/// One row of the affine store (`QMat::row`: codes, scales, offsets, fifth bits)
+/// against 8-bit activations: the reference of the SIMD row kernels, and the kernel of
+/// CPUs without them.
+pub fn affine_dot(row: &Row, x: &QVec) -> f32 {
     let mut acc = 0f32;
-    for b in 0..d.len() {
+    for b in 0..row.blocks() {
         let mut s = 0i32;
         for j in 0..QK {
-            let code = if packed {
-                let byte = q[b * QK / 2 + j % (QK / 2)];
-                if j < QK / 2 {
-                    byte & 0x0f
-                } else {
-                    byte >> 4
-                }
-            } else {
-                q[b * QK + j]
-            };
-            s += code as i32 * x.q[b * QK + j] as i32;
+            s += row.code(b, j) as i32 * x.q[b * QK + j] as i32;
         }
-        acc += d[b].to_f32() * x.s[b] * s as f32 + block_offset(m, d, b) * x.sum[b];
+        acc += row.d[b].to_f32() * x.s[b] * s as f32 + row.offset(b) * x.sum[b];
     }
     acc
 }
 
-/// The offset of a block with scale `d` and stored offsets `m` (empty: symmetric codes).
+/// The offset of block `b` with scales `d` and stored offsets `m` (empty: `centre * d`,
+/// the codes' centre, see `QMat::centre`).
 #[inline(always)]
-pub(crate) fn block_offset(m: &[f16], d: &[f16], b: usize) -> f32 {
+pub(crate) fn block_offset(m: &[f16], d: &[f16], centre: f32, b: usize) -> f32 {
     if m.is_empty() {
-        -128.0 * d[b].to_f32()
+        centre * d[b].to_f32()
     } else {
         m[b].to_f32()
     }
 }
 
-/// Checks that one row's codes, scales and offsets and the activations hold the same
-/// number of blocks (the SIMD kernels read through raw pointers); returns the bytes of
-/// codes per block.
+/// Checks that one row's codes, scales, offsets and fifth bits and the activations
+/// hold the same number of blocks (the SIMD kernels read through raw pointers);
+/// returns the bytes of codes per block.
 #[cfg_attr(not(kv_avx2), allow(dead_code))]
-pub(crate) fn check_row(q: &[u8], packed: bool, d: &[f16], m: &[f16], x: &QVec) -> usize {
-    let nb = d.len();
-    let bytes_per_block = if packed { QK / 2 } else { QK };
+pub(crate) fn check_row(row: &Row, x: &QVec) -> usize {
+    let nb = row.d.len();
+    let bytes_per_block = if row.packed { QK / 2 } else { QK };
     assert!(
-        (m.len() == nb || m.is_empty())
-            && q.len() >= nb * bytes_per_block
+        (row.m.len() == nb || row.m.is_empty())
+            && (row.hi.len() == nb || row.hi.is_empty())
+            && (row.hi.is_empty() || row.packed)
+            && row.q.len() >= nb * bytes_per_block
             && x.q.len() >= nb * QK
             && x.s.len() >= nb
             && x.sum.len() >= nb

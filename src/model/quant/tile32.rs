@@ -10,7 +10,8 @@
 //! each of eight rows, the activations' four matching values are broadcast to every lane,
 //! and the float step (`acc += sumi * (d_w * d_x) + m_w * sum_x`) serves eight rows at
 //! once, with no horizontal sum left. The packing is done per band into a per-thread
-//! buffer: the stored weights and the decode kernels keep their layout.
+//! buffer: the stored weights (the affine store, `QMat`) and the decode kernels keep
+//! their layout.
 //!
 //! Activations are llama.cpp's pairing: Q8_0 blocks (f16 scale) for every format, and the
 //! block sum for the formats with an offset. Unsigned codes (Q4_x, Q5_x: 0..=31) go
@@ -46,7 +47,7 @@ pub enum Source<'a> {
         data: &'a [u8],
         rb: usize,
     },
-    /// The rearranged affine store (Q4_1, Q8_0).
+    /// The rearranged affine store (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0).
     Affine(&'a QMat),
 }
 
@@ -73,22 +74,17 @@ impl Source<'_> {
                 (c, dec.scale[0], dec.offset[0])
             }
             Source::Affine(q) => {
-                let (codes, d, m) = q.row(r);
+                let row = q.row(r);
                 for (j, o) in c.iter_mut().enumerate() {
+                    // Q8_0 is held as code + 128: the signed code's bits, offset dropped.
                     *o = if q.packed {
-                        let byte = codes[b * QK / 2 + j % (QK / 2)];
-                        if j < QK / 2 {
-                            byte & 0x0f
-                        } else {
-                            byte >> 4
-                        }
+                        row.code(b, j)
                     } else {
-                        // Held as code + 128: the signed code's bits, offset dropped.
-                        codes[b * QK + j] ^ 0x80
+                        row.code(b, j) ^ 0x80
                     };
                 }
-                let off = if m.is_empty() { 0.0 } else { m[b].to_f32() };
-                (c, d[b].to_f32(), off)
+                let off = if q.packed { row.offset(b) } else { 0.0 };
+                (c, row.d[b].to_f32(), off)
             }
         }
     }
@@ -265,6 +261,13 @@ mod tests {
                 test_blocks::check_written(&out, rows, 2..18, fmt.name(), |i, r, got| {
                     let x = &xs[i];
                     let want = reference(&src, r, cols / QK, x);
+                    // The rearranged store gives the file's codes, scales, offsets.
+                    assert_eq!(
+                        want.to_bits(),
+                        reference(&blocks, r, cols / QK, x).to_bits(),
+                        "{} {what} reference",
+                        fmt.name()
+                    );
                     assert_eq!(
                         got.to_bits(),
                         want.to_bits(),

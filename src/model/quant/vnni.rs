@@ -1,9 +1,10 @@
 //! The affine row kernel for CPUs with AVX-512 VNNI: unsigned weight codes times signed
-//! activations in one VPDPBUSD per block.
+//! activations in one VPDPBUSD per block (Q5_0 / Q5_1's fifth bits added to the
+//! nibbles by one masked byte add, the block's u32 of bits read as the mask).
+use super::affine::Row;
 use super::avx2::hsum;
 use super::portable::check_row;
 use super::qvec::{QVec, QK};
-use half::f16;
 use std::arch::x86_64::*;
 
 /// Blocks whose scales are prepared at once (a 1 KiB stack buffer).
@@ -22,16 +23,22 @@ unsafe fn load_codes(q: *const u8, packed: bool, b: usize, mask: __m128i) -> __m
 }
 
 #[inline(always)]
-unsafe fn block(
+#[allow(clippy::too_many_arguments)]
+unsafe fn block<const FIFTH: bool>(
     q: *const u8,
     packed: bool,
+    hi: *const u32,
     b: usize,
     xq: *const i8,
     scale: f32,
     acc: __m256,
     mask: __m128i,
 ) -> __m256 {
-    let w = load_codes(q, packed, b, mask);
+    let mut w = load_codes(q, packed, b, mask);
+    if FIFTH {
+        let k: __mmask32 = _cvtu32_mask32(*hi.add(b));
+        w = _mm256_mask_add_epi8(w, k, w, _mm256_set1_epi8(16));
+    }
     let xv = _mm256_loadu_si256(xq.add(b * QK) as *const __m256i);
     let dotv = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, xv);
     _mm256_fmadd_ps(_mm256_cvtepi32_ps(dotv), _mm256_set1_ps(scale), acc)
@@ -43,9 +50,20 @@ unsafe fn block(
 /// four accumulators keep four blocks in flight (one chain would wait on the FMA
 /// latency every block).
 #[inline(always)]
-pub unsafe fn row_dot(q: &[u8], packed: bool, d: &[f16], m: &[f16], x: &QVec) -> f32 {
+pub unsafe fn row_dot(row: &Row, x: &QVec) -> f32 {
+    if row.hi.is_empty() {
+        row_dot_fmt::<false>(row, x)
+    } else {
+        row_dot_fmt::<true>(row, x)
+    }
+}
+
+#[inline(always)]
+unsafe fn row_dot_fmt<const FIFTH: bool>(row: &Row, x: &QVec) -> f32 {
+    let (q, packed, d, m) = (row.q, row.packed, row.d, row.m);
+    let hp = row.hi.as_ptr();
     let nb = d.len();
-    let bytes_per_block = check_row(q, packed, d, m, x);
+    let bytes_per_block = check_row(row, x);
     let mask = _mm_set1_epi8(0x0f);
     let (qp, xp) = (q.as_ptr(), x.q.as_ptr());
     let mut scale = [0f32; SEG];
@@ -67,7 +85,7 @@ pub unsafe fn row_dot(q: &[u8], packed: bool, d: &[f16], m: &[f16], x: &QVec) ->
                 d.as_ptr().add(at) as *const i16,
             ));
             let mv = if m.is_empty() {
-                _mm512_mul_ps(dv, _mm512_set1_ps(-128.0))
+                _mm512_mul_ps(dv, _mm512_set1_ps(row.centre))
             } else {
                 _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(
                     lanes,
@@ -90,14 +108,14 @@ pub unsafe fn row_dot(q: &[u8], packed: bool, d: &[f16], m: &[f16], x: &QVec) ->
             let ahead = qp.wrapping_add(b * bytes_per_block + 1024);
             _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
             _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64) as *const i8);
-            a0 = block(qp, packed, b, xp, scale[i], a0, mask);
-            a1 = block(qp, packed, b + 1, xp, scale[i + 1], a1, mask);
-            a2 = block(qp, packed, b + 2, xp, scale[i + 2], a2, mask);
-            a3 = block(qp, packed, b + 3, xp, scale[i + 3], a3, mask);
+            a0 = block::<FIFTH>(qp, packed, hp, b, xp, scale[i], a0, mask);
+            a1 = block::<FIFTH>(qp, packed, hp, b + 1, xp, scale[i + 1], a1, mask);
+            a2 = block::<FIFTH>(qp, packed, hp, b + 2, xp, scale[i + 2], a2, mask);
+            a3 = block::<FIFTH>(qp, packed, hp, b + 3, xp, scale[i + 3], a3, mask);
             i += 4;
         }
         while i < n {
-            a0 = block(qp, packed, s0 + i, xp, scale[i], a0, mask);
+            a0 = block::<FIFTH>(qp, packed, hp, s0 + i, xp, scale[i], a0, mask);
             i += 1;
         }
         s0 += n;

@@ -1,11 +1,13 @@
-//! The AVX2 row kernels of the rearranged affine store (`QMat`: Q4_1 packed nibbles,
-//! Q8_0 as bytes `code + 128`), one row and two rows at a time.
+//! The AVX2 row kernels of the rearranged affine store (`QMat`: Q4_0 / Q4_1 / Q5_0 /
+//! Q5_1 packed nibbles (and fifth bits), Q8_0 as bytes `code + 128`), one row and two
+//! rows at a time.
 
 use half::f16;
 use std::arch::x86_64::*;
 
-use super::hsum;
-use crate::model::quant::portable::{block_offset, check_row};
+use super::{fifth_bits, hsum};
+use crate::model::quant::affine::Row;
+use crate::model::quant::portable::check_row;
 use crate::model::quant::qvec::{QVec, QK};
 
 // One row: the kernel for AVX2 CPUs without 8-bit VNNI (Zen 2/3, older Intel): codes and
@@ -15,19 +17,20 @@ use crate::model::quant::qvec::{QVec, QK};
 
 /// One block of one row, widened to 16 bits.
 #[inline(always)]
-unsafe fn block_widened(
-    q: *const u8,
-    packed: bool,
-    b: usize,
-    xq: *const i8,
-    mask: __m128i,
-) -> __m256 {
-    let (lo, hi) = if packed {
+unsafe fn block_widened(row: &Row, b: usize, xq: *const i8, mask: __m128i) -> __m256 {
+    let q = row.q.as_ptr();
+    let (lo, hi) = if row.packed {
         let v = _mm_loadu_si128(q.add(b * QK / 2) as *const __m128i);
-        (
+        let (mut lo, mut hi) = (
             _mm_and_si128(v, mask),
             _mm_and_si128(_mm_srli_epi16(v, 4), mask),
-        )
+        );
+        if !row.hi.is_empty() {
+            let f = fifth_bits(row.hi.as_ptr().add(b) as *const u8);
+            lo = _mm_or_si128(lo, _mm256_castsi256_si128(f));
+            hi = _mm_or_si128(hi, _mm256_extracti128_si256::<1>(f));
+        }
+        (lo, hi)
     } else {
         (
             _mm_loadu_si128(q.add(b * QK) as *const __m128i),
@@ -43,11 +46,12 @@ unsafe fn block_widened(
 
 /// One row against the activations (a scalar offset term).
 #[inline(always)]
-pub unsafe fn row_dot(q: &[u8], packed: bool, d: &[f16], m: &[f16], x: &QVec) -> f32 {
+pub unsafe fn row_dot(row: &Row, x: &QVec) -> f32 {
+    let d = row.d;
     let nb = d.len();
-    check_row(q, packed, d, m, x);
+    check_row(row, x);
     let mask = _mm_set1_epi8(0x0f);
-    let (qp, xp) = (q.as_ptr(), x.q.as_ptr());
+    let xp = x.q.as_ptr();
     // Two accumulators so consecutive blocks do not wait on each other's FMA.
     let mut a0 = _mm256_setzero_ps();
     let mut a1 = _mm256_setzero_ps();
@@ -56,27 +60,15 @@ pub unsafe fn row_dot(q: &[u8], packed: bool, d: &[f16], m: &[f16], x: &QVec) ->
     while b + 2 <= nb {
         let s0 = d[b].to_f32() * x.s[b];
         let s1 = d[b + 1].to_f32() * x.s[b + 1];
-        a0 = _mm256_fmadd_ps(
-            block_widened(qp, packed, b, xp, mask),
-            _mm256_set1_ps(s0),
-            a0,
-        );
-        a1 = _mm256_fmadd_ps(
-            block_widened(qp, packed, b + 1, xp, mask),
-            _mm256_set1_ps(s1),
-            a1,
-        );
-        off += block_offset(m, d, b) * x.sum[b] + block_offset(m, d, b + 1) * x.sum[b + 1];
+        a0 = _mm256_fmadd_ps(block_widened(row, b, xp, mask), _mm256_set1_ps(s0), a0);
+        a1 = _mm256_fmadd_ps(block_widened(row, b + 1, xp, mask), _mm256_set1_ps(s1), a1);
+        off += row.offset(b) * x.sum[b] + row.offset(b + 1) * x.sum[b + 1];
         b += 2;
     }
     if b < nb {
         let s0 = d[b].to_f32() * x.s[b];
-        a0 = _mm256_fmadd_ps(
-            block_widened(qp, packed, b, xp, mask),
-            _mm256_set1_ps(s0),
-            a0,
-        );
-        off += block_offset(m, d, b) * x.sum[b];
+        a0 = _mm256_fmadd_ps(block_widened(row, b, xp, mask), _mm256_set1_ps(s0), a0);
+        off += row.offset(b) * x.sum[b];
     }
     let acc = _mm256_add_ps(a0, a1);
     hsum(acc) + off
@@ -103,12 +95,23 @@ struct K {
 
 /// The 32-bit lane sums of block `b` of one row (codes at `q`) times activations `xv`.
 #[inline(always)]
-unsafe fn block(q: *const u8, packed: bool, b: usize, xv: __m256i, k: K) -> __m256i {
+unsafe fn block(
+    q: *const u8,
+    packed: bool,
+    hi: *const u32,
+    b: usize,
+    xv: __m256i,
+    k: K,
+) -> __m256i {
     if packed {
         let v = _mm_loadu_si128(q.add(b * QK / 2) as *const __m128i);
         // Low nibbles are elements 0..16, high nibbles 16..32: one 256-bit register
         // of the 32 codes in order.
-        let w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), k.nib);
+        let mut w = _mm256_and_si256(_mm256_set_m128i(_mm_srli_epi16(v, 4), v), k.nib);
+        if !hi.is_null() {
+            // Codes of at most 31: pair sums still fit 16 bits.
+            w = _mm256_or_si256(w, fifth_bits(hi.add(b) as *const u8));
+        }
         _mm256_madd_epi16(_mm256_maddubs_epi16(w, xv), k.ones)
     } else {
         let w = _mm256_loadu_si256(q.add(b * QK) as *const __m256i);
@@ -122,13 +125,11 @@ unsafe fn block(q: *const u8, packed: bool, b: usize, xv: __m256i, k: K) -> __m2
 /// 640-column Q8_0 matrices: 4 rows ahead gained less, 16 no more).
 const PF_ROWS: usize = 8;
 
-/// One row: `(codes, scales, offsets)`.
-pub type Row<'a> = (&'a [u8], &'a [f16], &'a [f16]);
-
-/// Two rows against the same activations (pass one row twice for an odd last row).
-pub unsafe fn rows_dot2(rows: [Row; 2], packed: bool, x: &QVec) -> [f32; 2] {
-    let sym = rows[0].2.is_empty();
-    match (packed, sym) {
+/// Two rows of one matrix against the same activations (pass one row twice for an odd
+/// last row).
+pub unsafe fn rows_dot2(rows: [Row; 2], x: &QVec) -> [f32; 2] {
+    let sym = rows[0].m.is_empty();
+    match (rows[0].packed, sym) {
         (true, false) => rows_dot2_fmt::<true, false>(rows, x),
         (true, true) => rows_dot2_fmt::<true, true>(rows, x),
         (false, false) => rows_dot2_fmt::<false, false>(rows, x),
@@ -139,12 +140,27 @@ pub unsafe fn rows_dot2(rows: [Row; 2], packed: bool, x: &QVec) -> [f32; 2] {
 /// `SYM`: both rows without stored offsets (`-128 d`).
 #[inline(always)]
 unsafe fn rows_dot2_fmt<const PACKED: bool, const SYM: bool>(rows: [Row; 2], x: &QVec) -> [f32; 2] {
-    let nb = rows[0].1.len();
+    let nb = rows[0].d.len();
     let mut bpb = 0;
-    for &(q, d, m) in &rows {
-        assert!(d.len() == nb && m.is_empty() == SYM);
-        bpb = check_row(q, PACKED, d, m, x);
+    for row in &rows {
+        assert!(
+            row.d.len() == nb
+                && row.m.is_empty() == SYM
+                && row.packed == PACKED
+                && row.hi.is_empty() == rows[0].hi.is_empty()
+        );
+        bpb = check_row(row, x);
     }
+    // Null: no fifth bits.
+    let hib = |r: &Row| {
+        if r.hi.is_empty() {
+            std::ptr::null()
+        } else {
+            r.hi.as_ptr()
+        }
+    };
+    let (h0, h1) = (hib(&rows[0]), hib(&rows[1]));
+    let centre = rows[0].centre;
     let k = K {
         nib: _mm256_set1_epi8(0x0f),
         low7: _mm256_set1_epi8(0x7f),
@@ -152,7 +168,7 @@ unsafe fn rows_dot2_fmt<const PACKED: bool, const SYM: bool>(rows: [Row; 2], x: 
         ones: _mm256_set1_epi16(1),
     };
     let xp = x.q.as_ptr();
-    let (q0, q1) = (rows[0].0.as_ptr(), rows[1].0.as_ptr());
+    let (q0, q1) = (rows[0].q.as_ptr(), rows[1].q.as_ptr());
     // Row 0 in a*, row 1 in c*; two chains each so consecutive blocks do not wait
     // on each other's FMA.
     let (mut a0, mut a1, mut c0, mut c1) = (
@@ -162,8 +178,8 @@ unsafe fn rows_dot2_fmt<const PACKED: bool, const SYM: bool>(rows: [Row; 2], x: 
         _mm256_setzero_ps(),
     );
     let (mut off0, mut off1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-    let (d0, d1) = (rows[0].1.as_ptr(), rows[1].1.as_ptr());
-    let (m0, m1) = (rows[0].2.as_ptr(), rows[1].2.as_ptr());
+    let (d0, d1) = (rows[0].d.as_ptr(), rows[1].d.as_ptr());
+    let (m0, m1) = (rows[0].m.as_ptr(), rows[1].m.as_ptr());
     let ones = _mm256_set1_epi32(1);
     let row_bytes = nb * bpb;
     // Ask for the codes of the rows a few pairs ahead (rows lie one after another):
@@ -187,7 +203,7 @@ unsafe fn rows_dot2_fmt<const PACKED: bool, const SYM: bool>(rows: [Row; 2], x: 
         let sc0 = _mm256_mul_ps(f16x8(d0), xs);
         let sc1 = _mm256_mul_ps(f16x8(d1), xs);
         let (o0, o1) = if SYM {
-            let k128 = _mm256_set1_ps(-128.0);
+            let k128 = _mm256_set1_ps(centre);
             (
                 _mm256_mul_ps(f16x8(d0), k128),
                 _mm256_mul_ps(f16x8(d1), k128),
@@ -203,25 +219,25 @@ unsafe fn rows_dot2_fmt<const PACKED: bool, const SYM: bool>(rows: [Row; 2], x: 
             let idx1 = _mm256_add_epi32(idx, ones);
             let x0 = _mm256_loadu_si256(xp.add(b * QK) as *const __m256i);
             let x1 = _mm256_loadu_si256(xp.add((b + 1) * QK) as *const __m256i);
-            let p = block(q0, PACKED, b, x0, k);
+            let p = block(q0, PACKED, h0, b, x0, k);
             a0 = _mm256_fmadd_ps(
                 _mm256_cvtepi32_ps(p),
                 _mm256_permutevar8x32_ps(sc0, idx),
                 a0,
             );
-            let p = block(q1, PACKED, b, x0, k);
+            let p = block(q1, PACKED, h1, b, x0, k);
             c0 = _mm256_fmadd_ps(
                 _mm256_cvtepi32_ps(p),
                 _mm256_permutevar8x32_ps(sc1, idx),
                 c0,
             );
-            let p = block(q0, PACKED, b + 1, x1, k);
+            let p = block(q0, PACKED, h0, b + 1, x1, k);
             a1 = _mm256_fmadd_ps(
                 _mm256_cvtepi32_ps(p),
                 _mm256_permutevar8x32_ps(sc0, idx1),
                 a1,
             );
-            let p = block(q1, PACKED, b + 1, x1, k);
+            let p = block(q1, PACKED, h1, b + 1, x1, k);
             c1 = _mm256_fmadd_ps(
                 _mm256_cvtepi32_ps(p),
                 _mm256_permutevar8x32_ps(sc1, idx1),
@@ -236,23 +252,82 @@ unsafe fn rows_dot2_fmt<const PACKED: bool, const SYM: bool>(rows: [Row; 2], x: 
     for b in b0..nb {
         let x0 = _mm256_loadu_si256(xp.add(b * QK) as *const __m256i);
         let (xs, xsum) = (*x.s.get_unchecked(b), *x.sum.get_unchecked(b));
-        let p = block(q0, PACKED, b, x0, k);
+        let p = block(q0, PACKED, h0, b, x0, k);
         a0 = _mm256_fmadd_ps(
             _mm256_cvtepi32_ps(p),
             _mm256_set1_ps((*d0.add(b)).to_f32() * xs),
             a0,
         );
-        let p = block(q1, PACKED, b, x0, k);
+        let p = block(q1, PACKED, h1, b, x0, k);
         c0 = _mm256_fmadd_ps(
             _mm256_cvtepi32_ps(p),
             _mm256_set1_ps((*d1.add(b)).to_f32() * xs),
             c0,
         );
-        t0 += block_offset(rows[0].2, rows[0].1, b) * xsum;
-        t1 += block_offset(rows[1].2, rows[1].1, b) * xsum;
+        t0 += rows[0].offset(b) * xsum;
+        t1 += rows[1].offset(b) * xsum;
     }
     [
         hsum(_mm256_add_ps(a0, a1)) + (hsum(off0) + t0),
         hsum(_mm256_add_ps(c0, c1)) + (hsum(off1) + t1),
     ]
+}
+
+/// One Q4_0 or Q5_0 row of the store (packed codes, no stored offsets) with the float
+/// arithmetic of the file-block kernel these formats decoded with before
+/// (`blocks::dot_q4_0` / `dot_q5_0`), operation for operation: per block the lanes of
+/// VPMADDUBSW + VPMADDWD times `d * s_x` into two accumulators taken in turn, the offset
+/// `centre * d * sum_x` added in a scalar chain, then `hsum(a0 + a1) + off`. Real-model
+/// greedy ids pinned to llama.cpp's sit on near ties that a different float order flips
+/// (Gemma 3's Q5_0 layers: `tests/real_gemma.rs`), so only the layout changes: aligned
+/// codes, and the scales and offset products of eight blocks computed with one F16C
+/// conversion and two vector products (the same IEEE products as the scalar ones).
+pub unsafe fn row_dot_x0(row: &Row, x: &QVec) -> f32 {
+    check_row(row, x);
+    assert!(row.packed && row.m.is_empty());
+    let nb = row.d.len();
+    let (qp, xp, dp) = (row.q.as_ptr(), x.q.as_ptr(), row.d.as_ptr());
+    let fifth = !row.hi.is_empty();
+    let hp = row.hi.as_ptr();
+    let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+    let mut off = 0f32;
+    let (mut sc, mut of) = ([0f32; 8], [0f32; 8]);
+    let centre = _mm256_set1_ps(row.centre);
+    let mut b0 = 0;
+    while b0 < nb {
+        let n = (nb - b0).min(8);
+        if n == 8 {
+            let dv = _mm256_cvtph_ps(_mm_loadu_si128(dp.add(b0) as *const __m128i));
+            let xs = _mm256_loadu_ps(x.s.as_ptr().add(b0));
+            let xsum = _mm256_loadu_ps(x.sum.as_ptr().add(b0));
+            _mm256_storeu_ps(sc.as_mut_ptr(), _mm256_mul_ps(dv, xs));
+            _mm256_storeu_ps(
+                of.as_mut_ptr(),
+                _mm256_mul_ps(_mm256_mul_ps(centre, dv), xsum),
+            );
+        } else {
+            for j in 0..n {
+                let d = (*dp.add(b0 + j)).to_f32();
+                sc[j] = d * x.s[b0 + j];
+                of[j] = row.centre * d * x.sum[b0 + j];
+            }
+        }
+        for j in 0..n {
+            let b = b0 + j;
+            let mut codes = super::nibbles_32(qp.add(b * QK / 2));
+            if fifth {
+                codes = _mm256_or_si256(codes, fifth_bits(hp.add(b) as *const u8));
+            }
+            let s = _mm256_cvtepi32_ps(super::dot_u8_i8(codes, xp.add(b * QK)));
+            let f = _mm256_set1_ps(sc[j]);
+            if b % 2 == 0 {
+                a0 = _mm256_fmadd_ps(s, f, a0);
+            } else {
+                a1 = _mm256_fmadd_ps(s, f, a1);
+            }
+            off += of[j];
+        }
+        b0 += n;
+    }
+    hsum(_mm256_add_ps(a0, a1)) + off
 }

@@ -4,6 +4,7 @@
 use std::arch::x86_64::*;
 
 use super::{dot_i8_i8, dot_u8_i8, fifth_bits, h, hsum, nibbles_32};
+use crate::model::quant::affine::Row;
 use crate::model::quant::qvec::{QVec, QK};
 use crate::model::quant::Format;
 
@@ -130,27 +131,25 @@ pub unsafe fn dot_x0_n<const N: usize>(fmt: Format, row: &[u8], xs: &[&QVec; N])
     out
 }
 
-/// Rows of the rearranged affine store (Q4_1 with packed nibbles, or Q8_0 as bytes
-/// `code + 128`, `m = -128 d`) against the 32-value blocks of `N` tokens. Q8_0 is taken
-/// back to signed codes (flipping the top bit), which drops its offset exactly.
+/// Rows of the rearranged affine store (Q4_0 / Q4_1 / Q5_0 / Q5_1 with packed nibbles and
+/// fifth bits, or Q8_0 as bytes `code + 128`, `m = -128 d`) against the 32-value blocks
+/// of `N` tokens. Q8_0 is taken back to signed codes (flipping the top bit), which drops
+/// its offset exactly.
 #[inline(always)]
-pub unsafe fn dot_affine_n<const N: usize>(
-    q: &[u8],
-    packed: bool,
-    d: &[half::f16],
-    m: &[half::f16],
-    xs: &[&QVec; N],
-) -> [f32; N] {
-    let nb = d.len();
-    let qp = q.as_ptr();
+pub unsafe fn dot_affine_n<const N: usize>(row: &Row, xs: &[&QVec; N]) -> [f32; N] {
+    let nb = row.d.len();
+    let qp = row.q.as_ptr();
     let flip = _mm256_set1_epi8(-128i8);
     let mut acc = [_mm256_setzero_ps(); N];
     let mut off = [0f32; N];
     for b in 0..nb {
-        let db = d[b].to_f32();
-        if packed {
-            let codes = nibbles_32(qp.add(b * QK / 2));
-            let mb = m[b].to_f32();
+        let db = row.d[b].to_f32();
+        if row.packed {
+            let mut codes = nibbles_32(qp.add(b * QK / 2));
+            if !row.hi.is_empty() {
+                codes = _mm256_or_si256(codes, fifth_bits(row.hi.as_ptr().add(b) as *const u8));
+            }
+            let mb = row.offset(b);
             for t in 0..N {
                 let s = dot_u8_i8(codes, xs[t].q.as_ptr().add(b * QK));
                 let f = _mm256_set1_ps(db * xs[t].s[b]);
