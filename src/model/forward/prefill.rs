@@ -272,13 +272,7 @@ impl Pass for PrefillPass<'_> {
                     let lo = first_visible(pos, window);
                     let row = &mut s[r * w..(r + 1) * w];
                     let (llo, lpos) = (lo - k0, pos - k0);
-                    let live = &mut row[llo..lpos + 1];
-                    for v in live.iter_mut() {
-                        *v *= scale;
-                    }
-                    kernels::softmax(live);
-                    row[..llo].fill(0.0);
-                    row[lpos + 1..].fill(0.0);
+                    softmax_visible(row, llo, lpos, scale);
                     if !summaries {
                         continue;
                     }
@@ -305,6 +299,19 @@ impl Pass for PrefillPass<'_> {
 
 /// The prefill's linear layers over a block of rows (also what the attention zoom's row
 /// replay multiplies with, so its queries are the ones prefill computed).
+/// One query's score row over keys `k0..`: the visible keys `llo..=lpos` (relative to
+/// `k0`) scaled and softmaxed, every other entry zero. Prefill and the token-level rows
+/// (`rows.rs`) compute a row the same way.
+pub(super) fn softmax_visible(row: &mut [f32], llo: usize, lpos: usize, scale: f32) {
+    let live = &mut row[llo..lpos + 1];
+    for v in live.iter_mut() {
+        *v *= scale;
+    }
+    kernels::softmax(live);
+    row[..llo].fill(0.0);
+    row[lpos + 1..].fill(0.0);
+}
+
 pub(super) fn linear_rows(model: &Model, ws: &[&Linear], x: &[f32], out: &mut [f32]) {
     // In Precision::Q8 the K-quant matrices multiply 8-bit (Q8_K) activations,
     // quantised once for all of `ws` (they share the input), as decode and llama.cpp

@@ -12,9 +12,9 @@ use anyhow::{bail, Result};
 use rayon::prelude::*;
 
 use super::layer::{first_visible, layer, Pass, Scratch};
-use super::prefill::linear_rows;
+use super::prefill::{linear_rows, softmax_visible};
 use super::Model;
-use crate::model::kernels::{self, matmul_strided, BLayout};
+use crate::model::kernels::{matmul_strided, BLayout};
 use crate::model::linear::Linear;
 use crate::trace::{KvStore, Trace};
 
@@ -162,13 +162,7 @@ impl Pass for RowsPass<'_> {
                     let lo = first_visible(pos, window);
                     let row = &mut s[r * w..(r + 1) * w];
                     let (llo, lpos) = (lo - k0, pos - k0);
-                    let live = &mut row[llo..lpos + 1];
-                    for v in live.iter_mut() {
-                        *v *= scale;
-                    }
-                    kernels::softmax(live);
-                    row[..llo].fill(0.0);
-                    row[lpos + 1..].fill(0.0);
+                    softmax_visible(row, llo, lpos, scale);
                     if want {
                         let dst = &mut pr[r * nkeys..(r + 1) * nkeys];
                         for (j, p) in keys.clone().zip(dst.iter_mut()) {
