@@ -275,8 +275,9 @@ unsafe fn rows_dot2_fmt<const PACKED: bool, const SYM: bool>(rows: [Row; 2], x: 
 
 /// One Q4_0 or Q5_0 row of the store (packed codes, no stored offsets) with the float
 /// arithmetic of the file-block kernel these formats decoded with before
-/// (`blocks::dot_q4_0` / `dot_q5_0`), operation for operation: per block the lanes of
-/// VPMADDUBSW + VPMADDWD times `d * s_x` into two accumulators taken in turn, the offset
+/// (`blocks::dot_q4_0` / `dot_q5_0`), operation for operation: per block the integer
+/// lanes (`x0_lanes`: VPDPBUSD where the build has VNNI, the same integers as that
+/// kernel's VPMADDUBSW + VPMADDWD) times `d * s_x` into two accumulators taken in turn, the offset
 /// `centre * d * sum_x` added in a scalar chain, then `hsum(a0 + a1) + off`. Real-model
 /// greedy ids pinned to llama.cpp's sit on near ties that a different float order flips
 /// (Gemma 3's Q5_0 layers: `tests/real_gemma.rs`), so only the layout changes: aligned
@@ -314,11 +315,7 @@ pub unsafe fn row_dot_x0(row: &Row, x: &QVec) -> f32 {
         }
         for j in 0..n {
             let b = b0 + j;
-            let mut codes = super::nibbles_32(qp.add(b * QK / 2));
-            if fifth {
-                codes = _mm256_or_si256(codes, fifth_bits(hp.add(b) as *const u8));
-            }
-            let s = _mm256_cvtepi32_ps(super::dot_u8_i8(codes, xp.add(b * QK)));
+            let s = _mm256_cvtepi32_ps(x0_lanes(qp, hp, fifth, b, xp));
             let f = _mm256_set1_ps(sc[j]);
             if b % 2 == 0 {
                 a0 = _mm256_fmadd_ps(s, f, a0);
@@ -330,4 +327,33 @@ pub unsafe fn row_dot_x0(row: &Row, x: &QVec) -> f32 {
         b0 += n;
     }
     hsum(_mm256_add_ps(a0, a1)) + off
+}
+
+/// The eight i32 lanes (four consecutive codes times activations each) of block `b` of a
+/// Q4_0 / Q5_0 row: on AVX-512 VNNI one VPDPBUSD, the fifth bits added by one masked
+/// byte add; else VPMADDUBSW + VPMADDWD, the fifth bits ORed in. The same integers
+/// either way (codes of at most 31 cannot saturate VPMADDUBSW's pair sums).
+#[inline(always)]
+unsafe fn x0_lanes(qp: *const u8, hp: *const u32, fifth: bool, b: usize, xp: *const i8) -> __m256i {
+    let codes = super::nibbles_32(qp.add(b * QK / 2));
+    #[cfg(kv_vnni)]
+    {
+        let codes = if fifth {
+            let k: __mmask32 = _cvtu32_mask32(*hp.add(b));
+            _mm256_mask_add_epi8(codes, k, codes, _mm256_set1_epi8(16))
+        } else {
+            codes
+        };
+        let xv = _mm256_loadu_si256(xp.add(b * QK) as *const __m256i);
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, xv)
+    }
+    #[cfg(not(kv_vnni))]
+    {
+        let codes = if fifth {
+            _mm256_or_si256(codes, fifth_bits(hp.add(b) as *const u8))
+        } else {
+            codes
+        };
+        super::dot_u8_i8(codes, xp.add(b * QK))
+    }
 }
