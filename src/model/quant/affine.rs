@@ -6,8 +6,8 @@
 use anyhow::{bail, Result};
 use half::f16;
 
-use super::portable::block_offset;
 use super::qvec::{QVec, QK};
+use super::row::{block_offset, Row};
 use super::Format;
 
 /// A weight matrix in affine blocks: element `w[r][c] = d[r][b] * q[r][c] + m[r][b]` with
@@ -34,49 +34,6 @@ pub struct QMat {
     /// The offset of every block, in units of its scale, when `m` is empty: -128 for
     /// Q8_0's byte codes, -8 for Q4_0, -16 for Q5_0 (all exact in f32).
     pub centre: f32,
-}
-
-/// One row of a [`QMat`], as the row kernels read it.
-#[derive(Clone, Copy)]
-pub struct Row<'a> {
-    /// Codes: 16 bytes of nibbles per block when `packed`, else 32 bytes.
-    pub q: &'a [u8],
-    pub d: &'a [f16],
-    /// Offsets (empty: `centre * d`).
-    pub m: &'a [f16],
-    /// Fifth bits (empty: none).
-    pub hi: &'a [u32],
-    pub packed: bool,
-    pub centre: f32,
-}
-
-impl Row<'_> {
-    pub fn blocks(&self) -> usize {
-        self.d.len()
-    }
-
-    /// Code `j` (0..32) of block `b`.
-    #[inline(always)]
-    pub fn code(&self, b: usize, j: usize) -> u8 {
-        if self.packed {
-            let byte = self.q[b * QK / 2 + j % (QK / 2)];
-            let nib = if j < QK / 2 { byte & 0x0f } else { byte >> 4 };
-            let fifth = if self.hi.is_empty() {
-                0
-            } else {
-                ((self.hi[b] >> j) & 1) as u8
-            };
-            nib | (fifth << 4)
-        } else {
-            self.q[b * QK + j]
-        }
-    }
-
-    /// The offset of block `b`.
-    #[inline(always)]
-    pub fn offset(&self, b: usize) -> f32 {
-        block_offset(self.m, self.d, self.centre, b)
-    }
 }
 
 impl QMat {

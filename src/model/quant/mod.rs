@@ -13,6 +13,7 @@ pub mod layout;
 pub mod packed;
 pub mod portable;
 pub mod qvec;
+pub mod row;
 pub mod synth;
 #[cfg(test)]
 pub(crate) mod test_blocks;

@@ -3,8 +3,8 @@
 
 use half::{bf16, f16};
 
-use super::affine::Row;
 use super::qvec::{QVec, QK};
+use super::row::Row;
 use super::{Format, QK_K};
 
 /// One block of a block format, described uniformly: element `i` is
@@ -272,17 +272,6 @@ pub fn affine_dot(row: &Row, x: &QVec) -> f32 {
         acc += row.d[b].to_f32() * x.s[b] * s as f32 + row.offset(b) * x.sum[b];
     }
     acc
-}
-
-/// The offset of block `b` with scales `d` and stored offsets `m` (empty: `centre * d`,
-/// the codes' centre, see `QMat::centre`).
-#[inline(always)]
-pub(crate) fn block_offset(m: &[f16], d: &[f16], centre: f32, b: usize) -> f32 {
-    if m.is_empty() {
-        centre * d[b].to_f32()
-    } else {
-        m[b].to_f32()
-    }
 }
 
 /// Checks that one row's codes, scales, offsets and fifth bits and the activations

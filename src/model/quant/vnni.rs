@@ -1,10 +1,10 @@
 //! The affine row kernel for CPUs with AVX-512 VNNI: unsigned weight codes times signed
 //! activations in one VPDPBUSD per block (Q5_0 / Q5_1's fifth bits added to the
 //! nibbles by one masked byte add, the block's u32 of bits read as the mask).
-use super::affine::Row;
 use super::avx2::hsum;
 use super::portable::check_row;
 use super::qvec::{QVec, QK};
+use super::row::Row;
 use std::arch::x86_64::*;
 
 /// Blocks whose scales are prepared at once (a 1 KiB stack buffer).

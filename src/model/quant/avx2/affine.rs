@@ -6,9 +6,9 @@ use half::f16;
 use std::arch::x86_64::*;
 
 use super::{fifth_bits, hsum};
-use crate::model::quant::affine::Row;
 use crate::model::quant::portable::check_row;
 use crate::model::quant::qvec::{QVec, QK};
+use crate::model::quant::row::Row;
 
 // One row: the kernel for AVX2 CPUs without 8-bit VNNI (Zen 2/3, older Intel): codes and
 // activations widened to 16 bits and multiplied with VPMADDWD, whose 16-bit products

@@ -4,8 +4,8 @@
 use std::arch::x86_64::*;
 
 use super::{dot_i8_i8, dot_u8_i8, fifth_bits, h, hsum, nibbles_32};
-use crate::model::quant::affine::Row;
 use crate::model::quant::qvec::{QVec, QK};
+use crate::model::quant::row::Row;
 use crate::model::quant::Format;
 
 pub unsafe fn dot_q8_0(row: &[u8], x: &QVec) -> f32 {
