@@ -467,13 +467,7 @@ mod tests {
         let mut s = 17;
         let cols = 32 * 37;
         let rows = 5;
-        for fmt in [
-            Format::Q4_0,
-            Format::Q4_1,
-            Format::Q5_0,
-            Format::Q5_1,
-            Format::Q8_0,
-        ] {
+        for fmt in test_blocks::FORMATS_32 {
             let (bytes, _) = candle_blocks(fmt, rows, cols, 31);
             let qm = QMat::from_blocks(fmt, bytes.clone(), rows, cols).unwrap();
             assert_eq!(qm.format(), fmt);

@@ -9,6 +9,15 @@ use candle_core::{Device, Tensor};
 
 use super::Format;
 
+/// The five 32-value formats, in the order the kernel tests walk them.
+pub const FORMATS_32: [Format; 5] = [
+    Format::Q4_0,
+    Format::Q4_1,
+    Format::Q5_0,
+    Format::Q5_1,
+    Format::Q8_0,
+];
+
 /// `w` (`rows x cols`) quantised by candle to `fmt`: the file's bytes and candle's
 /// dequantisation of them.
 pub fn candle_blocks(fmt: Format, w: &[f32], rows: usize, cols: usize) -> (Vec<u8>, Vec<f32>) {

@@ -226,13 +226,7 @@ mod tests {
                 q
             })
             .collect();
-        for fmt in [
-            Format::Q4_0,
-            Format::Q4_1,
-            Format::Q5_0,
-            Format::Q5_1,
-            Format::Q8_0,
-        ] {
+        for fmt in test_blocks::FORMATS_32 {
             let w = lcg_vec(&mut s, rows * cols);
             let (data, _) = test_blocks::candle_blocks(fmt, &w, rows, cols);
             let rb = fmt.row_bytes(cols);
