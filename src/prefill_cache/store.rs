@@ -43,7 +43,7 @@ fn sidecars_of(entry: &Path) -> Vec<(PathBuf, u64)> {
         .map(|k| entry.with_extension(k))
         .filter_map(|p| {
             let md = std::fs::symlink_metadata(&p).ok()?;
-            md.is_file().then(|| (p, md.len()))
+            md.is_file().then_some((p, md.len()))
         })
         .collect()
 }
