@@ -10,6 +10,7 @@
 //! ([`crate::session::Session`]) is the one place that consults it.
 
 mod entry;
+pub mod pass;
 mod sidecar;
 mod store;
 
@@ -17,6 +18,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
+use crate::model::replay::FullPass;
 use crate::trace::Trace;
 
 pub use entry::FORMAT_VERSION;
@@ -337,6 +339,56 @@ impl PrefillCache {
             .and_then(|b| sidecar::write(&self.dir, key, sidecar::GEN, &b));
         r.err()
             .map(|e| format!("full-cache generation not cached: {e:#}"))
+    }
+
+    /// The full-cache replay stored beside `key`'s entry (the [`sidecar::PASS`] sidecar)
+    /// when it is the one `expect` describes (same prompt, shape and generation);
+    /// `Err(notice)` when it cannot be trusted or is another generation's (it is
+    /// removed, so the fresh replay replaces it).
+    pub fn lookup_pass(
+        &self,
+        key: &Key,
+        expect: &pass::Expect,
+    ) -> Result<Option<FullPass>, String> {
+        let path = sidecar::path(&self.dir, key, sidecar::PASS);
+        match sidecar::read_with(&path, key, sidecar::PASS, u64::MAX, |r, len| {
+            pass::read(r, len, expect)
+        }) {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(format!(
+                    "prefill cache sidecar {} is unusable ({e:#}); replaying the full cache again",
+                    path.display()
+                ))
+            }
+        }
+    }
+
+    /// Stores `fp` beside `key`'s entry (best effort), first evicting the least
+    /// recently used other entries so the folder stays under the cap; a notice when it
+    /// did not happen (also when the entry is gone or it cannot fit at all).
+    pub fn store_pass(&self, key: &Key, fp: &FullPass) -> Option<String> {
+        let why = (|| -> anyhow::Result<()> {
+            let len = pass::payload_bytes(&pass::expect_of(fp))
+                .ok_or_else(|| anyhow::anyhow!("the replay is too large to store"))?;
+            let entry = self.dir.join(key.file_name());
+            let entry_bytes = std::fs::metadata(&entry)
+                .map_err(|_| anyhow::anyhow!("its entry is gone"))?
+                .len();
+            if entry_bytes.saturating_add(len) > self.cap {
+                anyhow::bail!(
+                    "with its entry it would be larger than the cache's cap ({}; set {CAP_ENV} to raise it)",
+                    human_bytes(self.cap)
+                );
+            }
+            // The entry itself stays (evict leaves `keep` out of its count: it counts here).
+            store::evict(&self.dir, self.cap, entry_bytes + len, &key.file_name());
+            sidecar::write_with(&self.dir, key, sidecar::PASS, len, |w| pass::write(w, fp))?;
+            Ok(())
+        })();
+        why.err()
+            .map(|e| format!("full-cache replay not cached: {e:#}"))
     }
 
     /// Stores a finished prefill (best effort): the report of the write, with a notice

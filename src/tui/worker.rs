@@ -393,8 +393,19 @@ impl Worker {
         let forced_ms = self.session.timing.decode_compressed - decode_ms;
         if let Some(keep) = keep {
             let t = Instant::now();
-            let replay = self.session.full_pass(&self.loaded.model).map(|_| ());
+            // Read from beside the prefill cache's entry when a reopen stored it.
+            let replay = self.session.full_pass_cached(&self.loaded.model);
             let replay_ms = ms_since(t);
+            let (pass_from, pass_notice) = match &replay {
+                Ok((from, n)) => (*from, n.clone()),
+                Err(_) => ("failed", None),
+            };
+            if let Some(n) = pass_notice {
+                if !out(FromWorker::Notice(n)) {
+                    return false;
+                }
+            }
+            let replay = replay.map(|_| ());
             let msg = match replay.and_then(|_| self.divergence(&keep)) {
                 Ok(view) => FromWorker::Divergence {
                     gen,
@@ -407,12 +418,23 @@ impl Worker {
                 return false;
             }
             timing_line(&format!(
-                "worker_edit at_ms {:.1} gen {gen} scores_ms {table_ms:.1} select_ms {select_ms:.1} free_decode_ms {decode_ms:.1} to_result_ms {result_ms:.1} forced_rest_ms {forced_ms:.1} full_replay_ms {replay_ms:.1} analysis_ms {analysis_ms:.1} to_divergence_ms {:.1}",
+                "worker_edit at_ms {:.1} gen {gen} scores_ms {table_ms:.1} select_ms {select_ms:.1} free_decode_ms {decode_ms:.1} to_result_ms {result_ms:.1} forced_rest_ms {forced_ms:.1} full_replay_ms {replay_ms:.1} ({pass_from}) analysis_ms {analysis_ms:.1} to_divergence_ms {:.1}",
                 since_start_ms(),
                 ms_since(t0)
             ));
         }
-        out(FromWorker::Phase(Phase::Idle))
+        if !out(FromWorker::Phase(Phase::Idle)) {
+            return false;
+        }
+        // A replay computed here goes beside the prefill cache's entry once its result
+        // is on screen, so the next reopen reads it instead of replaying.
+        let t = Instant::now();
+        let stored = self.session.store_full_pass();
+        timing_line(&format!("worker_store_pass_ms {:.1}", ms_since(t)));
+        match stored {
+            Some(n) => out(FromWorker::Notice(n)),
+            None => true,
+        }
     }
 
     /// The divergence analysis of `keep`: the full replay is computed on first use and
