@@ -150,14 +150,14 @@ fn mismatched_pairs_are_refused() {
     let mut a = DecodeState::new(&m, &trace, &all, 4).expect("state");
     let mut b = a.clone();
     b.step(1, Observer::none()).expect("step");
-    let err = a.step_pair(&mut b, [1, 2]).err().expect("refused");
+    let err = a.step_pair(&mut b, [1, 2]).expect_err("refused");
     assert!(format!("{err}").contains("same position"), "{err}");
     assert_eq!((a.pos, b.pos), (PROMPT, PROMPT + 1));
     let other = testing::tiny_model(48, 256, 7);
     let mut c = DecodeState::new(&other, &trace, &all, 4).expect("state");
-    let err = a.step_pair(&mut c, [1, 2]).err().expect("refused");
+    let err = a.step_pair(&mut c, [1, 2]).expect_err("refused");
     assert!(format!("{err}").contains("same model"), "{err}");
-    let err = a.step_pair(&mut a.clone(), [1, 99]).err().expect("refused");
+    let err = a.step_pair(&mut a.clone(), [1, 99]).expect_err("refused");
     assert!(format!("{err}").contains("vocabulary"), "{err}");
     assert_eq!(a.entries(), all.kept_per_layer().iter().sum::<usize>());
 }
