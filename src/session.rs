@@ -226,9 +226,22 @@ impl Session {
         };
         let prefill = ms(t);
         let t = Instant::now();
-        let full_ids = match stored.as_ref().and_then(|f| f.answer(max_new)) {
+        // On a hit, the generation stored with the entry, else a longer one stored beside
+        // it by an earlier reopen (greedy decoding: a prefix answers a shorter request).
+        let mut side_notice = None;
+        let mut source = "entry";
+        let mut from_store = stored.as_ref().and_then(|f| f.answer(max_new));
+        if let (None, Some(c), Some(k), Some(_)) = (&from_store, cache, &key, &stored) {
+            source = "sidecar";
+            from_store = c.lookup_gen(k, max_new).unwrap_or_else(|n| {
+                side_notice = Some(n);
+                None
+            });
+        }
+        let full_ids = match from_store {
             Some(ids) => ids,
             None => {
+                source = "decoded";
                 // Sliding-window layers hold only the entries they can still see.
                 let all = crate::keepset::full_keep(&trace);
                 let (ids, held) = loaded.model.generate_measured(
@@ -243,16 +256,37 @@ impl Session {
             }
         };
         let decode_full = ms(t);
-        if let (Some(c), Some(k), None) = (cache, &key, &stored) {
-            let full = prefill_cache::FullGen {
-                max_new,
-                ids: full_ids.clone(),
-            };
-            let wrote = c.store(k, &trace, &full);
-            // A bad entry's notice stays the one shown (the write replaced the entry).
-            if let Some(r) = report.as_mut() {
-                let notice = r.notice.take().or(wrote.notice.clone());
-                *r = prefill_cache::Report { notice, ..wrote };
+        match (cache, &key, &stored) {
+            (Some(c), Some(k), None) => {
+                let full = prefill_cache::FullGen {
+                    max_new,
+                    ids: full_ids.clone(),
+                };
+                let wrote = c.store(k, &trace, &full);
+                // A bad entry's notice stays the one shown (the write replaced the entry).
+                if let Some(r) = report.as_mut() {
+                    let notice = r.notice.take().or(wrote.notice.clone());
+                    *r = prefill_cache::Report { notice, ..wrote };
+                }
+            }
+            // A hit whose stored generations were too short: the longer one is kept
+            // beside the entry, so the next reopen with this max_new decodes nothing.
+            (Some(c), Some(k), Some(_)) if source == "decoded" => {
+                let full = prefill_cache::FullGen {
+                    max_new,
+                    ids: full_ids.clone(),
+                };
+                let wrote = c.store_gen(k, &full);
+                if let Some(r) = report.as_mut() {
+                    r.notice = r.notice.take().or(side_notice.take()).or(wrote);
+                }
+            }
+            _ => {}
+        }
+        if let Some(r) = report.as_mut() {
+            r.generation = Some(source);
+            if let Some(n) = side_notice {
+                r.notice.get_or_insert(n);
             }
         }
         let full = Generation {

@@ -277,6 +277,85 @@ fn a_folder_that_cannot_be_written_is_a_notice() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The full-cache generation kept beside an entry (the `gen` sidecar): read back for the
+/// same key, refused with a one-line notice (and removed) when it is damaged, truncated,
+/// foreign or garbage; evicted and cleared with its entry, and counted in its size.
+#[test]
+fn a_generation_sidecar_reads_back_and_a_bad_one_is_refused() {
+    let dir = testing::temp_dir("pfc-gen");
+    let (m, c) = (model(), cache(&dir, 1 << 30));
+    let ids = testing::random_ids(60, 64, 5);
+    let t = trace(&m, &ids);
+    let key = c.key("f32", &ids);
+    assert!(c.store(&key, &t, &full()).notice.is_none());
+    assert_eq!(c.lookup_gen(&key, 8), Ok(None), "no sidecar yet");
+    let long = FullGen {
+        max_new: 8,
+        ids: vec![1, 2, 3, 4, 5, 6, 7, 8],
+    };
+    assert_eq!(c.store_gen(&key, &long), None);
+    let side = entry_path(&c, &ids).with_extension("gen");
+    assert!(side.is_file());
+    assert_eq!(c.lookup_gen(&key, 8), Ok(Some(long.ids.clone())));
+    assert_eq!(c.lookup_gen(&key, 5), Ok(Some(long.ids[..5].to_vec())));
+    assert_eq!(c.lookup_gen(&key, 9), Ok(None), "it may go on past 8");
+    // The entry's size in the listing counts its sidecar.
+    let listed = kvscope::prefill_cache::list(&dir);
+    let entry_len = std::fs::metadata(entry_path(&c, &ids)).unwrap().len();
+    let side_len = std::fs::metadata(&side).unwrap().len();
+    assert_eq!(listed[0].bytes, entry_len + side_len);
+    let good = std::fs::read(&side).unwrap();
+    let mut damaged = good.clone();
+    let n = damaged.len();
+    damaged[n - 2] ^= 0x20;
+    let mut other = ids.clone();
+    other[3] = (other[3] + 1) % 64;
+    let bad: [(&str, Vec<u8>); 4] = [
+        ("checksum", damaged),
+        ("truncated", good[..good.len() - 3].to_vec()),
+        (
+            "not a kvscope",
+            b"garbage, not a sidecar at all, long enough to pass the header".repeat(2),
+        ),
+        ("foreign", Vec::new()),
+    ];
+    for (why, bytes) in bad {
+        if why == "foreign" {
+            // Another prompt's sidecar under this entry's name.
+            let okey = c.key("f32", &other);
+            assert_eq!(c.store_gen(&okey, &long), None);
+            let oside = c.dir.join(okey.file_name()).with_extension("gen");
+            std::fs::rename(&oside, &side).unwrap();
+        } else {
+            std::fs::write(&side, bytes).unwrap();
+        }
+        let notice = c.lookup_gen(&key, 8).expect_err(why);
+        assert!(
+            notice.contains(why) && notice.contains("unusable") && !notice.contains('\n'),
+            "{why}: {notice}"
+        );
+        assert!(!side.exists(), "{why}: the bad sidecar is removed");
+        assert_eq!(c.lookup_gen(&key, 8), Ok(None));
+    }
+    // Evicting the entry takes its sidecar; so does replacing the entry.
+    assert_eq!(c.store_gen(&key, &long), None);
+    assert!(c.store(&key, &t, &full()).notice.is_none());
+    assert!(!side.exists(), "a rewritten entry drops the old sidecar");
+    assert_eq!(c.store_gen(&key, &long), None);
+    let small = cache(&dir, entry_len + entry_len / 2);
+    let ids2 = testing::random_ids(60, 64, 6);
+    let r = small.store(&small.key("f32", &ids2), &trace(&m, &ids2), &full());
+    assert!(r.notice.is_none(), "{r:?}");
+    assert!(
+        !entry_path(&c, &ids).exists() && !side.exists(),
+        "evicted together"
+    );
+    assert_eq!(c.store_gen(&small.key("f32", &ids2), &long), None);
+    let (files, _) = kvscope::prefill_cache::clear(&dir).unwrap();
+    assert_eq!(files, 2, "the entry and its sidecar");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 struct Env {
     dir: PathBuf,
     model: PathBuf,
@@ -409,5 +488,58 @@ fn a_cached_run_reports_the_same_as_an_uncached_one() {
         .unwrap();
     assert!(clear.status.success());
     assert!(kvscope::prefill_cache::list(&pdir).is_empty());
+    let _ = std::fs::remove_dir_all(&env.dir);
+}
+
+/// A reopen asking for a longer generation than the entry holds decodes it once and keeps
+/// it beside the entry: the next reopen reads it (`"generation": "sidecar"`, no full-cache
+/// decode), and every report equals the uncached one but for the cache's fields. A
+/// damaged sidecar is one notice line and a fresh decode.
+#[test]
+fn a_longer_generation_is_kept_beside_the_entry_for_the_next_reopen() {
+    let env = Env::new("pfc-gen-cli");
+    let bytes = |v: Value| serde_json::to_vec(&stable(v)).unwrap();
+    let (first, _) = env.report(PROMPT, &["--max-new", "3"]);
+    assert_eq!(first["prefill_cache"]["generation"], "decoded");
+    assert_eq!(first["full"]["ids"].as_array().unwrap().len(), 3, "{first}");
+    let (off, _) = env.report(PROMPT, &["--max-new", "7", "--no-cache"]);
+    assert_eq!(
+        off["full"]["ids"].as_array().unwrap().len(),
+        7,
+        "no early stop"
+    );
+    let (longer, _) = env.report(PROMPT, &["--max-new", "7"]);
+    assert_eq!(longer["prefill_cache"]["hit"], true);
+    assert_eq!(longer["prefill_cache"]["generation"], "decoded");
+    assert!(longer["memory"]["decode_full"].as_u64().unwrap() > 0);
+    assert_eq!(bytes(longer.clone()), bytes(off.clone()));
+    let (again, err) = env.report(PROMPT, &["--max-new", "7"]);
+    assert_eq!(again["prefill_cache"]["generation"], "sidecar", "{err}");
+    assert_eq!(again["memory"]["decode_full"], 0, "nothing decoded");
+    assert_eq!(bytes(again), bytes(off.clone()));
+    let (shorter, _) = env.report(PROMPT, &["--max-new", "2"]);
+    assert_eq!(shorter["prefill_cache"]["generation"], "entry");
+    let pdir = env.dir.join("home").join("prefill");
+    let side: Vec<_> = std::fs::read_dir(&pdir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "gen"))
+        .collect();
+    assert_eq!(side.len(), 1, "{side:?}");
+    let mut b = std::fs::read(&side[0]).unwrap();
+    let n = b.len();
+    b[n - 1] ^= 0x01;
+    std::fs::write(&side[0], b).unwrap();
+    let (fixed, err) = env.report(PROMPT, &["--max-new", "7"]);
+    let notices: Vec<&str> = err.lines().filter(|l| l.contains("unusable")).collect();
+    assert_eq!(notices.len(), 1, "{err}");
+    assert!(notices[0].contains("sidecar"), "{err}");
+    assert_eq!(fixed["prefill_cache"]["hit"], true);
+    assert_eq!(fixed["prefill_cache"]["generation"], "decoded");
+    assert_eq!(bytes(fixed), bytes(off.clone()));
+    let (healed, _) = env.report(PROMPT, &["--max-new", "7"]);
+    assert_eq!(healed["prefill_cache"]["generation"], "sidecar");
+    assert_eq!(bytes(healed), bytes(off));
     let _ = std::fs::remove_dir_all(&env.dir);
 }

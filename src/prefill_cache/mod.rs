@@ -10,6 +10,7 @@
 //! ([`crate::session::Session`]) is the one place that consults it.
 
 mod entry;
+mod sidecar;
 mod store;
 
 use serde::Serialize;
@@ -94,6 +95,15 @@ impl Key {
 
     /// The entry's file name: a hash of every key field.
     pub fn file_name(&self) -> String {
+        let hex: String = self.digest()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{hex}.{}", entry::EXT)
+    }
+
+    /// The sha256 of every key field (a sidecar stores it to name its entry's key).
+    pub fn digest(&self) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update(self.model_sha256.as_bytes());
         h.update([0]);
@@ -103,11 +113,7 @@ impl Key {
         for id in &self.ids {
             h.update(id.to_le_bytes());
         }
-        let hex: String = h.finalize()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!("{hex}.{}", entry::EXT)
+        h.finalize().into()
     }
 }
 
@@ -149,6 +155,11 @@ pub struct Report {
     /// What went wrong, if anything (a bad entry, a folder that refused the write).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notice: Option<String>,
+    /// Where the full-cache generation came from: `"entry"` (the one stored with the
+    /// prefill answered), `"sidecar"` (a longer one stored beside the entry by an earlier
+    /// reopen) or `"decoded"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<&'static str>,
 }
 
 impl Report {
@@ -293,6 +304,39 @@ impl PrefillCache {
             }
         }
         Ok(None)
+    }
+
+    /// The full-cache generation stored beside `key`'s entry (the [`sidecar::GEN`]
+    /// sidecar) when it answers `max_new`; `Err(notice)` when the sidecar cannot be
+    /// trusted (it is removed, so the fresh decode replaces it).
+    pub fn lookup_gen(&self, key: &Key, max_new: usize) -> Result<Option<Vec<u32>>, String> {
+        let path = sidecar::path(&self.dir, key, sidecar::GEN);
+        let parsed = sidecar::read(&path, key, sidecar::GEN).and_then(|b| {
+            b.map(|b| serde_json::from_slice::<FullGen>(&b))
+                .transpose()
+                .map_err(anyhow::Error::from)
+        });
+        match parsed {
+            Ok(g) => Ok(g
+                .filter(|g| g.ids.len() <= g.max_new)
+                .and_then(|g| g.answer(max_new))),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(format!(
+                    "prefill cache sidecar {} is unusable ({e:#}); decoding the full-cache generation again",
+                    path.display()
+                ))
+            }
+        }
+    }
+
+    /// Stores `full` beside `key`'s entry (best effort): a notice when it did not happen.
+    pub fn store_gen(&self, key: &Key, full: &FullGen) -> Option<String> {
+        let r = serde_json::to_vec(full)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| sidecar::write(&self.dir, key, sidecar::GEN, &b));
+        r.err()
+            .map(|e| format!("full-cache generation not cached: {e:#}"))
     }
 
     /// Stores a finished prefill (best effort): the report of the write, with a notice

@@ -65,9 +65,15 @@ fn run(job: Job, out: &Outbox, rx: Receiver<ToWorker>) {
             return;
         }
     };
+    let t = Instant::now();
     if !out(FromWorker::Ready(Box::new(w.snapshot()))) {
         return;
     }
+    timing_line(&format!(
+        "worker_snapshot_ms {:.1} sent_at_ms {:.1}",
+        ms_since(t),
+        since_start_ms()
+    ));
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
@@ -228,7 +234,9 @@ impl Worker {
                 |n| n.to_string_lossy().into_owned()
             )
         ))));
+        let at_load = since_start_ms();
         let loaded = model::load(&path)?;
+        let load_ms = since_start_ms() - at_load;
         let dims = loaded.model.config.dims();
         // A bad profile is reported and ignored: every method but compresskv still works.
         let mut profile_path = job.profile.clone();
@@ -281,7 +289,9 @@ impl Worker {
                 out(FromWorker::Phase(Phase::DecodingFull));
             }
         };
+        let at_cache = since_start_ms();
         let (cache, cache_notice) = crate::prefill_cache::PrefillCache::open(&path, job.no_cache);
+        let at_session = since_start_ms();
         let mut session = Session::from_prompt_cached(
             &loaded,
             cache.as_ref(),
@@ -308,6 +318,15 @@ impl Worker {
             .iter_mut()
             .map(|l| std::mem::take(&mut l.maps))
             .collect();
+        timing_line(&format!(
+            "worker_open load_ms {load_ms:.1} cache_open_ms {:.1} prefill_ms {:.1} decode_full_ms {:.1} session_ms {:.1} hit {} at_session_ms {at_session:.1} opened_at_ms {:.1}",
+            at_session - at_cache,
+            session.timing.prefill,
+            session.timing.decode_full,
+            since_start_ms() - at_session,
+            session.prefill_cache.as_ref().is_some_and(|r| r.hit),
+            since_start_ms()
+        ));
         Ok(Worker {
             loaded: Arc::new(loaded),
             session,
@@ -388,7 +407,8 @@ impl Worker {
                 return false;
             }
             timing_line(&format!(
-                "worker_edit gen {gen} scores_ms {table_ms:.1} select_ms {select_ms:.1} free_decode_ms {decode_ms:.1} to_result_ms {result_ms:.1} forced_rest_ms {forced_ms:.1} full_replay_ms {replay_ms:.1} analysis_ms {analysis_ms:.1} to_divergence_ms {:.1}",
+                "worker_edit at_ms {:.1} gen {gen} scores_ms {table_ms:.1} select_ms {select_ms:.1} free_decode_ms {decode_ms:.1} to_result_ms {result_ms:.1} forced_rest_ms {forced_ms:.1} full_replay_ms {replay_ms:.1} analysis_ms {analysis_ms:.1} to_divergence_ms {:.1}",
+                since_start_ms(),
                 ms_since(t0)
             ));
         }
@@ -506,6 +526,18 @@ pub fn snapshot(
 
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
+}
+
+static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// Marks the inspector's start, the zero of the `KVSCOPE_TRACE_TIMING` opening lines.
+pub fn mark_start() {
+    let _ = STARTED.set(Instant::now());
+}
+
+/// Milliseconds since [`mark_start`] (since the first call, when it was never marked).
+pub fn since_start_ms() -> f64 {
+    ms_since(*STARTED.get_or_init(Instant::now))
 }
 
 /// Appends one line to the `KVSCOPE_TRACE_TIMING` file, when it is set (the loop logs
