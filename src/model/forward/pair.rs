@@ -6,7 +6,8 @@
 //! is element-wise per row, every matrix-vector product calls the same row kernels on
 //! the same rows (a few rows for one row's activations, then the same rows for the
 //! other's, while they are still in cache), and each row's attention is the team's
-//! attention over its own cache with the same split among the members.
+//! attention over its own cache with the same split among the members (both rows'
+//! phases between the same barriers: a barrier costs much on a loaded machine).
 
 use anyhow::{bail, Result};
 
@@ -176,14 +177,22 @@ impl Pass for PairPass<'_, '_, '_, '_> {
     }
 
     fn attend(&mut self, li: usize, q: &[f32], k: &[f32], v: &[f32], out: &mut [f32]) {
-        // Each row against its own cache, with its own buffers: the second needs no
-        // barrier before it.
+        // Each row against its own cache with its own buffers, phase by phase, so the
+        // pair waits at the same two barriers as one row.
+        let [r0, r1] = self.step.rows;
+        let mb = self.mb;
         let (q0, q1) = q.split_at(q.len() / 2);
         let (k0, k1) = k.split_at(k.len() / 2);
         let (v0, v1) = v.split_at(v.len() / 2);
         let (o0, o1) = out.split_at_mut(out.len() / 2);
-        self.step.rows[0].attend(self.mb, li, q0, k0, v0, o0);
-        self.step.rows[1].attend(self.mb, li, q1, k1, v1, o1);
+        r0.push(mb, li, k0, v0);
+        r1.push(mb, li, k1, v1);
+        mb.sync();
+        let s0 = r0.attend_parts(mb, li, q0);
+        let s1 = r1.attend_parts(mb, li, q1);
+        mb.sync();
+        r0.combine(mb, li, &s0, o0);
+        r1.combine(mb, li, &s1, o1);
     }
 }
 
