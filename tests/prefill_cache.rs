@@ -3,8 +3,10 @@
 //! cap evicts the least recently used, concurrent writers leave one good file, and a
 //! cached `run --json` equals an uncached one but for the cache's own fields.
 
+use kvscope::model::replay::FullPass;
 use kvscope::model::Model;
 use kvscope::prefill_cache::{FullGen, Key, PrefillCache};
+use kvscope::session::Session;
 use kvscope::testing::{self, GgufSpec};
 use kvscope::trace::{KvStore, Trace};
 use serde_json::Value;
@@ -304,6 +306,11 @@ fn a_generation_sidecar_reads_back_and_a_bad_one_is_refused() {
     let entry_len = std::fs::metadata(entry_path(&c, &ids)).unwrap().len();
     let side_len = std::fs::metadata(&side).unwrap().len();
     assert_eq!(listed[0].bytes, entry_len + side_len);
+    assert!(
+        listed[0].meta.is_ok(),
+        "an entry with a sidecar still lists: {:?}",
+        listed[0].meta.as_ref().err()
+    );
     let good = std::fs::read(&side).unwrap();
     let mut damaged = good.clone();
     let n = damaged.len();
@@ -541,5 +548,196 @@ fn a_longer_generation_is_kept_beside_the_entry_for_the_next_reopen() {
     let (healed, _) = env.report(PROMPT, &["--max-new", "7"]);
     assert_eq!(healed["prefill_cache"]["generation"], "sidecar");
     assert_eq!(bytes(healed), bytes(off));
+    let _ = std::fs::remove_dir_all(&env.dir);
+}
+
+/// Two replays, bit for bit.
+fn same_pass(a: &FullPass, b: &FullPass) -> bool {
+    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    a.prompt_len == b.prompt_len
+        && a.n_rep == b.n_rep
+        && a.ids == b.ids
+        && a.held_from == b.held_from
+        && a.logits.len() == b.logits.len()
+        && a.logits
+            .iter()
+            .zip(&b.logits)
+            .all(|(x, y)| bits(x) == bits(y))
+        && a.attn.len() == b.attn.len()
+        && a.attn.iter().zip(&b.attn).all(|(x, y)| {
+            x.len() == y.len()
+                && x.iter().zip(y).all(|(p, q)| {
+                    p.len() == q.len() && p.iter().zip(q).all(|(r, s)| bits(r) == bits(s))
+                })
+        })
+}
+
+/// The inspector's full-cache replay (the divergence analysis' input) is stored beside
+/// the entry once computed and read back on the next reopen bit for bit as a fresh
+/// replay gives it; a damaged one or another generation's is refused with a one-line
+/// notice and replayed (and stored again); one that cannot fit the cap is not stored.
+#[test]
+fn the_full_cache_replay_is_kept_beside_the_entry_bit_for_bit() {
+    let env = Env::new("pfc-pass");
+    let loaded = kvscope::model::load(&env.model).expect("load");
+    let c = cache(&env.dir.join("prefill"), 1 << 30);
+    let ids = loaded.tok.encode(PROMPT).expect("encode");
+    let open = |c: &PrefillCache, max_new: usize| {
+        Session::from_ids_cached(
+            &loaded,
+            Some(c),
+            PROMPT.to_string(),
+            ids.clone(),
+            max_new,
+            None,
+            &mut |_, _| {},
+        )
+        .expect("session")
+    };
+    let side = c
+        .dir
+        .join(c.key(loaded.model.kv_dtype().name(), &ids).file_name())
+        .with_extension("pass");
+    let mut first = open(&c, 6);
+    assert!(!first.prefill_cache.as_ref().unwrap().hit);
+    assert_eq!(first.full.ids.len(), 6, "no early stop");
+    assert_eq!(
+        first.full_pass_cached(&loaded.model).unwrap(),
+        ("replayed", None)
+    );
+    assert!(
+        !side.exists(),
+        "stored only when asked, after the result is shown"
+    );
+    assert_eq!(first.store_full_pass(), None);
+    assert!(side.is_file());
+    assert_eq!(first.store_full_pass(), None, "stored once");
+    let mut second = open(&c, 6);
+    assert!(second.prefill_cache.as_ref().unwrap().hit);
+    assert_eq!(
+        second.full_pass_cached(&loaded.model).unwrap(),
+        ("sidecar", None)
+    );
+    assert_eq!(second.store_full_pass(), None);
+    let fresh = FullPass::compute(&loaded.model, &second.trace, &second.full.ids, None)
+        .unwrap()
+        .0;
+    assert!(same_pass(second.full_pass.as_ref().unwrap(), &fresh));
+    assert!(same_pass(first.full_pass.as_ref().unwrap(), &fresh));
+    // Damaged: refused, removed, replayed, stored again.
+    let mut b = std::fs::read(&side).unwrap();
+    let n = b.len();
+    b[n / 2] ^= 0x04;
+    std::fs::write(&side, b).unwrap();
+    let mut third = open(&c, 6);
+    let (from, notice) = third.full_pass_cached(&loaded.model).unwrap();
+    assert_eq!(from, "replayed");
+    let notice = notice.expect("a notice");
+    assert!(
+        notice.contains("checksum") && notice.contains("unusable") && !notice.contains('\n'),
+        "{notice}"
+    );
+    assert!(same_pass(third.full_pass.as_ref().unwrap(), &fresh));
+    assert_eq!(third.store_full_pass(), None);
+    // Another generation (a shorter --max-new): refused, replayed for this one.
+    let mut short = open(&c, 3);
+    let (from, notice) = short.full_pass_cached(&loaded.model).unwrap();
+    assert_eq!(from, "replayed");
+    assert!(notice.is_some_and(|n| n.contains("another generation")));
+    let want = FullPass::compute(&loaded.model, &short.trace, &short.full.ids, None)
+        .unwrap()
+        .0;
+    assert!(same_pass(short.full_pass.as_ref().unwrap(), &want));
+    // A cap the entry and the replay cannot fit together: not stored, with a notice.
+    let entry_len = std::fs::metadata(side.with_extension("kvp")).unwrap().len();
+    let tight = PrefillCache {
+        cap: entry_len + 10,
+        ..c.clone()
+    };
+    let mut fourth = open(&tight, 6);
+    assert_eq!(
+        fourth.full_pass_cached(&loaded.model).unwrap().0,
+        "replayed"
+    );
+    let n = fourth.store_full_pass().expect("a notice");
+    assert!(n.contains("cap") && !n.contains('\n'), "{n}");
+    assert!(!side.exists());
+    // `cache clear` takes the sidecars too.
+    let mut again = open(&c, 6);
+    again.full_pass_cached(&loaded.model).unwrap();
+    assert_eq!(again.store_full_pass(), None);
+    let (files, _) = kvscope::prefill_cache::clear(&c.dir).unwrap();
+    assert_eq!(files, 2, "the entry and its replay");
+    let _ = std::fs::remove_dir_all(&env.dir);
+}
+
+/// The inspector's window scores are stored beside the entry and read back bit for bit
+/// for the same window, kernel and pooling; another setting's table is a plain miss
+/// (the next store replaces it), a damaged one a one-line notice.
+#[test]
+fn window_scores_are_kept_beside_the_entry_for_their_settings() {
+    use kvscope::eviction::{ScoreTable, Settings};
+    let env = Env::new("pfc-scores");
+    let loaded = kvscope::model::load(&env.model).expect("load");
+    let c = cache(&env.dir.join("prefill"), 1 << 30);
+    let ids = loaded.tok.encode(PROMPT).expect("encode");
+    let open = || {
+        Session::from_ids_cached(
+            &loaded,
+            Some(&c),
+            PROMPT.to_string(),
+            ids.clone(),
+            4,
+            None,
+            &mut |_, _| {},
+        )
+        .expect("session")
+    };
+    let s = Settings {
+        method: kvscope::eviction::snapkv::METHOD,
+        budget: 16,
+        window: 4,
+        kernel: 3,
+        ..Settings::default()
+    };
+    let first = open();
+    assert!(matches!(first.stored_scores(&s), Ok(None)));
+    let t = ScoreTable::compute(&first.trace, &s);
+    assert!(t.heads.iter().flatten().any(|h| !h.is_empty()));
+    assert_eq!(first.store_scores(&t), None);
+    let second = open();
+    assert!(second.prefill_cache.as_ref().unwrap().hit);
+    let back = second.stored_scores(&s).unwrap().expect("stored");
+    let bits = |t: &ScoreTable| {
+        t.heads
+            .iter()
+            .flatten()
+            .map(|h| h.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bits(&back), bits(&ScoreTable::compute(&second.trace, &s)));
+    assert!(back.fits(second.trace.len, &s));
+    let wider = Settings {
+        window: 6,
+        ..s.clone()
+    };
+    assert!(
+        matches!(second.stored_scores(&wider), Ok(None)),
+        "another window misses"
+    );
+    let side = c
+        .dir
+        .join(c.key(loaded.model.kv_dtype().name(), &ids).file_name())
+        .with_extension("scores");
+    let mut b = std::fs::read(&side).unwrap();
+    let n = b.len();
+    b[n - 5] ^= 0x10;
+    std::fs::write(&side, b).unwrap();
+    let notice = second.stored_scores(&s).expect_err("damaged");
+    assert!(
+        notice.contains("checksum") && notice.contains("unusable") && !notice.contains('\n'),
+        "{notice}"
+    );
+    assert!(!side.exists());
     let _ = std::fs::remove_dir_all(&env.dir);
 }

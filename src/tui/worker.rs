@@ -215,6 +215,8 @@ struct Worker {
     /// p_h of every head for one (window, kernel, pooling): budget and method edits
     /// select from it and show it as the attention pane's strip.
     scores: Option<ScoreTable>,
+    /// The held scores were computed here and not yet stored beside the entry.
+    scores_unstored: bool,
     /// Settings generation of the session's compressed outcome.
     applied: Option<u64>,
 }
@@ -335,6 +337,7 @@ impl Worker {
             prompt_opts: job.prompt_opts.clone(),
             maps: Arc::new(maps),
             scores: None,
+            scores_unstored: false,
             applied: None,
         })
     }
@@ -350,8 +353,13 @@ impl Worker {
             return false;
         }
         let t0 = Instant::now();
-        let table = self.scores_for(&settings);
+        let (table, scores_notice) = self.scores_for(&settings);
         let table_ms = ms_since(t0);
+        if let Some(n) = scores_notice {
+            if !out(FromWorker::Notice(n)) {
+                return false;
+            }
+        }
         // The generation goes to the UI as soon as it is decoded; the rest of the
         // teacher-forced decode (the divergence analysis' input) runs after.
         let (loaded, len) = (&self.loaded, self.session.trace.len);
@@ -393,8 +401,19 @@ impl Worker {
         let forced_ms = self.session.timing.decode_compressed - decode_ms;
         if let Some(keep) = keep {
             let t = Instant::now();
-            let replay = self.session.full_pass(&self.loaded.model).map(|_| ());
+            // Read from beside the prefill cache's entry when a reopen stored it.
+            let replay = self.session.full_pass_cached(&self.loaded.model);
             let replay_ms = ms_since(t);
+            let (pass_from, pass_notice) = match &replay {
+                Ok((from, n)) => (*from, n.clone()),
+                Err(_) => ("failed", None),
+            };
+            if let Some(n) = pass_notice {
+                if !out(FromWorker::Notice(n)) {
+                    return false;
+                }
+            }
+            let replay = replay.map(|_| ());
             let msg = match replay.and_then(|_| self.divergence(&keep)) {
                 Ok(view) => FromWorker::Divergence {
                     gen,
@@ -407,12 +426,28 @@ impl Worker {
                 return false;
             }
             timing_line(&format!(
-                "worker_edit at_ms {:.1} gen {gen} scores_ms {table_ms:.1} select_ms {select_ms:.1} free_decode_ms {decode_ms:.1} to_result_ms {result_ms:.1} forced_rest_ms {forced_ms:.1} full_replay_ms {replay_ms:.1} analysis_ms {analysis_ms:.1} to_divergence_ms {:.1}",
+                "worker_edit at_ms {:.1} gen {gen} scores_ms {table_ms:.1} select_ms {select_ms:.1} free_decode_ms {decode_ms:.1} to_result_ms {result_ms:.1} forced_rest_ms {forced_ms:.1} full_replay_ms {replay_ms:.1} ({pass_from}) analysis_ms {analysis_ms:.1} to_divergence_ms {:.1}",
                 since_start_ms(),
                 ms_since(t0)
             ));
         }
-        out(FromWorker::Phase(Phase::Idle))
+        if !out(FromWorker::Phase(Phase::Idle)) {
+            return false;
+        }
+        // A replay computed here goes beside the prefill cache's entry once its result
+        // is on screen, so the next reopen reads it instead of replaying.
+        let t = Instant::now();
+        let mut notices: Vec<String> = self.session.store_full_pass().into_iter().collect();
+        if std::mem::take(&mut self.scores_unstored) {
+            if let Some(t) = &self.scores {
+                notices.extend(self.session.store_scores(t));
+            }
+        }
+        timing_line(&format!("worker_store_sidecars_ms {:.1}", ms_since(t)));
+        match notices.into_iter().reduce(|a, b| format!("{a}; {b}")) {
+            Some(n) => out(FromWorker::Notice(n)),
+            None => true,
+        }
     }
 
     /// The divergence analysis of `keep`: the full replay is computed on first use and
@@ -437,14 +472,22 @@ impl Worker {
         replay::attn_errors(&self.loaded.model, &s.trace, &s.full.ids, &c.selection.keep)
     }
 
-    fn scores_for(&mut self, s: &Settings) -> ScoreTable {
+    /// The window scores for `s`: held, else stored beside the prefill cache's entry by
+    /// an earlier reopen, else computed (and marked to be stored once the result is on
+    /// screen); with a notice when a stored table was unusable.
+    fn scores_for(&mut self, s: &Settings) -> (ScoreTable, Option<String>) {
         let len = self.session.trace.len;
         match &self.scores {
-            Some(t) if t.fits(len, s) => t.clone(),
+            Some(t) if t.fits(len, s) => (t.clone(), None),
             _ => {
-                let t = ScoreTable::compute(&self.session.trace, s);
+                let (stored, notice) = match self.session.stored_scores(s) {
+                    Ok(t) => (t, None),
+                    Err(n) => (None, Some(n)),
+                };
+                self.scores_unstored = stored.is_none();
+                let t = stored.unwrap_or_else(|| ScoreTable::compute(&self.session.trace, s));
                 self.scores = Some(t.clone());
-                t
+                (t, notice)
             }
         }
     }
