@@ -396,6 +396,23 @@ impl Session {
         Ok(("replayed", notice))
     }
 
+    /// The window scores of `settings` stored beside the prefill cache's entry by an
+    /// earlier reopen (bit for bit what [`ScoreTable::compute`] gives); `Err(notice)`
+    /// when the stored table was unusable.
+    pub fn stored_scores(&self, settings: &Settings) -> Result<Option<ScoreTable>, String> {
+        match &self.cache {
+            Some((c, k)) => c.lookup_scores(k, settings, self.trace.len, &self.trace.dims),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores the window scores `t` beside the prefill cache's entry (best effort); a
+    /// notice when that did not happen.
+    pub fn store_scores(&self, t: &ScoreTable) -> Option<String> {
+        let (c, k) = self.cache.as_ref()?;
+        c.store_scores(k, t, &self.trace.dims)
+    }
+
     /// Stores the replay [`full_pass_cached`](Self::full_pass_cached) computed beside
     /// the prefill cache's entry (hundreds of MB on a long prompt: once, after the
     /// result is on screen); a notice when that did not happen.

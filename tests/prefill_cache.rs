@@ -306,6 +306,11 @@ fn a_generation_sidecar_reads_back_and_a_bad_one_is_refused() {
     let entry_len = std::fs::metadata(entry_path(&c, &ids)).unwrap().len();
     let side_len = std::fs::metadata(&side).unwrap().len();
     assert_eq!(listed[0].bytes, entry_len + side_len);
+    assert!(
+        listed[0].meta.is_ok(),
+        "an entry with a sidecar still lists: {:?}",
+        listed[0].meta.as_ref().err()
+    );
     let good = std::fs::read(&side).unwrap();
     let mut damaged = good.clone();
     let n = damaged.len();
@@ -663,5 +668,76 @@ fn the_full_cache_replay_is_kept_beside_the_entry_bit_for_bit() {
     assert_eq!(again.store_full_pass(), None);
     let (files, _) = kvscope::prefill_cache::clear(&c.dir).unwrap();
     assert_eq!(files, 2, "the entry and its replay");
+    let _ = std::fs::remove_dir_all(&env.dir);
+}
+
+/// The inspector's window scores are stored beside the entry and read back bit for bit
+/// for the same window, kernel and pooling; another setting's table is a plain miss
+/// (the next store replaces it), a damaged one a one-line notice.
+#[test]
+fn window_scores_are_kept_beside_the_entry_for_their_settings() {
+    use kvscope::eviction::{ScoreTable, Settings};
+    let env = Env::new("pfc-scores");
+    let loaded = kvscope::model::load(&env.model).expect("load");
+    let c = cache(&env.dir.join("prefill"), 1 << 30);
+    let ids = loaded.tok.encode(PROMPT).expect("encode");
+    let open = || {
+        Session::from_ids_cached(
+            &loaded,
+            Some(&c),
+            PROMPT.to_string(),
+            ids.clone(),
+            4,
+            None,
+            &mut |_, _| {},
+        )
+        .expect("session")
+    };
+    let s = Settings {
+        method: kvscope::eviction::snapkv::METHOD,
+        budget: 16,
+        window: 4,
+        kernel: 3,
+        ..Settings::default()
+    };
+    let first = open();
+    assert!(matches!(first.stored_scores(&s), Ok(None)));
+    let t = ScoreTable::compute(&first.trace, &s);
+    assert!(t.heads.iter().flatten().any(|h| !h.is_empty()));
+    assert_eq!(first.store_scores(&t), None);
+    let second = open();
+    assert!(second.prefill_cache.as_ref().unwrap().hit);
+    let back = second.stored_scores(&s).unwrap().expect("stored");
+    let bits = |t: &ScoreTable| {
+        t.heads
+            .iter()
+            .flatten()
+            .map(|h| h.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bits(&back), bits(&ScoreTable::compute(&second.trace, &s)));
+    assert!(back.fits(second.trace.len, &s));
+    let wider = Settings {
+        window: 6,
+        ..s.clone()
+    };
+    assert!(
+        matches!(second.stored_scores(&wider), Ok(None)),
+        "another window misses"
+    );
+    let side = c
+        .dir
+        .join(c.key(loaded.model.kv_dtype().name(), &ids).file_name())
+        .with_extension("scores");
+    let mut b = std::fs::read(&side).unwrap();
+    let n = b.len();
+    b[n - 5] ^= 0x10;
+    std::fs::write(&side, b).unwrap();
+    let notice = second.stored_scores(&s).expect_err("damaged");
+    assert!(
+        notice.contains("checksum") && notice.contains("unusable") && !notice.contains('\n'),
+        "{notice}"
+    );
+    assert!(!side.exists());
     let _ = std::fs::remove_dir_all(&env.dir);
 }

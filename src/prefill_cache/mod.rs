@@ -11,6 +11,7 @@
 
 mod entry;
 pub mod pass;
+mod scores;
 mod sidecar;
 mod store;
 
@@ -369,26 +370,84 @@ impl PrefillCache {
     /// recently used other entries so the folder stays under the cap; a notice when it
     /// did not happen (also when the entry is gone or it cannot fit at all).
     pub fn store_pass(&self, key: &Key, fp: &FullPass) -> Option<String> {
-        let why = (|| -> anyhow::Result<()> {
-            let len = pass::payload_bytes(&pass::expect_of(fp))
-                .ok_or_else(|| anyhow::anyhow!("the replay is too large to store"))?;
-            let entry = self.dir.join(key.file_name());
-            let entry_bytes = std::fs::metadata(&entry)
-                .map_err(|_| anyhow::anyhow!("its entry is gone"))?
-                .len();
-            if entry_bytes.saturating_add(len) > self.cap {
-                anyhow::bail!(
-                    "with its entry it would be larger than the cache's cap ({}; set {CAP_ENV} to raise it)",
-                    human_bytes(self.cap)
-                );
-            }
-            // The entry itself stays (evict leaves `keep` out of its count: it counts here).
-            store::evict(&self.dir, self.cap, entry_bytes + len, &key.file_name());
-            sidecar::write_with(&self.dir, key, sidecar::PASS, len, |w| pass::write(w, fp))?;
-            Ok(())
-        })();
-        why.err()
+        let r = pass::payload_bytes(&pass::expect_of(fp))
+            .ok_or_else(|| anyhow::anyhow!("the replay is too large to store"))
+            .and_then(|len| self.store_sidecar(key, sidecar::PASS, len, |w| pass::write(w, fp)));
+        r.err()
             .map(|e| format!("full-cache replay not cached: {e:#}"))
+    }
+
+    /// The window scores stored beside `key`'s entry when they are `s`'s on this
+    /// prompt (`prompt_len` tokens, `dims`); `Err(notice)` when the sidecar cannot be
+    /// trusted (it is removed). Another setting's table is a plain miss.
+    pub fn lookup_scores(
+        &self,
+        key: &Key,
+        s: &crate::eviction::Settings,
+        prompt_len: usize,
+        dims: &crate::trace::Dims,
+    ) -> Result<Option<crate::eviction::ScoreTable>, String> {
+        let path = sidecar::path(&self.dir, key, sidecar::SCORES);
+        match sidecar::read_with(&path, key, sidecar::SCORES, u64::MAX, |r, len| {
+            scores::read(r, len, s, prompt_len, dims)
+        }) {
+            Ok(t) => Ok(t.flatten()),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(format!(
+                    "prefill cache sidecar {} is unusable ({e:#}); computing the window scores again",
+                    path.display()
+                ))
+            }
+        }
+    }
+
+    /// Stores the window scores `t` beside `key`'s entry (best effort, under the cap).
+    pub fn store_scores(
+        &self,
+        key: &Key,
+        t: &crate::eviction::ScoreTable,
+        dims: &crate::trace::Dims,
+    ) -> Option<String> {
+        let len = scores::payload_bytes(t);
+        self.store_sidecar(key, sidecar::SCORES, len, |w| scores::write(w, t, dims))
+            .err()
+            .map(|e| format!("window scores not cached: {e:#}"))
+    }
+
+    /// Writes a sidecar of `len` bytes beside `key`'s entry when the entry is there and
+    /// they fit the cap together, evicting least recently used other entries first.
+    fn store_sidecar(
+        &self,
+        key: &Key,
+        kind: &str,
+        len: u64,
+        body: impl FnOnce(
+            &mut sidecar::CrcWrite<std::io::BufWriter<std::fs::File>>,
+        ) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let entry = self.dir.join(key.file_name());
+        let entry_bytes = std::fs::metadata(&entry)
+            .map_err(|_| anyhow::anyhow!("its entry is gone"))?
+            .len();
+        // The entry's other sidecars count too (the old file of this kind is replaced).
+        let others: u64 = sidecar::KINDS
+            .iter()
+            .filter(|k| **k != kind)
+            .filter_map(|k| std::fs::metadata(sidecar::path(&self.dir, key, k)).ok())
+            .map(|m| m.len())
+            .sum();
+        let need = entry_bytes.saturating_add(others).saturating_add(len);
+        if need > self.cap {
+            anyhow::bail!(
+                "with its entry it would be larger than the cache's cap ({}; set {CAP_ENV} to raise it)",
+                human_bytes(self.cap)
+            );
+        }
+        // The entry itself stays (evict leaves `keep` out of its count: it counts here).
+        store::evict(&self.dir, self.cap, need, &key.file_name());
+        sidecar::write_with(&self.dir, key, kind, len, body)?;
+        Ok(())
     }
 
     /// Stores a finished prefill (best effort): the report of the write, with a notice

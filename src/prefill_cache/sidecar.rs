@@ -1,8 +1,9 @@
 //! Sidecars: small files beside an entry (`<entry stem>.<kind>`) holding what a reopen
-//! would otherwise compute again, identically, after reading the entry. Today one kind:
-//! [`GEN`], the full-cache generation for a longer `--max-new` than the one the entry was
-//! stored with (the inspector asks for 32 tokens where `run` stored 8: without it every
-//! reopen decoded the 32 again over the whole prompt).
+//! would otherwise compute again, identically, after reading the entry: [`GEN`], the
+//! full-cache generation for a longer `--max-new` than the one the entry was stored with
+//! (the inspector asks for 32 tokens where `run` stored 8: without it every reopen
+//! decoded the 32 again over the whole prompt); [`PASS`], the inspector's full-cache
+//! replay; [`SCORES`], its window scores.
 //!
 //! A sidecar has its own header (magic, byte order, version, kind, the sha256 of its
 //! entry's whole key, payload length, CRC-32 of the payload): one that fails any check is
@@ -22,8 +23,10 @@ pub const GEN: &str = "gen";
 /// The full cache replayed over that generation with attention capture (the
 /// [`crate::model::replay::FullPass`] the divergence analysis reads; [`super::pass`]).
 pub const PASS: &str = "pass";
+/// The inspector's window scores for one window, kernel and pooling ([`super::scores`]).
+pub const SCORES: &str = "scores";
 /// Every sidecar kind (the folder's listing and clearing look for these extensions).
-pub const KINDS: &[&str] = &[GEN, PASS];
+pub const KINDS: &[&str] = &[GEN, PASS, SCORES];
 
 const MAGIC: &[u8; 8] = b"KVSCOPES";
 const BYTE_ORDER: u32 = 0x0102_0304;

@@ -215,6 +215,8 @@ struct Worker {
     /// p_h of every head for one (window, kernel, pooling): budget and method edits
     /// select from it and show it as the attention pane's strip.
     scores: Option<ScoreTable>,
+    /// The held scores were computed here and not yet stored beside the entry.
+    scores_unstored: bool,
     /// Settings generation of the session's compressed outcome.
     applied: Option<u64>,
 }
@@ -335,6 +337,7 @@ impl Worker {
             prompt_opts: job.prompt_opts.clone(),
             maps: Arc::new(maps),
             scores: None,
+            scores_unstored: false,
             applied: None,
         })
     }
@@ -350,8 +353,13 @@ impl Worker {
             return false;
         }
         let t0 = Instant::now();
-        let table = self.scores_for(&settings);
+        let (table, scores_notice) = self.scores_for(&settings);
         let table_ms = ms_since(t0);
+        if let Some(n) = scores_notice {
+            if !out(FromWorker::Notice(n)) {
+                return false;
+            }
+        }
         // The generation goes to the UI as soon as it is decoded; the rest of the
         // teacher-forced decode (the divergence analysis' input) runs after.
         let (loaded, len) = (&self.loaded, self.session.trace.len);
@@ -429,9 +437,14 @@ impl Worker {
         // A replay computed here goes beside the prefill cache's entry once its result
         // is on screen, so the next reopen reads it instead of replaying.
         let t = Instant::now();
-        let stored = self.session.store_full_pass();
-        timing_line(&format!("worker_store_pass_ms {:.1}", ms_since(t)));
-        match stored {
+        let mut notices: Vec<String> = self.session.store_full_pass().into_iter().collect();
+        if std::mem::take(&mut self.scores_unstored) {
+            if let Some(t) = &self.scores {
+                notices.extend(self.session.store_scores(t));
+            }
+        }
+        timing_line(&format!("worker_store_sidecars_ms {:.1}", ms_since(t)));
+        match notices.into_iter().reduce(|a, b| format!("{a}; {b}")) {
             Some(n) => out(FromWorker::Notice(n)),
             None => true,
         }
@@ -459,14 +472,22 @@ impl Worker {
         replay::attn_errors(&self.loaded.model, &s.trace, &s.full.ids, &c.selection.keep)
     }
 
-    fn scores_for(&mut self, s: &Settings) -> ScoreTable {
+    /// The window scores for `s`: held, else stored beside the prefill cache's entry by
+    /// an earlier reopen, else computed (and marked to be stored once the result is on
+    /// screen); with a notice when a stored table was unusable.
+    fn scores_for(&mut self, s: &Settings) -> (ScoreTable, Option<String>) {
         let len = self.session.trace.len;
         match &self.scores {
-            Some(t) if t.fits(len, s) => t.clone(),
+            Some(t) if t.fits(len, s) => (t.clone(), None),
             _ => {
-                let t = ScoreTable::compute(&self.session.trace, s);
+                let (stored, notice) = match self.session.stored_scores(s) {
+                    Ok(t) => (t, None),
+                    Err(n) => (None, Some(n)),
+                };
+                self.scores_unstored = stored.is_none();
+                let t = stored.unwrap_or_else(|| ScoreTable::compute(&self.session.trace, s));
                 self.scores = Some(t.clone());
-                t
+                (t, notice)
             }
         }
     }
