@@ -9,11 +9,19 @@
 //! (`quant::dot_q8`, what Q4_0 / Q5_0 / Q5_1 decode used before they moved into the
 //! affine store) and through the affine store (`QMat::from_blocks`, `matvec_q_rows`).
 //!
+//! Group `head_rows`: the output heads of Gemma 3 270M (Q8_0, 262,144 x 640, ~178 MB) and
+//! of the Qwen2.5-0.5B shape (Q8_0, 151,936 x 896), and a Q5_0 FFN matrix of the 0.5B
+//! shape, through the one-row kernels (`matvec_q_rows_one`, what decode ran before) and
+//! the multi-row kernels (`matvec_q_rows_by::<R>`) at several prefetch distances, and
+//! what `matvec_q_rows` picks (`default`).
+//!
 //! `cargo bench --bench decode_kernels`
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::f16;
-use kvscope::model::quant::{self, matvec_q_rows, matvec_q_rows_one, Format, QMat, QVec, QK};
+use kvscope::model::quant::{
+    self, matvec_q_rows, matvec_q_rows_by, matvec_q_rows_one, Format, QMat, QVec, QK,
+};
 
 fn lcg(s: &mut u64) -> u64 {
     *s = s
@@ -132,5 +140,44 @@ fn file_vs_store(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, kernels, file_vs_store);
+type Kernel = fn(&QMat, &QVec, usize, &mut [f32]);
+
+fn head_rows(c: &mut Criterion) {
+    let mut group = c.benchmark_group("head_rows");
+    group.sample_size(10);
+    let variants: [(&str, Kernel); 6] = [
+        ("one_row", matvec_q_rows_one),
+        ("rows2_pf4k", |w, x, r0, o| matvec_q_rows_by::<2>(w, x, r0, o, 4096)),
+        ("rows4_pf1k", |w, x, r0, o| matvec_q_rows_by::<4>(w, x, r0, o, 1024)),
+        ("rows4_pf2k", |w, x, r0, o| matvec_q_rows_by::<4>(w, x, r0, o, 2048)),
+        ("rows4_pf4k", |w, x, r0, o| matvec_q_rows_by::<4>(w, x, r0, o, 4096)),
+        ("default", matvec_q_rows),
+    ];
+    for (fmt, rows, cols) in [
+        (Format::Q8_0, 262_144usize, 640usize),
+        (Format::Q8_0, 151_936, 896),
+        (Format::Q5_0, 4864, 896),
+    ] {
+        let data = random_blocks(fmt, rows, cols, 5);
+        let bytes = data.len() as u64;
+        let w = QMat::from_blocks(fmt, data, rows, cols).unwrap();
+        let mut s = 9u64;
+        let xf: Vec<f32> = (0..cols)
+            .map(|_| (lcg(&mut s) % 2000) as f32 / 1000.0 - 1.0)
+            .collect();
+        let mut x = QVec::default();
+        x.quantize_into(&xf);
+        let mut out = vec![0f32; rows];
+        group.throughput(Throughput::Bytes(bytes));
+        let name = format!("{}_{rows}x{cols}", fmt.name());
+        for (v, f) in variants {
+            group.bench_function(BenchmarkId::new(v, &name), |b| {
+                b.iter(|| f(&w, &x, 0, &mut out))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, kernels, file_vs_store, head_rows);
 criterion_main!(benches);
