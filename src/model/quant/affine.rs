@@ -278,26 +278,34 @@ fn qrow_dot(w: &QMat, r: usize, x: &QVec) -> f32 {
     }
 }
 
+/// Codes above which a matrix goes through the one-row kernels: the output heads
+/// (~145-180 MB of Q8_0 on Gemma 3 and the 0.5B shape), streamed from memory, ran
+/// ~1.5-2x slower through the four-row kernels than one row after another (whose loads
+/// are one sequential stream), while the layers' matrices (at most a few MB) ran faster.
+const MULTI_ROW_MAX_BYTES: usize = 8 << 20;
+
 /// Rows `r0..r0 + out.len()` of `w . x` over 8-bit weights and activations, on the
-/// calling thread (the decode team splits rows itself): four rows per pass where the
-/// build has AVX2 (Q4_0 / Q5_0, and every format on AVX-512 VNNI builds), else two (the
-/// AVX2 kernel of the other formats) or one (portable).
+/// calling thread (the decode team splits rows itself). Matrices of at most
+/// `MULTI_ROW_MAX_BYTES` four rows per pass (Q4_0 / Q5_0 through `avx2::rows_dot_x0` on
+/// AVX2 builds, the other formats through `vnni::rows_dot` on AVX-512 VNNI builds),
+/// larger ones one row per pass; the other formats on AVX2 builds without VNNI two rows
+/// per pass (`avx2::rows_dot2`). Every row's result is the same whichever kernel runs
+/// (`matvec_q_rows_by`).
 pub fn matvec_q_rows(w: &QMat, x: &QVec, r0: usize, out: &mut [f32]) {
     #[cfg(kv_avx2)]
     {
-        #[cfg(kv_vnni)]
-        let pf = if w.packed && w.m.is_empty() {
-            super::avx2::PF_X0_BYTES
-        } else {
-            super::vnni::PF_BYTES
-        };
-        #[cfg(not(kv_vnni))]
-        let pf = super::avx2::PF_X0_BYTES;
-        matvec_q_rows_by::<4>(w, x, r0, out, pf)
+        let x0 = w.packed && w.m.is_empty();
+        if w.q.len() > MULTI_ROW_MAX_BYTES && (x0 || cfg!(kv_vnni)) {
+            return matvec_q_rows_one(w, x, r0, out);
+        }
     }
-    #[cfg(not(kv_avx2))]
-    matvec_q_rows_one(w, x, r0, out)
+    matvec_q_rows_by::<4>(w, x, r0, out, PF_BYTES)
 }
+
+/// How far ahead (bytes past each row's current block) the multi-row kernels ask for
+/// codes (measured on the 640- and 896-value matrices of Gemma 3 and the 0.5B shape;
+/// within the noise of 512 and 2048).
+const PF_BYTES: usize = 1024;
 
 /// [`matvec_q_rows`] with `R` rows per pass of the multi-row kernels and their prefetch
 /// distance `pf` (bytes past each row's current block); exposed for `cargo bench --bench
@@ -306,13 +314,7 @@ pub fn matvec_q_rows(w: &QMat, x: &QVec, r0: usize, out: &mut [f32]) {
 /// order (see there), the others the VNNI row kernel's; on AVX2 builds without VNNI the
 /// other formats go through the two-row AVX2 kernel as before.
 #[doc(hidden)]
-pub fn matvec_q_rows_by<const R: usize>(
-    w: &QMat,
-    x: &QVec,
-    r0: usize,
-    out: &mut [f32],
-    pf: usize,
-) {
+pub fn matvec_q_rows_by<const R: usize>(w: &QMat, x: &QVec, r0: usize, out: &mut [f32], pf: usize) {
     assert!(r0 + out.len() <= w.rows);
     #[cfg(kv_avx2)]
     if w.packed && w.m.is_empty() {

@@ -124,10 +124,8 @@ unsafe fn row_dot_fmt<const FIFTH: bool>(row: &Row, x: &QVec) -> f32 {
     hsum(acc) + _mm512_reduce_add_ps(off)
 }
 
-/// How far ahead (in bytes past each row's current block) the multi-row kernel asks for
-/// the codes: one group of rows ahead at the head's shapes (a 640-value Q8_0 row is 640
-/// bytes, four of them 2.5 KiB).
-pub const PF_BYTES: usize = 4096;
+/// Blocks per segment of the multi-row kernel.
+const SEG_R: usize = 32;
 
 /// `R` rows of one matrix against the same activations, each row's float arithmetic
 /// that of [`row_dot`] operation for operation (so each result equals it bit for bit):
@@ -166,12 +164,15 @@ unsafe fn rows_dot_fmt<const R: usize, const PACKED: bool, const FIFTH: bool>(
     let xp = x.q.as_ptr();
     let qp: [*const u8; R] = std::array::from_fn(|r| rows[r].q.as_ptr());
     let hp: [*const u32; R] = std::array::from_fn(|r| rows[r].hi.as_ptr());
-    let mut scale = [[0f32; SEG]; R];
+    // Segments of SEG_R blocks (a multiple of 16 and of 4, as SEG: the same blocks meet
+    // the same lanes and accumulators as in `row_dot`), so that the rows' scale buffers
+    // stay small (a 4 KiB one per call was zeroed by a memset call).
+    let mut scale = [[0f32; SEG_R]; R];
     let mut off = [_mm512_setzero_ps(); R];
     let mut acc = [[_mm256_setzero_ps(); 4]; R];
     let mut s0 = 0;
     while s0 < nb {
-        let n = (nb - s0).min(SEG);
+        let n = (nb - s0).min(SEG_R);
         let mut c = 0;
         while c < n {
             let k = (n - c).min(16);
@@ -212,8 +213,15 @@ unsafe fn rows_dot_fmt<const R: usize, const PACKED: bool, const FIFTH: bool>(
                     _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64) as *const i8);
                 }
                 for (j, &xj) in xv.iter().enumerate() {
-                    acc[r][j] =
-                        block_x::<PACKED, FIFTH>(qp[r], hp[r], b + j, xj, scale[r][i + j], acc[r][j], mask);
+                    acc[r][j] = block_x::<PACKED, FIFTH>(
+                        qp[r],
+                        hp[r],
+                        b + j,
+                        xj,
+                        scale[r][i + j],
+                        acc[r][j],
+                        mask,
+                    );
                 }
             }
             i += 4;

@@ -358,9 +358,6 @@ unsafe fn x0_lanes(qp: *const u8, hp: *const u32, fifth: bool, b: usize, xp: *co
     }
 }
 
-/// How far ahead (bytes past each row's current block) [`rows_dot_x0`] asks for codes.
-pub const PF_X0_BYTES: usize = 2048;
-
 /// `R` Q4_0 / Q5_0 rows of one matrix at once, each with the float arithmetic of
 /// [`row_dot_x0`] operation for operation (each result equals it bit for bit): the rows
 /// share the activation loads and the block scales `s_x` / sums, and their chains (two
@@ -384,9 +381,7 @@ unsafe fn rows_dot_x0_fmt<const R: usize, const FIFTH: bool>(
     let nb = rows[0].d.len();
     for row in rows {
         check_row(row, x);
-        assert!(
-            row.packed && row.m.is_empty() && row.d.len() == nb && row.hi.is_empty() != FIFTH
-        );
+        assert!(row.packed && row.m.is_empty() && row.d.len() == nb && row.hi.is_empty() != FIFTH);
     }
     let xp = x.q.as_ptr();
     let qp: [*const u8; R] = std::array::from_fn(|r| rows[r].q.as_ptr());
