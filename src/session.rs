@@ -120,6 +120,11 @@ pub struct Session {
     /// Transient buffers' sizes, for the memory breakdown.
     pub buffers: Buffers,
     future: Option<FutureAttention>,
+    /// The prefill cache and this prompt's key in it, for what is stored beside the
+    /// entry after the session opened ([`full_pass_cached`](Self::full_pass_cached)).
+    cache: Option<(PrefillCache, prefill_cache::Key)>,
+    /// The held replay was computed here and not yet stored beside the entry.
+    pass_unstored: bool,
 }
 
 impl Session {
@@ -226,9 +231,22 @@ impl Session {
         };
         let prefill = ms(t);
         let t = Instant::now();
-        let full_ids = match stored.as_ref().and_then(|f| f.answer(max_new)) {
+        // On a hit, the generation stored with the entry, else a longer one stored beside
+        // it by an earlier reopen (greedy decoding: a prefix answers a shorter request).
+        let mut side_notice = None;
+        let mut source = "entry";
+        let mut from_store = stored.as_ref().and_then(|f| f.answer(max_new));
+        if let (None, Some(c), Some(k), Some(_)) = (&from_store, cache, &key, &stored) {
+            source = "sidecar";
+            from_store = c.lookup_gen(k, max_new).unwrap_or_else(|n| {
+                side_notice = Some(n);
+                None
+            });
+        }
+        let full_ids = match from_store {
             Some(ids) => ids,
             None => {
+                source = "decoded";
                 // Sliding-window layers hold only the entries they can still see.
                 let all = crate::keepset::full_keep(&trace);
                 let (ids, held) = loaded.model.generate_measured(
@@ -243,16 +261,37 @@ impl Session {
             }
         };
         let decode_full = ms(t);
-        if let (Some(c), Some(k), None) = (cache, &key, &stored) {
-            let full = prefill_cache::FullGen {
-                max_new,
-                ids: full_ids.clone(),
-            };
-            let wrote = c.store(k, &trace, &full);
-            // A bad entry's notice stays the one shown (the write replaced the entry).
-            if let Some(r) = report.as_mut() {
-                let notice = r.notice.take().or(wrote.notice.clone());
-                *r = prefill_cache::Report { notice, ..wrote };
+        match (cache, &key, &stored) {
+            (Some(c), Some(k), None) => {
+                let full = prefill_cache::FullGen {
+                    max_new,
+                    ids: full_ids.clone(),
+                };
+                let wrote = c.store(k, &trace, &full);
+                // A bad entry's notice stays the one shown (the write replaced the entry).
+                if let Some(r) = report.as_mut() {
+                    let notice = r.notice.take().or(wrote.notice.clone());
+                    *r = prefill_cache::Report { notice, ..wrote };
+                }
+            }
+            // A hit whose stored generations were too short: the longer one is kept
+            // beside the entry, so the next reopen with this max_new decodes nothing.
+            (Some(c), Some(k), Some(_)) if source == "decoded" => {
+                let full = prefill_cache::FullGen {
+                    max_new,
+                    ids: full_ids.clone(),
+                };
+                let wrote = c.store_gen(k, &full);
+                if let Some(r) = report.as_mut() {
+                    r.notice = r.notice.take().or(side_notice.take()).or(wrote);
+                }
+            }
+            _ => {}
+        }
+        if let Some(r) = report.as_mut() {
+            r.generation = Some(source);
+            if let Some(n) = side_notice {
+                r.notice.get_or_insert(n);
             }
         }
         let full = Generation {
@@ -273,6 +312,8 @@ impl Session {
             prefill_cache: report,
             buffers,
             future: None,
+            cache: cache.cloned().zip(key),
+            pass_unstored: false,
             timing: Timing {
                 prefill,
                 decode_full,
@@ -314,6 +355,74 @@ impl Session {
         match &self.full_pass {
             Some(fp) => Ok(fp),
             None => anyhow::bail!("no full-cache replay"),
+        }
+    }
+
+    /// [`full_pass`](Self::full_pass) read from the prefill cache when a reopen stored
+    /// it beside the entry (the same generation, bit for bit what a replay gives), else
+    /// replayed (the inspector's divergence analysis; a replay is a decode over the
+    /// whole prompt), to be stored by [`store_full_pass`](Self::store_full_pass) once
+    /// the caller has shown its result. Returns where it came from (`"sidecar"`,
+    /// `"replayed"`, or `"held"` when the session had it) and a notice when a stored
+    /// one was unusable.
+    pub fn full_pass_cached(&mut self, model: &Model) -> Result<(&'static str, Option<String>)> {
+        if self.full_pass.is_some() {
+            return Ok(("held", None));
+        }
+        let Some((c, k)) = &self.cache else {
+            self.full_pass(model)?;
+            return Ok(("replayed", None));
+        };
+        let d = self.trace.dims;
+        let expect = prefill_cache::pass::Expect {
+            prompt_len: self.trace.len,
+            n_rep: d.n_rep(),
+            n_layers: d.n_layers,
+            n_heads: d.n_heads,
+            vocab: model.weights.lm_head().rows,
+            ids: &self.full.ids,
+        };
+        let (stored, notice) = match c.lookup_pass(k, &expect) {
+            Ok(p) => (p, None),
+            Err(n) => (None, Some(n)),
+        };
+        if let Some(fp) = stored {
+            self.full_pass = Some(fp);
+            return Ok(("sidecar", notice));
+        }
+        let (fp, _) = FullPass::compute(model, &self.trace, &self.full.ids, None)?;
+        self.full_pass = Some(fp);
+        self.pass_unstored = true;
+        Ok(("replayed", notice))
+    }
+
+    /// The window scores of `settings` stored beside the prefill cache's entry by an
+    /// earlier reopen (bit for bit what [`ScoreTable::compute`] gives); `Err(notice)`
+    /// when the stored table was unusable.
+    pub fn stored_scores(&self, settings: &Settings) -> Result<Option<ScoreTable>, String> {
+        match &self.cache {
+            Some((c, k)) => c.lookup_scores(k, settings, self.trace.len, &self.trace.dims),
+            None => Ok(None),
+        }
+    }
+
+    /// Stores the window scores `t` beside the prefill cache's entry (best effort); a
+    /// notice when that did not happen.
+    pub fn store_scores(&self, t: &ScoreTable) -> Option<String> {
+        let (c, k) = self.cache.as_ref()?;
+        c.store_scores(k, t, &self.trace.dims)
+    }
+
+    /// Stores the replay [`full_pass_cached`](Self::full_pass_cached) computed beside
+    /// the prefill cache's entry (hundreds of MB on a long prompt: once, after the
+    /// result is on screen); a notice when that did not happen.
+    pub fn store_full_pass(&mut self) -> Option<String> {
+        if !std::mem::take(&mut self.pass_unstored) {
+            return None;
+        }
+        match (&self.cache, &self.full_pass) {
+            (Some((c, k)), Some(fp)) => c.store_pass(k, fp),
+            _ => None,
         }
     }
 

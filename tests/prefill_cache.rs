@@ -3,8 +3,10 @@
 //! cap evicts the least recently used, concurrent writers leave one good file, and a
 //! cached `run --json` equals an uncached one but for the cache's own fields.
 
+use kvscope::model::replay::FullPass;
 use kvscope::model::Model;
 use kvscope::prefill_cache::{FullGen, Key, PrefillCache};
+use kvscope::session::Session;
 use kvscope::testing::{self, GgufSpec};
 use kvscope::trace::{KvStore, Trace};
 use serde_json::Value;
@@ -277,6 +279,85 @@ fn a_folder_that_cannot_be_written_is_a_notice() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The full-cache generation kept beside an entry (the `gen` sidecar): read back for the
+/// same key, refused with a one-line notice (and removed) when it is damaged, truncated,
+/// foreign or garbage; evicted and cleared with its entry, and counted in its size.
+#[test]
+fn a_generation_sidecar_reads_back_and_a_bad_one_is_refused() {
+    let dir = testing::temp_dir("pfc-gen");
+    let (m, c) = (model(), cache(&dir, 1 << 30));
+    let ids = testing::random_ids(60, 64, 5);
+    let t = trace(&m, &ids);
+    let key = c.key("f32", &ids);
+    assert!(c.store(&key, &t, &full()).notice.is_none());
+    assert_eq!(c.lookup_gen(&key, 8), Ok(None), "no sidecar yet");
+    let long = FullGen {
+        max_new: 8,
+        ids: vec![1, 2, 3, 4, 5, 6, 7, 8],
+    };
+    assert_eq!(c.store_gen(&key, &long), None);
+    let side = entry_path(&c, &ids).with_extension("gen");
+    assert!(side.is_file());
+    assert_eq!(c.lookup_gen(&key, 8), Ok(Some(long.ids.clone())));
+    assert_eq!(c.lookup_gen(&key, 5), Ok(Some(long.ids[..5].to_vec())));
+    assert_eq!(c.lookup_gen(&key, 9), Ok(None), "it may go on past 8");
+    // The entry's size in the listing counts its sidecar.
+    let listed = kvscope::prefill_cache::list(&dir);
+    let entry_len = std::fs::metadata(entry_path(&c, &ids)).unwrap().len();
+    let side_len = std::fs::metadata(&side).unwrap().len();
+    assert_eq!(listed[0].bytes, entry_len + side_len);
+    let good = std::fs::read(&side).unwrap();
+    let mut damaged = good.clone();
+    let n = damaged.len();
+    damaged[n - 2] ^= 0x20;
+    let mut other = ids.clone();
+    other[3] = (other[3] + 1) % 64;
+    let bad: [(&str, Vec<u8>); 4] = [
+        ("checksum", damaged),
+        ("truncated", good[..good.len() - 3].to_vec()),
+        (
+            "not a kvscope",
+            b"garbage, not a sidecar at all, long enough to pass the header".repeat(2),
+        ),
+        ("foreign", Vec::new()),
+    ];
+    for (why, bytes) in bad {
+        if why == "foreign" {
+            // Another prompt's sidecar under this entry's name.
+            let okey = c.key("f32", &other);
+            assert_eq!(c.store_gen(&okey, &long), None);
+            let oside = c.dir.join(okey.file_name()).with_extension("gen");
+            std::fs::rename(&oside, &side).unwrap();
+        } else {
+            std::fs::write(&side, bytes).unwrap();
+        }
+        let notice = c.lookup_gen(&key, 8).expect_err(why);
+        assert!(
+            notice.contains(why) && notice.contains("unusable") && !notice.contains('\n'),
+            "{why}: {notice}"
+        );
+        assert!(!side.exists(), "{why}: the bad sidecar is removed");
+        assert_eq!(c.lookup_gen(&key, 8), Ok(None));
+    }
+    // Evicting the entry takes its sidecar; so does replacing the entry.
+    assert_eq!(c.store_gen(&key, &long), None);
+    assert!(c.store(&key, &t, &full()).notice.is_none());
+    assert!(!side.exists(), "a rewritten entry drops the old sidecar");
+    assert_eq!(c.store_gen(&key, &long), None);
+    let small = cache(&dir, entry_len + entry_len / 2);
+    let ids2 = testing::random_ids(60, 64, 6);
+    let r = small.store(&small.key("f32", &ids2), &trace(&m, &ids2), &full());
+    assert!(r.notice.is_none(), "{r:?}");
+    assert!(
+        !entry_path(&c, &ids).exists() && !side.exists(),
+        "evicted together"
+    );
+    assert_eq!(c.store_gen(&small.key("f32", &ids2), &long), None);
+    let (files, _) = kvscope::prefill_cache::clear(&dir).unwrap();
+    assert_eq!(files, 2, "the entry and its sidecar");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 struct Env {
     dir: PathBuf,
     model: PathBuf,
@@ -409,5 +490,249 @@ fn a_cached_run_reports_the_same_as_an_uncached_one() {
         .unwrap();
     assert!(clear.status.success());
     assert!(kvscope::prefill_cache::list(&pdir).is_empty());
+    let _ = std::fs::remove_dir_all(&env.dir);
+}
+
+/// A reopen asking for a longer generation than the entry holds decodes it once and keeps
+/// it beside the entry: the next reopen reads it (`"generation": "sidecar"`, no full-cache
+/// decode), and every report equals the uncached one but for the cache's fields. A
+/// damaged sidecar is one notice line and a fresh decode.
+#[test]
+fn a_longer_generation_is_kept_beside_the_entry_for_the_next_reopen() {
+    let env = Env::new("pfc-gen-cli");
+    let bytes = |v: Value| serde_json::to_vec(&stable(v)).unwrap();
+    let (first, _) = env.report(PROMPT, &["--max-new", "3"]);
+    assert_eq!(first["prefill_cache"]["generation"], "decoded");
+    assert_eq!(first["full"]["ids"].as_array().unwrap().len(), 3, "{first}");
+    let (off, _) = env.report(PROMPT, &["--max-new", "7", "--no-cache"]);
+    assert_eq!(
+        off["full"]["ids"].as_array().unwrap().len(),
+        7,
+        "no early stop"
+    );
+    let (longer, _) = env.report(PROMPT, &["--max-new", "7"]);
+    assert_eq!(longer["prefill_cache"]["hit"], true);
+    assert_eq!(longer["prefill_cache"]["generation"], "decoded");
+    assert!(longer["memory"]["decode_full"].as_u64().unwrap() > 0);
+    assert_eq!(bytes(longer.clone()), bytes(off.clone()));
+    let (again, err) = env.report(PROMPT, &["--max-new", "7"]);
+    assert_eq!(again["prefill_cache"]["generation"], "sidecar", "{err}");
+    assert_eq!(again["memory"]["decode_full"], 0, "nothing decoded");
+    assert_eq!(bytes(again), bytes(off.clone()));
+    let (shorter, _) = env.report(PROMPT, &["--max-new", "2"]);
+    assert_eq!(shorter["prefill_cache"]["generation"], "entry");
+    let pdir = env.dir.join("home").join("prefill");
+    let side: Vec<_> = std::fs::read_dir(&pdir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "gen"))
+        .collect();
+    assert_eq!(side.len(), 1, "{side:?}");
+    let mut b = std::fs::read(&side[0]).unwrap();
+    let n = b.len();
+    b[n - 1] ^= 0x01;
+    std::fs::write(&side[0], b).unwrap();
+    let (fixed, err) = env.report(PROMPT, &["--max-new", "7"]);
+    let notices: Vec<&str> = err.lines().filter(|l| l.contains("unusable")).collect();
+    assert_eq!(notices.len(), 1, "{err}");
+    assert!(notices[0].contains("sidecar"), "{err}");
+    assert_eq!(fixed["prefill_cache"]["hit"], true);
+    assert_eq!(fixed["prefill_cache"]["generation"], "decoded");
+    assert_eq!(bytes(fixed), bytes(off.clone()));
+    let (healed, _) = env.report(PROMPT, &["--max-new", "7"]);
+    assert_eq!(healed["prefill_cache"]["generation"], "sidecar");
+    assert_eq!(bytes(healed), bytes(off));
+    let _ = std::fs::remove_dir_all(&env.dir);
+}
+
+/// Two replays, bit for bit.
+fn same_pass(a: &FullPass, b: &FullPass) -> bool {
+    let bits = |x: &[f32]| x.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    a.prompt_len == b.prompt_len
+        && a.n_rep == b.n_rep
+        && a.ids == b.ids
+        && a.held_from == b.held_from
+        && a.logits.len() == b.logits.len()
+        && a.logits
+            .iter()
+            .zip(&b.logits)
+            .all(|(x, y)| bits(x) == bits(y))
+        && a.attn.len() == b.attn.len()
+        && a.attn.iter().zip(&b.attn).all(|(x, y)| {
+            x.len() == y.len()
+                && x.iter().zip(y).all(|(p, q)| {
+                    p.len() == q.len() && p.iter().zip(q).all(|(r, s)| bits(r) == bits(s))
+                })
+        })
+}
+
+/// The inspector's full-cache replay (the divergence analysis' input) is stored beside
+/// the entry once computed and read back on the next reopen bit for bit as a fresh
+/// replay gives it; a damaged one or another generation's is refused with a one-line
+/// notice and replayed (and stored again); one that cannot fit the cap is not stored.
+#[test]
+fn the_full_cache_replay_is_kept_beside_the_entry_bit_for_bit() {
+    let env = Env::new("pfc-pass");
+    let loaded = kvscope::model::load(&env.model).expect("load");
+    let c = cache(&env.dir.join("prefill"), 1 << 30);
+    let ids = loaded.tok.encode(PROMPT).expect("encode");
+    let open = |c: &PrefillCache, max_new: usize| {
+        Session::from_ids_cached(
+            &loaded,
+            Some(c),
+            PROMPT.to_string(),
+            ids.clone(),
+            max_new,
+            None,
+            &mut |_, _| {},
+        )
+        .expect("session")
+    };
+    let side = c
+        .dir
+        .join(c.key(loaded.model.kv_dtype().name(), &ids).file_name())
+        .with_extension("pass");
+    let mut first = open(&c, 6);
+    assert!(!first.prefill_cache.as_ref().unwrap().hit);
+    assert_eq!(first.full.ids.len(), 6, "no early stop");
+    assert_eq!(
+        first.full_pass_cached(&loaded.model).unwrap(),
+        ("replayed", None)
+    );
+    assert!(
+        !side.exists(),
+        "stored only when asked, after the result is shown"
+    );
+    assert_eq!(first.store_full_pass(), None);
+    assert!(side.is_file());
+    assert_eq!(first.store_full_pass(), None, "stored once");
+    let mut second = open(&c, 6);
+    assert!(second.prefill_cache.as_ref().unwrap().hit);
+    assert_eq!(
+        second.full_pass_cached(&loaded.model).unwrap(),
+        ("sidecar", None)
+    );
+    assert_eq!(second.store_full_pass(), None);
+    let fresh = FullPass::compute(&loaded.model, &second.trace, &second.full.ids, None)
+        .unwrap()
+        .0;
+    assert!(same_pass(second.full_pass.as_ref().unwrap(), &fresh));
+    assert!(same_pass(first.full_pass.as_ref().unwrap(), &fresh));
+    // Damaged: refused, removed, replayed, stored again.
+    let mut b = std::fs::read(&side).unwrap();
+    let n = b.len();
+    b[n / 2] ^= 0x04;
+    std::fs::write(&side, b).unwrap();
+    let mut third = open(&c, 6);
+    let (from, notice) = third.full_pass_cached(&loaded.model).unwrap();
+    assert_eq!(from, "replayed");
+    let notice = notice.expect("a notice");
+    assert!(
+        notice.contains("checksum") && notice.contains("unusable") && !notice.contains('\n'),
+        "{notice}"
+    );
+    assert!(same_pass(third.full_pass.as_ref().unwrap(), &fresh));
+    assert_eq!(third.store_full_pass(), None);
+    // Another generation (a shorter --max-new): refused, replayed for this one.
+    let mut short = open(&c, 3);
+    let (from, notice) = short.full_pass_cached(&loaded.model).unwrap();
+    assert_eq!(from, "replayed");
+    assert!(notice.is_some_and(|n| n.contains("another generation")));
+    let want = FullPass::compute(&loaded.model, &short.trace, &short.full.ids, None)
+        .unwrap()
+        .0;
+    assert!(same_pass(short.full_pass.as_ref().unwrap(), &want));
+    // A cap the entry and the replay cannot fit together: not stored, with a notice.
+    let entry_len = std::fs::metadata(side.with_extension("kvp")).unwrap().len();
+    let tight = PrefillCache {
+        cap: entry_len + 10,
+        ..c.clone()
+    };
+    let mut fourth = open(&tight, 6);
+    assert_eq!(
+        fourth.full_pass_cached(&loaded.model).unwrap().0,
+        "replayed"
+    );
+    let n = fourth.store_full_pass().expect("a notice");
+    assert!(n.contains("cap") && !n.contains('\n'), "{n}");
+    assert!(!side.exists());
+    // `cache clear` takes the sidecars too.
+    let mut again = open(&c, 6);
+    again.full_pass_cached(&loaded.model).unwrap();
+    assert_eq!(again.store_full_pass(), None);
+    let (files, _) = kvscope::prefill_cache::clear(&c.dir).unwrap();
+    assert_eq!(files, 2, "the entry and its replay");
+    let _ = std::fs::remove_dir_all(&env.dir);
+}
+
+/// The inspector's window scores are stored beside the entry and read back bit for bit
+/// for the same window, kernel and pooling; another setting's table is a plain miss
+/// (the next store replaces it), a damaged one a one-line notice.
+#[test]
+fn window_scores_are_kept_beside_the_entry_for_their_settings() {
+    use kvscope::eviction::{ScoreTable, Settings};
+    let env = Env::new("pfc-scores");
+    let loaded = kvscope::model::load(&env.model).expect("load");
+    let c = cache(&env.dir.join("prefill"), 1 << 30);
+    let ids = loaded.tok.encode(PROMPT).expect("encode");
+    let open = || {
+        Session::from_ids_cached(
+            &loaded,
+            Some(&c),
+            PROMPT.to_string(),
+            ids.clone(),
+            4,
+            None,
+            &mut |_, _| {},
+        )
+        .expect("session")
+    };
+    let s = Settings {
+        method: kvscope::eviction::snapkv::METHOD,
+        budget: 16,
+        window: 4,
+        kernel: 3,
+        ..Settings::default()
+    };
+    let first = open();
+    assert!(matches!(first.stored_scores(&s), Ok(None)));
+    let t = ScoreTable::compute(&first.trace, &s);
+    assert!(t.heads.iter().flatten().any(|h| !h.is_empty()));
+    assert_eq!(first.store_scores(&t), None);
+    let second = open();
+    assert!(second.prefill_cache.as_ref().unwrap().hit);
+    let back = second.stored_scores(&s).unwrap().expect("stored");
+    let bits = |t: &ScoreTable| {
+        t.heads
+            .iter()
+            .flatten()
+            .map(|h| h.iter().map(|x| x.to_bits()).collect::<Vec<_>>())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(bits(&back), bits(&ScoreTable::compute(&second.trace, &s)));
+    assert!(back.fits(second.trace.len, &s));
+    let wider = Settings {
+        window: 6,
+        ..s.clone()
+    };
+    assert!(
+        matches!(second.stored_scores(&wider), Ok(None)),
+        "another window misses"
+    );
+    let side = c
+        .dir
+        .join(c.key(loaded.model.kv_dtype().name(), &ids).file_name())
+        .with_extension("scores");
+    let mut b = std::fs::read(&side).unwrap();
+    let n = b.len();
+    b[n - 5] ^= 0x10;
+    std::fs::write(&side, b).unwrap();
+    let notice = second.stored_scores(&s).expect_err("damaged");
+    assert!(
+        notice.contains("checksum") && notice.contains("unusable") && !notice.contains('\n'),
+        "{notice}"
+    );
+    assert!(!side.exists());
     let _ = std::fs::remove_dir_all(&env.dir);
 }

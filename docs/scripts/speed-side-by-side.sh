@@ -34,7 +34,7 @@ run_llamacpp() {  # round
 }
 run_kvscope() {  # round
   "$kvscope" bench --model "$model" --threads "$threads" --reps "$reps" \
-    --prefill "$pre" --decode "$dec" --json >"$out/$name.r$1.kvscope.json"
+    --prefill "$pre" --decode "$dec" --bandwidth --json >"$out/$name.r$1.kvscope.json"
 }
 
 for r in $(seq 1 "$rounds"); do
@@ -72,9 +72,12 @@ def kvscope(r):
     return k, figs
 
 per_round = []
+bandwidth = []  # (read bytes/s, ceiling t/s) per round, from `kvscope bench --bandwidth`
 for r in range(1, rounds + 1):
     k, figs = kvscope(r)
     per_round.append((figs, llamacpp(r)))
+    if k.get("bandwidth"):
+        bandwidth.append((k["bandwidth"]["read_bytes_per_s"], k["bandwidth"]["ceiling_tps"]))
 
 keys = list(per_round[0][0].keys())
 rows = []
@@ -102,6 +105,11 @@ for r in rows:
     print(f"| {r['figure']} | {med(r['kvscope_tps'])} | {med(r['llamacpp_tps'])} | {ratio} | {spread} |")
 print(f"memory (last round): weights {mem['weights_bytes']/2**20:.0f} MiB, file {m['file_bytes']/2**20:.0f} MiB, "
       f"peak RSS {(mem['peak_rss_bytes'] or 0)/2**20:.0f} MiB")
-json.dump({"model": m, "memory": mem, "rounds": rounds, "figures": rows},
+if bandwidth:
+    print(f"memory read bandwidth (probe, median of rounds): {statistics.median(b for b, _ in bandwidth)/1e9:.1f} GB/s, "
+          f"empty-cache decode ceiling {statistics.median(c for _, c in bandwidth):.1f} t/s "
+          f"(decode reads {k['bandwidth']['decode_read_bytes_per_token']/1e6:.0f} MB of weights per token)")
+json.dump({"model": m, "memory": mem, "rounds": rounds, "figures": rows,
+           "bandwidth": [{"read_bytes_per_s": b, "ceiling_tps": c} for b, c in bandwidth]},
           open(base + ".ratios.json", "w"), indent=1)
 PY

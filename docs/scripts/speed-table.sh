@@ -14,8 +14,9 @@
 # Figures: prefill PREFILL (default 512,2048) and decode at DECODE (default 0,2048 tokens
 # of context) for SmolLM2, Gemma 3, the 0.5B and the 1B shape; prefill 512 and empty-cache
 # decode for the 8B shape; prefill and decode at LONG (default 16384) tokens for Gemma 3
-# and the 1B shape. ROUNDS (default 3) alternating rounds per model, one round for the
-# LONG figures. MODELS (comma list of smollm2,gemma3,qwen05,llama1b,llama8b,gemma3-long,
+# and the 1B shape; with each model's empty-cache decode, the ceiling `kvscope bench
+# --bandwidth` reports (memory read bandwidth / weight bytes per token). ROUNDS (default
+# 3) alternating rounds per model, one round for the LONG figures. MODELS (comma list of smollm2,gemma3,qwen05,llama1b,llama8b,gemma3-long,
 # llama1b-long; default all) picks rows; QUICK=1 runs tiny sizes (prefill 64, decode 0,64,
 # LONG 256, one round) to check the script itself.
 #
@@ -108,9 +109,16 @@ for d in sys.argv[1:]:
         else:
             ratio = "-"
         cells[(name, label)] = f"{med(f['kvscope_tps'])} / {med(f['llamacpp_tps'])}, {ratio}"
+    bw = r.get("bandwidth") or []
+    if bw and any(f["figure"] == "decode 0" for f in r["figures"]):
+        gbs = statistics.median(b["read_bytes_per_s"] for b in bw) / 1e9
+        ceil = statistics.median(b["ceiling_tps"] for b in bw)
+        cells[("empty-cache decode ceiling (bandwidth probe)", label)] = f"{ceil:.1f} t/s ({gbs:.1f} GB/s)"
     mem = r["memory"]
     rss = (mem.get("peak_rss_bytes") or 0) / 2**20
     cells[("peak RSS (kvscope bench)", label)] = f"{rss:,.0f} MiB"
+if any(k[0] == "empty-cache decode ceiling (bandwidth probe)" for k in cells):
+    order.append("empty-cache decode ceiling (bandwidth probe)")
 order.append("peak RSS (kvscope bench)")
 print("kvscope / llama.cpp tokens per second (medians), median ratio (min-max over the rounds)")
 print()

@@ -16,6 +16,11 @@ pub fn run(a: &BenchArgs) -> Result<()> {
     if a.steps == 0 {
         bail!("--steps must be at least 1 (decode speed is steps over time)");
     }
+    // Before the model loads, so the probe's buffer is gone before the weights arrive
+    // and does not raise the peak RSS reported below.
+    let bandwidth = a
+        .bandwidth
+        .then(|| super::bandwidth::read_bandwidth(rayon::current_num_threads(), 3));
     let loaded = super::load_model(a.model.model.as_deref())?;
     let m = &loaded.model;
     let ctx_len = m.config.context_length;
@@ -60,6 +65,16 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         mem_weights as f64 / 1e6,
         formats
     ));
+    let read_per_token = m.weights.decode_read_bytes();
+    let ceiling = bandwidth.map(|b| b / read_per_token as f64);
+    if let (Some(b), Some(c)) = (bandwidth, ceiling) {
+        say(format!(
+            "memory read bandwidth: {:.1} GB/s ({threads} threads, best of 3 passes over 256 MiB); \
+             decode reads {:.1} MB of weights per token: ceiling {c:.1} t/s",
+            b / 1e9,
+            read_per_token as f64 / 1e6
+        ));
+    }
     let mut trace_bytes_max = 0usize;
     let mut kv_bytes_max = 0usize;
     for &n in &a.prefill {
@@ -84,7 +99,11 @@ pub fn run(a: &BenchArgs) -> Result<()> {
         trace_bytes_max = trace_bytes_max.max(trace.resident_bytes());
         let (v, kv) = decode_tps(&loaded, &trace, &all, a.steps, reps)?;
         kv_bytes_max = kv_bytes_max.max(kv);
-        say(format!("decode at {ctx:>5} context: {v:>7.1} t/s"));
+        let share = match ceiling {
+            Some(c) if ctx == 0 => format!(" ({:.0}% of the bandwidth ceiling)", 100.0 * v / c),
+            _ => String::new(),
+        };
+        say(format!("decode at {ctx:>5} context: {v:>7.1} t/s{share}"));
         rows.push(serde_json::json!({"what": "decode", "context": ctx, "kept": "full", "tps": v}));
         if ctx == max_ctx && ctx > a.compressed_budget {
             let s = Settings {
@@ -130,10 +149,18 @@ pub fn run(a: &BenchArgs) -> Result<()> {
             "kv_cache_bytes_max": kv_bytes_max,
             "peak_rss_bytes": peak,
         });
+        let bandwidth = bandwidth.map(|b| {
+            serde_json::json!({
+                "read_bytes_per_s": b,
+                "decode_read_bytes_per_token": read_per_token,
+                "ceiling_tps": ceiling,
+            })
+        });
         println!(
             "{}",
             serde_json::to_string_pretty(&serde_json::json!({
                 "threads": threads,
+                "bandwidth": bandwidth,
                 "reps": reps,
                 "steps": a.steps,
                 "model": model,

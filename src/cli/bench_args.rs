@@ -27,6 +27,11 @@ pub struct BenchArgs {
     /// Also decode over a compressed cache (snapkv at this budget) at the largest context.
     #[arg(long, default_value_t = 128)]
     pub compressed_budget: usize,
+    /// Also measure the machine's memory read bandwidth (a 256 MiB buffer streamed by the
+    /// same number of threads, before the model loads) and report the empty-cache decode
+    /// ceiling it implies: bandwidth / weight bytes read per token.
+    #[arg(long)]
+    pub bandwidth: bool,
     /// Print JSON.
     #[arg(long)]
     pub json: bool,

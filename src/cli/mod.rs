@@ -1,5 +1,6 @@
 //! The command line: clap definitions and one module per subcommand.
 
+mod bandwidth;
 pub mod bench;
 mod bench_args;
 mod bench_explain;

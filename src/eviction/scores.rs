@@ -205,6 +205,23 @@ impl ScoreTable {
         }
     }
 
+    /// A table stored earlier (the prefill cache's scores sidecar) as the one `s`
+    /// computes on a trace of `len` tokens; the caller checked its shape.
+    pub fn stored(len: usize, s: &Settings, heads: Vec<Vec<Vec<f32>>>) -> Self {
+        ScoreTable {
+            window: s.window,
+            kernel: s.kernel,
+            pooling: s.pooling,
+            len,
+            heads: Arc::new(heads),
+        }
+    }
+
+    /// The window, kernel, pooling and prompt length the table was computed for.
+    pub fn made_for(&self) -> (usize, usize, Pooling, usize) {
+        (self.window, self.kernel, self.pooling, self.len)
+    }
+
     /// Whether the table holds the scores `s` would compute on a trace of `len` tokens.
     pub fn fits(&self, len: usize, s: &Settings) -> bool {
         (self.window, self.kernel, self.pooling, self.len) == (s.window, s.kernel, s.pooling, len)

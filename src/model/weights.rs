@@ -54,6 +54,17 @@ impl Weights {
         self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 
+    /// Bytes of weights one decode step reads: all of them, but for an untied embedding,
+    /// of which a step reads one row (the tied one is read whole as the output head).
+    pub fn decode_read_bytes(&self) -> usize {
+        let untied_embed = if self.lm_head.is_some() {
+            self.embed.bytes()
+        } else {
+            0
+        };
+        self.resident_bytes() - untied_embed
+    }
+
     /// Bytes of weights as held in memory.
     pub fn resident_bytes(&self) -> usize {
         let mut n = self.embed.bytes() + self.out_norm.len() * 4;

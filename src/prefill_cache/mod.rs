@@ -10,12 +10,16 @@
 //! ([`crate::session::Session`]) is the one place that consults it.
 
 mod entry;
+pub mod pass;
+mod scores;
+mod sidecar;
 mod store;
 
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 
+use crate::model::replay::FullPass;
 use crate::trace::Trace;
 
 pub use entry::FORMAT_VERSION;
@@ -94,6 +98,15 @@ impl Key {
 
     /// The entry's file name: a hash of every key field.
     pub fn file_name(&self) -> String {
+        let hex: String = self.digest()[..16]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        format!("{hex}.{}", entry::EXT)
+    }
+
+    /// The sha256 of every key field (a sidecar stores it to name its entry's key).
+    pub fn digest(&self) -> [u8; 32] {
         let mut h = Sha256::new();
         h.update(self.model_sha256.as_bytes());
         h.update([0]);
@@ -103,11 +116,7 @@ impl Key {
         for id in &self.ids {
             h.update(id.to_le_bytes());
         }
-        let hex: String = h.finalize()[..16]
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
-        format!("{hex}.{}", entry::EXT)
+        h.finalize().into()
     }
 }
 
@@ -149,6 +158,11 @@ pub struct Report {
     /// What went wrong, if anything (a bad entry, a folder that refused the write).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub notice: Option<String>,
+    /// Where the full-cache generation came from: `"entry"` (the one stored with the
+    /// prefill answered), `"sidecar"` (a longer one stored beside the entry by an earlier
+    /// reopen) or `"decoded"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub generation: Option<&'static str>,
 }
 
 impl Report {
@@ -293,6 +307,147 @@ impl PrefillCache {
             }
         }
         Ok(None)
+    }
+
+    /// The full-cache generation stored beside `key`'s entry (the [`sidecar::GEN`]
+    /// sidecar) when it answers `max_new`; `Err(notice)` when the sidecar cannot be
+    /// trusted (it is removed, so the fresh decode replaces it).
+    pub fn lookup_gen(&self, key: &Key, max_new: usize) -> Result<Option<Vec<u32>>, String> {
+        let path = sidecar::path(&self.dir, key, sidecar::GEN);
+        let parsed = sidecar::read(&path, key, sidecar::GEN).and_then(|b| {
+            b.map(|b| serde_json::from_slice::<FullGen>(&b))
+                .transpose()
+                .map_err(anyhow::Error::from)
+        });
+        match parsed {
+            Ok(g) => Ok(g
+                .filter(|g| g.ids.len() <= g.max_new)
+                .and_then(|g| g.answer(max_new))),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(format!(
+                    "prefill cache sidecar {} is unusable ({e:#}); decoding the full-cache generation again",
+                    path.display()
+                ))
+            }
+        }
+    }
+
+    /// Stores `full` beside `key`'s entry (best effort): a notice when it did not happen.
+    pub fn store_gen(&self, key: &Key, full: &FullGen) -> Option<String> {
+        let r = serde_json::to_vec(full)
+            .map_err(anyhow::Error::from)
+            .and_then(|b| sidecar::write(&self.dir, key, sidecar::GEN, &b));
+        r.err()
+            .map(|e| format!("full-cache generation not cached: {e:#}"))
+    }
+
+    /// The full-cache replay stored beside `key`'s entry (the [`sidecar::PASS`] sidecar)
+    /// when it is the one `expect` describes (same prompt, shape and generation);
+    /// `Err(notice)` when it cannot be trusted or is another generation's (it is
+    /// removed, so the fresh replay replaces it).
+    pub fn lookup_pass(
+        &self,
+        key: &Key,
+        expect: &pass::Expect,
+    ) -> Result<Option<FullPass>, String> {
+        let path = sidecar::path(&self.dir, key, sidecar::PASS);
+        match sidecar::read_with(&path, key, sidecar::PASS, u64::MAX, |r, len| {
+            pass::read(r, len, expect)
+        }) {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(format!(
+                    "prefill cache sidecar {} is unusable ({e:#}); replaying the full cache again",
+                    path.display()
+                ))
+            }
+        }
+    }
+
+    /// Stores `fp` beside `key`'s entry (best effort), first evicting the least
+    /// recently used other entries so the folder stays under the cap; a notice when it
+    /// did not happen (also when the entry is gone or it cannot fit at all).
+    pub fn store_pass(&self, key: &Key, fp: &FullPass) -> Option<String> {
+        let r = pass::payload_bytes(&pass::expect_of(fp))
+            .ok_or_else(|| anyhow::anyhow!("the replay is too large to store"))
+            .and_then(|len| self.store_sidecar(key, sidecar::PASS, len, |w| pass::write(w, fp)));
+        r.err()
+            .map(|e| format!("full-cache replay not cached: {e:#}"))
+    }
+
+    /// The window scores stored beside `key`'s entry when they are `s`'s on this
+    /// prompt (`prompt_len` tokens, `dims`); `Err(notice)` when the sidecar cannot be
+    /// trusted (it is removed). Another setting's table is a plain miss.
+    pub fn lookup_scores(
+        &self,
+        key: &Key,
+        s: &crate::eviction::Settings,
+        prompt_len: usize,
+        dims: &crate::trace::Dims,
+    ) -> Result<Option<crate::eviction::ScoreTable>, String> {
+        let path = sidecar::path(&self.dir, key, sidecar::SCORES);
+        match sidecar::read_with(&path, key, sidecar::SCORES, u64::MAX, |r, len| {
+            scores::read(r, len, s, prompt_len, dims)
+        }) {
+            Ok(t) => Ok(t.flatten()),
+            Err(e) => {
+                let _ = std::fs::remove_file(&path);
+                Err(format!(
+                    "prefill cache sidecar {} is unusable ({e:#}); computing the window scores again",
+                    path.display()
+                ))
+            }
+        }
+    }
+
+    /// Stores the window scores `t` beside `key`'s entry (best effort, under the cap).
+    pub fn store_scores(
+        &self,
+        key: &Key,
+        t: &crate::eviction::ScoreTable,
+        dims: &crate::trace::Dims,
+    ) -> Option<String> {
+        let len = scores::payload_bytes(t);
+        self.store_sidecar(key, sidecar::SCORES, len, |w| scores::write(w, t, dims))
+            .err()
+            .map(|e| format!("window scores not cached: {e:#}"))
+    }
+
+    /// Writes a sidecar of `len` bytes beside `key`'s entry when the entry is there and
+    /// they fit the cap together, evicting least recently used other entries first.
+    fn store_sidecar(
+        &self,
+        key: &Key,
+        kind: &str,
+        len: u64,
+        body: impl FnOnce(
+            &mut sidecar::CrcWrite<std::io::BufWriter<std::fs::File>>,
+        ) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let entry = self.dir.join(key.file_name());
+        let entry_bytes = std::fs::metadata(&entry)
+            .map_err(|_| anyhow::anyhow!("its entry is gone"))?
+            .len();
+        // The entry's other sidecars count too (the old file of this kind is replaced).
+        let others: u64 = sidecar::KINDS
+            .iter()
+            .filter(|k| **k != kind)
+            .filter_map(|k| std::fs::metadata(sidecar::path(&self.dir, key, k)).ok())
+            .map(|m| m.len())
+            .sum();
+        let need = entry_bytes.saturating_add(others).saturating_add(len);
+        if need > self.cap {
+            anyhow::bail!(
+                "with its entry it would be larger than the cache's cap ({}; set {CAP_ENV} to raise it)",
+                human_bytes(self.cap)
+            );
+        }
+        // The entry itself stays (evict leaves `keep` out of its count: it counts here).
+        store::evict(&self.dir, self.cap, need, &key.file_name());
+        sidecar::write_with(&self.dir, key, kind, len, body)?;
+        Ok(())
     }
 
     /// Stores a finished prefill (best effort): the report of the write, with a notice

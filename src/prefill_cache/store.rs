@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use super::entry::{self, Meta, EXT};
+use super::sidecar;
 use crate::trace::Trace;
 
 /// Temp files start with this; one left by a killed process is swept after an hour.
@@ -27,7 +28,27 @@ fn is_entry(p: &Path) -> bool {
             .is_some_and(|n| n.to_string_lossy().starts_with('.'))
 }
 
-/// Regular entry files in `dir` with size and mtime.
+fn is_sidecar(p: &Path) -> bool {
+    p.extension()
+        .is_some_and(|e| sidecar::KINDS.iter().any(|k| e == *k))
+        && !p
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+}
+
+/// The regular sidecar files of the entry at `entry` (same stem, a sidecar kind).
+fn sidecars_of(entry: &Path) -> Vec<(PathBuf, u64)> {
+    sidecar::KINDS
+        .iter()
+        .map(|k| entry.with_extension(k))
+        .filter_map(|p| {
+            let md = std::fs::symlink_metadata(&p).ok()?;
+            md.is_file().then_some((p, md.len()))
+        })
+        .collect()
+}
+
+/// Regular entry files in `dir` with size (their sidecars' included) and mtime.
 fn entries(dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
     let Ok(rd) = std::fs::read_dir(dir) else {
         return Vec::new();
@@ -36,10 +57,43 @@ fn entries(dir: &Path) -> Vec<(PathBuf, u64, SystemTime)> {
         .filter_map(|e| {
             let p = e.path();
             let md = std::fs::symlink_metadata(&p).ok()?;
-            (md.is_file() && is_entry(&p))
-                .then(|| (p, md.len(), md.modified().unwrap_or(SystemTime::UNIX_EPOCH)))
+            if !(md.is_file() && is_entry(&p)) {
+                return None;
+            }
+            let side: u64 = sidecars_of(&p).iter().map(|s| s.1).sum();
+            let mtime = md.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+            Some((p, md.len() + side, mtime))
         })
         .collect()
+}
+
+/// Removes an entry and its sidecars; true when the entry itself went.
+fn remove_entry(p: &Path) -> bool {
+    for (s, _) in sidecars_of(p) {
+        let _ = std::fs::remove_file(s);
+    }
+    std::fs::remove_file(p).is_ok()
+}
+
+/// Removes sidecars whose entry is gone (another process evicted or replaced it).
+fn sweep_orphans(dir: &Path) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let p = e.path();
+        if is_sidecar(&p) && !p.with_extension(EXT).exists() {
+            let _ = std::fs::remove_file(&p);
+        }
+    }
+}
+
+/// A fresh temp file name in `dir` for the final name `name` (this process, this instant).
+pub fn temp_path(dir: &Path, name: &str) -> PathBuf {
+    let nanos = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    dir.join(format!("{TMP_PREFIX}{}-{nanos}-{name}", std::process::id()))
 }
 
 /// Removes temp files older than an hour (a process killed mid-write leaves one).
@@ -63,9 +117,10 @@ fn sweep_stale_temps(dir: &Path) {
     }
 }
 
-/// Deletes the least recently used entries (not `keep`) until the folder's entries plus
-/// `incoming` bytes fit `cap`.
+/// Deletes the least recently used entries (not `keep`) with their sidecars until the
+/// folder's entries plus `incoming` bytes fit `cap`.
 pub fn evict(dir: &Path, cap: u64, incoming: u64, keep: &str) {
+    sweep_orphans(dir);
     let mut es = entries(dir);
     es.retain(|(p, _, _)| p.file_name().is_none_or(|n| n != keep));
     es.sort_by_key(|e| e.2);
@@ -74,7 +129,7 @@ pub fn evict(dir: &Path, cap: u64, incoming: u64, keep: &str) {
         if total.saturating_add(incoming) <= cap {
             break;
         }
-        if std::fs::remove_file(&p).is_ok() {
+        if remove_entry(&p) {
             total -= bytes;
         }
     }
@@ -102,10 +157,11 @@ pub fn write(dir: &Path, cap: u64, name: &str, meta: &Meta, trace: &Trace) -> Re
             bail!("{} is not a regular file; left alone", dest.display());
         }
     }
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    let tmp = dir.join(format!("{TMP_PREFIX}{}-{nanos}-{name}", std::process::id()));
+    // A sidecar of the entry being replaced belonged to the old file's generation.
+    for (s, _) in sidecars_of(&dest) {
+        let _ = std::fs::remove_file(s);
+    }
+    let tmp = temp_path(dir, name);
     let result = File::options()
         .write(true)
         .create_new(true)
@@ -129,6 +185,7 @@ pub fn write(dir: &Path, cap: u64, name: &str, meta: &Meta, trace: &Trace) -> Re
 #[derive(Debug, Clone)]
 pub struct Listed {
     pub path: PathBuf,
+    /// The entry's bytes with its sidecars'.
     pub bytes: u64,
     pub last_use: SystemTime,
     /// The entry's header, or why it cannot be read.
@@ -157,8 +214,8 @@ pub fn list(dir: &Path) -> Vec<Listed> {
     v
 }
 
-/// Removes every entry and temp file in `dir` (other files are left alone); returns the
-/// files and bytes removed.
+/// Removes every entry, sidecar and temp file in `dir` (other files are left alone);
+/// returns the files and bytes removed.
 pub fn clear(dir: &Path) -> Result<(usize, u64)> {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
@@ -171,7 +228,9 @@ pub fn clear(dir: &Path) -> Result<(usize, u64)> {
         let Ok(md) = std::fs::symlink_metadata(&p) else {
             continue;
         };
-        let ours = is_entry(&p) || e.file_name().to_string_lossy().starts_with(TMP_PREFIX);
+        let ours = is_entry(&p)
+            || is_sidecar(&p)
+            || e.file_name().to_string_lossy().starts_with(TMP_PREFIX);
         if md.is_file() && ours {
             std::fs::remove_file(&p).with_context(|| format!("cannot remove {}", p.display()))?;
             n += 1;

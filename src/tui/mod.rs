@@ -81,6 +81,7 @@ enum Event {
 }
 
 pub fn run(opts: Options) -> Result<()> {
+    worker::mark_start();
     // Read the prompt before touching the terminal, so a bad path is a plain error.
     let first = match &opts.prompt {
         Some(p) => Some((p.clone(), crate::input::read_prompt(p)?)),
@@ -466,6 +467,9 @@ struct TimingLog {
     edit: Option<(u64, Instant)>,
     /// The edit whose result is on screen and whose divergence view is still awaited.
     div: Option<(u64, Instant)>,
+    /// The opening's milestones already logged: the panes drawn, the first result's
+    /// divergence on screen (the status says `[ready]`).
+    opened: (bool, bool),
 }
 
 impl TimingLog {
@@ -481,6 +485,7 @@ impl TimingLog {
             file,
             edit: None,
             div: None,
+            opened: (false, false),
         }
     }
 
@@ -493,6 +498,18 @@ impl TimingLog {
     fn frame(&mut self, took: Duration, w: u16, h: u16, app: &App) {
         let Some(f) = &mut self.file else { return };
         let _ = writeln!(f, "draw_ms {:.3} size {w}x{h}", took.as_secs_f64() * 1e3);
+        // Wall-clock milestones of the opening, from the start of `kvscope`'s inspector.
+        if !self.opened.0 && app.snapshot.is_some() {
+            self.opened.0 = true;
+            let _ = writeln!(f, "open_panes_ms {:.1}", worker::since_start_ms());
+        }
+        if !self.opened.1
+            && app.phase == Phase::Idle
+            && app.result.as_ref().is_some_and(|r| r.divergence.is_some())
+        {
+            self.opened.1 = true;
+            let _ = writeln!(f, "open_ready_ms {:.1}", worker::since_start_ms());
+        }
         if let (Some((gen, at)), Some(r)) = (self.edit, &app.result) {
             if r.gen == gen {
                 let _ = writeln!(

@@ -65,9 +65,15 @@ fn run(job: Job, out: &Outbox, rx: Receiver<ToWorker>) {
             return;
         }
     };
+    let t = Instant::now();
     if !out(FromWorker::Ready(Box::new(w.snapshot()))) {
         return;
     }
+    timing_line(&format!(
+        "worker_snapshot_ms {:.1} sent_at_ms {:.1}",
+        ms_since(t),
+        since_start_ms()
+    ));
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter());
@@ -209,6 +215,8 @@ struct Worker {
     /// p_h of every head for one (window, kernel, pooling): budget and method edits
     /// select from it and show it as the attention pane's strip.
     scores: Option<ScoreTable>,
+    /// The held scores were computed here and not yet stored beside the entry.
+    scores_unstored: bool,
     /// Settings generation of the session's compressed outcome.
     applied: Option<u64>,
 }
@@ -228,7 +236,9 @@ impl Worker {
                 |n| n.to_string_lossy().into_owned()
             )
         ))));
+        let at_load = since_start_ms();
         let loaded = model::load(&path)?;
+        let load_ms = since_start_ms() - at_load;
         let dims = loaded.model.config.dims();
         // A bad profile is reported and ignored: every method but compresskv still works.
         let mut profile_path = job.profile.clone();
@@ -281,7 +291,9 @@ impl Worker {
                 out(FromWorker::Phase(Phase::DecodingFull));
             }
         };
+        let at_cache = since_start_ms();
         let (cache, cache_notice) = crate::prefill_cache::PrefillCache::open(&path, job.no_cache);
+        let at_session = since_start_ms();
         let mut session = Session::from_prompt_cached(
             &loaded,
             cache.as_ref(),
@@ -308,6 +320,15 @@ impl Worker {
             .iter_mut()
             .map(|l| std::mem::take(&mut l.maps))
             .collect();
+        timing_line(&format!(
+            "worker_open load_ms {load_ms:.1} cache_open_ms {:.1} prefill_ms {:.1} decode_full_ms {:.1} session_ms {:.1} hit {} at_session_ms {at_session:.1} opened_at_ms {:.1}",
+            at_session - at_cache,
+            session.timing.prefill,
+            session.timing.decode_full,
+            since_start_ms() - at_session,
+            session.prefill_cache.as_ref().is_some_and(|r| r.hit),
+            since_start_ms()
+        ));
         Ok(Worker {
             loaded: Arc::new(loaded),
             session,
@@ -316,6 +337,7 @@ impl Worker {
             prompt_opts: job.prompt_opts.clone(),
             maps: Arc::new(maps),
             scores: None,
+            scores_unstored: false,
             applied: None,
         })
     }
@@ -331,8 +353,13 @@ impl Worker {
             return false;
         }
         let t0 = Instant::now();
-        let table = self.scores_for(&settings);
+        let (table, scores_notice) = self.scores_for(&settings);
         let table_ms = ms_since(t0);
+        if let Some(n) = scores_notice {
+            if !out(FromWorker::Notice(n)) {
+                return false;
+            }
+        }
         // The generation goes to the UI as soon as it is decoded; the rest of the
         // teacher-forced decode (the divergence analysis' input) runs after.
         let (loaded, len) = (&self.loaded, self.session.trace.len);
@@ -374,8 +401,19 @@ impl Worker {
         let forced_ms = self.session.timing.decode_compressed - decode_ms;
         if let Some(keep) = keep {
             let t = Instant::now();
-            let replay = self.session.full_pass(&self.loaded.model).map(|_| ());
+            // Read from beside the prefill cache's entry when a reopen stored it.
+            let replay = self.session.full_pass_cached(&self.loaded.model);
             let replay_ms = ms_since(t);
+            let (pass_from, pass_notice) = match &replay {
+                Ok((from, n)) => (*from, n.clone()),
+                Err(_) => ("failed", None),
+            };
+            if let Some(n) = pass_notice {
+                if !out(FromWorker::Notice(n)) {
+                    return false;
+                }
+            }
+            let replay = replay.map(|_| ());
             let msg = match replay.and_then(|_| self.divergence(&keep)) {
                 Ok(view) => FromWorker::Divergence {
                     gen,
@@ -388,11 +426,28 @@ impl Worker {
                 return false;
             }
             timing_line(&format!(
-                "worker_edit gen {gen} scores_ms {table_ms:.1} select_ms {select_ms:.1} free_decode_ms {decode_ms:.1} to_result_ms {result_ms:.1} forced_rest_ms {forced_ms:.1} full_replay_ms {replay_ms:.1} analysis_ms {analysis_ms:.1} to_divergence_ms {:.1}",
+                "worker_edit at_ms {:.1} gen {gen} scores_ms {table_ms:.1} select_ms {select_ms:.1} free_decode_ms {decode_ms:.1} to_result_ms {result_ms:.1} forced_rest_ms {forced_ms:.1} full_replay_ms {replay_ms:.1} ({pass_from}) analysis_ms {analysis_ms:.1} to_divergence_ms {:.1}",
+                since_start_ms(),
                 ms_since(t0)
             ));
         }
-        out(FromWorker::Phase(Phase::Idle))
+        if !out(FromWorker::Phase(Phase::Idle)) {
+            return false;
+        }
+        // A replay computed here goes beside the prefill cache's entry once its result
+        // is on screen, so the next reopen reads it instead of replaying.
+        let t = Instant::now();
+        let mut notices: Vec<String> = self.session.store_full_pass().into_iter().collect();
+        if std::mem::take(&mut self.scores_unstored) {
+            if let Some(t) = &self.scores {
+                notices.extend(self.session.store_scores(t));
+            }
+        }
+        timing_line(&format!("worker_store_sidecars_ms {:.1}", ms_since(t)));
+        match notices.into_iter().reduce(|a, b| format!("{a}; {b}")) {
+            Some(n) => out(FromWorker::Notice(n)),
+            None => true,
+        }
     }
 
     /// The divergence analysis of `keep`: the full replay is computed on first use and
@@ -417,14 +472,22 @@ impl Worker {
         replay::attn_errors(&self.loaded.model, &s.trace, &s.full.ids, &c.selection.keep)
     }
 
-    fn scores_for(&mut self, s: &Settings) -> ScoreTable {
+    /// The window scores for `s`: held, else stored beside the prefill cache's entry by
+    /// an earlier reopen, else computed (and marked to be stored once the result is on
+    /// screen); with a notice when a stored table was unusable.
+    fn scores_for(&mut self, s: &Settings) -> (ScoreTable, Option<String>) {
         let len = self.session.trace.len;
         match &self.scores {
-            Some(t) if t.fits(len, s) => t.clone(),
+            Some(t) if t.fits(len, s) => (t.clone(), None),
             _ => {
-                let t = ScoreTable::compute(&self.session.trace, s);
+                let (stored, notice) = match self.session.stored_scores(s) {
+                    Ok(t) => (t, None),
+                    Err(n) => (None, Some(n)),
+                };
+                self.scores_unstored = stored.is_none();
+                let t = stored.unwrap_or_else(|| ScoreTable::compute(&self.session.trace, s));
                 self.scores = Some(t.clone());
-                t
+                (t, notice)
             }
         }
     }
@@ -506,6 +569,18 @@ pub fn snapshot(
 
 fn ms_since(t: Instant) -> f64 {
     t.elapsed().as_secs_f64() * 1000.0
+}
+
+static STARTED: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// Marks the inspector's start, the zero of the `KVSCOPE_TRACE_TIMING` opening lines.
+pub fn mark_start() {
+    let _ = STARTED.set(Instant::now());
+}
+
+/// Milliseconds since [`mark_start`] (since the first call, when it was never marked).
+pub fn since_start_ms() -> f64 {
+    ms_since(*STARTED.get_or_init(Instant::now))
 }
 
 /// Appends one line to the `KVSCOPE_TRACE_TIMING` file, when it is set (the loop logs

@@ -57,6 +57,30 @@ unsafe fn mins_pairs(m: u64) -> __m256i {
     _mm256_set_m128i(_mm_unpackhi_epi16(v, v), _mm_unpacklo_epi16(v, v))
 }
 
+/// Byte shuffle that fills every 16-bit lane with word `j` of each 128-bit half: one
+/// VPSHUFB picks a sub-block's scale out of a register holding eight of them, where
+/// broadcasting it from memory took a scalar load, a move and a broadcast per scale
+/// (a third of the kernel's instructions).
+#[inline(always)]
+unsafe fn pick_word(j: usize) -> __m128i {
+    _mm_set1_epi16((2 * j as i16) | ((2 * j as i16 + 1) << 8))
+}
+
+/// `acc + madd(a, b)`: the i16 pair products summed into i32 lanes, in one VPDPWSSD
+/// where the CPU has AVX-512 VNNI (the same wrapping integer sum either way, so the
+/// results are bit-identical).
+#[inline(always)]
+unsafe fn madd_acc(acc: __m256i, a: __m256i, b: __m256i) -> __m256i {
+    #[cfg(kv_vnni)]
+    {
+        _mm256_dpwssd_epi32(acc, a, b)
+    }
+    #[cfg(not(kv_vnni))]
+    {
+        _mm256_add_epi32(acc, _mm256_madd_epi16(a, b))
+    }
+}
+
 /// Q4_K and Q5_K rows against the Q8_K activations of `N` tokens at once (the codes are
 /// unpacked once and used `N` times; decode calls it with one token). Per super-block
 /// each 32-code sub-block's products are pair-summed (VPMADDUBSW) and multiplied by the
@@ -83,8 +107,13 @@ pub unsafe fn dot_k45_n<const N: usize, const PREFETCH: bool>(
             prefetch_ahead(blk, bytes);
         }
         let (sc, m) = k_scales_u64(blk.add(4));
+        // The eight scales as i16 in both halves, for `pick_word`.
+        let scv = _mm256_broadcastsi128_si256(_mm_cvtepu8_epi16(_mm_cvtsi64_si128(sc as i64)));
         let qs = blk.add(if five { 48 } else { 16 });
+        // Two accumulators per token (low and high sub-block of each 64-code chunk) so
+        // the multiply-adds of one super-block do not wait on each other.
         let mut sumi = [_mm256_setzero_si256(); N];
+        let mut sumh = [_mm256_setzero_si256(); N];
         for c in 0..4 {
             let q = _mm256_loadu_si256(qs.add(32 * c) as *const __m256i);
             let mask = _mm256_set1_epi8(0x0f);
@@ -104,15 +133,14 @@ pub unsafe fn dot_k45_n<const N: usize, const PREFETCH: bool>(
                     _mm256_and_si256(_mm256_cmpeq_epi8(_mm256_and_si256(qh, bh), bh), sixteen),
                 );
             }
-            let sl = _mm256_set1_epi16(((sc >> (16 * c)) & 0xff) as i16);
-            let sh = _mm256_set1_epi16(((sc >> (16 * c + 8)) & 0xff) as i16);
+            let sl = _mm256_shuffle_epi8(scv, _mm256_broadcastsi128_si256(pick_word(2 * c)));
+            let sh = _mm256_shuffle_epi8(scv, _mm256_broadcastsi128_si256(pick_word(2 * c + 1)));
             let at = sb * 256 + 64 * c;
             for t in 0..N {
                 let xl = _mm256_loadu_si256(xq[t].add(at) as *const __m256i);
                 let xh = _mm256_loadu_si256(xq[t].add(at + 32) as *const __m256i);
-                let pl = _mm256_madd_epi16(_mm256_maddubs_epi16(lo, xl), sl);
-                let ph = _mm256_madd_epi16(_mm256_maddubs_epi16(hi, xh), sh);
-                sumi[t] = _mm256_add_epi32(sumi[t], _mm256_add_epi32(pl, ph));
+                sumi[t] = madd_acc(sumi[t], _mm256_maddubs_epi16(lo, xl), sl);
+                sumh[t] = madd_acc(sumh[t], _mm256_maddubs_epi16(hi, xh), sh);
             }
         }
         let (d, dmin) = h2(blk);
@@ -122,7 +150,8 @@ pub unsafe fn dot_k45_n<const N: usize, const PREFETCH: bool>(
             // acc += d_x * (d * sumi - dmin * mins . bsums)
             let bs = _mm256_loadu_si256(xb[t].add(sb * 16) as *const __m256i);
             let msum = _mm256_cvtepi32_ps(_mm256_madd_epi16(bs, mins));
-            let v = _mm256_fnmadd_ps(dminv, msum, _mm256_mul_ps(dv, _mm256_cvtepi32_ps(sumi[t])));
+            let si = _mm256_add_epi32(sumi[t], sumh[t]);
+            let v = _mm256_fnmadd_ps(dminv, msum, _mm256_mul_ps(dv, _mm256_cvtepi32_ps(si)));
             acc[t] = _mm256_fmadd_ps(_mm256_broadcast_ss(&*xd[t].add(sb)), v, acc[t]);
         }
     }
@@ -154,8 +183,16 @@ pub unsafe fn dot_q6k_n<const N: usize, const PREFETCH: bool>(
             prefetch_ahead(blk, 210);
         }
         let scales = blk.add(192) as *const i8;
+        // The 16 scales as i16 (low half: 0..8, high half: 8..16), and each half's eight
+        // in both halves of a register for `pick_word`.
+        let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(scales as *const __m128i));
+        let halves = [
+            _mm256_permute2x128_si256::<0x00>(sc16, sc16),
+            _mm256_permute2x128_si256::<0x11>(sc16, sc16),
+        ];
         let mut sumi = [_mm256_setzero_si256(); N];
-        for half in 0..2 {
+        let mut sum2 = [_mm256_setzero_si256(); N];
+        for (half, &hs) in halves.iter().enumerate() {
             let m4 = _mm256_set1_epi8(0x0f);
             let m2 = _mm256_set1_epi8(0x30);
             let ql0 = _mm256_loadu_si256(blk.add(64 * half) as *const __m256i);
@@ -180,26 +217,29 @@ pub unsafe fn dot_q6k_n<const N: usize, const PREFETCH: bool>(
                 ),
             ];
             for (k, &codes) in q.iter().enumerate() {
-                let si = 8 * half + 2 * k;
-                let sv = _mm256_set_m128i(
-                    _mm_set1_epi16(*scales.add(si + 1) as i16),
-                    _mm_set1_epi16(*scales.add(si) as i16),
+                // Scale 2k of this half for the low 16 codes, 2k + 1 for the high 16.
+                let sv = _mm256_shuffle_epi8(
+                    hs,
+                    _mm256_set_m128i(pick_word(2 * k + 1), pick_word(2 * k)),
                 );
                 let at = sb * 256 + 128 * half + 32 * k;
                 for t in 0..N {
                     let xv = _mm256_loadu_si256(xq[t].add(at) as *const __m256i);
                     let pairs = _mm256_maddubs_epi16(codes, xv);
-                    sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(pairs, sv));
+                    if k % 2 == 0 {
+                        sumi[t] = madd_acc(sumi[t], pairs, sv);
+                    } else {
+                        sum2[t] = madd_acc(sum2[t], pairs, sv);
+                    }
                 }
             }
         }
-        // The 16 scales as i16, against each token's 16 quant sums: the centre's share.
-        let sc16 = _mm256_cvtepi8_epi16(_mm_loadu_si128(scales as *const __m128i));
+        // The scales against each token's 16 quant sums: the centre's share.
         let d = h(blk.add(208));
         for t in 0..N {
             let bs = _mm256_loadu_si256(xb[t].add(sb * 16) as *const __m256i);
             let centre = _mm256_slli_epi32(_mm256_madd_epi16(bs, sc16), 5);
-            let s = _mm256_sub_epi32(sumi[t], centre);
+            let s = _mm256_sub_epi32(_mm256_add_epi32(sumi[t], sum2[t]), centre);
             let f = _mm256_set1_ps(d * *xd[t].add(sb));
             acc[t] = _mm256_fmadd_ps(f, _mm256_cvtepi32_ps(s), acc[t]);
         }
