@@ -415,9 +415,9 @@ unsafe fn rows_dot_x0_fmt<const R: usize, const FIFTH: bool>(
                 }
             }
         }
-        for r in 0..R {
+        for q in qp {
             // One line of nibbles holds four blocks.
-            let ahead = qp[r].wrapping_add(b0 * QK / 2 + pf);
+            let ahead = q.wrapping_add(b0 * QK / 2 + pf);
             _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
             if n > 4 {
                 _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64) as *const i8);
