@@ -278,28 +278,19 @@ fn qrow_dot(w: &QMat, r: usize, x: &QVec) -> f32 {
     }
 }
 
-/// Codes above which a matrix goes through the one-row kernels: the output heads
-/// (~145-180 MB of Q8_0 on Gemma 3 and the 0.5B shape), streamed from memory, ran
-/// ~1.5-2x slower through the four-row kernels than one row after another (whose loads
-/// are one sequential stream), while the layers' matrices (at most a few MB) ran faster.
-const MULTI_ROW_MAX_BYTES: usize = 8 << 20;
-
 /// Rows `r0..r0 + out.len()` of `w . x` over 8-bit weights and activations, on the
-/// calling thread (the decode team splits rows itself). Matrices of at most
-/// `MULTI_ROW_MAX_BYTES` four rows per pass (Q4_0 / Q5_0 through `avx2::rows_dot_x0` on
-/// AVX2 builds, the other formats through `vnni::rows_dot` on AVX-512 VNNI builds),
-/// larger ones one row per pass; the other formats on AVX2 builds without VNNI two rows
-/// per pass (`avx2::rows_dot2`). Every row's result is the same whichever kernel runs
-/// (`matvec_q_rows_by`).
+/// calling thread (the decode team splits rows itself). One row after another: Q4_0 /
+/// Q5_0 through `avx2::rows_dot_x0::<1>` (`row_dot_x0`'s arithmetic, with the codes
+/// ahead prefetched), the other formats through the VNNI row kernel on AVX-512 VNNI
+/// builds, two rows per pass on AVX2 builds without VNNI (`avx2::rows_dot2`). Four rows
+/// per pass (`matvec_q_rows_by::<4>`) ran faster on matrices held in cache but not in a
+/// decode step, whose weights stream from memory (docs/speed.md).
 pub fn matvec_q_rows(w: &QMat, x: &QVec, r0: usize, out: &mut [f32]) {
-    #[cfg(kv_avx2)]
-    {
-        let x0 = w.packed && w.m.is_empty();
-        if w.q.len() > MULTI_ROW_MAX_BYTES && (x0 || cfg!(kv_vnni)) {
-            return matvec_q_rows_one(w, x, r0, out);
-        }
+    #[cfg(kv_vnni)]
+    if !(w.packed && w.m.is_empty()) {
+        return matvec_q_rows_one(w, x, r0, out);
     }
-    matvec_q_rows_by::<4>(w, x, r0, out, PF_BYTES)
+    matvec_q_rows_by::<1>(w, x, r0, out, PF_BYTES)
 }
 
 /// How far ahead (bytes past each row's current block) the multi-row kernels ask for
