@@ -306,6 +306,11 @@ fn a_generation_sidecar_reads_back_and_a_bad_one_is_refused() {
     let entry_len = std::fs::metadata(entry_path(&c, &ids)).unwrap().len();
     let side_len = std::fs::metadata(&side).unwrap().len();
     assert_eq!(listed[0].bytes, entry_len + side_len);
+    assert!(
+        listed[0].meta.is_ok(),
+        "an entry with a sidecar still lists: {:?}",
+        listed[0].meta.as_ref().err()
+    );
     let good = std::fs::read(&side).unwrap();
     let mut damaged = good.clone();
     let n = damaged.len();

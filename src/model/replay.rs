@@ -200,15 +200,23 @@ pub fn decode_both(
 pub struct FreeRun<'m> {
     /// Exactly what [`Model::generate`] gives for this keep set.
     pub ids: Vec<u32>,
+    /// The teacher-forced logits so far: the steps shared with the free-running decode,
+    /// then those decoded beside it after the fork.
     forced: Vec<Vec<f32>>,
-    /// The fork (the state before the first token that differs from the full
-    /// generation), else the free-running state where it stopped.
+    /// Teacher-forced steps that came free from the free-running decode.
+    shared: usize,
+    /// The teacher-forced decode after `forced` (forked off the free-running one before
+    /// the first token that differs from the full generation), else the free-running
+    /// state where it stopped.
     rest: DecodeState<'m>,
     /// Bytes the decode caches held at most (two when the teacher-forced one forked).
     pub held_bytes: usize,
 }
 
-/// [`decode_both`] up to the end of the free-running decode.
+/// [`decode_both`] up to the end of the free-running decode. After the fork the two
+/// decodes step side by side, one pass over the weights for both
+/// ([`DecodeState::step_pair`], exactly each one's own step), until the free-running one
+/// ends; the teacher-forced steps left then are [`FreeRun::finish`]'s.
 pub fn decode_free<'m>(
     model: &'m Model,
     trace: &Trace,
@@ -221,28 +229,44 @@ pub fn decode_free<'m>(
     let mut ids = Vec::with_capacity(max_new);
     let mut forced = Vec::with_capacity(steps);
     let mut state = DecodeState::new(model, trace, keep, max_new.max(full_ids.len()))?;
-    let mut fork = None;
+    let mut fork: Option<DecodeState> = None;
+    let mut shared = 0;
     if max_new > 0 {
         let mut tok = kernels::argmax(&trace.last_logits) as u32;
         ids.push(tok);
         while ids.len() < max_new && !stop_ids.contains(&tok) {
             // Not forked: `forced.len()` steps fed exactly `full_ids[..forced.len()]`.
-            let joined = fork.is_none() && forced.len() < steps;
-            if joined && tok != full_ids[forced.len()] {
+            if fork.is_none() && forced.len() < steps && tok != full_ids[forced.len()] {
+                shared = forced.len();
                 fork = Some(state.clone());
             }
-            let logits = state.step(tok, Observer::none())?;
-            if fork.is_none() && forced.len() < steps {
-                forced.push(logits.to_vec());
-            }
+            let logits = match fork.as_mut() {
+                Some(f) if forced.len() < steps => {
+                    let [free, teacher] = state.step_pair(f, [tok, full_ids[forced.len()]])?;
+                    forced.push(teacher.to_vec());
+                    free
+                }
+                Some(_) => state.step(tok, Observer::none())?,
+                None => {
+                    let logits = state.step(tok, Observer::none())?;
+                    if forced.len() < steps {
+                        forced.push(logits.to_vec());
+                    }
+                    logits
+                }
+            };
             tok = kernels::argmax(logits) as u32;
             ids.push(tok);
         }
+    }
+    if fork.is_none() {
+        shared = forced.len();
     }
     let held_bytes = state.held_bytes() * if fork.is_some() { 2 } else { 1 };
     Ok(FreeRun {
         ids,
         forced,
+        shared,
         held_bytes,
         rest: fork.unwrap_or(state),
     })
@@ -257,11 +281,11 @@ impl FreeRun<'_> {
         let FreeRun {
             ids,
             mut forced,
+            shared,
             rest: mut st,
             ..
         } = self;
-        let shared = forced.len();
-        for &tok in &full_ids[shared.min(steps)..steps] {
+        for &tok in &full_ids[forced.len().min(steps)..steps] {
             forced.push(st.step(tok, Observer::none())?.to_vec());
         }
         Ok(Decoded {

@@ -197,9 +197,12 @@ pub fn list(dir: &Path) -> Vec<Listed> {
     let mut v: Vec<Listed> = entries(dir)
         .into_iter()
         .map(|(path, bytes, last_use)| {
+            // The header is checked against the entry file's own length (`bytes`
+            // counts its sidecars too).
             let meta = File::open(&path)
+                .and_then(|f| Ok((f.metadata()?.len(), f)))
                 .map_err(anyhow::Error::from)
-                .and_then(|mut f| entry::read_meta(&mut f, bytes))
+                .and_then(|(own, mut f)| entry::read_meta(&mut f, own))
                 .map(|(m, ..)| m)
                 .map_err(|e| format!("{e:#}"));
             Listed {

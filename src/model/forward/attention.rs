@@ -23,15 +23,20 @@ impl Step<'_, '_> {
         v: &[f32],
         out: &mut [f32],
     ) {
-        let m = self.model;
-        let cfg = &m.config;
-        let b = self.bufs;
-        let (hd, nh) = (cfg.head_dim, cfg.n_heads);
-        let n_rep = nh / cfg.n_kv_heads;
-        let scale = cfg.opts.attn_scale;
+        self.push(mb, li, k, v);
+        mb.sync();
+        let split = self.attend_parts(mb, li, q);
+        mb.sync();
+        self.combine(mb, li, &split, out);
+    }
+
+    /// Member 0 appends the new K and V to layer `li`'s cache (the others do nothing):
+    /// the first phase of [`attend`](Self::attend), a barrier before the next.
+    pub(super) fn push(&self, mb: &Member, li: usize, k: &[f32], v: &[f32]) {
+        let hd = self.model.config.head_dim;
         if mb.index == 0 {
             // SAFETY: only member 0 touches the cache between these two barriers.
-            let layer = unsafe { &mut b.cache.part(li, li + 1)[0] };
+            let layer = unsafe { &mut self.bufs.cache.part(li, li + 1)[0] };
             for (g, hc) in layer.iter_mut().enumerate() {
                 if let Err(e) =
                     hc.push(self.pos, &k[g * hd..(g + 1) * hd], &v[g * hd..(g + 1) * hd])
@@ -40,7 +45,17 @@ impl Step<'_, '_> {
                 }
             }
         }
-        mb.sync();
+    }
+
+    /// This member's share of every KV head's entries, into its partials (the second
+    /// phase of [`attend`](Self::attend), after the push's barrier; a barrier before
+    /// [`combine`](Self::combine)).
+    pub(super) fn attend_parts(&self, mb: &Member, li: usize, q: &[f32]) -> Split {
+        let cfg = &self.model.config;
+        let b = self.bufs;
+        let hd = cfg.head_dim;
+        let n_rep = cfg.n_heads / cfg.n_kv_heads;
+        let scale = cfg.opts.attn_scale;
         // SAFETY: nobody writes the cache until the next layer's push.
         let layer = unsafe { &b.cache.read()[li] };
         let from = first_visible(self.pos, cfg.layers[li].window);
@@ -50,6 +65,7 @@ impl Step<'_, '_> {
             .collect();
         let offsets = prob_offsets(layer, n_rep);
         let ranges = thread_ranges(layer, &starts, mb.size);
+        let nh = cfg.n_heads;
         for (g, hc) in layer.iter().enumerate() {
             let (a, z) = ranges[g][mb.index];
             let qs: Vec<&[f32]> = (g * n_rep..(g + 1) * n_rep)
@@ -65,7 +81,20 @@ impl Step<'_, '_> {
             let acc = unsafe { b.accs.part(row * hd, (row + n_rep) * hd) };
             hc.attend_part_from(&qs, scale, (a, z), starts[g], &mut ps, parts, acc);
         }
-        mb.sync();
+        Split { offsets, ranges }
+    }
+
+    /// The partial results combined into `out` (the last phase of
+    /// [`attend`](Self::attend)), and what an observer asked for.
+    pub(super) fn combine(&self, mb: &Member, li: usize, split: &Split, out: &mut [f32]) {
+        let m = self.model;
+        let cfg = &m.config;
+        let b = self.bufs;
+        let (hd, nh) = (cfg.head_dim, cfg.n_heads);
+        let n_rep = nh / cfg.n_kv_heads;
+        let Split { offsets, ranges } = split;
+        // SAFETY: nobody writes the cache until the next layer's push.
+        let layer = unsafe { &b.cache.read()[li] };
         // SAFETY: the partials are complete and not written again this layer.
         let (parts, accs) = unsafe { (b.parts.read(), b.accs.read()) };
         let mut factors = Vec::with_capacity(nh);
@@ -115,6 +144,14 @@ impl Step<'_, '_> {
             mb.sync();
         }
     }
+}
+
+/// How a layer's entries were split among the members at one step.
+pub(super) struct Split {
+    /// Start of each query head's probabilities in the layer's shared buffer.
+    offsets: Vec<usize>,
+    /// `[kv_head][member]`: the entries each member attended to.
+    ranges: Vec<Vec<(usize, usize)>>,
 }
 
 /// Start of each query head's probabilities in the layer's shared buffer.

@@ -17,9 +17,9 @@ use crate::trace::Trace;
 
 /// Rows per unit of shared work in a decode matrix-vector product: big enough that
 /// taking a unit (one atomic add) is rare, small enough to even out the threads.
-const MV_ROWS: usize = 64;
+pub(super) const MV_ROWS: usize = 64;
 /// The output matrix has ~50k rows; larger units for it.
-const HEAD_ROWS: usize = 512;
+pub(super) const HEAD_ROWS: usize = 512;
 
 /// A decoding session over a (possibly compressed) cache. A clone is an independent
 /// copy of the cache at this step (the divergence analysis forks the teacher-forced
@@ -32,7 +32,7 @@ pub struct DecodeState<'m> {
     pub pos: usize,
     /// Prompt length of the trace this cache was built from.
     pub prompt_len: usize,
-    logits: Vec<f32>,
+    pub(super) logits: Vec<f32>,
 }
 
 impl<'m> DecodeState<'m> {
@@ -130,41 +130,19 @@ impl<'m> DecodeState<'m> {
         capture: Option<&mut Vec<StepAttention>>,
         shadow: Option<(&ShadowMasks, &mut Vec<f32>)>,
     ) -> Result<&[f32]> {
+        self.check_step(token)?;
         let m = self.model;
         let cfg = &m.config;
-        if token as usize >= cfg.vocab_size {
-            bail!("token id {token} is outside the vocabulary");
-        }
-        if self.pos >= cfg.context_length {
-            bail!(
-                "position {} is past the model's context of {} tokens",
-                self.pos,
-                cfg.context_length
-            );
-        }
-        if self.cache.iter().flatten().any(|hc| hc.is_full()) {
-            bail!("decode cache is full; raise the token allowance");
-        }
-        let (nh, nkv, hd) = (cfg.n_heads, cfg.n_kv_heads, cfg.head_dim);
+        let (nh, hd) = (cfg.n_heads, cfg.head_dim);
         let threads = rayon::current_num_threads().max(1);
-        // Entries each head will attend to after this step's push, and where its
-        // probabilities sit in the shared buffer of a layer.
-        let longest = self
-            .cache
-            .iter()
-            .map(|l| l.iter().map(|hc| hc.len() + 1).sum::<usize>())
-            .max()
-            .unwrap_or(0);
         // Two buffers for the outputs of the shared linear layers, used in turn: a
         // member may start writing the next product while a slower one still copies
         // the previous one out, never the one before (a barrier lies between).
-        let lin_len = (cfg.q_dim() + 2 * cfg.kv_dim())
-            .max(2 * cfg.d_ff)
-            .max(cfg.d_model);
+        let lin_len = lin_len(cfg);
         let mut lin_a = vec![0f32; lin_len];
         let mut lin_b = vec![0f32; lin_len];
         self.logits.resize(m.weights.lm_head().rows, 0.0);
-        let mut probs = vec![0f32; longest * (nh / nkv)];
+        let mut probs = vec![0f32; self.probs_len()];
         let mut parts = vec![Partial { max: 0.0, sum: 0.0 }; threads * nh];
         let mut accs = vec![0f32; threads * nh * hd];
         let want_probs = capture.is_some() || shadow.is_some();
@@ -211,6 +189,47 @@ impl<'m> DecodeState<'m> {
         self.pos += 1;
         Ok(&self.logits)
     }
+
+    /// Refuses a step the state cannot take (a token outside the vocabulary, a position
+    /// past the context, a full cache) before anything changes.
+    pub(super) fn check_step(&self, token: u32) -> Result<()> {
+        let cfg = &self.model.config;
+        if token as usize >= cfg.vocab_size {
+            bail!("token id {token} is outside the vocabulary");
+        }
+        if self.pos >= cfg.context_length {
+            bail!(
+                "position {} is past the model's context of {} tokens",
+                self.pos,
+                cfg.context_length
+            );
+        }
+        if self.cache.iter().flatten().any(|hc| hc.is_full()) {
+            bail!("decode cache is full; raise the token allowance");
+        }
+        Ok(())
+    }
+
+    /// Length of the buffer of one layer's attention probabilities at the next step:
+    /// every query head over its group's entries after this step's push.
+    pub(super) fn probs_len(&self) -> usize {
+        let n_rep = self.model.config.n_heads / self.model.config.n_kv_heads;
+        let longest = self
+            .cache
+            .iter()
+            .map(|l| l.iter().map(|hc| hc.len() + 1).sum::<usize>())
+            .max()
+            .unwrap_or(0);
+        longest * n_rep
+    }
+}
+
+/// Floats in one of the two buffers the shared linear layers write (one row): the
+/// largest output of a layer's products.
+pub(super) fn lin_len(cfg: &crate::model::config::Config) -> usize {
+    (cfg.q_dim() + 2 * cfg.kv_dim())
+        .max(2 * cfg.d_ff)
+        .max(cfg.d_model)
 }
 
 /// What member 0 collects during a step (attention rows, shadow eviction errors).

@@ -14,6 +14,7 @@ mod attention;
 mod decode;
 mod layer;
 mod observe;
+mod pair;
 mod prefill;
 mod rows;
 
