@@ -9,11 +9,19 @@
 //! (`quant::dot_q8`, what Q4_0 / Q5_0 / Q5_1 decode used before they moved into the
 //! affine store) and through the affine store (`QMat::from_blocks`, `matvec_q_rows`).
 //!
+//! Group `head_rows`: the output heads of Gemma 3 270M (Q8_0, 262,144 x 640, ~178 MB) and
+//! of the Qwen2.5-0.5B shape (Q8_0, 151,936 x 896), and a Q5_0 FFN matrix of the 0.5B
+//! shape, through the one-row kernels (`matvec_q_rows_one`, what decode ran before) and
+//! the multi-row kernels (`matvec_q_rows_by::<R>`) at several prefetch distances, and
+//! what `matvec_q_rows` picks (`default`), timed in the thread's CPU time.
+//!
 //! `cargo bench --bench decode_kernels`
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use half::f16;
-use kvscope::model::quant::{self, matvec_q_rows, matvec_q_rows_one, Format, QMat, QVec, QK};
+use kvscope::model::quant::{
+    self, matvec_q_rows, matvec_q_rows_by, matvec_q_rows_one, Format, QMat, QVec, QK,
+};
 
 fn lcg(s: &mut u64) -> u64 {
     *s = s
@@ -132,5 +140,76 @@ fn file_vs_store(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, kernels, file_vs_store);
+type Kernel = fn(&QMat, &QVec, usize, &mut [f32]);
+
+fn head_rows(c: &mut Criterion) {
+    let mut group = c.benchmark_group("head_rows");
+    group.sample_size(10);
+    let variants: [(&str, Kernel); 6] = [
+        ("one_row", matvec_q_rows_one),
+        ("rows2_pf1k", |w, x, r0, o| {
+            matvec_q_rows_by::<2>(w, x, r0, o, 1024)
+        }),
+        ("rows4_pf512", |w, x, r0, o| {
+            matvec_q_rows_by::<4>(w, x, r0, o, 512)
+        }),
+        ("rows4_pf1k", |w, x, r0, o| {
+            matvec_q_rows_by::<4>(w, x, r0, o, 1024)
+        }),
+        ("rows4_pf2k", |w, x, r0, o| {
+            matvec_q_rows_by::<4>(w, x, r0, o, 2048)
+        }),
+        ("default", matvec_q_rows),
+    ];
+    for (fmt, rows, cols) in [
+        (Format::Q8_0, 262_144usize, 640usize),
+        (Format::Q8_0, 151_936, 896),
+        // Gemma 3's and the 0.5B's attention V (L2-resident).
+        (Format::Q8_0, 256, 640),
+        (Format::Q8_0, 128, 896),
+        // Gemma 3's FFN gate / up and the 0.5B's.
+        (Format::Q5_0, 2048, 640),
+        (Format::Q5_0, 4864, 896),
+    ] {
+        let data = random_blocks(fmt, rows, cols, 5);
+        let bytes = data.len() as u64;
+        let w = QMat::from_blocks(fmt, data, rows, cols).unwrap();
+        let mut s = 9u64;
+        let xf: Vec<f32> = (0..cols)
+            .map(|_| (lcg(&mut s) % 2000) as f32 / 1000.0 - 1.0)
+            .collect();
+        let mut x = QVec::default();
+        x.quantize_into(&xf);
+        let mut out = vec![0f32; rows];
+        group.throughput(Throughput::Bytes(bytes));
+        let name = format!("{}_{rows}x{cols}", fmt.name());
+        for (v, f) in variants {
+            group.bench_function(BenchmarkId::new(v, &name), |b| {
+                b.iter_custom(|iters| {
+                    let t0 = thread_cpu_time();
+                    for _ in 0..iters {
+                        f(&w, &x, 0, &mut out);
+                    }
+                    thread_cpu_time() - t0
+                })
+            });
+        }
+    }
+    group.finish();
+}
+
+/// CPU time of the calling thread: on a machine shared with other work, time a thread
+/// spends descheduled does not count (wall-clock figures varied 2x there).
+fn thread_cpu_time() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid timespec for the call to write.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+criterion_group!(benches, kernels, file_vs_store, head_rows);
 criterion_main!(benches);

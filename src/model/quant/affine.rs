@@ -279,22 +279,73 @@ fn qrow_dot(w: &QMat, r: usize, x: &QVec) -> f32 {
 }
 
 /// Rows `r0..r0 + out.len()` of `w . x` over 8-bit weights and activations, on the
-/// calling thread (the decode team splits rows itself).
+/// calling thread (the decode team splits rows itself). One row after another: Q4_0 /
+/// Q5_0 through `avx2::rows_dot_x0::<1>` (`row_dot_x0`'s arithmetic, with the codes
+/// ahead prefetched), the other formats through the VNNI row kernel on AVX-512 VNNI
+/// builds, two rows per pass on AVX2 builds without VNNI (`avx2::rows_dot2`). Four rows
+/// per pass (`matvec_q_rows_by::<4>`) ran faster on matrices held in cache but not in a
+/// decode step, whose weights stream from memory (docs/speed.md).
 pub fn matvec_q_rows(w: &QMat, x: &QVec, r0: usize, out: &mut [f32]) {
+    #[cfg(kv_vnni)]
+    if !(w.packed && w.m.is_empty()) {
+        return matvec_q_rows_one(w, x, r0, out);
+    }
+    matvec_q_rows_by::<1>(w, x, r0, out, PF_BYTES)
+}
+
+/// How far ahead (bytes past each row's current block) the multi-row kernels ask for
+/// codes (measured on the 640- and 896-value matrices of Gemma 3 and the 0.5B shape;
+/// within the noise of 512 and 2048).
+const PF_BYTES: usize = 1024;
+
+/// [`matvec_q_rows`] with `R` rows per pass of the multi-row kernels and their prefetch
+/// distance `pf` (bytes past each row's current block); exposed for `cargo bench --bench
+/// decode_kernels`. Every row's result is the one-row kernel's bit for bit
+/// (`matvec_q_rows_one`), whatever `R`: Q4_0 / Q5_0 keep `avx2::row_dot_x0`'s float
+/// order (see there), the others the VNNI row kernel's; on AVX2 builds without VNNI the
+/// other formats go through the two-row AVX2 kernel as before.
+#[doc(hidden)]
+pub fn matvec_q_rows_by<const R: usize>(w: &QMat, x: &QVec, r0: usize, out: &mut [f32], pf: usize) {
     assert!(r0 + out.len() <= w.rows);
-    // Q4_0 / Q5_0: the float order of their former file-block kernel (see
-    // `avx2::row_dot_x0`), on every AVX2 build.
     #[cfg(kv_avx2)]
     if w.packed && w.m.is_empty() {
-        for (i, o) in out.iter_mut().enumerate() {
-            // SAFETY: AVX2, FMA and F16C are enabled at compile time; `row_dot_x0`
-            // checks the row's lengths against the activations.
-            *o = unsafe { super::avx2::row_dot_x0(&w.row(r0 + i), x) };
+        let mut groups = out.chunks_exact_mut(R);
+        let mut r = r0;
+        for o in &mut groups {
+            let rows: [Row; R] = std::array::from_fn(|i| w.row(r + i));
+            // SAFETY: AVX2, FMA and F16C (and AVX-512 VNNI where used) are enabled at
+            // compile time; the kernel checks every row's lengths against the activations.
+            o.copy_from_slice(&unsafe { super::avx2::rows_dot_x0::<R>(&rows, x, pf) });
+            r += R;
         }
+        for o in groups.into_remainder() {
+            // SAFETY: as above.
+            *o = unsafe { super::avx2::row_dot_x0(&w.row(r), x) };
+            r += 1;
+        }
+        return;
+    }
+    #[cfg(kv_vnni)]
+    {
+        let mut groups = out.chunks_exact_mut(R);
+        let mut r = r0;
+        for o in &mut groups {
+            let rows: [Row; R] = std::array::from_fn(|i| w.row(r + i));
+            // SAFETY: the target features are enabled at compile time; the kernel checks
+            // every row's lengths against the activations.
+            o.copy_from_slice(&unsafe { super::vnni::rows_dot::<R>(&rows, x, pf) });
+            r += R;
+        }
+        for o in groups.into_remainder() {
+            *o = qrow_dot(w, r, x);
+            r += 1;
+        }
+        #[allow(clippy::needless_return)]
         return;
     }
     #[cfg(all(kv_avx2, not(kv_vnni)))]
     {
+        let _ = pf;
         let mut pairs = out.chunks_exact_mut(2);
         let mut r = r0;
         for o in &mut pairs {
@@ -311,15 +362,27 @@ pub fn matvec_q_rows(w: &QMat, x: &QVec, r0: usize, out: &mut [f32]) {
         return;
     }
     #[allow(unreachable_code)]
-    matvec_q_rows_one(w, x, r0, out)
+    {
+        let _ = pf;
+        matvec_q_rows_one(w, x, r0, out)
+    }
 }
 
-/// [`matvec_q_rows`] one row at a time with the single-row kernel (the AVX2 widening one
-/// on AVX2 builds); kept for `cargo bench --bench decode_kernels`.
+/// One row at a time with the one-row kernels (`avx2::row_dot_x0` for Q4_0 / Q5_0 on
+/// AVX2 builds, else the VNNI, AVX2 widening or portable row kernel): what
+/// `matvec_q_rows` ran on VNNI builds before the multi-row kernels; the reference of
+/// their tests and kept for `cargo bench --bench decode_kernels`.
 #[doc(hidden)]
 pub fn matvec_q_rows_one(w: &QMat, x: &QVec, r0: usize, out: &mut [f32]) {
     assert!(r0 + out.len() <= w.rows);
     for (i, v) in out.iter_mut().enumerate() {
+        #[cfg(kv_avx2)]
+        if w.packed && w.m.is_empty() {
+            // SAFETY: AVX2, FMA and F16C are enabled at compile time; `row_dot_x0`
+            // checks the row's lengths against the activations.
+            *v = unsafe { super::avx2::row_dot_x0(&w.row(r0 + i), x) };
+            continue;
+        }
         *v = qrow_dot(w, r0 + i, x);
     }
 }
@@ -352,6 +415,91 @@ mod tests {
         assert!(err / norm < 0.02, "relative error {}", err / norm);
     }
 
+    /// The six shapes of the store from one f32 matrix: 8-bit codes with offsets, 4-bit
+    /// codes with offsets (Q4_1's), byte codes without (Q8_0's), Q4_0's, Q5_1's and
+    /// Q5_0's (fifth bits from `s`).
+    fn store_shapes(w: &[f32], rows: usize, cols: usize, s: &mut u64) -> [QMat; 6] {
+        let bytes = QMat::from_f32(w, rows, cols);
+        // A 4-bit matrix from the byte codes' high nibbles.
+        let mut packed = bytes.clone();
+        packed.packed = true;
+        packed.q = (0..rows * cols / 2)
+            .map(|i| {
+                let (r, rest) = (i / (cols / 2), i % (cols / 2));
+                let (b, j) = (rest / 16, rest % 16);
+                let at = |k: usize| bytes.q[r * cols + b * QK + k] >> 4;
+                at(j) | (at(j + 16) << 4)
+            })
+            .collect();
+        // Byte codes without stored offsets (-128 d), as GGUF Q8_0 is held.
+        let mut sym = bytes.clone();
+        sym.m.clear();
+        // Q4_0's shape: packed codes, offsets -8 d.
+        let mut q40 = packed.clone();
+        q40.m.clear();
+        q40.centre = -8.0;
+        // Q5_1's and Q5_0's: fifth bits on top (offsets stored, or -16 d).
+        let mut q51 = packed.clone();
+        q51.hi = (0..rows * cols / QK)
+            .map(|_| (lcg(s).to_bits()).wrapping_mul(2654435761))
+            .collect();
+        let mut q50 = q51.clone();
+        q50.m.clear();
+        q50.centre = -16.0;
+        [bytes, packed, sym, q40, q51, q50]
+    }
+
+    /// The multi-row kernels give every row the one-row kernel's result bit for bit
+    /// (their per-row float order is the same), for every group size, prefetch distance,
+    /// first row and count of rows left over, on every shape of the store: Q4_0 / Q5_0
+    /// against `avx2::row_dot_x0` (whose float order Gemma 3's greedy ids depend on),
+    /// the others against the VNNI row kernel where the build has it.
+    #[test]
+    fn multi_row_kernels_equal_the_one_row_ones() {
+        let mut s = 23;
+        for cols in [32, 96, 640, 32 * 300] {
+            let rows = 11;
+            let w: Vec<f32> = lcg_vec(&mut s, rows * cols);
+            let x: Vec<f32> = (0..cols).map(|_| lcg(&mut s) * 3.0).collect();
+            let mut qx = QVec::default();
+            qx.quantize_into(&x);
+            for qm in store_shapes(&w, rows, cols, &mut s) {
+                let x0 = qm.packed && qm.m.is_empty();
+                let multi = cfg!(kv_vnni) || (cfg!(kv_avx2) && x0);
+                if !multi {
+                    continue;
+                }
+                let fmt = qm.format().name();
+                for r0 in [0, 3] {
+                    let n = rows - r0;
+                    let mut one = vec![0.0; n];
+                    matvec_q_rows_one(&qm, &qx, r0, &mut one);
+                    let same = |got: &[f32], what: &str| {
+                        for (r, (a, b)) in got.iter().zip(&one).enumerate() {
+                            assert_eq!(
+                                a.to_bits(),
+                                b.to_bits(),
+                                "{what} {fmt} cols {cols} row {}: {a} vs {b}",
+                                r0 + r
+                            );
+                        }
+                    };
+                    let mut got = vec![0.0; n];
+                    matvec_q_rows(&qm, &qx, r0, &mut got);
+                    same(&got, "default");
+                    for pf in [0, 64, 4096] {
+                        matvec_q_rows_by::<2>(&qm, &qx, r0, &mut got, pf);
+                        same(&got, "2 rows");
+                        matvec_q_rows_by::<3>(&qm, &qx, r0, &mut got, pf);
+                        same(&got, "3 rows");
+                        matvec_q_rows_by::<4>(&qm, &qx, r0, &mut got, pf);
+                        same(&got, "4 rows");
+                    }
+                }
+            }
+        }
+    }
+
     /// The SIMD row kernel (when this CPU has it) equals the portable one, for packed
     /// 4-bit and byte rows, row lengths with segment and block tails.
     #[test]
@@ -361,33 +509,7 @@ mod tests {
             let rows = 3;
             let w: Vec<f32> = lcg_vec(&mut s, rows * cols);
             let x: Vec<f32> = (0..cols).map(|_| lcg(&mut s) * 3.0).collect();
-            let bytes = QMat::from_f32(&w, rows, cols);
-            // A 4-bit matrix from the byte codes' high nibbles.
-            let mut packed = bytes.clone();
-            packed.packed = true;
-            packed.q = (0..rows * cols / 2)
-                .map(|i| {
-                    let (r, rest) = (i / (cols / 2), i % (cols / 2));
-                    let (b, j) = (rest / 16, rest % 16);
-                    let at = |k: usize| bytes.q[r * cols + b * QK + k] >> 4;
-                    at(j) | (at(j + 16) << 4)
-                })
-                .collect();
-            // Byte codes without stored offsets (-128 d), as GGUF Q8_0 is held.
-            let mut sym = bytes.clone();
-            sym.m.clear();
-            // Q4_0's shape: packed codes, offsets -8 d.
-            let mut q40 = packed.clone();
-            q40.m.clear();
-            q40.centre = -8.0;
-            // Q5_1's and Q5_0's: fifth bits on top (offsets stored, or -16 d).
-            let mut q51 = packed.clone();
-            q51.hi = (0..rows * cols / QK)
-                .map(|_| (lcg(&mut s).to_bits()).wrapping_mul(2654435761))
-                .collect();
-            let mut q50 = q51.clone();
-            q50.m.clear();
-            q50.centre = -16.0;
+            let [bytes, packed, sym, q40, q51, q50] = store_shapes(&w, rows, cols, &mut s);
             let mut qx = QVec::default();
             qx.quantize_into(&x);
             for qm in [&bytes, &packed, &sym, &q40, &q51, &q50] {

@@ -27,7 +27,7 @@ mod vnni;
 use anyhow::{bail, Result};
 use candle_core::quantized::GgmlDType;
 
-pub use affine::{matvec_q_rows, matvec_q_rows_one, QMat};
+pub use affine::{matvec_q_rows, matvec_q_rows_by, matvec_q_rows_one, QMat};
 pub use qvec::{QVec, QK, QK8K};
 
 /// A weight format kvscope reads.

@@ -357,3 +357,118 @@ unsafe fn x0_lanes(qp: *const u8, hp: *const u32, fifth: bool, b: usize, xp: *co
         super::dot_u8_i8(codes, xp.add(b * QK))
     }
 }
+
+/// `R` Q4_0 / Q5_0 rows of one matrix at once, each with the float arithmetic of
+/// [`row_dot_x0`] operation for operation (each result equals it bit for bit): the rows
+/// share the activation loads and the block scales `s_x` / sums, and their chains (two
+/// FMA accumulators and the scalar offset chain per row) run side by side, so one row's
+/// chain latency no longer bounds the loop; codes `pf` bytes ahead are prefetched.
+#[inline(always)]
+pub unsafe fn rows_dot_x0<const R: usize>(rows: &[Row; R], x: &QVec, pf: usize) -> [f32; R] {
+    if rows[0].hi.is_empty() {
+        rows_dot_x0_fmt::<R, false>(rows, x, pf)
+    } else {
+        rows_dot_x0_fmt::<R, true>(rows, x, pf)
+    }
+}
+
+#[inline(always)]
+unsafe fn rows_dot_x0_fmt<const R: usize, const FIFTH: bool>(
+    rows: &[Row; R],
+    x: &QVec,
+    pf: usize,
+) -> [f32; R] {
+    let nb = rows[0].d.len();
+    for row in rows {
+        check_row(row, x);
+        assert!(row.packed && row.m.is_empty() && row.d.len() == nb && row.hi.is_empty() != FIFTH);
+    }
+    let xp = x.q.as_ptr();
+    let qp: [*const u8; R] = std::array::from_fn(|r| rows[r].q.as_ptr());
+    let hp: [*const u32; R] = std::array::from_fn(|r| rows[r].hi.as_ptr());
+    let dp: [*const f16; R] = std::array::from_fn(|r| rows[r].d.as_ptr());
+    let mut a0 = [_mm256_setzero_ps(); R];
+    let mut a1 = [_mm256_setzero_ps(); R];
+    let mut off = [0f32; R];
+    let (mut sc, mut of) = ([[0f32; 8]; R], [[0f32; 8]; R]);
+    let mut b0 = 0;
+    while b0 < nb {
+        let n = (nb - b0).min(8);
+        if n == 8 {
+            let xs = _mm256_loadu_ps(x.s.as_ptr().add(b0));
+            let xsum = _mm256_loadu_ps(x.sum.as_ptr().add(b0));
+            for r in 0..R {
+                let centre = _mm256_set1_ps(rows[r].centre);
+                let dv = _mm256_cvtph_ps(_mm_loadu_si128(dp[r].add(b0) as *const __m128i));
+                _mm256_storeu_ps(sc[r].as_mut_ptr(), _mm256_mul_ps(dv, xs));
+                _mm256_storeu_ps(
+                    of[r].as_mut_ptr(),
+                    _mm256_mul_ps(_mm256_mul_ps(centre, dv), xsum),
+                );
+            }
+        } else {
+            for r in 0..R {
+                for j in 0..n {
+                    let d = (*dp[r].add(b0 + j)).to_f32();
+                    sc[r][j] = d * x.s[b0 + j];
+                    of[r][j] = rows[r].centre * d * x.sum[b0 + j];
+                }
+            }
+        }
+        for q in qp {
+            // One line of nibbles holds four blocks.
+            let ahead = q.wrapping_add(b0 * QK / 2 + pf);
+            _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+            if n > 4 {
+                _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64) as *const i8);
+            }
+        }
+        for j in 0..n {
+            let b = b0 + j;
+            let xv = _mm256_loadu_si256(xp.add(b * QK) as *const __m256i);
+            for r in 0..R {
+                let s = _mm256_cvtepi32_ps(x0_lanes_x::<FIFTH>(qp[r], hp[r], b, xv));
+                let f = _mm256_set1_ps(sc[r][j]);
+                if b % 2 == 0 {
+                    a0[r] = _mm256_fmadd_ps(s, f, a0[r]);
+                } else {
+                    a1[r] = _mm256_fmadd_ps(s, f, a1[r]);
+                }
+                off[r] += of[r][j];
+            }
+        }
+        b0 += n;
+    }
+    std::array::from_fn(|r| hsum(_mm256_add_ps(a0[r], a1[r])) + off[r])
+}
+
+/// [`x0_lanes`] with the activations already loaded and the fifth bits fixed at compile
+/// time (the same integers).
+#[inline(always)]
+unsafe fn x0_lanes_x<const FIFTH: bool>(
+    qp: *const u8,
+    hp: *const u32,
+    b: usize,
+    xv: __m256i,
+) -> __m256i {
+    let codes = super::nibbles_32(qp.add(b * QK / 2));
+    #[cfg(kv_vnni)]
+    {
+        let codes = if FIFTH {
+            let k: __mmask32 = _cvtu32_mask32(*hp.add(b));
+            _mm256_mask_add_epi8(codes, k, codes, _mm256_set1_epi8(16))
+        } else {
+            codes
+        };
+        _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, xv)
+    }
+    #[cfg(not(kv_vnni))]
+    {
+        let codes = if FIFTH {
+            _mm256_or_si256(codes, fifth_bits(hp.add(b) as *const u8))
+        } else {
+            codes
+        };
+        _mm256_madd_epi16(_mm256_maddubs_epi16(codes, xv), _mm256_set1_epi16(1))
+    }
+}

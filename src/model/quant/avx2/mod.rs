@@ -19,7 +19,7 @@ pub(crate) mod packed;
 pub(crate) mod tile32;
 
 #[cfg_attr(kv_vnni, allow(unused_imports))]
-pub use affine::{row_dot, row_dot_x0, rows_dot2};
+pub use affine::{row_dot, row_dot_x0, rows_dot2, rows_dot_x0};
 pub use blocks::{dot_affine_n, dot_f16, dot_q4_0, dot_q5_0, dot_q8_0, dot_x0_n};
 pub use kquant::{dot_k45_n, dot_q6k_n};
 
