@@ -160,6 +160,7 @@ fn app() -> App {
             .collect(),
         default_step: Some(4),
         ms: 1.0,
+        replay_bytes: 0,
         attn_err: None,
     };
     update(

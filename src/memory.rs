@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 
+use crate::model::replay::FullPass;
 use crate::model::Loaded;
 use crate::session::Session;
 use crate::trace::{maps_bytes, BlockMap, KvStore};
@@ -41,6 +42,10 @@ pub struct Memory {
     /// The compressed decode's cache(s) of the last edit (two while the divergence
     /// analysis' teacher-forced decode forks off the free-running one).
     pub decode_compressed: usize,
+    /// The full-cache replay the divergence analysis reads (`FullPass`: each step's
+    /// logits and attention on the prompt), once computed or read from the prefill
+    /// cache; held for the rest of the session.
+    pub full_replay: usize,
     /// Peak resident memory of the process so far (`VmHWM`; null without procfs).
     pub peak_rss: Option<u64>,
 }
@@ -73,13 +78,15 @@ impl Memory {
             prefill_scratch: s.buffers.prefill.scratch,
             decode_full: s.buffers.decode_full,
             decode_compressed: s.buffers.decode_compressed,
+            full_replay: s.full_pass.as_ref().map_or(0, FullPass::bytes),
             peak_rss: peak_rss(),
         }
     }
 
-    /// Bytes the session holds between edits: weights, the whole Trace (maps included).
+    /// Bytes the session holds between edits: weights, the whole Trace (maps included)
+    /// and the full-cache replay once there is one.
     pub fn resident(&self) -> usize {
-        self.weights + self.trace()
+        self.weights + self.trace() + self.full_replay
     }
 
     /// The Trace's bytes (K, V, last queries, column sums, maps, logits).
@@ -171,6 +178,22 @@ mod tests {
         assert_eq!(m.weights, loaded.model.weights.resident_bytes());
         assert_eq!(m.model_file, std::fs::metadata(&path).expect("stat").len());
         assert_eq!(m.trace(), s.trace.resident_bytes());
+        // No divergence analysis yet: no replay held; then exactly its buffers.
+        assert_eq!(m.full_replay, 0);
+        s.full_pass(&loaded.model).expect("replay");
+        let with = Memory::of(&loaded, &s, &[]);
+        let fp = s.full_pass.as_ref().expect("replay held");
+        // T ids, T - 1 teacher-forced steps of logits and attention on the prompt.
+        let steps = fp.ids.len() - 1;
+        assert!(steps > 0);
+        assert_eq!(
+            with.full_replay,
+            fp.ids.len() * 4
+                + steps * cfg.vocab_size * 4
+                + steps * nl * nh * len * 4
+                + nl * std::mem::size_of::<usize>()
+        );
+        assert_eq!(with.resident(), m.resident() + with.full_replay);
         assert!(m.peak_rss.is_some_and(|b| b as usize > m.trace()));
         let _ = std::fs::remove_dir_all(&dir);
     }

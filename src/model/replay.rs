@@ -31,6 +31,22 @@ pub struct FullPass {
 }
 
 impl FullPass {
+    /// Bytes held: the generation's ids, each step's logits and the attention on the
+    /// prompt (steps x layers x query heads x prompt length f32: most of it).
+    pub fn bytes(&self) -> usize {
+        let f = std::mem::size_of::<f32>();
+        self.ids.len() * std::mem::size_of::<u32>()
+            + self.logits.iter().map(|l| l.len() * f).sum::<usize>()
+            + self
+                .attn
+                .iter()
+                .flatten()
+                .flatten()
+                .map(|h| h.len() * f)
+                .sum::<usize>()
+            + self.held_from.len() * std::mem::size_of::<usize>()
+    }
+
     /// Replays `ids` (the full generation) through the full cache of `trace`. With
     /// `shadow`, the same steps also measure that keep set's attention-output error per
     /// layer (`[step][layer]`).

@@ -153,6 +153,9 @@ pub struct DivView {
     pub default_step: Option<usize>,
     /// Compressed teacher-forced decode plus analysis, milliseconds.
     pub ms: f64,
+    /// Bytes of the full-cache replay this analysis read (held by the worker from the
+    /// first analysis on: [`crate::memory::Memory::full_replay`]).
+    pub replay_bytes: usize,
     /// `[step][layer]`: relative error of the attention output with this keep set
     /// (METHOD.md); measured on request (`E`: one more full-cache replay).
     pub attn_err: Option<Vec<Vec<f32>>>,

@@ -643,6 +643,7 @@ pub fn divergence_view(
             .collect(),
         culprits,
         ms: t.elapsed().as_secs_f64() * 1000.0,
+        replay_bytes: full.bytes(),
         attn_err: None,
     })
 }

@@ -16,6 +16,14 @@ fn row(label: &str, n: usize) -> String {
     format!("{label:<9}{:>12}", bytes(n as u64))
 }
 
+/// The replay's bytes from the last divergence analysis on screen (0 before one).
+fn replay_bytes(app: &App) -> usize {
+    app.result
+        .as_ref()
+        .and_then(|r| r.divergence.as_ref())
+        .map_or(0, |d| d.replay_bytes)
+}
+
 pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     let stale = app.stale();
     let b = block(app, Pane::Memory, stale);
@@ -57,6 +65,12 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
         // The decode caches exist only while a generation is decoded.
         let caches = m.decode_full + app.result.as_ref().map_or(0, |r| r.decode_bytes);
         lines.push(Line::styled(row("caches", caches), dim_if(stale)));
+        // The full-cache replay the divergence analysis reads, once it was computed
+        // (or read back from the prefill cache); held from then on.
+        let replay = replay_bytes(app).max(m.full_replay);
+        if replay > 0 {
+            lines.push(Line::from(row("replay", replay)));
+        }
         // Prefill's f32 K/V, f64 block sums and activations, freed when it ended.
         lines.push(Line::from(format!("{} freed", row("prefill", m.prefill()))));
     }
@@ -64,7 +78,8 @@ pub fn draw(f: &mut Frame, area: Rect, app: &App) {
     if let (Some(s), Some(r)) = (&app.snapshot, app.rss_bytes) {
         // What the process holds beyond weights and Trace: scratch buffers, the
         // allocator's free pages, the tokenizer, the UI.
-        let known = s.memory.resident() as u64;
+        let known = (s.memory.resident() - s.memory.full_replay
+            + replay_bytes(app).max(s.memory.full_replay)) as u64;
         lines.push(Line::from(format!(
             "{:<9}{:>12}",
             "other",
