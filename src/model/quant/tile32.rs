@@ -75,13 +75,12 @@ impl Source<'_> {
             }
             Source::Affine(q) => {
                 let row = q.row(r);
-                for (j, o) in c.iter_mut().enumerate() {
+                c = row.codes(b);
+                if !q.packed {
                     // Q8_0 is held as code + 128: the signed code's bits, offset dropped.
-                    *o = if q.packed {
-                        row.code(b, j)
-                    } else {
-                        row.code(b, j) ^ 0x80
-                    };
+                    for o in c.iter_mut() {
+                        *o ^= 0x80;
+                    }
                 }
                 let off = if q.packed { row.offset(b) } else { 0.0 };
                 (c, row.d[b].to_f32(), off)

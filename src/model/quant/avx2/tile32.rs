@@ -26,7 +26,9 @@ pub unsafe fn rows8<const T: usize, const SIGNED: bool>(
         let blk = pk.add(b * BYTES);
         let codes = blk.add(CODES);
         let mut sumi = [_mm256_setzero_si256(); T];
-        if SIGNED {
+        if cfg!(kv_vnni) {
+            vnni_block::<T, SIGNED>(codes, b, &xq, &mut sumi);
+        } else if SIGNED {
             // |code| times the activation with the code's sign: a pair sum fits 16 bits,
             // two may not, so each is widened at once.
             for k in 0..8 {
@@ -67,4 +69,31 @@ pub unsafe fn rows8<const T: usize, const SIGNED: bool>(
     for t in 0..T {
         _mm256_storeu_ps(out[t].as_mut_ptr(), acc[t]);
     }
+}
+
+/// One block's integer sums with AVX-512 VNNI: each vector of codes is one VPDPBUSD per
+/// token into the i32 lanes (Q8_0's signed codes as |code| against sign-adjusted
+/// activations, as above). No pair sum saturates in the 16-bit path either, so the
+/// integers, and so the results, are the same bit for bit.
+#[inline(always)]
+unsafe fn vnni_block<const T: usize, const SIGNED: bool>(
+    codes: *const u8,
+    b: usize,
+    xq: &[*const i8; T],
+    sumi: &mut [__m256i; T],
+) {
+    #[cfg(kv_vnni)]
+    for k in 0..8 {
+        let w = ld(codes.add(32 * k));
+        let aw = if SIGNED { _mm256_sign_epi8(w, w) } else { w };
+        for t in 0..T {
+            let mut x = bcast4(xq[t].add(b * QK + 4 * k));
+            if SIGNED {
+                x = _mm256_sign_epi8(x, w);
+            }
+            sumi[t] = _mm256_dpbusd_epi32(sumi[t], aw, x);
+        }
+    }
+    #[cfg(not(kv_vnni))]
+    let _ = (codes, b, xq, sumi);
 }
