@@ -232,22 +232,9 @@ fn take<T: bytemuck::Pod + Default>(
 /// Reads the entry at `path` for `key`: `Ok(None)` when there is no file, an error when
 /// there is one that fails any check (its message says which).
 pub fn read(path: &Path, key: &Key) -> Result<Option<(Trace, FullGen, u64)>> {
-    let md = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        // No folder (or a file where it should be) is no entry; writing reports it.
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-            ) =>
-        {
-            return Ok(None)
-        }
-        Err(e) => return Err(e).context("cannot stat it"),
+    let Some(md) = super::sidecar::regular_file(path)? else {
+        return Ok(None);
     };
-    if !md.is_file() {
-        bail!("not a regular file");
-    }
     let mut f = File::open(path).context("cannot open it")?;
     let (meta, json, payload_len, want_crc) = read_meta(&mut f, md.len())?;
     meta.check(key)?;

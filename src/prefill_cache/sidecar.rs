@@ -110,21 +110,9 @@ pub fn read_with<T>(
     max_payload: u64,
     body: impl FnOnce(&mut CrcRead<std::io::BufReader<File>>, u64) -> Result<T>,
 ) -> Result<Option<T>> {
-    let md = match std::fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
-            ) =>
-        {
-            return Ok(None)
-        }
-        Err(e) => return Err(e).context("cannot stat it"),
+    let Some(md) = regular_file(path)? else {
+        return Ok(None);
     };
-    if !md.is_file() {
-        bail!("not a regular file");
-    }
     if md.len() < HEADER_BYTES as u64 {
         bail!("truncated ({} bytes, shorter than the header)", md.len());
     }
@@ -240,4 +228,26 @@ pub fn write(dir: &Path, key: &Key, kind: &str, payload: &[u8]) -> Result<u64> {
         w.write_all(payload)?;
         Ok(())
     })
+}
+
+/// The metadata of the regular file at `path` (links not followed), `Ok(None)` when there
+/// is nothing there (no folder, or a file where a folder should be, is no file either;
+/// writing reports it), an error for anything else, such as a device or a folder.
+pub(super) fn regular_file(path: &Path) -> Result<Option<std::fs::Metadata>> {
+    let md = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::NotADirectory
+            ) =>
+        {
+            return Ok(None)
+        }
+        Err(e) => return Err(e).context("cannot stat it"),
+    };
+    if !md.is_file() {
+        bail!("not a regular file");
+    }
+    Ok(Some(md))
 }

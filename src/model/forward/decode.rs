@@ -348,6 +348,29 @@ pub(super) fn quantize_for(qv: &mut QVec, ws: &[&Linear], x: &[f32]) {
     }
 }
 
+/// The team's work units over the rows of `ws` (about `unit` rows per member each, an
+/// even count: the row kernels work in pairs): (matrix, first row, last row, offset of
+/// the matrix in the output), the matrices laid out one after another with `per_row`
+/// outputs per row (2 for a pair step); and the outputs used.
+pub(super) fn row_units(
+    mb: &Member,
+    ws: &[&Linear],
+    unit: usize,
+    per_row: usize,
+) -> (Vec<(usize, usize, usize, usize)>, usize) {
+    let mut units = Vec::new();
+    let mut off = 0;
+    for (wi, w) in ws.iter().enumerate() {
+        let n = w.rows.div_ceil(unit * mb.size) * mb.size;
+        let step = w.rows.div_ceil(n.max(1)).max(1).next_multiple_of(2);
+        for r0 in (0..w.rows).step_by(step) {
+            units.push((wi, r0, (r0 + step).min(w.rows), off));
+        }
+        off += per_row * w.rows;
+    }
+    (units, off)
+}
+
 /// Several matrix-vector products with the same input, written one after another into
 /// `out`, split among the team in units of at most about `unit` rows. Each matrix is cut
 /// into a multiple of the team's size of equal units (576 rows in units of 64 gave one
@@ -362,18 +385,8 @@ pub(super) fn shared_linear(
     out: &Shared<f32>,
     unit: usize,
 ) {
-    // (matrix, first row, last row, offset of the matrix in `out`)
-    let mut units = Vec::new();
-    let mut off = 0;
-    for (wi, w) in ws.iter().enumerate() {
-        let n = w.rows.div_ceil(unit * mb.size) * mb.size;
-        let step = w.rows.div_ceil(n.max(1)).max(1).next_multiple_of(2);
-        for r0 in (0..w.rows).step_by(step) {
-            units.push((wi, r0, (r0 + step).min(w.rows), off));
-        }
-        off += w.rows;
-    }
-    assert!(off <= out.len());
+    let (units, used) = row_units(mb, ws, unit, 1);
+    assert!(used <= out.len());
     mb.share(units.len(), |u| {
         let (wi, r0, r1, off) = units[u];
         // SAFETY: every unit is a distinct row range of `out`.

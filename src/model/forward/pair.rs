@@ -12,7 +12,7 @@
 use anyhow::{bail, Result};
 
 use super::decode::{
-    lin_len, quantize_for, Buffers, DecodeState, Record, Step, HEAD_ROWS, MV_ROWS,
+    lin_len, quantize_for, row_units, Buffers, DecodeState, Record, Step, HEAD_ROWS, MV_ROWS,
 };
 use super::layer::{layer, Pass, Scratch};
 use super::Model;
@@ -249,18 +249,8 @@ fn shared_linear_pair(
     out: &Shared<f32>,
     unit: usize,
 ) {
-    // (matrix, first row, last row, offset of the matrix in `out`)
-    let mut units = Vec::new();
-    let mut off = 0;
-    for (wi, w) in ws.iter().enumerate() {
-        let n = w.rows.div_ceil(unit * mb.size) * mb.size;
-        let step = w.rows.div_ceil(n.max(1)).max(1).next_multiple_of(2);
-        for r0 in (0..w.rows).step_by(step) {
-            units.push((wi, r0, (r0 + step).min(w.rows), off));
-        }
-        off += 2 * w.rows;
-    }
-    assert!(off <= out.len());
+    let (units, used) = row_units(mb, ws, unit, 2);
+    assert!(used <= out.len());
     mb.share(units.len(), |u| {
         let (wi, r0, r1, off) = units[u];
         let w = ws[wi];
