@@ -186,7 +186,7 @@ pub fn write_with(
     let name = dest
         .file_name()
         .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-    let tmp = super::store::temp_path(dir, &name);
+    let tmp = temp_path(dir, &name);
     let result = File::options()
         .write(true)
         .create_new(true)
@@ -250,4 +250,17 @@ pub(super) fn regular_file(path: &Path) -> Result<Option<std::fs::Metadata>> {
         bail!("not a regular file");
     }
     Ok(Some(md))
+}
+
+/// Temp files start with this; one left by a killed process is swept after an hour.
+pub(super) const TMP_PREFIX: &str = ".tmp-";
+
+/// A fresh temp file name in `dir` for the final name `name` (this process, this
+/// instant). Here, below the store, because the sidecars and the entries both write
+/// through one.
+pub(super) fn temp_path(dir: &Path, name: &str) -> PathBuf {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    dir.join(format!("{TMP_PREFIX}{}-{nanos}-{name}", std::process::id()))
 }

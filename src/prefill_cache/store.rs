@@ -7,11 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use super::entry::{self, Meta, EXT};
-use super::sidecar;
+use super::sidecar::{self, temp_path, TMP_PREFIX};
 use crate::trace::Trace;
 
-/// Temp files start with this; one left by a killed process is swept after an hour.
-const TMP_PREFIX: &str = ".tmp-";
 const STALE_TMP_SECS: u64 = 3600;
 
 /// Marks an entry as just used (its mtime is the LRU clock); best effort.
@@ -86,14 +84,6 @@ fn sweep_orphans(dir: &Path) {
             let _ = std::fs::remove_file(&p);
         }
     }
-}
-
-/// A fresh temp file name in `dir` for the final name `name` (this process, this instant).
-pub fn temp_path(dir: &Path, name: &str) -> PathBuf {
-    let nanos = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    dir.join(format!("{TMP_PREFIX}{}-{nanos}-{name}", std::process::id()))
 }
 
 /// Removes temp files older than an hour (a process killed mid-write leaves one).
