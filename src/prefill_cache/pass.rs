@@ -53,6 +53,22 @@ pub fn expect_of(fp: &FullPass) -> Expect<'_> {
     }
 }
 
+/// The seven numbers a payload starts with: the replay's shape, `T - 1` steps for `T`
+/// ids (written, then compared on read).
+fn shape_head(e: &Expect) -> [u64; 7] {
+    let steps = e.ids.len().saturating_sub(1);
+    [
+        e.prompt_len,
+        e.n_rep,
+        e.ids.len(),
+        steps,
+        e.vocab,
+        e.n_layers,
+        e.n_heads,
+    ]
+    .map(|x| x as u64)
+}
+
 fn put<T: bytemuck::Pod>(w: &mut impl Write, xs: &[T]) -> std::io::Result<()> {
     w.write_all(bytemuck::cast_slice(xs))
 }
@@ -68,16 +84,7 @@ pub fn write(w: &mut impl Write, fp: &FullPass) -> Result<()> {
             fp.ids.len()
         );
     }
-    let head = [
-        e.prompt_len,
-        e.n_rep,
-        e.ids.len(),
-        steps,
-        e.vocab,
-        e.n_layers,
-        e.n_heads,
-    ]
-    .map(|x| x as u64);
+    let head = shape_head(&e);
     put(w, &head)?;
     put(w, &fp.ids)?;
     put(
@@ -124,16 +131,7 @@ pub fn read(r: &mut impl Read, len: u64, e: &Expect) -> Result<FullPass> {
     }
     let head: Vec<u64> = take(r, 7)?;
     let steps = e.ids.len().saturating_sub(1);
-    let want = [
-        e.prompt_len,
-        e.n_rep,
-        e.ids.len(),
-        steps,
-        e.vocab,
-        e.n_layers,
-        e.n_heads,
-    ]
-    .map(|x| x as u64);
+    let want = shape_head(e);
     if head != want {
         bail!("it holds another generation or shape");
     }
