@@ -10,6 +10,8 @@ pub mod divergence;
 pub mod eval;
 pub mod eviction;
 pub mod haystack;
+#[cfg(target_os = "linux")]
+pub mod huge_pages;
 pub mod input;
 pub mod keepset;
 pub mod memory;
@@ -31,3 +33,9 @@ pub mod testing;
 pub mod testing_formats;
 pub mod trace;
 pub mod tui;
+
+/// Large allocations (weights, Trace, KV caches) on transparent huge pages: decode
+/// streams every weight once per token, and 2 MiB pages stream faster (huge_pages.rs).
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOC: huge_pages::HugePageAlloc = huge_pages::HugePageAlloc;

@@ -17,6 +17,7 @@ const FLOORS: &[(&str, u8)] = &[
     ("score", 0),
     ("shard", 0),
     ("output", 0),
+    ("huge_pages", 0),
     ("model", 1),
     ("eviction", 2),
     ("profile_format", 2),
