@@ -290,6 +290,16 @@ pub fn matvec_q_rows(w: &QMat, x: &QVec, r0: usize, out: &mut [f32]) {
     if !(w.packed && w.m.is_empty()) {
         return matvec_q_rows_one(w, x, r0, out);
     }
+    #[cfg(kv_vnni)]
+    {
+        assert!(r0 + out.len() <= w.rows);
+        for (i, o) in out.iter_mut().enumerate() {
+            // SAFETY: the target features are enabled at compile time; the kernel checks
+            // the row's lengths against the activations.
+            *o = unsafe { super::vnni::row_dot_x0_pairs(&w.row(r0 + i), x, PF_BYTES) };
+        }
+    }
+    #[cfg(not(kv_vnni))]
     matvec_q_rows_by::<1>(w, x, r0, out, PF_BYTES)
 }
 

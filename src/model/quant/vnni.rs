@@ -264,3 +264,144 @@ unsafe fn block_x<const PACKED: bool, const FIFTH: bool>(
     let dotv = _mm256_dpbusd_epi32(_mm256_setzero_si256(), w, xv);
     _mm256_fmadd_ps(_mm256_cvtepi32_ps(dotv), _mm256_set1_ps(scale), acc)
 }
+
+/// One Q4_0 or Q5_0 row with `avx2::row_dot_x0`'s float arithmetic operation for
+/// operation (so the same result bit for bit: Gemma 3's greedy ids sit on near ties), two
+/// blocks per 512-bit instruction. That kernel's two accumulators take the even and the
+/// odd blocks in turn; here they are the two halves of one register, so block `b` (even)
+/// and `b + 1` go through one VPDPBUSD, one conversion and one FMA whose lanes do exactly
+/// the two 256-bit FMAs of the one-block loop. Half the instructions per block, which is
+/// what bounded the 0.5B shape's decode (its Q5_0 matrices took half its time at 1.6x the
+/// time per byte of the other formats). Codes `pf` bytes ahead are prefetched once per
+/// eight blocks, as `rows_dot_x0::<1>` does.
+#[inline(always)]
+pub unsafe fn row_dot_x0_pairs(row: &Row, x: &QVec, pf: usize) -> f32 {
+    if row.hi.is_empty() {
+        row_dot_x0_pairs_fmt::<false>(row, x, pf)
+    } else {
+        row_dot_x0_pairs_fmt::<true>(row, x, pf)
+    }
+}
+
+#[inline(always)]
+unsafe fn row_dot_x0_pairs_fmt<const FIFTH: bool>(row: &Row, x: &QVec, pf: usize) -> f32 {
+    check_row(row, x);
+    assert!(row.packed && row.m.is_empty() && row.hi.is_empty() != FIFTH);
+    let nb = row.d.len();
+    let (qp, xp, dp, hp) = (
+        row.q.as_ptr(),
+        x.q.as_ptr(),
+        row.d.as_ptr(),
+        row.hi.as_ptr(),
+    );
+    let centre = _mm256_set1_ps(row.centre);
+    // Lanes 0-7: the even blocks' accumulator (a0), lanes 8-15: the odd blocks' (a1).
+    let mut acc = _mm512_setzero_ps();
+    let mut off = 0f32;
+    let mut of = [0f32; 8];
+    // Block pair p of a segment of eight takes scale 2p in its low half, 2p + 1 in its
+    // high half.
+    let pick = |p: i32| {
+        _mm512_setr_epi32(
+            2 * p,
+            2 * p,
+            2 * p,
+            2 * p,
+            2 * p,
+            2 * p,
+            2 * p,
+            2 * p,
+            2 * p + 1,
+            2 * p + 1,
+            2 * p + 1,
+            2 * p + 1,
+            2 * p + 1,
+            2 * p + 1,
+            2 * p + 1,
+            2 * p + 1,
+        )
+    };
+    let idx = [pick(0), pick(1), pick(2), pick(3)];
+    let mut b0 = 0;
+    while b0 + 8 <= nb {
+        let dv = _mm256_cvtph_ps(_mm_loadu_si128(dp.add(b0) as *const __m128i));
+        let xs = _mm256_loadu_ps(x.s.as_ptr().add(b0));
+        let xsum = _mm256_loadu_ps(x.sum.as_ptr().add(b0));
+        let sc = _mm512_castps256_ps512(_mm256_mul_ps(dv, xs));
+        _mm256_storeu_ps(
+            of.as_mut_ptr(),
+            _mm256_mul_ps(_mm256_mul_ps(centre, dv), xsum),
+        );
+        // One line of nibbles holds four blocks; wrapping_add: past the matrix's end
+        // the address is only a prefetch hint.
+        let ahead = qp.wrapping_add(b0 * QK / 2 + pf);
+        _mm_prefetch::<_MM_HINT_T0>(ahead as *const i8);
+        _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(64) as *const i8);
+        for (p, ix) in idx.iter().enumerate() {
+            let b = b0 + 2 * p;
+            let s = _mm512_cvtepi32_ps(pair_lanes::<FIFTH>(qp, hp, b, xp));
+            acc = _mm512_fmadd_ps(s, _mm512_permutexvar_ps(*ix, sc), acc);
+            off += of[2 * p];
+            off += of[2 * p + 1];
+        }
+        b0 += 8;
+    }
+    // The last blocks (fewer than eight), one at a time as in `row_dot_x0`'s last
+    // segment (its scalar products; `b0` is a multiple of eight, so the parity of `b`
+    // picks the same accumulator).
+    let mut a0 = _mm512_castps512_ps256(acc);
+    let mut a1 = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(acc), 1));
+    for b in b0..nb {
+        let d = (*dp.add(b)).to_f32();
+        let scale = d * x.s[b];
+        let o = row.centre * d * x.sum[b];
+        let s = _mm256_cvtepi32_ps(one_lanes::<FIFTH>(qp, hp, b, xp));
+        if b % 2 == 0 {
+            a0 = _mm256_fmadd_ps(s, _mm256_set1_ps(scale), a0);
+        } else {
+            a1 = _mm256_fmadd_ps(s, _mm256_set1_ps(scale), a1);
+        }
+        off += o;
+    }
+    hsum(_mm256_add_ps(a0, a1)) + off
+}
+
+/// The sixteen i32 lanes of blocks `b` and `b + 1` of a Q4_0 / Q5_0 row (eight each, as
+/// `one_lanes` gives them): both blocks' 32 bytes of nibbles spread to
+/// `[low nibbles of b, high of b, low of b + 1, high of b + 1]`, which is the order of
+/// the 64 activation bytes, and the two blocks' fifth-bit words read as one 64-bit mask.
+#[inline(always)]
+unsafe fn pair_lanes<const FIFTH: bool>(
+    qp: *const u8,
+    hp: *const u32,
+    b: usize,
+    xp: *const i8,
+) -> __m512i {
+    let v = _mm512_castsi256_si512(_mm256_loadu_si256(qp.add(b * QK / 2) as *const __m256i));
+    let spread = _mm512_permutexvar_epi64(_mm512_setr_epi64(0, 1, 0, 1, 2, 3, 2, 3), v);
+    let shifted = _mm512_srlv_epi64(spread, _mm512_setr_epi64(0, 0, 4, 4, 0, 0, 4, 4));
+    let mut codes = _mm512_and_si512(shifted, _mm512_set1_epi8(0x0f));
+    if FIFTH {
+        let k: __mmask64 = _cvtu64_mask64((hp.add(b) as *const u64).read_unaligned());
+        codes = _mm512_mask_add_epi8(codes, k, codes, _mm512_set1_epi8(16));
+    }
+    let xv = _mm512_loadu_si512(xp.add(b * QK) as *const _);
+    _mm512_dpbusd_epi32(_mm512_setzero_si512(), codes, xv)
+}
+
+/// The eight i32 lanes of block `b` (four consecutive codes times activations each).
+#[inline(always)]
+unsafe fn one_lanes<const FIFTH: bool>(
+    qp: *const u8,
+    hp: *const u32,
+    b: usize,
+    xp: *const i8,
+) -> __m256i {
+    let mut codes = load_codes(qp, true, b, _mm_set1_epi8(0x0f));
+    if FIFTH {
+        let k: __mmask32 = _cvtu32_mask32(*hp.add(b));
+        codes = _mm256_mask_add_epi8(codes, k, codes, _mm256_set1_epi8(16));
+    }
+    let xv = _mm256_loadu_si256(xp.add(b * QK) as *const __m256i);
+    _mm256_dpbusd_epi32(_mm256_setzero_si256(), codes, xv)
+}
