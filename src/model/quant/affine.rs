@@ -280,7 +280,9 @@ fn qrow_dot(w: &QMat, r: usize, x: &QVec) -> f32 {
 
 /// Rows `r0..r0 + out.len()` of `w . x` over 8-bit weights and activations, on the
 /// calling thread (the decode team splits rows itself). One row after another: Q4_0 /
-/// Q5_0 through `avx2::rows_dot_x0::<1>` (`row_dot_x0`'s arithmetic, with the codes
+/// Q5_0 through `vnni::row_dot_x0_pairs` on AVX-512 VNNI builds (two blocks per 512-bit
+/// instruction; 0.5B shape decode 59.5 -> 64.8 t/s, docs/speed.md) and
+/// `avx2::rows_dot_x0::<1>` elsewhere (both `row_dot_x0`'s arithmetic, with the codes
 /// ahead prefetched), the other formats through the VNNI row kernel on AVX-512 VNNI
 /// builds, two rows per pass on AVX2 builds without VNNI (`avx2::rows_dot2`). Four rows
 /// per pass (`matvec_q_rows_by::<4>`) ran faster on matrices held in cache but not in a
@@ -463,7 +465,9 @@ mod tests {
     /// (their per-row float order is the same), for every group size, prefetch distance,
     /// first row and count of rows left over, on every shape of the store: Q4_0 / Q5_0
     /// against `avx2::row_dot_x0` (whose float order Gemma 3's greedy ids depend on),
-    /// the others against the VNNI row kernel where the build has it.
+    /// the others against the VNNI row kernel where the build has it. "default" is
+    /// decode's `matvec_q_rows` (on VNNI builds `vnni::row_dot_x0_pairs` for Q4_0 / Q5_0:
+    /// 1, 3, 20 and 300 blocks cover whole eight-block segments and every tail).
     #[test]
     fn multi_row_kernels_equal_the_one_row_ones() {
         let mut s = 23;
