@@ -11,8 +11,11 @@
 //! t/s. The system's `malloc` does this only when asked at process start
 //! (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`), which a program cannot set for itself.
 //!
-//! Only the large allocations change: weight matrices, the Trace's arrays, KV caches,
-//! prefill scratch. Each mapping's length is the request rounded up to the 4 KiB page,
+//! The allocator changes only the large allocations: weight matrices, the Trace's
+//! arrays, KV caches, prefill scratch. A model's small weight arrays (scales, fifth
+//! bits, matrices under 2 MiB) live in the main heap, which [`heap_for_weights`] and
+//! [`settle_heap`] put on huge pages around the loading of a model (the heap of the
+//! thread that loads it: the main thread in `run`, `bench` and the other commands). Each mapping's length is the request rounded up to the 4 KiB page,
 //! so resident memory stays what is used (the kernel backs a mapping's last, partial
 //! 2 MiB with small pages). Where transparent huge pages are off (`never`) the hint is
 //! ignored and the mapping behaves as any other.
@@ -164,6 +167,47 @@ unsafe impl GlobalAlloc for HugePageAlloc {
                     self.dealloc(ptr, layout);
                 }
                 p
+            }
+        }
+    }
+}
+
+/// Before a model's weights load: allocations below [`LARGE`] come from the main heap
+/// from now on (glibc would give those of 128 KiB-2 MiB mappings of their own, none of
+/// which can hold a huge page), so that [`settle_heap`] can put them on huge pages.
+/// The scales, fifth bits and small matrices of a model whose hidden size is not a
+/// multiple of 256 (the 0.5B shape: 896) are ~20% of its weight bytes.
+pub fn heap_for_weights() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: mallopt only sets a glibc threshold.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, LARGE as libc::c_int);
+    }
+}
+
+/// After a model's weights loaded: the main heap's pages become huge pages where a whole
+/// aligned 2 MiB of it is in use (`MADV_COLLAPSE`, Linux 6.1 on; elsewhere the
+/// `MADV_HUGEPAGE` mark lets the kernel's background collapser do it later). What
+/// glibc's `glibc.malloc.hugetlb=1` does for the heap, which a program cannot set for
+/// itself. The 0.5B shape: 393 -> 479 MB of its 485 MB of weights on huge pages, decode
+/// 66.2 -> 69.2 t/s (alternating rounds), resident memory +1.6 MB.
+pub fn settle_heap() {
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    for line in maps.lines().filter(|l| l.ends_with("[heap]")) {
+        let range = line.split_whitespace().next().unwrap_or("");
+        let mut ends = range.split('-').map(|h| usize::from_str_radix(h, 16));
+        let (Some(Ok(start)), Some(Ok(end))) = (ends.next(), ends.next()) else {
+            continue;
+        };
+        let (a, b) = (start.next_multiple_of(HUGE), end / HUGE * HUGE);
+        if b > a {
+            // SAFETY: advice on the heap's own pages changes how the kernel backs them,
+            // not their contents; a kernel without it refuses (ignored).
+            unsafe {
+                libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_HUGEPAGE);
+                libc::madvise(a as *mut libc::c_void, b - a, libc::MADV_COLLAPSE);
             }
         }
     }
