@@ -1,26 +1,27 @@
-//! The process's memory allocator: the system's, except that every allocation of at
-//! least [`LARGE`] bytes gets its own mapping, 2 MiB-aligned and marked for transparent
-//! huge pages (`madvise(MADV_HUGEPAGE)`).
+//! The process's memory allocator, and a model's weights on transparent huge pages.
 //!
 //! Why: decoding one token reads every weight once, so empty-cache decode is bound by
 //! how fast the two cores stream memory. With 4 KiB pages a stream crosses a page (a
 //! TLB miss, and the hardware prefetcher starting over) every 4 KiB; with 2 MiB pages
-//! it crosses one every 2 MiB. Measured on this project's 2-core machine: a C loop
-//! streaming 1 GiB read 29-32 GB/s on 4 KiB pages and 35 GB/s on 2 MiB pages (one
-//! thread: 23 vs 34 GB/s), and the 1B shape's empty-cache decode went from ~40 to ~43
-//! t/s. The system's `malloc` does this only when asked at process start
+//! every 2 MiB. Measured on this project's 2-core machine: a C loop streaming 1 GiB read
+//! 29-32 GB/s on 4 KiB pages and 33-36 GB/s on 2 MiB pages (one thread: 23 vs 34 GB/s).
+//! The system's `malloc` uses huge pages only when asked at process start
 //! (`GLIBC_TUNABLES=glibc.malloc.hugetlb=1`), which a program cannot set for itself.
 //!
-//! The allocator changes only the large allocations: weight matrices, the Trace's
-//! arrays, KV caches, prefill scratch. A model's small weight arrays (scales, fifth
-//! bits, matrices under 2 MiB) live in the main heap, which [`heap_for_weights`] and
-//! [`settle_heap`] put on huge pages around the loading of a model (the heap of the
-//! thread that loads it: the main thread in `run`, `bench` and the other commands). Each mapping's length is the request rounded up to the 4 KiB page,
-//! so resident memory stays what is used (the kernel backs a mapping's last, partial
-//! 2 MiB with small pages). Where transparent huge pages are off (`never`) the hint is
-//! ignored and the mapping behaves as any other.
+//! Only the weights: while [`for_weights`] runs (the loading of a model), every
+//! allocation of at least [`LARGE`] bytes gets a mapping of its own, 2 MiB-aligned and
+//! marked `MADV_HUGEPAGE`, and the smaller ones (scales, fifth bits, small matrices)
+//! come from the main heap, whose pages are collapsed into huge pages afterwards. Other
+//! large allocations (the Trace, KV caches, prefill scratch) get plain mappings: on this
+//! virtual machine a fresh huge page is slow to touch the first time (a first prefill of
+//! 512 tokens on the 1B shape went 170 -> 144 t/s with everything on huge pages), and
+//! they are written about as often as they are read. Each mapping's length is the
+//! request rounded up to the 4 KiB page, so resident memory stays what is used (the
+//! kernel backs a mapping's last, partial 2 MiB with small pages). Where transparent
+//! huge pages are off (`never`) the hints are ignored.
 
 use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 
 /// Allocations of at least this many bytes are mapped on their own (a smaller one could
 /// not hold a whole huge page).
@@ -28,8 +29,18 @@ pub const LARGE: usize = 2 << 20;
 /// The huge page size this aligns to (x86-64 and 4 KiB-page aarch64).
 const HUGE: usize = 2 << 20;
 
-/// The system allocator with large allocations on huge pages (see the module's text).
+/// The system allocator, with large allocations mapped on their own (on huge pages
+/// while [`for_weights`] runs on the allocating thread; see the module's text).
 pub struct HugePageAlloc;
+
+thread_local! {
+    /// Whether this thread is loading a model's weights (inside [`for_weights`]).
+    static WEIGHTS: Cell<bool> = const { Cell::new(false) };
+}
+
+fn loading_weights() -> bool {
+    WEIGHTS.try_with(Cell::get).unwrap_or(false)
+}
 
 fn is_large(size: usize, align: usize) -> bool {
     size >= LARGE && align <= HUGE
@@ -58,7 +69,7 @@ fn round_up(n: usize, to: usize) -> Option<usize> {
 /// later cannot help: its border pages were already faulted in small); an aligned one
 /// only at its end. Measured on the 1B shape: 575 of 667 MB of weights on huge pages
 /// aligned, 475 MB unaligned.
-fn map(size: usize) -> *mut u8 {
+fn map(size: usize, huge: bool) -> *mut u8 {
     let page = page_size();
     let (Some(len), Some(reserve)) = (round_up(size, page), size.checked_add(HUGE)) else {
         return std::ptr::null_mut();
@@ -92,7 +103,9 @@ fn map(size: usize) -> *mut u8 {
             libc::munmap(end as *mut libc::c_void, start + reserve - end);
         }
         // A hint: where it fails (THP off, old kernel) the memory is ordinary.
-        libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+        if huge {
+            libc::madvise(aligned as *mut libc::c_void, len, libc::MADV_HUGEPAGE);
+        }
         aligned as *mut u8
     }
 }
@@ -113,7 +126,7 @@ unsafe fn unmap(ptr: *mut u8, size: usize) {
 unsafe impl GlobalAlloc for HugePageAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if is_large(layout.size(), layout.align()) {
-            map(layout.size())
+            map(layout.size(), loading_weights())
         } else {
             System.alloc(layout)
         }
@@ -122,7 +135,7 @@ unsafe impl GlobalAlloc for HugePageAlloc {
     unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
         if is_large(layout.size(), layout.align()) {
             // Fresh anonymous mappings read as zero.
-            map(layout.size())
+            map(layout.size(), loading_weights())
         } else {
             System.alloc_zeroed(layout)
         }
@@ -172,17 +185,31 @@ unsafe impl GlobalAlloc for HugePageAlloc {
     }
 }
 
-/// Before a model's weights load: allocations below [`LARGE`] come from the main heap
-/// from now on (glibc would give those of 128 KiB-2 MiB mappings of their own, none of
-/// which can hold a huge page), so that [`settle_heap`] can put them on huge pages.
-/// The scales, fifth bits and small matrices of a model whose hidden size is not a
-/// multiple of 256 (the 0.5B shape: 896) are ~20% of its weight bytes.
-pub fn heap_for_weights() {
+/// Runs `load` (the loading of a model's weights) with its allocations on huge pages:
+/// the large ones mapped by the allocator, the small ones from the main heap (glibc's
+/// mmap threshold at 2 MiB: it would give those of 128 KiB-2 MiB mappings of their own,
+/// none of which can hold a huge page), whose pages [`settle_heap`] then collapses. The
+/// scales, fifth bits and small matrices of a model whose hidden size is not a multiple
+/// of 256 (the 0.5B shape: 896) are ~20% of its weight bytes.
+pub fn for_weights<T>(load: impl FnOnce() -> T) -> T {
     #[cfg(target_env = "gnu")]
     // SAFETY: mallopt only sets a glibc threshold.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, LARGE as libc::c_int);
     }
+    struct Reset;
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            WEIGHTS.with(|w| w.set(false));
+        }
+    }
+    let was = WEIGHTS.with(|w| w.replace(true));
+    let out = {
+        let _reset = (!was).then_some(Reset);
+        load()
+    };
+    settle_heap();
+    out
 }
 
 /// After a model's weights loaded: the main heap's pages become huge pages where a whole
@@ -191,7 +218,7 @@ pub fn heap_for_weights() {
 /// glibc's `glibc.malloc.hugetlb=1` does for the heap, which a program cannot set for
 /// itself. The 0.5B shape: 393 -> 479 MB of its 485 MB of weights on huge pages, decode
 /// 66.2 -> 69.2 t/s (alternating rounds), resident memory +1.6 MB.
-pub fn settle_heap() {
+fn settle_heap() {
     let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
         return;
     };
@@ -248,6 +275,53 @@ mod tests {
             assert!(s4.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8));
             a.dealloc(p4, Layout::from_size_align(LARGE, 64).unwrap());
         }
+    }
+
+    /// The `VmFlags` line of the mapping that holds address `at` (`hg`: MADV_HUGEPAGE).
+    fn vm_flags(at: usize) -> String {
+        let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap();
+        let mut inside = false;
+        for line in smaps.lines() {
+            let range = line.split_whitespace().next().unwrap_or("");
+            if let Some((a, b)) = range.split_once('-') {
+                if let (Ok(a), Ok(b)) = (usize::from_str_radix(a, 16), usize::from_str_radix(b, 16))
+                {
+                    inside = (a..b).contains(&at);
+                    continue;
+                }
+            }
+            if inside && line.starts_with("VmFlags:") {
+                return line.to_string();
+            }
+        }
+        panic!("no mapping holds {at:#x}");
+    }
+
+    #[test]
+    fn only_allocations_made_while_loading_weights_are_marked_for_huge_pages() {
+        let weights: Vec<u8> = for_weights(|| vec![1u8; 3 * LARGE]);
+        let scratch: Vec<u8> = vec![1u8; 3 * LARGE];
+        assert_eq!(weights.as_ptr() as usize % HUGE, 0);
+        assert!(
+            vm_flags(weights.as_ptr() as usize)
+                .split_whitespace()
+                .any(|f| f == "hg"),
+            "{}",
+            vm_flags(weights.as_ptr() as usize)
+        );
+        assert!(
+            !vm_flags(scratch.as_ptr() as usize)
+                .split_whitespace()
+                .any(|f| f == "hg"),
+            "{}",
+            vm_flags(scratch.as_ptr() as usize)
+        );
+        // The flag is this thread's and ends with the load.
+        assert!(!loading_weights());
+        assert_eq!(
+            weights.iter().map(|&b| b as usize).sum::<usize>(),
+            3 * LARGE
+        );
     }
 
     #[test]

@@ -109,18 +109,18 @@ fn open_gguf(path: &Path) -> Result<(Content, Reader, u64)> {
 
 fn load_weights(path: &Path, content: &Content, r: &mut Reader, config: Config) -> Result<Model> {
     // Decode streams every weight once per token: on huge pages it streams faster
-    // (src/huge_pages.rs); the large matrices get theirs from the allocator, the small
-    // arrays from the heap, settled once they are all in it.
+    // (src/huge_pages.rs).
+    let load = || weights::Weights::load_gguf(content, r, &config);
     #[cfg(target_os = "linux")]
-    crate::huge_pages::heap_for_weights();
-    let weights = weights::Weights::load_gguf(content, r, &config).with_context(|| {
+    let weights = crate::huge_pages::for_weights(load);
+    #[cfg(not(target_os = "linux"))]
+    let weights = load();
+    let weights = weights.with_context(|| {
         format!(
             "{}: cannot load the weights (truncated or corrupt file?)",
             path.display()
         )
     })?;
-    #[cfg(target_os = "linux")]
-    crate::huge_pages::settle_heap();
     Model::new(config, weights)
 }
 
