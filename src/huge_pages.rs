@@ -61,7 +61,7 @@ fn round_up(n: usize, to: usize) -> Option<usize> {
 }
 
 /// A fresh zero-filled mapping of at least `size` bytes whose start is `HUGE`-aligned,
-/// marked for huge pages; null when the kernel refuses.
+/// marked for huge pages when `huge`; null when the kernel refuses.
 ///
 /// Aligned on purpose: the kernel backs an address range with a huge page when the
 /// range's first write faults and the whole aligned 2 MiB lies inside one mapping. An
@@ -120,9 +120,10 @@ unsafe fn unmap(ptr: *mut u8, size: usize) {
 }
 
 // SAFETY: every block handed out is either the system allocator's (small requests,
-// returned to it) or a fresh mapping of at least the requested size whose start is
-// HUGE-aligned (so aligned for any `align <= HUGE`), unmapped exactly once in
-// `dealloc` / `realloc`; the size decides which, and Rust passes the same layout back.
+// returned to it) or a mapping of at least the requested size, aligned for its layout
+// (fresh ones start HUGE-aligned; one moved by mremap is page-aligned, used only for
+// `align <= page`), unmapped exactly once in `dealloc` / `realloc`; the size decides
+// which, and Rust passes the same layout back.
 unsafe impl GlobalAlloc for HugePageAlloc {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         if is_large(layout.size(), layout.align()) {
@@ -153,9 +154,10 @@ unsafe impl GlobalAlloc for HugePageAlloc {
         let align = layout.align();
         match (is_large(layout.size(), align), is_large(new_size, align)) {
             (false, false) => System.realloc(ptr, layout, new_size),
-            (true, true) => {
-                // Let the kernel move the pages instead of copying them (a growing
-                // Vec); the huge-page mark travels with the mapping.
+            // Let the kernel move the pages instead of copying them (a growing Vec);
+            // the huge-page mark travels with the mapping. mremap keeps only page
+            // alignment, so a larger alignment takes the copying path below.
+            (true, true) if align <= page_size() => {
                 let page = page_size();
                 let (Some(old), Some(new)) =
                     (round_up(layout.size(), page), round_up(new_size, page))
@@ -170,7 +172,8 @@ unsafe impl GlobalAlloc for HugePageAlloc {
                 }
             }
             _ => {
-                // Between the system heap and a mapping of its own: copy.
+                // Between the system heap and a mapping of its own, or an alignment
+                // mremap cannot keep: copy.
                 let Ok(new_layout) = Layout::from_size_align(new_size, align) else {
                     return std::ptr::null_mut();
                 };
@@ -322,6 +325,23 @@ mod tests {
             weights.iter().map(|&b| b as usize).sum::<usize>(),
             3 * LARGE
         );
+    }
+
+    #[test]
+    fn a_block_aligned_beyond_a_page_keeps_its_alignment_when_it_grows() {
+        let a = HugePageAlloc;
+        let align = 64 << 10;
+        unsafe {
+            let l = Layout::from_size_align(LARGE, align).unwrap();
+            let p = a.alloc(l);
+            assert!(!p.is_null());
+            *p = 7;
+            let q = a.realloc(p, l, 5 * LARGE);
+            assert!(!q.is_null());
+            assert_eq!(q as usize % align, 0);
+            assert_eq!(*q, 7);
+            a.dealloc(q, Layout::from_size_align(5 * LARGE, align).unwrap());
+        }
     }
 
     #[test]
